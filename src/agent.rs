@@ -1,0 +1,597 @@
+//! `baton agent`: one per PostgreSQL instance. Runs the HA loop
+//! (observe → [`decide`] → act) and shares what it saw with the REST API.
+//!
+//! Tasks it owns:
+//! - the HA loop (this module's [`Agent::run`]): critical, it *is* the agent;
+//! - an etcd watch that wakes the loop early when the leader, failover,
+//!   initialize or config keys change;
+//! - at most one long job at a time (bootstrap, clone, start, stop, promote):
+//!   the loop keeps ticking, renewing its lease, while a job runs;
+//! - the REST API server (`api.rs`).
+
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{DynamicConfig, NodeConfig};
+use crate::dcs::{ClusterView, Dcs, DcsError, LeaseId, Member, StatusKey};
+use crate::ha::{decide, Action, Decision, JobKind, JobStatus, Observation, PgStatus};
+use crate::pg::{self, DataDir, Instance, RunAs, StopMode};
+
+/// What the last tick saw and decided; read by the REST API.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub scope: String,
+    pub name: String,
+    pub member: Member,
+    pub pg: PgStatus,
+    pub cluster: Option<ClusterView>,
+    pub config: DynamicConfig,
+    pub reason: String,
+    pub last_tick: Option<Instant>,
+    pub last_dcs_ok: Option<std::time::SystemTime>,
+    /// Holds the leader key on its current lease.
+    pub is_leader: bool,
+    pub system_id: Option<String>,
+    pub pending_job: Option<JobKind>,
+}
+
+pub type SharedState = Arc<RwLock<Snapshot>>;
+
+struct Job {
+    kind: JobKind,
+    handle: JoinHandle<Result<(), String>>,
+}
+
+pub struct Agent {
+    cfg: NodeConfig,
+    dcs: Dcs,
+    inst: Arc<Instance>,
+    lease: Option<LeaseId>,
+    lease_ttl: u64,
+    last_renewal_sent: Option<Instant>,
+    job: Option<Job>,
+    last_failure: Option<(JobKind, String, Instant)>,
+    client: Option<tokio_postgres::Client>,
+    config: DynamicConfig,
+    shared: SharedState,
+    wake: Arc<Notify>,
+    last_reason: String,
+}
+
+/// After a failed job, the same job is not retried for this long.
+const JOB_RETRY_BACKOFF: Duration = Duration::from_secs(5);
+
+impl Agent {
+    pub async fn new(cfg: NodeConfig) -> anyhow::Result<Agent> {
+        let inst = Instance::new(cfg.postgresql.clone(), cfg.name.clone())?;
+        let config = cfg.bootstrap.clone();
+        let dcs = Dcs::connect(&cfg.etcd.endpoints, cfg.prefix(), config.retry_timeout()).await?;
+        let shared = Arc::new(RwLock::new(Snapshot {
+            scope: cfg.scope.clone(),
+            name: cfg.name.clone(),
+            member: Member::default(),
+            pg: PgStatus::Stopped,
+            cluster: None,
+            config: config.clone(),
+            reason: "starting up".into(),
+            last_tick: None,
+            last_dcs_ok: None,
+            is_leader: false,
+            system_id: None,
+            pending_job: None,
+        }));
+        Ok(Agent {
+            cfg,
+            dcs,
+            inst: Arc::new(inst),
+            lease: None,
+            lease_ttl: config.ttl,
+            last_renewal_sent: None,
+            job: None,
+            last_failure: None,
+            client: None,
+            config,
+            shared,
+            wake: Arc::new(Notify::new()),
+            last_reason: String::new(),
+        })
+    }
+
+    pub fn shared(&self) -> SharedState {
+        self.shared.clone()
+    }
+
+    /// Runs until `shutdown` fires, then stops postgres and gives up the
+    /// leader key (DESIGN.md rule 6).
+    pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let watch = spawn_watch(self.dcs.clone(), self.wake.clone());
+        loop {
+            let started = Instant::now();
+            self.tick().await;
+            let wait = self.config.loop_wait().saturating_sub(started.elapsed());
+            tokio::select! {
+                // Shutdown first: a stopping agent must not start new work.
+                biased;
+                _ = shutdown.cancelled() => break,
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+        watch.abort();
+        self.shutdown().await;
+        Ok(())
+    }
+
+    async fn shutdown(&mut self) {
+        tracing::info!("shutting down: stopping postgres, then releasing the leader key");
+        if let Some(job) = self.job.take() {
+            job.handle.abort();
+        }
+        self.client = None;
+        if let Err(e) = self.inst.stop(StopMode::Fast).await {
+            tracing::error!("stopping postgres failed: {e}; trying immediate");
+            if let Err(e) = self.inst.stop(StopMode::Immediate).await {
+                tracing::error!("immediate stop failed too: {e}; leader key left to expire");
+                return;
+            }
+        }
+        match self.dcs.release_leader(&self.cfg.name).await {
+            Ok(true) => tracing::info!("leader key released"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!("could not release leader key ({e}); it expires with the lease"),
+        }
+        if let Some(lease) = self.lease {
+            let _ = self.dcs.revoke(lease).await;
+        }
+    }
+
+    async fn tick(&mut self) {
+        let now = Instant::now();
+        self.renew_lease().await;
+        let cluster = match self.dcs.load().await {
+            Ok(v) => Some(v),
+            Err(e) => {
+                tracing::warn!("reading etcd failed: {e}");
+                None
+            }
+        };
+        if let Some(c) = &cluster {
+            if let Some(cfg) = &c.config {
+                if *cfg != self.config {
+                    tracing::info!(ttl = cfg.ttl, loop_wait = cfg.loop_wait, "dynamic config changed");
+                    self.config = cfg.clone();
+                    self.dcs.set_timeout(self.config.retry_timeout());
+                }
+            }
+        }
+        let job = self.poll_job().await;
+        let (pg, data_dir) = self.observe_postgres().await;
+        let obs = Observation {
+            me: self.cfg.name.clone(),
+            now,
+            cluster: cluster.clone(),
+            lease: self.lease,
+            last_renewal_sent: self.last_renewal_sent,
+            data_dir: data_dir.clone(),
+            pg: pg.clone(),
+            job: job.clone(),
+            config: self.config.clone(),
+        };
+        let d = decide(&obs);
+        let reason = d.reason.to_string();
+        if reason != self.last_reason {
+            tracing::info!(actions = ?d.actions, "{reason}");
+            self.last_reason = reason.clone();
+        }
+        self.act(&d, &obs).await;
+
+        let pending_job = self.job.as_ref().map(|j| j.kind);
+        let member = self.member_json(&pg, &data_dir, pending_job, &cluster, &reason);
+        if let (Some(lease), Some(_)) = (self.lease, &cluster) {
+            if let Err(e) = self.dcs.put_member(&self.cfg.name, &member, lease).await {
+                tracing::warn!("publishing member key failed: {e}");
+            }
+        }
+        let is_leader = cluster.as_ref().is_some_and(|c| {
+            c.leader.as_ref().is_some_and(|l| l.name == self.cfg.name && Some(l.lease) == self.lease)
+        });
+        let system_id = match &data_dir {
+            DataDir::Valid { system_id, .. } => Some(system_id.clone()),
+            _ => None,
+        };
+        let mut s = self.shared.write().expect("snapshot lock");
+        s.member = member;
+        s.pg = pg;
+        if cluster.is_some() {
+            s.last_dcs_ok = Some(std::time::SystemTime::now());
+        }
+        s.cluster = cluster;
+        s.config = self.config.clone();
+        s.reason = reason;
+        s.last_tick = Some(Instant::now());
+        s.is_leader = is_leader;
+        s.system_id = system_id;
+        s.pending_job = pending_job;
+    }
+
+    /// Keeps our lease alive, granting a new one when it is gone. The time
+    /// recorded is when the request was *sent*: etcd counts the TTL from
+    /// when it received it, which is later, so this errs on the safe side.
+    async fn renew_lease(&mut self) {
+        if self.lease.is_some() && self.lease_ttl != self.config.ttl {
+            // A ttl change takes effect with a fresh lease; the leader key is
+            // re-attached to it by AdoptLeader on this very tick.
+            self.lease = None;
+        }
+        let sent = Instant::now();
+        match self.lease {
+            Some(lease) => match self.dcs.keep_alive(lease).await {
+                Ok(()) => self.last_renewal_sent = Some(sent),
+                Err(DcsError::LeaseExpired(_)) => {
+                    tracing::warn!("lease {} expired; requesting a new one", lease.0);
+                    self.lease = None;
+                }
+                Err(e) => tracing::warn!("lease renewal failed: {e}"),
+            },
+            None => match self.dcs.grant_lease(self.config.ttl).await {
+                Ok(l) => {
+                    tracing::info!(lease = l.0, ttl = self.config.ttl, "granted new lease");
+                    self.lease = Some(l);
+                    self.lease_ttl = self.config.ttl;
+                    // A new lease holds nothing yet: it renews no leadership.
+                }
+                Err(e) => tracing::warn!("cannot get an etcd lease: {e}"),
+            },
+        }
+    }
+
+    async fn poll_job(&mut self) -> JobStatus {
+        if let Some(job) = &self.job {
+            if !job.handle.is_finished() {
+                return JobStatus::Running(job.kind);
+            }
+            let job = self.job.take().expect("checked");
+            let result = match job.handle.await {
+                Ok(r) => r,
+                Err(e) => Err(format!("job panicked or was aborted: {e}")),
+            };
+            match result {
+                Ok(()) => {
+                    tracing::info!("{} finished", job.kind);
+                    self.last_failure = None;
+                }
+                Err(e) => {
+                    tracing::error!("{} failed: {e}", job.kind);
+                    self.last_failure = Some((job.kind, e, Instant::now()));
+                    if job.kind == JobKind::Bootstrap {
+                        self.undo_bootstrap_claim().await;
+                    }
+                }
+            }
+        }
+        match &self.last_failure {
+            Some((k, e, _)) => JobStatus::Failed(*k, e.clone()),
+            None => JobStatus::Idle,
+        }
+    }
+
+    /// After a failed bootstrap, let another member try, unless initdb
+    /// completed here (then this node retries starting it).
+    async fn undo_bootstrap_claim(&mut self) {
+        let _ = self.dcs.release_leader(&self.cfg.name).await;
+        if self.inst.inspect().await == DataDir::Empty {
+            let _ = self.dcs.release_initialize().await;
+        }
+    }
+
+    async fn observe_postgres(&mut self) -> (PgStatus, DataDir) {
+        if self.inst.postmaster_pid().is_none() {
+            self.client = None;
+            return (PgStatus::Stopped, self.inst.inspect().await);
+        }
+        let timeout = self.config.retry_timeout();
+        if self.client.as_ref().is_none_or(|c| c.is_closed()) {
+            self.client = self.inst.connect(timeout).await.ok();
+        }
+        let Some(client) = &self.client else {
+            return (PgStatus::Unresponsive, self.inst.inspect().await);
+        };
+        match tokio::time::timeout(timeout, pg::query_running(client)).await {
+            Ok(Ok(r)) => {
+                let dir = DataDir::Valid {
+                    system_id: r.system_id.clone(),
+                    standby: r.in_recovery,
+                };
+                (PgStatus::Running(Box::new(r)), dir)
+            }
+            Ok(Err(e)) => {
+                tracing::debug!("status query failed: {e}");
+                self.client = None;
+                (PgStatus::Unresponsive, self.inst.inspect().await)
+            }
+            Err(_) => {
+                self.client = None;
+                (PgStatus::Unresponsive, self.inst.inspect().await)
+            }
+        }
+    }
+
+    fn spawn_job<F>(&mut self, kind: JobKind, fut: F)
+    where
+        F: std::future::Future<Output = Result<(), String>> + Send + 'static,
+    {
+        if self.job.is_some() {
+            return;
+        }
+        if let Some((k, _, at)) = &self.last_failure {
+            if *k == kind && at.elapsed() < JOB_RETRY_BACKOFF {
+                return;
+            }
+        }
+        tracing::info!("starting job: {kind}");
+        let wake = self.wake.clone();
+        let handle = tokio::spawn(async move {
+            let r = fut.await;
+            wake.notify_one();
+            r
+        });
+        self.job = Some(Job { kind, handle });
+    }
+
+    fn leader_run_as(&self, cluster: &ClusterView, leader: &str) -> Option<RunAs> {
+        let (host, port) = cluster.members.get(leader)?.pg_address()?;
+        Some(RunAs::Replica {
+            host,
+            port,
+            slot: pg::slot_name(&self.cfg.name),
+        })
+    }
+
+    async fn act(&mut self, d: &Decision, obs: &Observation) {
+        for action in &d.actions {
+            if let Err(e) = self.act_one(action, obs).await {
+                tracing::warn!(?action, "action failed: {e}");
+            }
+        }
+    }
+
+    async fn act_one(&mut self, action: &Action, obs: &Observation) -> anyhow::Result<()> {
+        let me = self.cfg.name.clone();
+        match action {
+            Action::Bootstrap => {
+                let Some(lease) = self.lease else { return Ok(()) };
+                if !self.dcs.take_initialize().await? {
+                    return Ok(());
+                }
+                tracing::info!("won the initialize key: bootstrapping a new cluster");
+                // Rule 1: hold the leader key before anything runs read-write.
+                if !self.dcs.acquire_leader(&me, lease).await? {
+                    self.dcs.release_initialize().await?;
+                    return Ok(());
+                }
+                let inst = self.inst.clone();
+                self.spawn_job(JobKind::Bootstrap, async move {
+                    bootstrap(&inst).await.map_err(|e| e.to_string())
+                });
+            }
+            Action::PublishInitialize(id) => {
+                if self.dcs.set_initialize(id).await? {
+                    tracing::info!(system_id = %id, "cluster initialized");
+                }
+            }
+            Action::InitConfig => {
+                self.dcs.init_config(&self.cfg.bootstrap).await?;
+            }
+            Action::AcquireLeader => {
+                let Some(lease) = self.lease else { return Ok(()) };
+                if self.dcs.acquire_leader(&me, lease).await? {
+                    tracing::info!("acquired the leader key");
+                    self.wake.notify_one();
+                }
+            }
+            Action::AdoptLeader => {
+                let Some(lease) = self.lease else { return Ok(()) };
+                if self.dcs.adopt_leader(&me, lease).await? {
+                    tracing::info!("leader key re-attached to lease {}", lease.0);
+                    self.wake.notify_one();
+                }
+            }
+            Action::Clone { from } => {
+                let cluster = obs.cluster.as_ref().expect("decided with a cluster view");
+                let Some((host, port)) = cluster.members.get(from).and_then(|m| m.pg_address())
+                else {
+                    anyhow::bail!("leader {from} has no conn_url");
+                };
+                let inst = self.inst.clone();
+                self.spawn_job(JobKind::Clone, async move {
+                    tracing::info!("cloning from {host}:{port} with pg_basebackup");
+                    inst.basebackup_from(&host, port).await.map_err(|e| e.to_string())
+                });
+            }
+            Action::StartPrimary => {
+                let inst = self.inst.clone();
+                self.spawn_job(JobKind::Start, async move {
+                    inst.start(&RunAs::Primary).await.map_err(|e| e.to_string())
+                });
+            }
+            Action::StartReplica { leader } => {
+                let cluster = obs.cluster.as_ref().expect("decided with a cluster view");
+                let Some(run_as) = self.leader_run_as(cluster, leader) else {
+                    anyhow::bail!("leader {leader} has no conn_url");
+                };
+                let inst = self.inst.clone();
+                self.spawn_job(JobKind::Start, async move {
+                    inst.start(&run_as).await.map_err(|e| e.to_string())
+                });
+            }
+            Action::Follow { leader } => {
+                let cluster = obs.cluster.as_ref().expect("decided with a cluster view");
+                let Some(run_as) = self.leader_run_as(cluster, leader) else {
+                    anyhow::bail!("leader {leader} has no conn_url");
+                };
+                let Some(client) = &self.client else { return Ok(()) };
+                self.inst.follow(client, &run_as).await?;
+            }
+            Action::Promote => {
+                let inst = self.inst.clone();
+                self.spawn_job(JobKind::Promote, async move {
+                    inst.write_config(&RunAs::Primary).map_err(|e| e.to_string())?;
+                    inst.promote().await.map_err(|e| e.to_string())
+                });
+            }
+            Action::Stop { immediate: true } => {
+                // Fencing is not queued behind a job: it happens now.
+                if let Some(job) = self.job.take() {
+                    job.handle.abort();
+                }
+                self.client = None;
+                self.inst.stop(StopMode::Immediate).await?;
+                tracing::warn!("postgres stopped (fencing)");
+            }
+            Action::Stop { immediate: false } => {
+                let inst = self.inst.clone();
+                self.client = None;
+                self.spawn_job(JobKind::Stop, async move {
+                    inst.stop(StopMode::Fast).await.map_err(|e| e.to_string())
+                });
+            }
+            Action::CreateSlots(members) => {
+                let Some(client) = &self.client else { return Ok(()) };
+                for m in members {
+                    let slot = pg::slot_name(m);
+                    pg::create_slot(client, &slot).await?;
+                    tracing::info!("created replication slot {slot} for {m}");
+                }
+            }
+            Action::PublishStatus => {
+                let PgStatus::Running(run) = &obs.pg else { return Ok(()) };
+                let mut slots: std::collections::BTreeMap<String, u64> = run
+                    .slots
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.map(|l| l.0).unwrap_or(0)))
+                    .collect();
+                // Slots created earlier in this same tick count as well.
+                for m in obs.cluster.iter().flat_map(|c| c.members.keys()) {
+                    if *m != me {
+                        slots.entry(pg::slot_name(m)).or_insert(0);
+                    }
+                }
+                let status = StatusKey {
+                    optime: run.wal_lsn.map(|l| l.0),
+                    slots: Some(slots),
+                    retain_slots: None,
+                };
+                self.dcs.put_status(&status).await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn member_json(
+        &self,
+        pg: &PgStatus,
+        data_dir: &DataDir,
+        job: Option<JobKind>,
+        cluster: &Option<ClusterView>,
+        reason: &str,
+    ) -> Member {
+        let pgc = &self.cfg.postgresql;
+        let i_lead = cluster
+            .as_ref()
+            .and_then(|c| c.leader_name())
+            .is_some_and(|l| l == self.cfg.name);
+        let mut m = Member {
+            conn_url: format!("postgres://{}/postgres", pgc.connect_address),
+            api_url: format!("http://{}/patroni", self.cfg.api.connect_address),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            tags: self.cfg.tags.clone(),
+            baton_reason: Some(reason.to_string()),
+            ..Member::default()
+        };
+        m.role = match (pg, data_dir) {
+            (PgStatus::Running(r), _) if !r.in_recovery => "primary",
+            (PgStatus::Running(_), _) => "replica",
+            (_, DataDir::Empty) => "uninitialized",
+            _ if i_lead => "primary",
+            _ => "replica",
+        }
+        .to_string();
+        m.state = match (job, pg, data_dir) {
+            (Some(JobKind::Bootstrap), _, _) => "initializing new cluster",
+            (Some(JobKind::Clone), _, _) => "creating replica",
+            (Some(JobKind::Promote), _, _) => "promoting",
+            (Some(JobKind::Stop), _, _) => "stopping",
+            (_, PgStatus::Running(_), _) => "running",
+            (Some(JobKind::Start), _, _) | (_, PgStatus::Unresponsive, _) => "starting",
+            (_, _, DataDir::Unusable(_)) => "need repair",
+            _ => "stopped",
+        }
+        .to_string();
+        if let PgStatus::Running(r) = pg {
+            m.timeline = r.timeline;
+            if r.in_recovery {
+                m.receive_lsn = r.receive_lsn.map(|l| l.0);
+                m.replay_lsn = r.replay_lsn.map(|l| l.0);
+                m.xlog_location = r.receive_lsn.max(r.replay_lsn).map(|l| l.0);
+                m.replication_state = Some(
+                    if r.receiver_streaming {
+                        "streaming"
+                    } else {
+                        "in archive recovery"
+                    }
+                    .into(),
+                );
+            } else {
+                m.xlog_location = r.wal_lsn.map(|l| l.0);
+            }
+        }
+        m
+    }
+}
+
+/// initdb, configure, start, create the replication role.
+async fn bootstrap(inst: &Instance) -> Result<(), pg::PgError> {
+    tracing::info!("running initdb in {}", inst.cfg.data_dir.display());
+    inst.initdb().await?;
+    inst.start(&RunAs::Primary).await?;
+    let client = inst.connect(Duration::from_secs(10)).await?;
+    pg::create_replication_role(&client, &inst.cfg).await?;
+    tracing::info!("bootstrap complete");
+    Ok(())
+}
+
+/// Wakes the loop when a key that changes decisions changes. Member keys are
+/// rewritten every tick by every member, so they do not wake anyone.
+fn spawn_watch(dcs: Dcs, wake: Arc<Notify>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let prefix = dcs.prefix().to_string();
+        loop {
+            match dcs.watch().await {
+                Ok(mut stream) => loop {
+                    match stream.message().await {
+                        Ok(Some(resp)) => {
+                            let relevant = resp.events().iter().any(|e| {
+                                e.kv().and_then(|kv| kv.key_str().ok()).is_some_and(|k| {
+                                    matches!(
+                                        k.strip_prefix(prefix.as_str()),
+                                        Some("leader" | "failover" | "initialize" | "config")
+                                    )
+                                })
+                            });
+                            if relevant {
+                                wake.notify_one();
+                            }
+                        }
+                        Ok(None) | Err(_) => break,
+                    }
+                },
+                Err(e) => tracing::debug!("etcd watch failed: {e}"),
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    })
+}

@@ -1,0 +1,305 @@
+//! Each agent's REST API, with Patroni's endpoints and status-code semantics
+//! (PATRONI-COMPAT.md): health checks answer 200 when the condition holds and
+//! 503 otherwise; GET carries the member status JSON, HEAD and OPTIONS only
+//! the code, which is what HAProxy's `option httpchk OPTIONS /primary` uses.
+//!
+//! Answers come from the snapshot of the last HA tick (at most `loop_wait`
+//! old), so a slow or hung postgres never makes a health check hang.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::time::UNIX_EPOCH;
+
+use axum::extract::{Query, State};
+use axum::http::{Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{on, MethodFilter};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::agent::{SharedState, Snapshot};
+use crate::ha::PgStatus;
+use crate::status::ClusterStatus;
+
+/// Serves until `shutdown` fires. Takes a bound listener so callers (and
+/// tests) choose the port.
+pub async fn serve(listener: TcpListener, state: SharedState, shutdown: CancellationToken) -> std::io::Result<()> {
+    let any = MethodFilter::GET.or(MethodFilter::HEAD).or(MethodFilter::OPTIONS);
+    let app = Router::new()
+        .route("/", on(any, |s, m, q| check(s, m, q, Check::Primary)))
+        .route("/primary", on(any, |s, m, q| check(s, m, q, Check::Primary)))
+        .route("/master", on(any, |s, m, q| check(s, m, q, Check::Primary)))
+        .route("/read-write", on(any, |s, m, q| check(s, m, q, Check::Primary)))
+        .route("/leader", on(any, |s, m, q| check(s, m, q, Check::Leader)))
+        .route("/replica", on(any, |s, m, q| check(s, m, q, Check::Replica)))
+        .route("/async", on(any, |s, m, q| check(s, m, q, Check::Replica)))
+        .route("/sync", on(any, |s, m, q| check(s, m, q, Check::Sync)))
+        .route("/read-only", on(any, |s, m, q| check(s, m, q, Check::ReadOnly)))
+        .route("/health", on(any, |s, m, q| check(s, m, q, Check::Health)))
+        .route("/liveness", on(any, |s, m, q| check(s, m, q, Check::Liveness)))
+        .route("/readiness", on(any, |s, m, q| check(s, m, q, Check::Readiness)))
+        .route("/patroni", on(any, |s, m, q| check(s, m, q, Check::Always)))
+        .route("/cluster", on(any, cluster))
+        .route("/history", on(any, history))
+        .route("/config", on(any, config))
+        .route("/metrics", on(any, metrics))
+        .with_state(state);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Check {
+    Primary,
+    Leader,
+    Replica,
+    Sync,
+    ReadOnly,
+    Health,
+    Liveness,
+    Readiness,
+    Always,
+}
+
+fn snapshot(state: &SharedState) -> Snapshot {
+    state.read().expect("snapshot lock").clone()
+}
+
+fn is_running_primary(s: &Snapshot) -> bool {
+    matches!(&s.pg, PgStatus::Running(r) if !r.in_recovery)
+}
+
+/// Bytes this member is behind the leader's last published position.
+fn lag(s: &Snapshot) -> Option<u64> {
+    let c = s.cluster.as_ref()?;
+    let leader = c
+        .status
+        .as_ref()
+        .and_then(|st| st.optime)
+        .max(c.leader_member().and_then(|m| m.xlog_location))?;
+    Some(leader.saturating_sub(s.member.xlog_location?))
+}
+
+/// Patroni's size syntax for `?lag=`: bytes, or a number with kB/MB/GB/TB.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" | "k" => 1 << 10,
+        "mb" | "m" => 1 << 20,
+        "gb" | "g" => 1 << 30,
+        "tb" | "t" => 1 << 40,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+fn replica_ok(s: &Snapshot, q: &HashMap<String, String>, default_lag: Option<u64>) -> bool {
+    let PgStatus::Running(r) = &s.pg else { return false };
+    if !r.in_recovery || s.member.tags.noloadbalance {
+        return false;
+    }
+    let max_lag = q.get("lag").and_then(|l| parse_size(l)).or(default_lag);
+    if let Some(max) = max_lag {
+        if lag(s).is_none_or(|l| l > max) {
+            return false;
+        }
+    }
+    if let Some(want) = q.get("replication_state") {
+        if s.member.replication_state.as_deref() != Some(want.as_str()) {
+            return false;
+        }
+    }
+    let tags = serde_json::to_value(&s.member.tags).unwrap_or_default();
+    q.iter().filter_map(|(k, v)| Some((k.strip_prefix("tag_")?, v))).all(|(k, v)| {
+        tags.get(k).is_some_and(|t| match t {
+            Value::String(s) => s == v,
+            other => other.to_string() == *v,
+        })
+    })
+}
+
+fn status_json(s: &Snapshot) -> Value {
+    let mut v = json!({
+        "state": s.member.state,
+        "role": s.member.role,
+        "patroni": {"version": env!("CARGO_PKG_VERSION"), "scope": s.scope, "name": s.name},
+        "cluster_unlocked": s.cluster.as_ref().is_some_and(|c| c.leader.is_none()),
+        "baton": {"reason": s.reason, "job": s.pending_job.map(|j| j.to_string())},
+    });
+    if let Some(t) = s.last_dcs_ok {
+        v["dcs_last_seen"] = json!(t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0));
+    }
+    if let Some(id) = &s.system_id {
+        v["database_system_identifier"] = json!(id);
+    }
+    if !s.member.tags.eq(&Default::default()) {
+        v["tags"] = serde_json::to_value(&s.member.tags).unwrap_or_default();
+    }
+    if let PgStatus::Running(r) = &s.pg {
+        v["server_version"] = json!(r.server_version);
+        v["timeline"] = json!(r.timeline);
+        if r.in_recovery {
+            v["xlog"] = json!({
+                "received_location": r.receive_lsn.map(|l| l.0),
+                "replayed_location": r.replay_lsn.map(|l| l.0),
+                "paused": false,
+            });
+            v["replication_state"] = json!(s.member.replication_state);
+        } else {
+            v["xlog"] = json!({"location": r.wal_lsn.map(|l| l.0)});
+            v["replication"] = json!(r
+                .replication
+                .iter()
+                .map(|row| json!({
+                    "application_name": row.application_name,
+                    "client_addr": row.client_addr,
+                    "state": row.state,
+                    "sync_state": row.sync_state,
+                    "sent_lsn": row.sent_lsn.map(|l| l.to_string()),
+                    "flush_lsn": row.flush_lsn.map(|l| l.to_string()),
+                    "replay_lsn": row.replay_lsn.map(|l| l.to_string()),
+                }))
+                .collect::<Vec<_>>());
+        }
+    }
+    v
+}
+
+fn reply(method: &Method, ok: bool, body: Value) -> Response {
+    let code = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    if *method == Method::OPTIONS || *method == Method::HEAD {
+        code.into_response()
+    } else {
+        (code, Json(body)).into_response()
+    }
+}
+
+async fn check(
+    State(state): State<SharedState>,
+    method: Method,
+    Query(q): Query<HashMap<String, String>>,
+    which: Check,
+) -> Response {
+    let s = snapshot(&state);
+    let max_lag = s.config.maximum_lag_on_failover;
+    let ok = match which {
+        Check::Primary => s.is_leader && is_running_primary(&s),
+        Check::Leader => s.is_leader,
+        Check::Replica => replica_ok(&s, &q, None),
+        // Synchronous replication is not implemented yet: nobody is a sync standby.
+        Check::Sync => false,
+        Check::ReadOnly => (s.is_leader && is_running_primary(&s)) || replica_ok(&s, &q, None),
+        Check::Health => matches!(s.pg, PgStatus::Running(_)),
+        Check::Liveness => s.last_tick.is_some_and(|t| t.elapsed() < s.config.ttl()),
+        Check::Readiness => {
+            (s.is_leader && is_running_primary(&s)) || replica_ok(&s, &q, Some(max_lag))
+        }
+        Check::Always => true,
+    };
+    reply(&method, ok, status_json(&s))
+}
+
+async fn cluster(State(state): State<SharedState>, method: Method) -> Response {
+    let s = snapshot(&state);
+    let Some(view) = &s.cluster else {
+        return reply(&method, false, json!({"error": "etcd not reachable"}));
+    };
+    let st = ClusterStatus::from_view(&s.scope, view, s.config.maximum_lag_on_failover);
+    let body = json!({
+        "scope": st.scope,
+        "state": st.state,
+        "problems": st.problems,
+        "members": st.members,
+        "pause": false,
+    });
+    reply(&method, true, body)
+}
+
+async fn history(State(state): State<SharedState>, method: Method) -> Response {
+    let s = snapshot(&state);
+    let h = s.cluster.as_ref().and_then(|c| c.history.clone()).unwrap_or(json!([]));
+    reply(&method, true, h)
+}
+
+async fn config(State(state): State<SharedState>, method: Method) -> Response {
+    let s = snapshot(&state);
+    match s.cluster.as_ref().and_then(|c| c.config.as_ref()) {
+        Some(c) => reply(&method, true, serde_json::to_value(c).unwrap_or_default()),
+        None => reply(&method, false, json!({"error": "no valid config stored in etcd"})),
+    }
+}
+
+async fn metrics(State(state): State<SharedState>) -> Response {
+    let s = snapshot(&state);
+    let labels = format!("scope=\"{}\",name=\"{}\"", s.scope, s.name);
+    let mut out = String::new();
+    let mut gauge = |name: &str, help: &str, value: f64| {
+        writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{{labels}}} {value}").expect("string write");
+    };
+    let running = matches!(s.pg, PgStatus::Running(_));
+    let primary = s.is_leader && is_running_primary(&s);
+    let replica = matches!(&s.pg, PgStatus::Running(r) if r.in_recovery);
+    gauge("patroni_postgres_running", "Value is 1 if Postgres is running, 0 otherwise.", running as u8 as f64);
+    gauge("patroni_primary", "Value is 1 if this node is the leader, 0 otherwise.", primary as u8 as f64);
+    gauge("patroni_replica", "Value is 1 if this node is a replica, 0 otherwise.", replica as u8 as f64);
+    gauge("patroni_standby_leader", "Value is 1 if this node is the standby_leader, 0 otherwise.", 0.0);
+    gauge("patroni_sync_standby", "Value is 1 if this node is a sync standby replica, 0 otherwise.", 0.0);
+    gauge(
+        "patroni_cluster_unlocked",
+        "Value is 1 if the cluster is unlocked, 0 if locked.",
+        s.cluster.as_ref().is_some_and(|c| c.leader.is_none()) as u8 as f64,
+    );
+    gauge("patroni_is_paused", "Value is 1 if auto failover is disabled, 0 otherwise.", 0.0);
+    if let PgStatus::Running(r) = &s.pg {
+        gauge("patroni_postgres_server_version", "Version of Postgres (if running), 0 otherwise.", r.server_version as f64);
+        gauge("patroni_postgres_timeline", "Postgres timeline of this node (if running), 0 otherwise.", r.timeline.unwrap_or(0) as f64);
+        gauge(
+            "patroni_xlog_location",
+            "Current location of the Postgres transaction log, 0 if this node is not the leader.",
+            r.wal_lsn.map(|l| l.0).unwrap_or(0) as f64,
+        );
+        gauge(
+            "patroni_xlog_received_location",
+            "Current location of the received Postgres transaction log, 0 if this node is not a replica.",
+            r.receive_lsn.map(|l| l.0).unwrap_or(0) as f64,
+        );
+        gauge(
+            "patroni_xlog_replayed_location",
+            "Current location of the replayed Postgres transaction log, 0 if this node is not a replica.",
+            r.replay_lsn.map(|l| l.0).unwrap_or(0) as f64,
+        );
+    }
+    if let Some(t) = s.last_dcs_ok {
+        gauge(
+            "patroni_dcs_last_seen",
+            "Epoch timestamp when DCS was last contacted successfully by Patroni.",
+            t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0) as f64,
+        );
+    }
+    let tick_age = s.last_tick.map(|t| t.elapsed().as_secs_f64()).unwrap_or(-1.0);
+    gauge("baton_loop_last_tick_age_seconds", "Seconds since the HA loop last completed a tick (-1: never).", tick_age);
+    gauge("baton_job_running", "Value is 1 while a long job (bootstrap, clone, start, ...) runs.", s.pending_job.is_some() as u8 as f64);
+    (StatusCode::OK, [("content-type", "text/plain; version=0.0.4")], out).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn lag_sizes_parse_like_patroni() {
+        assert_eq!(parse_size("100"), Some(100));
+        assert_eq!(parse_size("16MB"), Some(16 << 20));
+        assert_eq!(parse_size("1kB"), Some(1024));
+        assert_eq!(parse_size("2 GB"), Some(2 << 30));
+        assert_eq!(parse_size("x"), None);
+        assert_eq!(parse_size("5 parsecs"), None);
+    }
+}

@@ -1,0 +1,349 @@
+//! Throw-away local clusters: an etcd and N agents on free loopback ports in
+//! one directory. Used by `baton demo` and by the integration tests, so the
+//! tests run Baton exactly as a user would: real etcd, real `baton agent`
+//! processes, real PostgreSQL.
+//!
+//! Only processes started here are ever signalled, by PID: the agents and
+//! etcd we spawned, and the postmasters whose `postmaster.pid` lies in a data
+//! directory under our own directory.
+
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::dcs::ClusterView;
+use crate::status::ClusterStatus;
+
+/// A free TCP port on 127.0.0.1 (bound then released; the kernel does not
+/// hand it out again immediately).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding 127.0.0.1:0")
+}
+
+/// Makes a directory the postgres OS user can traverse (temp dirs are 0700).
+pub fn open_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+}
+
+pub struct LocalEtcd {
+    pub endpoint: String,
+    child: Child,
+}
+
+impl LocalEtcd {
+    pub fn start(dir: &Path) -> anyhow::Result<LocalEtcd> {
+        let client = free_port();
+        let peer = free_port();
+        let endpoint = format!("http://127.0.0.1:{client}");
+        let data = dir.join("etcd");
+        std::fs::create_dir_all(&data)?;
+        let log = std::fs::File::create(dir.join("etcd.log"))?;
+        let child = Command::new("etcd")
+            .arg("--name=baton-local")
+            .arg(format!("--data-dir={}", data.display()))
+            .arg(format!("--listen-client-urls={endpoint}"))
+            .arg(format!("--advertise-client-urls={endpoint}"))
+            .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer}"))
+            .arg(format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"))
+            .arg(format!("--initial-cluster=baton-local=http://127.0.0.1:{peer}"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting etcd (is the etcd-server package installed?)")?;
+        let etcd = LocalEtcd { endpoint, child };
+        etcd.wait_healthy(Duration::from_secs(20))?;
+        Ok(etcd)
+    }
+
+    fn wait_healthy(&self, limit: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + limit;
+        let url = format!("{}/health", self.endpoint);
+        loop {
+            if http_get_status(&url) == Ok(200) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("etcd at {} not healthy after {limit:?}", self.endpoint);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for LocalEtcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Status code of a plain HTTP GET on loopback (no TLS, no redirects).
+pub fn http_get_status(url: &str) -> Result<u16, String> {
+    http_get(url).map_err(|e| e.to_string())
+}
+
+fn http_get(url: &str) -> std::io::Result<u16> {
+    use std::io::{Read, Write};
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| std::io::Error::other("only http:// URLs"))?;
+    let (hostport, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let mut s = std::net::TcpStream::connect(hostport)?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    write!(s, "GET /{path} HTTP/1.0\r\nHost: {hostport}\r\n\r\n")?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf)?;
+    buf.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other("malformed HTTP response"))
+}
+
+/// One agent of a local cluster.
+pub struct LocalNode {
+    pub name: String,
+    pub config_path: PathBuf,
+    pub data_dir: PathBuf,
+    pub pg_port: u16,
+    pub api_port: u16,
+    pub log_path: PathBuf,
+    child: Option<Child>,
+}
+
+impl LocalNode {
+    pub fn agent_pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    pub fn postmaster_pid(&self) -> Option<i32> {
+        crate::pg::read_postmaster_pid(&self.data_dir)
+    }
+
+    pub fn api_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.api_port)
+    }
+}
+
+pub struct LocalCluster {
+    pub dir: PathBuf,
+    pub scope: String,
+    pub etcd: LocalEtcd,
+    pub nodes: Vec<LocalNode>,
+    baton: PathBuf,
+}
+
+pub struct ClusterOptions {
+    pub scope: String,
+    pub nodes: usize,
+    /// Extra TOML appended to every node config.
+    pub extra_toml: String,
+    pub ttl: u64,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        ClusterOptions {
+            scope: "demo".into(),
+            nodes: 3,
+            extra_toml: String::new(),
+            ttl: 4,
+        }
+    }
+}
+
+impl LocalCluster {
+    /// Writes configs and starts etcd; agents are started with [`start_agent`].
+    pub fn create(dir: &Path, baton: &Path, opts: &ClusterOptions) -> anyhow::Result<LocalCluster> {
+        open_dir(dir)?;
+        let etcd = LocalEtcd::start(dir)?;
+        let mut nodes = vec![];
+        for i in 1..=opts.nodes {
+            let name = format!("node{i}");
+            let pg_port = free_port();
+            let api_port = free_port();
+            let data_dir = dir.join(&name);
+            let config_path = dir.join(format!("{name}.toml"));
+            let toml = format!(
+                r#"scope = "{scope}"
+name = "{name}"
+
+[etcd]
+endpoints = ["{etcd}"]
+
+[api]
+listen = "127.0.0.1:{api_port}"
+
+[postgresql]
+data_dir = "{data}"
+listen = "127.0.0.1:{pg_port}"
+start_timeout = 30
+
+[postgresql.parameters]
+shared_buffers = "32MB"
+max_connections = 40
+
+[bootstrap.dcs]
+ttl = {ttl}
+loop_wait = 1
+retry_timeout = 1
+{extra}
+"#,
+                scope = opts.scope,
+                etcd = etcd.endpoint,
+                data = data_dir.display(),
+                ttl = opts.ttl,
+                extra = opts.extra_toml,
+            );
+            std::fs::write(&config_path, toml)?;
+            nodes.push(LocalNode {
+                log_path: dir.join(format!("{name}.agent.log")),
+                name,
+                config_path,
+                data_dir,
+                pg_port,
+                api_port,
+                child: None,
+            });
+        }
+        Ok(LocalCluster {
+            dir: dir.to_path_buf(),
+            scope: opts.scope.clone(),
+            etcd,
+            nodes,
+            baton: baton.to_path_buf(),
+        })
+    }
+
+    pub fn start_agent(&mut self, i: usize) -> anyhow::Result<()> {
+        let node = &mut self.nodes[i];
+        if node.child.is_some() {
+            bail!("{} is already running", node.name);
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log_path)?;
+        let child = Command::new(&self.baton)
+            .arg("agent")
+            .arg("-c")
+            .arg(&node.config_path)
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", self.baton.display()))?;
+        node.child = Some(child);
+        Ok(())
+    }
+
+    pub fn start_all(&mut self) -> anyhow::Result<()> {
+        for i in 0..self.nodes.len() {
+            self.start_agent(i)?;
+        }
+        Ok(())
+    }
+
+    /// SIGKILL to the agent only: postgres (detached) keeps running.
+    pub fn kill_agent(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM to the agent and wait (bounded) for it to exit.
+    pub fn stop_agent(&mut self, i: usize, limit: Duration) -> anyhow::Result<()> {
+        let Some(mut c) = self.nodes[i].child.take() else { return Ok(()) };
+        let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGTERM);
+        let deadline = Instant::now() + limit;
+        loop {
+            if c.try_wait()?.is_some() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                bail!("{} did not exit within {limit:?} of SIGTERM", self.nodes[i].name);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL to this node's postmaster (the agent lives on).
+    pub fn kill_postgres(&self, i: usize) -> Option<i32> {
+        let pid = self.nodes[i].postmaster_pid()?;
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        Some(pid)
+    }
+
+    /// A libpq multi-host connection string for all nodes.
+    pub fn dsn(&self, attrs: &str) -> String {
+        let hosts: Vec<String> = self.nodes.iter().map(|n| format!("127.0.0.1:{}", n.pg_port)).collect();
+        format!("postgresql://postgres@{}/postgres?{attrs}", hosts.join(","))
+    }
+
+    /// Stops everything we started: agents (SIGTERM, then SIGKILL), any
+    /// postmaster left in our data dirs (SIGQUIT), then etcd.
+    pub fn shutdown(&mut self) {
+        for i in 0..self.nodes.len() {
+            let _ = self.stop_agent(i, Duration::from_secs(20));
+        }
+        self.kill_leftover_postgres();
+    }
+
+    fn kill_leftover_postgres(&self) {
+        for n in &self.nodes {
+            if let Some(pid) = n.postmaster_pid() {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGQUIT);
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while n.postmaster_pid().is_some() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
+    }
+
+    pub async fn view(&self) -> anyhow::Result<ClusterView> {
+        let dcs = crate::dcs::Dcs::connect(
+            std::slice::from_ref(&self.etcd.endpoint),
+            format!("/service/{}/", self.scope),
+            Duration::from_secs(2),
+        )
+        .await?;
+        Ok(dcs.load().await?)
+    }
+
+    pub async fn status(&self) -> anyhow::Result<ClusterStatus> {
+        let v = self.view().await?;
+        let max_lag = v.config.as_ref().map(|c| c.maximum_lag_on_failover).unwrap_or(1 << 20);
+        Ok(ClusterStatus::from_view(&self.scope, &v, max_lag))
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            if let Some(mut c) = n.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        self.kill_leftover_postgres();
+    }
+}

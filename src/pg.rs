@@ -1,0 +1,817 @@
+//! Control of the local PostgreSQL instance: every initdb, start, stop,
+//! promote, clone and query goes through here.
+//!
+//! Decision: postgres is **detached** from the agent (started by `pg_ctl`,
+//! which puts the postmaster in its own session). An agent crash or upgrade
+//! therefore costs no downtime: the next agent adopts the running instance,
+//! found through `postmaster.pid`. A *clean* agent shutdown stops postgres
+//! itself (DESIGN.md rule 6).
+//!
+//! When the agent runs as root, each postgres binary is spawned with the uid
+//! and gid of the configured OS user (only the child switches), because
+//! initdb and postgres refuse to run as root.
+//!
+//! Per-node settings live in files Baton rewrites before every start
+//! (`postgresql.conf`, `pg_hba.conf`, `standby.signal`), so a clone or a
+//! pg_rewind that copied another node's files cannot leave this node with
+//! that node's port.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use nix::sys::signal;
+use nix::unistd::{Pid, User};
+use tokio::io::AsyncReadExt;
+use tokio::process::Command;
+
+use crate::config::PgConfig;
+use crate::lsn::Lsn;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PgError {
+    #[error("{what} failed: {detail}")]
+    Command { what: String, detail: String },
+    #[error("{0} timed out after {1:?}")]
+    Timeout(String, Duration),
+    #[error("{0}")]
+    Io(String),
+    #[error("postgres: {0:#}")]
+    Db(#[from] tokio_postgres::Error),
+}
+
+/// What the data directory holds, as far as the agent may act on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DataDir {
+    /// Missing or empty: free to initdb or clone into.
+    Empty,
+    /// A PostgreSQL data directory of the given cluster.
+    Valid { system_id: String, standby: bool },
+    /// Something the agent must not touch, and why.
+    Unusable(String),
+}
+
+/// The running instance, as one query showed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Running {
+    pub in_recovery: bool,
+    pub system_id: String,
+    pub timeline: Option<u32>,
+    /// Primary: current write LSN.
+    pub wal_lsn: Option<Lsn>,
+    pub receive_lsn: Option<Lsn>,
+    pub replay_lsn: Option<Lsn>,
+    /// Replica: whether the WAL receiver is streaming, and from where.
+    pub receiver_streaming: bool,
+    pub primary_conninfo: String,
+    pub primary_slot_name: String,
+    pub server_version: i32,
+    /// Primary: physical replication slots and their restart LSN.
+    pub slots: BTreeMap<String, Option<Lsn>>,
+    /// Primary: connected standbys by application_name.
+    pub replication: Vec<ReplicationRow>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ReplicationRow {
+    pub application_name: String,
+    pub client_addr: Option<String>,
+    pub state: String,
+    pub sent_lsn: Option<Lsn>,
+    pub flush_lsn: Option<Lsn>,
+    pub replay_lsn: Option<Lsn>,
+    pub sync_state: String,
+}
+
+/// How this instance should run: the two ways Baton writes its configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunAs {
+    Primary,
+    /// Stream from `host:port` using `slot`.
+    Replica {
+        host: String,
+        port: u16,
+        slot: String,
+    },
+}
+
+/// Physical slot name for a member: Patroni's rule (lower case, `[a-z0-9_]`).
+pub fn slot_name(member: &str) -> String {
+    member
+        .chars()
+        .map(|c| {
+            let c = c.to_ascii_lowercase();
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+pub struct Instance {
+    pub cfg: PgConfig,
+    /// Application name used by this node when streaming (its member name).
+    pub name: String,
+    owner: Option<(u32, u32)>,
+}
+
+impl Instance {
+    /// Resolves the OS user; fails when running as root with no such user,
+    /// since postgres must never run as root.
+    pub fn new(cfg: PgConfig, name: String) -> Result<Instance, PgError> {
+        let owner = if nix::unistd::geteuid().is_root() {
+            let user = User::from_name(&cfg.os_user)
+                .map_err(|e| PgError::Io(format!("looking up OS user {:?}: {e}", cfg.os_user)))?
+                .ok_or_else(|| {
+                    PgError::Io(format!(
+                        "running as root and OS user {:?} (postgresql.os_user) does not exist; \
+                         postgres refuses to run as root",
+                        cfg.os_user
+                    ))
+                })?;
+            if user.uid.is_root() {
+                return Err(PgError::Io(
+                    "postgresql.os_user must not be root: postgres refuses to run as root".into(),
+                ));
+            }
+            Some((user.uid.as_raw(), user.gid.as_raw()))
+        } else {
+            None
+        };
+        Ok(Instance { cfg, name, owner })
+    }
+
+    fn bin(&self, tool: &str) -> PathBuf {
+        self.cfg.bin_dir.join(tool)
+    }
+
+    fn command(&self, tool: &str) -> Command {
+        let mut c = Command::new(self.bin(tool));
+        c.current_dir(self.cfg.data_dir.parent().unwrap_or(Path::new("/")));
+        c.env("LC_ALL", "C.UTF-8").env_remove("PGDATA");
+        c.stdin(Stdio::null());
+        if let Some((uid, gid)) = self.owner {
+            c.uid(uid).gid(gid);
+            if let Ok(Some(u)) = User::from_uid(uid.into()) {
+                c.env("HOME", u.dir).env("USER", &u.name);
+            }
+        }
+        c.kill_on_drop(true);
+        c
+    }
+
+    /// Runs a tool to completion within `timeout`, returning its stdout.
+    async fn run(&self, what: &str, mut cmd: Command, timeout: Duration) -> Result<String, PgError> {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let child = cmd.spawn().map_err(|e| PgError::Command {
+            what: what.to_string(),
+            detail: format!("cannot spawn: {e}"),
+        })?;
+        let out = tokio::time::timeout(timeout, child.wait_with_output())
+            .await
+            .map_err(|_| PgError::Timeout(what.to_string(), timeout))?
+            .map_err(|e| PgError::Io(format!("{what}: {e}")))?;
+        if !out.status.success() {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let detail = format!("{} {}", stderr.trim(), stdout.trim());
+            return Err(PgError::Command {
+                what: what.to_string(),
+                detail: format!("{} ({})", detail.trim(), out.status),
+            });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Makes `dir` exist, owned by the OS user, mode 0700.
+    fn prepare_dir(&self, dir: &Path) -> Result<(), PgError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| PgError::Io(format!("creating {}: {e}", dir.display())))?;
+        if let Some((uid, gid)) = self.owner {
+            std::os::unix::fs::chown(dir, Some(uid), Some(gid))
+                .map_err(|e| PgError::Io(format!("chown {}: {e}", dir.display())))?;
+        }
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| PgError::Io(format!("chmod {}: {e}", dir.display())))
+    }
+
+    fn prepare_log_file(&self) -> Result<(), PgError> {
+        let f = &self.cfg.log_file;
+        if let Some(parent) = f.parent() {
+            std::fs::create_dir_all(parent).ok();
+        }
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(f)
+            .map_err(|e| PgError::Io(format!("opening log file {}: {e}", f.display())))?;
+        if let Some((uid, gid)) = self.owner {
+            std::os::unix::fs::chown(f, Some(uid), Some(gid))
+                .map_err(|e| PgError::Io(format!("chown {}: {e}", f.display())))?;
+        }
+        Ok(())
+    }
+
+    /// Classifies the data directory without changing it.
+    pub async fn inspect(&self) -> DataDir {
+        let dir = &self.cfg.data_dir;
+        let meta = match std::fs::metadata(dir) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return DataDir::Empty,
+            Err(e) => return DataDir::Unusable(format!("cannot read {}: {e}", dir.display())),
+        };
+        if !meta.is_dir() {
+            return DataDir::Unusable(format!("{} is not a directory", dir.display()));
+        }
+        if let Some((uid, _)) = self.owner {
+            if meta.uid() != uid {
+                return DataDir::Unusable(format!(
+                    "{} is owned by uid {}, not by {} (uid {uid}); refusing to touch it",
+                    dir.display(),
+                    meta.uid(),
+                    self.cfg.os_user
+                ));
+            }
+        }
+        let mut entries = match std::fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) => return DataDir::Unusable(format!("cannot list {}: {e}", dir.display())),
+        };
+        if entries.next().is_none() {
+            return DataDir::Empty;
+        }
+        if !dir.join("PG_VERSION").exists() || !dir.join("global/pg_control").exists() {
+            return DataDir::Unusable(format!(
+                "{} is not empty and is not a PostgreSQL data directory (no PG_VERSION or \
+                 global/pg_control); refusing to touch it",
+                dir.display()
+            ));
+        }
+        match self.controldata().await {
+            Ok(cd) => match cd.get("Database system identifier") {
+                Some(id) => DataDir::Valid {
+                    system_id: id.clone(),
+                    standby: dir.join("standby.signal").exists(),
+                },
+                None => DataDir::Unusable("pg_controldata shows no system identifier".into()),
+            },
+            Err(e) => DataDir::Unusable(format!("pg_controldata: {e}")),
+        }
+    }
+
+    /// `pg_controldata` as a map of its "Name: value" lines.
+    pub async fn controldata(&self) -> Result<BTreeMap<String, String>, PgError> {
+        let mut cmd = self.command("pg_controldata");
+        cmd.arg("-D").arg(&self.cfg.data_dir);
+        let out = self.run("pg_controldata", cmd, Duration::from_secs(10)).await?;
+        Ok(parse_controldata(&out))
+    }
+
+    /// PID of the postmaster, if `postmaster.pid` names a live process.
+    pub fn postmaster_pid(&self) -> Option<i32> {
+        read_postmaster_pid(&self.cfg.data_dir)
+    }
+
+    pub async fn initdb(&self) -> Result<(), PgError> {
+        self.prepare_dir(&self.cfg.data_dir)?;
+        let mut cmd = self.command("initdb");
+        cmd.arg("-D")
+            .arg(&self.cfg.data_dir)
+            // Checksums make pg_rewind possible later without wal_log_hints.
+            .arg("--data-checksums")
+            .arg("--encoding=UTF8")
+            .arg("--locale=C.UTF-8")
+            .arg("--auth=trust")
+            .arg("-U")
+            .arg(&self.cfg.superuser.username);
+        let mut pwfile = None;
+        if let Some(pw) = &self.cfg.superuser.password {
+            let path = self.cfg.data_dir.with_extension("pwfile");
+            std::fs::write(&path, pw).map_err(|e| PgError::Io(format!("writing pwfile: {e}")))?;
+            if let Some((uid, gid)) = self.owner {
+                std::os::unix::fs::chown(&path, Some(uid), Some(gid)).ok();
+            }
+            cmd.arg(format!("--pwfile={}", path.display()));
+            pwfile = Some(path);
+        }
+        let r = self.run("initdb", cmd, self.cfg.start_timeout * 2).await;
+        if let Some(p) = pwfile {
+            std::fs::remove_file(p).ok();
+        }
+        r.map(|_| ())
+    }
+
+    /// Writes Baton's configuration files for `run_as`.
+    pub fn write_config(&self, run_as: &RunAs) -> Result<(), PgError> {
+        let dir = &self.cfg.data_dir;
+        let conf = render_postgresql_conf(&self.cfg, &self.name, run_as);
+        write_owned(&dir.join("postgresql.conf"), &conf, self.owner)?;
+        write_owned(&dir.join("pg_hba.conf"), &render_pg_hba(&self.cfg), self.owner)?;
+        let signal = dir.join("standby.signal");
+        match run_as {
+            RunAs::Primary => {
+                if signal.exists() {
+                    std::fs::remove_file(&signal)
+                        .map_err(|e| PgError::Io(format!("removing standby.signal: {e}")))?;
+                }
+            }
+            RunAs::Replica { .. } => write_owned(&signal, "", self.owner)?,
+        }
+        Ok(())
+    }
+
+    /// Starts postgres detached and waits until it accepts connections.
+    pub async fn start(&self, run_as: &RunAs) -> Result<(), PgError> {
+        self.prepare_dir(&self.cfg.socket_dir)?;
+        self.prepare_log_file()?;
+        self.write_config(run_as)?;
+        let mut cmd = self.command("pg_ctl");
+        let t = self.cfg.start_timeout;
+        cmd.arg("start")
+            .arg("-D")
+            .arg(&self.cfg.data_dir)
+            .arg("-l")
+            .arg(&self.cfg.log_file)
+            .arg("-w")
+            .arg("-t")
+            .arg(t.as_secs().max(1).to_string())
+            .arg("-s");
+        // pg_ctl's daemonized postmaster must not be killed with our handle.
+        cmd.kill_on_drop(false);
+        self.run("pg_ctl start", cmd, t + Duration::from_secs(5))
+            .await
+            .map_err(|e| self.with_log_tail(e))?;
+        Ok(())
+    }
+
+    fn with_log_tail(&self, e: PgError) -> PgError {
+        let tail = std::fs::read_to_string(&self.cfg.log_file)
+            .map(|s| {
+                let lines: Vec<&str> = s.lines().collect();
+                lines[lines.len().saturating_sub(5)..].join(" | ")
+            })
+            .unwrap_or_default();
+        match e {
+            PgError::Command { what, detail } if !tail.is_empty() => PgError::Command {
+                what,
+                detail: format!("{detail}; log {}: {tail}", self.cfg.log_file.display()),
+            },
+            other => other,
+        }
+    }
+
+    /// Stops postgres. `fast` (SIGINT) rolls back sessions and checkpoints;
+    /// `immediate` (SIGQUIT) is for fencing, when seconds matter more than a
+    /// checkpoint (crash recovery replays the WAL on the next start).
+    pub async fn stop(&self, mode: StopMode) -> Result<(), PgError> {
+        if self.postmaster_pid().is_none() {
+            return Ok(());
+        }
+        let mut cmd = self.command("pg_ctl");
+        cmd.arg("stop")
+            .arg("-D")
+            .arg(&self.cfg.data_dir)
+            .arg("-m")
+            .arg(mode.as_str())
+            .arg("-w")
+            .arg("-t")
+            .arg(self.cfg.start_timeout.as_secs().max(1).to_string())
+            .arg("-s");
+        cmd.kill_on_drop(false);
+        match self
+            .run("pg_ctl stop", cmd, self.cfg.start_timeout + Duration::from_secs(5))
+            .await
+        {
+            Ok(_) => Ok(()),
+            // Lost a race with the postmaster exiting on its own.
+            Err(_) if self.postmaster_pid().is_none() => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn promote(&self) -> Result<(), PgError> {
+        let mut cmd = self.command("pg_ctl");
+        cmd.arg("promote")
+            .arg("-D")
+            .arg(&self.cfg.data_dir)
+            .arg("-w")
+            .arg("-t")
+            .arg(self.cfg.start_timeout.as_secs().max(1).to_string())
+            .arg("-s");
+        self.run("pg_ctl promote", cmd, self.cfg.start_timeout + Duration::from_secs(5))
+            .await
+            .map(|_| ())
+    }
+
+    /// Clones `host:port` into the (empty) data directory with pg_basebackup,
+    /// logging its progress. On failure the partial copy is removed, since
+    /// the directory was empty before.
+    pub async fn basebackup_from(&self, host: &str, port: u16) -> Result<(), PgError> {
+        self.prepare_dir(&self.cfg.data_dir)?;
+        let mut cmd = self.command("pg_basebackup");
+        cmd.arg("-D")
+            .arg(&self.cfg.data_dir)
+            .arg("-d")
+            .arg(self.replication_conninfo(host, port))
+            .args(["-X", "stream", "-c", "fast", "--progress", "--verbose"]);
+        if let Some(pw) = &self.cfg.replication.password {
+            cmd.env("PGPASSWORD", pw);
+        }
+        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().map_err(|e| PgError::Command {
+            what: "pg_basebackup".into(),
+            detail: format!("cannot spawn: {e}"),
+        })?;
+        let mut stderr = child.stderr.take().expect("piped");
+        let name = self.name.clone();
+        let reader = tokio::spawn(async move {
+            // pg_basebackup redraws progress with '\r'; log at most once a second.
+            let mut buf = [0u8; 4096];
+            let mut line = String::new();
+            let mut all = String::new();
+            let mut last = std::time::Instant::now() - Duration::from_secs(2);
+            while let Ok(n) = stderr.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                for ch in String::from_utf8_lossy(&buf[..n]).chars() {
+                    if ch == '\r' || ch == '\n' {
+                        let l = line.trim();
+                        if !l.is_empty() {
+                            if ch == '\n' || last.elapsed() >= Duration::from_secs(1) {
+                                tracing::info!(member = %name, "pg_basebackup: {l}");
+                                last = std::time::Instant::now();
+                            }
+                            if ch == '\n' {
+                                all.push_str(l);
+                                all.push('\n');
+                            }
+                        }
+                        line.clear();
+                    } else {
+                        line.push(ch);
+                    }
+                }
+            }
+            all
+        });
+        let status = child
+            .wait()
+            .await
+            .map_err(|e| PgError::Io(format!("pg_basebackup: {e}")))?;
+        let log = reader.await.unwrap_or_default();
+        if !status.success() {
+            self.remove_partial_clone();
+            let tail: Vec<&str> = log.lines().rev().take(3).collect();
+            return Err(PgError::Command {
+                what: "pg_basebackup".into(),
+                detail: format!("{} ({status})", tail.into_iter().rev().collect::<Vec<_>>().join(" | ")),
+            });
+        }
+        Ok(())
+    }
+
+    /// Empties the data directory after a failed clone. Only ever called on
+    /// a directory that was empty before the clone started.
+    fn remove_partial_clone(&self) {
+        if let Ok(entries) = std::fs::read_dir(&self.cfg.data_dir) {
+            for e in entries.flatten() {
+                let p = e.path();
+                let _ = if p.is_dir() {
+                    std::fs::remove_dir_all(&p)
+                } else {
+                    std::fs::remove_file(&p)
+                };
+            }
+        }
+    }
+
+    fn replication_conninfo(&self, host: &str, port: u16) -> String {
+        format!(
+            "host={} port={port} user={} application_name={} connect_timeout=5",
+            quote_conninfo(host),
+            quote_conninfo(&self.cfg.replication.username),
+            quote_conninfo(&self.name),
+        )
+    }
+
+    /// Points a running replica at another upstream: rewrite, then reload
+    /// (`primary_conninfo` is reloadable since PostgreSQL 13, no restart).
+    pub async fn follow(&self, client: &tokio_postgres::Client, run_as: &RunAs) -> Result<(), PgError> {
+        self.write_config(run_as)?;
+        client.execute("SELECT pg_reload_conf()", &[]).await?;
+        Ok(())
+    }
+
+    pub fn local_conn_config(&self) -> tokio_postgres::Config {
+        let mut c = tokio_postgres::Config::new();
+        c.host_path(&self.cfg.socket_dir)
+            .port(self.cfg.listen.port())
+            .user(&self.cfg.superuser.username)
+            .dbname("postgres")
+            .application_name("baton")
+            .connect_timeout(Duration::from_secs(2));
+        if let Some(pw) = &self.cfg.superuser.password {
+            c.password(pw);
+        }
+        c
+    }
+
+    pub async fn connect(&self, timeout: Duration) -> Result<tokio_postgres::Client, PgError> {
+        let cfg = self.local_conn_config();
+        let (client, conn) = tokio::time::timeout(timeout, cfg.connect(tokio_postgres::NoTls))
+            .await
+            .map_err(|_| PgError::Timeout("connect to local postgres".into(), timeout))??;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(client)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopMode {
+    Fast,
+    Immediate,
+}
+
+impl StopMode {
+    fn as_str(self) -> &'static str {
+        match self {
+            StopMode::Fast => "fast",
+            StopMode::Immediate => "immediate",
+        }
+    }
+}
+
+/// One round trip of status queries against a running instance.
+pub async fn query_running(client: &tokio_postgres::Client) -> Result<Running, PgError> {
+    let row = client
+        .query_one(
+            "SELECT pg_is_in_recovery(),
+                    (SELECT system_identifier::text FROM pg_control_system()),
+                    current_setting('server_version_num')::int,
+                    current_setting('primary_conninfo'),
+                    current_setting('primary_slot_name')",
+            &[],
+        )
+        .await?;
+    let in_recovery: bool = row.get(0);
+    let mut r = Running {
+        in_recovery,
+        system_id: row.get(1),
+        timeline: None,
+        wal_lsn: None,
+        receive_lsn: None,
+        replay_lsn: None,
+        receiver_streaming: false,
+        primary_conninfo: row.get(3),
+        primary_slot_name: row.get(4),
+        server_version: row.get(2),
+        slots: BTreeMap::new(),
+        replication: vec![],
+    };
+    type PgLsn = tokio_postgres::types::PgLsn;
+    if in_recovery {
+        let row = client
+            .query_one(
+                "SELECT pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn(),
+                        (SELECT status FROM pg_stat_wal_receiver),
+                        (SELECT received_tli FROM pg_stat_wal_receiver),
+                        (SELECT timeline_id FROM pg_control_checkpoint())",
+                &[],
+            )
+            .await?;
+        r.receive_lsn = row.get::<_, Option<PgLsn>>(0).map(Lsn::from);
+        r.replay_lsn = row.get::<_, Option<PgLsn>>(1).map(Lsn::from);
+        r.receiver_streaming = row.get::<_, Option<String>>(2).as_deref() == Some("streaming");
+        let tli: Option<i32> = row.get::<_, Option<i32>>(3).or(row.get::<_, Option<i32>>(4));
+        r.timeline = tli.map(|t| t as u32);
+    } else {
+        // pg_control_checkpoint() lags a promotion by seconds; the current
+        // WAL file name carries the live timeline.
+        let row = client
+            .query_one(
+                "SELECT pg_current_wal_lsn(), substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)",
+                &[],
+            )
+            .await?;
+        r.wal_lsn = Some(Lsn::from(row.get::<_, PgLsn>(0)));
+        let tli: String = row.get(1);
+        r.timeline = u32::from_str_radix(&tli, 16).ok();
+        for row in client
+            .query(
+                "SELECT slot_name::text, restart_lsn FROM pg_replication_slots WHERE slot_type = 'physical'",
+                &[],
+            )
+            .await?
+        {
+            r.slots
+                .insert(row.get(0), row.get::<_, Option<PgLsn>>(1).map(Lsn::from));
+        }
+        for row in client
+            .query(
+                "SELECT application_name, client_addr::text, state, sent_lsn, flush_lsn, replay_lsn, sync_state
+                   FROM pg_stat_replication ORDER BY application_name",
+                &[],
+            )
+            .await?
+        {
+            r.replication.push(ReplicationRow {
+                application_name: row.get(0),
+                client_addr: row.get(1),
+                state: row.get::<_, Option<String>>(2).unwrap_or_default(),
+                sent_lsn: row.get::<_, Option<PgLsn>>(3).map(Lsn::from),
+                flush_lsn: row.get::<_, Option<PgLsn>>(4).map(Lsn::from),
+                replay_lsn: row.get::<_, Option<PgLsn>>(5).map(Lsn::from),
+                sync_state: row.get::<_, Option<String>>(6).unwrap_or_default(),
+            });
+        }
+    }
+    Ok(r)
+}
+
+/// Creates the replication role at bootstrap.
+pub async fn create_replication_role(
+    client: &tokio_postgres::Client,
+    cfg: &PgConfig,
+) -> Result<(), PgError> {
+    let user = &cfg.replication.username;
+    let ident = format!("\"{}\"", user.replace('"', "\"\""));
+    let mut sql = format!("CREATE ROLE {ident} WITH REPLICATION LOGIN");
+    if let Some(pw) = &cfg.replication.password {
+        write!(sql, " PASSWORD '{}'", pw.replace('\'', "''")).expect("string write");
+    }
+    let exists = client
+        .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[user])
+        .await?
+        .is_some();
+    if !exists {
+        client.batch_execute(&sql).await?;
+    }
+    Ok(())
+}
+
+pub async fn create_slot(client: &tokio_postgres::Client, slot: &str) -> Result<(), PgError> {
+    client
+        .execute(
+            "SELECT pg_create_physical_replication_slot($1, true)
+              WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
+            &[&slot],
+        )
+        .await?;
+    Ok(())
+}
+
+pub fn parse_controldata(out: &str) -> BTreeMap<String, String> {
+    out.lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect()
+}
+
+pub fn read_postmaster_pid(data_dir: &Path) -> Option<i32> {
+    let text = std::fs::read_to_string(data_dir.join("postmaster.pid")).ok()?;
+    let pid: i32 = text.lines().next()?.trim().parse().ok()?;
+    // Signal 0 probes existence; EPERM still means the process exists.
+    match signal::kill(Pid::from_raw(pid), None) {
+        Ok(()) | Err(nix::errno::Errno::EPERM) => Some(pid),
+        Err(_) => None,
+    }
+}
+
+fn quote_conninfo(v: &str) -> String {
+    if !v.is_empty() && v.chars().all(|c| c.is_ascii_alphanumeric() || "._-/".contains(c)) {
+        v.to_string()
+    } else {
+        format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))
+    }
+}
+
+fn quote_setting(v: &str) -> String {
+    format!("'{}'", v.replace('\'', "''"))
+}
+
+/// The `postgresql.conf` Baton owns. User parameters come first; the
+/// settings HA depends on are appended last so they always win.
+pub fn render_postgresql_conf(cfg: &PgConfig, name: &str, run_as: &RunAs) -> String {
+    let mut s = String::from(
+        "# Written by baton before every start; edits here are overwritten.\n\
+         # Set parameters in the node config ([postgresql.parameters]).\n",
+    );
+    let mut params: BTreeMap<&str, String> = BTreeMap::new();
+    params.insert("wal_keep_size", "'128MB'".into());
+    params.insert("max_wal_senders", "10".into());
+    params.insert("max_replication_slots", "10".into());
+    params.insert("hot_standby_feedback", "on".into());
+    for (k, v) in &cfg.parameters {
+        params.insert(k, quote_setting(v));
+    }
+    params.insert("listen_addresses", quote_setting(&cfg.listen.ip().to_string()));
+    params.insert("port", cfg.listen.port().to_string());
+    params.insert(
+        "unix_socket_directories",
+        quote_setting(&cfg.socket_dir.display().to_string()),
+    );
+    params.insert("wal_level", "replica".into());
+    params.insert("hot_standby", "on".into());
+    params.insert("wal_log_hints", "on".into());
+    params.insert("cluster_name", quote_setting(name));
+    match run_as {
+        RunAs::Primary => {
+            params.insert("primary_conninfo", "''".into());
+            params.insert("primary_slot_name", "''".into());
+        }
+        RunAs::Replica { host, port, slot } => {
+            let mut ci = format!(
+                "host={} port={port} user={} application_name={} connect_timeout=5",
+                quote_conninfo(host),
+                quote_conninfo(&cfg.replication.username),
+                quote_conninfo(name)
+            );
+            if let Some(pw) = &cfg.replication.password {
+                write!(ci, " password={}", quote_conninfo(pw)).expect("string write");
+            }
+            params.insert("primary_conninfo", quote_setting(&ci));
+            params.insert("primary_slot_name", quote_setting(slot));
+            params.insert("recovery_target_timeline", "'latest'".into());
+        }
+    }
+    for (k, v) in params {
+        writeln!(s, "{k} = {v}").expect("string write");
+    }
+    s
+}
+
+pub fn render_pg_hba(cfg: &PgConfig) -> String {
+    let mut s = String::from("# Written by baton; set [postgresql] pg_hba in the node config to replace.\n");
+    if !cfg.pg_hba.is_empty() {
+        for l in &cfg.pg_hba {
+            s.push_str(l);
+            s.push('\n');
+        }
+        return s;
+    }
+    let repl = &cfg.replication.username;
+    // With passwords configured, any address may connect with scram; without
+    // them, only loopback is trusted, which suits one-host clusters only.
+    if cfg.superuser.password.is_some() && cfg.replication.password.is_some() {
+        s.push_str("local all all trust\n");
+        writeln!(s, "host replication {repl} all scram-sha-256").expect("w");
+        s.push_str("host all all all scram-sha-256\n");
+    } else {
+        s.push_str("local all all trust\n");
+        writeln!(s, "host replication {repl} 127.0.0.0/8 trust").expect("w");
+        s.push_str("host all all 127.0.0.0/8 trust\n");
+        writeln!(s, "host replication {repl} ::1/128 trust").expect("w");
+        s.push_str("host all all ::1/128 trust\n");
+    }
+    s
+}
+
+fn write_owned(path: &Path, contents: &str, owner: Option<(u32, u32)>) -> Result<(), PgError> {
+    let tmp = path.with_extension("baton-tmp");
+    std::fs::write(&tmp, contents)
+        .map_err(|e| PgError::Io(format!("writing {}: {e}", tmp.display())))?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::chown(&tmp, Some(uid), Some(gid))
+            .map_err(|e| PgError::Io(format!("chown {}: {e}", tmp.display())))?;
+    }
+    std::fs::rename(&tmp, path).map_err(|e| PgError::Io(format!("renaming to {}: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slot_names_follow_patroni() {
+        assert_eq!(slot_name("Node-1.a"), "node_1_a");
+        assert_eq!(slot_name("node2"), "node2");
+    }
+
+    #[test]
+    fn controldata_parses_key_values() {
+        let out = "pg_control version number:            1300\n\
+                   Database system identifier:           7301234567890123456\n\
+                   Database cluster state:               shut down in recovery\n\
+                   Latest checkpoint location:           0/3000060\n";
+        let cd = parse_controldata(out);
+        assert_eq!(cd["Database system identifier"], "7301234567890123456");
+        assert_eq!(cd["Database cluster state"], "shut down in recovery");
+        assert_eq!(cd["Latest checkpoint location"], "0/3000060");
+    }
+
+    #[test]
+    fn conninfo_values_are_quoted_when_needed() {
+        assert_eq!(quote_conninfo("127.0.0.1"), "127.0.0.1");
+        assert_eq!(quote_conninfo("a b"), "'a b'");
+        assert_eq!(quote_conninfo("it's"), "'it\\'s'");
+        assert_eq!(quote_conninfo(""), "''");
+    }
+}
