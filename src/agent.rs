@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{DynamicConfig, NodeConfig};
 use crate::dcs::{ClusterView, Dcs, DcsError, LeaseId, Member, StatusKey};
-use crate::ha::{decide, Action, Decision, JobKind, JobStatus, Observation, PgStatus};
+use crate::ha::{decide, Action, Decision, JobKind, JobStatus, Observation, PgStatus, Reason};
 use crate::pg::{self, DataDir, Instance, RunAs, StopMode};
 
 /// What the last tick saw and decided; read by the REST API.
@@ -190,7 +190,8 @@ impl Agent {
         self.act(&d, &obs).await;
 
         let pending_job = self.job.as_ref().map(|j| j.kind);
-        let member = self.member_json(&pg, &data_dir, pending_job, &cluster, &reason);
+        let needs_repair = matches!(d.reason, Reason::ForeignCluster { .. } | Reason::DataDirUnusable(_));
+        let member = self.member_json(&pg, &data_dir, pending_job, needs_repair, &cluster, &reason);
         if let (Some(lease), Some(_)) = (self.lease, &cluster) {
             if let Err(e) = self.dcs.put_member(&self.cfg.name, &member, lease).await {
                 tracing::warn!("publishing member key failed: {e}");
@@ -242,7 +243,10 @@ impl Agent {
                     tracing::info!(lease = l.0, ttl = self.config.ttl, "granted new lease");
                     self.lease = Some(l);
                     self.lease_ttl = self.config.ttl;
-                    // A new lease holds nothing yet: it renews no leadership.
+                    // A grant starts the new lease's TTL like a renewal does.
+                    // It renews no leader key held on an older lease: decide
+                    // moves such a key over (AdoptLeader) before relying on it.
+                    self.last_renewal_sent = Some(sent);
                 }
                 Err(e) => tracing::warn!("cannot get an etcd lease: {e}"),
             },
@@ -496,6 +500,7 @@ impl Agent {
         pg: &PgStatus,
         data_dir: &DataDir,
         job: Option<JobKind>,
+        needs_repair: bool,
         cluster: &Option<ClusterView>,
         reason: &str,
     ) -> Member {
@@ -520,14 +525,14 @@ impl Agent {
             _ => "replica",
         }
         .to_string();
-        m.state = match (job, pg, data_dir) {
-            (Some(JobKind::Bootstrap), _, _) => "initializing new cluster",
-            (Some(JobKind::Clone), _, _) => "creating replica",
-            (Some(JobKind::Promote), _, _) => "promoting",
-            (Some(JobKind::Stop), _, _) => "stopping",
-            (_, PgStatus::Running(_), _) => "running",
-            (Some(JobKind::Start), _, _) | (_, PgStatus::Unresponsive, _) => "starting",
-            (_, _, DataDir::Unusable(_)) => "need repair",
+        m.state = match (job, pg) {
+            (Some(JobKind::Bootstrap), _) => "initializing new cluster",
+            (Some(JobKind::Clone), _) => "creating replica",
+            (Some(JobKind::Promote), _) => "promoting",
+            (Some(JobKind::Stop), _) => "stopping",
+            (_, PgStatus::Running(_)) => "running",
+            (Some(JobKind::Start), _) | (_, PgStatus::Unresponsive) => "starting",
+            _ if needs_repair => "need repair",
             _ => "stopped",
         }
         .to_string();

@@ -37,17 +37,35 @@ pub fn open_dir(dir: &Path) -> std::io::Result<()> {
 
 pub struct LocalEtcd {
     pub endpoint: String,
-    child: Child,
+    dir: PathBuf,
+    client_port: u16,
+    child: Option<Child>,
 }
 
 impl LocalEtcd {
-    pub fn start(dir: &Path) -> anyhow::Result<LocalEtcd> {
-        let client = free_port();
+    /// Picks ports and a data dir; nothing runs until [`LocalEtcd::start`].
+    pub fn planned(dir: &Path) -> LocalEtcd {
+        let client_port = free_port();
+        LocalEtcd {
+            endpoint: format!("http://127.0.0.1:{client_port}"),
+            dir: dir.to_path_buf(),
+            client_port,
+            child: None,
+        }
+    }
+
+    pub fn start(&mut self) -> anyhow::Result<()> {
+        if self.child.is_some() {
+            return Ok(());
+        }
         let peer = free_port();
-        let endpoint = format!("http://127.0.0.1:{client}");
-        let data = dir.join("etcd");
+        let endpoint = &self.endpoint;
+        let data = self.dir.join("etcd");
         std::fs::create_dir_all(&data)?;
-        let log = std::fs::File::create(dir.join("etcd.log"))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("etcd.log"))?;
         let child = Command::new("etcd")
             .arg("--name=baton-local")
             .arg(format!("--data-dir={}", data.display()))
@@ -61,9 +79,8 @@ impl LocalEtcd {
             .stderr(log)
             .spawn()
             .context("starting etcd (is the etcd-server package installed?)")?;
-        let etcd = LocalEtcd { endpoint, child };
-        etcd.wait_healthy(Duration::from_secs(20))?;
-        Ok(etcd)
+        self.child = Some(child);
+        self.wait_healthy(Duration::from_secs(20))
     }
 
     fn wait_healthy(&self, limit: Duration) -> anyhow::Result<()> {
@@ -80,15 +97,21 @@ impl LocalEtcd {
         }
     }
 
-    pub fn pid(&self) -> u32 {
-        self.child.id()
+    pub fn port(&self) -> u16 {
+        self.client_port
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
 
 impl Drop for LocalEtcd {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
 }
 
@@ -153,6 +176,8 @@ pub struct ClusterOptions {
     /// Extra TOML appended to every node config.
     pub extra_toml: String,
     pub ttl: u64,
+    /// Start etcd right away (tests of an unreachable etcd start it later).
+    pub start_etcd: bool,
 }
 
 impl Default for ClusterOptions {
@@ -162,6 +187,7 @@ impl Default for ClusterOptions {
             nodes: 3,
             extra_toml: String::new(),
             ttl: 4,
+            start_etcd: true,
         }
     }
 }
@@ -170,7 +196,10 @@ impl LocalCluster {
     /// Writes configs and starts etcd; agents are started with [`start_agent`].
     pub fn create(dir: &Path, baton: &Path, opts: &ClusterOptions) -> anyhow::Result<LocalCluster> {
         open_dir(dir)?;
-        let etcd = LocalEtcd::start(dir)?;
+        let mut etcd = LocalEtcd::planned(dir);
+        if opts.start_etcd {
+            etcd.start()?;
+        }
         let mut nodes = vec![];
         for i in 1..=opts.nodes {
             let name = format!("node{i}");

@@ -39,8 +39,26 @@ pub enum PgError {
     Timeout(String, Duration),
     #[error("{0}")]
     Io(String),
-    #[error("postgres: {0:#}")]
-    Db(#[from] tokio_postgres::Error),
+    #[error("postgres: {0}")]
+    Db(String),
+}
+
+impl From<tokio_postgres::Error> for PgError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        PgError::Db(describe(&e))
+    }
+}
+
+/// tokio-postgres errors display as just "db error"; this shows the
+/// server's SQLSTATE and message, or the client-side cause.
+pub fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => match std::error::Error::source(e) {
+            Some(src) => format!("{e}: {src}"),
+            None => e.to_string(),
+        },
+    }
 }
 
 /// What the data directory holds, as far as the agent may act on it.

@@ -1,0 +1,191 @@
+//! Shared fixture for integration tests: real etcd, real `baton agent`
+//! processes and real PostgreSQL 15 on loopback ports, in a temp dir that is
+//! kept (and its path printed) when a test fails.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use baton::local::{ClusterOptions, LocalCluster};
+use baton::status::{ClusterState, ClusterStatus};
+
+/// This machine has 2 cores: one cluster at a time per test binary.
+static CLUSTER_SLOT: Mutex<()> = Mutex::new(());
+
+pub fn one_cluster_at_a_time() -> MutexGuard<'static, ()> {
+    CLUSTER_SLOT.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+pub fn baton_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_baton"))
+}
+
+/// A temp dir the postgres OS user can traverse; kept when the test panics.
+pub struct TestDir {
+    dir: Option<tempfile::TempDir>,
+    pub path: PathBuf,
+}
+
+impl TestDir {
+    pub fn new(name: &str) -> TestDir {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("baton-test-{name}-"))
+            .tempdir_in("/tmp")
+            .expect("temp dir");
+        let path = dir.path().to_path_buf();
+        baton::local::open_dir(&path).expect("chmod temp dir");
+        TestDir { dir: Some(dir), path }
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            if let Some(d) = self.dir.take() {
+                let p = d.keep();
+                eprintln!("test failed: its files are kept in {}", p.display());
+            }
+        }
+    }
+}
+
+/// A local cluster plus its directory; dropping it stops every process it started.
+pub struct TestCluster {
+    pub c: LocalCluster,
+    pub dir: TestDir,
+    _slot: MutexGuard<'static, ()>,
+}
+
+impl TestCluster {
+    pub fn new(name: &str, opts: ClusterOptions) -> TestCluster {
+        let slot = one_cluster_at_a_time();
+        let dir = TestDir::new(name);
+        let c = LocalCluster::create(&dir.path, &baton_bin(), &opts).expect("creating local cluster");
+        TestCluster { c, dir, _slot: slot }
+    }
+
+    pub fn started(name: &str, opts: ClusterOptions) -> TestCluster {
+        let mut t = Self::new(name, opts);
+        t.c.start_all().expect("starting agents");
+        t
+    }
+
+    /// Waits until `baton list` would show the given state, with every node
+    /// listed as a member.
+    pub async fn wait_state(&self, want: ClusterState, limit: Duration) -> ClusterStatus {
+        let n = self.c.nodes.len();
+        wait_for(&format!("cluster state {want:?}"), limit, || async {
+            let s = self.c.status().await.map_err(|e| format!("{e:#}"))?;
+            if s.state == want && (want != ClusterState::Normal || s.members.len() == n) {
+                Ok(s)
+            } else {
+                Err(format!("{:?}: {:?}\n{}", s.state, s.problems, s.render()))
+            }
+        })
+        .await
+    }
+
+    pub fn agent_log(&self, i: usize) -> String {
+        std::fs::read_to_string(&self.c.nodes[i].log_path).unwrap_or_default()
+    }
+
+    pub async fn leader_index(&self) -> Option<usize> {
+        let v = self.c.view().await.ok()?;
+        let l = v.leader_name()?.to_string();
+        self.c.nodes.iter().position(|n| n.name == l)
+    }
+
+    pub async fn sql(&self, i: usize, query: &str) -> Result<Vec<tokio_postgres::Row>, String> {
+        sql_port(self.c.nodes[i].pg_port, query).await
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for (i, n) in self.c.nodes.iter().enumerate() {
+                let log = self.agent_log(i);
+                let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                eprintln!("--- last lines of {} agent log ---", n.name);
+                for l in tail.into_iter().rev() {
+                    eprintln!("{l}");
+                }
+            }
+        }
+        self.c.shutdown();
+    }
+}
+
+pub async fn sql_port(port: u16, query: &str) -> Result<Vec<tokio_postgres::Row>, String> {
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host("127.0.0.1")
+        .port(port)
+        .user("postgres")
+        .dbname("postgres")
+        .connect_timeout(Duration::from_secs(2));
+    let (client, conn) = tokio::time::timeout(Duration::from_secs(3), cfg.connect(tokio_postgres::NoTls))
+        .await
+        .map_err(|_| "connect timed out".to_string())?
+        .map_err(|e| pg_error(&e))?;
+    tokio::spawn(conn);
+    tokio::time::timeout(Duration::from_secs(5), client.query(query, &[]))
+        .await
+        .map_err(|_| "query timed out".to_string())?
+        .map_err(|e| pg_error(&e))
+}
+
+/// Polls `f` until it returns Ok, at most `limit`; panics with the last error.
+pub async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let start = Instant::now();
+    let mut last;
+    loop {
+        match f().await {
+            Ok(v) => return v,
+            Err(e) => last = e,
+        }
+        if start.elapsed() > limit {
+            panic!("no {what} after {limit:?}; last: {last}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// HTTP status of `method url`.
+pub async fn http_status(method: reqwest::Method, url: &str) -> Result<u16, String> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let r = client.request(method, url).send().await.map_err(|e| e.to_string())?;
+    Ok(r.status().as_u16())
+}
+
+pub async fn http_json(url: &str) -> Result<serde_json::Value, String> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let r = client.get(url).send().await.map_err(|e| e.to_string())?;
+    r.json().await.map_err(|e| e.to_string())
+}
+
+pub fn run_baton(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(baton_bin())
+        .args(args)
+        .output()
+        .expect("running baton")
+}
+
+pub fn path_str(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+pub fn pg_error(e: &tokio_postgres::Error) -> String {
+    baton::pg::describe(e)
+}
