@@ -60,6 +60,7 @@ pub struct Agent {
     shared: SharedState,
     wake: Arc<Notify>,
     last_reason: String,
+    last_etcd_warning: Option<Instant>,
 }
 
 /// After a failed job, the same job is not retried for this long.
@@ -98,6 +99,7 @@ impl Agent {
             shared,
             wake: Arc::new(Notify::new()),
             last_reason: String::new(),
+            last_etcd_warning: None,
         })
     }
 
@@ -142,7 +144,9 @@ impl Agent {
         match self.dcs.release_leader(&self.cfg.name).await {
             Ok(true) => tracing::info!("leader key released"),
             Ok(false) => {}
-            Err(e) => tracing::warn!("could not release leader key ({e}); it expires with the lease"),
+            Err(e) => {
+                tracing::warn!("could not release leader key ({e}); it expires with the lease")
+            }
         }
         if let Some(lease) = self.lease {
             let _ = self.dcs.revoke(lease).await;
@@ -155,14 +159,20 @@ impl Agent {
         let cluster = match self.dcs.load().await {
             Ok(v) => Some(v),
             Err(e) => {
-                tracing::warn!("reading etcd failed: {e}");
+                self.etcd_warning(format_args!(
+                    "reading etcd failed: {e}; retrying every tick"
+                ));
                 None
             }
         };
         if let Some(c) = &cluster {
             if let Some(cfg) = &c.config {
                 if *cfg != self.config {
-                    tracing::info!(ttl = cfg.ttl, loop_wait = cfg.loop_wait, "dynamic config changed");
+                    tracing::info!(
+                        ttl = cfg.ttl,
+                        loop_wait = cfg.loop_wait,
+                        "dynamic config changed"
+                    );
                     self.config = cfg.clone();
                     self.dcs.set_timeout(self.config.retry_timeout());
                 }
@@ -190,7 +200,10 @@ impl Agent {
         self.act(&d, &obs).await;
 
         let pending_job = self.job.as_ref().map(|j| j.kind);
-        let needs_repair = matches!(d.reason, Reason::ForeignCluster { .. } | Reason::DataDirUnusable(_));
+        let needs_repair = matches!(
+            d.reason,
+            Reason::ForeignCluster { .. } | Reason::DataDirUnusable(_)
+        );
         let member = self.member_json(&pg, &data_dir, pending_job, needs_repair, &cluster, &reason);
         if let (Some(lease), Some(_)) = (self.lease, &cluster) {
             if let Err(e) = self.dcs.put_member(&self.cfg.name, &member, lease).await {
@@ -198,7 +211,9 @@ impl Agent {
             }
         }
         let is_leader = cluster.as_ref().is_some_and(|c| {
-            c.leader.as_ref().is_some_and(|l| l.name == self.cfg.name && Some(l.lease) == self.lease)
+            c.leader
+                .as_ref()
+                .is_some_and(|l| l.name == self.cfg.name && Some(l.lease) == self.lease)
         });
         let system_id = match &data_dir {
             DataDir::Valid { system_id, .. } => Some(system_id.clone()),
@@ -236,7 +251,7 @@ impl Agent {
                     tracing::warn!("lease {} expired; requesting a new one", lease.0);
                     self.lease = None;
                 }
-                Err(e) => tracing::warn!("lease renewal failed: {e}"),
+                Err(e) => self.etcd_warning(format_args!("lease renewal failed: {e}")),
             },
             None => match self.dcs.grant_lease(self.config.ttl).await {
                 Ok(l) => {
@@ -248,8 +263,19 @@ impl Agent {
                     // moves such a key over (AdoptLeader) before relying on it.
                     self.last_renewal_sent = Some(sent);
                 }
-                Err(e) => tracing::warn!("cannot get an etcd lease: {e}"),
+                Err(e) => self.etcd_warning(format_args!("cannot get an etcd lease: {e}")),
             },
+        }
+    }
+
+    /// etcd trouble repeats every tick; say so every few seconds, not every tick.
+    fn etcd_warning(&mut self, msg: std::fmt::Arguments<'_>) {
+        if self
+            .last_etcd_warning
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(5))
+        {
+            tracing::warn!(endpoints = ?self.cfg.etcd.endpoints, "{msg}");
+            self.last_etcd_warning = Some(Instant::now());
         }
     }
 
@@ -367,7 +393,9 @@ impl Agent {
         let me = self.cfg.name.clone();
         match action {
             Action::Bootstrap => {
-                let Some(lease) = self.lease else { return Ok(()) };
+                let Some(lease) = self.lease else {
+                    return Ok(());
+                };
                 if !self.dcs.take_initialize().await? {
                     return Ok(());
                 }
@@ -391,14 +419,18 @@ impl Agent {
                 self.dcs.init_config(&self.cfg.bootstrap).await?;
             }
             Action::AcquireLeader => {
-                let Some(lease) = self.lease else { return Ok(()) };
+                let Some(lease) = self.lease else {
+                    return Ok(());
+                };
                 if self.dcs.acquire_leader(&me, lease).await? {
                     tracing::info!("acquired the leader key");
                     self.wake.notify_one();
                 }
             }
             Action::AdoptLeader => {
-                let Some(lease) = self.lease else { return Ok(()) };
+                let Some(lease) = self.lease else {
+                    return Ok(());
+                };
                 if self.dcs.adopt_leader(&me, lease).await? {
                     tracing::info!("leader key re-attached to lease {}", lease.0);
                     self.wake.notify_one();
@@ -413,7 +445,9 @@ impl Agent {
                 let inst = self.inst.clone();
                 self.spawn_job(JobKind::Clone, async move {
                     tracing::info!("cloning from {host}:{port} with pg_basebackup");
-                    inst.basebackup_from(&host, port).await.map_err(|e| e.to_string())
+                    inst.basebackup_from(&host, port)
+                        .await
+                        .map_err(|e| e.to_string())
                 });
             }
             Action::StartPrimary => {
@@ -437,13 +471,16 @@ impl Agent {
                 let Some(run_as) = self.leader_run_as(cluster, leader) else {
                     anyhow::bail!("leader {leader} has no conn_url");
                 };
-                let Some(client) = &self.client else { return Ok(()) };
+                let Some(client) = &self.client else {
+                    return Ok(());
+                };
                 self.inst.follow(client, &run_as).await?;
             }
             Action::Promote => {
                 let inst = self.inst.clone();
                 self.spawn_job(JobKind::Promote, async move {
-                    inst.write_config(&RunAs::Primary).map_err(|e| e.to_string())?;
+                    inst.write_config(&RunAs::Primary)
+                        .map_err(|e| e.to_string())?;
                     inst.promote().await.map_err(|e| e.to_string())
                 });
             }
@@ -464,7 +501,9 @@ impl Agent {
                 });
             }
             Action::CreateSlots(members) => {
-                let Some(client) = &self.client else { return Ok(()) };
+                let Some(client) = &self.client else {
+                    return Ok(());
+                };
                 for m in members {
                     let slot = pg::slot_name(m);
                     pg::create_slot(client, &slot).await?;
@@ -472,7 +511,9 @@ impl Agent {
                 }
             }
             Action::PublishStatus => {
-                let PgStatus::Running(run) = &obs.pg else { return Ok(()) };
+                let PgStatus::Running(run) = &obs.pg else {
+                    return Ok(());
+                };
                 let mut slots: std::collections::BTreeMap<String, u64> = run
                     .slots
                     .iter()
@@ -576,24 +617,21 @@ fn spawn_watch(dcs: Dcs, wake: Arc<Notify>) -> JoinHandle<()> {
         let prefix = dcs.prefix().to_string();
         loop {
             match dcs.watch().await {
-                Ok(mut stream) => loop {
-                    match stream.message().await {
-                        Ok(Some(resp)) => {
-                            let relevant = resp.events().iter().any(|e| {
-                                e.kv().and_then(|kv| kv.key_str().ok()).is_some_and(|k| {
-                                    matches!(
-                                        k.strip_prefix(prefix.as_str()),
-                                        Some("leader" | "failover" | "initialize" | "config")
-                                    )
-                                })
-                            });
-                            if relevant {
-                                wake.notify_one();
-                            }
+                Ok(mut stream) => {
+                    while let Ok(Some(resp)) = stream.message().await {
+                        let relevant = resp.events().iter().any(|e| {
+                            e.kv().and_then(|kv| kv.key_str().ok()).is_some_and(|k| {
+                                matches!(
+                                    k.strip_prefix(prefix.as_str()),
+                                    Some("leader" | "failover" | "initialize" | "config")
+                                )
+                            })
+                        });
+                        if relevant {
+                            wake.notify_one();
                         }
-                        Ok(None) | Err(_) => break,
                     }
-                },
+                }
                 Err(e) => tracing::debug!("etcd watch failed: {e}"),
             }
             tokio::time::sleep(Duration::from_secs(1)).await;

@@ -25,21 +25,45 @@ use crate::status::ClusterStatus;
 
 /// Serves until `shutdown` fires. Takes a bound listener so callers (and
 /// tests) choose the port.
-pub async fn serve(listener: TcpListener, state: SharedState, shutdown: CancellationToken) -> std::io::Result<()> {
-    let any = MethodFilter::GET.or(MethodFilter::HEAD).or(MethodFilter::OPTIONS);
+pub async fn serve(
+    listener: TcpListener,
+    state: SharedState,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let any = MethodFilter::GET
+        .or(MethodFilter::HEAD)
+        .or(MethodFilter::OPTIONS);
     let app = Router::new()
         .route("/", on(any, |s, m, q| check(s, m, q, Check::Primary)))
-        .route("/primary", on(any, |s, m, q| check(s, m, q, Check::Primary)))
+        .route(
+            "/primary",
+            on(any, |s, m, q| check(s, m, q, Check::Primary)),
+        )
         .route("/master", on(any, |s, m, q| check(s, m, q, Check::Primary)))
-        .route("/read-write", on(any, |s, m, q| check(s, m, q, Check::Primary)))
+        .route(
+            "/read-write",
+            on(any, |s, m, q| check(s, m, q, Check::Primary)),
+        )
         .route("/leader", on(any, |s, m, q| check(s, m, q, Check::Leader)))
-        .route("/replica", on(any, |s, m, q| check(s, m, q, Check::Replica)))
+        .route(
+            "/replica",
+            on(any, |s, m, q| check(s, m, q, Check::Replica)),
+        )
         .route("/async", on(any, |s, m, q| check(s, m, q, Check::Replica)))
         .route("/sync", on(any, |s, m, q| check(s, m, q, Check::Sync)))
-        .route("/read-only", on(any, |s, m, q| check(s, m, q, Check::ReadOnly)))
+        .route(
+            "/read-only",
+            on(any, |s, m, q| check(s, m, q, Check::ReadOnly)),
+        )
         .route("/health", on(any, |s, m, q| check(s, m, q, Check::Health)))
-        .route("/liveness", on(any, |s, m, q| check(s, m, q, Check::Liveness)))
-        .route("/readiness", on(any, |s, m, q| check(s, m, q, Check::Readiness)))
+        .route(
+            "/liveness",
+            on(any, |s, m, q| check(s, m, q, Check::Liveness)),
+        )
+        .route(
+            "/readiness",
+            on(any, |s, m, q| check(s, m, q, Check::Readiness)),
+        )
         .route("/patroni", on(any, |s, m, q| check(s, m, q, Check::Always)))
         .route("/cluster", on(any, cluster))
         .route("/history", on(any, history))
@@ -101,7 +125,9 @@ pub fn parse_size(s: &str) -> Option<u64> {
 }
 
 fn replica_ok(s: &Snapshot, q: &HashMap<String, String>, default_lag: Option<u64>) -> bool {
-    let PgStatus::Running(r) = &s.pg else { return false };
+    let PgStatus::Running(r) = &s.pg else {
+        return false;
+    };
     if !r.in_recovery || s.member.tags.noloadbalance {
         return false;
     }
@@ -117,12 +143,15 @@ fn replica_ok(s: &Snapshot, q: &HashMap<String, String>, default_lag: Option<u64
         }
     }
     let tags = serde_json::to_value(&s.member.tags).unwrap_or_default();
-    q.iter().filter_map(|(k, v)| Some((k.strip_prefix("tag_")?, v))).all(|(k, v)| {
-        tags.get(k).is_some_and(|t| match t {
-            Value::String(s) => s == v,
-            other => other.to_string() == *v,
+    q.iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix("tag_")?, v)))
+        .all(|(k, v)| {
+            // Patroni compares the tag's text: `?tag_nofailover=true` matches `true`.
+            tags.get(k).is_some_and(|t| match t {
+                Value::String(s) => s == v,
+                other => serde_json::from_str::<Value>(v).is_ok_and(|parsed| parsed == *other),
+            })
         })
-    })
 }
 
 fn status_json(s: &Snapshot) -> Value {
@@ -134,7 +163,10 @@ fn status_json(s: &Snapshot) -> Value {
         "baton": {"reason": s.reason, "job": s.pending_job.map(|j| j.to_string())},
     });
     if let Some(t) = s.last_dcs_ok {
-        v["dcs_last_seen"] = json!(t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0));
+        v["dcs_last_seen"] = json!(t
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0));
     }
     if let Some(id) = &s.system_id {
         v["database_system_identifier"] = json!(id);
@@ -173,7 +205,11 @@ fn status_json(s: &Snapshot) -> Value {
 }
 
 fn reply(method: &Method, ok: bool, body: Value) -> Response {
-    let code = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let code = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     if *method == Method::OPTIONS || *method == Method::HEAD {
         code.into_response()
     } else {
@@ -224,7 +260,11 @@ async fn cluster(State(state): State<SharedState>, method: Method) -> Response {
 
 async fn history(State(state): State<SharedState>, method: Method) -> Response {
     let s = snapshot(&state);
-    let h = s.cluster.as_ref().and_then(|c| c.history.clone()).unwrap_or(json!([]));
+    let h = s
+        .cluster
+        .as_ref()
+        .and_then(|c| c.history.clone())
+        .unwrap_or(json!([]));
     reply(&method, true, h)
 }
 
@@ -232,7 +272,11 @@ async fn config(State(state): State<SharedState>, method: Method) -> Response {
     let s = snapshot(&state);
     match s.cluster.as_ref().and_then(|c| c.config.as_ref()) {
         Some(c) => reply(&method, true, serde_json::to_value(c).unwrap_or_default()),
-        None => reply(&method, false, json!({"error": "no valid config stored in etcd"})),
+        None => reply(
+            &method,
+            false,
+            json!({"error": "no valid config stored in etcd"}),
+        ),
     }
 }
 
@@ -241,25 +285,61 @@ async fn metrics(State(state): State<SharedState>) -> Response {
     let labels = format!("scope=\"{}\",name=\"{}\"", s.scope, s.name);
     let mut out = String::new();
     let mut gauge = |name: &str, help: &str, value: f64| {
-        writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{{labels}}} {value}").expect("string write");
+        writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{{labels}}} {value}"
+        )
+        .expect("string write");
     };
     let running = matches!(s.pg, PgStatus::Running(_));
     let primary = s.is_leader && is_running_primary(&s);
     let replica = matches!(&s.pg, PgStatus::Running(r) if r.in_recovery);
-    gauge("patroni_postgres_running", "Value is 1 if Postgres is running, 0 otherwise.", running as u8 as f64);
-    gauge("patroni_primary", "Value is 1 if this node is the leader, 0 otherwise.", primary as u8 as f64);
-    gauge("patroni_replica", "Value is 1 if this node is a replica, 0 otherwise.", replica as u8 as f64);
-    gauge("patroni_standby_leader", "Value is 1 if this node is the standby_leader, 0 otherwise.", 0.0);
-    gauge("patroni_sync_standby", "Value is 1 if this node is a sync standby replica, 0 otherwise.", 0.0);
+    gauge(
+        "patroni_postgres_running",
+        "Value is 1 if Postgres is running, 0 otherwise.",
+        running as u8 as f64,
+    );
+    gauge(
+        "patroni_primary",
+        "Value is 1 if this node is the leader, 0 otherwise.",
+        primary as u8 as f64,
+    );
+    gauge(
+        "patroni_replica",
+        "Value is 1 if this node is a replica, 0 otherwise.",
+        replica as u8 as f64,
+    );
+    gauge(
+        "patroni_standby_leader",
+        "Value is 1 if this node is the standby_leader, 0 otherwise.",
+        0.0,
+    );
+    gauge(
+        "patroni_sync_standby",
+        "Value is 1 if this node is a sync standby replica, 0 otherwise.",
+        0.0,
+    );
     gauge(
         "patroni_cluster_unlocked",
         "Value is 1 if the cluster is unlocked, 0 if locked.",
         s.cluster.as_ref().is_some_and(|c| c.leader.is_none()) as u8 as f64,
     );
-    gauge("patroni_is_paused", "Value is 1 if auto failover is disabled, 0 otherwise.", 0.0);
+    gauge(
+        "patroni_is_paused",
+        "Value is 1 if auto failover is disabled, 0 otherwise.",
+        0.0,
+    );
     if let PgStatus::Running(r) = &s.pg {
-        gauge("patroni_postgres_server_version", "Version of Postgres (if running), 0 otherwise.", r.server_version as f64);
-        gauge("patroni_postgres_timeline", "Postgres timeline of this node (if running), 0 otherwise.", r.timeline.unwrap_or(0) as f64);
+        gauge(
+            "patroni_postgres_server_version",
+            "Version of Postgres (if running), 0 otherwise.",
+            r.server_version as f64,
+        );
+        gauge(
+            "patroni_postgres_timeline",
+            "Postgres timeline of this node (if running), 0 otherwise.",
+            r.timeline.unwrap_or(0) as f64,
+        );
         gauge(
             "patroni_xlog_location",
             "Current location of the Postgres transaction log, 0 if this node is not the leader.",
@@ -280,13 +360,31 @@ async fn metrics(State(state): State<SharedState>) -> Response {
         gauge(
             "patroni_dcs_last_seen",
             "Epoch timestamp when DCS was last contacted successfully by Patroni.",
-            t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0) as f64,
+            t.duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0) as f64,
         );
     }
-    let tick_age = s.last_tick.map(|t| t.elapsed().as_secs_f64()).unwrap_or(-1.0);
-    gauge("baton_loop_last_tick_age_seconds", "Seconds since the HA loop last completed a tick (-1: never).", tick_age);
-    gauge("baton_job_running", "Value is 1 while a long job (bootstrap, clone, start, ...) runs.", s.pending_job.is_some() as u8 as f64);
-    (StatusCode::OK, [("content-type", "text/plain; version=0.0.4")], out).into_response()
+    let tick_age = s
+        .last_tick
+        .map(|t| t.elapsed().as_secs_f64())
+        .unwrap_or(-1.0);
+    gauge(
+        "baton_loop_last_tick_age_seconds",
+        "Seconds since the HA loop last completed a tick (-1: never).",
+        tick_age,
+    );
+    gauge(
+        "baton_job_running",
+        "Value is 1 while a long job (bootstrap, clone, start, ...) runs.",
+        s.pending_job.is_some() as u8 as f64,
+    );
+    (
+        StatusCode::OK,
+        [("content-type", "text/plain; version=0.0.4")],
+        out,
+    )
+        .into_response()
 }
 
 #[cfg(test)]

@@ -146,7 +146,10 @@ impl DynamicConfig {
     pub fn problems(&self) -> Vec<(&'static str, String)> {
         let mut p = Vec::new();
         if self.ttl < 2 {
-            p.push(("ttl", format!("{} s is below etcd's minimum lease of 2 s", self.ttl)));
+            p.push((
+                "ttl",
+                format!("{} s is below etcd's minimum lease of 2 s", self.ttl),
+            ));
         }
         for (key, v) in [
             ("loop_wait", self.loop_wait),
@@ -305,12 +308,20 @@ impl Reader {
         if v.is_finite() && v > 0.0 {
             Some(Duration::from_secs_f64(v))
         } else {
-            self.problem(join(prefix, key), format!("{v} must be a positive number of seconds"));
+            self.problem(
+                join(prefix, key),
+                format!("{v} must be a positive number of seconds"),
+            );
             None
         }
     }
 
-    fn credentials(&mut self, auth: &mut toml::Table, key: &str, default_user: &str) -> Credentials {
+    fn credentials(
+        &mut self,
+        auth: &mut toml::Table,
+        key: &str,
+        default_user: &str,
+    ) -> Credentials {
         let prefix = "postgresql.authentication";
         let mut t = self.table(auth, prefix, key);
         let p = join(prefix, key);
@@ -334,8 +345,7 @@ fn join(prefix: &str, key: &str) -> String {
 fn is_identifier(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
 }
 
@@ -385,7 +395,9 @@ impl NodeConfig {
                 if !is_identifier(v) {
                     r.problem(
                         key,
-                        format!("{v:?} must be 1-63 characters of letters, digits, '_', '-' or '.'"),
+                        format!(
+                            "{v:?} must be 1-63 characters of letters, digits, '_', '-' or '.'"
+                        ),
                     );
                 }
             }
@@ -394,7 +406,10 @@ impl NodeConfig {
             .opt(&mut root, "", "namespace")
             .unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
         if !namespace.starts_with('/') || namespace.ends_with('/') && namespace.len() > 1 {
-            r.problem("namespace", format!("{namespace:?} must start with '/' and not end with '/'"));
+            r.problem(
+                "namespace",
+                format!("{namespace:?} must start with '/' and not end with '/'"),
+            );
         }
 
         let mut etcd = r.table(&mut root, "", "etcd");
@@ -427,7 +442,10 @@ impl NodeConfig {
         let data_dir: Option<PathBuf> = r.req(&mut pg, p, "data_dir");
         if let Some(d) = &data_dir {
             if !d.is_absolute() {
-                r.problem("postgresql.data_dir", format!("{} must be an absolute path", d.display()));
+                r.problem(
+                    "postgresql.data_dir",
+                    format!("{} must be an absolute path", d.display()),
+                );
             }
         }
         let pg_listen = r.addr(&mut pg, p, "listen");
@@ -436,7 +454,9 @@ impl NodeConfig {
         }
         let pg_connect = r.addr(&mut pg, p, "connect_address");
         let bin_dir_cfg: Option<PathBuf> = r.opt(&mut pg, p, "bin_dir");
-        let os_user: String = r.opt(&mut pg, p, "os_user").unwrap_or_else(|| "postgres".into());
+        let os_user: String = r
+            .opt(&mut pg, p, "os_user")
+            .unwrap_or_else(|| "postgres".into());
         let socket_dir: Option<PathBuf> = r.opt(&mut pg, p, "socket_dir");
         let log_file: Option<PathBuf> = r.opt(&mut pg, p, "log_file");
         let start_timeout = r
@@ -453,7 +473,10 @@ impl NodeConfig {
                 other => {
                     r.problem(
                         format!("postgresql.parameters.{k}"),
-                        format!("expected a string, number or boolean, found {}", other.type_str()),
+                        format!(
+                            "expected a string, number or boolean, found {}",
+                            other.type_str()
+                        ),
                     );
                     continue;
                 }
@@ -470,18 +493,19 @@ impl NodeConfig {
         let mut boot = r.table(&mut root, "", "bootstrap");
         let dcs_table = r.table(&mut boot, "bootstrap", "dcs");
         r.unknown(boot, "bootstrap");
-        let bootstrap = match DynamicConfig::deserialize(toml::Value::Table(merge_defaults(dcs_table))) {
-            Ok(d) => {
-                for (key, reason) in d.problems() {
-                    r.problem(format!("bootstrap.dcs.{key}"), reason);
+        let bootstrap =
+            match DynamicConfig::deserialize(toml::Value::Table(merge_defaults(dcs_table))) {
+                Ok(d) => {
+                    for (key, reason) in d.problems() {
+                        r.problem(format!("bootstrap.dcs.{key}"), reason);
+                    }
+                    d
                 }
-                d
-            }
-            Err(e) => {
-                r.problem("bootstrap.dcs", e.message().to_string());
-                DynamicConfig::default()
-            }
-        };
+                Err(e) => {
+                    r.problem("bootstrap.dcs", e.message().to_string());
+                    DynamicConfig::default()
+                }
+            };
 
         let tags: Tags = r.opt(&mut root, "", "tags").unwrap_or_default();
         r.unknown(root, "");
@@ -551,8 +575,10 @@ impl NodeConfig {
 fn merge_defaults(mut t: toml::Table) -> toml::Table {
     let d = DynamicConfig::default();
     t.entry("ttl").or_insert(toml::Value::Integer(d.ttl as i64));
-    t.entry("loop_wait").or_insert(toml::Value::Float(d.loop_wait));
-    t.entry("retry_timeout").or_insert(toml::Value::Float(d.retry_timeout));
+    t.entry("loop_wait")
+        .or_insert(toml::Value::Float(d.loop_wait));
+    t.entry("retry_timeout")
+        .or_insert(toml::Value::Float(d.retry_timeout));
     t.entry("maximum_lag_on_failover")
         .or_insert(toml::Value::Integer(d.maximum_lag_on_failover as i64));
     t
@@ -588,7 +614,11 @@ pub fn default_bin_dir() -> Result<PathBuf, String> {
     if debian.join("pg_ctl").exists() {
         Ok(debian)
     } else {
-        Err(format!("no pg_ctl in {} or {}; set it explicitly", dir.display(), debian.display()))
+        Err(format!(
+            "no pg_ctl in {} or {}; set it explicitly",
+            dir.display(),
+            debian.display()
+        ))
     }
 }
 
@@ -622,8 +652,14 @@ listen = "127.0.0.1:5432"
         assert_eq!(c.api.connect_address, c.api.listen);
         assert_eq!(c.postgresql.connect_address.to_string(), "127.0.0.1:5432");
         assert_eq!(c.postgresql.os_user, "postgres");
-        assert_eq!(c.postgresql.socket_dir, PathBuf::from("/var/lib/baton/node1"));
-        assert_eq!(c.postgresql.log_file, PathBuf::from("/var/lib/baton/node1.log"));
+        assert_eq!(
+            c.postgresql.socket_dir,
+            PathBuf::from("/var/lib/baton/node1")
+        );
+        assert_eq!(
+            c.postgresql.log_file,
+            PathBuf::from("/var/lib/baton/node1.log")
+        );
         assert_eq!(c.postgresql.superuser.username, "postgres");
         assert_eq!(c.postgresql.replication.username, "replicator");
         assert_eq!(c.bootstrap, DynamicConfig::default());
@@ -651,7 +687,10 @@ retry_timeout = 1
 "#;
         let err = parse(text).unwrap_err();
         let text_err = err.to_string();
-        assert!(text_err.starts_with("/etc/baton/node1.toml: "), "{text_err}");
+        assert!(
+            text_err.starts_with("/etc/baton/node1.toml: "),
+            "{text_err}"
+        );
         let keys: Vec<&str> = err.problems.iter().map(|p| p.key.as_str()).collect();
         assert_eq!(
             keys,
@@ -706,7 +745,8 @@ retry_timeout = 1
 
     #[test]
     fn tags_parse_with_known_and_custom_fields() {
-        let text = format!("{MINIMAL}\n[tags]\nnofailover = true\nfailover_priority = 2\nzone = \"a\"\n");
+        let text =
+            format!("{MINIMAL}\n[tags]\nnofailover = true\nfailover_priority = 2\nzone = \"a\"\n");
         let c = parse(&text).unwrap();
         assert!(c.tags.nofailover);
         assert_eq!(c.tags.failover_priority, Some(2));

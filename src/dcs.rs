@@ -74,7 +74,10 @@ impl Member {
         let hostport = rest.split(['/', '?']).next()?;
         let hostport = hostport.rsplit('@').next()?;
         let (host, port) = hostport.rsplit_once(':')?;
-        Some((host.trim_matches(['[', ']']).to_string(), port.parse().ok()?))
+        Some((
+            host.trim_matches(['[', ']']).to_string(),
+            port.parse().ok()?,
+        ))
     }
 }
 
@@ -135,8 +138,12 @@ impl ClusterView {
             ..ClusterView::default()
         };
         for (key, value, lease) in kvs {
-            let Ok(key) = std::str::from_utf8(key) else { continue };
-            let Some(rel) = key.strip_prefix(prefix) else { continue };
+            let Ok(key) = std::str::from_utf8(key) else {
+                continue;
+            };
+            let Some(rel) = key.strip_prefix(prefix) else {
+                continue;
+            };
             let text = String::from_utf8_lossy(value);
             match rel {
                 "initialize" => view.initialize = Some(text.into_owned()),
@@ -225,7 +232,9 @@ impl Dcs {
         let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
         Ok(ClusterView::from_kvs(
             &self.prefix,
-            resp.kvs().iter().map(|kv| (kv.key(), kv.value(), kv.lease())),
+            resp.kvs()
+                .iter()
+                .map(|kv| (kv.key(), kv.value(), kv.lease())),
             revision,
         ))
     }
@@ -348,7 +357,8 @@ impl Dcs {
         lease: LeaseId,
     ) -> Result<(), DcsError> {
         let json = serde_json::to_string(member).expect("member serializes");
-        self.put(&format!("members/{name}"), json, Some(lease)).await
+        self.put(&format!("members/{name}"), json, Some(lease))
+            .await
     }
 
     pub async fn delete_member(&self, name: &str) -> Result<(), DcsError> {
@@ -388,7 +398,8 @@ impl Dcs {
         let mut w = self.client.watch_client();
         let prefix = self.prefix.clone();
         bounded(self.timeout, async {
-            Ok(w.watch(prefix, Some(WatchOptions::new().with_prefix())).await?)
+            Ok(w.watch(prefix, Some(WatchOptions::new().with_prefix()))
+                .await?)
         })
         .await
     }
@@ -419,7 +430,8 @@ mod tests {
             (format!("{p}members/broken"), "{not json".into(), 44),
             (
                 format!("{p}config"),
-                r#"{"ttl":4,"loop_wait":1,"retry_timeout":1,"maximum_lag_on_failover":1048576}"#.into(),
+                r#"{"ttl":4,"loop_wait":1,"retry_timeout":1,"maximum_lag_on_failover":1048576}"#
+                    .into(),
                 0,
             ),
             ("/service/other/leader".into(), "x".into(), 0),

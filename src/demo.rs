@@ -25,10 +25,22 @@ pub async fn run(
     cluster.start_all()?;
     println!("etcd endpoint : {}", cluster.etcd.endpoint);
     println!("scope         : {}", cluster.scope);
-    println!("read-write DSN: {}", cluster.dsn("target_session_attrs=read-write"));
-    println!("any tool      : baton list --etcd {} --scope {}", cluster.etcd.endpoint, cluster.scope);
+    println!(
+        "read-write DSN: {}",
+        cluster.dsn("target_session_attrs=read-write")
+    );
+    println!(
+        "any tool      : baton list --etcd {} --scope {}",
+        cluster.etcd.endpoint, cluster.scope
+    );
     for n in &cluster.nodes {
-        println!("  {}: postgres 127.0.0.1:{}, REST http://127.0.0.1:{}/patroni, log {}", n.name, n.pg_port, n.api_port, n.log_path.display());
+        println!(
+            "  {}: postgres 127.0.0.1:{}, REST http://127.0.0.1:{}/patroni, log {}",
+            n.name,
+            n.pg_port,
+            n.api_port,
+            n.log_path.display()
+        );
     }
     println!();
 
@@ -37,8 +49,15 @@ pub async fn run(
     tokio::pin!(ctrl_c);
     loop {
         match cluster.status().await {
-            Ok(s) => print!("[{:>4.0} s] {}", started.elapsed().as_secs_f64(), s.render()),
-            Err(e) => println!("[{:>4.0} s] cannot read etcd: {e:#}", started.elapsed().as_secs_f64()),
+            Ok(s) => print!(
+                "[{:>4.0} s] {}",
+                started.elapsed().as_secs_f64(),
+                s.render()
+            ),
+            Err(e) => println!(
+                "[{:>4.0} s] cannot read etcd: {e:#}",
+                started.elapsed().as_secs_f64()
+            ),
         }
         println!();
         if duration.is_some_and(|d| started.elapsed() >= d) {

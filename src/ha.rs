@@ -281,7 +281,9 @@ pub fn decide(o: &Observation) -> Decision {
         return match leader {
             Some(_) if i_lead => decision(vec![Action::StartPrimary], failed(Reason::Starting)),
             Some(l) => decision(
-                vec![Action::StartReplica { leader: l.to_string() }],
+                vec![Action::StartReplica {
+                    leader: l.to_string(),
+                }],
                 failed(Reason::Starting),
             ),
             None if my_unfinished_bootstrap => {
@@ -320,11 +322,18 @@ pub fn decide(o: &Observation) -> Decision {
             if !run.in_recovery {
                 return decision(
                     vec![Action::Stop { immediate: false }],
-                    Reason::DemotingForeignLeader { leader: l.to_string() },
+                    Reason::DemotingForeignLeader {
+                        leader: l.to_string(),
+                    },
                 );
             }
             let Some(addr) = cluster.members.get(l).and_then(|m| m.pg_address()) else {
-                return decision(vec![], Reason::LeaderNotReachable { leader: l.to_string() });
+                return decision(
+                    vec![],
+                    Reason::LeaderNotReachable {
+                        leader: l.to_string(),
+                    },
+                );
             };
             let wanted = crate::pg::RunAs::Replica {
                 host: addr.0,
@@ -333,8 +342,12 @@ pub fn decide(o: &Observation) -> Decision {
             };
             if !follows(run, &wanted) {
                 return decision(
-                    vec![Action::Follow { leader: l.to_string() }],
-                    Reason::Repointing { leader: l.to_string() },
+                    vec![Action::Follow {
+                        leader: l.to_string(),
+                    }],
+                    Reason::Repointing {
+                        leader: l.to_string(),
+                    },
                 );
             }
             decision(
@@ -379,13 +392,25 @@ fn decide_empty(o: &Observation, cluster: &ClusterView) -> Decision {
                 .and_then(|s| s.slots.as_ref())
                 .is_some_and(|s| s.contains_key(&slot));
             if !slot_ready {
-                return decision(vec![], Reason::WaitingForSlot { leader: l.to_string() });
+                return decision(
+                    vec![],
+                    Reason::WaitingForSlot {
+                        leader: l.to_string(),
+                    },
+                );
             }
             let reason = match &o.job {
                 JobStatus::Failed(JobKind::Clone, e) => Reason::CloneFailed(e.clone()),
-                _ => Reason::Cloning { from: l.to_string() },
+                _ => Reason::Cloning {
+                    from: l.to_string(),
+                },
             };
-            decision(vec![Action::Clone { from: l.to_string() }], reason)
+            decision(
+                vec![Action::Clone {
+                    from: l.to_string(),
+                }],
+                reason,
+            )
         }
         (Some(""), None) => decision(vec![], Reason::WaitingForBootstrap),
         _ => decision(vec![], Reason::WaitingForLeaderToClone),
@@ -489,9 +514,19 @@ mod tests {
     #[test]
     fn empty_dir_clones_from_leader_once_slot_exists() {
         let mut c = cluster(Some(("n1", 1)));
-        let d = decide(&obs("n2", Some(c.clone()), DataDir::Empty, PgStatus::Stopped));
+        let d = decide(&obs(
+            "n2",
+            Some(c.clone()),
+            DataDir::Empty,
+            PgStatus::Stopped,
+        ));
         assert_eq!(d.actions, vec![]);
-        assert_eq!(d.reason, Reason::WaitingForSlot { leader: "n1".into() });
+        assert_eq!(
+            d.reason,
+            Reason::WaitingForSlot {
+                leader: "n1".into()
+            }
+        );
 
         c.status = Some(StatusKey {
             optime: Some(1),
@@ -511,7 +546,11 @@ mod tests {
         for pg in [PgStatus::Stopped, running(false), running(true)] {
             let d = decide(&obs("n2", Some(cluster(Some(("n1", 1)))), dir.clone(), pg));
             assert_eq!(d.actions, vec![]);
-            assert!(matches!(d.reason, Reason::ForeignCluster { .. }), "{:?}", d.reason);
+            assert!(
+                matches!(d.reason, Reason::ForeignCluster { .. }),
+                "{:?}",
+                d.reason
+            );
         }
         let d = decide(&obs(
             "n2",
@@ -524,7 +563,12 @@ mod tests {
 
     #[test]
     fn leader_keeps_slots_and_status() {
-        let d = decide(&obs("n1", Some(cluster(Some(("n1", 7)))), valid(), running(false)));
+        let d = decide(&obs(
+            "n1",
+            Some(cluster(Some(("n1", 7)))),
+            valid(),
+            running(false),
+        ));
         assert_eq!(
             d.actions,
             vec![
@@ -554,7 +598,12 @@ mod tests {
 
     #[test]
     fn restarted_agent_adopts_its_leader_key() {
-        let d = decide(&obs("n1", Some(cluster(Some(("n1", 3)))), valid(), running(false)));
+        let d = decide(&obs(
+            "n1",
+            Some(cluster(Some(("n1", 3)))),
+            valid(),
+            running(false),
+        ));
         assert_eq!(d.actions, vec![Action::AdoptLeader]);
     }
 
@@ -564,7 +613,12 @@ mod tests {
         let d = decide(&obs("n1", Some(c.clone()), valid(), PgStatus::Stopped));
         assert_eq!(d.actions, vec![Action::StartPrimary]);
         let d = decide(&obs("n2", Some(c), valid(), PgStatus::Stopped));
-        assert_eq!(d.actions, vec![Action::StartReplica { leader: "n1".into() }]);
+        assert_eq!(
+            d.actions,
+            vec![Action::StartReplica {
+                leader: "n1".into()
+            }]
+        );
     }
 
     #[test]
@@ -588,7 +642,12 @@ mod tests {
     fn replica_repoints_then_follows() {
         let c = cluster(Some(("n1", 1)));
         let d = decide(&obs("n2", Some(c.clone()), valid(), running(true)));
-        assert_eq!(d.actions, vec![Action::Follow { leader: "n1".into() }]);
+        assert_eq!(
+            d.actions,
+            vec![Action::Follow {
+                leader: "n1".into()
+            }]
+        );
         let mut pg = running(true);
         if let PgStatus::Running(r) = &mut pg {
             r.primary_conninfo =
@@ -608,13 +667,23 @@ mod tests {
 
     #[test]
     fn primary_that_is_not_leader_demotes() {
-        let d = decide(&obs("n2", Some(cluster(Some(("n1", 1)))), valid(), running(false)));
+        let d = decide(&obs(
+            "n2",
+            Some(cluster(Some(("n1", 1)))),
+            valid(),
+            running(false),
+        ));
         assert_eq!(d.actions, vec![Action::Stop { immediate: false }]);
     }
 
     #[test]
     fn leader_holding_key_promotes_replica() {
-        let d = decide(&obs("n1", Some(cluster(Some(("n1", 7)))), valid(), running(true)));
+        let d = decide(&obs(
+            "n1",
+            Some(cluster(Some(("n1", 7)))),
+            valid(),
+            running(true),
+        ));
         assert_eq!(d.actions, vec![Action::Promote]);
     }
 
@@ -641,7 +710,12 @@ mod tests {
 
     #[test]
     fn job_in_progress_holds_other_actions() {
-        let mut o = obs("n2", Some(cluster(Some(("n1", 1)))), DataDir::Empty, PgStatus::Stopped);
+        let mut o = obs(
+            "n2",
+            Some(cluster(Some(("n1", 1)))),
+            DataDir::Empty,
+            PgStatus::Stopped,
+        );
         o.job = JobStatus::Running(JobKind::Clone);
         let d = decide(&o);
         assert_eq!(d.actions, vec![]);

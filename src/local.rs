@@ -72,8 +72,12 @@ impl LocalEtcd {
             .arg(format!("--listen-client-urls={endpoint}"))
             .arg(format!("--advertise-client-urls={endpoint}"))
             .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer}"))
-            .arg(format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"))
-            .arg(format!("--initial-cluster=baton-local=http://127.0.0.1:{peer}"))
+            .arg(format!(
+                "--initial-advertise-peer-urls=http://127.0.0.1:{peer}"
+            ))
+            .arg(format!(
+                "--initial-cluster=baton-local=http://127.0.0.1:{peer}"
+            ))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -271,7 +275,10 @@ retry_timeout = 1
             .arg("agent")
             .arg("-c")
             .arg(&node.config_path)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -298,7 +305,9 @@ retry_timeout = 1
 
     /// SIGTERM to the agent and wait (bounded) for it to exit.
     pub fn stop_agent(&mut self, i: usize, limit: Duration) -> anyhow::Result<()> {
-        let Some(mut c) = self.nodes[i].child.take() else { return Ok(()) };
+        let Some(mut c) = self.nodes[i].child.take() else {
+            return Ok(());
+        };
         let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGTERM);
         let deadline = Instant::now() + limit;
         loop {
@@ -308,7 +317,10 @@ retry_timeout = 1
             if Instant::now() > deadline {
                 let _ = c.kill();
                 let _ = c.wait();
-                bail!("{} did not exit within {limit:?} of SIGTERM", self.nodes[i].name);
+                bail!(
+                    "{} did not exit within {limit:?} of SIGTERM",
+                    self.nodes[i].name
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -323,7 +335,11 @@ retry_timeout = 1
 
     /// A libpq multi-host connection string for all nodes.
     pub fn dsn(&self, attrs: &str) -> String {
-        let hosts: Vec<String> = self.nodes.iter().map(|n| format!("127.0.0.1:{}", n.pg_port)).collect();
+        let hosts: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.pg_port))
+            .collect();
         format!("postgresql://postgres@{}/postgres?{attrs}", hosts.join(","))
     }
 
@@ -360,7 +376,11 @@ retry_timeout = 1
 
     pub async fn status(&self) -> anyhow::Result<ClusterStatus> {
         let v = self.view().await?;
-        let max_lag = v.config.as_ref().map(|c| c.maximum_lag_on_failover).unwrap_or(1 << 20);
+        let max_lag = v
+            .config
+            .as_ref()
+            .map(|c| c.maximum_lag_on_failover)
+            .unwrap_or(1 << 20);
         Ok(ClusterStatus::from_view(&self.scope, &v, max_lag))
     }
 }

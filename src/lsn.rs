@@ -8,7 +8,9 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 /// A byte position in the WAL stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct Lsn(pub u64);
 
@@ -76,7 +78,17 @@ mod tests {
 
     #[test]
     fn rejects_malformed() {
-        for bad in ["", "0", "/0", "0/", "0/0/0", "x/1", "1/g", "123456789/0", " 0/1"] {
+        for bad in [
+            "",
+            "0",
+            "/0",
+            "0/",
+            "0/0/0",
+            "x/1",
+            "1/g",
+            "123456789/0",
+            " 0/1",
+        ] {
             assert!(bad.parse::<Lsn>().is_err(), "{bad:?} should not parse");
         }
     }
@@ -90,6 +102,9 @@ mod tests {
     #[test]
     fn serializes_as_integer() {
         assert_eq!(serde_json::to_string(&Lsn(50331744)).unwrap(), "50331744");
-        assert_eq!(serde_json::from_str::<Lsn>("50331744").unwrap(), Lsn(50331744));
+        assert_eq!(
+            serde_json::from_str::<Lsn>("50331744").unwrap(),
+            Lsn(50331744)
+        );
     }
 }

@@ -15,7 +15,11 @@ use baton::dcs::Dcs;
 use baton::status::ClusterStatus;
 
 #[derive(Parser)]
-#[command(name = "baton", version, about = "High availability for PostgreSQL, with consensus in etcd")]
+#[command(
+    name = "baton",
+    version,
+    about = "High availability for PostgreSQL, with consensus in etcd"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -73,7 +77,10 @@ impl Target {
             let prefix = c.prefix();
             return Ok((c.etcd.endpoints, c.scope, prefix));
         }
-        let scope = self.scope.clone().context("give --config FILE, or --etcd URL and --scope NAME")?;
+        let scope = self
+            .scope
+            .clone()
+            .context("give --config FILE, or --etcd URL and --scope NAME")?;
         if self.etcd.is_empty() {
             anyhow::bail!("give --config FILE, or --etcd URL and --scope NAME");
         }
@@ -99,9 +106,11 @@ fn main() -> ExitCode {
         match cli.command {
             Cmd::Agent { config } => run_agent(config).await,
             Cmd::List { target, json } => list(target, json).await,
-            Cmd::Demo { duration, dir, keep } => {
-                baton::demo::run(duration.map(Duration::from_secs), dir, keep).await
-            }
+            Cmd::Demo {
+                duration,
+                dir,
+                keep,
+            } => baton::demo::run(duration.map(Duration::from_secs), dir, keep).await,
         }
     });
     match result {
@@ -126,7 +135,11 @@ async fn run_agent(path: PathBuf) -> anyhow::Result<ExitCode> {
     tracing::info!(scope = %cfg.scope, name = %cfg.name, api = %cfg.api.listen, "baton agent starting");
     let agent = Agent::new(cfg).await?;
     let shutdown = CancellationToken::new();
-    let api = tokio::spawn(baton::api::serve(listener, agent.shared(), shutdown.clone()));
+    let api = tokio::spawn(baton::api::serve(
+        listener,
+        agent.shared(),
+        shutdown.clone(),
+    ));
     let signals = {
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
@@ -153,11 +166,17 @@ async fn list(target: Target, json: bool) -> anyhow::Result<ExitCode> {
     let dcs = Dcs::connect(&endpoints, prefix, Duration::from_secs(3))
         .await
         .with_context(|| format!("connecting to etcd at {}", endpoints.join(",")))?;
-    let view = dcs
-        .load()
-        .await
-        .with_context(|| format!("reading cluster {scope} from etcd at {}", endpoints.join(",")))?;
-    let max_lag = view.config.as_ref().map(|c| c.maximum_lag_on_failover).unwrap_or(1 << 20);
+    let view = dcs.load().await.with_context(|| {
+        format!(
+            "reading cluster {scope} from etcd at {}",
+            endpoints.join(",")
+        )
+    })?;
+    let max_lag = view
+        .config
+        .as_ref()
+        .map(|c| c.maximum_lag_on_failover)
+        .unwrap_or(1 << 20);
     let status = ClusterStatus::from_view(&scope, &view, max_lag);
     if json {
         println!("{}", serde_json::to_string_pretty(&status)?);

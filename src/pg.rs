@@ -184,7 +184,12 @@ impl Instance {
     }
 
     /// Runs a tool to completion within `timeout`, returning its stdout.
-    async fn run(&self, what: &str, mut cmd: Command, timeout: Duration) -> Result<String, PgError> {
+    async fn run(
+        &self,
+        what: &str,
+        mut cmd: Command,
+        timeout: Duration,
+    ) -> Result<String, PgError> {
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let child = cmd.spawn().map_err(|e| PgError::Command {
             what: what.to_string(),
@@ -286,7 +291,9 @@ impl Instance {
     pub async fn controldata(&self) -> Result<BTreeMap<String, String>, PgError> {
         let mut cmd = self.command("pg_controldata");
         cmd.arg("-D").arg(&self.cfg.data_dir);
-        let out = self.run("pg_controldata", cmd, Duration::from_secs(10)).await?;
+        let out = self
+            .run("pg_controldata", cmd, Duration::from_secs(10))
+            .await?;
         Ok(parse_controldata(&out))
     }
 
@@ -329,7 +336,11 @@ impl Instance {
         let dir = &self.cfg.data_dir;
         let conf = render_postgresql_conf(&self.cfg, &self.name, run_as);
         write_owned(&dir.join("postgresql.conf"), &conf, self.owner)?;
-        write_owned(&dir.join("pg_hba.conf"), &render_pg_hba(&self.cfg), self.owner)?;
+        write_owned(
+            &dir.join("pg_hba.conf"),
+            &render_pg_hba(&self.cfg),
+            self.owner,
+        )?;
         let signal = dir.join("standby.signal");
         match run_as {
             RunAs::Primary => {
@@ -402,7 +413,11 @@ impl Instance {
             .arg("-s");
         cmd.kill_on_drop(false);
         match self
-            .run("pg_ctl stop", cmd, self.cfg.start_timeout + Duration::from_secs(5))
+            .run(
+                "pg_ctl stop",
+                cmd,
+                self.cfg.start_timeout + Duration::from_secs(5),
+            )
             .await
         {
             Ok(_) => Ok(()),
@@ -421,9 +436,13 @@ impl Instance {
             .arg("-t")
             .arg(self.cfg.start_timeout.as_secs().max(1).to_string())
             .arg("-s");
-        self.run("pg_ctl promote", cmd, self.cfg.start_timeout + Duration::from_secs(5))
-            .await
-            .map(|_| ())
+        self.run(
+            "pg_ctl promote",
+            cmd,
+            self.cfg.start_timeout + Duration::from_secs(5),
+        )
+        .await
+        .map(|_| ())
     }
 
     /// Clones `host:port` into the (empty) data directory with pg_basebackup,
@@ -488,7 +507,10 @@ impl Instance {
             let tail: Vec<&str> = log.lines().rev().take(3).collect();
             return Err(PgError::Command {
                 what: "pg_basebackup".into(),
-                detail: format!("{} ({status})", tail.into_iter().rev().collect::<Vec<_>>().join(" | ")),
+                detail: format!(
+                    "{} ({status})",
+                    tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+                ),
             });
         }
         Ok(())
@@ -520,7 +542,11 @@ impl Instance {
 
     /// Points a running replica at another upstream: rewrite, then reload
     /// (`primary_conninfo` is reloadable since PostgreSQL 13, no restart).
-    pub async fn follow(&self, client: &tokio_postgres::Client, run_as: &RunAs) -> Result<(), PgError> {
+    pub async fn follow(
+        &self,
+        client: &tokio_postgres::Client,
+        run_as: &RunAs,
+    ) -> Result<(), PgError> {
         self.write_config(run_as)?;
         client.execute("SELECT pg_reload_conf()", &[]).await?;
         Ok(())
@@ -608,7 +634,9 @@ pub async fn query_running(client: &tokio_postgres::Client) -> Result<Running, P
         r.receive_lsn = row.get::<_, Option<PgLsn>>(0).map(Lsn::from);
         r.replay_lsn = row.get::<_, Option<PgLsn>>(1).map(Lsn::from);
         r.receiver_streaming = row.get::<_, Option<String>>(2).as_deref() == Some("streaming");
-        let tli: Option<i32> = row.get::<_, Option<i32>>(3).or(row.get::<_, Option<i32>>(4));
+        let tli: Option<i32> = row
+            .get::<_, Option<i32>>(3)
+            .or(row.get::<_, Option<i32>>(4));
         r.timeline = tli.map(|t| t as u32);
     } else {
         // pg_control_checkpoint() lags a promotion by seconds; the current
@@ -704,7 +732,10 @@ pub fn read_postmaster_pid(data_dir: &Path) -> Option<i32> {
 }
 
 fn quote_conninfo(v: &str) -> String {
-    if !v.is_empty() && v.chars().all(|c| c.is_ascii_alphanumeric() || "._-/".contains(c)) {
+    if !v.is_empty()
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-/".contains(c))
+    {
         v.to_string()
     } else {
         format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))
@@ -730,7 +761,10 @@ pub fn render_postgresql_conf(cfg: &PgConfig, name: &str, run_as: &RunAs) -> Str
     for (k, v) in &cfg.parameters {
         params.insert(k, quote_setting(v));
     }
-    params.insert("listen_addresses", quote_setting(&cfg.listen.ip().to_string()));
+    params.insert(
+        "listen_addresses",
+        quote_setting(&cfg.listen.ip().to_string()),
+    );
     params.insert("port", cfg.listen.port().to_string());
     params.insert(
         "unix_socket_directories",
@@ -767,7 +801,9 @@ pub fn render_postgresql_conf(cfg: &PgConfig, name: &str, run_as: &RunAs) -> Str
 }
 
 pub fn render_pg_hba(cfg: &PgConfig) -> String {
-    let mut s = String::from("# Written by baton; set [postgresql] pg_hba in the node config to replace.\n");
+    let mut s = String::from(
+        "# Written by baton; set [postgresql] pg_hba in the node config to replace.\n",
+    );
     if !cfg.pg_hba.is_empty() {
         for l in &cfg.pg_hba {
             s.push_str(l);
@@ -800,7 +836,8 @@ fn write_owned(path: &Path, contents: &str, owner: Option<(u32, u32)>) -> Result
         std::os::unix::fs::chown(&tmp, Some(uid), Some(gid))
             .map_err(|e| PgError::Io(format!("chown {}: {e}", tmp.display())))?;
     }
-    std::fs::rename(&tmp, path).map_err(|e| PgError::Io(format!("renaming to {}: {e}", path.display())))
+    std::fs::rename(&tmp, path)
+        .map_err(|e| PgError::Io(format!("renaming to {}: {e}", path.display())))
 }
 
 #[cfg(test)]

@@ -97,7 +97,10 @@ impl ClusterStatus {
             };
             if is_leader {
                 if !(m.state == "running" && m.role == "primary") {
-                    problems.push(format!("leader {name} is {} as {}, not running as primary", m.state, m.role));
+                    problems.push(format!(
+                        "leader {name} is {} as {}, not running as primary",
+                        m.state, m.role
+                    ));
                 }
             } else if m.state != "running" {
                 degraded.push(format!("{name} is {}", state));
@@ -106,7 +109,10 @@ impl ClusterStatus {
             } else if !streaming {
                 degraded.push(format!("{name} is not streaming"));
             } else if lag.is_some_and(|l| l > max_lag) {
-                degraded.push(format!("{name} lags {} bytes (limit {max_lag})", lag.unwrap_or(0)));
+                degraded.push(format!(
+                    "{name} lags {} bytes (limit {max_lag})",
+                    lag.unwrap_or(0)
+                ));
             } else if leader_tl.is_some() && m.timeline.is_some() && m.timeline != leader_tl {
                 degraded.push(format!(
                     "{name} is on timeline {}, leader on {}",
@@ -137,18 +143,26 @@ impl ClusterStatus {
             .map(|(n, _)| n.as_str())
             .collect();
         if writable.len() > 1 {
-            problems.push(format!("more than one member running read-write: {}", writable.join(", ")));
+            problems.push(format!(
+                "more than one member running read-write: {}",
+                writable.join(", ")
+            ));
         }
         match &leader {
             None => problems.push("no leader".into()),
-            Some(l) if leader_member.is_none() => problems.push(format!("leader {l} has no member key")),
+            Some(l) if leader_member.is_none() => {
+                problems.push(format!("leader {l} has no member key"))
+            }
             _ => {}
         }
         // The leader keeps a slot for every member it has seen; a slot with
         // no member key is a member whose agent is gone.
         if let Some(slots) = view.status.as_ref().and_then(|s| s.slots.as_ref()) {
             for slot in slots.keys() {
-                let known = view.members.keys().any(|m| crate::pg::slot_name(m) == *slot);
+                let known = view
+                    .members
+                    .keys()
+                    .any(|m| crate::pg::slot_name(m) == *slot);
                 if !known {
                     degraded.push(format!("member with slot {slot} is missing (agent down?)"));
                 }
@@ -184,7 +198,16 @@ impl ClusterStatus {
             out.push_str(&format!("  ! {p}\n"));
         }
         let header = [
-            "Member", "Host", "Role", "State", "TL", "Receive LSN", "Replay LSN", "Lag (B)", "Tags", "Reason",
+            "Member",
+            "Host",
+            "Role",
+            "State",
+            "TL",
+            "Receive LSN",
+            "Replay LSN",
+            "Lag (B)",
+            "Tags",
+            "Reason",
         ];
         let rows: Vec<[String; 10]> = self
             .members
@@ -213,7 +236,9 @@ impl ClusterStatus {
                     m.timeline.map(|t| t.to_string()).unwrap_or_default(),
                     m.receive_lsn.clone().unwrap_or_default(),
                     m.replay_lsn.clone().unwrap_or_default(),
-                    m.lag.map(|l| l.to_string()).unwrap_or_else(|| "unknown".into()),
+                    m.lag
+                        .map(|l| l.to_string())
+                        .unwrap_or_else(|| "unknown".into()),
                     tags,
                     m.reason.clone().unwrap_or_default(),
                 ]
@@ -287,9 +312,12 @@ mod tests {
             }),
             ..ClusterView::default()
         };
-        v.members.insert("n1".into(), m(5001, "primary", "running", 1000, false));
-        v.members.insert("n2".into(), m(5002, "replica", "running", 1000, true));
-        v.members.insert("n3".into(), m(5003, "replica", "running", 900, true));
+        v.members
+            .insert("n1".into(), m(5001, "primary", "running", 1000, false));
+        v.members
+            .insert("n2".into(), m(5002, "replica", "running", 1000, true));
+        v.members
+            .insert("n3".into(), m(5003, "replica", "running", 900, true));
         v
     }
 
@@ -318,7 +346,10 @@ mod tests {
         v.members.remove("n3");
         let s = ClusterStatus::from_view("demo", &v, 1 << 20);
         assert_eq!(s.state, ClusterState::Degraded);
-        assert_eq!(s.problems, vec!["member with slot n3 is missing (agent down?)"]);
+        assert_eq!(
+            s.problems,
+            vec!["member with slot n3 is missing (agent down?)"]
+        );
     }
 
     #[test]
@@ -335,7 +366,10 @@ mod tests {
         n2.replication_state = None;
         let s = ClusterStatus::from_view("demo", &v, 1 << 20);
         assert_eq!(s.state, ClusterState::Unavailable);
-        assert_eq!(s.problems, vec!["more than one member running read-write: n1, n2"]);
+        assert_eq!(
+            s.problems,
+            vec!["more than one member running read-write: n1, n2"]
+        );
     }
 
     #[test]

@@ -50,33 +50,68 @@ error: NODE.toml: 5 problems in configuration
   - bootstrap.dcs.ttl: a leader must get two renewal attempts before it fences itself: loop_wait + 2 * retry_timeout = 3 s must not exceed ttl - safety_margin = 2 s (raise ttl or lower the others)
 ";
     assert_eq!(stderr, expected);
-    assert!(!data.exists(), "nothing may be created from a broken config");
+    assert!(
+        !data.exists(),
+        "nothing may be created from a broken config"
+    );
 
     let out = run_baton(&["agent", "-c", "/nonexistent/baton.toml"]);
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.starts_with("error: /nonexistent/baton.toml: 1 problem in configuration\n  - cannot read file:"), "{stderr}");
+    assert!(
+        stderr.starts_with(
+            "error: /nonexistent/baton.toml: 1 problem in configuration\n  - cannot read file:"
+        ),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_unreachable_at_start_waits_and_never_initdbs() {
-    let opts = ClusterOptions { nodes: 1, scope: "late".into(), start_etcd: false, ..ClusterOptions::default() };
+    let opts = ClusterOptions {
+        nodes: 1,
+        scope: "late".into(),
+        start_etcd: false,
+        ..ClusterOptions::default()
+    };
     let mut t = TestCluster::started("lateetcd", opts);
     let node = &t.c.nodes[0];
-    let j = wait_for("agent reporting etcd unreachable", Duration::from_secs(20), || async {
-        let j = http_json(&node.api_url("/patroni")).await?;
-        let reason = j["baton"]["reason"].as_str().unwrap_or_default().to_string();
-        if reason.contains("etcd unreachable") { Ok(j) } else { Err(format!("{j}")) }
-    })
+    let j = wait_for(
+        "agent reporting etcd unreachable",
+        Duration::from_secs(20),
+        || async {
+            let j = http_json(&node.api_url("/patroni")).await?;
+            let reason = j["baton"]["reason"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            if reason.contains("etcd unreachable") {
+                Ok(j)
+            } else {
+                Err(format!("{j}"))
+            }
+        },
+    )
     .await;
     assert_eq!(j["state"], "stopped");
-    assert!(!node.data_dir.exists(), "agent touched the data dir without etcd");
+    assert!(
+        !node.data_dir.exists(),
+        "agent touched the data dir without etcd"
+    );
     // Liveness holds (the loop runs) while nothing else does.
-    assert_eq!(http_status(reqwest::Method::GET, &node.api_url("/liveness")).await, Ok(200));
-    assert_eq!(http_status(reqwest::Method::GET, &node.api_url("/health")).await, Ok(503));
+    assert_eq!(
+        http_status(reqwest::Method::GET, &node.api_url("/liveness")).await,
+        Ok(200)
+    );
+    assert_eq!(
+        http_status(reqwest::Method::GET, &node.api_url("/health")).await,
+        Ok(503)
+    );
 
     t.c.etcd.start().unwrap();
-    let s = t.wait_state(ClusterState::Normal, Duration::from_secs(60)).await;
+    let s = t
+        .wait_state(ClusterState::Normal, Duration::from_secs(60))
+        .await;
     assert_eq!(s.leader.as_deref(), Some("node1"));
 }
 
@@ -84,7 +119,11 @@ async fn etcd_unreachable_at_start_waits_and_never_initdbs() {
 /// prepares node2's data dir with `prepare` and starts node2; returns its
 /// member reason once it reports `need repair`.
 async fn node2_refuses(name: &str, prepare: impl FnOnce(&Path)) -> (TestCluster, String) {
-    let opts = ClusterOptions { nodes: 2, scope: name.into(), ..ClusterOptions::default() };
+    let opts = ClusterOptions {
+        nodes: 2,
+        scope: name.into(),
+        ..ClusterOptions::default()
+    };
     let mut t = TestCluster::new(name, opts);
     t.c.start_agent(0).unwrap();
     wait_for("node1 leading", Duration::from_secs(60), || async {
@@ -98,13 +137,19 @@ async fn node2_refuses(name: &str, prepare: impl FnOnce(&Path)) -> (TestCluster,
     .await;
     prepare(&t.c.nodes[1].data_dir);
     t.c.start_agent(1).unwrap();
-    let reason = wait_for("node2 refusing its data dir", Duration::from_secs(30), || async {
-        let v = t.c.view().await.map_err(|e| format!("{e:#}"))?;
-        match v.members.get("node2") {
-            Some(m) if m.state == "need repair" => Ok(m.baton_reason.clone().unwrap_or_default()),
-            other => Err(format!("{other:?}")),
-        }
-    })
+    let reason = wait_for(
+        "node2 refusing its data dir",
+        Duration::from_secs(30),
+        || async {
+            let v = t.c.view().await.map_err(|e| format!("{e:#}"))?;
+            match v.members.get("node2") {
+                Some(m) if m.state == "need repair" => {
+                    Ok(m.baton_reason.clone().unwrap_or_default())
+                }
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
     .await;
     (t, reason)
 }
@@ -120,9 +165,15 @@ async fn non_postgres_data_dir_is_refused_and_kept() {
         }
     })
     .await;
-    assert!(reason.contains("not a PostgreSQL data directory"), "{reason}");
+    assert!(
+        reason.contains("not a PostgreSQL data directory"),
+        "{reason}"
+    );
     let d = &t.c.nodes[1].data_dir;
-    assert_eq!(std::fs::read_to_string(d.join("precious.txt")).unwrap(), "keep me");
+    assert_eq!(
+        std::fs::read_to_string(d.join("precious.txt")).unwrap(),
+        "keep me"
+    );
     assert_eq!(std::fs::read_dir(d).unwrap().count(), 1);
 }
 
@@ -139,7 +190,10 @@ async fn data_dir_owned_by_another_user_is_refused() {
     })
     .await;
     assert!(reason.contains("is owned by uid"), "{reason}");
-    assert_eq!(std::fs::read_dir(&t.c.nodes[1].data_dir).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(&t.c.nodes[1].data_dir).unwrap().count(),
+        0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -156,7 +210,11 @@ async fn data_dir_of_another_cluster_is_refused() {
             cmd.uid(pg.uid.as_raw()).gid(pg.gid.as_raw());
         }
         let out = cmd.output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     })
     .await;
     assert!(reason.contains("refusing to touch it"), "{reason}");
@@ -177,7 +235,10 @@ fn refuses_to_run_postgres_as_root_or_unknown_user() {
         return;
     }
     let dir = TestDir::new("osuser");
-    for (user, expect) in [("baton-no-such-user", "does not exist"), ("root", "must not be root")] {
+    for (user, expect) in [
+        ("baton-no-such-user", "does not exist"),
+        ("root", "must not be root"),
+    ] {
         let file = dir.path.join(format!("{user}.toml"));
         std::fs::write(
             &file,

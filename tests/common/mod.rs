@@ -36,7 +36,10 @@ impl TestDir {
             .expect("temp dir");
         let path = dir.path().to_path_buf();
         baton::local::open_dir(&path).expect("chmod temp dir");
-        TestDir { dir: Some(dir), path }
+        TestDir {
+            dir: Some(dir),
+            path,
+        }
     }
 }
 
@@ -62,8 +65,13 @@ impl TestCluster {
     pub fn new(name: &str, opts: ClusterOptions) -> TestCluster {
         let slot = one_cluster_at_a_time();
         let dir = TestDir::new(name);
-        let c = LocalCluster::create(&dir.path, &baton_bin(), &opts).expect("creating local cluster");
-        TestCluster { c, dir, _slot: slot }
+        let c =
+            LocalCluster::create(&dir.path, &baton_bin(), &opts).expect("creating local cluster");
+        TestCluster {
+            c,
+            dir,
+            _slot: slot,
+        }
     }
 
     pub fn started(name: &str, opts: ClusterOptions) -> TestCluster {
@@ -125,10 +133,11 @@ pub async fn sql_port(port: u16, query: &str) -> Result<Vec<tokio_postgres::Row>
         .user("postgres")
         .dbname("postgres")
         .connect_timeout(Duration::from_secs(2));
-    let (client, conn) = tokio::time::timeout(Duration::from_secs(3), cfg.connect(tokio_postgres::NoTls))
-        .await
-        .map_err(|_| "connect timed out".to_string())?
-        .map_err(|e| pg_error(&e))?;
+    let (client, conn) =
+        tokio::time::timeout(Duration::from_secs(3), cfg.connect(tokio_postgres::NoTls))
+            .await
+            .map_err(|_| "connect timed out".to_string())?
+            .map_err(|e| pg_error(&e))?;
     tokio::spawn(conn);
     tokio::time::timeout(Duration::from_secs(5), client.query(query, &[]))
         .await
@@ -162,7 +171,11 @@ pub async fn http_status(method: reqwest::Method, url: &str) -> Result<u16, Stri
         .timeout(Duration::from_secs(3))
         .build()
         .map_err(|e| e.to_string())?;
-    let r = client.request(method, url).send().await.map_err(|e| e.to_string())?;
+    let r = client
+        .request(method, url)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
     Ok(r.status().as_u16())
 }
 
