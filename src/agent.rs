@@ -9,6 +9,7 @@
 //!   the loop keeps ticking, renewing its lease, while a job runs;
 //! - the REST API server (`api.rs`).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -18,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{DynamicConfig, NodeConfig};
 use crate::dcs::{ClusterView, Dcs, DcsError, LeaseId, Member, StatusKey};
-use crate::ha::{decide, Action, Decision, JobKind, JobStatus, Observation, PgStatus, Reason};
+use crate::ha::{decide, Action, Decision, JobKind, JobStatus, Observation, Peer, PgStatus};
 use crate::pg::{self, DataDir, Instance, RunAs, StopMode};
 
 /// What the last tick saw and decided; read by the REST API.
@@ -39,10 +40,27 @@ pub struct Snapshot {
     pub pending_job: Option<JobKind>,
 }
 
-pub type SharedState = Arc<RwLock<Snapshot>>;
+/// What the agent shares with its REST API: the last snapshot, and the
+/// requests operators make through the API.
+pub struct Shared {
+    pub snapshot: RwLock<Snapshot>,
+    /// `POST /reinitialize` sets it; the loop clears it once the rebuild starts.
+    pub reinit_requested: AtomicBool,
+    /// Wakes the loop after a request.
+    pub wake: Notify,
+}
+
+pub type SharedState = Arc<Shared>;
+
+impl Shared {
+    pub fn snapshot(&self) -> Snapshot {
+        self.snapshot.read().expect("snapshot lock").clone()
+    }
+}
 
 struct Job {
     kind: JobKind,
+    started: Instant,
     handle: JoinHandle<Result<(), String>>,
 }
 
@@ -54,11 +72,12 @@ pub struct Agent {
     lease_ttl: u64,
     last_renewal_sent: Option<Instant>,
     job: Option<Job>,
-    last_failure: Option<(JobKind, String, Instant)>,
+    /// Outcome of the last job: shown to decide until the next job starts.
+    last_job: Option<(JobKind, Result<(), String>, Instant)>,
+    http: reqwest::Client,
     client: Option<tokio_postgres::Client>,
     config: DynamicConfig,
     shared: SharedState,
-    wake: Arc<Notify>,
     last_reason: String,
     last_etcd_warning: Option<Instant>,
 }
@@ -71,7 +90,8 @@ impl Agent {
         let inst = Instance::new(cfg.postgresql.clone(), cfg.name.clone())?;
         let config = cfg.bootstrap.clone();
         let dcs = Dcs::connect(&cfg.etcd.endpoints, cfg.prefix(), config.retry_timeout()).await?;
-        let shared = Arc::new(RwLock::new(Snapshot {
+        let shared = Arc::new(Shared {
+            snapshot: RwLock::new(Snapshot {
             scope: cfg.scope.clone(),
             name: cfg.name.clone(),
             member: Member::default(),
@@ -84,7 +104,13 @@ impl Agent {
             is_leader: false,
             system_id: None,
             pending_job: None,
-        }));
+            }),
+            reinit_requested: AtomicBool::new(false),
+            wake: Notify::new(),
+        });
+        let http = reqwest::Client::builder()
+            .timeout(config.retry_timeout())
+            .build()?;
         Ok(Agent {
             cfg,
             dcs,
@@ -93,11 +119,11 @@ impl Agent {
             lease_ttl: config.ttl,
             last_renewal_sent: None,
             job: None,
-            last_failure: None,
+            last_job: None,
+            http,
             client: None,
             config,
             shared,
-            wake: Arc::new(Notify::new()),
             last_reason: String::new(),
             last_etcd_warning: None,
         })
@@ -110,7 +136,7 @@ impl Agent {
     /// Runs until `shutdown` fires, then stops postgres and gives up the
     /// leader key (DESIGN.md rule 6).
     pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let watch = spawn_watch(self.dcs.clone(), self.wake.clone());
+        let watch = spawn_watch(self.dcs.clone(), self.shared.clone());
         loop {
             let started = Instant::now();
             self.tick().await;
@@ -119,7 +145,7 @@ impl Agent {
                 // Shutdown first: a stopping agent must not start new work.
                 biased;
                 _ = shutdown.cancelled() => break,
-                _ = self.wake.notified() => {}
+                _ = self.shared.wake.notified() => {}
                 _ = tokio::time::sleep(wait) => {}
             }
         }
@@ -180,6 +206,12 @@ impl Agent {
         }
         let job = self.poll_job().await;
         let (pg, data_dir) = self.observe_postgres().await;
+        let peers = match (&cluster, &pg) {
+            (Some(c), PgStatus::Running(r)) if c.leader.is_none() && r.in_recovery => {
+                self.observe_peers(c).await
+            }
+            _ => vec![],
+        };
         let obs = Observation {
             me: self.cfg.name.clone(),
             now,
@@ -190,6 +222,10 @@ impl Agent {
             pg: pg.clone(),
             job: job.clone(),
             config: self.config.clone(),
+            tags: self.cfg.tags.clone(),
+            peers,
+            reinit_requested: self.shared.reinit_requested.load(Ordering::SeqCst),
+            rebuild_allowed: self.cfg.postgresql.rebuild_on_rewind_failure,
         };
         let d = decide(&obs);
         let reason = d.reason.to_string();
@@ -200,10 +236,7 @@ impl Agent {
         self.act(&d, &obs).await;
 
         let pending_job = self.job.as_ref().map(|j| j.kind);
-        let needs_repair = matches!(
-            d.reason,
-            Reason::ForeignCluster { .. } | Reason::DataDirUnusable(_)
-        );
+        let needs_repair = d.reason.needs_repair();
         let member = self.member_json(&pg, &data_dir, pending_job, needs_repair, &cluster, &reason);
         if let (Some(lease), Some(_)) = (self.lease, &cluster) {
             if let Err(e) = self.dcs.put_member(&self.cfg.name, &member, lease).await {
@@ -219,7 +252,7 @@ impl Agent {
             DataDir::Valid { system_id, .. } => Some(system_id.clone()),
             _ => None,
         };
-        let mut s = self.shared.write().expect("snapshot lock");
+        let mut s = self.shared.snapshot.write().expect("snapshot lock");
         s.member = member;
         s.pg = pg;
         if cluster.is_some() {
@@ -282,29 +315,29 @@ impl Agent {
     async fn poll_job(&mut self) -> JobStatus {
         if let Some(job) = &self.job {
             if !job.handle.is_finished() {
-                return JobStatus::Running(job.kind);
+                return JobStatus::Running(job.kind, job.started.elapsed());
             }
             let job = self.job.take().expect("checked");
             let result = match job.handle.await {
                 Ok(r) => r,
                 Err(e) => Err(format!("job panicked or was aborted: {e}")),
             };
-            match result {
-                Ok(()) => {
-                    tracing::info!("{} finished", job.kind);
-                    self.last_failure = None;
-                }
-                Err(e) => {
-                    tracing::error!("{} failed: {e}", job.kind);
-                    self.last_failure = Some((job.kind, e, Instant::now()));
-                    if job.kind == JobKind::Bootstrap {
-                        self.undo_bootstrap_claim().await;
-                    }
-                }
+            match &result {
+                Ok(()) => tracing::info!(
+                    "{} finished in {:.1} s",
+                    job.kind,
+                    job.started.elapsed().as_secs_f64()
+                ),
+                Err(e) => tracing::error!("{} failed: {e}", job.kind),
             }
+            if result.is_err() && job.kind == JobKind::Bootstrap {
+                self.undo_bootstrap_claim().await;
+            }
+            self.last_job = Some((job.kind, result, Instant::now()));
         }
-        match &self.last_failure {
-            Some((k, e, _)) => JobStatus::Failed(*k, e.clone()),
+        match &self.last_job {
+            Some((k, Err(e), _)) => JobStatus::Failed(*k, e.clone()),
+            Some((k, Ok(()), _)) => JobStatus::Done(*k),
             None => JobStatus::Idle,
         }
     }
@@ -335,6 +368,7 @@ impl Agent {
                 let dir = DataDir::Valid {
                     system_id: r.system_id.clone(),
                     standby: r.in_recovery,
+                    timeline: r.timeline,
                 };
                 (PgStatus::Running(Box::new(r)), dir)
             }
@@ -350,6 +384,26 @@ impl Agent {
         }
     }
 
+    /// Asks every other member's REST API for its WAL position, concurrently,
+    /// each bounded by the client's `retry_timeout`. Unreachable members are
+    /// left out: they cannot promote either without reaching etcd.
+    async fn observe_peers(&self, cluster: &ClusterView) -> Vec<Peer> {
+        let asks = cluster
+            .members
+            .iter()
+            .filter(|(name, _)| **name != self.cfg.name)
+            .map(|(name, m)| {
+                let http = self.http.clone();
+                let name = name.clone();
+                let url = m.api_url.clone();
+                async move {
+                    let v: serde_json::Value = http.get(&url).send().await.ok()?.json().await.ok()?;
+                    Some(peer_from_status(name, &v))
+                }
+            });
+        futures_join_all(asks).await.into_iter().flatten().collect()
+    }
+
     fn spawn_job<F>(&mut self, kind: JobKind, fut: F)
     where
         F: std::future::Future<Output = Result<(), String>> + Send + 'static,
@@ -357,19 +411,31 @@ impl Agent {
         if self.job.is_some() {
             return;
         }
-        if let Some((k, _, at)) = &self.last_failure {
+        if let Some((k, Err(_), at)) = &self.last_job {
             if *k == kind && at.elapsed() < JOB_RETRY_BACKOFF {
                 return;
             }
         }
         tracing::info!("starting job: {kind}");
-        let wake = self.wake.clone();
+        let shared = self.shared.clone();
         let handle = tokio::spawn(async move {
             let r = fut.await;
-            wake.notify_one();
+            shared.wake.notify_one();
             r
         });
-        self.job = Some(Job { kind, handle });
+        self.job = Some(Job {
+            kind,
+            started: Instant::now(),
+            handle,
+        });
+    }
+
+    fn member_pg_address(&self, obs: &Observation, member: &str) -> anyhow::Result<(String, u16)> {
+        obs.cluster
+            .as_ref()
+            .and_then(|c| c.members.get(member))
+            .and_then(|m| m.pg_address())
+            .ok_or_else(|| anyhow::anyhow!("member {member} has no usable conn_url"))
     }
 
     fn leader_run_as(&self, cluster: &ClusterView, leader: &str) -> Option<RunAs> {
@@ -410,6 +476,48 @@ impl Agent {
                     bootstrap(&inst).await.map_err(|e| e.to_string())
                 });
             }
+            Action::ReleaseLeader => {
+                if self.dcs.release_leader(&me).await? {
+                    tracing::warn!("released the leader key");
+                }
+            }
+            Action::StartReadOnly => {
+                let inst = self.inst.clone();
+                self.spawn_job(JobKind::Start, async move {
+                    inst.start(&RunAs::ReadOnly).await.map_err(|e| e.to_string())
+                });
+            }
+            Action::Rewind { from } => {
+                let (host, port) = self.member_pg_address(obs, from)?;
+                let inst = self.inst.clone();
+                self.spawn_job(JobKind::Rewind, async move {
+                    tracing::info!("running pg_rewind against {host}:{port}");
+                    inst.rewind_from(&host, port).await.map_err(|e| e.to_string())
+                });
+            }
+            Action::Rebuild { from } => {
+                let (host, port) = self.member_pg_address(obs, from)?;
+                let inst = self.inst.clone();
+                self.client = None;
+                self.shared.reinit_requested.store(false, Ordering::SeqCst);
+                self.spawn_job(JobKind::Rebuild, async move {
+                    inst.stop(StopMode::Fast).await.map_err(|e| e.to_string())?;
+                    let aside = inst.move_aside().map_err(|e| e.to_string())?;
+                    tracing::warn!("old data directory moved aside to {}", aside.display());
+                    inst.basebackup_from(&host, port).await.map_err(|e| e.to_string())
+                });
+            }
+            Action::PublishHistory => {
+                let (PgStatus::Running(run), Some(client)) = (&obs.pg, &self.client) else {
+                    return Ok(());
+                };
+                let Some(tl) = run.timeline else { return Ok(()) };
+                let file = pg::timeline_history(client, tl).await?;
+                let existing = obs.cluster.as_ref().and_then(|c| c.history.clone());
+                let history = merge_history(existing, &file, tl, &me);
+                self.dcs.put_history(&history).await?;
+                tracing::info!(timeline = tl, "history updated");
+            }
             Action::PublishInitialize(id) => {
                 if self.dcs.set_initialize(id).await? {
                     tracing::info!(system_id = %id, "cluster initialized");
@@ -424,7 +532,7 @@ impl Agent {
                 };
                 if self.dcs.acquire_leader(&me, lease).await? {
                     tracing::info!("acquired the leader key");
-                    self.wake.notify_one();
+                    self.shared.wake.notify_one();
                 }
             }
             Action::AdoptLeader => {
@@ -433,7 +541,7 @@ impl Agent {
                 };
                 if self.dcs.adopt_leader(&me, lease).await? {
                     tracing::info!("leader key re-attached to lease {}", lease.0);
-                    self.wake.notify_one();
+                    self.shared.wake.notify_one();
                 }
             }
             Action::Clone { from } => {
@@ -491,7 +599,7 @@ impl Agent {
                 }
                 self.client = None;
                 self.inst.stop(StopMode::Immediate).await?;
-                tracing::warn!("postgres stopped (fencing)");
+                tracing::warn!("postgres stopped immediately: {}", self.last_reason);
             }
             Action::Stop { immediate: false } => {
                 let inst = self.inst.clone();
@@ -570,6 +678,8 @@ impl Agent {
             (Some(JobKind::Bootstrap), _) => "initializing new cluster",
             (Some(JobKind::Clone), _) => "creating replica",
             (Some(JobKind::Promote), _) => "promoting",
+            (Some(JobKind::Rewind), _) => "rewinding",
+            (Some(JobKind::Rebuild), _) => "creating replica",
             (Some(JobKind::Stop), _) => "stopping",
             (_, PgStatus::Running(_)) => "running",
             (Some(JobKind::Start), _) | (_, PgStatus::Unresponsive) => "starting",
@@ -599,6 +709,68 @@ impl Agent {
     }
 }
 
+/// The `history` key after promotion to timeline `tl`: entries already
+/// stored keep their time and leader; entries from the history file that
+/// are missing are added, the newest one stamped now with this member.
+pub fn merge_history(
+    existing: Option<serde_json::Value>,
+    file: &[(u32, crate::lsn::Lsn, String)],
+    tl: u32,
+    me: &str,
+) -> serde_json::Value {
+    let mut entries: Vec<serde_json::Value> = existing
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default();
+    let known: Vec<u64> = entries
+        .iter()
+        .filter_map(|e| e.get(0).and_then(|t| t.as_u64()))
+        .collect();
+    for (t, lsn, reason) in file {
+        if known.contains(&u64::from(*t)) {
+            continue;
+        }
+        let newest = *t + 1 == tl;
+        let when = newest.then(|| humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string());
+        entries.push(serde_json::json!([t, lsn.0, reason, when, newest.then_some(me)]));
+    }
+    serde_json::Value::Array(entries)
+}
+
+/// What `/patroni` of another member says about its fitness to lead.
+pub fn peer_from_status(name: String, v: &serde_json::Value) -> Peer {
+    let primary = v["role"] == "primary";
+    let x = &v["xlog"];
+    let position = if primary {
+        x["location"].as_u64()
+    } else {
+        x["received_location"].as_u64().max(x["replayed_location"].as_u64())
+    };
+    Peer {
+        name,
+        running: v["state"] == "running",
+        primary,
+        timeline: v["timeline"].as_u64().unwrap_or(0) as u32,
+        position: position.unwrap_or(0),
+        nofailover: v["tags"]["nofailover"].as_bool().unwrap_or(false),
+        priority: v["tags"]["failover_priority"].as_i64().unwrap_or(1),
+    }
+}
+
+async fn futures_join_all<F: std::future::Future>(futs: impl Iterator<Item = F>) -> Vec<F::Output>
+where
+    F: Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futs.map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        if let Ok(v) = h.await {
+            out.push(v);
+        }
+    }
+    out
+}
+
 /// initdb, configure, start, create the replication role.
 async fn bootstrap(inst: &Instance) -> Result<(), pg::PgError> {
     tracing::info!("running initdb in {}", inst.cfg.data_dir.display());
@@ -612,7 +784,7 @@ async fn bootstrap(inst: &Instance) -> Result<(), pg::PgError> {
 
 /// Wakes the loop when a key that changes decisions changes. Member keys are
 /// rewritten every tick by every member, so they do not wake anyone.
-fn spawn_watch(dcs: Dcs, wake: Arc<Notify>) -> JoinHandle<()> {
+fn spawn_watch(dcs: Dcs, shared: SharedState) -> JoinHandle<()> {
     tokio::spawn(async move {
         let prefix = dcs.prefix().to_string();
         loop {
@@ -628,7 +800,7 @@ fn spawn_watch(dcs: Dcs, wake: Arc<Notify>) -> JoinHandle<()> {
                             })
                         });
                         if relevant {
-                            wake.notify_one();
+                            shared.wake.notify_one();
                         }
                     }
                 }

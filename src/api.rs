@@ -89,7 +89,7 @@ enum Check {
 }
 
 fn snapshot(state: &SharedState) -> Snapshot {
-    state.read().expect("snapshot lock").clone()
+    state.snapshot()
 }
 
 fn is_running_primary(s: &Snapshot) -> bool {

@@ -65,6 +65,9 @@ pub struct PgConfig {
     pub pg_hba: Vec<String>,
     /// How long to wait for postgres to start, stop or clone before calling it failed.
     pub start_timeout: Duration,
+    /// After a failed pg_rewind, move the data directory aside and clone
+    /// the leader instead of staying down in `need repair`.
+    pub rebuild_on_rewind_failure: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,12 +107,20 @@ pub struct DynamicConfig {
     /// renew must already be fencing itself (time for an immediate stop).
     #[serde(default = "default_safety_margin")]
     pub safety_margin: f64,
+    /// Seconds a crashed leader's postgres may take to come back in place
+    /// before the leader gives up the key and a replica takes over.
+    #[serde(default = "default_primary_start_timeout")]
+    pub primary_start_timeout: f64,
     #[serde(flatten)]
     pub other: serde_json::Map<String, serde_json::Value>,
 }
 
 fn default_safety_margin() -> f64 {
     1.0
+}
+
+fn default_primary_start_timeout() -> f64 {
+    3.0
 }
 
 impl Default for DynamicConfig {
@@ -120,6 +131,7 @@ impl Default for DynamicConfig {
             retry_timeout: 1.0,
             maximum_lag_on_failover: 1 << 20,
             safety_margin: default_safety_margin(),
+            primary_start_timeout: default_primary_start_timeout(),
             other: serde_json::Map::new(),
         }
     }
@@ -131,6 +143,9 @@ impl DynamicConfig {
     }
     pub fn retry_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.retry_timeout)
+    }
+    pub fn primary_start_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.primary_start_timeout)
     }
     pub fn ttl(&self) -> Duration {
         Duration::from_secs(self.ttl)
@@ -159,6 +174,12 @@ impl DynamicConfig {
             if !v.is_finite() || v <= 0.0 {
                 p.push((key, format!("{v} must be a positive number of seconds")));
             }
+        }
+        if !self.primary_start_timeout.is_finite() || self.primary_start_timeout < 0.0 {
+            p.push((
+                "primary_start_timeout",
+                format!("{} must be zero or a positive number of seconds", self.primary_start_timeout),
+            ));
         }
         if p.is_empty() {
             let budget = self.ttl as f64 - self.safety_margin;
@@ -484,6 +505,7 @@ impl NodeConfig {
             parameters.insert(k, s);
         }
         let pg_hba: Vec<String> = r.opt(&mut pg, p, "pg_hba").unwrap_or_default();
+        let rebuild_on_rewind_failure = r.opt(&mut pg, p, "rebuild_on_rewind_failure").unwrap_or(true);
         let mut auth = r.table(&mut pg, p, "authentication");
         let superuser = r.credentials(&mut auth, "superuser", "postgres");
         let replication = r.credentials(&mut auth, "replication", "replicator");
@@ -559,6 +581,7 @@ impl NodeConfig {
                 parameters,
                 pg_hba,
                 start_timeout,
+                rebuild_on_rewind_failure,
             },
             bootstrap,
             tags,

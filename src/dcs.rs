@@ -382,6 +382,10 @@ impl Dcs {
         self.put("status", json, None).await
     }
 
+    pub async fn put_history(&self, history: &serde_json::Value) -> Result<(), DcsError> {
+        self.put("history", history.to_string(), None).await
+    }
+
     async fn put(&self, rel: &str, value: String, lease: Option<LeaseId>) -> Result<(), DcsError> {
         let mut kv = self.client.kv_client();
         let key = self.key(rel);

@@ -5,17 +5,34 @@
 //!
 //! Safety rules (DESIGN.md) enforced here:
 //! 1. only the holder of the leader key runs read-write: a primary that sees
-//!    another leader demotes, and postgres starts as a primary only after the
-//!    key is ours;
-//! 2. a leader whose last successful renewal was sent more than
-//!    `ttl - safety_margin` ago fences itself at once;
-//! 3. the leader key is taken by create-if-absent only (`AcquireLeader`);
-//! 7. no action here deletes a data directory.
+//!    another leader stops at once, and postgres starts as a primary only
+//!    after the key is ours;
+//! 2. a primary whose last successful renewal was sent more than
+//!    `ttl - safety_margin` ago fences itself at once, before anything else;
+//! 3. the leader key is taken by create-if-absent only (`AcquireLeader`), and
+//!    a replica promotes only once it holds the key;
+//! 4. before taking the key a replica compares itself with every reachable
+//!    member and yields to a healthier one; never with lag above
+//!    `maximum_lag_on_failover`, never when tagged `nofailover`;
+//! 5. a member on an older timeline never streams from the leader until
+//!    pg_rewind (or a fresh clone) made its history a prefix of the leader's;
+//! 7. no action here deletes a data directory (a rebuild moves it aside);
+//! 9. replicas keep following the old leader until a new one exists.
+//!
+//! Member life cycle, as seen from one agent:
+//!
+//! ```text
+//!  empty ──bootstrap/clone──► stopped ──start──► replica ──(key won)──► promote ──► leader
+//!                               ▲   │                 │                               │
+//!                               │   └─rewind/rebuild◄─┴──diverged / demoted◄──────────┘
+//!                               └──────────────── crash / fencing ─────────────────────┘
+//! ```
 
+use std::cmp::Ordering;
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use crate::config::DynamicConfig;
+use crate::config::{DynamicConfig, Tags};
 use crate::dcs::{ClusterView, LeaseId};
 use crate::pg::{slot_name, DataDir, Running};
 
@@ -36,6 +53,8 @@ pub enum JobKind {
     Start,
     Stop,
     Promote,
+    Rewind,
+    Rebuild,
 }
 
 impl fmt::Display for JobKind {
@@ -46,6 +65,8 @@ impl fmt::Display for JobKind {
             JobKind::Start => "start",
             JobKind::Stop => "stop",
             JobKind::Promote => "promote",
+            JobKind::Rewind => "pg_rewind",
+            JobKind::Rebuild => "rebuild (move aside + pg_basebackup)",
         })
     }
 }
@@ -53,9 +74,26 @@ impl fmt::Display for JobKind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JobStatus {
     Idle,
-    Running(JobKind),
+    /// A job is running, started this long ago.
+    Running(JobKind, Duration),
     /// The last job failed; shown until the next job starts.
     Failed(JobKind, String),
+    /// The last job succeeded (until the next job starts).
+    Done(JobKind),
+}
+
+/// Another member as its REST API answered during an election.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub name: String,
+    pub running: bool,
+    pub primary: bool,
+    pub timeline: u32,
+    /// Highest WAL position it has (written on a primary, received or
+    /// replayed on a replica).
+    pub position: u64,
+    pub nofailover: bool,
+    pub priority: i64,
 }
 
 /// Everything one tick of the loop knows.
@@ -74,11 +112,18 @@ pub struct Observation {
     pub job: JobStatus,
     /// Configuration in force (etcd's when valid, else the last known).
     pub config: DynamicConfig,
+    pub tags: Tags,
+    /// Other members' answers, gathered only when there is no leader.
+    pub peers: Vec<Peer>,
+    /// An operator asked for this member to be rebuilt.
+    pub reinit_requested: bool,
+    /// Whether a failed rewind may be followed by a rebuild.
+    pub rebuild_allowed: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    /// Claim `initialize`, and if won, run the bootstrap job.
+    /// Claim `initialize`, then the leader key, then run the bootstrap job.
     Bootstrap,
     /// Store our system identifier in `initialize` (completes bootstrap).
     PublishInitialize(String),
@@ -88,22 +133,32 @@ pub enum Action {
     AcquireLeader,
     /// The leader key names us but hangs on an old lease of ours.
     AdoptLeader,
+    /// Delete the leader key if it is still ours.
+    ReleaseLeader,
     /// Clone the named member with pg_basebackup (job).
     Clone { from: String },
     /// Start postgres as primary (job).
     StartPrimary,
     /// Start postgres as a replica of the named member (job).
     StartReplica { leader: String },
+    /// Start postgres read-only with no upstream, to take part in an election (job).
+    StartReadOnly,
     /// Re-point a running replica at the named member by reload.
     Follow { leader: String },
     /// Promote the running replica (job).
     Promote,
-    /// Stop postgres: `immediate` when fencing.
+    /// Stop postgres: `immediate` (and abort any job) when fencing or demoting.
     Stop { immediate: bool },
+    /// pg_rewind against the named member (job).
+    Rewind { from: String },
+    /// Move the data directory aside and clone the named member (job).
+    Rebuild { from: String },
     /// Create physical slots for these members on the running primary.
     CreateSlots(Vec<String>),
     /// Write the `status` key (leader only).
     PublishStatus,
+    /// Append this promotion to the `history` key (new leader).
+    PublishHistory,
 }
 
 /// Why the agent did what it did; shown in logs, `baton list` and the API.
@@ -123,17 +178,30 @@ pub enum Reason {
     CloneFailed(String),
     Starting,
     StartFailed(String),
+    StartingReadOnly,
     PostgresUnresponsive,
     AcquiringLeader,
     AdoptingLeader,
     Promoting,
     Leader,
     LeaseExpiredFencing { since: Duration },
+    PrimaryStartTimeout { waited: Duration },
     DemotingForeignLeader { leader: String },
     Following { leader: String, streaming: bool },
     Repointing { leader: String },
     NoLeader,
     LeaderNotReachable { leader: String },
+    /// Not taking part in the election, and why.
+    NotEligible(String),
+    /// Taking part, but another member is healthier.
+    Yielding { to: String, why: String },
+    /// Taking part and the healthiest: racing for the key.
+    Candidate,
+    Diverged { leader: String },
+    Rewinding { from: String, timeline: u32, leader_timeline: u32 },
+    RewindFailed { error: String, rebuilding: bool },
+    Reinitializing { from: String },
+    WaitingForLeaderToRebuild,
 }
 
 impl fmt::Display for Reason {
@@ -156,9 +224,7 @@ impl fmt::Display for Reason {
             Reason::WaitingForBootstrap => {
                 write!(f, "another member is bootstrapping the cluster; waiting")
             }
-            Reason::WaitingForLeaderToClone => {
-                write!(f, "no leader to clone from; waiting")
-            }
+            Reason::WaitingForLeaderToClone => write!(f, "no leader to clone from; waiting"),
             Reason::WaitingForSlot { leader } => {
                 write!(f, "waiting for {leader} to create our replication slot")
             }
@@ -166,8 +232,11 @@ impl fmt::Display for Reason {
             Reason::CloneFailed(e) => write!(f, "clone failed, will retry: {e}"),
             Reason::Starting => write!(f, "starting postgres"),
             Reason::StartFailed(e) => write!(f, "postgres failed to start, will retry: {e}"),
+            Reason::StartingReadOnly => {
+                write!(f, "no leader: starting read-only to take part in the election")
+            }
             Reason::PostgresUnresponsive => write!(f, "postgres is not answering queries"),
-            Reason::AcquiringLeader => write!(f, "no leader: taking the leader key"),
+            Reason::AcquiringLeader => write!(f, "no leader and I run as primary: taking the leader key"),
             Reason::AdoptingLeader => write!(f, "re-attaching my leader key to my new lease"),
             Reason::Promoting => write!(f, "I hold the leader key: promoting"),
             Reason::Leader => write!(f, "I am the leader"),
@@ -175,6 +244,12 @@ impl fmt::Display for Reason {
                 f,
                 "leader lease not renewed for {:.1} s: demoting (fencing)",
                 since.as_secs_f64()
+            ),
+            Reason::PrimaryStartTimeout { waited } => write!(
+                f,
+                "postgres did not come back within primary_start_timeout ({:.1} s): \
+                 stopping it and releasing the leader key",
+                waited.as_secs_f64()
             ),
             Reason::DemotingForeignLeader { leader } => {
                 write!(f, "running as primary but {leader} holds the leader key: demoting")
@@ -185,12 +260,62 @@ impl fmt::Display for Reason {
             Reason::Following { leader, streaming: false } => {
                 write!(f, "following leader {leader}, not streaming yet")
             }
-            Reason::Repointing { leader } => write!(f, "re-pointing replication at new leader {leader}"),
+            Reason::Repointing { leader } => {
+                write!(f, "re-pointing replication at new leader {leader}")
+            }
             Reason::NoLeader => write!(f, "no leader in the cluster"),
             Reason::LeaderNotReachable { leader } => {
                 write!(f, "leader {leader} has not published its address")
             }
+            Reason::NotEligible(why) => write!(f, "no leader; not a failover candidate: {why}"),
+            Reason::Yielding { to, why } => write!(f, "no leader; yielding to {to}: {why}"),
+            Reason::Candidate => {
+                write!(f, "no leader; I am the healthiest candidate: taking the leader key")
+            }
+            Reason::Diverged { leader } => write!(
+                f,
+                "my WAL went past the point where {leader}'s timeline forked: stopping to rewind"
+            ),
+            Reason::Rewinding {
+                from,
+                timeline,
+                leader_timeline,
+            } => write!(
+                f,
+                "on timeline {timeline}, leader {from} on {leader_timeline}: pg_rewind before following"
+            ),
+            Reason::RewindFailed {
+                error,
+                rebuilding: true,
+            } => write!(f, "pg_rewind failed ({error}): rebuilding from the leader"),
+            Reason::RewindFailed {
+                error,
+                rebuilding: false,
+            } => write!(
+                f,
+                "need repair: pg_rewind failed ({error}) and rebuild is not allowed \
+                 (postgresql.rebuild_on_rewind_failure)"
+            ),
+            Reason::Reinitializing { from } => write!(f, "reinitialize requested: rebuilding from {from}"),
+            Reason::WaitingForLeaderToRebuild => {
+                write!(f, "reinitialize requested: waiting for a leader to clone from")
+            }
         }
+    }
+}
+
+impl Reason {
+    /// Reasons that leave the member stopped until an operator acts.
+    pub fn needs_repair(&self) -> bool {
+        matches!(
+            self,
+            Reason::ForeignCluster { .. }
+                | Reason::DataDirUnusable(_)
+                | Reason::RewindFailed {
+                    rebuilding: false,
+                    ..
+                }
+        )
     }
 }
 
@@ -202,6 +327,24 @@ pub struct Decision {
 
 fn decision(actions: Vec<Action>, reason: Reason) -> Decision {
     Decision { actions, reason }
+}
+
+/// Timeline switch points from the `history` key: `(timeline, switch LSN)`.
+pub fn history_points(cluster: &ClusterView) -> Vec<(u32, u64)> {
+    cluster
+        .history
+        .as_ref()
+        .and_then(|h| h.as_array())
+        .map(|entries| {
+            entries
+                .iter()
+                .filter_map(|e| {
+                    let e = e.as_array()?;
+                    Some((e.first()?.as_u64()? as u32, e.get(1)?.as_u64()?))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The HA decision for one tick. Pure: same observation, same decision.
@@ -229,21 +372,36 @@ pub fn decide(o: &Observation) -> Decision {
         }
     }
 
-    if let JobStatus::Running(kind) = o.job {
-        return decision(vec![], Reason::JobRunning(kind));
-    }
-
     let Some(cluster) = &o.cluster else {
+        if let JobStatus::Running(kind, _) = o.job {
+            return decision(vec![], Reason::JobRunning(kind));
+        }
         return decision(vec![], Reason::EtcdUnreachable);
     };
-
     let leader = cluster.leader_name();
     let i_lead = leader == Some(o.me.as_str());
 
-    let (system_id, standby_dir) = match &o.data_dir {
+    if let JobStatus::Running(kind, elapsed) = o.job {
+        // A leader's postgres that does not come back in time is given up,
+        // so a replica can take over instead of the cluster waiting.
+        let limit = o.config.primary_start_timeout();
+        if kind == JobKind::Start && i_lead && elapsed >= limit {
+            return decision(
+                vec![Action::Stop { immediate: true }, Action::ReleaseLeader],
+                Reason::PrimaryStartTimeout { waited: elapsed },
+            );
+        }
+        return decision(vec![], Reason::JobRunning(kind));
+    }
+
+    let (system_id, standby_dir, dir_timeline) = match &o.data_dir {
         DataDir::Unusable(why) => return decision(vec![], Reason::DataDirUnusable(why.clone())),
         DataDir::Empty => return decide_empty(o, cluster),
-        DataDir::Valid { system_id, standby } => (system_id, *standby),
+        DataDir::Valid {
+            system_id,
+            standby,
+            timeline,
+        } => (system_id, *standby, *timeline),
     };
 
     if let Some(init) = cluster.initialize.as_deref() {
@@ -257,10 +415,6 @@ pub fn decide(o: &Observation) -> Decision {
             );
         }
     }
-    // An interrupted bootstrap of ours: `initialize` claimed but never
-    // completed, and only the winner can have a primary data dir by now.
-    let my_unfinished_bootstrap =
-        cluster.initialize.as_deref() == Some("") && !standby_dir && leader.is_none();
 
     if i_lead {
         if let (Some(held), Some(mine)) = (cluster.leader.as_ref().map(|l| l.lease), o.lease) {
@@ -268,6 +422,16 @@ pub fn decide(o: &Observation) -> Decision {
                 return decision(vec![Action::AdoptLeader], Reason::AdoptingLeader);
             }
         }
+    }
+
+    if o.reinit_requested && !i_lead {
+        return match leader {
+            Some(l) => decision(
+                vec![Action::Rebuild { from: l.to_string() }],
+                Reason::Reinitializing { from: l.to_string() },
+            ),
+            None => decision(vec![], Reason::WaitingForLeaderToRebuild),
+        };
     }
 
     let Some(run) = running else {
@@ -280,16 +444,13 @@ pub fn decide(o: &Observation) -> Decision {
         };
         return match leader {
             Some(_) if i_lead => decision(vec![Action::StartPrimary], failed(Reason::Starting)),
-            Some(l) => decision(
-                vec![Action::StartReplica {
-                    leader: l.to_string(),
-                }],
-                failed(Reason::Starting),
-            ),
-            None if my_unfinished_bootstrap => {
+            Some(l) => decide_stopped_follower(o, cluster, l, dir_timeline, failed),
+            // An interrupted bootstrap of ours: `initialize` claimed but never
+            // completed, and only the winner can have a primary data dir.
+            None if cluster.initialize.as_deref() == Some("") && !standby_dir => {
                 decision(vec![Action::AcquireLeader], Reason::AcquiringLeader)
             }
-            None => decision(vec![], Reason::NoLeader),
+            None => decision(vec![Action::StartReadOnly], failed(Reason::StartingReadOnly)),
         };
     };
 
@@ -313,6 +474,12 @@ pub fn decide(o: &Observation) -> Decision {
         if !missing.is_empty() {
             actions.push(Action::CreateSlots(missing));
         }
+        if let Some(tl) = run.timeline.filter(|t| *t > 1) {
+            let recorded = history_points(cluster).iter().map(|(t, _)| *t).max();
+            if recorded.is_none_or(|r| r < tl - 1) {
+                actions.push(Action::PublishHistory);
+            }
+        }
         actions.push(Action::PublishStatus);
         return decision(actions, Reason::Leader);
     }
@@ -320,14 +487,23 @@ pub fn decide(o: &Observation) -> Decision {
     match leader {
         Some(l) => {
             if !run.in_recovery {
+                // Rule 1: another member holds the key; stop writes now.
                 return decision(
-                    vec![Action::Stop { immediate: false }],
+                    vec![Action::Stop { immediate: true }],
                     Reason::DemotingForeignLeader {
                         leader: l.to_string(),
                     },
                 );
             }
-            let Some(addr) = cluster.members.get(l).and_then(|m| m.pg_address()) else {
+            if diverged(run, cluster, l) {
+                return decision(
+                    vec![Action::Stop { immediate: true }],
+                    Reason::Diverged {
+                        leader: l.to_string(),
+                    },
+                );
+            }
+            let Some((host, port)) = cluster.members.get(l).and_then(|m| m.pg_address()) else {
                 return decision(
                     vec![],
                     Reason::LeaderNotReachable {
@@ -335,12 +511,7 @@ pub fn decide(o: &Observation) -> Decision {
                     },
                 );
             };
-            let wanted = crate::pg::RunAs::Replica {
-                host: addr.0,
-                port: addr.1,
-                slot: slot_name(&o.me),
-            };
-            if !follows(run, &wanted) {
+            if !follows(run, &host, port, &slot_name(&o.me)) {
                 return decision(
                     vec![Action::Follow {
                         leader: l.to_string(),
@@ -359,26 +530,145 @@ pub fn decide(o: &Observation) -> Decision {
             )
         }
         None if !run.in_recovery => decision(vec![Action::AcquireLeader], Reason::AcquiringLeader),
-        None => decision(vec![], Reason::NoLeader),
+        None => elect(o, cluster, run),
     }
 }
 
-/// Whether the running replica's settings already point where `wanted` says.
-fn follows(run: &Running, wanted: &crate::pg::RunAs) -> bool {
-    let crate::pg::RunAs::Replica { host, port, slot } = wanted else {
+/// A stopped member with a leader to follow: start, or first rewind (or
+/// rebuild) when its timeline is behind the leader's (rule 5).
+fn decide_stopped_follower(
+    o: &Observation,
+    cluster: &ClusterView,
+    leader: &str,
+    my_tl: Option<u32>,
+    failed: impl Fn(Reason) -> Reason,
+) -> Decision {
+    let from = leader.to_string();
+    if let JobStatus::Failed(JobKind::Rewind, e) = &o.job {
+        let reason = Reason::RewindFailed {
+            error: e.clone(),
+            rebuilding: o.rebuild_allowed,
+        };
+        let actions = if o.rebuild_allowed {
+            vec![Action::Rebuild { from }]
+        } else {
+            vec![]
+        };
+        return decision(actions, reason);
+    }
+    let leader_tl = cluster.members.get(leader).and_then(|m| m.timeline);
+    let rewound = matches!(o.job, JobStatus::Done(JobKind::Rewind));
+    if let (Some(mine), Some(theirs)) = (my_tl, leader_tl) {
+        if mine < theirs && !rewound {
+            return decision(
+                vec![Action::Rewind { from: from.clone() }],
+                Reason::Rewinding {
+                    from,
+                    timeline: mine,
+                    leader_timeline: theirs,
+                },
+            );
+        }
+    }
+    decision(
+        vec![Action::StartReplica { leader: from }],
+        failed(Reason::Starting),
+    )
+}
+
+/// Whether a running replica already has WAL past the point where the
+/// leader's timeline forked from its own: then it can never follow.
+fn diverged(run: &Running, cluster: &ClusterView, leader: &str) -> bool {
+    let (Some(mine), Some(theirs)) = (
+        run.timeline,
+        cluster.members.get(leader).and_then(|m| m.timeline),
+    ) else {
         return false;
     };
+    if mine >= theirs {
+        return false;
+    }
+    let position = run.receive_lsn.max(run.replay_lsn).map(|l| l.0).unwrap_or(0);
+    history_points(cluster)
+        .iter()
+        .find(|(tl, _)| *tl == mine)
+        .is_some_and(|(_, switch)| position > *switch)
+}
+
+/// Leader election among running replicas (rule 4).
+fn elect(o: &Observation, cluster: &ClusterView, run: &Running) -> Decision {
+    if o.tags.nofailover {
+        return decision(vec![], Reason::NotEligible("tagged nofailover".into()));
+    }
+    let position = run.receive_lsn.max(run.replay_lsn).map(|l| l.0).unwrap_or(0);
+    let max_lag = o.config.maximum_lag_on_failover;
+    if let Some(optime) = cluster.status.as_ref().and_then(|s| s.optime) {
+        let lag = optime.saturating_sub(position);
+        if lag > max_lag {
+            return decision(
+                vec![],
+                Reason::NotEligible(format!(
+                    "lag {} > maximum_lag_on_failover {}",
+                    human_bytes(lag),
+                    human_bytes(max_lag)
+                )),
+            );
+        }
+    }
+    let me = (run.timeline.unwrap_or(0), position, priority(&o.tags));
+    for p in &o.peers {
+        if !p.running || p.nofailover || p.name == o.me {
+            continue;
+        }
+        let them = (p.timeline, p.position, p.priority);
+        if them.cmp(&me) == Ordering::Greater {
+            let why = if p.primary {
+                "it still runs as primary".to_string()
+            } else if (p.timeline, p.position) > (me.0, me.1) {
+                format!("it has more WAL ({} > {})", p.position, position)
+            } else {
+                format!("same WAL, higher failover_priority ({} > {})", p.priority, me.2)
+            };
+            return decision(
+                vec![],
+                Reason::Yielding {
+                    to: p.name.clone(),
+                    why,
+                },
+            );
+        }
+    }
+    decision(vec![Action::AcquireLeader], Reason::Candidate)
+}
+
+/// Patroni's `failover_priority` tag: higher wins ties; default 1.
+pub fn priority(tags: &Tags) -> i64 {
+    tags.failover_priority.unwrap_or(1)
+}
+
+fn human_bytes(b: u64) -> String {
+    if b >= 1 << 20 {
+        format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64)
+    } else if b >= 1 << 10 {
+        format!("{:.1} KiB", b as f64 / 1024.0)
+    } else {
+        format!("{b} B")
+    }
+}
+
+/// Whether the running replica's settings already point at `host:port`.
+fn follows(run: &Running, host: &str, port: u16, slot: &str) -> bool {
     let ci = &run.primary_conninfo;
     let has = |k: &str, v: &str| {
         ci.split_whitespace()
             .any(|kv| kv == format!("{k}={v}") || kv == format!("{k}='{v}'"))
     };
-    has("host", host) && has("port", &port.to_string()) && run.primary_slot_name == *slot
+    has("host", host) && has("port", &port.to_string()) && run.primary_slot_name == slot
 }
 
 fn decide_empty(o: &Observation, cluster: &ClusterView) -> Decision {
-    if matches!(o.job, JobStatus::Failed(JobKind::Bootstrap, _)) && cluster.initialize.is_some() {
-        if let JobStatus::Failed(_, e) = &o.job {
+    if let JobStatus::Failed(JobKind::Bootstrap, e) = &o.job {
+        if cluster.initialize.is_some() {
             return decision(vec![], Reason::BootstrapFailed(e.clone()));
         }
     }
@@ -400,7 +690,9 @@ fn decide_empty(o: &Observation, cluster: &ClusterView) -> Decision {
                 );
             }
             let reason = match &o.job {
-                JobStatus::Failed(JobKind::Clone, e) => Reason::CloneFailed(e.clone()),
+                JobStatus::Failed(JobKind::Clone | JobKind::Rebuild, e) => {
+                    Reason::CloneFailed(e.clone())
+                }
                 _ => Reason::Cloning {
                     from: l.to_string(),
                 },
@@ -483,6 +775,10 @@ mod tests {
             pg,
             job: JobStatus::Idle,
             config: DynamicConfig::default(),
+            tags: Tags::default(),
+            peers: vec![],
+            reinit_requested: false,
+            rebuild_allowed: true,
         }
     }
 
@@ -490,6 +786,39 @@ mod tests {
         DataDir::Valid {
             system_id: SYS.into(),
             standby: false,
+            timeline: Some(1),
+        }
+    }
+
+    fn dir_on(timeline: u32) -> DataDir {
+        DataDir::Valid {
+            system_id: SYS.into(),
+            standby: true,
+            timeline: Some(timeline),
+        }
+    }
+
+    fn replica_at(timeline: u32, receive: u64) -> PgStatus {
+        let mut pg = running(true);
+        if let PgStatus::Running(r) = &mut pg {
+            r.timeline = Some(timeline);
+            r.receive_lsn = Some(Lsn(receive));
+            r.replay_lsn = Some(Lsn(receive));
+            r.primary_conninfo = "host=127.0.0.1 port=5431 user=replicator application_name=n2".into();
+            r.primary_slot_name = "n2".into();
+        }
+        pg
+    }
+
+    fn peer(name: &str, timeline: u32, position: u64) -> Peer {
+        Peer {
+            name: name.into(),
+            running: true,
+            primary: false,
+            timeline,
+            position,
+            nofailover: false,
+            priority: 1,
         }
     }
 
@@ -542,6 +871,7 @@ mod tests {
         let dir = DataDir::Valid {
             system_id: "999".into(),
             standby: false,
+            timeline: Some(1),
         };
         for pg in [PgStatus::Stopped, running(false), running(true)] {
             let d = decide(&obs("n2", Some(cluster(Some(("n1", 1)))), dir.clone(), pg));
@@ -623,14 +953,12 @@ mod tests {
 
     #[test]
     fn nothing_starts_writable_without_the_leader_key() {
-        // No leader, valid standby dir: wait rather than start as primary.
-        let dir = DataDir::Valid {
-            system_id: SYS.into(),
-            standby: true,
-        };
-        let d = decide(&obs("n2", Some(cluster(None)), dir, PgStatus::Stopped));
-        assert_eq!(d.actions, vec![]);
-        assert_eq!(d.reason, Reason::NoLeader);
+        // No leader: start read-only to take part in the election.
+        for dir in [dir_on(1), valid()] {
+            let d = decide(&obs("n2", Some(cluster(None)), dir, PgStatus::Stopped));
+            assert_eq!(d.actions, vec![Action::StartReadOnly]);
+            assert_eq!(d.reason, Reason::StartingReadOnly);
+        }
         // An interrupted bootstrap takes the key before starting.
         let mut c = cluster(None);
         c.initialize = Some(String::new());
@@ -666,14 +994,14 @@ mod tests {
     }
 
     #[test]
-    fn primary_that_is_not_leader_demotes() {
+    fn primary_that_is_not_leader_demotes_at_once() {
         let d = decide(&obs(
             "n2",
             Some(cluster(Some(("n1", 1)))),
             valid(),
             running(false),
         ));
-        assert_eq!(d.actions, vec![Action::Stop { immediate: false }]);
+        assert_eq!(d.actions, vec![Action::Stop { immediate: true }]);
     }
 
     #[test]
@@ -704,7 +1032,7 @@ mod tests {
         // Overdue and the key is gone: fence too, even mid-job.
         let mut o = obs("n1", Some(cluster(None)), valid(), running(false));
         o.last_renewal_sent = Some(o.now - Duration::from_secs(5));
-        o.job = JobStatus::Running(JobKind::Start);
+        o.job = JobStatus::Running(JobKind::Start, Duration::ZERO);
         assert_eq!(decide(&o).actions, vec![Action::Stop { immediate: true }]);
     }
 
@@ -716,9 +1044,156 @@ mod tests {
             DataDir::Empty,
             PgStatus::Stopped,
         );
-        o.job = JobStatus::Running(JobKind::Clone);
+        o.job = JobStatus::Running(JobKind::Clone, Duration::from_secs(1));
         let d = decide(&o);
         assert_eq!(d.actions, vec![]);
         assert_eq!(d.reason, Reason::JobRunning(JobKind::Clone));
+    }
+
+    fn with_optime(mut c: ClusterView, optime: u64) -> ClusterView {
+        c.status = Some(StatusKey {
+            optime: Some(optime),
+            slots: None,
+            retain_slots: None,
+        });
+        c
+    }
+
+    #[test]
+    fn healthiest_replica_takes_the_key_then_promotes() {
+        let c = with_optime(cluster(None), 1000);
+        let mut o = obs("n2", Some(c), dir_on(1), replica_at(1, 1000));
+        o.peers = vec![peer("n3", 1, 900)];
+        let d = decide(&o);
+        assert_eq!(d.actions, vec![Action::AcquireLeader]);
+        assert_eq!(d.reason, Reason::Candidate);
+
+        // Once the key is ours: promote.
+        let o = obs("n2", Some(cluster(Some(("n2", 7)))), dir_on(1), replica_at(1, 1000));
+        assert_eq!(decide(&o).actions, vec![Action::Promote]);
+    }
+
+    #[test]
+    fn replica_yields_to_more_wal_then_to_priority() {
+        let c = with_optime(cluster(None), 1000);
+        let mut o = obs("n2", Some(c), dir_on(1), replica_at(1, 900));
+        o.peers = vec![peer("n3", 1, 1000)];
+        let d = decide(&o);
+        assert_eq!(d.actions, vec![]);
+        assert!(matches!(&d.reason, Reason::Yielding { to, .. } if to == "n3"), "{:?}", d.reason);
+
+        // Same WAL: the higher failover_priority wins; equal: both race.
+        o.pg = replica_at(1, 1000);
+        o.peers = vec![Peer { priority: 2, ..peer("n3", 1, 1000) }];
+        assert!(matches!(decide(&o).reason, Reason::Yielding { .. }));
+        o.peers = vec![peer("n3", 1, 1000)];
+        assert_eq!(decide(&o).actions, vec![Action::AcquireLeader]);
+
+        // Peers tagged nofailover or not running do not count.
+        o.peers = vec![
+            Peer { nofailover: true, ..peer("n3", 1, 5000) },
+            Peer { running: false, ..peer("n1", 1, 5000) },
+        ];
+        assert_eq!(decide(&o).actions, vec![Action::AcquireLeader]);
+    }
+
+    #[test]
+    fn nofailover_and_lag_keep_a_replica_out() {
+        let c = with_optime(cluster(None), 10 << 20);
+        let mut o = obs("n2", Some(c.clone()), dir_on(1), replica_at(1, 5 << 20));
+        let d = decide(&o);
+        assert_eq!(d.actions, vec![]);
+        assert_eq!(
+            d.reason.to_string(),
+            "no leader; not a failover candidate: lag 5.0 MiB > maximum_lag_on_failover 1.0 MiB"
+        );
+        o.pg = replica_at(1, 10 << 20);
+        o.tags.nofailover = true;
+        let d = decide(&o);
+        assert_eq!(d.actions, vec![]);
+        assert_eq!(d.reason, Reason::NotEligible("tagged nofailover".into()));
+    }
+
+    #[test]
+    fn old_primary_on_older_timeline_rewinds_before_following() {
+        let mut c = cluster(Some(("n2", 1)));
+        c.members.get_mut("n2").unwrap().timeline = Some(2);
+        let mut o = obs("n1", Some(c), dir_on(1), PgStatus::Stopped);
+        let d = decide(&o);
+        assert_eq!(d.actions, vec![Action::Rewind { from: "n2".into() }]);
+
+        // pg_rewind done ("no rewind required" leaves the timeline): start.
+        o.job = JobStatus::Done(JobKind::Rewind);
+        assert_eq!(d_actions(&o), vec![Action::StartReplica { leader: "n2".into() }]);
+
+        // pg_rewind failed: rebuild when allowed, else need repair.
+        o.job = JobStatus::Failed(JobKind::Rewind, "WAL missing".into());
+        assert_eq!(d_actions(&o), vec![Action::Rebuild { from: "n2".into() }]);
+        o.rebuild_allowed = false;
+        let d = decide(&o);
+        assert_eq!(d.actions, vec![]);
+        assert!(d.reason.needs_repair());
+
+        // Same timeline as the leader: just start.
+        o.data_dir = dir_on(2);
+        o.job = JobStatus::Idle;
+        assert_eq!(d_actions(&o), vec![Action::StartReplica { leader: "n2".into() }]);
+    }
+
+    fn d_actions(o: &Observation) -> Vec<Action> {
+        decide(o).actions
+    }
+
+    #[test]
+    fn replica_past_the_fork_point_stops_to_rewind() {
+        let mut c = cluster(Some(("n1", 1)));
+        c.members.get_mut("n1").unwrap().timeline = Some(2);
+        c.history = Some(serde_json::json!([[1, 1000, "no recovery target specified", null, "n1"]]));
+        let o = obs("n2", Some(c.clone()), dir_on(1), replica_at(1, 1200));
+        let d = decide(&o);
+        assert_eq!(d.actions, vec![Action::Stop { immediate: true }]);
+        assert_eq!(d.reason, Reason::Diverged { leader: "n1".into() });
+        // Behind the fork point: it can simply follow the new timeline.
+        let o = obs("n2", Some(c), dir_on(1), replica_at(1, 900));
+        assert_eq!(decide(&o).actions, vec![]);
+    }
+
+    #[test]
+    fn new_leader_publishes_history_once() {
+        let mut pg = running(false);
+        if let PgStatus::Running(r) = &mut pg {
+            r.timeline = Some(2);
+            r.slots = [("n1".to_string(), None), ("n3".to_string(), None)].into();
+        }
+        let mut c = cluster(Some(("n2", 7)));
+        let o = obs("n2", Some(c.clone()), dir_on(2), pg.clone());
+        assert_eq!(decide(&o).actions, vec![Action::PublishHistory, Action::PublishStatus]);
+        c.history = Some(serde_json::json!([[1, 1000, "x", null, "n2"]]));
+        let o = obs("n2", Some(c), dir_on(2), pg);
+        assert_eq!(decide(&o).actions, vec![Action::PublishStatus]);
+    }
+
+    #[test]
+    fn crashed_leader_restarts_in_place_within_primary_start_timeout() {
+        let c = cluster(Some(("n1", 7)));
+        let mut o = obs("n1", Some(c), valid(), PgStatus::Stopped);
+        assert_eq!(d_actions(&o), vec![Action::StartPrimary]);
+        o.job = JobStatus::Running(JobKind::Start, Duration::from_secs(1));
+        assert_eq!(d_actions(&o), vec![]);
+        o.job = JobStatus::Running(JobKind::Start, Duration::from_secs(3));
+        assert_eq!(
+            d_actions(&o),
+            vec![Action::Stop { immediate: true }, Action::ReleaseLeader]
+        );
+    }
+
+    #[test]
+    fn reinit_rebuilds_a_replica_but_never_the_leader() {
+        let mut o = obs("n2", Some(cluster(Some(("n1", 1)))), dir_on(1), replica_at(1, 10));
+        o.reinit_requested = true;
+        assert_eq!(d_actions(&o), vec![Action::Rebuild { from: "n1".into() }]);
+        let mut o = obs("n1", Some(cluster(Some(("n1", 7)))), valid(), running(false));
+        o.reinit_requested = true;
+        assert!(!d_actions(&o).iter().any(|a| matches!(a, Action::Rebuild { .. })));
     }
 }

@@ -66,8 +66,13 @@ pub fn describe(e: &tokio_postgres::Error) -> String {
 pub enum DataDir {
     /// Missing or empty: free to initdb or clone into.
     Empty,
-    /// A PostgreSQL data directory of the given cluster.
-    Valid { system_id: String, standby: bool },
+    /// A PostgreSQL data directory of the given cluster, with the timeline
+    /// of its last checkpoint (or the live one when running).
+    Valid {
+        system_id: String,
+        standby: bool,
+        timeline: Option<u32>,
+    },
     /// Something the agent must not touch, and why.
     Unusable(String),
 }
@@ -108,6 +113,9 @@ pub struct ReplicationRow {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RunAs {
     Primary,
+    /// Read-only with no upstream: recovery without streaming, so the node
+    /// can take part in an election without accepting writes.
+    ReadOnly,
     /// Stream from `host:port` using `slot`.
     Replica {
         host: String,
@@ -280,6 +288,9 @@ impl Instance {
                 Some(id) => DataDir::Valid {
                     system_id: id.clone(),
                     standby: dir.join("standby.signal").exists(),
+                    timeline: cd
+                        .get("Latest checkpoint's TimeLineID")
+                        .and_then(|t| t.parse().ok()),
                 },
                 None => DataDir::Unusable("pg_controldata shows no system identifier".into()),
             },
@@ -349,7 +360,7 @@ impl Instance {
                         .map_err(|e| PgError::Io(format!("removing standby.signal: {e}")))?;
                 }
             }
-            RunAs::Replica { .. } => write_owned(&signal, "", self.owner)?,
+            RunAs::Replica { .. } | RunAs::ReadOnly => write_owned(&signal, "", self.owner)?,
         }
         Ok(())
     }
@@ -531,6 +542,69 @@ impl Instance {
         }
     }
 
+    /// Superuser connection string to another member (pg_rewind's source).
+    fn superuser_conninfo(&self, host: &str, port: u16) -> String {
+        format!(
+            "host={} port={port} user={} dbname=postgres connect_timeout=5",
+            quote_conninfo(host),
+            quote_conninfo(&self.cfg.superuser.username),
+        )
+    }
+
+    /// Makes this (stopped) data directory a prefix of `host:port`'s
+    /// history. Checkpoints the source first, so its control file carries
+    /// its new timeline; pg_rewind itself runs crash recovery on a target
+    /// that was not shut down cleanly (PostgreSQL 13+).
+    pub async fn rewind_from(&self, host: &str, port: u16) -> Result<(), PgError> {
+        let mut cfg = tokio_postgres::Config::new();
+        cfg.host(host)
+            .port(port)
+            .user(&self.cfg.superuser.username)
+            .dbname("postgres")
+            .connect_timeout(Duration::from_secs(5));
+        if let Some(pw) = &self.cfg.superuser.password {
+            cfg.password(pw);
+        }
+        let (client, conn) = tokio::time::timeout(Duration::from_secs(10), cfg.connect(tokio_postgres::NoTls))
+            .await
+            .map_err(|_| PgError::Timeout(format!("connect to {host}:{port}"), Duration::from_secs(10)))??;
+        tokio::spawn(conn);
+        client.batch_execute("CHECKPOINT").await?;
+        drop(client);
+        let mut cmd = self.command("pg_rewind");
+        cmd.arg("-D")
+            .arg(&self.cfg.data_dir)
+            .arg(format!("--source-server={}", self.superuser_conninfo(host, port)))
+            .arg("--progress");
+        if let Some(pw) = &self.cfg.superuser.password {
+            cmd.env("PGPASSWORD", pw);
+        }
+        let out = self.run("pg_rewind", cmd, self.cfg.start_timeout * 10).await?;
+        tracing::info!(member = %self.name, "pg_rewind: {}", out.trim().lines().last().unwrap_or("done"));
+        Ok(())
+    }
+
+    /// Renames the data directory to `<data_dir>.baton-old-<unix time>` and
+    /// leaves an empty one: a rebuild never deletes data (rule 7).
+    pub fn move_aside(&self) -> Result<PathBuf, PgError> {
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let mut aside = self.cfg.data_dir.clone().into_os_string();
+        aside.push(format!(".baton-old-{stamp}"));
+        let aside = PathBuf::from(aside);
+        std::fs::rename(&self.cfg.data_dir, &aside).map_err(|e| {
+            PgError::Io(format!(
+                "moving {} aside to {}: {e}",
+                self.cfg.data_dir.display(),
+                aside.display()
+            ))
+        })?;
+        self.prepare_dir(&self.cfg.data_dir)?;
+        Ok(aside)
+    }
+
     fn replication_conninfo(&self, host: &str, port: u16) -> String {
         format!(
             "host={} port={port} user={} application_name={} connect_timeout=5",
@@ -682,6 +756,30 @@ pub async fn query_running(client: &tokio_postgres::Client) -> Result<Running, P
     Ok(r)
 }
 
+/// Timeline history of a primary on timeline `tl`, from its history file:
+/// `(timeline, switch LSN, reason)` per line.
+pub async fn timeline_history(
+    client: &tokio_postgres::Client,
+    tl: u32,
+) -> Result<Vec<(u32, Lsn, String)>, PgError> {
+    let file = format!("pg_wal/{tl:08X}.history");
+    let row = client.query_one("SELECT pg_read_file($1)", &[&file]).await?;
+    let text: String = row.get(0);
+    Ok(parse_history(&text))
+}
+
+pub fn parse_history(text: &str) -> Vec<(u32, Lsn, String)> {
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.split('\t');
+            let tl = f.next()?.trim().parse().ok()?;
+            let lsn = f.next()?.trim().parse().ok()?;
+            let reason = f.next().unwrap_or("").trim().to_string();
+            Some((tl, lsn, reason))
+        })
+        .collect()
+}
+
 /// Creates the replication role at bootstrap.
 pub async fn create_replication_role(
     client: &tokio_postgres::Client,
@@ -758,6 +856,9 @@ pub fn render_postgresql_conf(cfg: &PgConfig, name: &str, run_as: &RunAs) -> Str
     params.insert("max_wal_senders", "10".into());
     params.insert("max_replication_slots", "10".into());
     params.insert("hot_standby_feedback", "on".into());
+    // A replica re-pointed at a new leader retries its connection this often
+    // (default 5 s, most of a failover's budget).
+    params.insert("wal_retrieve_retry_interval", "'500ms'".into());
     for (k, v) in &cfg.parameters {
         params.insert(k, quote_setting(v));
     }
@@ -775,9 +876,10 @@ pub fn render_postgresql_conf(cfg: &PgConfig, name: &str, run_as: &RunAs) -> Str
     params.insert("wal_log_hints", "on".into());
     params.insert("cluster_name", quote_setting(name));
     match run_as {
-        RunAs::Primary => {
+        RunAs::Primary | RunAs::ReadOnly => {
             params.insert("primary_conninfo", "''".into());
             params.insert("primary_slot_name", "''".into());
+            params.insert("recovery_target_timeline", "'latest'".into());
         }
         RunAs::Replica { host, port, slot } => {
             let mut ci = format!(
@@ -843,6 +945,18 @@ fn write_owned(path: &Path, contents: &str, owner: Option<(u32, u32)>) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn history_file_parses() {
+        let h = parse_history("1\t0/3000148\tno recovery target specified\n\n2\t0/5000000\tx\n");
+        assert_eq!(
+            h,
+            vec![
+                (1, Lsn(0x300_0148), "no recovery target specified".to_string()),
+                (2, Lsn(0x500_0000), "x".to_string())
+            ]
+        );
+    }
 
     #[test]
     fn slot_names_follow_patroni() {
