@@ -586,9 +586,10 @@ impl Agent {
             }
             Action::Promote => {
                 let inst = self.inst.clone();
+                // postgres removes standby.signal itself when promoting (and
+                // fails if it is gone already); the next start rewrites the
+                // configuration for a primary anyway.
                 self.spawn_job(JobKind::Promote, async move {
-                    inst.write_config(&RunAs::Primary)
-                        .map_err(|e| e.to_string())?;
                     inst.promote().await.map_err(|e| e.to_string())
                 });
             }

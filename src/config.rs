@@ -551,7 +551,13 @@ impl NodeConfig {
         let pg_listen = pg_listen.expect("checked");
         let api_listen = api_listen.expect("checked");
         let name = name.expect("checked");
-        let socket_dir = socket_dir.unwrap_or_else(|| data_dir.clone());
+        // Not inside the data dir: pg_rewind and pg_basebackup choke on the
+        // socket file. A private sibling keeps `local ... trust` private.
+        let socket_dir = socket_dir.unwrap_or_else(|| {
+            let mut s = data_dir.clone().into_os_string();
+            s.push(".sock");
+            PathBuf::from(s)
+        });
         let log_file = log_file.unwrap_or_else(|| {
             let mut s = data_dir.clone().into_os_string();
             s.push(".log");

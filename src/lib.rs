@@ -16,3 +16,4 @@ pub mod local;
 pub mod lsn;
 pub mod pg;
 pub mod status;
+pub mod workload;

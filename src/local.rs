@@ -333,6 +333,33 @@ retry_timeout = 1
         Some(pid)
     }
 
+    /// Appends TOML to a node's config (before its agent starts), e.g. tags.
+    pub fn append_config(&self, i: usize, toml: &str) -> anyhow::Result<()> {
+        let path = &self.nodes[i].config_path;
+        let mut text = std::fs::read_to_string(path)?;
+        text.push('\n');
+        text.push_str(toml);
+        std::fs::write(path, text)?;
+        Ok(())
+    }
+
+    /// Points one node's agent at another etcd endpoint (e.g. a relay).
+    pub fn set_etcd_endpoint(&self, i: usize, endpoint: &str) -> anyhow::Result<()> {
+        let path = &self.nodes[i].config_path;
+        let text = std::fs::read_to_string(path)?;
+        let from = format!("endpoints = [\"{}\"]", self.etcd.endpoint);
+        if !text.contains(&from) {
+            bail!("{} has no endpoints line to replace", path.display());
+        }
+        std::fs::write(path, text.replace(&from, &format!("endpoints = [\"{endpoint}\"]")))?;
+        Ok(())
+    }
+
+    /// (host, port) of every node's postgres, for multi-host clients.
+    pub fn pg_hosts(&self) -> Vec<(String, u16)> {
+        self.nodes.iter().map(|n| ("127.0.0.1".to_string(), n.pg_port)).collect()
+    }
+
     /// A libpq multi-host connection string for all nodes.
     pub fn dsn(&self, attrs: &str) -> String {
         let hosts: Vec<String> = self

@@ -367,7 +367,11 @@ impl Instance {
 
     /// Starts postgres detached and waits until it accepts connections.
     pub async fn start(&self, run_as: &RunAs) -> Result<(), PgError> {
-        self.prepare_dir(&self.cfg.socket_dir)?;
+        // A socket dir the operator chose keeps its permissions; one we
+        // create is private to the OS user.
+        if !self.cfg.socket_dir.exists() {
+            self.prepare_dir(&self.cfg.socket_dir)?;
+        }
         self.prepare_log_file()?;
         self.write_config(run_as)?;
         let mut cmd = self.command("pg_ctl");

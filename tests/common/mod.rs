@@ -202,3 +202,58 @@ pub fn path_str(p: &Path) -> &str {
 pub fn pg_error(e: &tokio_postgres::Error) -> String {
     baton::pg::describe(e)
 }
+
+/// A TCP relay in front of etcd for one agent: `cut()` drops every
+/// connection and refuses new ones, so that agent loses etcd while the
+/// others (and postgres replication) carry on.
+pub struct Relay {
+    pub endpoint: String,
+    cut: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    pub async fn start(target_port: u16) -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let cut = tokio_util::sync::CancellationToken::new();
+        let token = cut.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let (mut inbound, _) = tokio::select! {
+                    _ = token.cancelled() => return,
+                    r = listener.accept() => match r { Ok(c) => c, Err(_) => continue },
+                };
+                let token = token.clone();
+                tokio::spawn(async move {
+                    let Ok(mut out) = tokio::net::TcpStream::connect(("127.0.0.1", target_port)).await else { return };
+                    tokio::select! {
+                        _ = token.cancelled() => {}
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut out) => {}
+                    }
+                });
+            }
+        });
+        Relay { endpoint, cut, task }
+    }
+
+    /// Drops all relayed connections and stops listening (new connects are refused).
+    pub fn cut(&self) {
+        self.cut.cancel();
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.cut.cancel();
+        self.task.abort();
+    }
+}
+
+/// Reason of a member's last decision, from its member key.
+pub async fn reasons(t: &TestCluster) -> std::collections::BTreeMap<String, String> {
+    t.c.view()
+        .await
+        .map(|v| v.members.into_iter().map(|(n, m)| (n, m.baton_reason.unwrap_or_default())).collect())
+        .unwrap_or_default()
+}
