@@ -80,6 +80,7 @@ pub struct Agent {
     shared: SharedState,
     last_reason: String,
     last_etcd_warning: Option<Instant>,
+    history_cache: Option<(u32, Vec<(u32, crate::lsn::Lsn)>)>,
 }
 
 /// After a failed job, the same job is not retried for this long.
@@ -126,6 +127,7 @@ impl Agent {
             shared,
             last_reason: String::new(),
             last_etcd_warning: None,
+            history_cache: None,
         })
     }
 
@@ -364,11 +366,13 @@ impl Agent {
             return (PgStatus::Unresponsive, self.inst.inspect().await);
         };
         match tokio::time::timeout(timeout, pg::query_running(client)).await {
-            Ok(Ok(r)) => {
+            Ok(Ok(mut r)) => {
+                r.history = self.history_of(r.timeline).await;
                 let dir = DataDir::Valid {
                     system_id: r.system_id.clone(),
                     standby: r.in_recovery,
                     timeline: r.timeline,
+                    history: r.history.clone(),
                 };
                 (PgStatus::Running(Box::new(r)), dir)
             }
@@ -402,6 +406,28 @@ impl Agent {
                 }
             });
         futures_join_all(asks).await.into_iter().flatten().collect()
+    }
+
+    /// The running instance's timeline history, read once per timeline.
+    async fn history_of(&mut self, timeline: Option<u32>) -> Vec<(u32, crate::lsn::Lsn)> {
+        let Some(tl) = timeline.filter(|t| *t > 1) else { return vec![] };
+        if let Some((cached, h)) = &self.history_cache {
+            if *cached == tl {
+                return h.clone();
+            }
+        }
+        let Some(client) = &self.client else { return vec![] };
+        match pg::timeline_history(client, tl).await {
+            Ok(h) => {
+                let h: Vec<_> = h.into_iter().map(|(t, l, _)| (t, l)).collect();
+                self.history_cache = Some((tl, h.clone()));
+                h
+            }
+            Err(e) => {
+                tracing::debug!("reading history of timeline {tl}: {e}");
+                vec![]
+            }
+        }
     }
 
     fn spawn_job<F>(&mut self, kind: JobKind, fut: F)
@@ -462,7 +488,7 @@ impl Agent {
                 let Some(lease) = self.lease else {
                     return Ok(());
                 };
-                if !self.dcs.take_initialize().await? {
+                if !self.dcs.take_initialize(lease).await? {
                     return Ok(());
                 }
                 tracing::info!("won the initialize key: bootstrapping a new cluster");
@@ -710,30 +736,37 @@ impl Agent {
     }
 }
 
-/// The `history` key after promotion to timeline `tl`: entries already
-/// stored keep their time and leader; entries from the history file that
-/// are missing are added, the newest one stamped now with this member.
+/// The `history` key after promotion to timeline `tl`: exactly the new
+/// leader's own timeline history (another leader's timeline with the same
+/// number but another switch point must not survive), keeping the time and
+/// leader name of entries already stored for the same switch.
 pub fn merge_history(
     existing: Option<serde_json::Value>,
     file: &[(u32, crate::lsn::Lsn, String)],
     tl: u32,
     me: &str,
 ) -> serde_json::Value {
-    let mut entries: Vec<serde_json::Value> = existing
+    let stored: Vec<serde_json::Value> = existing
         .and_then(|v| v.as_array().cloned())
         .unwrap_or_default();
-    let known: Vec<u64> = entries
+    let entries = file
         .iter()
-        .filter_map(|e| e.get(0).and_then(|t| t.as_u64()))
+        .map(|(t, lsn, reason)| {
+            let same = stored.iter().find(|e| {
+                e.get(0).and_then(|v| v.as_u64()) == Some(u64::from(*t))
+                    && e.get(1).and_then(|v| v.as_u64()) == Some(lsn.0)
+            });
+            match same {
+                Some(e) => e.clone(),
+                None => {
+                    let newest = *t + 1 == tl;
+                    let when = newest
+                        .then(|| humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string());
+                    serde_json::json!([t, lsn.0, reason, when, newest.then_some(me)])
+                }
+            }
+        })
         .collect();
-    for (t, lsn, reason) in file {
-        if known.contains(&u64::from(*t)) {
-            continue;
-        }
-        let newest = *t + 1 == tl;
-        let when = newest.then(|| humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string());
-        entries.push(serde_json::json!([t, lsn.0, reason, when, newest.then_some(me)]));
-    }
     serde_json::Value::Array(entries)
 }
 

@@ -683,7 +683,7 @@ listen = "127.0.0.1:5432"
         assert_eq!(c.postgresql.os_user, "postgres");
         assert_eq!(
             c.postgresql.socket_dir,
-            PathBuf::from("/var/lib/baton/node1")
+            PathBuf::from("/var/lib/baton/node1.sock")
         );
         assert_eq!(
             c.postgresql.log_file,

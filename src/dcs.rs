@@ -292,9 +292,12 @@ impl Dcs {
         .await
     }
 
-    /// Claims the right to bootstrap the cluster (value "" until initdb is done).
-    pub async fn take_initialize(&self) -> Result<bool, DcsError> {
-        self.create_if_absent("initialize", "", None).await
+    /// Claims the right to bootstrap the cluster (value "" until initdb is
+    /// done). The claim hangs on the claimer's lease, so a member that dies
+    /// mid-bootstrap does not block the cluster forever; `set_initialize`
+    /// makes it permanent.
+    pub async fn take_initialize(&self, lease: LeaseId) -> Result<bool, DcsError> {
+        self.create_if_absent("initialize", "", Some(lease)).await
     }
 
     /// Gives up a bootstrap claim that failed, so another member can try.

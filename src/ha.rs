@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::{DynamicConfig, Tags};
 use crate::dcs::{ClusterView, LeaseId};
+use crate::lsn::Lsn;
 use crate::pg::{slot_name, DataDir, Running};
 
 /// The local postgres process as the agent found it.
@@ -394,14 +395,12 @@ pub fn decide(o: &Observation) -> Decision {
         return decision(vec![], Reason::JobRunning(kind));
     }
 
-    let (system_id, standby_dir, dir_timeline) = match &o.data_dir {
+    let (system_id, standby_dir) = match &o.data_dir {
         DataDir::Unusable(why) => return decision(vec![], Reason::DataDirUnusable(why.clone())),
         DataDir::Empty => return decide_empty(o, cluster),
         DataDir::Valid {
-            system_id,
-            standby,
-            timeline,
-        } => (system_id, *standby, *timeline),
+            system_id, standby, ..
+        } => (system_id, *standby),
     };
 
     if let Some(init) = cluster.initialize.as_deref() {
@@ -444,7 +443,7 @@ pub fn decide(o: &Observation) -> Decision {
         };
         return match leader {
             Some(_) if i_lead => decision(vec![Action::StartPrimary], failed(Reason::Starting)),
-            Some(l) => decide_stopped_follower(o, cluster, l, dir_timeline, failed),
+            Some(l) => decide_stopped_follower(o, cluster, l, failed),
             // An interrupted bootstrap of ours: `initialize` claimed but never
             // completed, and only the winner can have a primary data dir.
             None if cluster.initialize.as_deref() == Some("") && !standby_dir => {
@@ -475,8 +474,10 @@ pub fn decide(o: &Observation) -> Decision {
             actions.push(Action::CreateSlots(missing));
         }
         if let Some(tl) = run.timeline.filter(|t| *t > 1) {
-            let recorded = history_points(cluster).iter().map(|(t, _)| *t).max();
-            if recorded.is_none_or(|r| r < tl - 1) {
+            let points = history_points(cluster);
+            let recorded = points.iter().map(|(t, _)| *t).max();
+            let stale = lineage_agrees(tl, &run.history, &points) == Some(false);
+            if stale || recorded.is_none_or(|r| r < tl - 1) {
                 actions.push(Action::PublishHistory);
             }
         }
@@ -535,12 +536,11 @@ pub fn decide(o: &Observation) -> Decision {
 }
 
 /// A stopped member with a leader to follow: start, or first rewind (or
-/// rebuild) when its timeline is behind the leader's (rule 5).
+/// rebuild) unless its WAL is provably on the leader's lineage (rule 5).
 fn decide_stopped_follower(
     o: &Observation,
     cluster: &ClusterView,
     leader: &str,
-    my_tl: Option<u32>,
     failed: impl Fn(Reason) -> Reason,
 ) -> Decision {
     let from = leader.to_string();
@@ -556,28 +556,58 @@ fn decide_stopped_follower(
         };
         return decision(actions, reason);
     }
-    let leader_tl = cluster.members.get(leader).and_then(|m| m.timeline);
+    let DataDir::Valid {
+        timeline: Some(mine),
+        history,
+        ..
+    } = &o.data_dir
+    else {
+        return decision(vec![Action::StartReplica { leader: from }], failed(Reason::Starting));
+    };
+    let Some(theirs) = cluster.members.get(leader).and_then(|m| m.timeline) else {
+        return decision(vec![], Reason::LeaderNotReachable { leader: from });
+    };
+    // Where the stopped WAL ends is unknown, so anything but the leader's
+    // own timeline with the same history goes through pg_rewind, which is
+    // a no-op ("no rewind required") when nothing diverged.
+    let same_lineage = *mine == theirs
+        && lineage_agrees(*mine, history, &history_points(cluster)) == Some(true);
     let rewound = matches!(o.job, JobStatus::Done(JobKind::Rewind));
-    if let (Some(mine), Some(theirs)) = (my_tl, leader_tl) {
-        if mine < theirs && !rewound {
-            return decision(
-                vec![Action::Rewind { from: from.clone() }],
-                Reason::Rewinding {
-                    from,
-                    timeline: mine,
-                    leader_timeline: theirs,
-                },
-            );
-        }
+    if !same_lineage && !rewound {
+        return decision(
+            vec![Action::Rewind { from: from.clone() }],
+            Reason::Rewinding {
+                from,
+                timeline: *mine,
+                leader_timeline: theirs,
+            },
+        );
     }
-    decision(
-        vec![Action::StartReplica { leader: from }],
-        failed(Reason::Starting),
-    )
+    decision(vec![Action::StartReplica { leader: from }], failed(Reason::Starting))
 }
 
-/// Whether a running replica already has WAL past the point where the
-/// leader's timeline forked from its own: then it can never follow.
+/// Whether the switch points of every timeline before `my_tl` (`mine`,
+/// from this node's history file) match the leader's history. `None` when
+/// the leader's history does not cover them yet (not published so far).
+/// Two promotions can pick the same timeline number; only the switch
+/// points tell those timelines apart.
+pub fn lineage_agrees(my_tl: u32, mine: &[(u32, Lsn)], theirs: &[(u32, u64)]) -> Option<bool> {
+    for t in 1..my_tl {
+        let my_switch = mine.iter().find(|(tl, _)| *tl == t).map(|(_, l)| l.0);
+        let their_switch = theirs.iter().find(|(tl, _)| *tl == t).map(|(_, l)| *l);
+        match (my_switch, their_switch) {
+            (Some(a), Some(b)) if a != b => return Some(false),
+            (Some(_), Some(_)) => {}
+            (_, None) => return None,
+            (None, Some(_)) => return None,
+        }
+    }
+    Some(true)
+}
+
+/// Whether a running replica can never stream from the leader: its WAL is
+/// on a timeline the leader never had, went past the point where the
+/// leader's timeline forked from its own, or has a different past.
 fn diverged(run: &Running, cluster: &ClusterView, leader: &str) -> bool {
     let (Some(mine), Some(theirs)) = (
         run.timeline,
@@ -585,11 +615,18 @@ fn diverged(run: &Running, cluster: &ClusterView, leader: &str) -> bool {
     ) else {
         return false;
     };
-    if mine >= theirs {
+    let points = history_points(cluster);
+    if mine > theirs {
+        return true;
+    }
+    if lineage_agrees(mine, &run.history, &points) == Some(false) {
+        return true;
+    }
+    if mine == theirs {
         return false;
     }
     let position = run.receive_lsn.max(run.replay_lsn).map(|l| l.0).unwrap_or(0);
-    history_points(cluster)
+    points
         .iter()
         .find(|(tl, _)| *tl == mine)
         .is_some_and(|(_, switch)| position > *switch)
@@ -725,6 +762,7 @@ mod tests {
             api_url: format!("http://127.0.0.1:{}/patroni", port + 1000),
             state: "running".into(),
             role: "replica".into(),
+            timeline: Some(1),
             ..Member::default()
         }
     }
@@ -760,6 +798,7 @@ mod tests {
             server_version: 150018,
             slots: BTreeMap::new(),
             replication: vec![],
+            history: vec![],
         }))
     }
 
@@ -787,6 +826,7 @@ mod tests {
             system_id: SYS.into(),
             standby: false,
             timeline: Some(1),
+            history: vec![],
         }
     }
 
@@ -795,6 +835,7 @@ mod tests {
             system_id: SYS.into(),
             standby: true,
             timeline: Some(timeline),
+            history: (1..timeline).map(|t| (t, Lsn(u64::from(t) * 1000))).collect(),
         }
     }
 
@@ -872,6 +913,7 @@ mod tests {
             system_id: "999".into(),
             standby: false,
             timeline: Some(1),
+            history: vec![],
         };
         for pg in [PgStatus::Stopped, running(false), running(true)] {
             let d = decide(&obs("n2", Some(cluster(Some(("n1", 1)))), dir.clone(), pg));
@@ -1134,10 +1176,16 @@ mod tests {
         assert_eq!(d.actions, vec![]);
         assert!(d.reason.needs_repair());
 
-        // Same timeline as the leader: just start.
+        // Same timeline as the leader, same history: just start.
         o.data_dir = dir_on(2);
         o.job = JobStatus::Idle;
+        let c = o.cluster.as_mut().unwrap();
+        c.history = Some(serde_json::json!([[1, 1000, "x", null, "n2"]]));
         assert_eq!(d_actions(&o), vec![Action::StartReplica { leader: "n2".into() }]);
+
+        // Same timeline number, another switch point: another lineage.
+        o.cluster.as_mut().unwrap().history = Some(serde_json::json!([[1, 1500, "x", null, "n2"]]));
+        assert_eq!(d_actions(&o), vec![Action::Rewind { from: "n2".into() }]);
     }
 
     fn d_actions(o: &Observation) -> Vec<Action> {
@@ -1159,13 +1207,46 @@ mod tests {
     }
 
     #[test]
+    fn replica_with_another_past_on_the_same_timeline_number_stops() {
+        let mut c = cluster(Some(("n1", 1)));
+        c.members.get_mut("n1").unwrap().timeline = Some(2);
+        c.history = Some(serde_json::json!([[1, 1000, "x", null, "n1"]]));
+        let mut pg = replica_at(2, 1200);
+        if let PgStatus::Running(r) = &mut pg {
+            r.history = vec![(1, Lsn(900))];
+        }
+        let d = decide(&obs("n2", Some(c.clone()), dir_on(2), pg.clone()));
+        assert_eq!(d.actions, vec![Action::Stop { immediate: true }]);
+        if let PgStatus::Running(r) = &mut pg {
+            r.history = vec![(1, Lsn(1000))];
+        }
+        assert_eq!(decide(&obs("n2", Some(c), dir_on(2), pg)).actions, vec![]);
+    }
+
+    #[test]
+    fn lineage_comparison() {
+        let theirs = [(1, 100), (2, 200)];
+        assert_eq!(lineage_agrees(3, &[(1, Lsn(100)), (2, Lsn(200))], &theirs), Some(true));
+        assert_eq!(lineage_agrees(3, &[(1, Lsn(100)), (2, Lsn(250))], &theirs), Some(false));
+        assert_eq!(lineage_agrees(1, &[], &[]), Some(true));
+        assert_eq!(lineage_agrees(2, &[(1, Lsn(100))], &[]), None);
+    }
+
+    #[test]
     fn new_leader_publishes_history_once() {
         let mut pg = running(false);
         if let PgStatus::Running(r) = &mut pg {
             r.timeline = Some(2);
             r.slots = [("n1".to_string(), None), ("n3".to_string(), None)].into();
         }
+        if let PgStatus::Running(r) = &mut pg {
+            r.history = vec![(1, Lsn(1000))];
+        }
         let mut c = cluster(Some(("n2", 7)));
+        let o = obs("n2", Some(c.clone()), dir_on(2), pg.clone());
+        assert_eq!(decide(&o).actions, vec![Action::PublishHistory, Action::PublishStatus]);
+        // Another leader's timeline 2 (switch at 800) is replaced by ours.
+        c.history = Some(serde_json::json!([[1, 800, "x", null, "n3"]]));
         let o = obs("n2", Some(c.clone()), dir_on(2), pg.clone());
         assert_eq!(decide(&o).actions, vec![Action::PublishHistory, Action::PublishStatus]);
         c.history = Some(serde_json::json!([[1, 1000, "x", null, "n2"]]));

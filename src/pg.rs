@@ -72,6 +72,8 @@ pub enum DataDir {
         system_id: String,
         standby: bool,
         timeline: Option<u32>,
+        /// Switch points of earlier timelines, from `pg_wal/<tl>.history`.
+        history: Vec<(u32, Lsn)>,
     },
     /// Something the agent must not touch, and why.
     Unusable(String),
@@ -96,6 +98,9 @@ pub struct Running {
     pub slots: BTreeMap<String, Option<Lsn>>,
     /// Primary: connected standbys by application_name.
     pub replication: Vec<ReplicationRow>,
+    /// Switch points of the timelines before `timeline` (filled by the agent
+    /// from the history file, cached per timeline).
+    pub history: Vec<(u32, Lsn)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -285,13 +290,22 @@ impl Instance {
         }
         match self.controldata().await {
             Ok(cd) => match cd.get("Database system identifier") {
-                Some(id) => DataDir::Valid {
-                    system_id: id.clone(),
-                    standby: dir.join("standby.signal").exists(),
-                    timeline: cd
+                Some(id) => {
+                    let timeline: Option<u32> = cd
                         .get("Latest checkpoint's TimeLineID")
-                        .and_then(|t| t.parse().ok()),
-                },
+                        .and_then(|t| t.parse().ok());
+                    let history = timeline
+                        .filter(|t| *t > 1)
+                        .and_then(|t| std::fs::read_to_string(dir.join(format!("pg_wal/{t:08X}.history"))).ok())
+                        .map(|text| parse_history(&text).into_iter().map(|(t, l, _)| (t, l)).collect())
+                        .unwrap_or_default();
+                    DataDir::Valid {
+                        system_id: id.clone(),
+                        standby: dir.join("standby.signal").exists(),
+                        timeline,
+                        history,
+                    }
+                }
                 None => DataDir::Unusable("pg_controldata shows no system identifier".into()),
             },
             Err(e) => DataDir::Unusable(format!("pg_controldata: {e}")),
@@ -697,6 +711,7 @@ pub async fn query_running(client: &tokio_postgres::Client) -> Result<Running, P
         server_version: row.get(2),
         slots: BTreeMap::new(),
         replication: vec![],
+        history: vec![],
     };
     type PgLsn = tokio_postgres::types::PgLsn;
     if in_recovery {

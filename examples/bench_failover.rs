@@ -1,0 +1,127 @@
+//! Failover benchmark (run through `bench/failover`): a 3-node cluster under
+//! a write workload, the leader killed with SIGKILL (agent and postgres),
+//! then the old node restarted. Reports the longest write gap (RTO), the
+//! acknowledged writes lost, and the time until the old node streams again.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use baton::local::{ClusterOptions, LocalCluster};
+use baton::status::ClusterState;
+use baton::workload;
+use tokio_util::sync::CancellationToken;
+
+struct RunResult {
+    rto: Duration,
+    lost: usize,
+    rejoin: Duration,
+}
+
+async fn wait<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return Ok(v);
+        }
+        if start.elapsed() > limit {
+            bail!("no {what} after {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn one_run(baton: &PathBuf, n: usize) -> anyhow::Result<RunResult> {
+    let dir = std::env::temp_dir().join(format!("baton-bench-failover-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut c = LocalCluster::create(&dir, baton, &ClusterOptions { scope: "bench".into(), ..Default::default() })?;
+    c.start_all()?;
+    let result = async {
+        wait("Normal cluster", Duration::from_secs(120), || async {
+            c.status().await.ok().filter(|s| s.state == ClusterState::Normal && s.members.len() == 3)
+        })
+        .await?;
+        let cfg = workload::read_write_config(&c.pg_hosts(), "postgres");
+        workload::create_table(&cfg, "bench").await.map_err(anyhow::Error::msg)?;
+        let stop = CancellationToken::new();
+        let writer = tokio::spawn(workload::run_writes(cfg.clone(), "bench".into(), Duration::from_millis(10), stop.clone()));
+        tokio::time::sleep(Duration::from_secs(3)).await;
+
+        let v = c.view().await?;
+        let leader = v.leader_name().context("no leader")?.to_string();
+        let li = c.nodes.iter().position(|x| x.name == leader).context("leader not ours")?;
+        let killed = Instant::now();
+        c.kill_agent(li);
+        c.kill_postgres(li);
+        // Writes resume on the new leader; let them run a little longer.
+        let probe = workload::read_write_config(&c.pg_hosts(), "postgres");
+        wait("writes after the kill", Duration::from_secs(60), || async {
+            let v = c.view().await.ok()?;
+            (v.leader_name().is_some_and(|l| l != leader)).then_some(())
+        })
+        .await?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let restarted = Instant::now();
+        c.start_agent(li)?;
+        wait("old leader streaming again", Duration::from_secs(120), || async {
+            let v = c.view().await.ok()?;
+            let tl = v.leader_member()?.timeline;
+            let m = v.members.get(&leader)?;
+            (m.replication_state.as_deref() == Some("streaming") && m.timeline == tl).then_some(())
+        })
+        .await?;
+        let rejoin = restarted.elapsed();
+        stop.cancel();
+        let log = writer.await?;
+        let present = workload::present_ids(&probe, "bench").await.map_err(anyhow::Error::msg)?;
+        let (rto, _) = log.longest_gap();
+        let lost = log.lost(&present).len();
+        let after = log.acked.iter().filter(|(_, at)| *at > killed).count();
+        println!(
+            "run {n}: rto {:.2} s, lost_acked {lost}, rejoin {:.2} s ({} acked, {after} after the kill)",
+            rto.as_secs_f64(),
+            rejoin.as_secs_f64(),
+            log.acked.len()
+        );
+        Ok(RunResult { rto, lost, rejoin })
+    }
+    .await;
+    tokio::task::block_in_place(|| c.shutdown());
+    drop(c);
+    if result.is_ok() {
+        let _ = std::fs::remove_dir_all(&dir);
+    } else {
+        eprintln!("kept {} for inspection", dir.display());
+    }
+    result
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let n = v.len();
+    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let runs: usize = std::env::args().nth(1).map(|s| s.parse()).transpose()?.unwrap_or(5);
+    let baton = PathBuf::from(std::env::var("BATON_BIN").context("BATON_BIN must name the baton binary")?);
+    let mut results = vec![];
+    for n in 1..=runs {
+        results.push(one_run(&baton, n).await?);
+    }
+    let rto: Vec<f64> = results.iter().map(|r| r.rto.as_secs_f64()).collect();
+    let rejoin: Vec<f64> = results.iter().map(|r| r.rejoin.as_secs_f64()).collect();
+    let lost: usize = results.iter().map(|r| r.lost).sum();
+    println!(
+        "RESULT rto_median_s={:.2} rto_max_s={:.2} lost_acked={lost} rejoin_median_s={:.2}",
+        median(rto.clone()),
+        rto.iter().cloned().fold(0.0, f64::max),
+        median(rejoin)
+    );
+    Ok(())
+}
