@@ -3,7 +3,7 @@
 //! then the old node restarted. Reports the longest write gap (RTO), the
 //! acknowledged writes lost, and the time until the old node streams again.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -35,10 +35,17 @@ where
     }
 }
 
-async fn one_run(baton: &PathBuf, n: usize) -> anyhow::Result<RunResult> {
+async fn one_run(baton: &Path, n: usize) -> anyhow::Result<RunResult> {
     let dir = std::env::temp_dir().join(format!("baton-bench-failover-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let mut c = LocalCluster::create(&dir, baton, &ClusterOptions { scope: "bench".into(), ..Default::default() })?;
+    let mut c = LocalCluster::create(
+        &dir,
+        baton,
+        &ClusterOptions {
+            scope: "bench".into(),
+            ..Default::default()
+        },
+    )?;
     c.start_all()?;
     let result = async {
         wait("Normal cluster", Duration::from_secs(120), || async {
@@ -103,13 +110,22 @@ async fn one_run(baton: &PathBuf, n: usize) -> anyhow::Result<RunResult> {
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let n = v.len();
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
-    let runs: usize = std::env::args().nth(1).map(|s| s.parse()).transpose()?.unwrap_or(5);
-    let baton = PathBuf::from(std::env::var("BATON_BIN").context("BATON_BIN must name the baton binary")?);
+    let runs: usize = std::env::args()
+        .nth(1)
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(5);
+    let baton =
+        PathBuf::from(std::env::var("BATON_BIN").context("BATON_BIN must name the baton binary")?);
     let mut results = vec![];
     for n in 1..=runs {
         results.push(one_run(&baton, n).await?);

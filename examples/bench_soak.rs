@@ -11,11 +11,23 @@ use baton::status::ClusterState;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
-    let secs: u64 = std::env::args().nth(1).map(|s| s.parse()).transpose()?.unwrap_or(600);
-    let baton = PathBuf::from(std::env::var("BATON_BIN").context("BATON_BIN must name the baton binary")?);
+    let secs: u64 = std::env::args()
+        .nth(1)
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(600);
+    let baton =
+        PathBuf::from(std::env::var("BATON_BIN").context("BATON_BIN must name the baton binary")?);
     let dir = std::env::temp_dir().join(format!("baton-bench-soak-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let mut c = LocalCluster::create(&dir, &baton, &ClusterOptions { scope: "soak".into(), ..Default::default() })?;
+    let mut c = LocalCluster::create(
+        &dir,
+        &baton,
+        &ClusterOptions {
+            scope: "soak".into(),
+            ..Default::default()
+        },
+    )?;
     c.start_all()?;
     let start = Instant::now();
     loop {
@@ -24,7 +36,10 @@ async fn main() -> anyhow::Result<()> {
                 break;
             }
         }
-        anyhow::ensure!(start.elapsed() < Duration::from_secs(120), "cluster not Normal after 120 s");
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(120),
+            "cluster not Normal after 120 s"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let first = c.view().await?.leader_name().map(str::to_string);
@@ -41,7 +56,10 @@ async fn main() -> anyhow::Result<()> {
         let now = v.leader_name().map(str::to_string);
         if now != leader {
             changes += 1;
-            println!("[{:>5.1} s] leader changed: {leader:?} -> {now:?}", began.elapsed().as_secs_f64());
+            println!(
+                "[{:>5.1} s] leader changed: {leader:?} -> {now:?}",
+                began.elapsed().as_secs_f64()
+            );
             leader = now;
         }
         let s = baton::status::ClusterStatus::from_view("soak", &v, 1 << 20);
@@ -49,7 +67,12 @@ async fn main() -> anyhow::Result<()> {
             not_normal_samples += 1;
         }
     }
-    let history = c.view().await?.history.map(|h| h.as_array().map(|a| a.len()).unwrap_or(0)).unwrap_or(0);
+    let history = c
+        .view()
+        .await?
+        .history
+        .map(|h| h.as_array().map(|a| a.len()).unwrap_or(0))
+        .unwrap_or(0);
     tokio::task::block_in_place(|| c.shutdown());
     drop(c);
     let _ = std::fs::remove_dir_all(&dir);

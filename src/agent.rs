@@ -48,6 +48,8 @@ pub struct Shared {
     pub reinit_requested: AtomicBool,
     /// Wakes the loop after a request.
     pub wake: Notify,
+    /// Credentials the control endpoints require (`api.authentication`).
+    pub auth: Option<crate::config::Credentials>,
 }
 
 pub type SharedState = Arc<Shared>;
@@ -93,21 +95,22 @@ impl Agent {
         let dcs = Dcs::connect(&cfg.etcd.endpoints, cfg.prefix(), config.retry_timeout()).await?;
         let shared = Arc::new(Shared {
             snapshot: RwLock::new(Snapshot {
-            scope: cfg.scope.clone(),
-            name: cfg.name.clone(),
-            member: Member::default(),
-            pg: PgStatus::Stopped,
-            cluster: None,
-            config: config.clone(),
-            reason: "starting up".into(),
-            last_tick: None,
-            last_dcs_ok: None,
-            is_leader: false,
-            system_id: None,
-            pending_job: None,
+                scope: cfg.scope.clone(),
+                name: cfg.name.clone(),
+                member: Member::default(),
+                pg: PgStatus::Stopped,
+                cluster: None,
+                config: config.clone(),
+                reason: "starting up".into(),
+                last_tick: None,
+                last_dcs_ok: None,
+                is_leader: false,
+                system_id: None,
+                pending_job: None,
             }),
             reinit_requested: AtomicBool::new(false),
             wake: Notify::new(),
+            auth: cfg.api.auth.clone(),
         });
         let http = reqwest::Client::builder()
             .timeout(config.retry_timeout())
@@ -392,31 +395,37 @@ impl Agent {
     /// each bounded by the client's `retry_timeout`. Unreachable members are
     /// left out: they cannot promote either without reaching etcd.
     async fn observe_peers(&self, cluster: &ClusterView) -> Vec<Peer> {
-        let asks = cluster
-            .members
-            .iter()
-            .filter(|(name, _)| **name != self.cfg.name)
-            .map(|(name, m)| {
-                let http = self.http.clone();
-                let name = name.clone();
-                let url = m.api_url.clone();
-                async move {
-                    let v: serde_json::Value = http.get(&url).send().await.ok()?.json().await.ok()?;
-                    Some(peer_from_status(name, &v))
-                }
+        let mut asks = tokio::task::JoinSet::new();
+        for (name, m) in &cluster.members {
+            if *name == self.cfg.name {
+                continue;
+            }
+            let http = self.http.clone();
+            let name = name.clone();
+            let url = m.api_url.clone();
+            asks.spawn(async move {
+                let v: serde_json::Value = http.get(&url).send().await.ok()?.json().await.ok()?;
+                Some(peer_from_status(name, &v))
             });
-        futures_join_all(asks).await.into_iter().flatten().collect()
+        }
+        let mut peers: Vec<Peer> = asks.join_all().await.into_iter().flatten().collect();
+        peers.sort_by(|a, b| a.name.cmp(&b.name));
+        peers
     }
 
     /// The running instance's timeline history, read once per timeline.
     async fn history_of(&mut self, timeline: Option<u32>) -> Vec<(u32, crate::lsn::Lsn)> {
-        let Some(tl) = timeline.filter(|t| *t > 1) else { return vec![] };
+        let Some(tl) = timeline.filter(|t| *t > 1) else {
+            return vec![];
+        };
         if let Some((cached, h)) = &self.history_cache {
             if *cached == tl {
                 return h.clone();
             }
         }
-        let Some(client) = &self.client else { return vec![] };
+        let Some(client) = &self.client else {
+            return vec![];
+        };
         match pg::timeline_history(client, tl).await {
             Ok(h) => {
                 let h: Vec<_> = h.into_iter().map(|(t, l, _)| (t, l)).collect();
@@ -510,7 +519,9 @@ impl Agent {
             Action::StartReadOnly => {
                 let inst = self.inst.clone();
                 self.spawn_job(JobKind::Start, async move {
-                    inst.start(&RunAs::ReadOnly).await.map_err(|e| e.to_string())
+                    inst.start(&RunAs::ReadOnly)
+                        .await
+                        .map_err(|e| e.to_string())
                 });
             }
             Action::Rewind { from } => {
@@ -518,7 +529,9 @@ impl Agent {
                 let inst = self.inst.clone();
                 self.spawn_job(JobKind::Rewind, async move {
                     tracing::info!("running pg_rewind against {host}:{port}");
-                    inst.rewind_from(&host, port).await.map_err(|e| e.to_string())
+                    inst.rewind_from(&host, port)
+                        .await
+                        .map_err(|e| e.to_string())
                 });
             }
             Action::Rebuild { from } => {
@@ -530,14 +543,18 @@ impl Agent {
                     inst.stop(StopMode::Fast).await.map_err(|e| e.to_string())?;
                     let aside = inst.move_aside().map_err(|e| e.to_string())?;
                     tracing::warn!("old data directory moved aside to {}", aside.display());
-                    inst.basebackup_from(&host, port).await.map_err(|e| e.to_string())
+                    inst.basebackup_from(&host, port)
+                        .await
+                        .map_err(|e| e.to_string())
                 });
             }
             Action::PublishHistory => {
                 let (PgStatus::Running(run), Some(client)) = (&obs.pg, &self.client) else {
                     return Ok(());
                 };
-                let Some(tl) = run.timeline else { return Ok(()) };
+                let Some(tl) = run.timeline else {
+                    return Ok(());
+                };
                 let file = pg::timeline_history(client, tl).await?;
                 let existing = obs.cluster.as_ref().and_then(|c| c.history.clone());
                 let history = merge_history(existing, &file, tl, &me);
@@ -760,8 +777,9 @@ pub fn merge_history(
                 Some(e) => e.clone(),
                 None => {
                     let newest = *t + 1 == tl;
-                    let when = newest
-                        .then(|| humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string());
+                    let when = newest.then(|| {
+                        humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+                    });
                     serde_json::json!([t, lsn.0, reason, when, newest.then_some(me)])
                 }
             }
@@ -777,7 +795,9 @@ pub fn peer_from_status(name: String, v: &serde_json::Value) -> Peer {
     let position = if primary {
         x["location"].as_u64()
     } else {
-        x["received_location"].as_u64().max(x["replayed_location"].as_u64())
+        x["received_location"]
+            .as_u64()
+            .max(x["replayed_location"].as_u64())
     };
     Peer {
         name,
@@ -788,21 +808,6 @@ pub fn peer_from_status(name: String, v: &serde_json::Value) -> Peer {
         nofailover: v["tags"]["nofailover"].as_bool().unwrap_or(false),
         priority: v["tags"]["failover_priority"].as_i64().unwrap_or(1),
     }
-}
-
-async fn futures_join_all<F: std::future::Future>(futs: impl Iterator<Item = F>) -> Vec<F::Output>
-where
-    F: Send + 'static,
-    F::Output: Send + 'static,
-{
-    let handles: Vec<_> = futs.map(tokio::spawn).collect();
-    let mut out = Vec::with_capacity(handles.len());
-    for h in handles {
-        if let Ok(v) = h.await {
-            out.push(v);
-        }
-    }
-    out
 }
 
 /// initdb, configure, start, create the replication role.

@@ -10,11 +10,13 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::time::UNIX_EPOCH;
 
+use axum::body::Bytes;
 use axum::extract::{Query, State};
-use axum::http::{Method, StatusCode};
+use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{on, MethodFilter};
 use axum::{Json, Router};
+use base64::Engine as _;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -69,10 +71,117 @@ pub async fn serve(
         .route("/history", on(any, history))
         .route("/config", on(any, config))
         .route("/metrics", on(any, metrics))
+        .route("/reinitialize", axum::routing::post(reinitialize))
         .with_state(state);
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
+}
+
+/// Refusals of control requests, each with Patroni's status code.
+#[derive(Debug)]
+enum ApiError {
+    Unauthorized,
+    BadRequest(String),
+    Unavailable(String),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        match self {
+            ApiError::Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Basic realm=\"baton\"")],
+                Json(json!({"error": "authentication required"})),
+            )
+                .into_response(),
+            ApiError::BadRequest(e) => {
+                (StatusCode::BAD_REQUEST, Json(json!({"error": e}))).into_response()
+            }
+            ApiError::Unavailable(e) => {
+                (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": e}))).into_response()
+            }
+        }
+    }
+}
+
+/// Unless the request carries the configured basic-auth credentials.
+fn authorize(state: &SharedState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(want) = &state.auth else {
+        return Ok(());
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|b| {
+            base64::engine::general_purpose::STANDARD
+                .decode(b.trim())
+                .ok()
+        })
+        .and_then(|raw| String::from_utf8(raw).ok());
+    let expected = format!(
+        "{}:{}",
+        want.username,
+        want.password.as_deref().unwrap_or("")
+    );
+    if given.as_deref() == Some(expected.as_str()) {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthorized)
+    }
+}
+
+/// Parses an optional JSON object body, naming what is wrong otherwise.
+fn json_body(body: &Bytes) -> Result<serde_json::Map<String, Value>, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(serde_json::Map::new());
+    }
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(other) => Err(ApiError::BadRequest(format!(
+            "expected a JSON object, got {other}"
+        ))),
+        Err(e) => Err(ApiError::BadRequest(format!("malformed JSON: {e}"))),
+    }
+}
+
+/// `POST /reinitialize` (`{"force": true}` optional): rebuild this replica
+/// from the leader; the old data directory is moved aside, not deleted.
+async fn reinitialize(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    let body = json_body(&body)?;
+    if let Some(f) = body.get("force") {
+        if !f.is_boolean() {
+            return Err(ApiError::BadRequest(format!(
+                "\"force\" must be true or false, got {f}"
+            )));
+        }
+    }
+    let s = state.snapshot();
+    if s.is_leader {
+        return Err(ApiError::Unavailable(
+            "cannot reinitialize: I am the leader".into(),
+        ));
+    }
+    if s.cluster.as_ref().and_then(|c| c.leader.as_ref()).is_none() {
+        return Err(ApiError::Unavailable(
+            "cannot reinitialize: the cluster has no leader to clone from".into(),
+        ));
+    }
+    state
+        .reinit_requested
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    state.wake.notify_one();
+    Ok((
+        StatusCode::OK,
+        Json(json!({"message": "reinitialize scheduled"})),
+    )
+        .into_response())
 }
 
 #[derive(Debug, Clone, Copy)]

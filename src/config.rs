@@ -44,6 +44,10 @@ pub struct ApiConfig {
     pub listen: SocketAddr,
     /// Address other members and tools use to reach this API.
     pub connect_address: SocketAddr,
+    /// Basic-auth credentials required by the control endpoints (POST,
+    /// PATCH, PUT, DELETE). Without them those endpoints are open, as in
+    /// Patroni: bind the API to a trusted network then.
+    pub auth: Option<Credentials>,
 }
 
 #[derive(Debug, Clone)]
@@ -178,7 +182,10 @@ impl DynamicConfig {
         if !self.primary_start_timeout.is_finite() || self.primary_start_timeout < 0.0 {
             p.push((
                 "primary_start_timeout",
-                format!("{} must be zero or a positive number of seconds", self.primary_start_timeout),
+                format!(
+                    "{} must be zero or a positive number of seconds",
+                    self.primary_start_timeout
+                ),
             ));
         }
         if p.is_empty() {
@@ -456,6 +463,25 @@ impl NodeConfig {
             r.problem("api.listen", "missing (required)");
         }
         let api_connect = r.addr(&mut api, "api", "connect_address");
+        let api_auth = match api.remove("authentication") {
+            None => None,
+            Some(v) => {
+                let mut t = match v {
+                    toml::Value::Table(t) => t,
+                    other => {
+                        r.problem(
+                            "api.authentication",
+                            format!("expected a table, found {}", other.type_str()),
+                        );
+                        toml::Table::new()
+                    }
+                };
+                let username: Option<String> = r.req(&mut t, "api.authentication", "username");
+                let password: Option<String> = r.req(&mut t, "api.authentication", "password");
+                r.unknown(t, "api.authentication");
+                username.map(|username| Credentials { username, password })
+            }
+        };
         r.unknown(api, "api");
 
         let mut pg = r.table(&mut root, "", "postgresql");
@@ -505,7 +531,9 @@ impl NodeConfig {
             parameters.insert(k, s);
         }
         let pg_hba: Vec<String> = r.opt(&mut pg, p, "pg_hba").unwrap_or_default();
-        let rebuild_on_rewind_failure = r.opt(&mut pg, p, "rebuild_on_rewind_failure").unwrap_or(true);
+        let rebuild_on_rewind_failure = r
+            .opt(&mut pg, p, "rebuild_on_rewind_failure")
+            .unwrap_or(true);
         let mut auth = r.table(&mut pg, p, "authentication");
         let superuser = r.credentials(&mut auth, "superuser", "postgres");
         let replication = r.credentials(&mut auth, "replication", "replicator");
@@ -573,6 +601,7 @@ impl NodeConfig {
             api: ApiConfig {
                 listen: api_listen,
                 connect_address: api_connect.unwrap_or(api_listen),
+                auth: api_auth,
             },
             postgresql: PgConfig {
                 data_dir,

@@ -1,16 +1,26 @@
-//! `baton demo`: a throw-away local cluster (etcd + 3 agents) for a first look.
+//! `baton demo`: a throw-away local cluster (etcd + 3 agents) for a first
+//! look, optionally walking through a scenario.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 
 use crate::local::{ClusterOptions, LocalCluster};
+use crate::status::ClusterState;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// Kill the leader (agent and postgres), watch a replica take over and
+    /// the old leader rejoin by pg_rewind.
+    Failover,
+}
 
 pub async fn run(
     duration: Option<Duration>,
     dir: Option<PathBuf>,
     keep: bool,
+    scenario: Option<Scenario>,
 ) -> anyhow::Result<std::process::ExitCode> {
     let dir = dir.unwrap_or_else(|| {
         let stamp = std::time::SystemTime::now()
@@ -44,44 +54,148 @@ pub async fn run(
     }
     println!();
 
-    let started = Instant::now();
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
-    loop {
-        match cluster.status().await {
-            Ok(s) => print!(
-                "[{:>4.0} s] {}",
-                started.elapsed().as_secs_f64(),
-                s.render()
-            ),
-            Err(e) => println!(
-                "[{:>4.0} s] cannot read etcd: {e:#}",
-                started.elapsed().as_secs_f64()
-            ),
-        }
-        println!();
-        if duration.is_some_and(|d| started.elapsed() >= d) {
-            break;
-        }
-        let wait = Duration::from_secs(3);
-        let wait = duration.map_or(wait, |d| wait.min(d.saturating_sub(started.elapsed())));
-        tokio::select! {
-            _ = &mut ctrl_c => { println!("Ctrl-C: stopping"); break; }
-            _ = tokio::time::sleep(wait) => {}
-        }
-    }
+    let outcome = match scenario {
+        Some(Scenario::Failover) => failover(&mut cluster).await,
+        None => watch(&cluster, duration).await,
+    };
     let final_state = cluster.status().await.ok().map(|s| s.state);
     println!("Stopping the cluster...");
     tokio::task::block_in_place(|| cluster.shutdown());
     drop(cluster);
-    if keep {
+    if keep || outcome.is_err() {
         println!("Kept {}", dir.display());
     } else {
         std::fs::remove_dir_all(&dir).ok();
     }
+    outcome?;
     match final_state {
         Some(s) => println!("Final state: {s}"),
         None => println!("Final state: unknown (etcd unreadable)"),
     }
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// Prints `baton list` every 3 s until `duration` or Ctrl-C.
+async fn watch(cluster: &LocalCluster, duration: Option<Duration>) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        show(cluster, started).await;
+        if duration.is_some_and(|d| started.elapsed() >= d) {
+            return Ok(());
+        }
+        let wait = Duration::from_secs(3);
+        let wait = duration.map_or(wait, |d| wait.min(d.saturating_sub(started.elapsed())));
+        tokio::select! {
+            _ = &mut ctrl_c => { println!("Ctrl-C: stopping"); return Ok(()); }
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+async fn show(cluster: &LocalCluster, started: Instant) {
+    match cluster.status().await {
+        Ok(s) => print!(
+            "[{:>5.1} s] {}",
+            started.elapsed().as_secs_f64(),
+            s.render()
+        ),
+        Err(e) => println!(
+            "[{:>5.1} s] cannot read etcd: {e:#}",
+            started.elapsed().as_secs_f64()
+        ),
+    }
+    println!();
+}
+
+/// Polls `f` every 200 ms until it yields, at most `limit`.
+async fn until<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return Ok(v);
+        }
+        if start.elapsed() > limit {
+            bail!("no {what} after {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn failover(c: &mut LocalCluster) -> anyhow::Result<()> {
+    let started = Instant::now();
+    println!("== 1. Waiting for a Normal cluster");
+    until("Normal cluster", Duration::from_secs(120), || async {
+        c.status()
+            .await
+            .ok()
+            .filter(|s| s.state == ClusterState::Normal && s.members.len() == 3)
+    })
+    .await?;
+    show(c, started).await;
+
+    let leader = c
+        .view()
+        .await?
+        .leader_name()
+        .context("no leader")?
+        .to_string();
+    let li = c
+        .nodes
+        .iter()
+        .position(|n| n.name == leader)
+        .context("leader is not ours")?;
+    println!("== 2. Killing the leader {leader}: agent and postgres, SIGKILL");
+    let killed = Instant::now();
+    c.kill_agent(li);
+    c.kill_postgres(li);
+    let new = until("new leader", Duration::from_secs(60), || async {
+        let v = c.view().await.ok()?;
+        let m = v.leader_member()?;
+        (v.leader_name() != Some(leader.as_str()) && m.role == "primary" && m.state == "running")
+            .then(|| v.leader_name().map(str::to_string))
+            .flatten()
+    })
+    .await?;
+    println!(
+        "== 3. {new} is the new leader, {:.1} s after the kill (the old lease had to expire)",
+        killed.elapsed().as_secs_f64()
+    );
+    show(c, started).await;
+
+    println!("== 4. Restarting {leader}'s agent: it rewinds and follows {new}");
+    let restarted = Instant::now();
+    c.start_agent(li)?;
+    until(
+        "old leader streaming again",
+        Duration::from_secs(120),
+        || async {
+            let v = c.view().await.ok()?;
+            let tl = v.leader_member()?.timeline;
+            let m = v.members.get(&leader)?;
+            (m.replication_state.as_deref() == Some("streaming") && m.timeline == tl).then_some(())
+        },
+    )
+    .await?;
+    println!(
+        "== 5. {leader} streams from {new} again, {:.1} s after its restart",
+        restarted.elapsed().as_secs_f64()
+    );
+    until("Normal cluster", Duration::from_secs(60), || async {
+        c.status()
+            .await
+            .ok()
+            .filter(|s| s.state == ClusterState::Normal && s.members.len() == 3)
+    })
+    .await?;
+    show(c, started).await;
+    if let Some(h) = c.view().await?.history {
+        println!("Timeline history (baton history): {h}");
+    }
+    Ok(())
 }

@@ -167,15 +167,24 @@ pub enum Action {
 pub enum Reason {
     JobRunning(JobKind),
     EtcdUnreachable,
-    EtcdUnreachableFencing { since: Duration },
+    EtcdUnreachableFencing {
+        since: Duration,
+    },
     DataDirUnusable(String),
-    ForeignCluster { ours: String, cluster: String },
+    ForeignCluster {
+        ours: String,
+        cluster: String,
+    },
     Bootstrapping,
     BootstrapFailed(String),
     WaitingForBootstrap,
     WaitingForLeaderToClone,
-    WaitingForSlot { leader: String },
-    Cloning { from: String },
+    WaitingForSlot {
+        leader: String,
+    },
+    Cloning {
+        from: String,
+    },
     CloneFailed(String),
     Starting,
     StartFailed(String),
@@ -185,23 +194,50 @@ pub enum Reason {
     AdoptingLeader,
     Promoting,
     Leader,
-    LeaseExpiredFencing { since: Duration },
-    PrimaryStartTimeout { waited: Duration },
-    DemotingForeignLeader { leader: String },
-    Following { leader: String, streaming: bool },
-    Repointing { leader: String },
+    LeaseExpiredFencing {
+        since: Duration,
+    },
+    PrimaryStartTimeout {
+        waited: Duration,
+    },
+    DemotingForeignLeader {
+        leader: String,
+    },
+    Following {
+        leader: String,
+        streaming: bool,
+    },
+    Repointing {
+        leader: String,
+    },
     NoLeader,
-    LeaderNotReachable { leader: String },
+    LeaderNotReachable {
+        leader: String,
+    },
     /// Not taking part in the election, and why.
     NotEligible(String),
     /// Taking part, but another member is healthier.
-    Yielding { to: String, why: String },
+    Yielding {
+        to: String,
+        why: String,
+    },
     /// Taking part and the healthiest: racing for the key.
     Candidate,
-    Diverged { leader: String },
-    Rewinding { from: String, timeline: u32, leader_timeline: u32 },
-    RewindFailed { error: String, rebuilding: bool },
-    Reinitializing { from: String },
+    Diverged {
+        leader: String,
+    },
+    Rewinding {
+        from: String,
+        timeline: u32,
+        leader_timeline: u32,
+    },
+    RewindFailed {
+        error: String,
+        rebuilding: bool,
+    },
+    Reinitializing {
+        from: String,
+    },
     WaitingForLeaderToRebuild,
 }
 
@@ -426,8 +462,12 @@ pub fn decide(o: &Observation) -> Decision {
     if o.reinit_requested && !i_lead {
         return match leader {
             Some(l) => decision(
-                vec![Action::Rebuild { from: l.to_string() }],
-                Reason::Reinitializing { from: l.to_string() },
+                vec![Action::Rebuild {
+                    from: l.to_string(),
+                }],
+                Reason::Reinitializing {
+                    from: l.to_string(),
+                },
             ),
             None => decision(vec![], Reason::WaitingForLeaderToRebuild),
         };
@@ -449,7 +489,10 @@ pub fn decide(o: &Observation) -> Decision {
             None if cluster.initialize.as_deref() == Some("") && !standby_dir => {
                 decision(vec![Action::AcquireLeader], Reason::AcquiringLeader)
             }
-            None => decision(vec![Action::StartReadOnly], failed(Reason::StartingReadOnly)),
+            None => decision(
+                vec![Action::StartReadOnly],
+                failed(Reason::StartingReadOnly),
+            ),
         };
     };
 
@@ -562,7 +605,10 @@ fn decide_stopped_follower(
         ..
     } = &o.data_dir
     else {
-        return decision(vec![Action::StartReplica { leader: from }], failed(Reason::Starting));
+        return decision(
+            vec![Action::StartReplica { leader: from }],
+            failed(Reason::Starting),
+        );
     };
     let Some(theirs) = cluster.members.get(leader).and_then(|m| m.timeline) else {
         return decision(vec![], Reason::LeaderNotReachable { leader: from });
@@ -570,8 +616,8 @@ fn decide_stopped_follower(
     // Where the stopped WAL ends is unknown, so anything but the leader's
     // own timeline with the same history goes through pg_rewind, which is
     // a no-op ("no rewind required") when nothing diverged.
-    let same_lineage = *mine == theirs
-        && lineage_agrees(*mine, history, &history_points(cluster)) == Some(true);
+    let same_lineage =
+        *mine == theirs && lineage_agrees(*mine, history, &history_points(cluster)) == Some(true);
     let rewound = matches!(o.job, JobStatus::Done(JobKind::Rewind));
     if !same_lineage && !rewound {
         return decision(
@@ -583,7 +629,10 @@ fn decide_stopped_follower(
             },
         );
     }
-    decision(vec![Action::StartReplica { leader: from }], failed(Reason::Starting))
+    decision(
+        vec![Action::StartReplica { leader: from }],
+        failed(Reason::Starting),
+    )
 }
 
 /// Whether the switch points of every timeline before `my_tl` (`mine`,
@@ -625,7 +674,11 @@ fn diverged(run: &Running, cluster: &ClusterView, leader: &str) -> bool {
     if mine == theirs {
         return false;
     }
-    let position = run.receive_lsn.max(run.replay_lsn).map(|l| l.0).unwrap_or(0);
+    let position = run
+        .receive_lsn
+        .max(run.replay_lsn)
+        .map(|l| l.0)
+        .unwrap_or(0);
     points
         .iter()
         .find(|(tl, _)| *tl == mine)
@@ -637,7 +690,11 @@ fn elect(o: &Observation, cluster: &ClusterView, run: &Running) -> Decision {
     if o.tags.nofailover {
         return decision(vec![], Reason::NotEligible("tagged nofailover".into()));
     }
-    let position = run.receive_lsn.max(run.replay_lsn).map(|l| l.0).unwrap_or(0);
+    let position = run
+        .receive_lsn
+        .max(run.replay_lsn)
+        .map(|l| l.0)
+        .unwrap_or(0);
     let max_lag = o.config.maximum_lag_on_failover;
     if let Some(optime) = cluster.status.as_ref().and_then(|s| s.optime) {
         let lag = optime.saturating_sub(position);
@@ -664,7 +721,10 @@ fn elect(o: &Observation, cluster: &ClusterView, run: &Running) -> Decision {
             } else if (p.timeline, p.position) > (me.0, me.1) {
                 format!("it has more WAL ({} > {})", p.position, position)
             } else {
-                format!("same WAL, higher failover_priority ({} > {})", p.priority, me.2)
+                format!(
+                    "same WAL, higher failover_priority ({} > {})",
+                    p.priority, me.2
+                )
             };
             return decision(
                 vec![],
@@ -835,7 +895,9 @@ mod tests {
             system_id: SYS.into(),
             standby: true,
             timeline: Some(timeline),
-            history: (1..timeline).map(|t| (t, Lsn(u64::from(t) * 1000))).collect(),
+            history: (1..timeline)
+                .map(|t| (t, Lsn(u64::from(t) * 1000)))
+                .collect(),
         }
     }
 
@@ -845,7 +907,8 @@ mod tests {
             r.timeline = Some(timeline);
             r.receive_lsn = Some(Lsn(receive));
             r.replay_lsn = Some(Lsn(receive));
-            r.primary_conninfo = "host=127.0.0.1 port=5431 user=replicator application_name=n2".into();
+            r.primary_conninfo =
+                "host=127.0.0.1 port=5431 user=replicator application_name=n2".into();
             r.primary_slot_name = "n2".into();
         }
         pg
@@ -1111,7 +1174,12 @@ mod tests {
         assert_eq!(d.reason, Reason::Candidate);
 
         // Once the key is ours: promote.
-        let o = obs("n2", Some(cluster(Some(("n2", 7)))), dir_on(1), replica_at(1, 1000));
+        let o = obs(
+            "n2",
+            Some(cluster(Some(("n2", 7)))),
+            dir_on(1),
+            replica_at(1, 1000),
+        );
         assert_eq!(decide(&o).actions, vec![Action::Promote]);
     }
 
@@ -1122,19 +1190,32 @@ mod tests {
         o.peers = vec![peer("n3", 1, 1000)];
         let d = decide(&o);
         assert_eq!(d.actions, vec![]);
-        assert!(matches!(&d.reason, Reason::Yielding { to, .. } if to == "n3"), "{:?}", d.reason);
+        assert!(
+            matches!(&d.reason, Reason::Yielding { to, .. } if to == "n3"),
+            "{:?}",
+            d.reason
+        );
 
         // Same WAL: the higher failover_priority wins; equal: both race.
         o.pg = replica_at(1, 1000);
-        o.peers = vec![Peer { priority: 2, ..peer("n3", 1, 1000) }];
+        o.peers = vec![Peer {
+            priority: 2,
+            ..peer("n3", 1, 1000)
+        }];
         assert!(matches!(decide(&o).reason, Reason::Yielding { .. }));
         o.peers = vec![peer("n3", 1, 1000)];
         assert_eq!(decide(&o).actions, vec![Action::AcquireLeader]);
 
         // Peers tagged nofailover or not running do not count.
         o.peers = vec![
-            Peer { nofailover: true, ..peer("n3", 1, 5000) },
-            Peer { running: false, ..peer("n1", 1, 5000) },
+            Peer {
+                nofailover: true,
+                ..peer("n3", 1, 5000)
+            },
+            Peer {
+                running: false,
+                ..peer("n1", 1, 5000)
+            },
         ];
         assert_eq!(decide(&o).actions, vec![Action::AcquireLeader]);
     }
@@ -1166,7 +1247,12 @@ mod tests {
 
         // pg_rewind done ("no rewind required" leaves the timeline): start.
         o.job = JobStatus::Done(JobKind::Rewind);
-        assert_eq!(d_actions(&o), vec![Action::StartReplica { leader: "n2".into() }]);
+        assert_eq!(
+            d_actions(&o),
+            vec![Action::StartReplica {
+                leader: "n2".into()
+            }]
+        );
 
         // pg_rewind failed: rebuild when allowed, else need repair.
         o.job = JobStatus::Failed(JobKind::Rewind, "WAL missing".into());
@@ -1181,7 +1267,12 @@ mod tests {
         o.job = JobStatus::Idle;
         let c = o.cluster.as_mut().unwrap();
         c.history = Some(serde_json::json!([[1, 1000, "x", null, "n2"]]));
-        assert_eq!(d_actions(&o), vec![Action::StartReplica { leader: "n2".into() }]);
+        assert_eq!(
+            d_actions(&o),
+            vec![Action::StartReplica {
+                leader: "n2".into()
+            }]
+        );
 
         // Same timeline number, another switch point: another lineage.
         o.cluster.as_mut().unwrap().history = Some(serde_json::json!([[1, 1500, "x", null, "n2"]]));
@@ -1196,11 +1287,22 @@ mod tests {
     fn replica_past_the_fork_point_stops_to_rewind() {
         let mut c = cluster(Some(("n1", 1)));
         c.members.get_mut("n1").unwrap().timeline = Some(2);
-        c.history = Some(serde_json::json!([[1, 1000, "no recovery target specified", null, "n1"]]));
+        c.history = Some(serde_json::json!([[
+            1,
+            1000,
+            "no recovery target specified",
+            null,
+            "n1"
+        ]]));
         let o = obs("n2", Some(c.clone()), dir_on(1), replica_at(1, 1200));
         let d = decide(&o);
         assert_eq!(d.actions, vec![Action::Stop { immediate: true }]);
-        assert_eq!(d.reason, Reason::Diverged { leader: "n1".into() });
+        assert_eq!(
+            d.reason,
+            Reason::Diverged {
+                leader: "n1".into()
+            }
+        );
         // Behind the fork point: it can simply follow the new timeline.
         let o = obs("n2", Some(c), dir_on(1), replica_at(1, 900));
         assert_eq!(decide(&o).actions, vec![]);
@@ -1226,8 +1328,14 @@ mod tests {
     #[test]
     fn lineage_comparison() {
         let theirs = [(1, 100), (2, 200)];
-        assert_eq!(lineage_agrees(3, &[(1, Lsn(100)), (2, Lsn(200))], &theirs), Some(true));
-        assert_eq!(lineage_agrees(3, &[(1, Lsn(100)), (2, Lsn(250))], &theirs), Some(false));
+        assert_eq!(
+            lineage_agrees(3, &[(1, Lsn(100)), (2, Lsn(200))], &theirs),
+            Some(true)
+        );
+        assert_eq!(
+            lineage_agrees(3, &[(1, Lsn(100)), (2, Lsn(250))], &theirs),
+            Some(false)
+        );
         assert_eq!(lineage_agrees(1, &[], &[]), Some(true));
         assert_eq!(lineage_agrees(2, &[(1, Lsn(100))], &[]), None);
     }
@@ -1244,11 +1352,17 @@ mod tests {
         }
         let mut c = cluster(Some(("n2", 7)));
         let o = obs("n2", Some(c.clone()), dir_on(2), pg.clone());
-        assert_eq!(decide(&o).actions, vec![Action::PublishHistory, Action::PublishStatus]);
+        assert_eq!(
+            decide(&o).actions,
+            vec![Action::PublishHistory, Action::PublishStatus]
+        );
         // Another leader's timeline 2 (switch at 800) is replaced by ours.
         c.history = Some(serde_json::json!([[1, 800, "x", null, "n3"]]));
         let o = obs("n2", Some(c.clone()), dir_on(2), pg.clone());
-        assert_eq!(decide(&o).actions, vec![Action::PublishHistory, Action::PublishStatus]);
+        assert_eq!(
+            decide(&o).actions,
+            vec![Action::PublishHistory, Action::PublishStatus]
+        );
         c.history = Some(serde_json::json!([[1, 1000, "x", null, "n2"]]));
         let o = obs("n2", Some(c), dir_on(2), pg);
         assert_eq!(decide(&o).actions, vec![Action::PublishStatus]);
@@ -1270,11 +1384,23 @@ mod tests {
 
     #[test]
     fn reinit_rebuilds_a_replica_but_never_the_leader() {
-        let mut o = obs("n2", Some(cluster(Some(("n1", 1)))), dir_on(1), replica_at(1, 10));
+        let mut o = obs(
+            "n2",
+            Some(cluster(Some(("n1", 1)))),
+            dir_on(1),
+            replica_at(1, 10),
+        );
         o.reinit_requested = true;
         assert_eq!(d_actions(&o), vec![Action::Rebuild { from: "n1".into() }]);
-        let mut o = obs("n1", Some(cluster(Some(("n1", 7)))), valid(), running(false));
+        let mut o = obs(
+            "n1",
+            Some(cluster(Some(("n1", 7)))),
+            valid(),
+            running(false),
+        );
         o.reinit_requested = true;
-        assert!(!d_actions(&o).iter().any(|a| matches!(a, Action::Rebuild { .. })));
+        assert!(!d_actions(&o)
+            .iter()
+            .any(|a| matches!(a, Action::Rebuild { .. })));
     }
 }

@@ -351,13 +351,19 @@ retry_timeout = 1
         if !text.contains(&from) {
             bail!("{} has no endpoints line to replace", path.display());
         }
-        std::fs::write(path, text.replace(&from, &format!("endpoints = [\"{endpoint}\"]")))?;
+        std::fs::write(
+            path,
+            text.replace(&from, &format!("endpoints = [\"{endpoint}\"]")),
+        )?;
         Ok(())
     }
 
     /// (host, port) of every node's postgres, for multi-host clients.
     pub fn pg_hosts(&self) -> Vec<(String, u16)> {
-        self.nodes.iter().map(|n| ("127.0.0.1".to_string(), n.pg_port)).collect()
+        self.nodes
+            .iter()
+            .map(|n| ("127.0.0.1".to_string(), n.pg_port))
+            .collect()
     }
 
     /// A libpq multi-host connection string for all nodes.

@@ -41,6 +41,23 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Print the timeline history: one row per promotion.
+    History {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rebuild a replica from the leader (its data directory is moved aside).
+    Reinit {
+        #[command(flatten)]
+        target: Target,
+        /// The member to rebuild.
+        member: String,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        force: bool,
+    },
     /// Run a throw-away local cluster (etcd + 3 agents) and show it.
     Demo {
         /// Stop after this many seconds (default: until Ctrl-C).
@@ -52,6 +69,9 @@ enum Cmd {
         /// Keep the directory afterwards.
         #[arg(long)]
         keep: bool,
+        /// Walk through a scenario: `failover` kills the leader and restarts it.
+        #[arg(long, value_enum)]
+        scenario: Option<baton::demo::Scenario>,
     },
 }
 
@@ -68,9 +88,44 @@ struct Target {
     scope: Option<String>,
     #[arg(long, default_value = baton::config::DEFAULT_NAMESPACE)]
     namespace: String,
+    /// REST API user for control commands (default: from --config).
+    #[arg(long)]
+    username: Option<String>,
+    /// REST API password (or BATON_API_PASSWORD).
+    #[arg(long, env = "BATON_API_PASSWORD", hide_env_values = true)]
+    password: Option<String>,
 }
 
 impl Target {
+    /// Credentials for the agents' control endpoints.
+    fn credentials(&self) -> anyhow::Result<Option<(String, String)>> {
+        if let Some(u) = &self.username {
+            return Ok(Some((u.clone(), self.password.clone().unwrap_or_default())));
+        }
+        if let Some(path) = &self.config {
+            let c = NodeConfig::load(path)?;
+            return Ok(c
+                .api
+                .auth
+                .map(|a| (a.username, a.password.unwrap_or_default())));
+        }
+        Ok(None)
+    }
+
+    async fn view(&self) -> anyhow::Result<(String, baton::dcs::ClusterView)> {
+        let (endpoints, scope, prefix) = self.resolve()?;
+        let dcs = Dcs::connect(&endpoints, prefix, Duration::from_secs(3))
+            .await
+            .with_context(|| format!("connecting to etcd at {}", endpoints.join(",")))?;
+        let view = dcs.load().await.with_context(|| {
+            format!(
+                "reading cluster {scope} from etcd at {}",
+                endpoints.join(",")
+            )
+        })?;
+        Ok((scope, view))
+    }
+
     fn resolve(&self) -> anyhow::Result<(Vec<String>, String, String)> {
         if let Some(path) = &self.config {
             let c = NodeConfig::load(path)?;
@@ -106,11 +161,18 @@ fn main() -> ExitCode {
         match cli.command {
             Cmd::Agent { config } => run_agent(config).await,
             Cmd::List { target, json } => list(target, json).await,
+            Cmd::History { target, json } => history(target, json).await,
+            Cmd::Reinit {
+                target,
+                member,
+                force,
+            } => reinit(target, member, force).await,
             Cmd::Demo {
                 duration,
                 dir,
                 keep,
-            } => baton::demo::run(duration.map(Duration::from_secs), dir, keep).await,
+                scenario,
+            } => baton::demo::run(duration.map(Duration::from_secs), dir, keep, scenario).await,
         }
     });
     match result {
@@ -162,16 +224,7 @@ async fn run_agent(path: PathBuf) -> anyhow::Result<ExitCode> {
 }
 
 async fn list(target: Target, json: bool) -> anyhow::Result<ExitCode> {
-    let (endpoints, scope, prefix) = target.resolve()?;
-    let dcs = Dcs::connect(&endpoints, prefix, Duration::from_secs(3))
-        .await
-        .with_context(|| format!("connecting to etcd at {}", endpoints.join(",")))?;
-    let view = dcs.load().await.with_context(|| {
-        format!(
-            "reading cluster {scope} from etcd at {}",
-            endpoints.join(",")
-        )
-    })?;
+    let (scope, view) = target.view().await?;
     let max_lag = view
         .config
         .as_ref()
@@ -184,4 +237,85 @@ async fn list(target: Target, json: bool) -> anyhow::Result<ExitCode> {
         print!("{}", status.render());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn history(target: Target, json: bool) -> anyhow::Result<ExitCode> {
+    let (_, view) = target.view().await?;
+    let h = view.history.unwrap_or(serde_json::json!([]));
+    if json {
+        println!("{}", serde_json::to_string_pretty(&h)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:>3}  {:>12}  {:<28}  {:<26}  New Leader",
+        "TL", "LSN", "Reason", "Timestamp"
+    );
+    for e in h.as_array().into_iter().flatten() {
+        let f = |i: usize| e.get(i).cloned().unwrap_or(serde_json::Value::Null);
+        let text = |v: serde_json::Value| match v {
+            serde_json::Value::String(s) => s,
+            serde_json::Value::Null => String::new(),
+            other => other.to_string(),
+        };
+        let lsn = f(1)
+            .as_u64()
+            .map(|l| baton::lsn::Lsn(l).to_string())
+            .unwrap_or_default();
+        println!(
+            "{:>3}  {:>12}  {:<28}  {:<26}  {}",
+            text(f(0)),
+            lsn,
+            text(f(2)),
+            text(f(3)),
+            text(f(4))
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn reinit(target: Target, member: String, force: bool) -> anyhow::Result<ExitCode> {
+    let (scope, view) = target.view().await?;
+    let Some(m) = view.members.get(&member) else {
+        anyhow::bail!(
+            "cluster {scope} has no member {member:?} (members: {})",
+            view.members.keys().cloned().collect::<Vec<_>>().join(", ")
+        );
+    };
+    if !force {
+        eprint!("Rebuild {member} from the leader? Its data directory is moved aside. [y/N] ");
+        let mut answer = String::new();
+        std::io::stdin().read_line(&mut answer)?;
+        if !matches!(answer.trim(), "y" | "Y" | "yes") {
+            eprintln!("aborted");
+            return Ok(ExitCode::FAILURE);
+        }
+    }
+    let base = m.api_url.trim_end_matches("/patroni");
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    let mut req = client
+        .post(format!("{base}/reinitialize"))
+        .json(&serde_json::json!({"force": true}));
+    if let Some((u, p)) = target.credentials()? {
+        req = req.basic_auth(u, Some(p));
+    }
+    let resp = req
+        .send()
+        .await
+        .with_context(|| format!("calling {base}/reinitialize"))?;
+    let code = resp.status();
+    let body: serde_json::Value = resp.json().await.unwrap_or_default();
+    let text = body["message"]
+        .as_str()
+        .or(body["error"].as_str())
+        .unwrap_or("")
+        .to_string();
+    if code.is_success() {
+        println!("{member}: {text}");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("{member} refused ({code}): {text}");
+        Ok(ExitCode::FAILURE)
+    }
 }

@@ -296,8 +296,16 @@ impl Instance {
                         .and_then(|t| t.parse().ok());
                     let history = timeline
                         .filter(|t| *t > 1)
-                        .and_then(|t| std::fs::read_to_string(dir.join(format!("pg_wal/{t:08X}.history"))).ok())
-                        .map(|text| parse_history(&text).into_iter().map(|(t, l, _)| (t, l)).collect())
+                        .and_then(|t| {
+                            std::fs::read_to_string(dir.join(format!("pg_wal/{t:08X}.history")))
+                                .ok()
+                        })
+                        .map(|text| {
+                            parse_history(&text)
+                                .into_iter()
+                                .map(|(t, l, _)| (t, l))
+                                .collect()
+                        })
                         .unwrap_or_default();
                     DataDir::Valid {
                         system_id: id.clone(),
@@ -583,21 +591,29 @@ impl Instance {
         if let Some(pw) = &self.cfg.superuser.password {
             cfg.password(pw);
         }
-        let (client, conn) = tokio::time::timeout(Duration::from_secs(10), cfg.connect(tokio_postgres::NoTls))
-            .await
-            .map_err(|_| PgError::Timeout(format!("connect to {host}:{port}"), Duration::from_secs(10)))??;
+        let (client, conn) =
+            tokio::time::timeout(Duration::from_secs(10), cfg.connect(tokio_postgres::NoTls))
+                .await
+                .map_err(|_| {
+                    PgError::Timeout(format!("connect to {host}:{port}"), Duration::from_secs(10))
+                })??;
         tokio::spawn(conn);
         client.batch_execute("CHECKPOINT").await?;
         drop(client);
         let mut cmd = self.command("pg_rewind");
         cmd.arg("-D")
             .arg(&self.cfg.data_dir)
-            .arg(format!("--source-server={}", self.superuser_conninfo(host, port)))
+            .arg(format!(
+                "--source-server={}",
+                self.superuser_conninfo(host, port)
+            ))
             .arg("--progress");
         if let Some(pw) = &self.cfg.superuser.password {
             cmd.env("PGPASSWORD", pw);
         }
-        let out = self.run("pg_rewind", cmd, self.cfg.start_timeout * 10).await?;
+        let out = self
+            .run("pg_rewind", cmd, self.cfg.start_timeout * 10)
+            .await?;
         tracing::info!(member = %self.name, "pg_rewind: {}", out.trim().lines().last().unwrap_or("done"));
         Ok(())
     }
@@ -782,7 +798,9 @@ pub async fn timeline_history(
     tl: u32,
 ) -> Result<Vec<(u32, Lsn, String)>, PgError> {
     let file = format!("pg_wal/{tl:08X}.history");
-    let row = client.query_one("SELECT pg_read_file($1)", &[&file]).await?;
+    let row = client
+        .query_one("SELECT pg_read_file($1)", &[&file])
+        .await?;
     let text: String = row.get(0);
     Ok(parse_history(&text))
 }
@@ -971,7 +989,11 @@ mod tests {
         assert_eq!(
             h,
             vec![
-                (1, Lsn(0x300_0148), "no recovery target specified".to_string()),
+                (
+                    1,
+                    Lsn(0x300_0148),
+                    "no recovery target specified".to_string()
+                ),
                 (2, Lsn(0x500_0000), "x".to_string())
             ]
         );

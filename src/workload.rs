@@ -29,7 +29,11 @@ impl WriteLog {
 
     /// Acknowledged ids missing from `present` (ids found in the table).
     pub fn lost(&self, present: &std::collections::HashSet<i64>) -> Vec<i64> {
-        self.acked.iter().map(|(id, _)| *id).filter(|id| !present.contains(id)).collect()
+        self.acked
+            .iter()
+            .map(|(id, _)| *id)
+            .filter(|id| !present.contains(id))
+            .collect()
     }
 }
 
@@ -47,7 +51,10 @@ pub fn read_write_config(hosts: &[(String, u16)], user: &str) -> tokio_postgres:
 }
 
 pub async fn create_table(cfg: &tokio_postgres::Config, table: &str) -> Result<(), String> {
-    let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.map_err(|e| crate::pg::describe(&e))?;
+    let (client, conn) = cfg
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(|e| crate::pg::describe(&e))?;
     tokio::spawn(conn);
     client
         .batch_execute(&format!("CREATE TABLE IF NOT EXISTS {table} (id bigint PRIMARY KEY, at timestamptz DEFAULT now())"))
@@ -75,7 +82,12 @@ pub async fn run_writes(
             _ = tick.tick() => {}
         }
         if client.as_ref().is_none_or(|c| c.is_closed()) {
-            client = match tokio::time::timeout(Duration::from_secs(1), cfg.connect(tokio_postgres::NoTls)).await {
+            client = match tokio::time::timeout(
+                Duration::from_secs(1),
+                cfg.connect(tokio_postgres::NoTls),
+            )
+            .await
+            {
                 Ok(Ok((c, conn))) => {
                     tokio::spawn(conn);
                     Some(c)
@@ -105,7 +117,10 @@ pub async fn present_ids(
     cfg: &tokio_postgres::Config,
     table: &str,
 ) -> Result<std::collections::HashSet<i64>, String> {
-    let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.map_err(|e| crate::pg::describe(&e))?;
+    let (client, conn) = cfg
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(|e| crate::pg::describe(&e))?;
     tokio::spawn(conn);
     let rows = client
         .query(&format!("SELECT id FROM {table}"), &[])

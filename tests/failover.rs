@@ -14,7 +14,11 @@ use nix::unistd::Pid;
 use tokio_util::sync::CancellationToken;
 
 /// Starts node1 first so it bootstraps and leads, then the others.
-async fn cluster_led_by_node1(name: &str, opts: ClusterOptions, per_node: &[(usize, &str)]) -> TestCluster {
+async fn cluster_led_by_node1(
+    name: &str,
+    opts: ClusterOptions,
+    per_node: &[(usize, &str)],
+) -> TestCluster {
     let mut t = TestCluster::new(name, opts);
     for (i, toml) in per_node {
         t.c.append_config(*i, toml).unwrap();
@@ -32,7 +36,8 @@ async fn cluster_led_by_node1(name: &str, opts: ClusterOptions, per_node: &[(usi
     for i in 1..t.c.nodes.len() {
         t.c.start_agent(i).unwrap();
     }
-    t.wait_state(ClusterState::Normal, Duration::from_secs(90)).await;
+    t.wait_state(ClusterState::Normal, Duration::from_secs(90))
+        .await;
     t
 }
 
@@ -46,10 +51,16 @@ async fn wait_new_leader(t: &TestCluster, not: &str, limit: Duration) -> String 
     wait_for("a new leader running as primary", limit, || async {
         let v = t.c.view().await.map_err(|e| format!("{e:#}"))?;
         match v.leader_member() {
-            Some(m) if v.leader_name() != Some(not) && m.role == "primary" && m.state == "running" => {
+            Some(m)
+                if v.leader_name() != Some(not) && m.role == "primary" && m.state == "running" =>
+            {
                 Ok(v.leader_name().unwrap().to_string())
             }
-            _ => Err(format!("leader {:?}; reasons {:?}", v.leader_name(), reasons(t).await)),
+            _ => Err(format!(
+                "leader {:?}; reasons {:?}",
+                v.leader_name(),
+                reasons(t).await
+            )),
         }
     })
     .await
@@ -57,20 +68,24 @@ async fn wait_new_leader(t: &TestCluster, not: &str, limit: Duration) -> String 
 
 /// Waits until `node` streams from the leader on the leader's timeline.
 async fn wait_streaming_on_leader_timeline(t: &TestCluster, node: &str, limit: Duration) -> u32 {
-    wait_for(&format!("{node} streaming on the leader's timeline"), limit, || async {
-        let v = t.c.view().await.map_err(|e| format!("{e:#}"))?;
-        let leader_tl = v.leader_member().and_then(|m| m.timeline);
-        match v.members.get(node) {
-            Some(m)
-                if m.replication_state.as_deref() == Some("streaming")
-                    && m.timeline.is_some()
-                    && m.timeline == leader_tl =>
-            {
-                Ok(m.timeline.unwrap())
+    wait_for(
+        &format!("{node} streaming on the leader's timeline"),
+        limit,
+        || async {
+            let v = t.c.view().await.map_err(|e| format!("{e:#}"))?;
+            let leader_tl = v.leader_member().and_then(|m| m.timeline);
+            match v.members.get(node) {
+                Some(m)
+                    if m.replication_state.as_deref() == Some("streaming")
+                        && m.timeline.is_some()
+                        && m.timeline == leader_tl =>
+                {
+                    Ok(m.timeline.unwrap())
+                }
+                other => Err(format!("{other:?}; leader tl {leader_tl:?}")),
             }
-            other => Err(format!("{other:?}; leader tl {leader_tl:?}")),
-        }
-    })
+        },
+    )
     .await
 }
 
@@ -91,28 +106,52 @@ async fn leader_killed_standby_promotes_and_old_leader_rejoins_by_rewind() {
     let cfg = workload::read_write_config(&t.c.pg_hosts(), "postgres");
     workload::create_table(&cfg, "w").await.unwrap();
     let stop = CancellationToken::new();
-    let writer = tokio::spawn(workload::run_writes(cfg.clone(), "w".into(), Duration::from_millis(10), stop.clone()));
+    let writer = tokio::spawn(workload::run_writes(
+        cfg.clone(),
+        "w".into(),
+        Duration::from_millis(10),
+        stop.clone(),
+    ));
     wait_for("writes flowing", Duration::from_secs(10), || async {
         let n = workload::present_ids(&cfg, "w").await?.len();
-        if n >= 20 { Ok(()) } else { Err(format!("{n} rows")) }
+        if n >= 20 {
+            Ok(())
+        } else {
+            Err(format!("{n} rows"))
+        }
     })
     .await;
 
     let killed_at = Instant::now();
     kill_node(&mut t, 0);
     let new_leader = wait_new_leader(&t, "node1", Duration::from_secs(30)).await;
-    let other = if new_leader == "node2" { "node3" } else { "node2" };
+    let other = if new_leader == "node2" {
+        "node3"
+    } else {
+        "node2"
+    };
     wait_streaming_on_leader_timeline(&t, other, Duration::from_secs(30)).await;
 
     // Writes through the multi-host DSN succeed again.
-    let acked_before = wait_for("writes acknowledged after the failover", Duration::from_secs(20), || async {
-        let w = workload::present_ids(&cfg, "w").await?;
-        if w.len() > 20 { Ok(w.len()) } else { Err(format!("{} rows", w.len())) }
-    })
+    let acked_before = wait_for(
+        "writes acknowledged after the failover",
+        Duration::from_secs(20),
+        || async {
+            let w = workload::present_ids(&cfg, "w").await?;
+            if w.len() > 20 {
+                Ok(w.len())
+            } else {
+                Err(format!("{} rows", w.len()))
+            }
+        },
+    )
     .await;
     stop.cancel();
     let log = writer.await.unwrap();
-    assert!(log.acked.iter().any(|(_, at)| *at > killed_at), "no write acknowledged after the kill");
+    assert!(
+        log.acked.iter().any(|(_, at)| *at > killed_at),
+        "no write acknowledged after the kill"
+    );
     assert!(acked_before > 0);
 
     // The history records the switch.
@@ -126,8 +165,12 @@ async fn leader_killed_standby_promotes_and_old_leader_rejoins_by_rewind() {
     t.c.start_agent(0).unwrap();
     let tl = wait_streaming_on_leader_timeline(&t, "node1", Duration::from_secs(60)).await;
     assert_eq!(tl, 2);
-    assert!(moved_aside_dirs(&t, 0).is_empty(), "node1 was rebuilt, not rewound");
-    t.wait_state(ClusterState::Normal, Duration::from_secs(30)).await;
+    assert!(
+        moved_aside_dirs(&t, 0).is_empty(),
+        "node1 was rebuilt, not rewound"
+    );
+    t.wait_state(ClusterState::Normal, Duration::from_secs(30))
+        .await;
     let rows = t.sql(0, "SELECT count(*) FROM w").await.unwrap();
     assert!(rows[0].get::<_, i64>(0) > 0);
 }
@@ -136,17 +179,32 @@ async fn leader_killed_standby_promotes_and_old_leader_rejoins_by_rewind() {
 async fn standby_with_more_wal_wins() {
     let mut t = cluster_led_by_node1("morewal", ClusterOptions::default(), &[]).await;
     // node3 stops receiving WAL: freeze its WAL receiver process.
-    let rows = t.sql(2, "SELECT pid FROM pg_stat_wal_receiver").await.unwrap();
+    let rows = t
+        .sql(2, "SELECT pid FROM pg_stat_wal_receiver")
+        .await
+        .unwrap();
     let receiver = Pid::from_raw(rows[0].get::<_, i32>(0));
     kill(receiver, Signal::SIGSTOP).unwrap();
-    t.sql(0, "CREATE TABLE more (x int); INSERT INTO more SELECT generate_series(1, 1000)")
-        .await
-        .ok();
-    t.sql(0, "CREATE TABLE more2 AS SELECT generate_series(1, 1000) AS x").await.unwrap();
+    t.sql(
+        0,
+        "CREATE TABLE more (x int); INSERT INTO more SELECT generate_series(1, 1000)",
+    )
+    .await
+    .ok();
+    t.sql(
+        0,
+        "CREATE TABLE more2 AS SELECT generate_series(1, 1000) AS x",
+    )
+    .await
+    .unwrap();
     wait_for("node2 ahead of node3", Duration::from_secs(15), || async {
         let v = t.c.view().await.map_err(|e| format!("{e:#}"))?;
         let pos = |n: &str| v.members.get(n).and_then(|m| m.xlog_location).unwrap_or(0);
-        if pos("node2") > pos("node3") { Ok(()) } else { Err(format!("{} vs {}", pos("node2"), pos("node3"))) }
+        if pos("node2") > pos("node3") {
+            Ok(())
+        } else {
+            Err(format!("{} vs {}", pos("node2"), pos("node3")))
+        }
     })
     .await;
     kill_node(&mut t, 0);
@@ -162,38 +220,79 @@ async fn nofailover_and_lag_limit_keep_everyone_out() {
         extra_toml: "maximum_lag_on_failover = 10000\n".into(),
         ..ClusterOptions::default()
     };
-    let mut t = cluster_led_by_node1("noeligible", opts, &[(1, "[tags]\nnofailover = true\n")]).await;
-    let rows = t.sql(2, "SELECT pid FROM pg_stat_wal_receiver").await.unwrap();
+    let mut t =
+        cluster_led_by_node1("noeligible", opts, &[(1, "[tags]\nnofailover = true\n")]).await;
+    let rows = t
+        .sql(2, "SELECT pid FROM pg_stat_wal_receiver")
+        .await
+        .unwrap();
     let receiver = Pid::from_raw(rows[0].get::<_, i32>(0));
     kill(receiver, Signal::SIGSTOP).unwrap();
-    t.sql(0, "CREATE TABLE big AS SELECT generate_series(1, 20000) AS x").await.unwrap();
-    wait_for("leader optime 10 kB past node3", Duration::from_secs(15), || async {
-        let v = t.c.view().await.map_err(|e| format!("{e:#}"))?;
-        let optime = v.status.as_ref().and_then(|s| s.optime).unwrap_or(0);
-        let pos = v.members.get("node3").and_then(|m| m.xlog_location).unwrap_or(0);
-        if optime > pos + 10000 { Ok(()) } else { Err(format!("{optime} vs {pos}")) }
-    })
+    t.sql(
+        0,
+        "CREATE TABLE big AS SELECT generate_series(1, 20000) AS x",
+    )
+    .await
+    .unwrap();
+    wait_for(
+        "leader optime 10 kB past node3",
+        Duration::from_secs(15),
+        || async {
+            let v = t.c.view().await.map_err(|e| format!("{e:#}"))?;
+            let optime = v.status.as_ref().and_then(|s| s.optime).unwrap_or(0);
+            let pos = v
+                .members
+                .get("node3")
+                .and_then(|m| m.xlog_location)
+                .unwrap_or(0);
+            if optime > pos + 10000 {
+                Ok(())
+            } else {
+                Err(format!("{optime} vs {pos}"))
+            }
+        },
+    )
     .await;
     kill_node(&mut t, 0);
-    let r = wait_for("both standbys explaining why they stay out", Duration::from_secs(30), || async {
-        let r = reasons(&t).await;
-        let n2 = r.get("node2").cloned().unwrap_or_default();
-        let n3 = r.get("node3").cloned().unwrap_or_default();
-        if n2.contains("tagged nofailover") && n3.contains("maximum_lag_on_failover") {
-            Ok(r)
-        } else {
-            Err(format!("{r:?}"))
-        }
-    })
+    let r = wait_for(
+        "both standbys explaining why they stay out",
+        Duration::from_secs(30),
+        || async {
+            let r = reasons(&t).await;
+            let n2 = r.get("node2").cloned().unwrap_or_default();
+            let n3 = r.get("node3").cloned().unwrap_or_default();
+            if n2.contains("tagged nofailover") && n3.contains("maximum_lag_on_failover") {
+                Ok(r)
+            } else {
+                Err(format!("{r:?}"))
+            }
+        },
+    )
     .await;
     // Several ticks later still nobody has promoted.
     let start = Instant::now();
-    wait_for("three more ticks with no leader", Duration::from_secs(20), || async {
-        let v = t.c.view().await.map_err(|e| format!("{e:#}"))?;
-        assert!(v.leader.is_none(), "someone took the key: {:?} ({r:?})", v.leader);
-        assert!(!v.members.values().any(|m| m.role == "primary"), "{:?}", v.members);
-        if start.elapsed() > Duration::from_secs(3) { Ok(()) } else { Err("waiting".into()) }
-    })
+    wait_for(
+        "three more ticks with no leader",
+        Duration::from_secs(20),
+        || async {
+            let v = t.c.view().await.map_err(|e| format!("{e:#}"))?;
+            assert!(
+                v.leader.is_none(),
+                "someone took the key: {:?} ({r:?})",
+                v.leader
+            );
+            assert!(
+                !v.members.values().any(|m| m.role == "primary"),
+                "{:?}",
+                v.members
+            );
+            if start.elapsed() > Duration::from_secs(3) {
+                Ok(())
+            } else {
+                Err("waiting".into())
+            }
+        },
+    )
     .await;
     let s = t.c.status().await.unwrap();
     assert_eq!(s.state, ClusterState::Unavailable);
@@ -213,55 +312,106 @@ async fn leader_cut_off_from_etcd_stops_writes_before_anyone_promotes() {
     t.c.start_agent(0).unwrap();
     wait_for("node1 leading", Duration::from_secs(60), || async {
         let s = t.c.status().await.map_err(|e| format!("{e:#}"))?;
-        if s.leader.as_deref() == Some("node1") { Ok(()) } else { Err(s.render()) }
+        if s.leader.as_deref() == Some("node1") {
+            Ok(())
+        } else {
+            Err(s.render())
+        }
     })
     .await;
     t.c.start_agent(1).unwrap();
     t.c.start_agent(2).unwrap();
-    t.wait_state(ClusterState::Normal, Duration::from_secs(90)).await;
-    workload::create_table(&workload::read_write_config(&t.c.pg_hosts(), "postgres"), "f").await.unwrap();
+    t.wait_state(ClusterState::Normal, Duration::from_secs(90))
+        .await;
+    workload::create_table(
+        &workload::read_write_config(&t.c.pg_hosts(), "postgres"),
+        "f",
+    )
+    .await
+    .unwrap();
 
     // One writer per member, straight at it: who accepts writes, and when.
     let stop = CancellationToken::new();
-    let writers: Vec<_> = t
-        .c
-        .pg_hosts()
-        .into_iter()
-        .map(|h| {
-            let mut cfg = workload::read_write_config(&[h], "postgres");
-            cfg.target_session_attrs(tokio_postgres::config::TargetSessionAttrs::Any);
-            tokio::spawn(workload::run_writes(cfg, "f".into(), Duration::from_millis(20), stop.clone()))
-        })
-        .collect();
+    let writers: Vec<_> =
+        t.c.pg_hosts()
+            .into_iter()
+            .map(|h| {
+                let mut cfg = workload::read_write_config(&[h], "postgres");
+                cfg.target_session_attrs(tokio_postgres::config::TargetSessionAttrs::Any);
+                tokio::spawn(workload::run_writes(
+                    cfg,
+                    "f".into(),
+                    Duration::from_millis(20),
+                    stop.clone(),
+                ))
+            })
+            .collect();
     wait_for("writes on node1", Duration::from_secs(10), || async {
         let n = t.sql(0, "SELECT count(*) FROM f").await?[0].get::<_, i64>(0);
-        if n > 10 { Ok(()) } else { Err(format!("{n}")) }
+        if n > 10 {
+            Ok(())
+        } else {
+            Err(format!("{n}"))
+        }
     })
     .await;
 
     relays[0].cut();
     let new_leader = wait_new_leader(&t, "node1", Duration::from_secs(30)).await;
-    let other = if new_leader == "node2" { "node3" } else { "node2" };
+    let other = if new_leader == "node2" {
+        "node3"
+    } else {
+        "node2"
+    };
     wait_streaming_on_leader_timeline(&t, other, Duration::from_secs(30)).await;
-    let new_idx: usize = new_leader.trim_start_matches("node").parse::<usize>().unwrap() - 1;
-    wait_for("writes on the new leader", Duration::from_secs(10), || async {
-        let n = t.sql(new_idx, "SELECT count(*) FROM f").await?[0].get::<_, i64>(0);
-        if n > 0 { Ok(()) } else { Err("none yet".into()) }
-    })
+    let new_idx: usize = new_leader
+        .trim_start_matches("node")
+        .parse::<usize>()
+        .unwrap()
+        - 1;
+    wait_for(
+        "writes on the new leader",
+        Duration::from_secs(10),
+        || async {
+            let n = t.sql(new_idx, "SELECT count(*) FROM f").await?[0].get::<_, i64>(0);
+            if n > 0 {
+                Ok(())
+            } else {
+                Err("none yet".into())
+            }
+        },
+    )
     .await;
     stop.cancel();
     let logs: Vec<workload::WriteLog> = futures_all(writers).await;
-    let old_last = logs[0].acked.last().map(|(_, at)| *at).expect("node1 accepted writes");
-    let new_first = logs[new_idx].acked.first().map(|(_, at)| *at).expect("new leader accepted writes");
+    let old_last = logs[0]
+        .acked
+        .last()
+        .map(|(_, at)| *at)
+        .expect("node1 accepted writes");
+    let new_first = logs[new_idx]
+        .acked
+        .first()
+        .map(|(_, at)| *at)
+        .expect("new leader accepted writes");
     assert!(
         old_last < new_first,
         "two writable members: node1 acknowledged a write {:?} after {new_leader} started accepting",
         old_last - new_first
     );
     // The fenced node reports why it stopped, and its postgres is down.
-    assert!(t.c.nodes[0].postmaster_pid().is_none(), "fenced leader still runs postgres");
+    assert!(
+        t.c.nodes[0].postmaster_pid().is_none(),
+        "fenced leader still runs postgres"
+    );
     let j = http_json(&t.c.nodes[0].api_url("/patroni")).await.unwrap();
-    assert!(j["baton"]["reason"].as_str().unwrap().contains("etcd unreachable"), "{j}");
+    assert!(
+        j["baton"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("etcd unreachable"),
+        "{j}"
+    );
 }
 
 async fn futures_all<T>(handles: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
@@ -287,23 +437,39 @@ async fn sigterm_to_leader_hands_over_without_waiting_for_the_lease() {
 async fn leader_postgres_crash_is_restarted_in_place() {
     let t = cluster_led_by_node1("pgcrash", ClusterOptions::default(), &[]).await;
     let old = t.c.kill_postgres(0).unwrap();
-    wait_for("node1 postgres restarted", Duration::from_secs(30), || async {
-        match t.c.nodes[0].postmaster_pid() {
-            Some(p) if p != old => Ok(()),
-            other => Err(format!("{other:?}")),
-        }
-    })
+    wait_for(
+        "node1 postgres restarted",
+        Duration::from_secs(30),
+        || async {
+            match t.c.nodes[0].postmaster_pid() {
+                Some(p) if p != old => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
     .await;
-    let s = t.wait_state(ClusterState::Normal, Duration::from_secs(30)).await;
-    assert_eq!(s.leader.as_deref(), Some("node1"), "failed over instead of restarting in place");
-    assert!(s.members.iter().all(|m| m.timeline == Some(1)), "{}", s.render());
+    let s = t
+        .wait_state(ClusterState::Normal, Duration::from_secs(30))
+        .await;
+    assert_eq!(
+        s.leader.as_deref(),
+        Some("node1"),
+        "failed over instead of restarting in place"
+    );
+    assert!(
+        s.members.iter().all(|m| m.timeline == Some(1)),
+        "{}",
+        s.render()
+    );
     assert!(t.c.view().await.unwrap().history.is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rewind_impossible_rebuilds_with_old_data_moved_aside() {
     let mut t = cluster_led_by_node1("rebuild", ClusterOptions::default(), &[]).await;
-    t.sql(0, "CREATE TABLE r AS SELECT generate_series(1, 1000) AS x").await.unwrap();
+    t.sql(0, "CREATE TABLE r AS SELECT generate_series(1, 1000) AS x")
+        .await
+        .unwrap();
     kill_node(&mut t, 0);
     wait_new_leader(&t, "node1", Duration::from_secs(30)).await;
     // Remove node1's WAL: pg_rewind (and its crash recovery) cannot work.
@@ -322,7 +488,98 @@ async fn rewind_impossible_rebuilds_with_old_data_moved_aside() {
     let aside = moved_aside_dirs(&t, 0);
     assert_eq!(aside.len(), 1, "old data not moved aside: {aside:?}");
     let kept = t.c.nodes[0].data_dir.parent().unwrap().join(&aside[0]);
-    assert!(kept.join("PG_VERSION").exists(), "moved-aside data dir is not intact");
+    assert!(
+        kept.join("PG_VERSION").exists(),
+        "moved-aside data dir is not intact"
+    );
     let rows = t.sql(0, "SELECT count(*) FROM r").await.unwrap();
     assert_eq!(rows[0].get::<_, i64>(0), 1000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reinit_rebuilds_a_replica_and_control_needs_auth() {
+    let auth = "[api.authentication]\nusername = \"admin\"\npassword = \"s3cret\"\n";
+    let opts = ClusterOptions {
+        extra_toml: auth.into(),
+        ..ClusterOptions::default()
+    };
+    let t = cluster_led_by_node1("reinit", opts, &[]).await;
+    let client = reqwest::Client::new();
+    let url = |i: usize| t.c.nodes[i].api_url("/reinitialize");
+
+    let r = client.post(url(1)).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let r = client
+        .post(url(1))
+        .basic_auth("admin", Some("wrong"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let r = client
+        .post(url(1))
+        .basic_auth("admin", Some("s3cret"))
+        .body("{force: yes")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("malformed JSON"),
+        "{body}"
+    );
+    let r = client
+        .post(url(0))
+        .basic_auth("admin", Some("s3cret"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status().as_u16(),
+        503,
+        "the leader must refuse to reinitialize"
+    );
+
+    let ep = t.c.etcd.endpoint.clone();
+    let out = run_baton(&[
+        "reinit",
+        "--etcd",
+        &ep,
+        "--scope",
+        "demo",
+        "--username",
+        "admin",
+        "--password",
+        "s3cret",
+        "node2",
+        "--force",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for(
+        "node2 moved aside and rebuilt",
+        Duration::from_secs(60),
+        || async {
+            if moved_aside_dirs(&t, 1).len() == 1 {
+                Ok(())
+            } else {
+                Err("not yet".into())
+            }
+        },
+    )
+    .await;
+    wait_streaming_on_leader_timeline(&t, "node2", Duration::from_secs(60)).await;
+    t.wait_state(ClusterState::Normal, Duration::from_secs(30))
+        .await;
+
+    let out = run_baton(&["history", "--etcd", &ep, "--scope", "demo"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with(" TL"));
 }

@@ -180,7 +180,13 @@ impl Sim {
 
     fn expire_leases(&mut self) {
         let now = self.now;
-        let dead: Vec<i64> = self.etcd.leases.iter().filter(|(_, e)| **e <= now).map(|(l, _)| *l).collect();
+        let dead: Vec<i64> = self
+            .etcd
+            .leases
+            .iter()
+            .filter(|(_, e)| **e <= now)
+            .map(|(l, _)| *l)
+            .collect();
         for l in dead {
             self.etcd.leases.remove(&l);
             if self.etcd.leader.as_ref().is_some_and(|(_, ll)| *ll == l) {
@@ -189,7 +195,12 @@ impl Sim {
                 self.wake_all();
             }
             self.etcd.members.retain(|_, (_, ll)| *ll != l);
-            if self.etcd.initialize.as_ref().is_some_and(|(_, ll)| *ll == Some(l)) {
+            if self
+                .etcd
+                .initialize
+                .as_ref()
+                .is_some_and(|(_, ll)| *ll == Some(l))
+            {
                 self.etcd.initialize = None;
             }
         }
@@ -211,7 +222,12 @@ impl Sim {
                 name: n.clone(),
                 lease: LeaseId(*l),
             }),
-            members: self.etcd.members.iter().map(|(k, (m, _))| (k.clone(), m.clone())).collect(),
+            members: self
+                .etcd
+                .members
+                .iter()
+                .map(|(k, (m, _))| (k.clone(), m.clone()))
+                .collect(),
             status: self.etcd.status.clone(),
             history: self.etcd.history.clone(),
             failover: None,
@@ -227,7 +243,9 @@ impl Sim {
     /// its WAL is a prefix of the upstream's.
     fn streaming(&self, i: usize) -> bool {
         let n = &self.nodes[i];
-        let Some(Mode::Replica(Some(up))) = &n.running else { return false };
+        let Some(Mode::Replica(Some(up))) = &n.running else {
+            return false;
+        };
         let Some(u) = self.idx(up) else { return false };
         let un = &self.nodes[u];
         un.running == Some(Mode::Primary)
@@ -239,7 +257,9 @@ impl Sim {
 
     fn pg_status(&self, i: usize) -> PgStatus {
         let n = &self.nodes[i];
-        let (Some(mode), Some(wal)) = (&n.running, &n.wal) else { return PgStatus::Stopped };
+        let (Some(mode), Some(wal)) = (&n.running, &n.wal) else {
+            return PgStatus::Stopped;
+        };
         let primary = *mode == Mode::Primary;
         let upstream = match mode {
             Mode::Replica(Some(u)) => u.clone(),
@@ -265,9 +285,16 @@ impl Sim {
             primary_conninfo: if upstream.is_empty() {
                 String::new()
             } else {
-                format!("host=h-{upstream} port=1 user=replicator application_name={}", n.name)
+                format!(
+                    "host=h-{upstream} port=1 user=replicator application_name={}",
+                    n.name
+                )
             },
-            primary_slot_name: if upstream.is_empty() { String::new() } else { slot_name(&n.name) },
+            primary_slot_name: if upstream.is_empty() {
+                String::new()
+            } else {
+                slot_name(&n.name)
+            },
             server_version: 150000,
             slots,
             replication: vec![],
@@ -320,14 +347,18 @@ impl Sim {
             match self.nodes[i].lease {
                 Some(l) if self.lease_alive(l) => {
                     let jitter = self.rng.below(500);
-                    self.etcd.leases.insert(l, now + self.config.ttl * 1000 + jitter);
+                    self.etcd
+                        .leases
+                        .insert(l, now + self.config.ttl * 1000 + jitter);
                     self.nodes[i].last_renewal_sent = Some(now);
                 }
                 _ => {
                     let l = self.etcd.next_lease;
                     self.etcd.next_lease += 1;
                     let jitter = self.rng.below(500);
-                    self.etcd.leases.insert(l, now + self.config.ttl * 1000 + jitter);
+                    self.etcd
+                        .leases
+                        .insert(l, now + self.config.ttl * 1000 + jitter);
                     self.nodes[i].lease = Some(l);
                     self.nodes[i].last_renewal_sent = Some(now);
                 }
@@ -379,7 +410,10 @@ impl Sim {
             }
         }
         if !d.actions.is_empty() {
-            self.log.push(format!("{now}: {} {:?} ({})", self.nodes[i].name, d.actions, d.reason));
+            self.log.push(format!(
+                "{now}: {} {:?} ({})",
+                self.nodes[i].name, d.actions, d.reason
+            ));
         }
         self.nodes[i].next_tick = now + 1000;
     }
@@ -415,7 +449,13 @@ impl Sim {
                 }
             }
             Action::PublishInitialize(id) => {
-                if reach && self.etcd.initialize.as_ref().is_some_and(|(v, _)| v.is_empty()) {
+                if reach
+                    && self
+                        .etcd
+                        .initialize
+                        .as_ref()
+                        .is_some_and(|(v, _)| v.is_empty())
+                {
                     self.etcd.initialize = Some((id.clone(), None));
                 }
             }
@@ -450,11 +490,18 @@ impl Sim {
                 }
                 self.start_job(i, kind, Effect::Copy { from: from.clone() }, 300);
             }
-            Action::StartPrimary => self.start_job(i, JobKind::Start, Effect::Start(Mode::Primary), 200),
-            Action::StartReplica { leader } => {
-                self.start_job(i, JobKind::Start, Effect::Start(Mode::Replica(Some(leader.clone()))), 200)
+            Action::StartPrimary => {
+                self.start_job(i, JobKind::Start, Effect::Start(Mode::Primary), 200)
             }
-            Action::StartReadOnly => self.start_job(i, JobKind::Start, Effect::Start(Mode::Replica(None)), 200),
+            Action::StartReplica { leader } => self.start_job(
+                i,
+                JobKind::Start,
+                Effect::Start(Mode::Replica(Some(leader.clone()))),
+                200,
+            ),
+            Action::StartReadOnly => {
+                self.start_job(i, JobKind::Start, Effect::Start(Mode::Replica(None)), 200)
+            }
             Action::Follow { leader } => {
                 if let Some(Mode::Replica(_)) = self.nodes[i].running {
                     self.nodes[i].running = Some(Mode::Replica(Some(leader.clone())));
@@ -467,7 +514,12 @@ impl Sim {
             }
             Action::PublishStatus => {
                 if reach {
-                    let slots = self.nodes.iter().filter(|o| o.name != me).map(|o| (slot_name(&o.name), 0)).collect();
+                    let slots = self
+                        .nodes
+                        .iter()
+                        .filter(|o| o.name != me)
+                        .map(|o| (slot_name(&o.name), 0))
+                        .collect();
                     self.etcd.status = Some(StatusKey {
                         optime: self.nodes[i].wal.as_ref().map(|w| w.lsn),
                         slots: Some(slots),
@@ -477,7 +529,11 @@ impl Sim {
             }
             Action::PublishHistory => {
                 if reach {
-                    let h = self.nodes[i].wal.as_ref().map(|w| w.history.clone()).unwrap_or_default();
+                    let h = self.nodes[i]
+                        .wal
+                        .as_ref()
+                        .map(|w| w.history.clone())
+                        .unwrap_or_default();
                     self.etcd.history = Some(serde_json::json!(h
                         .iter()
                         .map(|(tl, lsn)| serde_json::json!([tl, lsn, "promoted", null, me]))
@@ -489,14 +545,20 @@ impl Sim {
 
     fn finish_jobs(&mut self) {
         for i in 0..self.nodes.len() {
-            let Some(job) = self.nodes[i].job.clone() else { continue };
+            let Some(job) = self.nodes[i].job.clone() else {
+                continue;
+            };
             if job.done_at > self.now {
                 continue;
             }
             self.nodes[i].job = None;
             let ok = match job.effect {
                 Effect::Bootstrap => {
-                    self.nodes[i].wal = Some(Wal { timeline: 1, lsn: 100, history: vec![] });
+                    self.nodes[i].wal = Some(Wal {
+                        timeline: 1,
+                        lsn: 100,
+                        history: vec![],
+                    });
                     self.nodes[i].running = Some(Mode::Primary);
                     true
                 }
@@ -537,7 +599,9 @@ impl Sim {
             if !self.streaming(i) || !self.rng.chance(60) {
                 continue;
             }
-            let Some(Mode::Replica(Some(up))) = &self.nodes[i].running else { continue };
+            let Some(Mode::Replica(Some(up))) = &self.nodes[i].running else {
+                continue;
+            };
             let u = self.idx(up).expect("known node");
             let src = self.nodes[u].wal.clone().expect("primary has WAL");
             let w = self.nodes[i].wal.as_mut().expect("replica has WAL");
@@ -579,7 +643,11 @@ impl Sim {
             }
             2 => {
                 n.partitioned = !n.partitioned;
-                self.log.push(format!("{now}: {} {}", if n.partitioned { "PARTITION" } else { "HEAL" }, n.name));
+                self.log.push(format!(
+                    "{now}: {} {}",
+                    if n.partitioned { "PARTITION" } else { "HEAL" },
+                    n.name
+                ));
             }
             _ => {}
         }
@@ -622,14 +690,19 @@ impl Sim {
     }
 
     fn converged(&self) -> Result<(), String> {
-        let Some((leader, _)) = &self.etcd.leader else { return Err("no leader".into()) };
+        let Some((leader, _)) = &self.etcd.leader else {
+            return Err("no leader".into());
+        };
         let l = self.idx(leader).unwrap();
         if self.nodes[l].running != Some(Mode::Primary) {
             return Err(format!("leader {leader} not running as primary"));
         }
         for (i, n) in self.nodes.iter().enumerate() {
             if i != l && !self.streaming(i) {
-                return Err(format!("{} not streaming from {leader}: {:?} {:?}", n.name, n.running, n.wal));
+                return Err(format!(
+                    "{} not streaming from {leader}: {:?} {:?}",
+                    n.name, n.running, n.wal
+                ));
             }
         }
         Ok(())
@@ -667,8 +740,19 @@ fn run_seed(seed: u64) {
         .nodes
         .iter()
         .map(|n| {
-            let reason = sim.etcd.members.get(&n.name).and_then(|(m, _)| m.baton_reason.clone());
-            format!("{}: {:?} {:?} job {:?} last {:?}: {reason:?}", n.name, n.running, n.wal, n.job.as_ref().map(|j| j.kind), n.last_job)
+            let reason = sim
+                .etcd
+                .members
+                .get(&n.name)
+                .and_then(|(m, _)| m.baton_reason.clone());
+            format!(
+                "{}: {:?} {:?} job {:?} last {:?}: {reason:?}",
+                n.name,
+                n.running,
+                n.wal,
+                n.job.as_ref().map(|j| j.kind),
+                n.last_job
+            )
         })
         .collect();
     panic!(
@@ -684,7 +768,10 @@ fn at_most_one_writable_member_under_kills_and_partitions() {
         return;
     }
     // More seeds for a longer hunt: BATON_SIM_SEEDS=5000.
-    let seeds: u64 = std::env::var("BATON_SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(200);
+    let seeds: u64 = std::env::var("BATON_SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200);
     for seed in 1..=seeds {
         run_seed(seed);
     }
@@ -692,12 +779,28 @@ fn at_most_one_writable_member_under_kills_and_partitions() {
 
 #[test]
 fn wal_prefix_rule_of_the_simulator() {
-    let old = Wal { timeline: 1, lsn: 500, history: vec![] };
-    let new = Wal { timeline: 2, lsn: 900, history: vec![(1, 400)] };
+    let old = Wal {
+        timeline: 1,
+        lsn: 500,
+        history: vec![],
+    };
+    let new = Wal {
+        timeline: 2,
+        lsn: 900,
+        history: vec![(1, 400)],
+    };
     assert!(!old.is_prefix_of(&new), "diverged WAL must not stream");
-    let behind = Wal { timeline: 1, lsn: 300, history: vec![] };
+    let behind = Wal {
+        timeline: 1,
+        lsn: 300,
+        history: vec![],
+    };
     assert!(behind.is_prefix_of(&new));
     assert!(!new.is_prefix_of(&old));
-    let twin = Wal { timeline: 2, lsn: 100, history: vec![(1, 350)] };
+    let twin = Wal {
+        timeline: 2,
+        lsn: 100,
+        history: vec![(1, 350)],
+    };
     assert!(!twin.is_prefix_of(&new), "same timeline number, other past");
 }

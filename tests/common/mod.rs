@@ -226,7 +226,11 @@ impl Relay {
                 };
                 let token = token.clone();
                 tokio::spawn(async move {
-                    let Ok(mut out) = tokio::net::TcpStream::connect(("127.0.0.1", target_port)).await else { return };
+                    let Ok(mut out) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", target_port)).await
+                    else {
+                        return;
+                    };
                     tokio::select! {
                         _ = token.cancelled() => {}
                         _ = tokio::io::copy_bidirectional(&mut inbound, &mut out) => {}
@@ -234,7 +238,11 @@ impl Relay {
                 });
             }
         });
-        Relay { endpoint, cut, task }
+        Relay {
+            endpoint,
+            cut,
+            task,
+        }
     }
 
     /// Drops all relayed connections and stops listening (new connects are refused).
@@ -254,6 +262,11 @@ impl Drop for Relay {
 pub async fn reasons(t: &TestCluster) -> std::collections::BTreeMap<String, String> {
     t.c.view()
         .await
-        .map(|v| v.members.into_iter().map(|(n, m)| (n, m.baton_reason.unwrap_or_default())).collect())
+        .map(|v| {
+            v.members
+                .into_iter()
+                .map(|(n, m)| (n, m.baton_reason.unwrap_or_default()))
+                .collect()
+        })
         .unwrap_or_default()
 }
