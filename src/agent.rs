@@ -636,7 +636,7 @@ impl Agent {
                     inst.promote().await.map_err(|e| e.to_string())
                 });
             }
-            Action::Stop { immediate: true } => {
+            Action::Stop => {
                 // Fencing is not queued behind a job: it happens now.
                 if let Some(job) = self.job.take() {
                     job.handle.abort();
@@ -644,13 +644,6 @@ impl Agent {
                 self.client = None;
                 self.inst.stop(StopMode::Immediate).await?;
                 tracing::warn!("postgres stopped immediately: {}", self.last_reason);
-            }
-            Action::Stop { immediate: false } => {
-                let inst = self.inst.clone();
-                self.client = None;
-                self.spawn_job(JobKind::Stop, async move {
-                    inst.stop(StopMode::Fast).await.map_err(|e| e.to_string())
-                });
             }
             Action::CreateSlots(members) => {
                 let Some(client) = &self.client else {
@@ -724,7 +717,6 @@ impl Agent {
             (Some(JobKind::Promote), _) => "promoting",
             (Some(JobKind::Rewind), _) => "rewinding",
             (Some(JobKind::Rebuild), _) => "creating replica",
-            (Some(JobKind::Stop), _) => "stopping",
             (_, PgStatus::Running(_)) => "running",
             (Some(JobKind::Start), _) | (_, PgStatus::Unresponsive) => "starting",
             _ if needs_repair => "need repair",

@@ -52,7 +52,6 @@ pub enum JobKind {
     Bootstrap,
     Clone,
     Start,
-    Stop,
     Promote,
     Rewind,
     Rebuild,
@@ -64,7 +63,6 @@ impl fmt::Display for JobKind {
             JobKind::Bootstrap => "bootstrap (initdb)",
             JobKind::Clone => "clone (pg_basebackup)",
             JobKind::Start => "start",
-            JobKind::Stop => "stop",
             JobKind::Promote => "promote",
             JobKind::Rewind => "pg_rewind",
             JobKind::Rebuild => "rebuild (move aside + pg_basebackup)",
@@ -148,8 +146,10 @@ pub enum Action {
     Follow { leader: String },
     /// Promote the running replica (job).
     Promote,
-    /// Stop postgres: `immediate` (and abort any job) when fencing or demoting.
-    Stop { immediate: bool },
+    /// Stop postgres at once (`-m immediate`), aborting any job: used to
+    /// fence, to demote, and to stop a diverged replica. Crash recovery (or
+    /// pg_rewind's) replays the WAL on the next start.
+    Stop,
     /// pg_rewind against the named member (job).
     Rewind { from: String },
     /// Move the data directory aside and clone the named member (job).
@@ -405,7 +405,7 @@ pub fn decide(o: &Observation) -> Decision {
             } else {
                 Reason::LeaseExpiredFencing { since }
             };
-            return decision(vec![Action::Stop { immediate: true }], reason);
+            return decision(vec![Action::Stop], reason);
         }
     }
 
@@ -424,7 +424,7 @@ pub fn decide(o: &Observation) -> Decision {
         let limit = o.config.primary_start_timeout();
         if kind == JobKind::Start && i_lead && elapsed >= limit {
             return decision(
-                vec![Action::Stop { immediate: true }, Action::ReleaseLeader],
+                vec![Action::Stop, Action::ReleaseLeader],
                 Reason::PrimaryStartTimeout { waited: elapsed },
             );
         }
@@ -533,7 +533,7 @@ pub fn decide(o: &Observation) -> Decision {
             if !run.in_recovery {
                 // Rule 1: another member holds the key; stop writes now.
                 return decision(
-                    vec![Action::Stop { immediate: true }],
+                    vec![Action::Stop],
                     Reason::DemotingForeignLeader {
                         leader: l.to_string(),
                     },
@@ -541,7 +541,7 @@ pub fn decide(o: &Observation) -> Decision {
             }
             if diverged(run, cluster, l) {
                 return decision(
-                    vec![Action::Stop { immediate: true }],
+                    vec![Action::Stop],
                     Reason::Diverged {
                         leader: l.to_string(),
                     },
@@ -1106,7 +1106,7 @@ mod tests {
             valid(),
             running(false),
         ));
-        assert_eq!(d.actions, vec![Action::Stop { immediate: true }]);
+        assert_eq!(d.actions, vec![Action::Stop]);
     }
 
     #[test]
@@ -1125,7 +1125,7 @@ mod tests {
         let mut o = obs("n1", None, valid(), running(false));
         o.last_renewal_sent = Some(o.now - Duration::from_secs(3));
         let d = decide(&o);
-        assert_eq!(d.actions, vec![Action::Stop { immediate: true }]);
+        assert_eq!(d.actions, vec![Action::Stop]);
         assert!(matches!(d.reason, Reason::EtcdUnreachableFencing { .. }));
 
         // Just inside the deadline (ttl 4 - margin 1 = 3 s): keep running.
@@ -1138,7 +1138,7 @@ mod tests {
         let mut o = obs("n1", Some(cluster(None)), valid(), running(false));
         o.last_renewal_sent = Some(o.now - Duration::from_secs(5));
         o.job = JobStatus::Running(JobKind::Start, Duration::ZERO);
-        assert_eq!(decide(&o).actions, vec![Action::Stop { immediate: true }]);
+        assert_eq!(decide(&o).actions, vec![Action::Stop]);
     }
 
     #[test]
@@ -1296,7 +1296,7 @@ mod tests {
         ]]));
         let o = obs("n2", Some(c.clone()), dir_on(1), replica_at(1, 1200));
         let d = decide(&o);
-        assert_eq!(d.actions, vec![Action::Stop { immediate: true }]);
+        assert_eq!(d.actions, vec![Action::Stop]);
         assert_eq!(
             d.reason,
             Reason::Diverged {
@@ -1318,7 +1318,7 @@ mod tests {
             r.history = vec![(1, Lsn(900))];
         }
         let d = decide(&obs("n2", Some(c.clone()), dir_on(2), pg.clone()));
-        assert_eq!(d.actions, vec![Action::Stop { immediate: true }]);
+        assert_eq!(d.actions, vec![Action::Stop]);
         if let PgStatus::Running(r) = &mut pg {
             r.history = vec![(1, Lsn(1000))];
         }
@@ -1376,10 +1376,7 @@ mod tests {
         o.job = JobStatus::Running(JobKind::Start, Duration::from_secs(1));
         assert_eq!(d_actions(&o), vec![]);
         o.job = JobStatus::Running(JobKind::Start, Duration::from_secs(3));
-        assert_eq!(
-            d_actions(&o),
-            vec![Action::Stop { immediate: true }, Action::ReleaseLeader]
-        );
+        assert_eq!(d_actions(&o), vec![Action::Stop, Action::ReleaseLeader]);
     }
 
     #[test]

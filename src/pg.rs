@@ -733,10 +733,15 @@ pub async fn query_running(client: &tokio_postgres::Client) -> Result<Running, P
     if in_recovery {
         let row = client
             .query_one(
+                // The replay timeline is not exposed directly: the WAL
+                // receiver knows it while streaming; otherwise the larger of
+                // the last restartpoint's and the minimum recovery point's
+                // (pg_rewind sets the latter to the source's timeline).
                 "SELECT pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn(),
                         (SELECT status FROM pg_stat_wal_receiver),
                         (SELECT received_tli FROM pg_stat_wal_receiver),
-                        (SELECT timeline_id FROM pg_control_checkpoint())",
+                        GREATEST((SELECT timeline_id FROM pg_control_checkpoint()),
+                                 (SELECT min_recovery_end_timeline FROM pg_control_recovery()))",
                 &[],
             )
             .await?;

@@ -508,7 +508,7 @@ impl Sim {
                 }
             }
             Action::Promote => self.start_job(i, JobKind::Promote, Effect::Promote, 200),
-            Action::Stop { .. } => {
+            Action::Stop => {
                 self.nodes[i].job = None;
                 self.nodes[i].running = None;
             }
