@@ -9,7 +9,7 @@
 //!   the loop keeps ticking, renewing its lease, while a job runs;
 //! - the REST API server (`api.rs`).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -38,6 +38,8 @@ pub struct Snapshot {
     pub is_leader: bool,
     pub system_id: Option<String>,
     pub pending_job: Option<JobKind>,
+    /// The last job's failure, until another job starts.
+    pub last_failure: Option<(JobKind, String)>,
 }
 
 /// What the agent shares with its REST API: the last snapshot, and the
@@ -46,6 +48,16 @@ pub struct Shared {
     pub snapshot: RwLock<Snapshot>,
     /// `POST /reinitialize` sets it; the loop clears it once the rebuild starts.
     pub reinit_requested: AtomicBool,
+    /// `POST /restart` sets it; the loop clears it once the restart starts.
+    pub restart_requested: AtomicBool,
+    /// pg_rewind runs and rebuilds since the agent started (for /metrics).
+    pub rewinds: AtomicU64,
+    pub rebuilds: AtomicU64,
+    /// etcd access for the control endpoints (switchover requests).
+    pub dcs: Dcs,
+    /// `POST /reload` sets it; the loop clears it after reloading.
+    pub reload_requested: AtomicBool,
+    pub reload_result: std::sync::Mutex<Option<Result<String, String>>>,
     /// Wakes the loop after a request.
     pub wake: Notify,
     /// Credentials the control endpoints require (`api.authentication`).
@@ -82,6 +94,8 @@ pub struct Agent {
     shared: SharedState,
     last_reason: String,
     last_etcd_warning: Option<Instant>,
+    /// The node file, re-read on `POST /reload` and SIGHUP.
+    config_path: Option<std::path::PathBuf>,
     history_cache: Option<(u32, Vec<(u32, crate::lsn::Lsn)>)>,
 }
 
@@ -107,8 +121,15 @@ impl Agent {
                 is_leader: false,
                 system_id: None,
                 pending_job: None,
+                last_failure: None,
             }),
             reinit_requested: AtomicBool::new(false),
+            restart_requested: AtomicBool::new(false),
+            rewinds: AtomicU64::new(0),
+            rebuilds: AtomicU64::new(0),
+            dcs: dcs.clone(),
+            reload_requested: AtomicBool::new(false),
+            reload_result: std::sync::Mutex::new(None),
             wake: Notify::new(),
             auth: cfg.api.auth.clone(),
         });
@@ -130,8 +151,15 @@ impl Agent {
             shared,
             last_reason: String::new(),
             last_etcd_warning: None,
+            config_path: None,
             history_cache: None,
         })
+    }
+
+    /// Where the node config came from, for reloads.
+    pub fn with_config_path(mut self, path: std::path::PathBuf) -> Agent {
+        self.config_path = Some(path);
+        self
     }
 
     pub fn shared(&self) -> SharedState {
@@ -160,6 +188,10 @@ impl Agent {
     }
 
     async fn shutdown(&mut self) {
+        if self.config.pause {
+            tracing::info!("shutting down in maintenance mode: postgres and the leader key are left as they are");
+            return;
+        }
         tracing::info!("shutting down: stopping postgres, then releasing the leader key");
         if let Some(job) = self.job.take() {
             job.handle.abort();
@@ -185,6 +217,15 @@ impl Agent {
     }
 
     async fn tick(&mut self) {
+        if self.shared.reload_requested.load(Ordering::SeqCst) {
+            let result = self.reload().await;
+            match &result {
+                Ok(m) => tracing::info!("reload: {m}"),
+                Err(e) => tracing::error!("reload refused: {e}"),
+            }
+            *self.shared.reload_result.lock().expect("reload result lock") = Some(result);
+            self.shared.reload_requested.store(false, Ordering::SeqCst);
+        }
         let now = Instant::now();
         self.renew_lease().await;
         let cluster = match self.dcs.load().await {
@@ -231,6 +272,8 @@ impl Agent {
             peers,
             reinit_requested: self.shared.reinit_requested.load(Ordering::SeqCst),
             rebuild_allowed: self.cfg.postgresql.rebuild_on_rewind_failure,
+            restart_requested: self.shared.restart_requested.load(Ordering::SeqCst),
+            now_utc: chrono::Utc::now(),
         };
         let d = decide(&obs);
         let reason = d.reason.to_string();
@@ -270,6 +313,51 @@ impl Agent {
         s.is_leader = is_leader;
         s.system_id = system_id;
         s.pending_job = pending_job;
+        s.last_failure = match &self.last_job {
+            Some((k, Err(e), _)) => Some((*k, e.clone())),
+            _ => None,
+        };
+    }
+
+    /// Re-reads the node file and applies what can change without a restart
+    /// (postgresql.parameters, pg_hba, tags); says what needs a restart.
+    async fn reload(&mut self) -> Result<String, String> {
+        let Some(path) = &self.config_path else {
+            return Err("the agent was not started from a config file".into());
+        };
+        let new = NodeConfig::load(path).map_err(|e| e.to_string())?;
+        let mut needs_restart = vec![];
+        let (old_pg, new_pg) = (&self.cfg.postgresql, &new.postgresql);
+        if old_pg.data_dir != new_pg.data_dir || old_pg.listen != new_pg.listen || old_pg.socket_dir != new_pg.socket_dir {
+            needs_restart.push("postgresql addresses/paths");
+        }
+        if self.cfg.api.listen != new.api.listen || self.cfg.etcd.endpoints != new.etcd.endpoints {
+            needs_restart.push("api/etcd settings");
+        }
+        self.cfg.postgresql.parameters = new.postgresql.parameters.clone();
+        self.cfg.postgresql.pg_hba = new.postgresql.pg_hba.clone();
+        self.cfg.tags = new.tags.clone();
+        let inst = Instance::new(self.cfg.postgresql.clone(), self.cfg.name.clone()).map_err(|e| e.to_string())?;
+        self.inst = Arc::new(inst);
+        if let Some(client) = &self.client {
+            let snap = self.shared.snapshot();
+            let run_as = match (&snap.pg, snap.cluster.as_ref()) {
+                (PgStatus::Running(r), _) if !r.in_recovery => Some(RunAs::Primary),
+                (PgStatus::Running(_), Some(c)) => c
+                    .leader_name()
+                    .and_then(|l| self.leader_run_as(c, l))
+                    .or(Some(RunAs::ReadOnly)),
+                _ => None,
+            };
+            if let Some(run_as) = run_as {
+                self.inst.follow(client, &run_as).await.map_err(|e| e.to_string())?;
+            }
+        }
+        let mut msg = "reloaded postgresql.parameters, pg_hba and tags".to_string();
+        if !needs_restart.is_empty() {
+            msg.push_str(&format!("; changed {} take effect after an agent restart", needs_restart.join(", ")));
+        }
+        Ok(msg)
     }
 
     /// Keeps our lease alive, granting a new one when it is gone. The time
@@ -376,6 +464,8 @@ impl Agent {
                     standby: r.in_recovery,
                     timeline: r.timeline,
                     history: r.history.clone(),
+                    clean_shutdown: false,
+                    checkpoint: None,
                 };
                 (PgStatus::Running(Box::new(r)), dir)
             }
@@ -511,6 +601,41 @@ impl Agent {
                     bootstrap(&inst).await.map_err(|e| e.to_string())
                 });
             }
+            Action::Switchover { candidate } => {
+                let cluster = obs.cluster.as_ref().expect("decided with a cluster view");
+                let (host, port) = self.member_pg_address(obs, candidate)?;
+                let Some(lease) = cluster.member_leases.get(candidate).copied() else {
+                    anyhow::bail!("candidate {candidate} has no member lease");
+                };
+                let (inst, dcs, cand) = (self.inst.clone(), self.dcs.clone(), candidate.clone());
+                let limit = self.config.ttl();
+                self.client = None;
+                self.spawn_job(JobKind::Switchover, async move {
+                    switchover(&inst, &dcs, &me, &cand, (&host, port), lease, limit).await
+                });
+            }
+            Action::CancelSwitchover => {
+                self.dcs.clear_failover().await?;
+                tracing::warn!("switchover request dropped: {}", self.last_reason);
+            }
+            Action::Restart => {
+                self.shared.restart_requested.store(false, Ordering::SeqCst);
+                let cluster = obs.cluster.as_ref();
+                let run_as = match cluster.and_then(|c| c.leader_name()) {
+                    Some(l) if l == me => RunAs::Primary,
+                    Some(l) => match cluster.and_then(|c| self.leader_run_as(c, l)) {
+                        Some(r) => r,
+                        None => RunAs::ReadOnly,
+                    },
+                    None => RunAs::ReadOnly,
+                };
+                let inst = self.inst.clone();
+                self.client = None;
+                self.spawn_job(JobKind::Restart, async move {
+                    inst.stop(StopMode::Fast).await.map_err(|e| e.to_string())?;
+                    inst.start(&run_as).await.map_err(|e| e.to_string())
+                });
+            }
             Action::ReleaseLeader => {
                 if self.dcs.release_leader(&me).await? {
                     tracing::warn!("released the leader key");
@@ -527,6 +652,7 @@ impl Agent {
             Action::Rewind { from } => {
                 let (host, port) = self.member_pg_address(obs, from)?;
                 let inst = self.inst.clone();
+                self.shared.rewinds.fetch_add(1, Ordering::SeqCst);
                 self.spawn_job(JobKind::Rewind, async move {
                     tracing::info!("running pg_rewind against {host}:{port}");
                     inst.rewind_from(&host, port)
@@ -539,6 +665,7 @@ impl Agent {
                 let inst = self.inst.clone();
                 self.client = None;
                 self.shared.reinit_requested.store(false, Ordering::SeqCst);
+                self.shared.rebuilds.fetch_add(1, Ordering::SeqCst);
                 self.spawn_job(JobKind::Rebuild, async move {
                     inst.stop(StopMode::Fast).await.map_err(|e| e.to_string())?;
                     let aside = inst.move_aside().map_err(|e| e.to_string())?;
@@ -717,6 +844,8 @@ impl Agent {
             (Some(JobKind::Promote), _) => "promoting",
             (Some(JobKind::Rewind), _) => "rewinding",
             (Some(JobKind::Rebuild), _) => "creating replica",
+            (Some(JobKind::Switchover), _) => "switching over",
+            (Some(JobKind::Restart), _) => "restarting",
             (_, PgStatus::Running(_)) => "running",
             (Some(JobKind::Start), _) | (_, PgStatus::Unresponsive) => "starting",
             _ if needs_repair => "need repair",
@@ -770,7 +899,7 @@ pub fn merge_history(
                 None => {
                     let newest = *t + 1 == tl;
                     let when = newest.then(|| {
-                        humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+                        chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
                     });
                     serde_json::json!([t, lsn.0, reason, when, newest.then_some(me)])
                 }
@@ -800,6 +929,92 @@ pub fn peer_from_status(name: String, v: &serde_json::Value) -> Peer {
         nofailover: v["tags"]["nofailover"].as_bool().unwrap_or(false),
         priority: v["tags"]["failover_priority"].as_i64().unwrap_or(1),
     }
+}
+
+/// A planned handover to `candidate`; on failure the old leader, which
+/// still holds the key, starts again as primary and nothing is lost.
+async fn switchover(
+    inst: &Instance,
+    dcs: &Dcs,
+    me: &str,
+    candidate: &str,
+    (host, port): (&str, u16),
+    lease: LeaseId,
+    limit: Duration,
+) -> Result<(), String> {
+    let result = handover(inst, dcs, me, candidate, (host, port), lease, limit).await;
+    if let Err(e) = &result {
+        tracing::error!("switchover to {candidate} aborted: {e}; resuming as primary");
+        if let Err(ce) = dcs.clear_failover().await {
+            tracing::warn!("could not clear the failover request: {ce}");
+        }
+        if inst.postmaster_pid().is_none() {
+            inst.start(&RunAs::Primary)
+                .await
+                .map_err(|se| format!("{e}; restarting as primary failed too: {se}"))?;
+        }
+    }
+    result
+}
+
+async fn handover(
+    inst: &Instance,
+    dcs: &Dcs,
+    me: &str,
+    candidate: &str,
+    (host, port): (&str, u16),
+    lease: LeaseId,
+    limit: Duration,
+) -> Result<(), String> {
+    let err = |what: &str, e: &dyn std::fmt::Display| format!("{what}: {e}");
+    // A checkpoint while writes still flow makes the shutdown checkpoint short.
+    let local = inst.connect(limit).await.map_err(|e| err("connecting locally", &e))?;
+    local.batch_execute("CHECKPOINT").await.map_err(|e| err("CHECKPOINT", &pg::describe(&e)))?;
+    drop(local);
+    let paused_at = Instant::now();
+    // Fast shutdown: walsenders send everything up to and including the
+    // shutdown checkpoint before the postmaster exits.
+    inst.stop(StopMode::Fast).await.map_err(|e| err("stopping postgres", &e))?;
+    let cd = inst.controldata().await.map_err(|e| err("pg_controldata", &e))?;
+    if cd.get("Database cluster state").map(String::as_str) != Some("shut down") {
+        return Err(format!("postgres did not shut down cleanly: {:?}", cd.get("Database cluster state")));
+    }
+    let ckpt: crate::lsn::Lsn = cd
+        .get("Latest checkpoint location")
+        .and_then(|l| l.parse().ok())
+        .ok_or("no shutdown checkpoint location in pg_controldata")?;
+    // Zero loss, verified: the candidate must have replayed past it.
+    let deadline = Instant::now() + limit;
+    let mut last;
+    loop {
+        match inst.connect_member(host, port, Duration::from_secs(1)).await {
+            Ok(c) => match c.query_one("SELECT pg_last_wal_replay_lsn()", &[]).await {
+                Ok(row) => {
+                    let replayed = row
+                        .get::<_, Option<tokio_postgres::types::PgLsn>>(0)
+                        .map(crate::lsn::Lsn::from);
+                    if replayed.is_some_and(|r| r > ckpt) {
+                        break;
+                    }
+                    last = format!("replayed {replayed:?}, shutdown checkpoint at {ckpt}");
+                }
+                Err(e) => last = pg::describe(&e),
+            },
+            Err(e) => last = e.to_string(),
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{candidate} did not replay the shutdown checkpoint within {limit:?} ({last})"));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    if !dcs.transfer_leader(me, candidate, lease).await.map_err(|e| err("handing over the leader key", &e))? {
+        return Err(format!("could not hand the leader key to {candidate} (its lease changed: did it die?)"));
+    }
+    tracing::info!(
+        "leader key handed to {candidate} {} ms after writes stopped; it promotes now",
+        paused_at.elapsed().as_millis()
+    );
+    Ok(())
 }
 
 /// initdb, configure, start, create the replication role.

@@ -69,7 +69,14 @@ pub async fn serve(
         .route("/patroni", on(any, |s, m, q| check(s, m, q, Check::Always)))
         .route("/cluster", on(any, cluster))
         .route("/history", on(any, history))
-        .route("/config", on(any, config))
+        .route(
+            "/config",
+            on(any, config).patch(patch_config).put(put_config),
+        )
+        .route("/switchover", axum::routing::post(switchover).delete(cancel_switchover))
+        .route("/failover", axum::routing::post(failover))
+        .route("/restart", axum::routing::post(restart))
+        .route("/reload", axum::routing::post(reload))
         .route("/metrics", on(any, metrics))
         .route("/reinitialize", axum::routing::post(reinitialize))
         .with_state(state);
@@ -83,7 +90,16 @@ pub async fn serve(
 enum ApiError {
     Unauthorized,
     BadRequest(String),
+    /// A precondition does not hold (unhealthy candidate, leader mismatch).
+    Precondition(String),
+    NotFound(String),
+    /// A concurrent edit won (compare-and-set failed).
+    Conflict(String),
     Unavailable(String),
+}
+
+fn ok(message: impl Into<String>) -> Response {
+    (StatusCode::OK, Json(json!({"message": message.into()}))).into_response()
 }
 
 impl IntoResponse for ApiError {
@@ -97,6 +113,15 @@ impl IntoResponse for ApiError {
                 .into_response(),
             ApiError::BadRequest(e) => {
                 (StatusCode::BAD_REQUEST, Json(json!({"error": e}))).into_response()
+            }
+            ApiError::Precondition(e) => {
+                (StatusCode::PRECONDITION_FAILED, Json(json!({"error": e}))).into_response()
+            }
+            ApiError::NotFound(e) => {
+                (StatusCode::NOT_FOUND, Json(json!({"error": e}))).into_response()
+            }
+            ApiError::Conflict(e) => {
+                (StatusCode::CONFLICT, Json(json!({"error": e}))).into_response()
             }
             ApiError::Unavailable(e) => {
                 (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": e}))).into_response()
@@ -182,6 +207,264 @@ async fn reinitialize(
         Json(json!({"message": "reinitialize scheduled"})),
     )
         .into_response())
+}
+
+fn string_field(body: &serde_json::Map<String, Value>, key: &str) -> Result<Option<String>, ApiError> {
+    match body.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if !s.is_empty() => Ok(Some(s.clone())),
+        Some(other) => Err(ApiError::BadRequest(format!("\"{key}\" must be a non-empty string, got {other}"))),
+    }
+}
+
+/// A fresh view of the cluster (not the last tick's), for control requests.
+async fn fresh_view(state: &SharedState) -> Result<crate::dcs::ClusterView, ApiError> {
+    state
+        .dcs
+        .load()
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("etcd not reachable: {e}")))
+}
+
+fn max_lag(view: &crate::dcs::ClusterView) -> u64 {
+    view.config.as_ref().map(|c| c.maximum_lag_on_failover).unwrap_or(1 << 20)
+}
+
+/// How long a control request waits for its outcome. The steps it waits on
+/// are bounded themselves; this only guards against a wedged cluster.
+const OUTCOME_LIMIT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// `POST /switchover` `{"leader", "candidate"?, "scheduled_at"?}`: 200 when
+/// done, 202 when scheduled, 400/412/503 with the reason.
+async fn switchover(State(state): State<SharedState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    let body = json_body(&body)?;
+    let leader = string_field(&body, "leader")?
+        .ok_or_else(|| ApiError::BadRequest("\"leader\" is required".into()))?;
+    let candidate = string_field(&body, "candidate")?;
+    let scheduled_at = string_field(&body, "scheduled_at")?;
+    let view = fresh_view(&state).await?;
+    let Some(actual) = view.leader_name() else {
+        return Err(ApiError::Unavailable("the cluster has no leader: use failover".into()));
+    };
+    if actual != leader {
+        return Err(ApiError::Precondition(format!("leader name does not match: the leader is {actual}, not {leader}")));
+    }
+    let lag = max_lag(&view);
+    let candidate = match candidate {
+        Some(c) => {
+            if let Some(why) = crate::ha::candidate_problem(&view, &c, lag) {
+                return Err(ApiError::Precondition(format!("candidate refused: {why}")));
+            }
+            c
+        }
+        None => best_candidate(&view, lag)?,
+    };
+    let when = match &scheduled_at {
+        None => None,
+        Some(t) => {
+            let at = chrono::DateTime::parse_from_rfc3339(t)
+                .map_err(|e| ApiError::BadRequest(format!("scheduled_at {t:?} is not an RFC 3339 time with zone: {e}")))?;
+            Some(at.with_timezone(&chrono::Utc)).filter(|at| *at > chrono::Utc::now())
+        }
+    };
+    let req = crate::dcs::FailoverKey {
+        leader: Some(leader.clone()),
+        member: Some(candidate.clone()),
+        scheduled_at: when.map(|t| t.to_rfc3339()),
+    };
+    let stored = state.dcs.request_failover(&req).await.map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    if !stored {
+        return Err(ApiError::Unavailable("a switchover or failover is already pending (cancel it first)".into()));
+    }
+    if let Some(at) = when {
+        return Ok((StatusCode::ACCEPTED, Json(json!({"message": format!("Switchover to {candidate} scheduled at {}", at.to_rfc3339())}))).into_response());
+    }
+    wait_for_handover(&state, &leader, &candidate).await
+}
+
+/// The eligible replica with the most WAL.
+fn best_candidate(view: &crate::dcs::ClusterView, lag: u64) -> Result<String, ApiError> {
+    let mut refusals = vec![];
+    let mut best: Option<(u64, String)> = None;
+    for (name, m) in &view.members {
+        if Some(name.as_str()) == view.leader_name() {
+            continue;
+        }
+        match crate::ha::candidate_problem(view, name, lag) {
+            Some(why) => refusals.push(why),
+            None => {
+                let pos = m.xlog_location.unwrap_or(0);
+                if best.as_ref().is_none_or(|(p, _)| pos > *p) {
+                    best = Some((pos, name.clone()));
+                }
+            }
+        }
+    }
+    best.map(|(_, n)| n)
+        .ok_or_else(|| ApiError::Precondition(format!("no eligible candidate: {}", refusals.join("; "))))
+}
+
+/// Waits until `candidate` leads (200) or the request is gone with the old
+/// leader still in charge (503 with the leader's reason).
+async fn wait_for_handover(state: &SharedState, old: &str, candidate: &str) -> Result<Response, ApiError> {
+    let started = std::time::Instant::now();
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let Ok(view) = state.dcs.load().await else { continue };
+        let new_leader = view.leader_member().filter(|m| m.role == "primary" && m.state == "running");
+        if view.leader_name() == Some(candidate) && new_leader.is_some() {
+            return Ok(ok(format!("Successfully switched over to {candidate}")));
+        }
+        if view.failover.is_none() && view.leader_name() == Some(old) && new_leader.is_some() {
+            let snap = state.snapshot();
+            let why = match (&snap.last_failure, snap.name == old) {
+                (Some((_, e)), true) => e.clone(),
+                _ => view.leader_member().and_then(|m| m.baton_reason.clone()).unwrap_or_default(),
+            };
+            return Err(ApiError::Unavailable(format!("Switchover failed, {old} resumed as leader: {why}")));
+        }
+        if started.elapsed() > OUTCOME_LIMIT {
+            return Err(ApiError::Unavailable(format!(
+                "switchover to {candidate} still running after {} s; `baton list` shows where it is",
+                OUTCOME_LIMIT.as_secs()
+            )));
+        }
+    }
+}
+
+/// `DELETE /switchover`: cancels a scheduled switchover.
+async fn cancel_switchover(State(state): State<SharedState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    let view = fresh_view(&state).await?;
+    match view.failover {
+        Some(f) if f.scheduled_at.is_some() => {
+            state.dcs.clear_failover().await.map_err(|e| ApiError::Unavailable(e.to_string()))?;
+            Ok(ok(format!("scheduled switchover to {} cancelled", f.member.unwrap_or_default())))
+        }
+        Some(_) => Err(ApiError::Precondition("the pending switchover is not scheduled: it is already running".into())),
+        None => Err(ApiError::NotFound("no switchover is scheduled".into())),
+    }
+}
+
+/// `POST /failover` `{"candidate"}`: manual promotion when there is no
+/// healthy leader.
+async fn failover(State(state): State<SharedState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    let body = json_body(&body)?;
+    let candidate = string_field(&body, "candidate")?
+        .ok_or_else(|| ApiError::BadRequest("\"candidate\" is required".into()))?;
+    let view = fresh_view(&state).await?;
+    if let Some(l) = view.leader_member().filter(|m| m.role == "primary" && m.state == "running") {
+        let _ = l;
+        return Err(ApiError::Precondition(format!(
+            "the leader {} is healthy: use switchover",
+            view.leader_name().unwrap_or_default()
+        )));
+    }
+    match view.members.get(&candidate) {
+        None => return Err(ApiError::Precondition(format!("no member named {candidate:?}"))),
+        Some(m) if m.state != "running" || m.role != "replica" => {
+            return Err(ApiError::Precondition(format!("{candidate} is {} as {}, not a running replica", m.state, m.role)))
+        }
+        Some(_) => {}
+    }
+    let req = crate::dcs::FailoverKey { leader: None, member: Some(candidate.clone()), scheduled_at: None };
+    if !state.dcs.request_failover(&req).await.map_err(|e| ApiError::Unavailable(e.to_string()))? {
+        return Err(ApiError::Unavailable("a switchover or failover is already pending".into()));
+    }
+    let started = std::time::Instant::now();
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let Ok(view) = state.dcs.load().await else { continue };
+        if view.leader_name() == Some(candidate.as_str())
+            && view.leader_member().is_some_and(|m| m.role == "primary" && m.state == "running")
+        {
+            return Ok(ok(format!("Successfully failed over to {candidate}")));
+        }
+        if started.elapsed() > OUTCOME_LIMIT {
+            let _ = state.dcs.clear_failover().await;
+            return Err(ApiError::Unavailable(format!("{candidate} did not take over within {} s", OUTCOME_LIMIT.as_secs())));
+        }
+    }
+}
+
+/// `POST /restart`: restart postgres in its current role, and wait for it.
+async fn restart(State(state): State<SharedState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    let before = state.snapshot();
+    if !matches!(before.pg, PgStatus::Running(_)) {
+        return Err(ApiError::Unavailable("postgres is not running; the agent starts it when it should run".into()));
+    }
+    let started = std::time::Instant::now();
+    state.restart_requested.store(true, std::sync::atomic::Ordering::SeqCst);
+    state.wake.notify_one();
+    let mut seen_job = false;
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let s = state.snapshot();
+        seen_job |= s.pending_job == Some(crate::ha::JobKind::Restart);
+        let requested = state.restart_requested.load(std::sync::atomic::Ordering::SeqCst);
+        if seen_job && !requested && s.pending_job.is_none() {
+            return match (&s.pg, &s.last_failure) {
+                (PgStatus::Running(_), _) => Ok(ok("restarted")),
+                (_, Some((_, e))) => Err(ApiError::Unavailable(format!("restart failed: {e}"))),
+                _ => Err(ApiError::Unavailable("restart finished but postgres is not running".into())),
+            };
+        }
+        if started.elapsed() > OUTCOME_LIMIT {
+            return Err(ApiError::Unavailable("restart still running; `baton list` shows where it is".into()));
+        }
+    }
+}
+
+/// `POST /reload`: re-read the node config file's reloadable settings
+/// (postgresql.parameters, pg_hba, tags), rewrite postgres' files, reload.
+async fn reload(State(state): State<SharedState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    state.reload_requested.store(true, std::sync::atomic::Ordering::SeqCst);
+    state.wake.notify_one();
+    let started = std::time::Instant::now();
+    while state.reload_requested.load(std::sync::atomic::Ordering::SeqCst) {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        if started.elapsed() > std::time::Duration::from_secs(30) {
+            return Err(ApiError::Unavailable("reload not picked up by the HA loop within 30 s".into()));
+        }
+    }
+    match state.reload_result.lock().expect("reload result lock").clone() {
+        Some(Ok(msg)) => Ok(ok(msg)),
+        Some(Err(e)) => Err(ApiError::BadRequest(e)),
+        None => Err(ApiError::Unavailable("reload result missing".into())),
+    }
+}
+
+/// Validates and stores a new dynamic config with compare-and-set.
+async fn store_config(state: &SharedState, revision: i64, value: Value) -> Result<Response, ApiError> {
+    let cfg: crate::config::DynamicConfig =
+        serde_json::from_value(value).map_err(|e| ApiError::BadRequest(format!("invalid config: {e}")))?;
+    cfg.validate().map_err(|e| ApiError::BadRequest(format!("invalid config: {e}")))?;
+    if !state.dcs.cas_config(&cfg, revision).await.map_err(|e| ApiError::Unavailable(e.to_string()))? {
+        return Err(ApiError::Conflict("the config changed since it was read; read it again and retry".into()));
+    }
+    Ok((StatusCode::OK, Json(serde_json::to_value(&cfg).unwrap_or_default())).into_response())
+}
+
+/// `PATCH /config`: merge (a `null` deletes the key), validate, store.
+async fn patch_config(State(state): State<SharedState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    let patch = json_body(&body)?;
+    let view = fresh_view(&state).await?;
+    let mut current = view.config.as_ref().map(|c| serde_json::to_value(c).unwrap_or_default()).unwrap_or(json!({}));
+    crate::config::merge_patch(&mut current, &Value::Object(patch));
+    store_config(&state, view.config_revision, current).await
+}
+
+/// `PUT /config`: replace, validate, store.
+async fn put_config(State(state): State<SharedState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    let new = json_body(&body)?;
+    let view = fresh_view(&state).await?;
+    store_config(&state, view.config_revision, Value::Object(new)).await
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -482,6 +765,16 @@ async fn metrics(State(state): State<SharedState>) -> Response {
         "baton_loop_last_tick_age_seconds",
         "Seconds since the HA loop last completed a tick (-1: never).",
         tick_age,
+    );
+    gauge(
+        "baton_rewinds_total",
+        "pg_rewind runs started by this agent since it started.",
+        state.rewinds.load(std::sync::atomic::Ordering::SeqCst) as f64,
+    );
+    gauge(
+        "baton_rebuilds_total",
+        "Rebuilds (data moved aside, cloned again) since the agent started.",
+        state.rebuilds.load(std::sync::atomic::Ordering::SeqCst) as f64,
     );
     gauge(
         "baton_job_running",

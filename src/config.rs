@@ -115,6 +115,10 @@ pub struct DynamicConfig {
     /// before the leader gives up the key and a replica takes over.
     #[serde(default = "default_primary_start_timeout")]
     pub primary_start_timeout: f64,
+    /// Maintenance mode (Patroni's `pause`): agents report but take no
+    /// automatic action.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pause: bool,
     #[serde(flatten)]
     pub other: serde_json::Map<String, serde_json::Value>,
 }
@@ -136,6 +140,7 @@ impl Default for DynamicConfig {
             maximum_lag_on_failover: 1 << 20,
             safety_margin: default_safety_margin(),
             primary_start_timeout: default_primary_start_timeout(),
+            pause: false,
             other: serde_json::Map::new(),
         }
     }
@@ -642,6 +647,25 @@ fn merge_defaults(mut t: toml::Table) -> toml::Table {
     t
 }
 
+/// JSON merge patch (RFC 7386): objects merge recursively, `null` deletes.
+pub fn merge_patch(target: &mut serde_json::Value, patch: &serde_json::Value) {
+    let serde_json::Value::Object(p) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = serde_json::Value::Object(serde_json::Map::new());
+    }
+    let t = target.as_object_mut().expect("made an object above");
+    for (k, v) in p {
+        if v.is_null() {
+            t.remove(k);
+        } else {
+            merge_patch(t.entry(k.clone()).or_insert(serde_json::Value::Null), v);
+        }
+    }
+}
+
 /// `pg_config --bindir`, the default location of initdb, pg_ctl, pg_basebackup.
 pub fn default_bin_dir() -> Result<PathBuf, String> {
     let out = std::process::Command::new("pg_config")
@@ -799,6 +823,13 @@ retry_timeout = 1
         assert_eq!(d.safety_margin, 1.0);
         let back = serde_json::to_value(&d).unwrap();
         assert_eq!(back["postgresql"]["use_pg_rewind"], true);
+    }
+
+    #[test]
+    fn merge_patch_merges_and_deletes() {
+        let mut v = serde_json::json!({"ttl": 4, "postgresql": {"a": 1, "b": 2}, "x": 1});
+        merge_patch(&mut v, &serde_json::json!({"ttl": 5, "postgresql": {"a": null, "c": 3}, "x": null}));
+        assert_eq!(v, serde_json::json!({"ttl": 5, "postgresql": {"b": 2, "c": 3}}));
     }
 
     #[test]

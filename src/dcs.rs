@@ -92,6 +92,29 @@ pub struct StatusKey {
     pub retain_slots: Option<Vec<String>>,
 }
 
+/// `failover`: a requested switchover (`leader` set) or manual failover.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailoverKey {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
+    /// The candidate (Patroni calls the field `member`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member: Option<String>,
+    /// RFC 3339 time with zone; absent means now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled_at: Option<String>,
+}
+
+impl FailoverKey {
+    /// The scheduled time, if any and well-formed.
+    pub fn scheduled(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        let s = self.scheduled_at.as_deref()?;
+        chrono::DateTime::parse_from_rfc3339(s)
+            .ok()
+            .map(|t| t.with_timezone(&chrono::Utc))
+    }
+}
+
 /// `leader`: who holds it, and on which lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeaderKey {
@@ -111,7 +134,12 @@ pub struct ClusterView {
     pub members: BTreeMap<String, Member>,
     pub status: Option<StatusKey>,
     pub history: Option<serde_json::Value>,
-    pub failover: Option<serde_json::Value>,
+    pub failover: Option<FailoverKey>,
+    /// The lease each member key hangs on (a switchover hands the leader
+    /// key over onto the candidate's lease).
+    pub member_leases: BTreeMap<String, LeaseId>,
+    /// mod_revision of `config`, for compare-and-set edits (0: absent).
+    pub config_revision: i64,
     /// etcd revision this view was read at.
     pub revision: i64,
 }
@@ -130,14 +158,15 @@ impl ClusterView {
     /// malformed config is reported so an operator sees why it is ignored.
     pub fn from_kvs<'a>(
         prefix: &str,
-        kvs: impl IntoIterator<Item = (&'a [u8], &'a [u8], i64)>,
+        kvs: impl IntoIterator<Item = (&'a [u8], &'a [u8], i64, i64)>,
         revision: i64,
     ) -> ClusterView {
         let mut view = ClusterView {
             revision,
             ..ClusterView::default()
         };
-        for (key, value, lease) in kvs {
+        for (key, value, lease, mod_revision) in kvs {
+
             let Ok(key) = std::str::from_utf8(key) else {
                 continue;
             };
@@ -153,13 +182,16 @@ impl ClusterView {
                         lease: LeaseId(lease),
                     })
                 }
-                "config" => match serde_json::from_str::<DynamicConfig>(&text) {
-                    Ok(c) => match c.validate() {
-                        Ok(()) => view.config = Some(c),
-                        Err(e) => view.config_error = Some(e),
-                    },
-                    Err(e) => view.config_error = Some(e.to_string()),
-                },
+                "config" => {
+                    view.config_revision = mod_revision;
+                    match serde_json::from_str::<DynamicConfig>(&text) {
+                        Ok(c) => match c.validate() {
+                            Ok(()) => view.config = Some(c),
+                            Err(e) => view.config_error = Some(e),
+                        },
+                        Err(e) => view.config_error = Some(e.to_string()),
+                    }
+                }
                 "status" => view.status = serde_json::from_str(&text).ok(),
                 "history" => view.history = serde_json::from_str(&text).ok(),
                 "failover" => view.failover = serde_json::from_str(&text).ok(),
@@ -167,6 +199,7 @@ impl ClusterView {
                     if let Some(name) = rel.strip_prefix("members/") {
                         if let Ok(m) = serde_json::from_str::<Member>(&text) {
                             view.members.insert(name.to_string(), m);
+                            view.member_leases.insert(name.to_string(), LeaseId(lease));
                         }
                     }
                 }
@@ -234,7 +267,7 @@ impl Dcs {
             &self.prefix,
             resp.kvs()
                 .iter()
-                .map(|kv| (kv.key(), kv.value(), kv.lease())),
+                .map(|kv| (kv.key(), kv.value(), kv.lease(), kv.mod_revision())),
             revision,
         ))
     }
@@ -385,6 +418,57 @@ impl Dcs {
         self.put("status", json, None).await
     }
 
+    /// Switchover handover: the leader key moves from `from` to `to`, onto
+    /// `to`'s own lease, in one transaction that also clears `failover`. It
+    /// fails if `from` no longer holds the key or `to`'s member key is no
+    /// longer on that lease (the candidate died meanwhile).
+    pub async fn transfer_leader(&self, from: &str, to: &str, to_lease: LeaseId) -> Result<bool, DcsError> {
+        let leader = self.key("leader");
+        let member = self.key(&format!("members/{to}"));
+        let failover = self.key("failover");
+        self.txn(
+            Txn::new()
+                .when([
+                    Compare::value(leader.as_str(), CompareOp::Equal, from),
+                    Compare::lease(member.as_str(), CompareOp::Equal, to_lease.0),
+                ])
+                .and_then([
+                    TxnOp::put(leader.as_str(), to, Some(PutOptions::new().with_lease(to_lease.0))),
+                    TxnOp::delete(failover.as_str(), None),
+                ]),
+        )
+        .await
+    }
+
+    /// Stores a switchover/failover request unless one is pending.
+    pub async fn request_failover(&self, req: &FailoverKey) -> Result<bool, DcsError> {
+        let json = serde_json::to_string(req).expect("failover serializes");
+        self.create_if_absent("failover", &json, None).await
+    }
+
+    pub async fn clear_failover(&self) -> Result<(), DcsError> {
+        let mut kv = self.client.kv_client();
+        let key = self.key("failover");
+        bounded(self.timeout, async {
+            kv.delete(key, None).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Replaces the dynamic config only if it is unchanged since `revision`
+    /// was read (0: only if absent), so two editors cannot overwrite each other.
+    pub async fn cas_config(&self, config: &DynamicConfig, revision: i64) -> Result<bool, DcsError> {
+        let key = self.key("config");
+        let json = serde_json::to_string(config).expect("config serializes");
+        self.txn(
+            Txn::new()
+                .when([Compare::mod_revision(key.as_str(), CompareOp::Equal, revision)])
+                .and_then([TxnOp::put(key.as_str(), json, None)]),
+        )
+        .await
+    }
+
     pub async fn put_history(&self, history: &serde_json::Value) -> Result<(), DcsError> {
         self.put("history", history.to_string(), None).await
     }
@@ -445,7 +529,7 @@ mod tests {
         ];
         let view = ClusterView::from_kvs(
             p,
-            kvs.iter().map(|(k, v, l)| (k.as_bytes(), v.as_bytes(), *l)),
+            kvs.iter().map(|(k, v, l)| (k.as_bytes(), v.as_bytes(), *l, 3)),
             7,
         );
         assert_eq!(view.initialize.as_deref(), Some("7301"));
@@ -469,7 +553,7 @@ mod tests {
         let p = "/service/demo/";
         let key = format!("{p}config");
         let bad = r#"{"ttl":2,"loop_wait":1,"retry_timeout":1,"maximum_lag_on_failover":1}"#;
-        let view = ClusterView::from_kvs(p, [(key.as_bytes(), bad.as_bytes(), 0)], 1);
+        let view = ClusterView::from_kvs(p, [(key.as_bytes(), bad.as_bytes(), 0, 1)], 1);
         assert!(view.config.is_none());
         assert!(view.config_error.unwrap().contains("two renewal attempts"));
     }

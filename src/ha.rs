@@ -55,6 +55,8 @@ pub enum JobKind {
     Promote,
     Rewind,
     Rebuild,
+    Switchover,
+    Restart,
 }
 
 impl fmt::Display for JobKind {
@@ -66,6 +68,8 @@ impl fmt::Display for JobKind {
             JobKind::Promote => "promote",
             JobKind::Rewind => "pg_rewind",
             JobKind::Rebuild => "rebuild (move aside + pg_basebackup)",
+            JobKind::Switchover => "switchover",
+            JobKind::Restart => "restart",
         })
     }
 }
@@ -118,6 +122,10 @@ pub struct Observation {
     pub reinit_requested: bool,
     /// Whether a failed rewind may be followed by a rebuild.
     pub rebuild_allowed: bool,
+    /// An operator asked for postgres to be restarted.
+    pub restart_requested: bool,
+    /// Wall-clock time, for scheduled switchovers.
+    pub now_utc: chrono::DateTime<chrono::Utc>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -160,6 +168,32 @@ pub enum Action {
     PublishStatus,
     /// Append this promotion to the `history` key (new leader).
     PublishHistory,
+    /// Planned handover to `candidate` (job): checkpoint, clean stop, verify
+    /// the candidate replayed the shutdown checkpoint, move the leader key
+    /// onto the candidate's lease; on any failure restart as primary.
+    Switchover { candidate: String },
+    /// Drop the pending `failover` request (refused, or malformed).
+    CancelSwitchover,
+    /// Restart postgres in its current role (job).
+    Restart,
+}
+
+/// Actions that change roles or postgres by themselves; maintenance mode
+/// (`pause`) holds them back. Fencing (`Stop` of a primary whose lease may
+/// be gone) is never held back.
+fn automatic(a: &Action) -> bool {
+    !matches!(
+        a,
+        Action::PublishInitialize(_)
+            | Action::InitConfig
+            | Action::AdoptLeader
+            | Action::CreateSlots(_)
+            | Action::PublishStatus
+            | Action::PublishHistory
+            | Action::Switchover { .. }
+            | Action::CancelSwitchover
+            | Action::Restart
+    )
 }
 
 /// Why the agent did what it did; shown in logs, `baton list` and the API.
@@ -239,6 +273,22 @@ pub enum Reason {
         from: String,
     },
     WaitingForLeaderToRebuild,
+    SwitchoverScheduled {
+        to: String,
+        at: String,
+    },
+    SwitchoverRefused(String),
+    SwitchingOver {
+        to: String,
+    },
+    ManualFailover {
+        to: String,
+    },
+    Restarting,
+    /// Maintenance mode held these actions back.
+    Paused {
+        held: Box<Reason>,
+    },
 }
 
 impl fmt::Display for Reason {
@@ -337,6 +387,19 @@ impl fmt::Display for Reason {
             Reason::WaitingForLeaderToRebuild => {
                 write!(f, "reinitialize requested: waiting for a leader to clone from")
             }
+            Reason::SwitchoverScheduled { to, at } => {
+                write!(f, "I am the leader; switchover to {to} scheduled at {at}")
+            }
+            Reason::SwitchoverRefused(why) => write!(f, "switchover refused: {why}"),
+            Reason::SwitchingOver { to } => write!(f, "switching over to {to}"),
+            Reason::ManualFailover { to } if to.is_empty() => {
+                write!(f, "no leader; manual failover to me: taking the leader key")
+            }
+            Reason::ManualFailover { to } => {
+                write!(f, "no leader; manual failover to {to} requested: not taking part")
+            }
+            Reason::Restarting => write!(f, "restart requested: restarting postgres"),
+            Reason::Paused { held } => write!(f, "paused (maintenance mode); would act: {held}"),
         }
     }
 }
@@ -384,8 +447,72 @@ pub fn history_points(cluster: &ClusterView) -> Vec<(u32, u64)> {
         .unwrap_or_default()
 }
 
+/// Why `candidate` cannot take over from the current leader now, if it
+/// cannot; the same checks guard the REST API and the leader's loop.
+pub fn candidate_problem(cluster: &ClusterView, candidate: &str, max_lag: u64) -> Option<String> {
+    let Some(m) = cluster.members.get(candidate) else {
+        return Some(format!("no member named {candidate:?}"));
+    };
+    if cluster.leader_name() == Some(candidate) {
+        return Some(format!("{candidate} is already the leader"));
+    }
+    if m.tags.nofailover {
+        return Some(format!("{candidate} is tagged nofailover"));
+    }
+    if m.state != "running" || m.role != "replica" {
+        return Some(format!("{candidate} is {} as {}, not a running replica", m.state, m.role));
+    }
+    if m.replication_state.as_deref() != Some("streaming") {
+        return Some(format!("{candidate} is not streaming"));
+    }
+    let leader = cluster.leader_member();
+    let (ltl, optime) = (
+        leader.and_then(|l| l.timeline),
+        cluster
+            .status
+            .as_ref()
+            .and_then(|s| s.optime)
+            .max(leader.and_then(|l| l.xlog_location)),
+    );
+    if m.timeline != ltl {
+        return Some(format!(
+            "{candidate} is on timeline {}, the leader on {}",
+            m.timeline.unwrap_or(0),
+            ltl.unwrap_or(0)
+        ));
+    }
+    if let (Some(o), Some(p)) = (optime, m.xlog_location) {
+        let lag = o.saturating_sub(p);
+        if lag > max_lag {
+            return Some(format!("{candidate} lags {lag} bytes > maximum_lag_on_failover {max_lag}"));
+        }
+    }
+    None
+}
+
 /// The HA decision for one tick. Pure: same observation, same decision.
 pub fn decide(o: &Observation) -> Decision {
+    let d = decide_unpaused(o);
+    let paused = o.cluster.as_ref().and_then(|c| c.config.as_ref()).is_some_and(|c| c.pause);
+    if !paused {
+        return d;
+    }
+    let fencing = matches!(
+        d.reason,
+        Reason::LeaseExpiredFencing { .. } | Reason::EtcdUnreachableFencing { .. }
+    );
+    if fencing || !d.actions.iter().any(automatic) {
+        return d;
+    }
+    Decision {
+        actions: d.actions.into_iter().filter(|a| !automatic(a)).collect(),
+        reason: Reason::Paused {
+            held: Box::new(d.reason),
+        },
+    }
+}
+
+fn decide_unpaused(o: &Observation) -> Decision {
     let running = match &o.pg {
         PgStatus::Running(r) => Some(r.as_ref()),
         _ => None,
@@ -473,6 +600,10 @@ pub fn decide(o: &Observation) -> Decision {
         };
     }
 
+    if o.restart_requested && running.is_some() {
+        return decision(vec![Action::Restart], Reason::Restarting);
+    }
+
     let Some(run) = running else {
         if matches!(o.pg, PgStatus::Unresponsive) {
             return decision(vec![], Reason::PostgresUnresponsive);
@@ -497,8 +628,20 @@ pub fn decide(o: &Observation) -> Decision {
     };
 
     if i_lead {
+        let missing: Vec<String> = cluster
+            .members
+            .keys()
+            .filter(|m| **m != o.me && !run.slots.contains_key(&slot_name(m)))
+            .cloned()
+            .collect();
         if run.in_recovery {
-            return decision(vec![Action::Promote], Reason::Promoting);
+            // Slots first, so the others can stream from us from the start.
+            let mut actions = vec![];
+            if !missing.is_empty() {
+                actions.push(Action::CreateSlots(missing));
+            }
+            actions.push(Action::Promote);
+            return decision(actions, Reason::Promoting);
         }
         let mut actions = vec![];
         if cluster.initialize.as_deref() == Some("") {
@@ -507,12 +650,6 @@ pub fn decide(o: &Observation) -> Decision {
         if cluster.config.is_none() && cluster.config_error.is_none() {
             actions.push(Action::InitConfig);
         }
-        let missing: Vec<String> = cluster
-            .members
-            .keys()
-            .filter(|m| **m != o.me && !run.slots.contains_key(&slot_name(m)))
-            .cloned()
-            .collect();
         if !missing.is_empty() {
             actions.push(Action::CreateSlots(missing));
         }
@@ -525,7 +662,38 @@ pub fn decide(o: &Observation) -> Decision {
             }
         }
         actions.push(Action::PublishStatus);
-        return decision(actions, Reason::Leader);
+        let mut reason = Reason::Leader;
+        if let Some(f) = &cluster.failover {
+            match f.member.as_deref().filter(|m| *m != o.me) {
+                // A manual failover to us, fulfilled: clear the request.
+                None if f.member.as_deref() == Some(o.me.as_str()) => {
+                    actions.push(Action::CancelSwitchover);
+                }
+                None => {
+                    actions.push(Action::CancelSwitchover);
+                    reason = Reason::SwitchoverRefused("request names no other candidate".into());
+                }
+                Some(c) => match f.scheduled() {
+                    Some(at) if at > o.now_utc => {
+                        reason = Reason::SwitchoverScheduled {
+                            to: c.to_string(),
+                            at: at.to_rfc3339(),
+                        }
+                    }
+                    _ => match candidate_problem(cluster, c, o.config.maximum_lag_on_failover) {
+                        Some(why) => {
+                            actions.push(Action::CancelSwitchover);
+                            reason = Reason::SwitchoverRefused(why);
+                        }
+                        None => {
+                            actions.push(Action::Switchover { candidate: c.to_string() });
+                            reason = Reason::SwitchingOver { to: c.to_string() };
+                        }
+                    },
+                },
+            }
+        }
+        return decision(actions, reason);
     }
 
     match leader {
@@ -619,7 +787,7 @@ fn decide_stopped_follower(
     let same_lineage =
         *mine == theirs && lineage_agrees(*mine, history, &history_points(cluster)) == Some(true);
     let rewound = matches!(o.job, JobStatus::Done(JobKind::Rewind));
-    if !same_lineage && !rewound {
+    if !same_lineage && !rewound && !clean_prefix(o, *mine, history, theirs, cluster) {
         return decision(
             vec![Action::Rewind { from: from.clone() }],
             Reason::Rewinding {
@@ -633,6 +801,24 @@ fn decide_stopped_follower(
         vec![Action::StartReplica { leader: from }],
         failed(Reason::Starting),
     )
+}
+
+/// A cleanly shut-down primary whose shutdown checkpoint lies before the
+/// point where the leader's next timeline forked from ours has nothing the
+/// leader lacks: the planned-switchover case, which needs no pg_rewind.
+fn clean_prefix(o: &Observation, mine: u32, history: &[(u32, Lsn)], theirs: u32, cluster: &ClusterView) -> bool {
+    let DataDir::Valid {
+        clean_shutdown: true,
+        checkpoint: Some(ckpt),
+        ..
+    } = &o.data_dir
+    else {
+        return false;
+    };
+    let points = history_points(cluster);
+    mine < theirs
+        && lineage_agrees(mine, history, &points) == Some(true)
+        && points.iter().find(|(t, _)| *t == mine).is_some_and(|(_, switch)| ckpt.0 < *switch)
 }
 
 /// Whether the switch points of every timeline before `my_tl` (`mine`,
@@ -687,6 +873,16 @@ fn diverged(run: &Running, cluster: &ClusterView, leader: &str) -> bool {
 
 /// Leader election among running replicas (rule 4).
 fn elect(o: &Observation, cluster: &ClusterView, run: &Running) -> Decision {
+    // A manual failover names the one member that may take the key.
+    if let Some(to) = cluster.failover.as_ref().and_then(|f| f.member.as_deref()) {
+        if cluster.members.contains_key(to) {
+            return if to == o.me {
+                decision(vec![Action::AcquireLeader], Reason::ManualFailover { to: String::new() })
+            } else {
+                decision(vec![], Reason::ManualFailover { to: to.to_string() })
+            };
+        }
+    }
     if o.tags.nofailover {
         return decision(vec![], Reason::NotEligible("tagged nofailover".into()));
     }

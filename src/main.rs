@@ -58,6 +58,63 @@ enum Cmd {
         #[arg(long)]
         force: bool,
     },
+    /// Planned switchover: zero data loss, a short write pause.
+    Switchover {
+        #[command(flatten)]
+        target: Target,
+        /// The current leader (default: whoever leads now).
+        #[arg(long)]
+        leader: Option<String>,
+        /// The member to hand over to (default: the healthiest replica).
+        #[arg(long)]
+        candidate: Option<String>,
+        /// RFC 3339 time with zone, e.g. 2026-11-24T03:00:00+01:00.
+        #[arg(long)]
+        scheduled_at: Option<String>,
+        /// Cancel a scheduled switchover.
+        #[arg(long, conflicts_with_all = ["candidate", "scheduled_at"])]
+        cancel: bool,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Manual failover to a candidate when there is no healthy leader.
+    Failover {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        candidate: String,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Maintenance mode on: agents keep reporting but take no automatic action.
+    Pause {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Maintenance mode off.
+    Resume {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Restart a member's postgres in its current role.
+    Restart {
+        #[command(flatten)]
+        target: Target,
+        member: String,
+    },
+    /// Make every agent re-read its node config (parameters, pg_hba, tags).
+    Reload {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Show or change the dynamic config stored in etcd.
+    Config {
+        #[command(flatten)]
+        target: Target,
+        #[command(subcommand)]
+        action: ConfigCmd,
+    },
     /// Run a throw-away local cluster (etcd + 3 agents) and show it.
     Demo {
         /// Stop after this many seconds (default: until Ctrl-C).
@@ -73,6 +130,19 @@ enum Cmd {
         #[arg(long, value_enum)]
         scenario: Option<baton::demo::Scenario>,
     },
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Print the dynamic config as JSON.
+    Show,
+    /// Set keys: `ttl=5`, `postgresql.use_pg_rewind=true`, `pause=null` deletes.
+    Set {
+        #[arg(required = true, value_name = "KEY=VALUE")]
+        pairs: Vec<String>,
+    },
+    /// Edit in $EDITOR; validated, stored only if nobody changed it meanwhile.
+    Edit,
 }
 
 /// Which cluster an operator command talks to: a node config, or etcd + scope.
@@ -167,6 +237,48 @@ fn main() -> ExitCode {
                 member,
                 force,
             } => reinit(target, member, force).await,
+            Cmd::Switchover {
+                target,
+                leader,
+                candidate,
+                scheduled_at,
+                cancel,
+                force,
+            } => switchover(target, leader, candidate, scheduled_at, cancel, force).await,
+            Cmd::Failover {
+                target,
+                candidate,
+                force,
+            } => failover(target, candidate, force).await,
+            Cmd::Pause { target } => set_config(target, vec!["pause=true".into()]).await,
+            Cmd::Resume { target } => set_config(target, vec!["pause=null".into()]).await,
+            Cmd::Restart { target, member } => {
+                let (_, view) = target.view().await?;
+                control(&target, &view, &member, reqwest::Method::POST, "/restart", None).await
+            }
+            Cmd::Reload { target } => {
+                let (_, view) = target.view().await?;
+                let mut code = ExitCode::SUCCESS;
+                for m in view.members.keys() {
+                    if control(&target, &view, m, reqwest::Method::POST, "/reload", None).await? != ExitCode::SUCCESS {
+                        code = ExitCode::FAILURE;
+                    }
+                }
+                Ok(code)
+            }
+            Cmd::Config { target, action } => match action {
+                ConfigCmd::Show => {
+                    let (_, view) = target.view().await?;
+                    match (&view.config, &view.config_error) {
+                        (Some(c), _) => println!("{}", serde_json::to_string_pretty(c)?),
+                        (None, Some(e)) => anyhow::bail!("the stored config is invalid: {e}"),
+                        (None, None) => anyhow::bail!("no config stored (cluster not bootstrapped?)"),
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                ConfigCmd::Set { pairs } => set_config(target, pairs).await,
+                ConfigCmd::Edit => edit_config(target).await,
+            },
             Cmd::Demo {
                 duration,
                 dir,
@@ -195,7 +307,7 @@ async fn run_agent(path: PathBuf) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("binding the REST API to {} (api.listen)", cfg.api.listen))?;
     tracing::info!(scope = %cfg.scope, name = %cfg.name, api = %cfg.api.listen, "baton agent starting");
-    let agent = Agent::new(cfg).await?;
+    let agent = Agent::new(cfg).await?.with_config_path(path.clone());
     let shutdown = CancellationToken::new();
     let api = tokio::spawn(baton::api::serve(
         listener,
@@ -204,13 +316,24 @@ async fn run_agent(path: PathBuf) -> anyhow::Result<ExitCode> {
     ));
     let signals = {
         let shutdown = shutdown.clone();
+        let shared = agent.shared();
         tokio::spawn(async move {
             use tokio::signal::unix::{signal, SignalKind};
             let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
             let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-            tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM received"),
-                _ = int.recv() => tracing::info!("SIGINT received"),
+            let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+            loop {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM received"),
+                    _ = int.recv() => tracing::info!("SIGINT received"),
+                    _ = hup.recv() => {
+                        tracing::info!("SIGHUP received: reloading the node config");
+                        shared.reload_requested.store(true, std::sync::atomic::Ordering::SeqCst);
+                        shared.wake.notify_one();
+                        continue;
+                    }
+                }
+                break;
             }
             shutdown.cancel();
         })
@@ -318,4 +441,148 @@ async fn reinit(target: Target, member: String, force: bool) -> anyhow::Result<E
         eprintln!("{member} refused ({code}): {text}");
         Ok(ExitCode::FAILURE)
     }
+}
+
+fn confirm(question: &str) -> anyhow::Result<bool> {
+    eprint!("{question} [y/N] ");
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
+}
+
+/// Calls a control endpoint on `member`'s REST API and reports the answer.
+async fn control(
+    target: &Target,
+    view: &baton::dcs::ClusterView,
+    member: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> anyhow::Result<ExitCode> {
+    let Some(m) = view.members.get(member) else {
+        anyhow::bail!("no member {member:?} (members: {})", view.members.keys().cloned().collect::<Vec<_>>().join(", "));
+    };
+    let base = m.api_url.trim_end_matches("/patroni");
+    // Switchovers wait for the outcome; the agent bounds every step.
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(330)).build()?;
+    let mut req = client.request(method, format!("{base}{path}"));
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    if let Some((u, p)) = target.credentials()? {
+        req = req.basic_auth(u, Some(p));
+    }
+    let resp = req.send().await.with_context(|| format!("calling {base}{path}"))?;
+    let code = resp.status();
+    let body: serde_json::Value = resp.json().await.unwrap_or_default();
+    let text = body["message"].as_str().or(body["error"].as_str()).unwrap_or("").to_string();
+    if code.is_success() {
+        println!("{member}: {text}");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("{member} refused ({code}): {text}");
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+async fn switchover(
+    target: Target,
+    leader: Option<String>,
+    candidate: Option<String>,
+    scheduled_at: Option<String>,
+    cancel: bool,
+    force: bool,
+) -> anyhow::Result<ExitCode> {
+    let (scope, view) = target.view().await?;
+    let Some(current) = view.leader_name().map(str::to_string) else {
+        anyhow::bail!("cluster {scope} has no leader: use `baton failover --candidate NAME`");
+    };
+    if cancel {
+        return control(&target, &view, &current, reqwest::Method::DELETE, "/switchover", None).await;
+    }
+    let leader = leader.unwrap_or_else(|| current.clone());
+    if !force {
+        let to = candidate.as_deref().unwrap_or("the healthiest replica");
+        let when = scheduled_at.as_deref().map(|t| format!(" at {t}")).unwrap_or_default();
+        if !confirm(&format!("Switch over from {leader} to {to}{when}?"))? {
+            eprintln!("aborted");
+            return Ok(ExitCode::FAILURE);
+        }
+    }
+    let body = serde_json::json!({"leader": leader, "candidate": candidate, "scheduled_at": scheduled_at});
+    control(&target, &view, &current, reqwest::Method::POST, "/switchover", Some(body)).await
+}
+
+async fn failover(target: Target, candidate: String, force: bool) -> anyhow::Result<ExitCode> {
+    let (_, view) = target.view().await?;
+    if !force && !confirm(&format!("Promote {candidate} by manual failover?"))? {
+        eprintln!("aborted");
+        return Ok(ExitCode::FAILURE);
+    }
+    let body = serde_json::json!({"candidate": candidate});
+    control(&target, &view, &candidate, reqwest::Method::POST, "/failover", Some(body)).await
+}
+
+/// Applies `key=value` pairs (values parsed as JSON, else taken as strings;
+/// `null` deletes) to the stored config, validated, compare-and-set.
+async fn set_config(target: Target, pairs: Vec<String>) -> anyhow::Result<ExitCode> {
+    let mut patch = serde_json::json!({});
+    for p in &pairs {
+        let (k, v) = p.split_once('=').with_context(|| format!("{p:?} is not KEY=VALUE"))?;
+        let v: serde_json::Value = serde_json::from_str(v).unwrap_or_else(|_| serde_json::Value::String(v.to_string()));
+        let mut slot = &mut patch;
+        let parts: Vec<&str> = k.split('.').collect();
+        for part in &parts[..parts.len() - 1] {
+            slot = slot
+                .as_object_mut()
+                .expect("patch levels are objects")
+                .entry(part.to_string())
+                .or_insert(serde_json::json!({}));
+        }
+        slot.as_object_mut()
+            .expect("patch levels are objects")
+            .insert(parts[parts.len() - 1].to_string(), v);
+    }
+    let (_, view) = target.view().await?;
+    let mut current = view
+        .config
+        .as_ref()
+        .map(serde_json::to_value)
+        .transpose()?
+        .context("no valid config stored to change")?;
+    baton::config::merge_patch(&mut current, &patch);
+    store_config(&target, current, view.config_revision).await
+}
+
+async fn store_config(target: &Target, value: serde_json::Value, revision: i64) -> anyhow::Result<ExitCode> {
+    let cfg: baton::config::DynamicConfig =
+        serde_json::from_value(value).map_err(|e| anyhow::anyhow!("invalid config: {e}"))?;
+    if let Err(e) = cfg.validate() {
+        eprintln!("error: invalid config, nothing stored: {e}");
+        return Ok(ExitCode::from(2));
+    }
+    let (endpoints, _, prefix) = target.resolve()?;
+    let dcs = Dcs::connect(&endpoints, prefix, Duration::from_secs(3)).await?;
+    if !dcs.cas_config(&cfg, revision).await? {
+        eprintln!("error: the config changed since it was read (another edit won); nothing stored, try again");
+        return Ok(ExitCode::FAILURE);
+    }
+    println!("{}", serde_json::to_string_pretty(&cfg)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn edit_config(target: Target) -> anyhow::Result<ExitCode> {
+    let (_, view) = target.view().await?;
+    let current = view.config.as_ref().context("no valid config stored to edit")?;
+    let file = std::env::temp_dir().join(format!("baton-config-{}.json", std::process::id()));
+    std::fs::write(&file, serde_json::to_string_pretty(current)?)?;
+    let editor = std::env::var("EDITOR").unwrap_or_else(|_| "vi".into());
+    let status = std::process::Command::new(&editor).arg(&file).status().with_context(|| format!("running {editor}"))?;
+    let text = std::fs::read_to_string(&file)?;
+    let _ = std::fs::remove_file(&file);
+    if !status.success() {
+        anyhow::bail!("{editor} exited with {status}; nothing stored");
+    }
+    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("edited config is not JSON ({e}); nothing stored"))?;
+    store_config(&target, value, view.config_revision).await
 }

@@ -74,6 +74,10 @@ pub enum DataDir {
         timeline: Option<u32>,
         /// Switch points of earlier timelines, from `pg_wal/<tl>.history`.
         history: Vec<(u32, Lsn)>,
+        /// Shut down cleanly as a primary: its WAL ends with the shutdown
+        /// checkpoint at `checkpoint` (known only when stopped).
+        clean_shutdown: bool,
+        checkpoint: Option<Lsn>,
     },
     /// Something the agent must not touch, and why.
     Unusable(String),
@@ -312,6 +316,11 @@ impl Instance {
                         standby: dir.join("standby.signal").exists(),
                         timeline,
                         history,
+                        clean_shutdown: cd.get("Database cluster state").map(String::as_str)
+                            == Some("shut down"),
+                        checkpoint: cd
+                            .get("Latest checkpoint location")
+                            .and_then(|l| l.parse().ok()),
                     }
                 }
                 None => DataDir::Unusable("pg_controldata shows no system identifier".into()),
@@ -568,6 +577,29 @@ impl Instance {
         }
     }
 
+    /// A superuser session on another member's postgres.
+    pub async fn connect_member(
+        &self,
+        host: &str,
+        port: u16,
+        timeout: Duration,
+    ) -> Result<tokio_postgres::Client, PgError> {
+        let mut cfg = tokio_postgres::Config::new();
+        cfg.host(host)
+            .port(port)
+            .user(&self.cfg.superuser.username)
+            .dbname("postgres")
+            .connect_timeout(timeout);
+        if let Some(pw) = &self.cfg.superuser.password {
+            cfg.password(pw);
+        }
+        let (client, conn) = tokio::time::timeout(timeout, cfg.connect(tokio_postgres::NoTls))
+            .await
+            .map_err(|_| PgError::Timeout(format!("connect to {host}:{port}"), timeout))??;
+        tokio::spawn(conn);
+        Ok(client)
+    }
+
     /// Superuser connection string to another member (pg_rewind's source).
     fn superuser_conninfo(&self, host: &str, port: u16) -> String {
         format!(
@@ -582,22 +614,7 @@ impl Instance {
     /// its new timeline; pg_rewind itself runs crash recovery on a target
     /// that was not shut down cleanly (PostgreSQL 13+).
     pub async fn rewind_from(&self, host: &str, port: u16) -> Result<(), PgError> {
-        let mut cfg = tokio_postgres::Config::new();
-        cfg.host(host)
-            .port(port)
-            .user(&self.cfg.superuser.username)
-            .dbname("postgres")
-            .connect_timeout(Duration::from_secs(5));
-        if let Some(pw) = &self.cfg.superuser.password {
-            cfg.password(pw);
-        }
-        let (client, conn) =
-            tokio::time::timeout(Duration::from_secs(10), cfg.connect(tokio_postgres::NoTls))
-                .await
-                .map_err(|_| {
-                    PgError::Timeout(format!("connect to {host}:{port}"), Duration::from_secs(10))
-                })??;
-        tokio::spawn(conn);
+        let client = self.connect_member(host, port, Duration::from_secs(10)).await?;
         client.batch_execute("CHECKPOINT").await?;
         drop(client);
         let mut cmd = self.command("pg_rewind");
@@ -730,6 +747,18 @@ pub async fn query_running(client: &tokio_postgres::Client) -> Result<Running, P
         history: vec![],
     };
     type PgLsn = tokio_postgres::types::PgLsn;
+    // Slots exist on replicas too: a member about to promote creates the
+    // others' slots before it does.
+    for row in client
+        .query(
+            "SELECT slot_name::text, restart_lsn FROM pg_replication_slots WHERE slot_type = 'physical'",
+            &[],
+        )
+        .await?
+    {
+        r.slots
+            .insert(row.get(0), row.get::<_, Option<PgLsn>>(1).map(Lsn::from));
+    }
     if in_recovery {
         let row = client
             .query_one(
@@ -764,16 +793,6 @@ pub async fn query_running(client: &tokio_postgres::Client) -> Result<Running, P
         r.wal_lsn = Some(Lsn::from(row.get::<_, PgLsn>(0)));
         let tli: String = row.get(1);
         r.timeline = u32::from_str_radix(&tli, 16).ok();
-        for row in client
-            .query(
-                "SELECT slot_name::text, restart_lsn FROM pg_replication_slots WHERE slot_type = 'physical'",
-                &[],
-            )
-            .await?
-        {
-            r.slots
-                .insert(row.get(0), row.get::<_, Option<PgLsn>>(1).map(Lsn::from));
-        }
         for row in client
             .query(
                 "SELECT application_name, client_addr::text, state, sent_lsn, flush_lsn, replay_lsn, sync_state

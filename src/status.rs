@@ -60,6 +60,10 @@ pub struct ClusterStatus {
     pub leader: Option<String>,
     pub members: Vec<MemberRow>,
     pub system_identifier: Option<String>,
+    /// Maintenance mode: agents take no automatic action.
+    pub paused: bool,
+    /// A pending switchover: "to <member>" plus " at <time>" when scheduled.
+    pub switchover: Option<String>,
 }
 
 impl ClusterStatus {
@@ -183,6 +187,14 @@ impl ClusterStatus {
             leader,
             members,
             system_identifier: view.initialize.clone().filter(|s| !s.is_empty()),
+            paused: view.config.as_ref().is_some_and(|c| c.pause),
+            switchover: view.failover.as_ref().map(|f| {
+                let to = f.member.clone().unwrap_or_else(|| "the healthiest replica".into());
+                match &f.scheduled_at {
+                    Some(at) => format!("to {to} at {at}"),
+                    None => format!("to {to} (in progress)"),
+                }
+            }),
         }
     }
 
@@ -194,6 +206,12 @@ impl ClusterStatus {
             self.system_identifier.as_deref().unwrap_or("uninitialized"),
             self.state
         );
+        if self.paused {
+            out.push_str("  Maintenance mode: on (no automatic failover, restart or repair)\n");
+        }
+        if let Some(sw) = &self.switchover {
+            out.push_str(&format!("  Switchover: {sw}\n"));
+        }
         for p in &self.problems {
             out.push_str(&format!("  ! {p}\n"));
         }
