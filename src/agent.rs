@@ -223,7 +223,11 @@ impl Agent {
                 Ok(m) => tracing::info!("reload: {m}"),
                 Err(e) => tracing::error!("reload refused: {e}"),
             }
-            *self.shared.reload_result.lock().expect("reload result lock") = Some(result);
+            *self
+                .shared
+                .reload_result
+                .lock()
+                .expect("reload result lock") = Some(result);
             self.shared.reload_requested.store(false, Ordering::SeqCst);
         }
         let now = Instant::now();
@@ -328,7 +332,10 @@ impl Agent {
         let new = NodeConfig::load(path).map_err(|e| e.to_string())?;
         let mut needs_restart = vec![];
         let (old_pg, new_pg) = (&self.cfg.postgresql, &new.postgresql);
-        if old_pg.data_dir != new_pg.data_dir || old_pg.listen != new_pg.listen || old_pg.socket_dir != new_pg.socket_dir {
+        if old_pg.data_dir != new_pg.data_dir
+            || old_pg.listen != new_pg.listen
+            || old_pg.socket_dir != new_pg.socket_dir
+        {
             needs_restart.push("postgresql addresses/paths");
         }
         if self.cfg.api.listen != new.api.listen || self.cfg.etcd.endpoints != new.etcd.endpoints {
@@ -337,7 +344,8 @@ impl Agent {
         self.cfg.postgresql.parameters = new.postgresql.parameters.clone();
         self.cfg.postgresql.pg_hba = new.postgresql.pg_hba.clone();
         self.cfg.tags = new.tags.clone();
-        let inst = Instance::new(self.cfg.postgresql.clone(), self.cfg.name.clone()).map_err(|e| e.to_string())?;
+        let inst = Instance::new(self.cfg.postgresql.clone(), self.cfg.name.clone())
+            .map_err(|e| e.to_string())?;
         self.inst = Arc::new(inst);
         if let Some(client) = &self.client {
             let snap = self.shared.snapshot();
@@ -350,12 +358,18 @@ impl Agent {
                 _ => None,
             };
             if let Some(run_as) = run_as {
-                self.inst.follow(client, &run_as).await.map_err(|e| e.to_string())?;
+                self.inst
+                    .follow(client, &run_as)
+                    .await
+                    .map_err(|e| e.to_string())?;
             }
         }
         let mut msg = "reloaded postgresql.parameters, pg_hba and tags".to_string();
         if !needs_restart.is_empty() {
-            msg.push_str(&format!("; changed {} take effect after an agent restart", needs_restart.join(", ")));
+            msg.push_str(&format!(
+                "; changed {} take effect after an agent restart",
+                needs_restart.join(", ")
+            ));
         }
         Ok(msg)
     }
@@ -968,16 +982,30 @@ async fn handover(
 ) -> Result<(), String> {
     let err = |what: &str, e: &dyn std::fmt::Display| format!("{what}: {e}");
     // A checkpoint while writes still flow makes the shutdown checkpoint short.
-    let local = inst.connect(limit).await.map_err(|e| err("connecting locally", &e))?;
-    local.batch_execute("CHECKPOINT").await.map_err(|e| err("CHECKPOINT", &pg::describe(&e)))?;
+    let local = inst
+        .connect(limit)
+        .await
+        .map_err(|e| err("connecting locally", &e))?;
+    local
+        .batch_execute("CHECKPOINT")
+        .await
+        .map_err(|e| err("CHECKPOINT", &pg::describe(&e)))?;
     drop(local);
     let paused_at = Instant::now();
     // Fast shutdown: walsenders send everything up to and including the
     // shutdown checkpoint before the postmaster exits.
-    inst.stop(StopMode::Fast).await.map_err(|e| err("stopping postgres", &e))?;
-    let cd = inst.controldata().await.map_err(|e| err("pg_controldata", &e))?;
+    inst.stop(StopMode::Fast)
+        .await
+        .map_err(|e| err("stopping postgres", &e))?;
+    let cd = inst
+        .controldata()
+        .await
+        .map_err(|e| err("pg_controldata", &e))?;
     if cd.get("Database cluster state").map(String::as_str) != Some("shut down") {
-        return Err(format!("postgres did not shut down cleanly: {:?}", cd.get("Database cluster state")));
+        return Err(format!(
+            "postgres did not shut down cleanly: {:?}",
+            cd.get("Database cluster state")
+        ));
     }
     let ckpt: crate::lsn::Lsn = cd
         .get("Latest checkpoint location")
@@ -987,7 +1015,10 @@ async fn handover(
     let deadline = Instant::now() + limit;
     let mut last;
     loop {
-        match inst.connect_member(host, port, Duration::from_secs(1)).await {
+        match inst
+            .connect_member(host, port, Duration::from_secs(1))
+            .await
+        {
             Ok(c) => match c.query_one("SELECT pg_last_wal_replay_lsn()", &[]).await {
                 Ok(row) => {
                     let replayed = row
@@ -1003,12 +1034,20 @@ async fn handover(
             Err(e) => last = e.to_string(),
         }
         if Instant::now() > deadline {
-            return Err(format!("{candidate} did not replay the shutdown checkpoint within {limit:?} ({last})"));
+            return Err(format!(
+                "{candidate} did not replay the shutdown checkpoint within {limit:?} ({last})"
+            ));
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    if !dcs.transfer_leader(me, candidate, lease).await.map_err(|e| err("handing over the leader key", &e))? {
-        return Err(format!("could not hand the leader key to {candidate} (its lease changed: did it die?)"));
+    if !dcs
+        .transfer_leader(me, candidate, lease)
+        .await
+        .map_err(|e| err("handing over the leader key", &e))?
+    {
+        return Err(format!(
+            "could not hand the leader key to {candidate} (its lease changed: did it die?)"
+        ));
     }
     tracing::info!(
         "leader key handed to {candidate} {} ms after writes stopped; it promotes now",

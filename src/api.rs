@@ -73,7 +73,10 @@ pub async fn serve(
             "/config",
             on(any, config).patch(patch_config).put(put_config),
         )
-        .route("/switchover", axum::routing::post(switchover).delete(cancel_switchover))
+        .route(
+            "/switchover",
+            axum::routing::post(switchover).delete(cancel_switchover),
+        )
         .route("/failover", axum::routing::post(failover))
         .route("/restart", axum::routing::post(restart))
         .route("/reload", axum::routing::post(reload))
@@ -209,11 +212,16 @@ async fn reinitialize(
         .into_response())
 }
 
-fn string_field(body: &serde_json::Map<String, Value>, key: &str) -> Result<Option<String>, ApiError> {
+fn string_field(
+    body: &serde_json::Map<String, Value>,
+    key: &str,
+) -> Result<Option<String>, ApiError> {
     match body.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if !s.is_empty() => Ok(Some(s.clone())),
-        Some(other) => Err(ApiError::BadRequest(format!("\"{key}\" must be a non-empty string, got {other}"))),
+        Some(other) => Err(ApiError::BadRequest(format!(
+            "\"{key}\" must be a non-empty string, got {other}"
+        ))),
     }
 }
 
@@ -227,7 +235,10 @@ async fn fresh_view(state: &SharedState) -> Result<crate::dcs::ClusterView, ApiE
 }
 
 fn max_lag(view: &crate::dcs::ClusterView) -> u64 {
-    view.config.as_ref().map(|c| c.maximum_lag_on_failover).unwrap_or(1 << 20)
+    view.config
+        .as_ref()
+        .map(|c| c.maximum_lag_on_failover)
+        .unwrap_or(1 << 20)
 }
 
 /// How long a control request waits for its outcome. The steps it waits on
@@ -236,7 +247,11 @@ const OUTCOME_LIMIT: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// `POST /switchover` `{"leader", "candidate"?, "scheduled_at"?}`: 200 when
 /// done, 202 when scheduled, 400/412/503 with the reason.
-async fn switchover(State(state): State<SharedState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+async fn switchover(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     authorize(&state, &headers)?;
     let body = json_body(&body)?;
     let leader = string_field(&body, "leader")?
@@ -245,10 +260,14 @@ async fn switchover(State(state): State<SharedState>, headers: HeaderMap, body: 
     let scheduled_at = string_field(&body, "scheduled_at")?;
     let view = fresh_view(&state).await?;
     let Some(actual) = view.leader_name() else {
-        return Err(ApiError::Unavailable("the cluster has no leader: use failover".into()));
+        return Err(ApiError::Unavailable(
+            "the cluster has no leader: use failover".into(),
+        ));
     };
     if actual != leader {
-        return Err(ApiError::Precondition(format!("leader name does not match: the leader is {actual}, not {leader}")));
+        return Err(ApiError::Precondition(format!(
+            "leader name does not match: the leader is {actual}, not {leader}"
+        )));
     }
     let lag = max_lag(&view);
     let candidate = match candidate {
@@ -263,8 +282,11 @@ async fn switchover(State(state): State<SharedState>, headers: HeaderMap, body: 
     let when = match &scheduled_at {
         None => None,
         Some(t) => {
-            let at = chrono::DateTime::parse_from_rfc3339(t)
-                .map_err(|e| ApiError::BadRequest(format!("scheduled_at {t:?} is not an RFC 3339 time with zone: {e}")))?;
+            let at = chrono::DateTime::parse_from_rfc3339(t).map_err(|e| {
+                ApiError::BadRequest(format!(
+                    "scheduled_at {t:?} is not an RFC 3339 time with zone: {e}"
+                ))
+            })?;
             Some(at.with_timezone(&chrono::Utc)).filter(|at| *at > chrono::Utc::now())
         }
     };
@@ -273,9 +295,15 @@ async fn switchover(State(state): State<SharedState>, headers: HeaderMap, body: 
         member: Some(candidate.clone()),
         scheduled_at: when.map(|t| t.to_rfc3339()),
     };
-    let stored = state.dcs.request_failover(&req).await.map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    let stored = state
+        .dcs
+        .request_failover(&req)
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
     if !stored {
-        return Err(ApiError::Unavailable("a switchover or failover is already pending (cancel it first)".into()));
+        return Err(ApiError::Unavailable(
+            "a switchover or failover is already pending (cancel it first)".into(),
+        ));
     }
     if let Some(at) = when {
         return Ok((StatusCode::ACCEPTED, Json(json!({"message": format!("Switchover to {candidate} scheduled at {}", at.to_rfc3339())}))).into_response());
@@ -301,18 +329,27 @@ fn best_candidate(view: &crate::dcs::ClusterView, lag: u64) -> Result<String, Ap
             }
         }
     }
-    best.map(|(_, n)| n)
-        .ok_or_else(|| ApiError::Precondition(format!("no eligible candidate: {}", refusals.join("; "))))
+    best.map(|(_, n)| n).ok_or_else(|| {
+        ApiError::Precondition(format!("no eligible candidate: {}", refusals.join("; ")))
+    })
 }
 
 /// Waits until `candidate` leads (200) or the request is gone with the old
 /// leader still in charge (503 with the leader's reason).
-async fn wait_for_handover(state: &SharedState, old: &str, candidate: &str) -> Result<Response, ApiError> {
+async fn wait_for_handover(
+    state: &SharedState,
+    old: &str,
+    candidate: &str,
+) -> Result<Response, ApiError> {
     let started = std::time::Instant::now();
     loop {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        let Ok(view) = state.dcs.load().await else { continue };
-        let new_leader = view.leader_member().filter(|m| m.role == "primary" && m.state == "running");
+        let Ok(view) = state.dcs.load().await else {
+            continue;
+        };
+        let new_leader = view
+            .leader_member()
+            .filter(|m| m.role == "primary" && m.state == "running");
         if view.leader_name() == Some(candidate) && new_leader.is_some() {
             return Ok(ok(format!("Successfully switched over to {candidate}")));
         }
@@ -320,9 +357,14 @@ async fn wait_for_handover(state: &SharedState, old: &str, candidate: &str) -> R
             let snap = state.snapshot();
             let why = match (&snap.last_failure, snap.name == old) {
                 (Some((_, e)), true) => e.clone(),
-                _ => view.leader_member().and_then(|m| m.baton_reason.clone()).unwrap_or_default(),
+                _ => view
+                    .leader_member()
+                    .and_then(|m| m.baton_reason.clone())
+                    .unwrap_or_default(),
             };
-            return Err(ApiError::Unavailable(format!("Switchover failed, {old} resumed as leader: {why}")));
+            return Err(ApiError::Unavailable(format!(
+                "Switchover failed, {old} resumed as leader: {why}"
+            )));
         }
         if started.elapsed() > OUTCOME_LIMIT {
             return Err(ApiError::Unavailable(format!(
@@ -334,28 +376,47 @@ async fn wait_for_handover(state: &SharedState, old: &str, candidate: &str) -> R
 }
 
 /// `DELETE /switchover`: cancels a scheduled switchover.
-async fn cancel_switchover(State(state): State<SharedState>, headers: HeaderMap) -> Result<Response, ApiError> {
+async fn cancel_switchover(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     authorize(&state, &headers)?;
     let view = fresh_view(&state).await?;
     match view.failover {
         Some(f) if f.scheduled_at.is_some() => {
-            state.dcs.clear_failover().await.map_err(|e| ApiError::Unavailable(e.to_string()))?;
-            Ok(ok(format!("scheduled switchover to {} cancelled", f.member.unwrap_or_default())))
+            state
+                .dcs
+                .clear_failover()
+                .await
+                .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+            Ok(ok(format!(
+                "scheduled switchover to {} cancelled",
+                f.member.unwrap_or_default()
+            )))
         }
-        Some(_) => Err(ApiError::Precondition("the pending switchover is not scheduled: it is already running".into())),
+        Some(_) => Err(ApiError::Precondition(
+            "the pending switchover is not scheduled: it is already running".into(),
+        )),
         None => Err(ApiError::NotFound("no switchover is scheduled".into())),
     }
 }
 
 /// `POST /failover` `{"candidate"}`: manual promotion when there is no
 /// healthy leader.
-async fn failover(State(state): State<SharedState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+async fn failover(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     authorize(&state, &headers)?;
     let body = json_body(&body)?;
     let candidate = string_field(&body, "candidate")?
         .ok_or_else(|| ApiError::BadRequest("\"candidate\" is required".into()))?;
     let view = fresh_view(&state).await?;
-    if let Some(l) = view.leader_member().filter(|m| m.role == "primary" && m.state == "running") {
+    if let Some(l) = view
+        .leader_member()
+        .filter(|m| m.role == "primary" && m.state == "running")
+    {
         let _ = l;
         return Err(ApiError::Precondition(format!(
             "the leader {} is healthy: use switchover",
@@ -363,75 +424,128 @@ async fn failover(State(state): State<SharedState>, headers: HeaderMap, body: By
         )));
     }
     match view.members.get(&candidate) {
-        None => return Err(ApiError::Precondition(format!("no member named {candidate:?}"))),
+        None => {
+            return Err(ApiError::Precondition(format!(
+                "no member named {candidate:?}"
+            )))
+        }
         Some(m) if m.state != "running" || m.role != "replica" => {
-            return Err(ApiError::Precondition(format!("{candidate} is {} as {}, not a running replica", m.state, m.role)))
+            return Err(ApiError::Precondition(format!(
+                "{candidate} is {} as {}, not a running replica",
+                m.state, m.role
+            )))
         }
         Some(_) => {}
     }
-    let req = crate::dcs::FailoverKey { leader: None, member: Some(candidate.clone()), scheduled_at: None };
-    if !state.dcs.request_failover(&req).await.map_err(|e| ApiError::Unavailable(e.to_string()))? {
-        return Err(ApiError::Unavailable("a switchover or failover is already pending".into()));
+    let req = crate::dcs::FailoverKey {
+        leader: None,
+        member: Some(candidate.clone()),
+        scheduled_at: None,
+    };
+    if !state
+        .dcs
+        .request_failover(&req)
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?
+    {
+        return Err(ApiError::Unavailable(
+            "a switchover or failover is already pending".into(),
+        ));
     }
     let started = std::time::Instant::now();
     loop {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        let Ok(view) = state.dcs.load().await else { continue };
+        let Ok(view) = state.dcs.load().await else {
+            continue;
+        };
         if view.leader_name() == Some(candidate.as_str())
-            && view.leader_member().is_some_and(|m| m.role == "primary" && m.state == "running")
+            && view
+                .leader_member()
+                .is_some_and(|m| m.role == "primary" && m.state == "running")
         {
             return Ok(ok(format!("Successfully failed over to {candidate}")));
         }
         if started.elapsed() > OUTCOME_LIMIT {
             let _ = state.dcs.clear_failover().await;
-            return Err(ApiError::Unavailable(format!("{candidate} did not take over within {} s", OUTCOME_LIMIT.as_secs())));
+            return Err(ApiError::Unavailable(format!(
+                "{candidate} did not take over within {} s",
+                OUTCOME_LIMIT.as_secs()
+            )));
         }
     }
 }
 
 /// `POST /restart`: restart postgres in its current role, and wait for it.
-async fn restart(State(state): State<SharedState>, headers: HeaderMap) -> Result<Response, ApiError> {
+async fn restart(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     authorize(&state, &headers)?;
     let before = state.snapshot();
     if !matches!(before.pg, PgStatus::Running(_)) {
-        return Err(ApiError::Unavailable("postgres is not running; the agent starts it when it should run".into()));
+        return Err(ApiError::Unavailable(
+            "postgres is not running; the agent starts it when it should run".into(),
+        ));
     }
     let started = std::time::Instant::now();
-    state.restart_requested.store(true, std::sync::atomic::Ordering::SeqCst);
+    state
+        .restart_requested
+        .store(true, std::sync::atomic::Ordering::SeqCst);
     state.wake.notify_one();
     let mut seen_job = false;
     loop {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         let s = state.snapshot();
         seen_job |= s.pending_job == Some(crate::ha::JobKind::Restart);
-        let requested = state.restart_requested.load(std::sync::atomic::Ordering::SeqCst);
+        let requested = state
+            .restart_requested
+            .load(std::sync::atomic::Ordering::SeqCst);
         if seen_job && !requested && s.pending_job.is_none() {
             return match (&s.pg, &s.last_failure) {
                 (PgStatus::Running(_), _) => Ok(ok("restarted")),
                 (_, Some((_, e))) => Err(ApiError::Unavailable(format!("restart failed: {e}"))),
-                _ => Err(ApiError::Unavailable("restart finished but postgres is not running".into())),
+                _ => Err(ApiError::Unavailable(
+                    "restart finished but postgres is not running".into(),
+                )),
             };
         }
         if started.elapsed() > OUTCOME_LIMIT {
-            return Err(ApiError::Unavailable("restart still running; `baton list` shows where it is".into()));
+            return Err(ApiError::Unavailable(
+                "restart still running; `baton list` shows where it is".into(),
+            ));
         }
     }
 }
 
 /// `POST /reload`: re-read the node config file's reloadable settings
 /// (postgresql.parameters, pg_hba, tags), rewrite postgres' files, reload.
-async fn reload(State(state): State<SharedState>, headers: HeaderMap) -> Result<Response, ApiError> {
+async fn reload(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     authorize(&state, &headers)?;
-    state.reload_requested.store(true, std::sync::atomic::Ordering::SeqCst);
+    state
+        .reload_requested
+        .store(true, std::sync::atomic::Ordering::SeqCst);
     state.wake.notify_one();
     let started = std::time::Instant::now();
-    while state.reload_requested.load(std::sync::atomic::Ordering::SeqCst) {
+    while state
+        .reload_requested
+        .load(std::sync::atomic::Ordering::SeqCst)
+    {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         if started.elapsed() > std::time::Duration::from_secs(30) {
-            return Err(ApiError::Unavailable("reload not picked up by the HA loop within 30 s".into()));
+            return Err(ApiError::Unavailable(
+                "reload not picked up by the HA loop within 30 s".into(),
+            ));
         }
     }
-    match state.reload_result.lock().expect("reload result lock").clone() {
+    match state
+        .reload_result
+        .lock()
+        .expect("reload result lock")
+        .clone()
+    {
         Some(Ok(msg)) => Ok(ok(msg)),
         Some(Err(e)) => Err(ApiError::BadRequest(e)),
         None => Err(ApiError::Unavailable("reload result missing".into())),
@@ -439,28 +553,56 @@ async fn reload(State(state): State<SharedState>, headers: HeaderMap) -> Result<
 }
 
 /// Validates and stores a new dynamic config with compare-and-set.
-async fn store_config(state: &SharedState, revision: i64, value: Value) -> Result<Response, ApiError> {
-    let cfg: crate::config::DynamicConfig =
-        serde_json::from_value(value).map_err(|e| ApiError::BadRequest(format!("invalid config: {e}")))?;
-    cfg.validate().map_err(|e| ApiError::BadRequest(format!("invalid config: {e}")))?;
-    if !state.dcs.cas_config(&cfg, revision).await.map_err(|e| ApiError::Unavailable(e.to_string()))? {
-        return Err(ApiError::Conflict("the config changed since it was read; read it again and retry".into()));
+async fn store_config(
+    state: &SharedState,
+    revision: i64,
+    value: Value,
+) -> Result<Response, ApiError> {
+    let cfg: crate::config::DynamicConfig = serde_json::from_value(value)
+        .map_err(|e| ApiError::BadRequest(format!("invalid config: {e}")))?;
+    cfg.validate()
+        .map_err(|e| ApiError::BadRequest(format!("invalid config: {e}")))?;
+    if !state
+        .dcs
+        .cas_config(&cfg, revision)
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?
+    {
+        return Err(ApiError::Conflict(
+            "the config changed since it was read; read it again and retry".into(),
+        ));
     }
-    Ok((StatusCode::OK, Json(serde_json::to_value(&cfg).unwrap_or_default())).into_response())
+    Ok((
+        StatusCode::OK,
+        Json(serde_json::to_value(&cfg).unwrap_or_default()),
+    )
+        .into_response())
 }
 
 /// `PATCH /config`: merge (a `null` deletes the key), validate, store.
-async fn patch_config(State(state): State<SharedState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+async fn patch_config(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     authorize(&state, &headers)?;
     let patch = json_body(&body)?;
     let view = fresh_view(&state).await?;
-    let mut current = view.config.as_ref().map(|c| serde_json::to_value(c).unwrap_or_default()).unwrap_or(json!({}));
+    let mut current = view
+        .config
+        .as_ref()
+        .map(|c| serde_json::to_value(c).unwrap_or_default())
+        .unwrap_or(json!({}));
     crate::config::merge_patch(&mut current, &Value::Object(patch));
     store_config(&state, view.config_revision, current).await
 }
 
 /// `PUT /config`: replace, validate, store.
-async fn put_config(State(state): State<SharedState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+async fn put_config(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     authorize(&state, &headers)?;
     let new = json_body(&body)?;
     let view = fresh_view(&state).await?;

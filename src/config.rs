@@ -828,8 +828,14 @@ retry_timeout = 1
     #[test]
     fn merge_patch_merges_and_deletes() {
         let mut v = serde_json::json!({"ttl": 4, "postgresql": {"a": 1, "b": 2}, "x": 1});
-        merge_patch(&mut v, &serde_json::json!({"ttl": 5, "postgresql": {"a": null, "c": 3}, "x": null}));
-        assert_eq!(v, serde_json::json!({"ttl": 5, "postgresql": {"b": 2, "c": 3}}));
+        merge_patch(
+            &mut v,
+            &serde_json::json!({"ttl": 5, "postgresql": {"a": null, "c": 3}, "x": null}),
+        );
+        assert_eq!(
+            v,
+            serde_json::json!({"ttl": 5, "postgresql": {"b": 2, "c": 3}})
+        );
     }
 
     #[test]

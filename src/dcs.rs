@@ -166,7 +166,6 @@ impl ClusterView {
             ..ClusterView::default()
         };
         for (key, value, lease, mod_revision) in kvs {
-
             let Ok(key) = std::str::from_utf8(key) else {
                 continue;
             };
@@ -422,7 +421,12 @@ impl Dcs {
     /// `to`'s own lease, in one transaction that also clears `failover`. It
     /// fails if `from` no longer holds the key or `to`'s member key is no
     /// longer on that lease (the candidate died meanwhile).
-    pub async fn transfer_leader(&self, from: &str, to: &str, to_lease: LeaseId) -> Result<bool, DcsError> {
+    pub async fn transfer_leader(
+        &self,
+        from: &str,
+        to: &str,
+        to_lease: LeaseId,
+    ) -> Result<bool, DcsError> {
         let leader = self.key("leader");
         let member = self.key(&format!("members/{to}"));
         let failover = self.key("failover");
@@ -433,7 +437,11 @@ impl Dcs {
                     Compare::lease(member.as_str(), CompareOp::Equal, to_lease.0),
                 ])
                 .and_then([
-                    TxnOp::put(leader.as_str(), to, Some(PutOptions::new().with_lease(to_lease.0))),
+                    TxnOp::put(
+                        leader.as_str(),
+                        to,
+                        Some(PutOptions::new().with_lease(to_lease.0)),
+                    ),
                     TxnOp::delete(failover.as_str(), None),
                 ]),
         )
@@ -458,12 +466,20 @@ impl Dcs {
 
     /// Replaces the dynamic config only if it is unchanged since `revision`
     /// was read (0: only if absent), so two editors cannot overwrite each other.
-    pub async fn cas_config(&self, config: &DynamicConfig, revision: i64) -> Result<bool, DcsError> {
+    pub async fn cas_config(
+        &self,
+        config: &DynamicConfig,
+        revision: i64,
+    ) -> Result<bool, DcsError> {
         let key = self.key("config");
         let json = serde_json::to_string(config).expect("config serializes");
         self.txn(
             Txn::new()
-                .when([Compare::mod_revision(key.as_str(), CompareOp::Equal, revision)])
+                .when([Compare::mod_revision(
+                    key.as_str(),
+                    CompareOp::Equal,
+                    revision,
+                )])
                 .and_then([TxnOp::put(key.as_str(), json, None)]),
         )
         .await
@@ -529,7 +545,8 @@ mod tests {
         ];
         let view = ClusterView::from_kvs(
             p,
-            kvs.iter().map(|(k, v, l)| (k.as_bytes(), v.as_bytes(), *l, 3)),
+            kvs.iter()
+                .map(|(k, v, l)| (k.as_bytes(), v.as_bytes(), *l, 3)),
             7,
         );
         assert_eq!(view.initialize.as_deref(), Some("7301"));

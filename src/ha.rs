@@ -193,6 +193,9 @@ fn automatic(a: &Action) -> bool {
             | Action::Switchover { .. }
             | Action::CancelSwitchover
             | Action::Restart
+            // Only an operator's switchover or manual failover gives the
+            // key to a replica while paused; promoting it is theirs too.
+            | Action::Promote
     )
 }
 
@@ -460,7 +463,10 @@ pub fn candidate_problem(cluster: &ClusterView, candidate: &str, max_lag: u64) -
         return Some(format!("{candidate} is tagged nofailover"));
     }
     if m.state != "running" || m.role != "replica" {
-        return Some(format!("{candidate} is {} as {}, not a running replica", m.state, m.role));
+        return Some(format!(
+            "{candidate} is {} as {}, not a running replica",
+            m.state, m.role
+        ));
     }
     if m.replication_state.as_deref() != Some("streaming") {
         return Some(format!("{candidate} is not streaming"));
@@ -484,7 +490,9 @@ pub fn candidate_problem(cluster: &ClusterView, candidate: &str, max_lag: u64) -
     if let (Some(o), Some(p)) = (optime, m.xlog_location) {
         let lag = o.saturating_sub(p);
         if lag > max_lag {
-            return Some(format!("{candidate} lags {lag} bytes > maximum_lag_on_failover {max_lag}"));
+            return Some(format!(
+                "{candidate} lags {lag} bytes > maximum_lag_on_failover {max_lag}"
+            ));
         }
     }
     None
@@ -493,7 +501,11 @@ pub fn candidate_problem(cluster: &ClusterView, candidate: &str, max_lag: u64) -
 /// The HA decision for one tick. Pure: same observation, same decision.
 pub fn decide(o: &Observation) -> Decision {
     let d = decide_unpaused(o);
-    let paused = o.cluster.as_ref().and_then(|c| c.config.as_ref()).is_some_and(|c| c.pause);
+    let paused = o
+        .cluster
+        .as_ref()
+        .and_then(|c| c.config.as_ref())
+        .is_some_and(|c| c.pause);
     if !paused {
         return d;
     }
@@ -501,7 +513,8 @@ pub fn decide(o: &Observation) -> Decision {
         d.reason,
         Reason::LeaseExpiredFencing { .. } | Reason::EtcdUnreachableFencing { .. }
     );
-    if fencing || !d.actions.iter().any(automatic) {
+    let operator = matches!(d.reason, Reason::ManualFailover { ref to } if to.is_empty());
+    if fencing || operator || !d.actions.iter().any(automatic) {
         return d;
     }
     Decision {
@@ -686,7 +699,9 @@ fn decide_unpaused(o: &Observation) -> Decision {
                             reason = Reason::SwitchoverRefused(why);
                         }
                         None => {
-                            actions.push(Action::Switchover { candidate: c.to_string() });
+                            actions.push(Action::Switchover {
+                                candidate: c.to_string(),
+                            });
                             reason = Reason::SwitchingOver { to: c.to_string() };
                         }
                     },
@@ -806,7 +821,13 @@ fn decide_stopped_follower(
 /// A cleanly shut-down primary whose shutdown checkpoint lies before the
 /// point where the leader's next timeline forked from ours has nothing the
 /// leader lacks: the planned-switchover case, which needs no pg_rewind.
-fn clean_prefix(o: &Observation, mine: u32, history: &[(u32, Lsn)], theirs: u32, cluster: &ClusterView) -> bool {
+fn clean_prefix(
+    o: &Observation,
+    mine: u32,
+    history: &[(u32, Lsn)],
+    theirs: u32,
+    cluster: &ClusterView,
+) -> bool {
     let DataDir::Valid {
         clean_shutdown: true,
         checkpoint: Some(ckpt),
@@ -818,7 +839,10 @@ fn clean_prefix(o: &Observation, mine: u32, history: &[(u32, Lsn)], theirs: u32,
     let points = history_points(cluster);
     mine < theirs
         && lineage_agrees(mine, history, &points) == Some(true)
-        && points.iter().find(|(t, _)| *t == mine).is_some_and(|(_, switch)| ckpt.0 < *switch)
+        && points
+            .iter()
+            .find(|(t, _)| *t == mine)
+            .is_some_and(|(_, switch)| ckpt.0 < *switch)
 }
 
 /// Whether the switch points of every timeline before `my_tl` (`mine`,
@@ -877,7 +901,10 @@ fn elect(o: &Observation, cluster: &ClusterView, run: &Running) -> Decision {
     if let Some(to) = cluster.failover.as_ref().and_then(|f| f.member.as_deref()) {
         if cluster.members.contains_key(to) {
             return if to == o.me {
-                decision(vec![Action::AcquireLeader], Reason::ManualFailover { to: String::new() })
+                decision(
+                    vec![Action::AcquireLeader],
+                    Reason::ManualFailover { to: String::new() },
+                )
             } else {
                 decision(vec![], Reason::ManualFailover { to: to.to_string() })
             };
@@ -1074,6 +1101,10 @@ mod tests {
             peers: vec![],
             reinit_requested: false,
             rebuild_allowed: true,
+            restart_requested: false,
+            now_utc: chrono::DateTime::parse_from_rfc3339("2026-11-23T12:00:00Z")
+                .unwrap()
+                .with_timezone(&chrono::Utc),
         }
     }
 
@@ -1083,6 +1114,8 @@ mod tests {
             standby: false,
             timeline: Some(1),
             history: vec![],
+            clean_shutdown: false,
+            checkpoint: None,
         }
     }
 
@@ -1094,6 +1127,8 @@ mod tests {
             history: (1..timeline)
                 .map(|t| (t, Lsn(u64::from(t) * 1000)))
                 .collect(),
+            clean_shutdown: false,
+            checkpoint: None,
         }
     }
 
@@ -1173,6 +1208,8 @@ mod tests {
             standby: false,
             timeline: Some(1),
             history: vec![],
+            clean_shutdown: false,
+            checkpoint: None,
         };
         for pg in [PgStatus::Stopped, running(false), running(true)] {
             let d = decide(&obs("n2", Some(cluster(Some(("n1", 1)))), dir.clone(), pg));
@@ -1313,7 +1350,13 @@ mod tests {
             valid(),
             running(true),
         ));
-        assert_eq!(d.actions, vec![Action::Promote]);
+        assert_eq!(
+            d.actions,
+            vec![
+                Action::CreateSlots(vec!["n2".into(), "n3".into()]),
+                Action::Promote
+            ]
+        );
     }
 
     #[test]
@@ -1369,14 +1412,20 @@ mod tests {
         assert_eq!(d.actions, vec![Action::AcquireLeader]);
         assert_eq!(d.reason, Reason::Candidate);
 
-        // Once the key is ours: promote.
+        // Once the key is ours: the others' slots first, then promote.
         let o = obs(
             "n2",
             Some(cluster(Some(("n2", 7)))),
             dir_on(1),
             replica_at(1, 1000),
         );
-        assert_eq!(decide(&o).actions, vec![Action::Promote]);
+        assert_eq!(
+            decide(&o).actions,
+            vec![
+                Action::CreateSlots(vec!["n1".into(), "n3".into()]),
+                Action::Promote
+            ]
+        );
     }
 
     #[test]
@@ -1595,5 +1644,133 @@ mod tests {
         assert!(!d_actions(&o)
             .iter()
             .any(|a| matches!(a, Action::Rebuild { .. })));
+    }
+
+    fn failover_to(c: &str, at: Option<&str>) -> Option<crate::dcs::FailoverKey> {
+        Some(crate::dcs::FailoverKey {
+            leader: Some("n1".into()),
+            member: Some(c.into()),
+            scheduled_at: at.map(str::to_string),
+        })
+    }
+
+    fn healthy_replicas(mut c: ClusterView) -> ClusterView {
+        for (n, m) in c.members.iter_mut() {
+            m.replication_state = Some("streaming".into());
+            m.xlog_location = Some(100);
+            if n == "n1" {
+                m.role = "primary".into();
+            }
+        }
+        c
+    }
+
+    #[test]
+    fn leader_starts_a_switchover_to_a_healthy_candidate() {
+        let mut c = healthy_replicas(cluster(Some(("n1", 7))));
+        c.failover = failover_to("n2", None);
+        let d = decide(&obs("n1", Some(c.clone()), valid(), running(false)));
+        assert!(
+            d.actions.contains(&Action::Switchover {
+                candidate: "n2".into()
+            }),
+            "{:?}",
+            d.actions
+        );
+        assert_eq!(d.reason, Reason::SwitchingOver { to: "n2".into() });
+
+        // Scheduled in the future: wait; in the past: go.
+        c.failover = failover_to("n2", Some("2026-11-23T13:00:01+01:00"));
+        let d = decide(&obs("n1", Some(c.clone()), valid(), running(false)));
+        assert!(
+            matches!(d.reason, Reason::SwitchoverScheduled { .. }),
+            "{:?}",
+            d.reason
+        );
+        assert!(!d
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::Switchover { .. })));
+        c.failover = failover_to("n2", Some("2026-11-23T12:59:59+01:00"));
+        let d = decide(&obs("n1", Some(c.clone()), valid(), running(false)));
+        assert!(d.actions.contains(&Action::Switchover {
+            candidate: "n2".into()
+        }));
+
+        // An unhealthy candidate: the request is dropped with the reason.
+        c.members.get_mut("n2").unwrap().replication_state = None;
+        c.failover = failover_to("n2", None);
+        let d = decide(&obs("n1", Some(c), valid(), running(false)));
+        assert!(d.actions.contains(&Action::CancelSwitchover));
+        assert_eq!(
+            d.reason,
+            Reason::SwitchoverRefused("n2 is not streaming".into())
+        );
+    }
+
+    #[test]
+    fn cleanly_stopped_old_leader_follows_without_rewind() {
+        let mut c = cluster(Some(("n2", 1)));
+        c.members.get_mut("n2").unwrap().timeline = Some(2);
+        c.history = Some(serde_json::json!([[1, 5000, "x", null, "n2"]]));
+        let dir = |ckpt: u64, clean: bool| DataDir::Valid {
+            system_id: SYS.into(),
+            standby: false,
+            timeline: Some(1),
+            history: vec![],
+            clean_shutdown: clean,
+            checkpoint: Some(Lsn(ckpt)),
+        };
+        let o = obs("n1", Some(c.clone()), dir(4900, true), PgStatus::Stopped);
+        assert_eq!(
+            d_actions(&o),
+            vec![Action::StartReplica {
+                leader: "n2".into()
+            }]
+        );
+        // Checkpoint at or past the switch, or not a clean shutdown: rewind.
+        let o = obs("n1", Some(c.clone()), dir(5000, true), PgStatus::Stopped);
+        assert_eq!(d_actions(&o), vec![Action::Rewind { from: "n2".into() }]);
+        let o = obs("n1", Some(c), dir(4900, false), PgStatus::Stopped);
+        assert_eq!(d_actions(&o), vec![Action::Rewind { from: "n2".into() }]);
+    }
+
+    #[test]
+    fn pause_holds_automatic_actions_but_never_fencing() {
+        let mut c = cluster(Some(("n1", 7)));
+        c.config.as_mut().unwrap().pause = true;
+        let d = decide(&obs("n1", Some(c.clone()), valid(), PgStatus::Stopped));
+        assert_eq!(d.actions, vec![]);
+        assert!(matches!(d.reason, Reason::Paused { .. }));
+        let mut o = obs("n1", Some(c.clone()), valid(), running(false));
+        o.last_renewal_sent = Some(o.now - Duration::from_secs(4));
+        assert_eq!(decide(&o).actions, vec![Action::Stop]);
+        // A manual failover still goes through.
+        let mut c = with_optime(cluster(None), 100);
+        c.config.as_mut().unwrap().pause = true;
+        c.failover = Some(crate::dcs::FailoverKey {
+            leader: None,
+            member: Some("n2".into()),
+            scheduled_at: None,
+        });
+        let o = obs("n2", Some(c), dir_on(1), replica_at(1, 100));
+        assert_eq!(d_actions(&o), vec![Action::AcquireLeader]);
+    }
+
+    #[test]
+    fn manual_failover_names_the_only_candidate() {
+        let mut c = with_optime(cluster(None), 10 << 20);
+        c.failover = Some(crate::dcs::FailoverKey {
+            leader: None,
+            member: Some("n3".into()),
+            scheduled_at: None,
+        });
+        // n2 is ahead but not named: it stays out.
+        let mut o = obs("n2", Some(c.clone()), dir_on(1), replica_at(1, 10 << 20));
+        o.peers = vec![peer("n3", 1, 10)];
+        assert_eq!(d_actions(&o), vec![]);
+        // n3 lags far beyond the limit but was named by an operator.
+        let o = obs("n3", Some(c), dir_on(1), replica_at(1, 10));
+        assert_eq!(d_actions(&o), vec![Action::AcquireLeader]);
     }
 }

@@ -254,13 +254,23 @@ fn main() -> ExitCode {
             Cmd::Resume { target } => set_config(target, vec!["pause=null".into()]).await,
             Cmd::Restart { target, member } => {
                 let (_, view) = target.view().await?;
-                control(&target, &view, &member, reqwest::Method::POST, "/restart", None).await
+                control(
+                    &target,
+                    &view,
+                    &member,
+                    reqwest::Method::POST,
+                    "/restart",
+                    None,
+                )
+                .await
             }
             Cmd::Reload { target } => {
                 let (_, view) = target.view().await?;
                 let mut code = ExitCode::SUCCESS;
                 for m in view.members.keys() {
-                    if control(&target, &view, m, reqwest::Method::POST, "/reload", None).await? != ExitCode::SUCCESS {
+                    if control(&target, &view, m, reqwest::Method::POST, "/reload", None).await?
+                        != ExitCode::SUCCESS
+                    {
                         code = ExitCode::FAILURE;
                     }
                 }
@@ -272,7 +282,9 @@ fn main() -> ExitCode {
                     match (&view.config, &view.config_error) {
                         (Some(c), _) => println!("{}", serde_json::to_string_pretty(c)?),
                         (None, Some(e)) => anyhow::bail!("the stored config is invalid: {e}"),
-                        (None, None) => anyhow::bail!("no config stored (cluster not bootstrapped?)"),
+                        (None, None) => {
+                            anyhow::bail!("no config stored (cluster not bootstrapped?)")
+                        }
                     }
                     Ok(ExitCode::SUCCESS)
                 }
@@ -460,11 +472,16 @@ async fn control(
     body: Option<serde_json::Value>,
 ) -> anyhow::Result<ExitCode> {
     let Some(m) = view.members.get(member) else {
-        anyhow::bail!("no member {member:?} (members: {})", view.members.keys().cloned().collect::<Vec<_>>().join(", "));
+        anyhow::bail!(
+            "no member {member:?} (members: {})",
+            view.members.keys().cloned().collect::<Vec<_>>().join(", ")
+        );
     };
     let base = m.api_url.trim_end_matches("/patroni");
     // Switchovers wait for the outcome; the agent bounds every step.
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(330)).build()?;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(330))
+        .build()?;
     let mut req = client.request(method, format!("{base}{path}"));
     if let Some(b) = body {
         req = req.json(&b);
@@ -472,10 +489,17 @@ async fn control(
     if let Some((u, p)) = target.credentials()? {
         req = req.basic_auth(u, Some(p));
     }
-    let resp = req.send().await.with_context(|| format!("calling {base}{path}"))?;
+    let resp = req
+        .send()
+        .await
+        .with_context(|| format!("calling {base}{path}"))?;
     let code = resp.status();
     let body: serde_json::Value = resp.json().await.unwrap_or_default();
-    let text = body["message"].as_str().or(body["error"].as_str()).unwrap_or("").to_string();
+    let text = body["message"]
+        .as_str()
+        .or(body["error"].as_str())
+        .unwrap_or("")
+        .to_string();
     if code.is_success() {
         println!("{member}: {text}");
         Ok(ExitCode::SUCCESS)
@@ -498,19 +522,39 @@ async fn switchover(
         anyhow::bail!("cluster {scope} has no leader: use `baton failover --candidate NAME`");
     };
     if cancel {
-        return control(&target, &view, &current, reqwest::Method::DELETE, "/switchover", None).await;
+        return control(
+            &target,
+            &view,
+            &current,
+            reqwest::Method::DELETE,
+            "/switchover",
+            None,
+        )
+        .await;
     }
     let leader = leader.unwrap_or_else(|| current.clone());
     if !force {
         let to = candidate.as_deref().unwrap_or("the healthiest replica");
-        let when = scheduled_at.as_deref().map(|t| format!(" at {t}")).unwrap_or_default();
+        let when = scheduled_at
+            .as_deref()
+            .map(|t| format!(" at {t}"))
+            .unwrap_or_default();
         if !confirm(&format!("Switch over from {leader} to {to}{when}?"))? {
             eprintln!("aborted");
             return Ok(ExitCode::FAILURE);
         }
     }
-    let body = serde_json::json!({"leader": leader, "candidate": candidate, "scheduled_at": scheduled_at});
-    control(&target, &view, &current, reqwest::Method::POST, "/switchover", Some(body)).await
+    let body =
+        serde_json::json!({"leader": leader, "candidate": candidate, "scheduled_at": scheduled_at});
+    control(
+        &target,
+        &view,
+        &current,
+        reqwest::Method::POST,
+        "/switchover",
+        Some(body),
+    )
+    .await
 }
 
 async fn failover(target: Target, candidate: String, force: bool) -> anyhow::Result<ExitCode> {
@@ -520,7 +564,15 @@ async fn failover(target: Target, candidate: String, force: bool) -> anyhow::Res
         return Ok(ExitCode::FAILURE);
     }
     let body = serde_json::json!({"candidate": candidate});
-    control(&target, &view, &candidate, reqwest::Method::POST, "/failover", Some(body)).await
+    control(
+        &target,
+        &view,
+        &candidate,
+        reqwest::Method::POST,
+        "/failover",
+        Some(body),
+    )
+    .await
 }
 
 /// Applies `key=value` pairs (values parsed as JSON, else taken as strings;
@@ -528,8 +580,11 @@ async fn failover(target: Target, candidate: String, force: bool) -> anyhow::Res
 async fn set_config(target: Target, pairs: Vec<String>) -> anyhow::Result<ExitCode> {
     let mut patch = serde_json::json!({});
     for p in &pairs {
-        let (k, v) = p.split_once('=').with_context(|| format!("{p:?} is not KEY=VALUE"))?;
-        let v: serde_json::Value = serde_json::from_str(v).unwrap_or_else(|_| serde_json::Value::String(v.to_string()));
+        let (k, v) = p
+            .split_once('=')
+            .with_context(|| format!("{p:?} is not KEY=VALUE"))?;
+        let v: serde_json::Value =
+            serde_json::from_str(v).unwrap_or_else(|_| serde_json::Value::String(v.to_string()));
         let mut slot = &mut patch;
         let parts: Vec<&str> = k.split('.').collect();
         for part in &parts[..parts.len() - 1] {
@@ -554,7 +609,11 @@ async fn set_config(target: Target, pairs: Vec<String>) -> anyhow::Result<ExitCo
     store_config(&target, current, view.config_revision).await
 }
 
-async fn store_config(target: &Target, value: serde_json::Value, revision: i64) -> anyhow::Result<ExitCode> {
+async fn store_config(
+    target: &Target,
+    value: serde_json::Value,
+    revision: i64,
+) -> anyhow::Result<ExitCode> {
     let cfg: baton::config::DynamicConfig =
         serde_json::from_value(value).map_err(|e| anyhow::anyhow!("invalid config: {e}"))?;
     if let Err(e) = cfg.validate() {
@@ -573,16 +632,23 @@ async fn store_config(target: &Target, value: serde_json::Value, revision: i64) 
 
 async fn edit_config(target: Target) -> anyhow::Result<ExitCode> {
     let (_, view) = target.view().await?;
-    let current = view.config.as_ref().context("no valid config stored to edit")?;
+    let current = view
+        .config
+        .as_ref()
+        .context("no valid config stored to edit")?;
     let file = std::env::temp_dir().join(format!("baton-config-{}.json", std::process::id()));
     std::fs::write(&file, serde_json::to_string_pretty(current)?)?;
     let editor = std::env::var("EDITOR").unwrap_or_else(|_| "vi".into());
-    let status = std::process::Command::new(&editor).arg(&file).status().with_context(|| format!("running {editor}"))?;
+    let status = std::process::Command::new(&editor)
+        .arg(&file)
+        .status()
+        .with_context(|| format!("running {editor}"))?;
     let text = std::fs::read_to_string(&file)?;
     let _ = std::fs::remove_file(&file);
     if !status.success() {
         anyhow::bail!("{editor} exited with {status}; nothing stored");
     }
-    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("edited config is not JSON ({e}); nothing stored"))?;
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("edited config is not JSON ({e}); nothing stored"))?;
     store_config(&target, value, view.config_revision).await
 }

@@ -614,7 +614,9 @@ impl Instance {
     /// its new timeline; pg_rewind itself runs crash recovery on a target
     /// that was not shut down cleanly (PostgreSQL 13+).
     pub async fn rewind_from(&self, host: &str, port: u16) -> Result<(), PgError> {
-        let client = self.connect_member(host, port, Duration::from_secs(10)).await?;
+        let client = self
+            .connect_member(host, port, Duration::from_secs(10))
+            .await?;
         client.batch_execute("CHECKPOINT").await?;
         drop(client);
         let mut cmd = self.command("pg_rewind");

@@ -189,7 +189,10 @@ impl ClusterStatus {
             system_identifier: view.initialize.clone().filter(|s| !s.is_empty()),
             paused: view.config.as_ref().is_some_and(|c| c.pause),
             switchover: view.failover.as_ref().map(|f| {
-                let to = f.member.clone().unwrap_or_else(|| "the healthiest replica".into());
+                let to = f
+                    .member
+                    .clone()
+                    .unwrap_or_else(|| "the healthiest replica".into());
                 match &f.scheduled_at {
                     Some(at) => format!("to {to} at {at}"),
                     None => format!("to {to} (in progress)"),

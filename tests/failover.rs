@@ -297,6 +297,30 @@ async fn nofailover_and_lag_limit_keep_everyone_out() {
     let s = t.c.status().await.unwrap();
     assert_eq!(s.state, ClusterState::Unavailable);
     kill(receiver, Signal::SIGCONT).ok();
+
+    // The operator accepts the lag: manual failover to node3.
+    let ep = t.c.etcd.endpoint.clone();
+    let out = run_baton(&[
+        "failover",
+        "--etcd",
+        &ep,
+        "--scope",
+        "demo",
+        "--candidate",
+        "node3",
+        "--force",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Successfully failed over to node3"));
+    wait_streaming_on_leader_timeline(&t, "node2", Duration::from_secs(30)).await;
+    assert!(
+        t.c.view().await.unwrap().failover.is_none(),
+        "failover request left behind"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -231,6 +231,13 @@ impl Sim {
             status: self.etcd.status.clone(),
             history: self.etcd.history.clone(),
             failover: None,
+            member_leases: self
+                .etcd
+                .members
+                .iter()
+                .map(|(k, (_, l))| (k.clone(), LeaseId(*l)))
+                .collect(),
+            config_revision: 1,
             revision: 0,
         }
     }
@@ -377,6 +384,8 @@ impl Sim {
                 standby: n.running != Some(Mode::Primary),
                 timeline: Some(w.timeline),
                 history: w.history.iter().map(|(t, l)| (*t, Lsn(*l))).collect(),
+                clean_shutdown: false,
+                checkpoint: None,
             },
         };
         let pg = self.pg_status(i);
@@ -398,6 +407,8 @@ impl Sim {
             peers,
             reinit_requested: false,
             rebuild_allowed: true,
+            restart_requested: false,
+            now_utc: chrono::Utc::now(),
         };
         let d = decide(&obs);
         for a in &d.actions {
@@ -508,6 +519,8 @@ impl Sim {
                 }
             }
             Action::Promote => self.start_job(i, JobKind::Promote, Effect::Promote, 200),
+            // No operator requests in this simulation.
+            Action::Switchover { .. } | Action::CancelSwitchover | Action::Restart => {}
             Action::Stop => {
                 self.nodes[i].job = None;
                 self.nodes[i].running = None;

@@ -16,7 +16,13 @@ use tokio_util::sync::CancellationToken;
 const AUTH: &str = "[api.authentication]\nusername = \"admin\"\npassword = \"s3cret\"\n";
 
 async fn started(name: &str, per_node: &[(usize, &str)]) -> TestCluster {
-    let mut t = TestCluster::new(name, ClusterOptions { extra_toml: AUTH.into(), ..ClusterOptions::default() });
+    let mut t = TestCluster::new(
+        name,
+        ClusterOptions {
+            extra_toml: AUTH.into(),
+            ..ClusterOptions::default()
+        },
+    );
     for (i, toml) in per_node {
         t.c.append_config(*i, toml).unwrap();
     }
@@ -32,13 +38,24 @@ async fn started(name: &str, per_node: &[(usize, &str)]) -> TestCluster {
     .await;
     t.c.start_agent(1).unwrap();
     t.c.start_agent(2).unwrap();
-    t.wait_state(ClusterState::Normal, Duration::from_secs(90)).await;
+    t.wait_state(ClusterState::Normal, Duration::from_secs(90))
+        .await;
     t
 }
 
 fn ctl(t: &TestCluster, args: &[&str]) -> (bool, String, String) {
     let ep = t.c.etcd.endpoint.clone();
-    let mut all = vec![args[0], "--etcd", &ep, "--scope", "demo", "--username", "admin", "--password", "s3cret"];
+    let mut all = vec![
+        args[0],
+        "--etcd",
+        &ep,
+        "--scope",
+        "demo",
+        "--username",
+        "admin",
+        "--password",
+        "s3cret",
+    ];
     all.extend_from_slice(&args[1..]);
     let out = run_baton(&all);
     (
@@ -49,7 +66,12 @@ fn ctl(t: &TestCluster, args: &[&str]) -> (bool, String, String) {
 }
 
 async fn metric(t: &TestCluster, i: usize, name: &str) -> f64 {
-    let text = reqwest::get(t.c.nodes[i].api_url("/metrics")).await.unwrap().text().await.unwrap();
+    let text = reqwest::get(t.c.nodes[i].api_url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     text.lines()
         .find(|l| l.starts_with(&format!("{name}{{")))
         .and_then(|l| l.rsplit(' ').next())
@@ -63,10 +85,19 @@ async fn switchover_under_writes_loses_nothing_and_needs_no_rewind() {
     let cfg = workload::read_write_config(&t.c.pg_hosts(), "postgres");
     workload::create_table(&cfg, "s").await.unwrap();
     let stop = CancellationToken::new();
-    let writer = tokio::spawn(workload::run_writes(cfg.clone(), "s".into(), Duration::from_millis(10), stop.clone()));
+    let writer = tokio::spawn(workload::run_writes(
+        cfg.clone(),
+        "s".into(),
+        Duration::from_millis(10),
+        stop.clone(),
+    ));
     wait_for("writes flowing", Duration::from_secs(10), || async {
         let n = workload::present_ids(&cfg, "s").await?.len();
-        if n >= 50 { Ok(()) } else { Err(format!("{n}")) }
+        if n >= 50 {
+            Ok(())
+        } else {
+            Err(format!("{n}"))
+        }
     })
     .await;
 
@@ -76,36 +107,56 @@ async fn switchover_under_writes_loses_nothing_and_needs_no_rewind() {
     wait_for("writes on node2", Duration::from_secs(10), || async {
         let n = t.sql(1, "SELECT count(*) FROM s").await?[0].get::<_, i64>(0);
         let before = 50;
-        if n > before { Ok(()) } else { Err(format!("{n}")) }
+        if n > before {
+            Ok(())
+        } else {
+            Err(format!("{n}"))
+        }
     })
     .await;
     // Let writes run on the new leader, then stop and count.
     let at = t.sql(1, "SELECT count(*) FROM s").await.unwrap()[0].get::<_, i64>(0);
     wait_for("more writes on node2", Duration::from_secs(10), || async {
         let n = t.sql(1, "SELECT count(*) FROM s").await?[0].get::<_, i64>(0);
-        if n > at + 20 { Ok(()) } else { Err(format!("{n}")) }
+        if n > at + 20 {
+            Ok(())
+        } else {
+            Err(format!("{n}"))
+        }
     })
     .await;
     stop.cancel();
     let log = writer.await.unwrap();
     let present = workload::present_ids(&cfg, "s").await.unwrap();
-    assert_eq!(log.lost(&present), Vec::<i64>::new(), "acknowledged writes lost");
+    assert_eq!(
+        log.lost(&present),
+        Vec::<i64>::new(),
+        "acknowledged writes lost"
+    );
 
     // The old leader streams from the new one, and it never ran pg_rewind.
-    wait_for("node1 streaming from node2", Duration::from_secs(30), || async {
-        let v = t.c.view().await.map_err(|e| format!("{e:#}"))?;
-        let m = v.members.get("node1").ok_or("no node1")?;
-        let tl = v.leader_member().and_then(|l| l.timeline);
-        if v.leader_name() == Some("node2") && m.replication_state.as_deref() == Some("streaming") && m.timeline == tl {
-            Ok(())
-        } else {
-            Err(format!("{m:?}"))
-        }
-    })
+    wait_for(
+        "node1 streaming from node2",
+        Duration::from_secs(30),
+        || async {
+            let v = t.c.view().await.map_err(|e| format!("{e:#}"))?;
+            let m = v.members.get("node1").ok_or("no node1")?;
+            let tl = v.leader_member().and_then(|l| l.timeline);
+            if v.leader_name() == Some("node2")
+                && m.replication_state.as_deref() == Some("streaming")
+                && m.timeline == tl
+            {
+                Ok(())
+            } else {
+                Err(format!("{m:?}"))
+            }
+        },
+    )
     .await;
     assert_eq!(metric(&t, 0, "baton_rewinds_total").await, 0.0);
     assert_eq!(metric(&t, 0, "baton_rebuilds_total").await, 0.0);
-    t.wait_state(ClusterState::Normal, Duration::from_secs(30)).await;
+    t.wait_state(ClusterState::Normal, Duration::from_secs(30))
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -113,24 +164,50 @@ async fn switchover_refusals_say_which_check_failed() {
     let t = started("swrefuse", &[(2, "[tags]\nnofailover = true\n")]).await;
     let (ok, _, err) = ctl(&t, &["switchover", "--candidate", "node3", "--force"]);
     assert!(!ok);
-    assert!(err.contains("412") && err.contains("node3 is tagged nofailover"), "{err}");
+    assert!(
+        err.contains("412") && err.contains("node3 is tagged nofailover"),
+        "{err}"
+    );
 
     // A lagging candidate: freeze node2's WAL receiver and write 2 MB.
-    let rows = t.sql(1, "SELECT pid FROM pg_stat_wal_receiver").await.unwrap();
+    let rows = t
+        .sql(1, "SELECT pid FROM pg_stat_wal_receiver")
+        .await
+        .unwrap();
     let receiver = Pid::from_raw(rows[0].get::<_, i32>(0));
     kill(receiver, Signal::SIGSTOP).unwrap();
-    t.sql(0, "CREATE TABLE lag AS SELECT g, repeat('x', 100) AS pad FROM generate_series(1, 20000) g").await.unwrap();
-    wait_for("node2 lagging over 1 MiB", Duration::from_secs(15), || async {
-        let v = t.c.view().await.map_err(|e| format!("{e:#}"))?;
-        let optime = v.status.as_ref().and_then(|s| s.optime).unwrap_or(0);
-        let pos = v.members.get("node2").and_then(|m| m.xlog_location).unwrap_or(0);
-        if optime > pos + (1 << 20) { Ok(()) } else { Err(format!("{optime} vs {pos}")) }
-    })
+    t.sql(
+        0,
+        "CREATE TABLE lag AS SELECT g, repeat('x', 100) AS pad FROM generate_series(1, 20000) g",
+    )
+    .await
+    .unwrap();
+    wait_for(
+        "node2 lagging over 1 MiB",
+        Duration::from_secs(15),
+        || async {
+            let v = t.c.view().await.map_err(|e| format!("{e:#}"))?;
+            let optime = v.status.as_ref().and_then(|s| s.optime).unwrap_or(0);
+            let pos = v
+                .members
+                .get("node2")
+                .and_then(|m| m.xlog_location)
+                .unwrap_or(0);
+            if optime > pos + (1 << 20) {
+                Ok(())
+            } else {
+                Err(format!("{optime} vs {pos}"))
+            }
+        },
+    )
     .await;
     let (ok, _, err) = ctl(&t, &["switchover", "--candidate", "node2", "--force"]);
     kill(receiver, Signal::SIGCONT).unwrap();
     assert!(!ok);
-    assert!(err.contains("node2 lags") && err.contains("maximum_lag_on_failover"), "{err}");
+    assert!(
+        err.contains("node2 lags") && err.contains("maximum_lag_on_failover"),
+        "{err}"
+    );
     let (ok, _, err) = ctl(&t, &["switchover", "--leader", "node2", "--force"]);
     assert!(!ok);
     assert!(err.contains("leader name does not match"), "{err}");
@@ -141,7 +218,17 @@ async fn switchover_refusals_say_which_check_failed() {
 async fn scheduled_switchover_runs_at_its_time_or_is_cancelled() {
     let t = started("swsched", &[]).await;
     let far = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
-    let (ok, out, err) = ctl(&t, &["switchover", "--candidate", "node3", "--scheduled-at", &far, "--force"]);
+    let (ok, out, err) = ctl(
+        &t,
+        &[
+            "switchover",
+            "--candidate",
+            "node3",
+            "--scheduled-at",
+            &far,
+            "--force",
+        ],
+    );
     assert!(ok, "{err}");
     assert!(out.contains("scheduled"), "{out}");
     let list = ctl(&t, &["list"]).1;
@@ -154,17 +241,31 @@ async fn scheduled_switchover_runs_at_its_time_or_is_cancelled() {
     assert!(!ok && err.contains("404"), "{err}");
 
     let soon = (chrono::Utc::now() + chrono::Duration::seconds(3)).to_rfc3339();
-    let (ok, _, err) = ctl(&t, &["switchover", "--candidate", "node3", "--scheduled-at", &soon, "--force"]);
+    let (ok, _, err) = ctl(
+        &t,
+        &[
+            "switchover",
+            "--candidate",
+            "node3",
+            "--scheduled-at",
+            &soon,
+            "--force",
+        ],
+    );
     assert!(ok, "{err}");
-    wait_for("node3 leading after the scheduled time", Duration::from_secs(30), || async {
-        let v = t.c.view().await.map_err(|e| format!("{e:#}"))?;
-        let lm = v.leader_member().ok_or("no leader")?;
-        if v.leader_name() == Some("node3") && lm.role == "primary" && lm.state == "running" {
-            Ok(())
-        } else {
-            Err(format!("{:?}", v.leader_name()))
-        }
-    })
+    wait_for(
+        "node3 leading after the scheduled time",
+        Duration::from_secs(30),
+        || async {
+            let v = t.c.view().await.map_err(|e| format!("{e:#}"))?;
+            let lm = v.leader_member().ok_or("no leader")?;
+            if v.leader_name() == Some("node3") && lm.role == "primary" && lm.state == "running" {
+                Ok(())
+            } else {
+                Err(format!("{:?}", v.leader_name()))
+            }
+        },
+    )
     .await;
     assert!(chrono::Utc::now() >= chrono::DateTime::parse_from_rfc3339(&soon).unwrap());
 }
@@ -173,26 +274,46 @@ async fn scheduled_switchover_runs_at_its_time_or_is_cancelled() {
 async fn candidate_that_cannot_replay_aborts_and_the_old_leader_resumes() {
     let t = started("swabort", &[]).await;
     t.sql(0, "CREATE TABLE keep (x int)").await.unwrap();
-    t.sql(0, "INSERT INTO keep SELECT generate_series(1, 100)").await.unwrap();
+    t.sql(0, "INSERT INTO keep SELECT generate_series(1, 100)")
+        .await
+        .unwrap();
     wait_for("node2 has the rows", Duration::from_secs(10), || async {
         let n = t.sql(1, "SELECT count(*) FROM keep").await?[0].get::<_, i64>(0);
-        if n == 100 { Ok(()) } else { Err(format!("{n}")) }
+        if n == 100 {
+            Ok(())
+        } else {
+            Err(format!("{n}"))
+        }
     })
     .await;
     // Freeze node2's startup (replay) process: it passes the pre-checks but
     // can never replay the shutdown checkpoint.
-    let pid = t.sql(1, "SELECT pid FROM pg_stat_activity WHERE backend_type = 'startup'").await.unwrap()[0].get::<_, i32>(0);
+    let pid = t
+        .sql(
+            1,
+            "SELECT pid FROM pg_stat_activity WHERE backend_type = 'startup'",
+        )
+        .await
+        .unwrap()[0]
+        .get::<_, i32>(0);
     kill(Pid::from_raw(pid), Signal::SIGSTOP).unwrap();
     let (ok, _, err) = ctl(&t, &["switchover", "--candidate", "node2", "--force"]);
     kill(Pid::from_raw(pid), Signal::SIGCONT).unwrap();
     assert!(!ok);
-    assert!(err.contains("Switchover failed, node1 resumed as leader"), "{err}");
-    assert!(err.contains("did not replay the shutdown checkpoint"), "{err}");
+    assert!(
+        err.contains("Switchover failed, node1 resumed as leader"),
+        "{err}"
+    );
+    assert!(
+        err.contains("did not replay the shutdown checkpoint"),
+        "{err}"
+    );
     assert_eq!(t.leader_index().await, Some(0));
     let n = t.sql(0, "SELECT count(*) FROM keep").await.unwrap()[0].get::<_, i64>(0);
     assert_eq!(n, 100);
     t.sql(0, "INSERT INTO keep VALUES (101)").await.unwrap();
-    t.wait_state(ClusterState::Normal, Duration::from_secs(30)).await;
+    t.wait_state(ClusterState::Normal, Duration::from_secs(30))
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -203,29 +324,53 @@ async fn pause_holds_automatic_actions_and_resume_restores_them() {
     let list = ctl(&t, &["list"]).1;
     assert!(list.contains("Maintenance mode: on"), "{list}");
     t.c.kill_postgres(0).unwrap();
-    let r = wait_for("node1 holding back in pause", Duration::from_secs(15), || async {
-        let r = reasons(&t).await;
-        let n1 = r.get("node1").cloned().unwrap_or_default();
-        if n1.starts_with("paused") { Ok(n1) } else { Err(format!("{r:?}")) }
-    })
+    let r = wait_for(
+        "node1 holding back in pause",
+        Duration::from_secs(15),
+        || async {
+            let r = reasons(&t).await;
+            let n1 = r.get("node1").cloned().unwrap_or_default();
+            if n1.starts_with("paused") {
+                Ok(n1)
+            } else {
+                Err(format!("{r:?}"))
+            }
+        },
+    )
     .await;
     assert!(r.contains("starting postgres"), "{r}");
     // Several ticks later: no restart, no failover.
     let t0 = std::time::Instant::now();
     wait_for("ticks in pause", Duration::from_secs(15), || async {
-        assert!(t.c.nodes[0].postmaster_pid().is_none(), "postgres restarted in pause");
+        assert!(
+            t.c.nodes[0].postmaster_pid().is_none(),
+            "postgres restarted in pause"
+        );
         let v = t.c.view().await.map_err(|e| format!("{e:#}"))?;
         assert_eq!(v.leader_name(), Some("node1"), "leadership moved in pause");
-        if t0.elapsed() > Duration::from_secs(6) { Ok(()) } else { Err("waiting".into()) }
+        if t0.elapsed() > Duration::from_secs(6) {
+            Ok(())
+        } else {
+            Err("waiting".into())
+        }
     })
     .await;
     let (ok, _, err) = ctl(&t, &["resume"]);
     assert!(ok, "{err}");
-    wait_for("node1 postgres back after resume", Duration::from_secs(30), || async {
-        t.c.nodes[0].postmaster_pid().map(|_| ()).ok_or_else(|| "not yet".to_string())
-    })
+    wait_for(
+        "node1 postgres back after resume",
+        Duration::from_secs(30),
+        || async {
+            t.c.nodes[0]
+                .postmaster_pid()
+                .map(|_| ())
+                .ok_or_else(|| "not yet".to_string())
+        },
+    )
     .await;
-    let s = t.wait_state(ClusterState::Normal, Duration::from_secs(30)).await;
+    let s = t
+        .wait_state(ClusterState::Normal, Duration::from_secs(30))
+        .await;
     assert_eq!(s.leader.as_deref(), Some("node1"));
 }
 
@@ -234,44 +379,117 @@ async fn config_edits_are_validated_and_compare_and_set() {
     let t = started("config", &[]).await;
     let (ok, out, err) = ctl(&t, &["config", "set", "maximum_lag_on_failover=2097152"]);
     assert!(ok, "{err}");
-    assert!(out.contains("\"maximum_lag_on_failover\": 2097152"), "{out}");
+    assert!(
+        out.contains("\"maximum_lag_on_failover\": 2097152"),
+        "{out}"
+    );
     let (ok, _, err) = ctl(&t, &["config", "set", "ttl=2"]);
     assert!(!ok);
     assert!(err.contains("two renewal attempts"), "{err}");
-    assert_eq!(t.c.view().await.unwrap().config.unwrap().ttl, 4, "invalid config stored");
+    assert_eq!(
+        t.c.view().await.unwrap().config.unwrap().ttl,
+        4,
+        "invalid config stored"
+    );
 
     // REST: PATCH with a stale revision loses; PATCH/PUT validate; 401/400.
-    let dcs = baton::dcs::Dcs::connect(std::slice::from_ref(&t.c.etcd.endpoint), "/service/demo/".into(), Duration::from_secs(2))
-        .await
-        .unwrap();
+    let dcs = baton::dcs::Dcs::connect(
+        std::slice::from_ref(&t.c.etcd.endpoint),
+        "/service/demo/".into(),
+        Duration::from_secs(2),
+    )
+    .await
+    .unwrap();
     let v = dcs.load().await.unwrap();
     let stale = v.config_revision;
     let mut c1 = v.config.clone().unwrap();
     c1.maximum_lag_on_failover = 3 << 20;
-    assert!(dcs.cas_config(&c1, stale).await.unwrap(), "first editor wins");
+    assert!(
+        dcs.cas_config(&c1, stale).await.unwrap(),
+        "first editor wins"
+    );
     let mut c2 = v.config.clone().unwrap();
     c2.maximum_lag_on_failover = 4 << 20;
-    assert!(!dcs.cas_config(&c2, stale).await.unwrap(), "second editor must lose");
-    assert_eq!(dcs.load().await.unwrap().config.unwrap().maximum_lag_on_failover, 3 << 20);
+    assert!(
+        !dcs.cas_config(&c2, stale).await.unwrap(),
+        "second editor must lose"
+    );
+    assert_eq!(
+        dcs.load()
+            .await
+            .unwrap()
+            .config
+            .unwrap()
+            .maximum_lag_on_failover,
+        3 << 20
+    );
 
     let client = reqwest::Client::new();
     let url = t.c.nodes[1].api_url("/config");
-    let r = client.patch(&url).json(&serde_json::json!({"ttl": 10})).send().await.unwrap();
+    let r = client
+        .patch(&url)
+        .json(&serde_json::json!({"ttl": 10}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 401);
-    let r = client.patch(&url).basic_auth("admin", Some("s3cret")).body("{\"ttl\": ").send().await.unwrap();
+    let r = client
+        .patch(&url)
+        .basic_auth("admin", Some("s3cret"))
+        .body("{\"ttl\": ")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 400);
-    let r = client.patch(&url).basic_auth("admin", Some("s3cret")).json(&serde_json::json!({"ttl": 1})).send().await.unwrap();
+    let r = client
+        .patch(&url)
+        .basic_auth("admin", Some("s3cret"))
+        .json(&serde_json::json!({"ttl": 1}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 400);
-    let r = client.patch(&url).basic_auth("admin", Some("s3cret")).json(&serde_json::json!({"ttl": 6, "loop_wait": 2})).send().await.unwrap();
+    let r = client
+        .patch(&url)
+        .basic_auth("admin", Some("s3cret"))
+        .json(&serde_json::json!({"ttl": 6, "loop_wait": 2}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 200);
     let got: serde_json::Value = r.json().await.unwrap();
-    assert_eq!((got["ttl"].as_u64(), got["loop_wait"].as_f64()), (Some(6), Some(2.0)));
-    for path in ["/switchover", "/failover", "/restart", "/reload", "/reinitialize"] {
-        let r = client.post(t.c.nodes[0].api_url(path)).send().await.unwrap();
+    assert_eq!(
+        (got["ttl"].as_u64(), got["loop_wait"].as_f64()),
+        (Some(6), Some(2.0))
+    );
+    for path in [
+        "/switchover",
+        "/failover",
+        "/restart",
+        "/reload",
+        "/reinitialize",
+    ] {
+        let r = client
+            .post(t.c.nodes[0].api_url(path))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status().as_u16(), 401, "{path} without credentials");
     }
-    let r = client.post(t.c.nodes[0].api_url("/switchover")).basic_auth("admin", Some("s3cret")).body("[1,2").send().await.unwrap();
+    let r = client
+        .post(t.c.nodes[0].api_url("/switchover"))
+        .basic_auth("admin", Some("s3cret"))
+        .body("[1,2")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 400);
-    let r = client.post(t.c.nodes[0].api_url("/switchover")).basic_auth("admin", Some("s3cret")).json(&serde_json::json!({})).send().await.unwrap();
+    let r = client
+        .post(t.c.nodes[0].api_url("/switchover"))
+        .basic_auth("admin", Some("s3cret"))
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 400);
 }
