@@ -14,6 +14,9 @@ pub enum Scenario {
     /// Kill the leader (agent and postgres), watch a replica take over and
     /// the old leader rejoin by pg_rewind.
     Failover,
+    /// A planned switchover under a write workload, with the write pause
+    /// and the lost-write count it measured.
+    Switchover,
 }
 
 pub async fn run(
@@ -56,6 +59,7 @@ pub async fn run(
 
     let outcome = match scenario {
         Some(Scenario::Failover) => failover(&mut cluster).await,
+        Some(Scenario::Switchover) => switchover(&cluster).await,
         None => watch(&cluster, duration).await,
     };
     let final_state = cluster.status().await.ok().map(|s| s.state);
@@ -197,5 +201,80 @@ async fn failover(c: &mut LocalCluster) -> anyhow::Result<()> {
     if let Some(h) = c.view().await?.history {
         println!("Timeline history (baton history): {h}");
     }
+    Ok(())
+}
+
+async fn switchover(c: &LocalCluster) -> anyhow::Result<()> {
+    use crate::workload;
+    let started = Instant::now();
+    println!("== 1. Waiting for a Normal cluster");
+    until("Normal cluster", Duration::from_secs(120), || async {
+        c.status()
+            .await
+            .ok()
+            .filter(|s| s.state == ClusterState::Normal && s.members.len() == 3)
+    })
+    .await?;
+    show(c, started).await;
+    let cfg = workload::read_write_config(&c.pg_hosts(), "postgres");
+    workload::create_table(&cfg, "demo_writes")
+        .await
+        .map_err(anyhow::Error::msg)?;
+    println!("== 2. Writing one row every 10 ms through the read-write DSN");
+    let stop = tokio_util::sync::CancellationToken::new();
+    let writer = tokio::spawn(workload::run_writes(
+        cfg.clone(),
+        "demo_writes".into(),
+        Duration::from_millis(10),
+        stop.clone(),
+    ));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let v = c.view().await?;
+    let leader = v.leader_name().context("no leader")?.to_string();
+    let api = v
+        .leader_member()
+        .context("no leader member")?
+        .api_url
+        .trim_end_matches("/patroni")
+        .to_string();
+    println!(
+        "== 3. POST {api}/switchover {{\"leader\": \"{leader}\"}} (baton switchover does the same)"
+    );
+    let resp = reqwest::Client::new()
+        .post(format!("{api}/switchover"))
+        .json(&serde_json::json!({"leader": leader}))
+        .send()
+        .await?;
+    let code = resp.status();
+    let body: serde_json::Value = resp.json().await.unwrap_or_default();
+    println!(
+        "   {code}: {}",
+        body["message"]
+            .as_str()
+            .or(body["error"].as_str())
+            .unwrap_or("")
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.cancel();
+    let log = writer.await?;
+    let present = workload::present_ids(&cfg, "demo_writes")
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let (gap, _) = log.longest_gap();
+    println!(
+        "== 4. {} writes acknowledged; longest write pause {:.0} ms; acknowledged writes lost: {}",
+        log.acked.len(),
+        gap.as_secs_f64() * 1000.0,
+        log.lost(&present).len()
+    );
+    until("Normal cluster", Duration::from_secs(60), || async {
+        c.status()
+            .await
+            .ok()
+            .filter(|s| s.state == ClusterState::Normal && s.members.len() == 3)
+    })
+    .await?;
+    println!("== 5. {leader} follows the new leader, no pg_rewind needed");
+    show(c, started).await;
     Ok(())
 }

@@ -493,3 +493,49 @@ async fn config_edits_are_validated_and_compare_and_set() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 400);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_and_reload_through_the_cli() {
+    let t = started("restart", &[]).await;
+    let old = t.c.nodes[1].postmaster_pid().unwrap();
+    let (ok, out, err) = ctl(&t, &["restart", "node2"]);
+    assert!(ok, "{out} {err}");
+    assert!(out.contains("restarted"), "{out}");
+    let new = t.c.nodes[1].postmaster_pid().unwrap();
+    assert_ne!(old, new, "postgres was not restarted");
+    t.wait_state(ClusterState::Normal, Duration::from_secs(30))
+        .await;
+
+    // A parameter added to node1's file takes effect on `baton reload`.
+    let path = &t.c.nodes[0].config_path;
+    let text = std::fs::read_to_string(path).unwrap();
+    std::fs::write(
+        path,
+        text.replace(
+            "max_connections = 40",
+            "max_connections = 40\nwork_mem = \"8MB\"",
+        ),
+    )
+    .unwrap();
+    let (ok, out, err) = ctl(&t, &["reload"]);
+    assert!(ok, "{out} {err}");
+    let wm = wait_for("work_mem reloaded", Duration::from_secs(10), || async {
+        let v: String = t.sql(0, "SHOW work_mem").await?[0].get(0);
+        if v == "8MB" {
+            Ok(v)
+        } else {
+            Err(v)
+        }
+    })
+    .await;
+    assert_eq!(wm, "8MB");
+    assert!(t.c.nodes[0].postmaster_pid().is_some());
+
+    // A broken file is refused with the config error, and nothing changes.
+    std::fs::write(path, "scope = ").unwrap();
+    let (ok, _, err) = ctl(&t, &["reload"]);
+    assert!(!ok);
+    assert!(err.contains("TOML syntax"), "{err}");
+    let v: String = t.sql(0, "SHOW work_mem").await.unwrap()[0].get(0);
+    assert_eq!(v, "8MB");
+}
