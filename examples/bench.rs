@@ -148,9 +148,7 @@ async fn switchovers(baton: &Path, runs: usize) -> anyhow::Result<Vec<SwitchResu
         };
         wait("Normal cluster", Duration::from_secs(120), normal).await?;
         let cfg = workload::read_write_config(&c.pg_hosts(), "postgres");
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(330))
-            .build()?;
+        let http = baton::tls::http_client(Duration::from_secs(330), None)?;
         let mut results = vec![];
         for n in 1..=runs {
             wait("Normal cluster", Duration::from_secs(120), normal).await?;

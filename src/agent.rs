@@ -133,9 +133,7 @@ impl Agent {
             wake: Notify::new(),
             auth: cfg.api.auth.clone(),
         });
-        let http = reqwest::Client::builder()
-            .timeout(config.retry_timeout())
-            .build()?;
+        let http = crate::tls::http_client(config.retry_timeout(), cfg.api.cafile.as_deref())?;
         Ok(Agent {
             cfg,
             dcs,
@@ -838,7 +836,11 @@ impl Agent {
             .is_some_and(|l| l == self.cfg.name);
         let mut m = Member {
             conn_url: format!("postgres://{}/postgres", pgc.connect_address),
-            api_url: format!("http://{}/patroni", self.cfg.api.connect_address),
+            api_url: format!(
+                "{}://{}/patroni",
+                self.cfg.api.scheme(),
+                self.cfg.api.connect_address
+            ),
             version: env!("CARGO_PKG_VERSION").to_string(),
             tags: self.cfg.tags.clone(),
             baton_reason: Some(reason.to_string()),

@@ -18,7 +18,6 @@ use axum::routing::{on, MethodFilter};
 use axum::{Json, Router};
 use base64::Engine as _;
 use serde_json::{json, Value};
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::{SharedState, Snapshot};
@@ -27,11 +26,15 @@ use crate::status::ClusterStatus;
 
 /// Serves until `shutdown` fires. Takes a bound listener so callers (and
 /// tests) choose the port.
-pub async fn serve(
-    listener: TcpListener,
+pub async fn serve<L>(
+    listener: L,
     state: SharedState,
     shutdown: CancellationToken,
-) -> std::io::Result<()> {
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     let any = MethodFilter::GET
         .or(MethodFilter::HEAD)
         .or(MethodFilter::OPTIONS);

@@ -48,6 +48,20 @@ pub struct ApiConfig {
     /// PATCH, PUT, DELETE). Without them those endpoints are open, as in
     /// Patroni: bind the API to a trusted network then.
     pub auth: Option<Credentials>,
+    /// Serve HTTPS with this certificate chain and key (PEM); both or neither.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Extra CA (PEM) trusted when calling other members' APIs over HTTPS.
+    pub cafile: Option<PathBuf>,
+}
+
+impl ApiConfig {
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -487,6 +501,32 @@ impl NodeConfig {
                 username.map(|username| Credentials { username, password })
             }
         };
+        let certfile: Option<PathBuf> = r.opt(&mut api, "api", "certfile");
+        let keyfile: Option<PathBuf> = r.opt(&mut api, "api", "keyfile");
+        let cafile: Option<PathBuf> = r.opt(&mut api, "api", "cafile");
+        for (key, f) in [
+            ("api.certfile", &certfile),
+            ("api.keyfile", &keyfile),
+            ("api.cafile", &cafile),
+        ] {
+            if let Some(f) = f {
+                if let Err(e) = std::fs::metadata(f) {
+                    r.problem(key, format!("{}: {e}", f.display()));
+                }
+            }
+        }
+        let tls = match (certfile, keyfile) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            (Some(_), None) => {
+                r.problem("api.keyfile", "missing: api.certfile needs api.keyfile");
+                None
+            }
+            (None, Some(_)) => {
+                r.problem("api.certfile", "missing: api.keyfile needs api.certfile");
+                None
+            }
+        };
         r.unknown(api, "api");
 
         let mut pg = r.table(&mut root, "", "postgresql");
@@ -607,6 +647,8 @@ impl NodeConfig {
                 listen: api_listen,
                 connect_address: api_connect.unwrap_or(api_listen),
                 auth: api_auth,
+                tls,
+                cafile,
             },
             postgresql: PgConfig {
                 data_dir,

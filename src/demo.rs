@@ -240,7 +240,7 @@ async fn switchover(c: &LocalCluster) -> anyhow::Result<()> {
     println!(
         "== 3. POST {api}/switchover {{\"leader\": \"{leader}\"}} (baton switchover does the same)"
     );
-    let resp = reqwest::Client::new()
+    let resp = crate::tls::http_client(Duration::from_secs(330), None)?
         .post(format!("{api}/switchover"))
         .json(&serde_json::json!({"leader": leader}))
         .send()

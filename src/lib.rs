@@ -16,4 +16,5 @@ pub mod local;
 pub mod lsn;
 pub mod pg;
 pub mod status;
+pub mod tls;
 pub mod workload;

@@ -182,6 +182,8 @@ pub struct ClusterOptions {
     pub ttl: u64,
     /// Start etcd right away (tests of an unreachable etcd start it later).
     pub start_etcd: bool,
+    /// Extra TOML inside every node's `[api]` table (e.g. TLS files).
+    pub api_toml: String,
 }
 
 impl Default for ClusterOptions {
@@ -192,6 +194,7 @@ impl Default for ClusterOptions {
             extra_toml: String::new(),
             ttl: 4,
             start_etcd: true,
+            api_toml: String::new(),
         }
     }
 }
@@ -220,6 +223,7 @@ endpoints = ["{etcd}"]
 
 [api]
 listen = "127.0.0.1:{api_port}"
+{api_extra}
 
 [postgresql]
 data_dir = "{data}"
@@ -241,6 +245,7 @@ retry_timeout = 1
                 data = data_dir.display(),
                 ttl = opts.ttl,
                 extra = opts.extra_toml,
+                api_extra = opts.api_toml,
             );
             std::fs::write(&config_path, toml)?;
             nodes.push(LocalNode {

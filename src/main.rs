@@ -164,6 +164,9 @@ struct Target {
     /// REST API password (or BATON_API_PASSWORD).
     #[arg(long, env = "BATON_API_PASSWORD", hide_env_values = true)]
     password: Option<String>,
+    /// CA (PEM) to trust for agents served over HTTPS (default: from --config).
+    #[arg(long)]
+    cafile: Option<PathBuf>,
 }
 
 impl Target {
@@ -180,6 +183,15 @@ impl Target {
                 .map(|a| (a.username, a.password.unwrap_or_default())));
         }
         Ok(None)
+    }
+
+    fn http(&self, timeout: Duration) -> anyhow::Result<reqwest::Client> {
+        let cafile = match (&self.cafile, &self.config) {
+            (Some(f), _) => Some(f.clone()),
+            (None, Some(path)) => NodeConfig::load(path)?.api.cafile,
+            (None, None) => None,
+        };
+        baton::tls::http_client(timeout, cafile.as_deref())
     }
 
     async fn view(&self) -> anyhow::Result<(String, baton::dcs::ClusterView)> {
@@ -315,17 +327,27 @@ fn main() -> ExitCode {
 async fn run_agent(path: PathBuf) -> anyhow::Result<ExitCode> {
     let cfg = NodeConfig::load(&path)?;
     init_logging();
+    let tls = match &cfg.api.tls {
+        Some((cert, key)) => Some(baton::tls::acceptor(cert, key)?),
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(cfg.api.listen)
         .await
         .with_context(|| format!("binding the REST API to {} (api.listen)", cfg.api.listen))?;
     tracing::info!(scope = %cfg.scope, name = %cfg.name, api = %cfg.api.listen, "baton agent starting");
     let agent = Agent::new(cfg).await?.with_config_path(path.clone());
     let shutdown = CancellationToken::new();
-    let api = tokio::spawn(baton::api::serve(
-        listener,
-        agent.shared(),
-        shutdown.clone(),
-    ));
+    let api = match &tls {
+        Some(acceptor) => {
+            let l = baton::tls::TlsListener::new(listener, acceptor.clone())?;
+            tokio::spawn(baton::api::serve(l, agent.shared(), shutdown.clone()))
+        }
+        None => tokio::spawn(baton::api::serve(
+            listener,
+            agent.shared(),
+            shutdown.clone(),
+        )),
+    };
     let signals = {
         let shutdown = shutdown.clone();
         let shared = agent.shared();
@@ -426,9 +448,7 @@ async fn reinit(target: Target, member: String, force: bool) -> anyhow::Result<E
         }
     }
     let base = m.api_url.trim_end_matches("/patroni");
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()?;
+    let client = target.http(Duration::from_secs(10))?;
     let mut req = client
         .post(format!("{base}/reinitialize"))
         .json(&serde_json::json!({"force": true}));
@@ -479,9 +499,7 @@ async fn control(
     };
     let base = m.api_url.trim_end_matches("/patroni");
     // Switchovers wait for the outcome; the agent bounds every step.
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(330))
-        .build()?;
+    let client = target.http(Duration::from_secs(330))?;
     let mut req = client.request(method, format!("{base}{path}"));
     if let Some(b) = body {
         req = req.json(&b);

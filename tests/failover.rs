@@ -528,7 +528,7 @@ async fn reinit_rebuilds_a_replica_and_control_needs_auth() {
         ..ClusterOptions::default()
     };
     let t = cluster_led_by_node1("reinit", opts, &[]).await;
-    let client = reqwest::Client::new();
+    let client = baton::tls::http_client(Duration::from_secs(10), None).unwrap();
     let url = |i: usize| t.c.nodes[i].api_url("/reinitialize");
 
     let r = client.post(url(1)).send().await.unwrap();
@@ -606,4 +606,126 @@ async fn reinit_rebuilds_a_replica_and_control_needs_auth() {
     let out = run_baton(&["history", "--etcd", &ep, "--scope", "demo"]);
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).starts_with(" TL"));
+}
+
+/// A CA and a server certificate for 127.0.0.1, made with the openssl CLI.
+fn make_certs(dir: &std::path::Path) -> (String, String, String) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=baton test CA",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    let p = |f: &str| dir.join(f).display().to_string();
+    (p("ca.pem"), p("server.pem"), p("server.key"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_api_over_tls_for_clients_elections_and_control() {
+    let certs = TestDir::new("certs");
+    let (ca, cert, key) = make_certs(&certs.path);
+    let opts = ClusterOptions {
+        api_toml: format!("certfile = \"{cert}\"\nkeyfile = \"{key}\"\ncafile = \"{ca}\"\n"),
+        ..ClusterOptions::default()
+    };
+    let mut t = cluster_led_by_node1("tls", opts, &[]).await;
+    let url = t.c.nodes[0]
+        .api_url("/primary")
+        .replace("http://", "https://");
+    let client =
+        baton::tls::http_client(Duration::from_secs(5), Some(std::path::Path::new(&ca))).unwrap();
+    assert_eq!(
+        client.get(&url).send().await.unwrap().status().as_u16(),
+        200
+    );
+    // Without the CA the certificate is not trusted; plain HTTP gets no answer.
+    let untrusting = baton::tls::http_client(Duration::from_secs(5), None).unwrap();
+    assert!(untrusting.get(&url).send().await.is_err());
+    assert!(
+        http_status(reqwest::Method::GET, &t.c.nodes[0].api_url("/primary"))
+            .await
+            .is_err()
+    );
+    assert!(t.c.view().await.unwrap().members["node2"]
+        .api_url
+        .starts_with("https://"));
+
+    // Control over HTTPS.
+    let ep = t.c.etcd.endpoint.clone();
+    let out = run_baton(&[
+        "switchover",
+        "--etcd",
+        &ep,
+        "--scope",
+        "demo",
+        "--cafile",
+        &ca,
+        "--candidate",
+        "node2",
+        "--force",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // An election asks the peers over HTTPS too.
+    wait_streaming_on_leader_timeline(&t, "node1", Duration::from_secs(30)).await;
+    kill_node(&mut t, 1);
+    wait_new_leader(&t, "node2", Duration::from_secs(30)).await;
 }

@@ -66,7 +66,10 @@ fn ctl(t: &TestCluster, args: &[&str]) -> (bool, String, String) {
 }
 
 async fn metric(t: &TestCluster, i: usize, name: &str) -> f64 {
-    let text = reqwest::get(t.c.nodes[i].api_url("/metrics"))
+    let text = baton::tls::http_client(Duration::from_secs(5), None)
+        .unwrap()
+        .get(t.c.nodes[i].api_url("/metrics"))
+        .send()
         .await
         .unwrap()
         .text()
@@ -274,22 +277,45 @@ async fn scheduled_switchover_runs_at_its_time_or_is_cancelled() {
 async fn candidate_killed_mid_switchover_aborts_and_the_old_leader_resumes() {
     let mut t = started("swabort", &[]).await;
     t.sql(0, "CREATE TABLE keep (x int)").await.unwrap();
-    t.sql(0, "INSERT INTO keep SELECT generate_series(1, 100)").await.unwrap();
+    t.sql(0, "INSERT INTO keep SELECT generate_series(1, 100)")
+        .await
+        .unwrap();
     wait_for("node2 has the rows", Duration::from_secs(10), || async {
         let n = t.sql(1, "SELECT count(*) FROM keep").await?[0].get::<_, i64>(0);
-        if n == 100 { Ok(()) } else { Err(format!("{n}")) }
+        if n == 100 {
+            Ok(())
+        } else {
+            Err(format!("{n}"))
+        }
     })
     .await;
     // Freeze node2's replay so the handover cannot finish before the kill;
     // it still passes the pre-checks (running, streaming, no lag yet).
-    let startup = t.sql(1, "SELECT pid FROM pg_stat_activity WHERE backend_type = 'startup'").await.unwrap()[0].get::<_, i32>(0);
+    let startup = t
+        .sql(
+            1,
+            "SELECT pid FROM pg_stat_activity WHERE backend_type = 'startup'",
+        )
+        .await
+        .unwrap()[0]
+        .get::<_, i32>(0);
     let startup = Pid::from_raw(startup);
     kill(startup, Signal::SIGSTOP).unwrap();
     let ep = t.c.etcd.endpoint.clone();
     let cli = std::thread::spawn(move || {
         run_baton(&[
-            "switchover", "--etcd", &ep, "--scope", "demo", "--username", "admin", "--password", "s3cret",
-            "--candidate", "node2", "--force",
+            "switchover",
+            "--etcd",
+            &ep,
+            "--scope",
+            "demo",
+            "--username",
+            "admin",
+            "--password",
+            "s3cret",
+            "--candidate",
+            "node2",
+            "--force",
         ])
     });
     wait_for("node1 switching over", Duration::from_secs(15), || async {
@@ -307,14 +333,18 @@ async fn candidate_killed_mid_switchover_aborts_and_the_old_leader_resumes() {
     let out = cli.join().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(err.contains("Switchover failed, node1 resumed as leader"), "{err}");
+    assert!(
+        err.contains("Switchover failed, node1 resumed as leader"),
+        "{err}"
+    );
     assert_eq!(t.leader_index().await, Some(0));
     let n = t.sql(0, "SELECT count(*) FROM keep").await.unwrap()[0].get::<_, i64>(0);
     assert_eq!(n, 100, "rows lost");
     t.sql(0, "INSERT INTO keep VALUES (101)").await.unwrap();
     // node2 comes back and the cluster is whole again.
     t.c.start_agent(1).unwrap();
-    t.wait_state(ClusterState::Normal, Duration::from_secs(60)).await;
+    t.wait_state(ClusterState::Normal, Duration::from_secs(60))
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -425,7 +455,7 @@ async fn config_edits_are_validated_and_compare_and_set() {
         3 << 20
     );
 
-    let client = reqwest::Client::new();
+    let client = baton::tls::http_client(Duration::from_secs(10), None).unwrap();
     let url = t.c.nodes[1].api_url("/config");
     let r = client
         .patch(&url)

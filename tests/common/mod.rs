@@ -167,10 +167,8 @@ where
 
 /// HTTP status of `method url`.
 pub async fn http_status(method: reqwest::Method, url: &str) -> Result<u16, String> {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(3))
-        .build()
-        .map_err(|e| e.to_string())?;
+    let client =
+        baton::tls::http_client(Duration::from_secs(3), None).map_err(|e| e.to_string())?;
     let r = client
         .request(method, url)
         .send()
@@ -180,10 +178,8 @@ pub async fn http_status(method: reqwest::Method, url: &str) -> Result<u16, Stri
 }
 
 pub async fn http_json(url: &str) -> Result<serde_json::Value, String> {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(3))
-        .build()
-        .map_err(|e| e.to_string())?;
+    let client =
+        baton::tls::http_client(Duration::from_secs(3), None).map_err(|e| e.to_string())?;
     let r = client.get(url).send().await.map_err(|e| e.to_string())?;
     r.json().await.map_err(|e| e.to_string())
 }
