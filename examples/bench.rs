@@ -12,8 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use baton::local::{ClusterOptions, LocalCluster};
-use baton::status::ClusterState;
+use baton::local::{poll_until, ClusterOptions, LocalCluster};
 use baton::workload;
 use tokio_util::sync::CancellationToken;
 
@@ -21,23 +20,6 @@ struct RunResult {
     rto: Duration,
     lost: usize,
     rejoin: Duration,
-}
-
-async fn wait<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f().await {
-            return Ok(v);
-        }
-        if start.elapsed() > limit {
-            bail!("no {what} after {limit:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 async fn one_run(baton: &Path, n: usize) -> anyhow::Result<RunResult> {
@@ -53,10 +35,7 @@ async fn one_run(baton: &Path, n: usize) -> anyhow::Result<RunResult> {
     )?;
     c.start_all()?;
     let result = async {
-        wait("Normal cluster", Duration::from_secs(120), || async {
-            c.status().await.ok().filter(|s| s.state == ClusterState::Normal && s.members.len() == 3)
-        })
-        .await?;
+        c.wait_normal(Duration::from_secs(120)).await?;
         let cfg = workload::read_write_config(&c.pg_hosts(), "postgres");
         workload::create_table(&cfg, "bench").await.map_err(anyhow::Error::msg)?;
         let stop = CancellationToken::new();
@@ -71,7 +50,7 @@ async fn one_run(baton: &Path, n: usize) -> anyhow::Result<RunResult> {
         c.kill_postgres(li);
         // Writes resume on the new leader; let them run a little longer.
         let probe = workload::read_write_config(&c.pg_hosts(), "postgres");
-        wait("writes after the kill", Duration::from_secs(60), || async {
+        poll_until("writes after the kill", Duration::from_secs(60), || async {
             let v = c.view().await.ok()?;
             (v.leader_name().is_some_and(|l| l != leader)).then_some(())
         })
@@ -79,7 +58,7 @@ async fn one_run(baton: &Path, n: usize) -> anyhow::Result<RunResult> {
         tokio::time::sleep(Duration::from_secs(2)).await;
         let restarted = Instant::now();
         c.start_agent(li)?;
-        wait("old leader streaming again", Duration::from_secs(120), || async {
+        poll_until("old leader streaming again", Duration::from_secs(120), || async {
             let v = c.view().await.ok()?;
             let tl = v.leader_member()?.timeline;
             let m = v.members.get(&leader)?;
@@ -140,18 +119,12 @@ async fn switchovers(baton: &Path, runs: usize) -> anyhow::Result<Vec<SwitchResu
     )?;
     c.start_all()?;
     let result = async {
-        let normal = || async {
-            c.status()
-                .await
-                .ok()
-                .filter(|s| s.state == ClusterState::Normal && s.members.len() == 3)
-        };
-        wait("Normal cluster", Duration::from_secs(120), normal).await?;
+        c.wait_normal(Duration::from_secs(120)).await?;
         let cfg = workload::read_write_config(&c.pg_hosts(), "postgres");
         let http = baton::tls::http_client(Duration::from_secs(330), None)?;
         let mut results = vec![];
         for n in 1..=runs {
-            wait("Normal cluster", Duration::from_secs(120), normal).await?;
+            c.wait_normal(Duration::from_secs(120)).await?;
             // A table per run: ids restart at 1 with every writer.
             let table = format!("bench_{n}");
             workload::create_table(&cfg, &table)

@@ -4,10 +4,9 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 
-use crate::local::{ClusterOptions, LocalCluster};
-use crate::status::ClusterState;
+use crate::local::{poll_until, ClusterOptions, LocalCluster};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Scenario {
@@ -113,34 +112,10 @@ async fn show(cluster: &LocalCluster, started: Instant) {
     println!();
 }
 
-/// Polls `f` every 200 ms until it yields, at most `limit`.
-async fn until<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f().await {
-            return Ok(v);
-        }
-        if start.elapsed() > limit {
-            bail!("no {what} after {limit:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 async fn failover(c: &mut LocalCluster) -> anyhow::Result<()> {
     let started = Instant::now();
     println!("== 1. Waiting for a Normal cluster");
-    until("Normal cluster", Duration::from_secs(120), || async {
-        c.status()
-            .await
-            .ok()
-            .filter(|s| s.state == ClusterState::Normal && s.members.len() == 3)
-    })
-    .await?;
+    c.wait_normal(Duration::from_secs(120)).await?;
     show(c, started).await;
 
     let leader = c
@@ -158,7 +133,7 @@ async fn failover(c: &mut LocalCluster) -> anyhow::Result<()> {
     let killed = Instant::now();
     c.kill_agent(li);
     c.kill_postgres(li);
-    let new = until("new leader", Duration::from_secs(60), || async {
+    let new = poll_until("new leader", Duration::from_secs(60), || async {
         let v = c.view().await.ok()?;
         let m = v.leader_member()?;
         (v.leader_name() != Some(leader.as_str()) && m.role == "primary" && m.state == "running")
@@ -175,7 +150,7 @@ async fn failover(c: &mut LocalCluster) -> anyhow::Result<()> {
     println!("== 4. Restarting {leader}'s agent: it rewinds and follows {new}");
     let restarted = Instant::now();
     c.start_agent(li)?;
-    until(
+    poll_until(
         "old leader streaming again",
         Duration::from_secs(120),
         || async {
@@ -190,13 +165,7 @@ async fn failover(c: &mut LocalCluster) -> anyhow::Result<()> {
         "== 5. {leader} streams from {new} again, {:.1} s after its restart",
         restarted.elapsed().as_secs_f64()
     );
-    until("Normal cluster", Duration::from_secs(60), || async {
-        c.status()
-            .await
-            .ok()
-            .filter(|s| s.state == ClusterState::Normal && s.members.len() == 3)
-    })
-    .await?;
+    c.wait_normal(Duration::from_secs(60)).await?;
     show(c, started).await;
     if let Some(h) = c.view().await?.history {
         println!("Timeline history (baton history): {h}");
@@ -208,13 +177,7 @@ async fn switchover(c: &LocalCluster) -> anyhow::Result<()> {
     use crate::workload;
     let started = Instant::now();
     println!("== 1. Waiting for a Normal cluster");
-    until("Normal cluster", Duration::from_secs(120), || async {
-        c.status()
-            .await
-            .ok()
-            .filter(|s| s.state == ClusterState::Normal && s.members.len() == 3)
-    })
-    .await?;
+    c.wait_normal(Duration::from_secs(120)).await?;
     show(c, started).await;
     let cfg = workload::read_write_config(&c.pg_hosts(), "postgres");
     workload::create_table(&cfg, "demo_writes")
@@ -267,13 +230,7 @@ async fn switchover(c: &LocalCluster) -> anyhow::Result<()> {
         gap.as_secs_f64() * 1000.0,
         log.lost(&present).len()
     );
-    until("Normal cluster", Duration::from_secs(60), || async {
-        c.status()
-            .await
-            .ok()
-            .filter(|s| s.state == ClusterState::Normal && s.members.len() == 3)
-    })
-    .await?;
+    c.wait_normal(Duration::from_secs(60)).await?;
     println!("== 5. {leader} follows the new leader, no pg_rewind needed");
     show(c, started).await;
     Ok(())

@@ -20,6 +20,24 @@ use nix::unistd::Pid;
 use crate::dcs::ClusterView;
 use crate::status::ClusterStatus;
 
+/// Polls `f` every 100 ms until it yields, at most `limit`.
+pub async fn poll_until<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return Ok(v);
+        }
+        if start.elapsed() > limit {
+            bail!("no {what} after {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// A free TCP port on 127.0.0.1 (bound then released; the kernel does not
 /// hand it out again immediately).
 pub fn free_port() -> u16 {
@@ -410,6 +428,18 @@ retry_timeout = 1
         )
         .await?;
         Ok(dcs.load().await?)
+    }
+
+    /// Waits until every node is a member of a Normal cluster.
+    pub async fn wait_normal(&self, limit: Duration) -> anyhow::Result<ClusterStatus> {
+        let n = self.nodes.len();
+        poll_until("Normal cluster", limit, || async {
+            self.status()
+                .await
+                .ok()
+                .filter(|s| s.state == crate::status::ClusterState::Normal && s.members.len() == n)
+        })
+        .await
     }
 
     pub async fn status(&self) -> anyhow::Result<ClusterStatus> {

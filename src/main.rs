@@ -431,48 +431,25 @@ async fn history(target: Target, json: bool) -> anyhow::Result<ExitCode> {
 }
 
 async fn reinit(target: Target, member: String, force: bool) -> anyhow::Result<ExitCode> {
-    let (scope, view) = target.view().await?;
-    let Some(m) = view.members.get(&member) else {
-        anyhow::bail!(
-            "cluster {scope} has no member {member:?} (members: {})",
-            view.members.keys().cloned().collect::<Vec<_>>().join(", ")
-        );
-    };
-    if !force {
-        eprint!("Rebuild {member} from the leader? Its data directory is moved aside. [y/N] ");
-        let mut answer = String::new();
-        std::io::stdin().read_line(&mut answer)?;
-        if !matches!(answer.trim(), "y" | "Y" | "yes") {
-            eprintln!("aborted");
-            return Ok(ExitCode::FAILURE);
-        }
+    let (_, view) = target.view().await?;
+    if !force
+        && !confirm(&format!(
+            "Rebuild {member} from the leader? Its data directory is moved aside."
+        ))?
+    {
+        eprintln!("aborted");
+        return Ok(ExitCode::FAILURE);
     }
-    let base = m.api_url.trim_end_matches("/patroni");
-    let client = target.http(Duration::from_secs(10))?;
-    let mut req = client
-        .post(format!("{base}/reinitialize"))
-        .json(&serde_json::json!({"force": true}));
-    if let Some((u, p)) = target.credentials()? {
-        req = req.basic_auth(u, Some(p));
-    }
-    let resp = req
-        .send()
-        .await
-        .with_context(|| format!("calling {base}/reinitialize"))?;
-    let code = resp.status();
-    let body: serde_json::Value = resp.json().await.unwrap_or_default();
-    let text = body["message"]
-        .as_str()
-        .or(body["error"].as_str())
-        .unwrap_or("")
-        .to_string();
-    if code.is_success() {
-        println!("{member}: {text}");
-        Ok(ExitCode::SUCCESS)
-    } else {
-        eprintln!("{member} refused ({code}): {text}");
-        Ok(ExitCode::FAILURE)
-    }
+    let body = serde_json::json!({"force": true});
+    control(
+        &target,
+        &view,
+        &member,
+        reqwest::Method::POST,
+        "/reinitialize",
+        Some(body),
+    )
+    .await
 }
 
 fn confirm(question: &str) -> anyhow::Result<bool> {

@@ -10,84 +10,7 @@ use baton::status::ClusterState;
 use baton::workload;
 use common::*;
 use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 use tokio_util::sync::CancellationToken;
-
-/// Starts node1 first so it bootstraps and leads, then the others.
-async fn cluster_led_by_node1(
-    name: &str,
-    opts: ClusterOptions,
-    per_node: &[(usize, &str)],
-) -> TestCluster {
-    let mut t = TestCluster::new(name, opts);
-    for (i, toml) in per_node {
-        t.c.append_config(*i, toml).unwrap();
-    }
-    t.c.start_agent(0).unwrap();
-    wait_for("node1 leading", Duration::from_secs(60), || async {
-        let s = t.c.status().await.map_err(|e| format!("{e:#}"))?;
-        if s.leader.as_deref() == Some("node1") && s.members.iter().any(|m| m.state == "running") {
-            Ok(())
-        } else {
-            Err(s.render())
-        }
-    })
-    .await;
-    for i in 1..t.c.nodes.len() {
-        t.c.start_agent(i).unwrap();
-    }
-    t.wait_state(ClusterState::Normal, Duration::from_secs(90))
-        .await;
-    t
-}
-
-/// Kills a node the hard way: agent and postgres, SIGKILL, together.
-fn kill_node(t: &mut TestCluster, i: usize) {
-    t.c.kill_agent(i);
-    t.c.kill_postgres(i);
-}
-
-async fn wait_new_leader(t: &TestCluster, not: &str, limit: Duration) -> String {
-    wait_for("a new leader running as primary", limit, || async {
-        let v = t.c.view().await.map_err(|e| format!("{e:#}"))?;
-        match v.leader_member() {
-            Some(m)
-                if v.leader_name() != Some(not) && m.role == "primary" && m.state == "running" =>
-            {
-                Ok(v.leader_name().unwrap().to_string())
-            }
-            _ => Err(format!(
-                "leader {:?}; reasons {:?}",
-                v.leader_name(),
-                reasons(t).await
-            )),
-        }
-    })
-    .await
-}
-
-/// Waits until `node` streams from the leader on the leader's timeline.
-async fn wait_streaming_on_leader_timeline(t: &TestCluster, node: &str, limit: Duration) -> u32 {
-    wait_for(
-        &format!("{node} streaming on the leader's timeline"),
-        limit,
-        || async {
-            let v = t.c.view().await.map_err(|e| format!("{e:#}"))?;
-            let leader_tl = v.leader_member().and_then(|m| m.timeline);
-            match v.members.get(node) {
-                Some(m)
-                    if m.replication_state.as_deref() == Some("streaming")
-                        && m.timeline.is_some()
-                        && m.timeline == leader_tl =>
-                {
-                    Ok(m.timeline.unwrap())
-                }
-                other => Err(format!("{other:?}; leader tl {leader_tl:?}")),
-            }
-        },
-    )
-    .await
-}
 
 fn moved_aside_dirs(t: &TestCluster, i: usize) -> Vec<String> {
     let data = &t.c.nodes[i].data_dir;
@@ -102,25 +25,9 @@ fn moved_aside_dirs(t: &TestCluster, i: usize) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_killed_standby_promotes_and_old_leader_rejoins_by_rewind() {
-    let mut t = cluster_led_by_node1("failover", ClusterOptions::default(), &[]).await;
-    let cfg = workload::read_write_config(&t.c.pg_hosts(), "postgres");
-    workload::create_table(&cfg, "w").await.unwrap();
-    let stop = CancellationToken::new();
-    let writer = tokio::spawn(workload::run_writes(
-        cfg.clone(),
-        "w".into(),
-        Duration::from_millis(10),
-        stop.clone(),
-    ));
-    wait_for("writes flowing", Duration::from_secs(10), || async {
-        let n = workload::present_ids(&cfg, "w").await?.len();
-        if n >= 20 {
-            Ok(())
-        } else {
-            Err(format!("{n} rows"))
-        }
-    })
-    .await;
+    let mut t = TestCluster::led_by_node1("failover", ClusterOptions::default(), &[]).await;
+    let writer = Writer::start(&t, "w", 20).await;
+    let cfg = writer.cfg.clone();
 
     let killed_at = Instant::now();
     kill_node(&mut t, 0);
@@ -146,8 +53,7 @@ async fn leader_killed_standby_promotes_and_old_leader_rejoins_by_rewind() {
         },
     )
     .await;
-    stop.cancel();
-    let log = writer.await.unwrap();
+    let (log, _) = writer.finish().await;
     assert!(
         log.acked.iter().any(|(_, at)| *at > killed_at),
         "no write acknowledged after the kill"
@@ -177,26 +83,15 @@ async fn leader_killed_standby_promotes_and_old_leader_rejoins_by_rewind() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn standby_with_more_wal_wins() {
-    let mut t = cluster_led_by_node1("morewal", ClusterOptions::default(), &[]).await;
-    // node3 stops receiving WAL: freeze its WAL receiver process.
-    let rows = t
-        .sql(2, "SELECT pid FROM pg_stat_wal_receiver")
-        .await
-        .unwrap();
-    let receiver = Pid::from_raw(rows[0].get::<_, i32>(0));
-    kill(receiver, Signal::SIGSTOP).unwrap();
-    t.sql(
+    let mut t = TestCluster::led_by_node1("morewal", ClusterOptions::default(), &[]).await;
+    // node3 stops receiving WAL while node2 gets more.
+    let receiver = make_lag(
+        &t,
+        2,
+        "CREATE TABLE more AS SELECT generate_series(1, 1000) AS x",
         0,
-        "CREATE TABLE more (x int); INSERT INTO more SELECT generate_series(1, 1000)",
     )
-    .await
-    .ok();
-    t.sql(
-        0,
-        "CREATE TABLE more2 AS SELECT generate_series(1, 1000) AS x",
-    )
-    .await
-    .unwrap();
+    .await;
     wait_for("node2 ahead of node3", Duration::from_secs(15), || async {
         let v = t.c.view().await.map_err(|e| format!("{e:#}"))?;
         let pos = |n: &str| v.members.get(n).and_then(|m| m.xlog_location).unwrap_or(0);
@@ -221,36 +116,12 @@ async fn nofailover_and_lag_limit_keep_everyone_out() {
         ..ClusterOptions::default()
     };
     let mut t =
-        cluster_led_by_node1("noeligible", opts, &[(1, "[tags]\nnofailover = true\n")]).await;
-    let rows = t
-        .sql(2, "SELECT pid FROM pg_stat_wal_receiver")
-        .await
-        .unwrap();
-    let receiver = Pid::from_raw(rows[0].get::<_, i32>(0));
-    kill(receiver, Signal::SIGSTOP).unwrap();
-    t.sql(
-        0,
+        TestCluster::led_by_node1("noeligible", opts, &[(1, "[tags]\nnofailover = true\n")]).await;
+    let receiver = make_lag(
+        &t,
+        2,
         "CREATE TABLE big AS SELECT generate_series(1, 20000) AS x",
-    )
-    .await
-    .unwrap();
-    wait_for(
-        "leader optime 10 kB past node3",
-        Duration::from_secs(15),
-        || async {
-            let v = t.c.view().await.map_err(|e| format!("{e:#}"))?;
-            let optime = v.status.as_ref().and_then(|s| s.optime).unwrap_or(0);
-            let pos = v
-                .members
-                .get("node3")
-                .and_then(|m| m.xlog_location)
-                .unwrap_or(0);
-            if optime > pos + 10000 {
-                Ok(())
-            } else {
-                Err(format!("{optime} vs {pos}"))
-            }
-        },
+        10000,
     )
     .await;
     kill_node(&mut t, 0);
@@ -448,7 +319,7 @@ async fn futures_all<T>(handles: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_to_leader_hands_over_without_waiting_for_the_lease() {
-    let mut t = cluster_led_by_node1("sigterm", ClusterOptions::default(), &[]).await;
+    let mut t = TestCluster::led_by_node1("sigterm", ClusterOptions::default(), &[]).await;
     t.c.stop_agent(0, Duration::from_secs(30)).unwrap();
     // The agent stopped postgres and deleted its leader key before exiting.
     assert!(t.c.nodes[0].postmaster_pid().is_none());
@@ -459,7 +330,7 @@ async fn sigterm_to_leader_hands_over_without_waiting_for_the_lease() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_postgres_crash_is_restarted_in_place() {
-    let t = cluster_led_by_node1("pgcrash", ClusterOptions::default(), &[]).await;
+    let t = TestCluster::led_by_node1("pgcrash", ClusterOptions::default(), &[]).await;
     let old = t.c.kill_postgres(0).unwrap();
     wait_for(
         "node1 postgres restarted",
@@ -490,7 +361,7 @@ async fn leader_postgres_crash_is_restarted_in_place() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rewind_impossible_rebuilds_with_old_data_moved_aside() {
-    let mut t = cluster_led_by_node1("rebuild", ClusterOptions::default(), &[]).await;
+    let mut t = TestCluster::led_by_node1("rebuild", ClusterOptions::default(), &[]).await;
     t.sql(0, "CREATE TABLE r AS SELECT generate_series(1, 1000) AS x")
         .await
         .unwrap();
@@ -527,7 +398,7 @@ async fn reinit_rebuilds_a_replica_and_control_needs_auth() {
         extra_toml: auth.into(),
         ..ClusterOptions::default()
     };
-    let t = cluster_led_by_node1("reinit", opts, &[]).await;
+    let t = TestCluster::led_by_node1("reinit", opts, &[]).await;
     let client = baton::tls::http_client(Duration::from_secs(10), None).unwrap();
     let url = |i: usize| t.c.nodes[i].api_url("/reinitialize");
 
@@ -683,7 +554,7 @@ async fn rest_api_over_tls_for_clients_elections_and_control() {
         api_toml: format!("certfile = \"{cert}\"\nkeyfile = \"{key}\"\ncafile = \"{ca}\"\n"),
         ..ClusterOptions::default()
     };
-    let mut t = cluster_led_by_node1("tls", opts, &[]).await;
+    let mut t = TestCluster::led_by_node1("tls", opts, &[]).await;
     let url = t.c.nodes[0]
         .api_url("/primary")
         .replace("http://", "https://");

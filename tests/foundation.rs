@@ -198,15 +198,7 @@ async fn rest_status_codes(t: &TestCluster, leader: usize, replica: usize) {
     assert_eq!(c["members"].as_array().unwrap().len(), 3);
     let cfg = http_json(&r.api_url("/config")).await.unwrap();
     assert_eq!(cfg["ttl"], 4);
-    let metrics = baton::tls::http_client(Duration::from_secs(5), None)
-        .unwrap()
-        .get(l.api_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = http_text(&l.api_url("/metrics")).await;
     assert!(
         metrics.contains(&format!(
             "patroni_primary{{scope=\"demo\",name=\"{}\"}} 1",

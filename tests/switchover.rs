@@ -7,40 +7,18 @@ use std::time::Duration;
 
 use baton::local::ClusterOptions;
 use baton::status::ClusterState;
-use baton::workload;
 use common::*;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use tokio_util::sync::CancellationToken;
 
 const AUTH: &str = "[api.authentication]\nusername = \"admin\"\npassword = \"s3cret\"\n";
 
 async fn started(name: &str, per_node: &[(usize, &str)]) -> TestCluster {
-    let mut t = TestCluster::new(
-        name,
-        ClusterOptions {
-            extra_toml: AUTH.into(),
-            ..ClusterOptions::default()
-        },
-    );
-    for (i, toml) in per_node {
-        t.c.append_config(*i, toml).unwrap();
-    }
-    t.c.start_agent(0).unwrap();
-    wait_for("node1 leading", Duration::from_secs(60), || async {
-        let s = t.c.status().await.map_err(|e| format!("{e:#}"))?;
-        if s.leader.as_deref() == Some("node1") && s.members.iter().any(|m| m.state == "running") {
-            Ok(())
-        } else {
-            Err(s.render())
-        }
-    })
-    .await;
-    t.c.start_agent(1).unwrap();
-    t.c.start_agent(2).unwrap();
-    t.wait_state(ClusterState::Normal, Duration::from_secs(90))
-        .await;
-    t
+    let opts = ClusterOptions {
+        extra_toml: AUTH.into(),
+        ..ClusterOptions::default()
+    };
+    TestCluster::led_by_node1(name, opts, per_node).await
 }
 
 fn ctl(t: &TestCluster, args: &[&str]) -> (bool, String, String) {
@@ -65,44 +43,10 @@ fn ctl(t: &TestCluster, args: &[&str]) -> (bool, String, String) {
     )
 }
 
-async fn metric(t: &TestCluster, i: usize, name: &str) -> f64 {
-    let text = baton::tls::http_client(Duration::from_secs(5), None)
-        .unwrap()
-        .get(t.c.nodes[i].api_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find(|l| l.starts_with(&format!("{name}{{")))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in metrics"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn switchover_under_writes_loses_nothing_and_needs_no_rewind() {
     let t = started("switchover", &[]).await;
-    let cfg = workload::read_write_config(&t.c.pg_hosts(), "postgres");
-    workload::create_table(&cfg, "s").await.unwrap();
-    let stop = CancellationToken::new();
-    let writer = tokio::spawn(workload::run_writes(
-        cfg.clone(),
-        "s".into(),
-        Duration::from_millis(10),
-        stop.clone(),
-    ));
-    wait_for("writes flowing", Duration::from_secs(10), || async {
-        let n = workload::present_ids(&cfg, "s").await?.len();
-        if n >= 50 {
-            Ok(())
-        } else {
-            Err(format!("{n}"))
-        }
-    })
-    .await;
+    let writer = Writer::start(&t, "s", 50).await;
 
     let (ok, out, err) = ctl(&t, &["switchover", "--candidate", "node2", "--force"]);
     assert!(ok, "switchover failed: {out} {err}");
@@ -128,9 +72,7 @@ async fn switchover_under_writes_loses_nothing_and_needs_no_rewind() {
         }
     })
     .await;
-    stop.cancel();
-    let log = writer.await.unwrap();
-    let present = workload::present_ids(&cfg, "s").await.unwrap();
+    let (log, present) = writer.finish().await;
     assert_eq!(
         log.lost(&present),
         Vec::<i64>::new(),
@@ -173,37 +115,9 @@ async fn switchover_refusals_say_which_check_failed() {
     );
 
     // A lagging candidate: freeze node2's WAL receiver and write 2 MB.
-    let rows = t
-        .sql(1, "SELECT pid FROM pg_stat_wal_receiver")
-        .await
-        .unwrap();
-    let receiver = Pid::from_raw(rows[0].get::<_, i32>(0));
-    kill(receiver, Signal::SIGSTOP).unwrap();
-    t.sql(
-        0,
-        "CREATE TABLE lag AS SELECT g, repeat('x', 100) AS pad FROM generate_series(1, 20000) g",
-    )
-    .await
-    .unwrap();
-    wait_for(
-        "node2 lagging over 1 MiB",
-        Duration::from_secs(15),
-        || async {
-            let v = t.c.view().await.map_err(|e| format!("{e:#}"))?;
-            let optime = v.status.as_ref().and_then(|s| s.optime).unwrap_or(0);
-            let pos = v
-                .members
-                .get("node2")
-                .and_then(|m| m.xlog_location)
-                .unwrap_or(0);
-            if optime > pos + (1 << 20) {
-                Ok(())
-            } else {
-                Err(format!("{optime} vs {pos}"))
-            }
-        },
-    )
-    .await;
+    let sql =
+        "CREATE TABLE lag AS SELECT g, repeat('x', 100) AS pad FROM generate_series(1, 20000) g";
+    let receiver = make_lag(&t, 1, sql, 1 << 20).await;
     let (ok, _, err) = ctl(&t, &["switchover", "--candidate", "node2", "--force"]);
     kill(receiver, Signal::SIGCONT).unwrap();
     assert!(!ok);

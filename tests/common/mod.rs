@@ -266,3 +266,193 @@ pub async fn reasons(t: &TestCluster) -> std::collections::BTreeMap<String, Stri
         })
         .unwrap_or_default()
 }
+
+impl TestCluster {
+    /// Starts node1 first so it bootstraps and leads, then the others, each
+    /// with its extra TOML from `per_node`; returns once the cluster is Normal.
+    pub async fn led_by_node1(
+        name: &str,
+        opts: ClusterOptions,
+        per_node: &[(usize, &str)],
+    ) -> TestCluster {
+        let mut t = TestCluster::new(name, opts);
+        for (i, toml) in per_node {
+            t.c.append_config(*i, toml).unwrap();
+        }
+        t.c.start_agent(0).unwrap();
+        wait_for("node1 leading", Duration::from_secs(60), || async {
+            let s = t.c.status().await.map_err(|e| format!("{e:#}"))?;
+            if s.leader.as_deref() == Some("node1")
+                && s.members.iter().any(|m| m.state == "running")
+            {
+                Ok(())
+            } else {
+                Err(s.render())
+            }
+        })
+        .await;
+        for i in 1..t.c.nodes.len() {
+            t.c.start_agent(i).unwrap();
+        }
+        t.wait_state(ClusterState::Normal, Duration::from_secs(90))
+            .await;
+        t
+    }
+}
+
+/// Kills a node the hard way: agent and postgres, SIGKILL, together.
+pub fn kill_node(t: &mut TestCluster, i: usize) {
+    t.c.kill_agent(i);
+    t.c.kill_postgres(i);
+}
+
+pub async fn wait_new_leader(t: &TestCluster, not: &str, limit: Duration) -> String {
+    wait_for("a new leader running as primary", limit, || async {
+        let v = t.c.view().await.map_err(|e| format!("{e:#}"))?;
+        match v.leader_member() {
+            Some(m)
+                if v.leader_name() != Some(not) && m.role == "primary" && m.state == "running" =>
+            {
+                Ok(v.leader_name().unwrap().to_string())
+            }
+            _ => Err(format!(
+                "leader {:?}; reasons {:?}",
+                v.leader_name(),
+                reasons(t).await
+            )),
+        }
+    })
+    .await
+}
+
+/// Waits until `node` streams from the leader on the leader's timeline.
+pub async fn wait_streaming_on_leader_timeline(
+    t: &TestCluster,
+    node: &str,
+    limit: Duration,
+) -> u32 {
+    wait_for(
+        &format!("{node} streaming on the leader's timeline"),
+        limit,
+        || async {
+            let v = t.c.view().await.map_err(|e| format!("{e:#}"))?;
+            let leader_tl = v.leader_member().and_then(|m| m.timeline);
+            match v.members.get(node) {
+                Some(m)
+                    if m.replication_state.as_deref() == Some("streaming")
+                        && m.timeline.is_some()
+                        && m.timeline == leader_tl =>
+                {
+                    Ok(m.timeline.unwrap())
+                }
+                other => Err(format!("{other:?}; leader tl {leader_tl:?}")),
+            }
+        },
+    )
+    .await
+}
+
+pub async fn http_text(url: &str) -> String {
+    baton::tls::http_client(Duration::from_secs(5), None)
+        .unwrap()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// A gauge from a member's `/metrics`.
+pub async fn metric(t: &TestCluster, i: usize, name: &str) -> f64 {
+    let text = http_text(&t.c.nodes[i].api_url("/metrics")).await;
+    text.lines()
+        .find(|l| l.starts_with(&format!("{name}{{")))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in metrics"))
+}
+
+/// Makes member `i` lag: freezes its WAL receiver (SIGSTOP; resume it with
+/// SIGCONT on the returned PID), runs `sql` on the leader (member 0), and
+/// waits until the leader's published position is more than `bytes` ahead
+/// of member `i`'s.
+pub async fn make_lag(t: &TestCluster, i: usize, sql: &str, bytes: u64) -> nix::unistd::Pid {
+    let rows = t
+        .sql(i, "SELECT pid FROM pg_stat_wal_receiver")
+        .await
+        .unwrap();
+    let receiver = nix::unistd::Pid::from_raw(rows[0].get::<_, i32>(0));
+    nix::sys::signal::kill(receiver, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    t.sql(0, sql).await.unwrap();
+    let name = t.c.nodes[i].name.clone();
+    wait_for(
+        &format!("{name} lagging over {bytes} bytes"),
+        Duration::from_secs(15),
+        || async {
+            let v = t.c.view().await.map_err(|e| format!("{e:#}"))?;
+            let optime = v.status.as_ref().and_then(|s| s.optime).unwrap_or(0);
+            let pos = v
+                .members
+                .get(&name)
+                .and_then(|m| m.xlog_location)
+                .unwrap_or(0);
+            if optime > pos + bytes {
+                Ok(())
+            } else {
+                Err(format!("leader at {optime}, {name} at {pos}"))
+            }
+        },
+    )
+    .await;
+    receiver
+}
+
+/// The benchmark workload against the whole cluster (multi-host,
+/// read-write), started once `min_rows` writes are in.
+pub struct Writer {
+    pub cfg: tokio_postgres::Config,
+    pub table: String,
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<baton::workload::WriteLog>,
+}
+
+impl Writer {
+    pub async fn start(t: &TestCluster, table: &str, min_rows: usize) -> Writer {
+        let cfg = baton::workload::read_write_config(&t.c.pg_hosts(), "postgres");
+        baton::workload::create_table(&cfg, table).await.unwrap();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn(baton::workload::run_writes(
+            cfg.clone(),
+            table.to_string(),
+            Duration::from_millis(10),
+            stop.clone(),
+        ));
+        wait_for("writes flowing", Duration::from_secs(10), || async {
+            let n = baton::workload::present_ids(&cfg, table).await?.len();
+            if n >= min_rows {
+                Ok(())
+            } else {
+                Err(format!("{n} rows"))
+            }
+        })
+        .await;
+        Writer {
+            cfg,
+            table: table.to_string(),
+            stop,
+            task,
+        }
+    }
+
+    /// Stops writing; returns the log and the ids now in the table.
+    pub async fn finish(self) -> (baton::workload::WriteLog, std::collections::HashSet<i64>) {
+        self.stop.cancel();
+        let log = self.task.await.unwrap();
+        let present = baton::workload::present_ids(&self.cfg, &self.table)
+            .await
+            .unwrap();
+        (log, present)
+    }
+}
