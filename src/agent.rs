@@ -75,7 +75,30 @@ impl Shared {
 struct Job {
     kind: JobKind,
     started: Instant,
-    handle: JoinHandle<Result<(), String>>,
+    handle: JoinHandle<Result<(), JobError>>,
+}
+
+/// Why a job failed, and whether the member it worked against was simply
+/// unreachable (then the job is retried instead of escalated).
+#[derive(Debug, Clone)]
+struct JobError {
+    message: String,
+    source_down: bool,
+}
+
+impl From<String> for JobError {
+    fn from(message: String) -> Self {
+        JobError {
+            message,
+            source_down: false,
+        }
+    }
+}
+
+impl std::fmt::Display for JobError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
 }
 
 pub struct Agent {
@@ -87,13 +110,15 @@ pub struct Agent {
     last_renewal_sent: Option<Instant>,
     job: Option<Job>,
     /// Outcome of the last job: shown to decide until the next job starts.
-    last_job: Option<(JobKind, Result<(), String>, Instant)>,
+    last_job: Option<(JobKind, Result<(), JobError>, Instant)>,
     http: reqwest::Client,
     client: Option<tokio_postgres::Client>,
     config: DynamicConfig,
     shared: SharedState,
     last_reason: String,
     last_etcd_warning: Option<Instant>,
+    /// Since when this running replica has not been streaming.
+    not_streaming_since: Option<Instant>,
     /// The node file, re-read on `POST /reload` and SIGHUP.
     config_path: Option<std::path::PathBuf>,
     history_cache: Option<(u32, Vec<(u32, crate::lsn::Lsn)>)>,
@@ -150,6 +175,7 @@ impl Agent {
             last_reason: String::new(),
             last_etcd_warning: None,
             config_path: None,
+            not_streaming_since: None,
             history_cache: None,
         })
     }
@@ -254,6 +280,12 @@ impl Agent {
         }
         let job = self.poll_job().await;
         let (pg, data_dir) = self.observe_postgres().await;
+        self.not_streaming_since = match &pg {
+            PgStatus::Running(r) if r.in_recovery && !r.receiver_streaming => {
+                Some(self.not_streaming_since.unwrap_or(now))
+            }
+            _ => None,
+        };
         let peers = match (&cluster, &pg) {
             (Some(c), PgStatus::Running(r)) if c.leader.is_none() && r.in_recovery => {
                 self.observe_peers(c).await
@@ -275,6 +307,9 @@ impl Agent {
             reinit_requested: self.shared.reinit_requested.load(Ordering::SeqCst),
             rebuild_allowed: self.cfg.postgresql.rebuild_on_rewind_failure,
             restart_requested: self.shared.restart_requested.load(Ordering::SeqCst),
+            not_streaming_for: self
+                .not_streaming_since
+                .map(|t| now.saturating_duration_since(t)),
             now_utc: chrono::Utc::now(),
         };
         let d = decide(&obs);
@@ -316,7 +351,7 @@ impl Agent {
         s.system_id = system_id;
         s.pending_job = pending_job;
         s.last_failure = match &self.last_job {
-            Some((k, Err(e), _)) => Some((*k, e.clone())),
+            Some((k, Err(e), _)) => Some((*k, e.message.clone())),
             _ => None,
         };
     }
@@ -425,7 +460,7 @@ impl Agent {
             let job = self.job.take().expect("checked");
             let result = match job.handle.await {
                 Ok(r) => r,
-                Err(e) => Err(format!("job panicked or was aborted: {e}")),
+                Err(e) => Err(JobError::from(format!("job panicked or was aborted: {e}"))),
             };
             match &result {
                 Ok(()) => tracing::info!(
@@ -441,7 +476,7 @@ impl Agent {
             self.last_job = Some((job.kind, result, Instant::now()));
         }
         match &self.last_job {
-            Some((k, Err(e), _)) => JobStatus::Failed(*k, e.clone()),
+            Some((k, Err(e), _)) => JobStatus::Failed(*k, e.message.clone(), e.source_down),
             Some((k, Ok(()), _)) => JobStatus::Done(*k),
             None => JobStatus::Idle,
         }
@@ -541,9 +576,10 @@ impl Agent {
         }
     }
 
-    fn spawn_job<F>(&mut self, kind: JobKind, fut: F)
+    fn spawn_job<F, E>(&mut self, kind: JobKind, fut: F)
     where
-        F: std::future::Future<Output = Result<(), String>> + Send + 'static,
+        F: std::future::Future<Output = Result<(), E>> + Send + 'static,
+        E: Into<JobError>,
     {
         if self.job.is_some() {
             return;
@@ -556,7 +592,7 @@ impl Agent {
         tracing::info!("starting job: {kind}");
         let shared = self.shared.clone();
         let handle = tokio::spawn(async move {
-            let r = fut.await;
+            let r = fut.await.map_err(Into::into);
             shared.wake.notify_one();
             r
         });
@@ -666,25 +702,35 @@ impl Agent {
                 let inst = self.inst.clone();
                 self.shared.rewinds.fetch_add(1, Ordering::SeqCst);
                 self.spawn_job(JobKind::Rewind, async move {
+                    // Checkpointing the source first also tells whether it
+                    // is reachable at all: if not, retry; never rebuild.
+                    inst.checkpoint_member(&host, port)
+                        .await
+                        .map_err(|e| JobError {
+                            message: format!("{host}:{port}: {e}"),
+                            source_down: true,
+                        })?;
                     tracing::info!("running pg_rewind against {host}:{port}");
                     inst.rewind_from(&host, port)
                         .await
-                        .map_err(|e| e.to_string())
+                        .map_err(|e| JobError::from(e.to_string()))
                 });
             }
             Action::Rebuild { from } => {
                 let (host, port) = self.member_pg_address(obs, from)?;
                 let inst = self.inst.clone();
-                self.client = None;
                 self.shared.reinit_requested.store(false, Ordering::SeqCst);
                 self.shared.rebuilds.fetch_add(1, Ordering::SeqCst);
                 self.spawn_job(JobKind::Rebuild, async move {
-                    inst.stop(StopMode::Fast).await.map_err(|e| e.to_string())?;
-                    let aside = inst.move_aside().map_err(|e| e.to_string())?;
-                    tracing::warn!("old data directory moved aside to {}", aside.display());
-                    inst.basebackup_from(&host, port)
+                    tracing::info!(
+                        "rebuilding from {host}:{port}: cloning next to the data directory"
+                    );
+                    let aside = inst
+                        .rebuild_from(&host, port)
                         .await
-                        .map_err(|e| e.to_string())
+                        .map_err(|e| e.to_string())?;
+                    tracing::warn!("old data directory moved aside to {}", aside.display());
+                    Ok::<(), String>(())
                 });
             }
             Action::PublishHistory => {

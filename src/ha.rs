@@ -79,8 +79,10 @@ pub enum JobStatus {
     Idle,
     /// A job is running, started this long ago.
     Running(JobKind, Duration),
-    /// The last job failed; shown until the next job starts.
-    Failed(JobKind, String),
+    /// The last job failed; shown until the next job starts. The flag says
+    /// the member it worked against was unreachable: worth retrying, and no
+    /// reason to give up on the local data.
+    Failed(JobKind, String, bool),
     /// The last job succeeded (until the next job starts).
     Done(JobKind),
 }
@@ -124,6 +126,9 @@ pub struct Observation {
     pub rebuild_allowed: bool,
     /// An operator asked for postgres to be restarted.
     pub restart_requested: bool,
+    /// How long this running replica has not been streaming (`None` when it
+    /// streams, or is not a running replica).
+    pub not_streaming_for: Option<Duration>,
     /// Wall-clock time, for scheduled switchovers.
     pub now_utc: chrono::DateTime<chrono::Utc>,
 }
@@ -272,6 +277,10 @@ pub enum Reason {
         error: String,
         rebuilding: bool,
     },
+    RewindSourceDown {
+        from: String,
+        error: String,
+    },
     Reinitializing {
         from: String,
     },
@@ -386,6 +395,9 @@ impl fmt::Display for Reason {
                 "need repair: pg_rewind failed ({error}) and rebuild is not allowed \
                  (postgresql.rebuild_on_rewind_failure)"
             ),
+            Reason::RewindSourceDown { from, error } => {
+                write!(f, "pg_rewind could not reach {from} ({error}); retrying")
+            }
             Reason::Reinitializing { from } => write!(f, "reinitialize requested: rebuilding from {from}"),
             Reason::WaitingForLeaderToRebuild => {
                 write!(f, "reinitialize requested: waiting for a leader to clone from")
@@ -622,7 +634,7 @@ fn decide_unpaused(o: &Observation) -> Decision {
             return decision(vec![], Reason::PostgresUnresponsive);
         }
         let failed = |r: Reason| match &o.job {
-            JobStatus::Failed(JobKind::Start, e) => Reason::StartFailed(e.clone()),
+            JobStatus::Failed(JobKind::Start, e, _) => Reason::StartFailed(e.clone()),
             _ => r,
         };
         return match leader {
@@ -722,7 +734,7 @@ fn decide_unpaused(o: &Observation) -> Decision {
                     },
                 );
             }
-            if diverged(run, cluster, l) {
+            if diverged(run, cluster, l, o.not_streaming_for, o.config.ttl()) {
                 return decision(
                     vec![Action::Stop],
                     Reason::Diverged {
@@ -770,7 +782,17 @@ fn decide_stopped_follower(
     failed: impl Fn(Reason) -> Reason,
 ) -> Decision {
     let from = leader.to_string();
-    if let JobStatus::Failed(JobKind::Rewind, e) = &o.job {
+    if let JobStatus::Failed(JobKind::Rewind, e, true) = &o.job {
+        // The leader could not be reached: try again, keep the data.
+        return decision(
+            vec![Action::Rewind { from: from.clone() }],
+            Reason::RewindSourceDown {
+                from,
+                error: e.clone(),
+            },
+        );
+    }
+    if let JobStatus::Failed(JobKind::Rewind, e, false) = &o.job {
         let reason = Reason::RewindFailed {
             error: e.clone(),
             rebuilding: o.rebuild_allowed,
@@ -865,9 +887,19 @@ pub fn lineage_agrees(my_tl: u32, mine: &[(u32, Lsn)], theirs: &[(u32, u64)]) ->
 }
 
 /// Whether a running replica can never stream from the leader: its WAL is
-/// on a timeline the leader never had, went past the point where the
-/// leader's timeline forked from its own, or has a different past.
-fn diverged(run: &Running, cluster: &ClusterView, leader: &str) -> bool {
+/// on a timeline the leader never had, has a different past, or (after it
+/// has failed to stream for `grace`) went past the point where the
+/// leader's timeline forked from its own. The last test waits because a
+/// replica's timeline is only known for sure while it streams: right after
+/// it is re-pointed, its receive position may already be on the leader's
+/// new timeline while the timeline it reports is still the old one.
+fn diverged(
+    run: &Running,
+    cluster: &ClusterView,
+    leader: &str,
+    not_streaming_for: Option<Duration>,
+    grace: Duration,
+) -> bool {
     let (Some(mine), Some(theirs)) = (
         run.timeline,
         cluster.members.get(leader).and_then(|m| m.timeline),
@@ -881,7 +913,7 @@ fn diverged(run: &Running, cluster: &ClusterView, leader: &str) -> bool {
     if lineage_agrees(mine, &run.history, &points) == Some(false) {
         return true;
     }
-    if mine == theirs {
+    if mine == theirs || not_streaming_for.is_none_or(|d| d < grace) {
         return false;
     }
     let position = run
@@ -987,7 +1019,7 @@ fn follows(run: &Running, host: &str, port: u16, slot: &str) -> bool {
 }
 
 fn decide_empty(o: &Observation, cluster: &ClusterView) -> Decision {
-    if let JobStatus::Failed(JobKind::Bootstrap, e) = &o.job {
+    if let JobStatus::Failed(JobKind::Bootstrap, e, _) = &o.job {
         if cluster.initialize.is_some() {
             return decision(vec![], Reason::BootstrapFailed(e.clone()));
         }
@@ -1010,7 +1042,7 @@ fn decide_empty(o: &Observation, cluster: &ClusterView) -> Decision {
                 );
             }
             let reason = match &o.job {
-                JobStatus::Failed(JobKind::Clone | JobKind::Rebuild, e) => {
+                JobStatus::Failed(JobKind::Clone | JobKind::Rebuild, e, _) => {
                     Reason::CloneFailed(e.clone())
                 }
                 _ => Reason::Cloning {
@@ -1102,6 +1134,7 @@ mod tests {
             reinit_requested: false,
             rebuild_allowed: true,
             restart_requested: false,
+            not_streaming_for: None,
             now_utc: chrono::DateTime::parse_from_rfc3339("2026-11-23T12:00:00Z")
                 .unwrap()
                 .with_timezone(&chrono::Utc),
@@ -1500,8 +1533,12 @@ mod tests {
         );
 
         // pg_rewind failed: rebuild when allowed, else need repair.
-        o.job = JobStatus::Failed(JobKind::Rewind, "WAL missing".into());
+        o.job = JobStatus::Failed(JobKind::Rewind, "WAL missing".into(), false);
         assert_eq!(d_actions(&o), vec![Action::Rebuild { from: "n2".into() }]);
+        // The leader unreachable is no reason to rebuild: retry the rewind.
+        o.job = JobStatus::Failed(JobKind::Rewind, "connection refused".into(), true);
+        assert_eq!(d_actions(&o), vec![Action::Rewind { from: "n2".into() }]);
+        o.job = JobStatus::Failed(JobKind::Rewind, "WAL missing".into(), false);
         o.rebuild_allowed = false;
         let d = decide(&o);
         assert_eq!(d.actions, vec![]);
@@ -1539,7 +1576,11 @@ mod tests {
             null,
             "n1"
         ]]));
-        let o = obs("n2", Some(c.clone()), dir_on(1), replica_at(1, 1200));
+        let mut o = obs("n2", Some(c.clone()), dir_on(1), replica_at(1, 1200));
+        // Not yet: right after re-pointing, the reported timeline may lag.
+        o.not_streaming_for = Some(Duration::from_secs(1));
+        assert_eq!(decide(&o).actions, vec![]);
+        o.not_streaming_for = Some(Duration::from_secs(4));
         let d = decide(&o);
         assert_eq!(d.actions, vec![Action::Stop]);
         assert_eq!(

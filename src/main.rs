@@ -633,8 +633,12 @@ async fn edit_config(target: Target) -> anyhow::Result<ExitCode> {
         .context("no valid config stored to edit")?;
     let file = std::env::temp_dir().join(format!("baton-config-{}.json", std::process::id()));
     std::fs::write(&file, serde_json::to_string_pretty(current)?)?;
+    // $EDITOR may carry arguments ("code --wait"): let the shell split it.
     let editor = std::env::var("EDITOR").unwrap_or_else(|_| "vi".into());
-    let status = std::process::Command::new(&editor)
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("{editor} \"$1\""))
+        .arg("baton-config-edit")
         .arg(&file)
         .status()
         .with_context(|| format!("running {editor}"))?;

@@ -495,10 +495,16 @@ impl Instance {
     /// logging its progress. On failure the partial copy is removed, since
     /// the directory was empty before.
     pub async fn basebackup_from(&self, host: &str, port: u16) -> Result<(), PgError> {
-        self.prepare_dir(&self.cfg.data_dir)?;
+        self.basebackup_into(host, port, &self.cfg.data_dir).await
+    }
+
+    /// pg_basebackup of `host:port` into `target` (empty or missing); on
+    /// failure the partial copy is removed from `target`.
+    async fn basebackup_into(&self, host: &str, port: u16, target: &Path) -> Result<(), PgError> {
+        self.prepare_dir(target)?;
         let mut cmd = self.command("pg_basebackup");
         cmd.arg("-D")
-            .arg(&self.cfg.data_dir)
+            .arg(target)
             .arg("-d")
             .arg(self.replication_conninfo(host, port))
             .args(["-X", "stream", "-c", "fast", "--progress", "--verbose"]);
@@ -549,7 +555,7 @@ impl Instance {
             .map_err(|e| PgError::Io(format!("pg_basebackup: {e}")))?;
         let log = reader.await.unwrap_or_default();
         if !status.success() {
-            self.remove_partial_clone();
+            empty_dir(target);
             let tail: Vec<&str> = log.lines().rev().take(3).collect();
             return Err(PgError::Command {
                 what: "pg_basebackup".into(),
@@ -562,19 +568,51 @@ impl Instance {
         Ok(())
     }
 
-    /// Empties the data directory after a failed clone. Only ever called on
-    /// a directory that was empty before the clone started.
-    fn remove_partial_clone(&self) {
-        if let Ok(entries) = std::fs::read_dir(&self.cfg.data_dir) {
-            for e in entries.flatten() {
-                let p = e.path();
-                let _ = if p.is_dir() {
-                    std::fs::remove_dir_all(&p)
-                } else {
-                    std::fs::remove_file(&p)
-                };
-            }
+    /// Rebuilds this member from `host:port` without ever being left with
+    /// nothing: the clone goes into `<data_dir>.baton-new` while the old data
+    /// (and postgres, if running) stay as they are; only a complete clone is
+    /// swapped in, and the old directory is moved aside, never deleted
+    /// (`<data_dir>.baton-old-<unix time>`). Returns where it went.
+    pub async fn rebuild_from(&self, host: &str, port: u16) -> Result<PathBuf, PgError> {
+        let mut new = self.cfg.data_dir.clone().into_os_string();
+        new.push(".baton-new");
+        let new = PathBuf::from(new);
+        // A leftover of an interrupted rebuild is our own partial copy.
+        if new.exists() {
+            std::fs::remove_dir_all(&new)
+                .map_err(|e| PgError::Io(format!("removing stale {}: {e}", new.display())))?;
         }
+        if let Err(e) = self.basebackup_into(host, port, &new).await {
+            let _ = std::fs::remove_dir_all(&new);
+            return Err(e);
+        }
+        self.stop(StopMode::Fast).await?;
+        let aside = self.move_aside()?;
+        // move_aside left an empty data dir; the clone takes its place.
+        std::fs::remove_dir(&self.cfg.data_dir).map_err(|e| {
+            PgError::Io(format!(
+                "removing empty {}: {e}",
+                self.cfg.data_dir.display()
+            ))
+        })?;
+        std::fs::rename(&new, &self.cfg.data_dir).map_err(|e| {
+            PgError::Io(format!(
+                "moving the clone {} into place: {e} (old data is in {})",
+                new.display(),
+                aside.display()
+            ))
+        })?;
+        Ok(aside)
+    }
+
+    /// Asks another member for a CHECKPOINT, so its control file carries
+    /// its current timeline (pg_rewind reads it). Fails when it is down.
+    pub async fn checkpoint_member(&self, host: &str, port: u16) -> Result<(), PgError> {
+        let client = self
+            .connect_member(host, port, Duration::from_secs(10))
+            .await?;
+        client.batch_execute("CHECKPOINT").await?;
+        Ok(())
     }
 
     /// A superuser session on another member's postgres.
@@ -716,6 +754,20 @@ impl StopMode {
         match self {
             StopMode::Fast => "fast",
             StopMode::Immediate => "immediate",
+        }
+    }
+}
+
+/// Removes everything inside `dir` (a partial copy of ours).
+fn empty_dir(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            let _ = if p.is_dir() {
+                std::fs::remove_dir_all(&p)
+            } else {
+                std::fs::remove_file(&p)
+            };
         }
     }
 }

@@ -109,6 +109,7 @@ struct Node {
     running: Option<Mode>,
     job: Option<SimJob>,
     last_job: JobStatus,
+    not_streaming_since: Option<u64>,
 }
 
 struct Etcd {
@@ -149,6 +150,7 @@ impl Sim {
                 running: None,
                 job: None,
                 last_job: JobStatus::Idle,
+                not_streaming_since: None,
             })
             .collect();
         Sim {
@@ -371,6 +373,12 @@ impl Sim {
                 }
             }
         }
+        let replica = matches!(self.nodes[i].running, Some(Mode::Replica(_)));
+        self.nodes[i].not_streaming_since = if replica && !self.streaming(i) {
+            Some(self.nodes[i].not_streaming_since.unwrap_or(now))
+        } else {
+            None
+        };
         let cluster = (!self.nodes[i].partitioned).then(|| self.view());
         let n = &self.nodes[i];
         let job = match &n.job {
@@ -408,6 +416,9 @@ impl Sim {
             reinit_requested: false,
             rebuild_allowed: true,
             restart_requested: false,
+            not_streaming_for: n
+                .not_streaming_since
+                .map(|t| Duration::from_millis(now - t)),
             now_utc: chrono::Utc::now(),
         };
         let d = decide(&obs);
@@ -496,9 +507,6 @@ impl Sim {
                     Action::Rebuild { .. } => JobKind::Rebuild,
                     _ => JobKind::Rewind,
                 };
-                if matches!(a, Action::Rebuild { .. }) {
-                    self.nodes[i].running = None;
-                }
                 self.start_job(i, kind, Effect::Copy { from: from.clone() }, 300);
             }
             Action::StartPrimary => {
@@ -575,9 +583,12 @@ impl Sim {
                     self.nodes[i].running = Some(Mode::Primary);
                     true
                 }
+                // Clone, rebuild (clone beside, then swap) and rewind all
+                // need the source up; on failure the local data stays.
                 Effect::Copy { from } => match self.idx(&from).map(|f| &self.nodes[f]) {
                     Some(f) if f.running == Some(Mode::Primary) && f.wal.is_some() => {
                         self.nodes[i].wal = f.wal.clone();
+                        self.nodes[i].running = None;
                         true
                     }
                     _ => false,
@@ -601,7 +612,13 @@ impl Sim {
             self.nodes[i].last_job = if ok {
                 JobStatus::Done(job.kind)
             } else {
-                JobStatus::Failed(job.kind, "source not running as primary".into())
+                // The agent classifies an unreachable rewind source the same way.
+                let source_down = job.kind == JobKind::Rewind;
+                JobStatus::Failed(
+                    job.kind,
+                    "source not running as primary".into(),
+                    source_down,
+                )
             };
             self.nodes[i].next_tick = self.nodes[i].next_tick.min(self.now + 5);
         }

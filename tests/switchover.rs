@@ -98,10 +98,24 @@ async fn switchover_under_writes_loses_nothing_and_needs_no_rewind() {
         },
     )
     .await;
-    assert_eq!(metric(&t, 0, "baton_rewinds_total").await, 0.0);
-    assert_eq!(metric(&t, 0, "baton_rebuilds_total").await, 0.0);
     t.wait_state(ClusterState::Normal, Duration::from_secs(30))
         .await;
+    // Neither the old leader nor the third member needed pg_rewind or a
+    // rebuild: both were on the new leader's lineage all along.
+    for i in [0, 2] {
+        assert_eq!(
+            metric(&t, i, "baton_rewinds_total").await,
+            0.0,
+            "node{} rewound",
+            i + 1
+        );
+        assert_eq!(
+            metric(&t, i, "baton_rebuilds_total").await,
+            0.0,
+            "node{} rebuilt",
+            i + 1
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -336,6 +350,42 @@ async fn config_edits_are_validated_and_compare_and_set() {
         4,
         "invalid config stored"
     );
+
+    // `config edit` through $EDITOR: valid edits are stored, invalid ones not.
+    let ep = t.c.etcd.endpoint.clone();
+    let edit = |name: &str, sed: &str| {
+        let script = t.dir.path.join(name);
+        std::fs::write(&script, format!("#!/bin/sh\nsed -i '{sed}' \"$1\"\n")).unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        std::process::Command::new(baton_bin())
+            .args(["config", "--etcd", &ep, "--scope", "demo", "edit"])
+            .env("EDITOR", &script)
+            .output()
+            .unwrap()
+    };
+    let out = edit(
+        "good.sh",
+        r#"s/"maximum_lag_on_failover": 2097152/"maximum_lag_on_failover": 65536/"#,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        t.c.view()
+            .await
+            .unwrap()
+            .config
+            .unwrap()
+            .maximum_lag_on_failover,
+        65536
+    );
+    let out = edit("bad.sh", r#"s/"ttl": 4/"ttl": 1/"#);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nothing stored"));
+    assert_eq!(t.c.view().await.unwrap().config.unwrap().ttl, 4);
 
     // REST: PATCH with a stale revision loses; PATCH/PUT validate; 401/400.
     let dcs = baton::dcs::Dcs::connect(
