@@ -22,18 +22,32 @@ struct RunResult {
     rejoin: Duration,
 }
 
-async fn one_run(baton: &Path, n: usize) -> anyhow::Result<RunResult> {
-    let dir = std::env::temp_dir().join(format!("baton-bench-failover-{}-{n}", std::process::id()));
+/// A fresh 3-node cluster at default settings in its own directory.
+fn bench_cluster(baton: &Path, name: &str) -> anyhow::Result<(PathBuf, LocalCluster)> {
+    let dir = std::env::temp_dir().join(format!("baton-bench-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let mut c = LocalCluster::create(
-        &dir,
-        baton,
-        &ClusterOptions {
-            scope: "bench".into(),
-            ..Default::default()
-        },
-    )?;
+    let opts = ClusterOptions {
+        scope: "bench".into(),
+        ..Default::default()
+    };
+    let mut c = LocalCluster::create(&dir, baton, &opts)?;
     c.start_all()?;
+    Ok((dir, c))
+}
+
+/// Stops the cluster; keeps its directory when the run failed.
+fn teardown<T>(dir: &Path, mut c: LocalCluster, result: &anyhow::Result<T>) {
+    tokio::task::block_in_place(|| c.shutdown());
+    drop(c);
+    if result.is_ok() {
+        let _ = std::fs::remove_dir_all(dir);
+    } else {
+        eprintln!("kept {} for inspection", dir.display());
+    }
+}
+
+async fn one_run(baton: &Path, n: usize) -> anyhow::Result<RunResult> {
+    let (dir, mut c) = bench_cluster(baton, &format!("failover-{n}"))?;
     let result = async {
         c.wait_normal(Duration::from_secs(120)).await?;
         let cfg = workload::read_write_config(&c.pg_hosts(), "postgres");
@@ -81,13 +95,7 @@ async fn one_run(baton: &Path, n: usize) -> anyhow::Result<RunResult> {
         Ok(RunResult { rto, lost, rejoin })
     }
     .await;
-    tokio::task::block_in_place(|| c.shutdown());
-    drop(c);
-    if result.is_ok() {
-        let _ = std::fs::remove_dir_all(&dir);
-    } else {
-        eprintln!("kept {} for inspection", dir.display());
-    }
+    teardown(&dir, c, &result);
     result
 }
 
@@ -107,21 +115,10 @@ struct SwitchResult {
 }
 
 async fn switchovers(baton: &Path, runs: usize) -> anyhow::Result<Vec<SwitchResult>> {
-    let dir = std::env::temp_dir().join(format!("baton-bench-switchover-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let mut c = LocalCluster::create(
-        &dir,
-        baton,
-        &ClusterOptions {
-            scope: "bench".into(),
-            ..Default::default()
-        },
-    )?;
-    c.start_all()?;
+    let (dir, c) = bench_cluster(baton, "switchover")?;
     let result = async {
         c.wait_normal(Duration::from_secs(120)).await?;
         let cfg = workload::read_write_config(&c.pg_hosts(), "postgres");
-        let http = baton::tls::http_client(Duration::from_secs(330), None)?;
         let mut results = vec![];
         for n in 1..=runs {
             c.wait_normal(Duration::from_secs(120)).await?;
@@ -138,24 +135,10 @@ async fn switchovers(baton: &Path, runs: usize) -> anyhow::Result<Vec<SwitchResu
                 stop.clone(),
             ));
             tokio::time::sleep(Duration::from_secs(2)).await;
-            let v = c.view().await?;
-            let leader = v.leader_name().context("no leader")?.to_string();
-            let api = v
-                .leader_member()
-                .context("no leader member")?
-                .api_url
-                .trim_end_matches("/patroni")
-                .to_string();
-            let resp = http
-                .post(format!("{api}/switchover"))
-                .json(&serde_json::json!({"leader": leader}))
-                .send()
-                .await?;
-            let code = resp.status();
-            let body: serde_json::Value = resp.json().await.unwrap_or_default();
-            if !code.is_success() {
-                bail!("switchover {n} refused ({code}): {body}");
-            }
+            let (leader, answer) = c
+                .switchover_via_api()
+                .await
+                .with_context(|| format!("switchover {n}"))?;
             tokio::time::sleep(Duration::from_secs(2)).await;
             stop.cancel();
             let log = writer.await?;
@@ -172,10 +155,7 @@ async fn switchovers(baton: &Path, runs: usize) -> anyhow::Result<Vec<SwitchResu
             }
             println!(
                 "run {n}: {leader} -> {}: write gap {:.3} s, lost_acked {lost} ({} acked)",
-                body["message"]
-                    .as_str()
-                    .unwrap_or("")
-                    .trim_start_matches("Successfully switched over to "),
+                answer.trim_start_matches("Successfully switched over to "),
                 gap.as_secs_f64(),
                 log.acked.len()
             );
@@ -184,13 +164,7 @@ async fn switchovers(baton: &Path, runs: usize) -> anyhow::Result<Vec<SwitchResu
         Ok(results)
     }
     .await;
-    tokio::task::block_in_place(|| c.shutdown());
-    drop(c);
-    if result.is_ok() {
-        let _ = std::fs::remove_dir_all(&dir);
-    } else {
-        eprintln!("kept {} for inspection", dir.display());
-    }
+    teardown(&dir, c, &result);
     result
 }
 

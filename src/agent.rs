@@ -659,7 +659,15 @@ impl Agent {
                 let limit = self.config.ttl();
                 self.client = None;
                 self.spawn_job(JobKind::Switchover, async move {
-                    switchover(&inst, &dcs, &me, &cand, (&host, port), lease, limit).await
+                    let h = Handover {
+                        me,
+                        candidate: cand,
+                        host,
+                        port,
+                        lease,
+                        limit,
+                    };
+                    switchover(&inst, &dcs, &h).await
                 });
             }
             Action::CancelSwitchover => {
@@ -993,20 +1001,27 @@ pub fn peer_from_status(name: String, v: &serde_json::Value) -> Peer {
     }
 }
 
-/// A planned handover to `candidate`; on failure the old leader, which
-/// still holds the key, starts again as primary and nothing is lost.
-async fn switchover(
-    inst: &Instance,
-    dcs: &Dcs,
-    me: &str,
-    candidate: &str,
-    (host, port): (&str, u16),
+/// A planned handover from `me` to `candidate`, whose postgres listens on
+/// `host:port` and whose member key hangs on `lease`; `limit` bounds the
+/// wait for the candidate to replay our shutdown checkpoint.
+struct Handover {
+    me: String,
+    candidate: String,
+    host: String,
+    port: u16,
     lease: LeaseId,
     limit: Duration,
-) -> Result<(), String> {
-    let result = handover(inst, dcs, me, candidate, (host, port), lease, limit).await;
+}
+
+/// Runs the handover; on failure the old leader, which still holds the
+/// key, starts again as primary and nothing is lost.
+async fn switchover(inst: &Instance, dcs: &Dcs, h: &Handover) -> Result<(), String> {
+    let result = handover(inst, dcs, h).await;
     if let Err(e) = &result {
-        tracing::error!("switchover to {candidate} aborted: {e}; resuming as primary");
+        tracing::error!(
+            "switchover to {} aborted: {e}; resuming as primary",
+            h.candidate
+        );
         if let Err(ce) = dcs.clear_failover().await {
             tracing::warn!("could not clear the failover request: {ce}");
         }
@@ -1019,15 +1034,16 @@ async fn switchover(
     result
 }
 
-async fn handover(
-    inst: &Instance,
-    dcs: &Dcs,
-    me: &str,
-    candidate: &str,
-    (host, port): (&str, u16),
-    lease: LeaseId,
-    limit: Duration,
-) -> Result<(), String> {
+async fn handover(inst: &Instance, dcs: &Dcs, h: &Handover) -> Result<(), String> {
+    let Handover {
+        me,
+        candidate,
+        host,
+        port,
+        lease,
+        limit,
+    } = h;
+    let (port, lease, limit) = (*port, *lease, *limit);
     let err = |what: &str, e: &dyn std::fmt::Display| format!("{what}: {e}");
     // A checkpoint while writes still flow makes the shutdown checkpoint short.
     let local = inst

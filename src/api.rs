@@ -337,12 +337,14 @@ fn best_candidate(view: &crate::dcs::ClusterView, lag: u64) -> Result<String, Ap
     })
 }
 
-/// Waits until `candidate` leads (200) or the request is gone with the old
-/// leader still in charge (503 with the leader's reason).
-async fn wait_for_handover(
+/// Waits until `candidate` leads, running as primary (200 with `done`), or
+/// `failed` says the request is over without it (503 with its reason).
+/// Bounded by OUTCOME_LIMIT; the steps it waits on are bounded themselves.
+async fn wait_for_leader(
     state: &SharedState,
-    old: &str,
     candidate: &str,
+    done: String,
+    failed: impl Fn(&crate::dcs::ClusterView) -> Option<String>,
 ) -> Result<Response, ApiError> {
     let started = std::time::Instant::now();
     loop {
@@ -350,13 +352,40 @@ async fn wait_for_handover(
         let Ok(view) = state.dcs.load().await else {
             continue;
         };
-        let new_leader = view
-            .leader_member()
-            .filter(|m| m.role == "primary" && m.state == "running");
-        if view.leader_name() == Some(candidate) && new_leader.is_some() {
-            return Ok(ok(format!("Successfully switched over to {candidate}")));
+        let leads = view.leader_name() == Some(candidate)
+            && view
+                .leader_member()
+                .is_some_and(|m| m.role == "primary" && m.state == "running");
+        if leads {
+            return Ok(ok(done));
         }
-        if view.failover.is_none() && view.leader_name() == Some(old) && new_leader.is_some() {
+        if let Some(why) = failed(&view) {
+            return Err(ApiError::Unavailable(why));
+        }
+        if started.elapsed() > OUTCOME_LIMIT {
+            return Err(ApiError::Unavailable(format!(
+                "{candidate} does not lead after {} s; `baton list` shows where it is",
+                OUTCOME_LIMIT.as_secs()
+            )));
+        }
+    }
+}
+
+/// A switchover is over without the candidate once the request is gone and
+/// the old leader runs as primary again; its reason says why.
+async fn wait_for_handover(
+    state: &SharedState,
+    old: &str,
+    candidate: &str,
+) -> Result<Response, ApiError> {
+    let done = format!("Successfully switched over to {candidate}");
+    wait_for_leader(state, candidate, done, |view| {
+        let resumed = view.failover.is_none()
+            && view.leader_name() == Some(old)
+            && view
+                .leader_member()
+                .is_some_and(|m| m.role == "primary" && m.state == "running");
+        resumed.then(|| {
             let snap = state.snapshot();
             let why = match (&snap.last_failure, snap.name == old) {
                 (Some((_, e)), true) => e.clone(),
@@ -365,17 +394,10 @@ async fn wait_for_handover(
                     .and_then(|m| m.baton_reason.clone())
                     .unwrap_or_default(),
             };
-            return Err(ApiError::Unavailable(format!(
-                "Switchover failed, {old} resumed as leader: {why}"
-            )));
-        }
-        if started.elapsed() > OUTCOME_LIMIT {
-            return Err(ApiError::Unavailable(format!(
-                "switchover to {candidate} still running after {} s; `baton list` shows where it is",
-                OUTCOME_LIMIT.as_secs()
-            )));
-        }
-    }
+            format!("Switchover failed, {old} resumed as leader: {why}")
+        })
+    })
+    .await
 }
 
 /// `DELETE /switchover`: cancels a scheduled switchover.
@@ -455,27 +477,12 @@ async fn failover(
             "a switchover or failover is already pending".into(),
         ));
     }
-    let started = std::time::Instant::now();
-    loop {
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        let Ok(view) = state.dcs.load().await else {
-            continue;
-        };
-        if view.leader_name() == Some(candidate.as_str())
-            && view
-                .leader_member()
-                .is_some_and(|m| m.role == "primary" && m.state == "running")
-        {
-            return Ok(ok(format!("Successfully failed over to {candidate}")));
-        }
-        if started.elapsed() > OUTCOME_LIMIT {
-            let _ = state.dcs.clear_failover().await;
-            return Err(ApiError::Unavailable(format!(
-                "{candidate} did not take over within {} s",
-                OUTCOME_LIMIT.as_secs()
-            )));
-        }
+    let done = format!("Successfully failed over to {candidate}");
+    let result = wait_for_leader(&state, &candidate, done, |_| None).await;
+    if result.is_err() {
+        let _ = state.dcs.clear_failover().await;
     }
+    result
 }
 
 /// `POST /restart`: restart postgres in its current role, and wait for it.

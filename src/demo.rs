@@ -192,31 +192,9 @@ async fn switchover(c: &LocalCluster) -> anyhow::Result<()> {
         stop.clone(),
     ));
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let v = c.view().await?;
-    let leader = v.leader_name().context("no leader")?.to_string();
-    let api = v
-        .leader_member()
-        .context("no leader member")?
-        .api_url
-        .trim_end_matches("/patroni")
-        .to_string();
-    println!(
-        "== 3. POST {api}/switchover {{\"leader\": \"{leader}\"}} (baton switchover does the same)"
-    );
-    let resp = crate::tls::http_client(Duration::from_secs(330), None)?
-        .post(format!("{api}/switchover"))
-        .json(&serde_json::json!({"leader": leader}))
-        .send()
-        .await?;
-    let code = resp.status();
-    let body: serde_json::Value = resp.json().await.unwrap_or_default();
-    println!(
-        "   {code}: {}",
-        body["message"]
-            .as_str()
-            .or(body["error"].as_str())
-            .unwrap_or("")
-    );
+    println!("== 3. POST /switchover to the leader (baton switchover does the same)");
+    let (leader, answer) = c.switchover_via_api().await?;
+    println!("   {answer}");
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.cancel();
     let log = writer.await?;

@@ -430,6 +430,34 @@ retry_timeout = 1
         Ok(dcs.load().await?)
     }
 
+    /// `POST /switchover` to the current leader (no candidate: the healthiest
+    /// replica); returns the old leader and the agent's answer.
+    pub async fn switchover_via_api(&self) -> anyhow::Result<(String, String)> {
+        let v = self.view().await?;
+        let leader = v.leader_name().context("no leader")?.to_string();
+        let api = v
+            .leader_member()
+            .context("no leader member")?
+            .api_url
+            .clone();
+        let resp = crate::tls::http_client(Duration::from_secs(330), None)?
+            .post(format!("{}/switchover", api.trim_end_matches("/patroni")))
+            .json(&serde_json::json!({"leader": leader}))
+            .send()
+            .await?;
+        let code = resp.status();
+        let body: serde_json::Value = resp.json().await.unwrap_or_default();
+        let text = body["message"]
+            .as_str()
+            .or(body["error"].as_str())
+            .unwrap_or("")
+            .to_string();
+        if !code.is_success() {
+            bail!("switchover refused ({code}): {text}");
+        }
+        Ok((leader, text))
+    }
+
     /// Waits until every node is a member of a Normal cluster.
     pub async fn wait_normal(&self, limit: Duration) -> anyhow::Result<ClusterStatus> {
         let n = self.nodes.len();
