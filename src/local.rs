@@ -38,9 +38,36 @@ where
     }
 }
 
-/// A free TCP port on 127.0.0.1 (bound then released; the kernel does not
-/// hand it out again immediately).
+/// A free TCP port on 127.0.0.1, taken from *below* the kernel's ephemeral
+/// range: a port handed out by binding port 0 comes from that range, and
+/// until our server binds it an outgoing connection (a WAL receiver, a
+/// client) may be given the same port, which then fails with "address
+/// already in use". Each process walks its own stretch of the range.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            s.split_whitespace()
+                .next()
+                .and_then(|p| p.parse::<u32>().ok())
+        })
+        .unwrap_or(32768);
+    let (low, high) = (10_000u32, ephemeral_low.clamp(10_001, 65_535));
+    let span = high - low;
+    let _ = NEXT.compare_exchange(
+        0,
+        1 + (std::process::id() * 7_919) % span,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..span {
+        let port = low + NEXT.fetch_add(1, Ordering::SeqCst) % span;
+        if TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+            return port as u16;
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
