@@ -119,6 +119,8 @@ pub struct Agent {
     last_etcd_warning: Option<Instant>,
     /// Since when this running replica has not been streaming.
     not_streaming_since: Option<Instant>,
+    /// Leader: since when each of Baton's slots has had no member key.
+    slot_absent_since: std::collections::BTreeMap<String, Instant>,
     /// The node file, re-read on `POST /reload` and SIGHUP.
     config_path: Option<std::path::PathBuf>,
     history_cache: Option<(u32, Vec<(u32, crate::lsn::Lsn)>)>,
@@ -176,6 +178,7 @@ impl Agent {
             last_etcd_warning: None,
             config_path: None,
             not_streaming_since: None,
+            slot_absent_since: Default::default(),
             history_cache: None,
         })
     }
@@ -286,6 +289,7 @@ impl Agent {
             }
             _ => None,
         };
+        self.track_absent_slots(cluster.as_ref(), &pg, now);
         let peers = match (&cluster, &pg) {
             (Some(c), PgStatus::Running(r)) if c.leader.is_none() && r.in_recovery => {
                 self.observe_peers(c).await
@@ -310,6 +314,11 @@ impl Agent {
             not_streaming_for: self
                 .not_streaming_since
                 .map(|t| now.saturating_duration_since(t)),
+            absent_slots: self
+                .slot_absent_since
+                .iter()
+                .map(|(s, t)| (s.clone(), now.saturating_duration_since(*t)))
+                .collect(),
             now_utc: chrono::Utc::now(),
         };
         let d = decide(&obs);
@@ -548,6 +557,31 @@ impl Agent {
         let mut peers: Vec<Peer> = asks.join_all().await.into_iter().flatten().collect();
         peers.sort_by(|a, b| a.name.cmp(&b.name));
         peers
+    }
+
+    /// On the leader's primary: which of Baton's slots (those of members it
+    /// has seen, kept in `status.retain_slots`) have no member key now, and
+    /// since when. A new leader starts counting afresh, which only delays a
+    /// drop; operators' own slots are never counted.
+    fn track_absent_slots(&mut self, cluster: Option<&ClusterView>, pg: &PgStatus, now: Instant) {
+        let (Some(c), PgStatus::Running(run)) = (cluster, pg) else {
+            return;
+        };
+        if run.in_recovery || c.leader_name() != Some(self.cfg.name.as_str()) {
+            self.slot_absent_since.clear();
+            return;
+        }
+        let managed = managed_slots(c, &self.cfg.name);
+        let present: std::collections::BTreeSet<String> =
+            c.members.keys().map(|m| pg::slot_name(m)).collect();
+        self.slot_absent_since.retain(|s, _| {
+            managed.contains(s) && !present.contains(s) && run.slots.contains_key(s)
+        });
+        for s in &managed {
+            if !present.contains(s) && run.slots.contains_key(s) {
+                self.slot_absent_since.entry(s.clone()).or_insert(now);
+            }
+        }
     }
 
     /// The running instance's timeline history, read once per timeline.
@@ -848,6 +882,20 @@ impl Agent {
                     tracing::info!("created replication slot {slot} for {m}");
                 }
             }
+            Action::DropSlots(slots) => {
+                let Some(client) = &self.client else {
+                    return Ok(());
+                };
+                for slot in slots {
+                    if pg::drop_inactive_slot(client, slot).await? {
+                        tracing::warn!(
+                            "dropped replication slot {slot}: its member has been gone for member_slots_ttl ({} s)",
+                            self.config.member_slots_ttl
+                        );
+                        self.slot_absent_since.remove(slot);
+                    }
+                }
+            }
             Action::PublishStatus => {
                 let PgStatus::Running(run) = &obs.pg else {
                     return Ok(());
@@ -863,10 +911,20 @@ impl Agent {
                         slots.entry(pg::slot_name(m)).or_insert(0);
                     }
                 }
+                // Baton's slots that still exist (or are about to): what a
+                // future leader must keep, and the only ones it may drop.
+                let retain: Vec<String> = obs
+                    .cluster
+                    .as_ref()
+                    .map(|c| managed_slots(c, &me))
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|s| slots.contains_key(s))
+                    .collect();
                 let status = StatusKey {
                     optime: run.wal_lsn.map(|l| l.0),
                     slots: Some(slots),
-                    retain_slots: None,
+                    retain_slots: Some(retain),
                 };
                 self.dcs.put_status(&status).await?;
             }
@@ -977,6 +1035,24 @@ pub fn merge_history(
         })
         .collect();
     serde_json::Value::Array(entries)
+}
+
+/// Slots Baton manages for `cluster`: every current member's but `me`'s,
+/// plus those a previous leader retained.
+fn managed_slots(cluster: &ClusterView, me: &str) -> std::collections::BTreeSet<String> {
+    let mine = pg::slot_name(me);
+    cluster
+        .members
+        .keys()
+        .map(|m| pg::slot_name(m))
+        .chain(
+            cluster
+                .status
+                .iter()
+                .flat_map(|s| s.retain_slots.iter().flatten().cloned()),
+        )
+        .filter(|s| *s != mine)
+        .collect()
 }
 
 /// What `/patroni` of another member says about its fitness to lead.

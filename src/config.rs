@@ -129,6 +129,11 @@ pub struct DynamicConfig {
     /// before the leader gives up the key and a replica takes over.
     #[serde(default = "default_primary_start_timeout")]
     pub primary_start_timeout: f64,
+    /// Seconds the leader keeps the replication slot of a member whose key
+    /// is gone (Patroni's `member_slots_ttl`): long enough for a restart or
+    /// a short outage to catch up, short enough not to fill the disk.
+    #[serde(default = "default_member_slots_ttl")]
+    pub member_slots_ttl: f64,
     /// Maintenance mode (Patroni's `pause`): agents report but take no
     /// automatic action.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -145,6 +150,10 @@ fn default_primary_start_timeout() -> f64 {
     3.0
 }
 
+fn default_member_slots_ttl() -> f64 {
+    1800.0
+}
+
 impl Default for DynamicConfig {
     fn default() -> Self {
         DynamicConfig {
@@ -154,6 +163,7 @@ impl Default for DynamicConfig {
             maximum_lag_on_failover: 1 << 20,
             safety_margin: default_safety_margin(),
             primary_start_timeout: default_primary_start_timeout(),
+            member_slots_ttl: default_member_slots_ttl(),
             pause: false,
             other: serde_json::Map::new(),
         }
@@ -166,6 +176,9 @@ impl DynamicConfig {
     }
     pub fn retry_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.retry_timeout)
+    }
+    pub fn member_slots_ttl(&self) -> Duration {
+        Duration::from_secs_f64(self.member_slots_ttl.max(0.0))
     }
     pub fn primary_start_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.primary_start_timeout)
@@ -197,6 +210,15 @@ impl DynamicConfig {
             if !v.is_finite() || v <= 0.0 {
                 p.push((key, format!("{v} must be a positive number of seconds")));
             }
+        }
+        if !self.member_slots_ttl.is_finite() || self.member_slots_ttl < 0.0 {
+            p.push((
+                "member_slots_ttl",
+                format!(
+                    "{} must be zero or a positive number of seconds",
+                    self.member_slots_ttl
+                ),
+            ));
         }
         if !self.primary_start_timeout.is_finite() || self.primary_start_timeout < 0.0 {
             p.push((

@@ -129,6 +129,9 @@ pub struct Observation {
     /// How long this running replica has not been streaming (`None` when it
     /// streams, or is not a running replica).
     pub not_streaming_for: Option<Duration>,
+    /// Leader: Baton's slots on this primary whose member key is gone, and
+    /// for how long this agent has seen them so.
+    pub absent_slots: std::collections::BTreeMap<String, Duration>,
     /// Wall-clock time, for scheduled switchovers.
     pub now_utc: chrono::DateTime<chrono::Utc>,
 }
@@ -169,6 +172,8 @@ pub enum Action {
     Rebuild { from: String },
     /// Create physical slots for these members on the running primary.
     CreateSlots(Vec<String>),
+    /// Drop these (inactive) slots of members gone for `member_slots_ttl`.
+    DropSlots(Vec<String>),
     /// Write the `status` key (leader only).
     PublishStatus,
     /// Append this promotion to the `history` key (new leader).
@@ -193,6 +198,7 @@ fn automatic(a: &Action) -> bool {
             | Action::InitConfig
             | Action::AdoptLeader
             | Action::CreateSlots(_)
+            | Action::DropSlots(_)
             | Action::PublishStatus
             | Action::PublishHistory
             | Action::Switchover { .. }
@@ -678,6 +684,15 @@ fn decide_unpaused(o: &Observation) -> Decision {
         if !missing.is_empty() {
             actions.push(Action::CreateSlots(missing));
         }
+        let expired: Vec<String> = o
+            .absent_slots
+            .iter()
+            .filter(|(_, gone)| **gone >= o.config.member_slots_ttl())
+            .map(|(slot, _)| slot.clone())
+            .collect();
+        if !expired.is_empty() {
+            actions.push(Action::DropSlots(expired));
+        }
         if let Some(tl) = run.timeline.filter(|t| *t > 1) {
             let points = history_points(cluster);
             let recorded = points.iter().map(|(t, _)| *t).max();
@@ -1135,6 +1150,7 @@ mod tests {
             rebuild_allowed: true,
             restart_requested: false,
             not_streaming_for: None,
+            absent_slots: Default::default(),
             now_utc: chrono::DateTime::parse_from_rfc3339("2026-11-23T12:00:00Z")
                 .unwrap()
                 .with_timezone(&chrono::Utc),
@@ -1294,6 +1310,22 @@ mod tests {
                 Action::InitConfig,
                 Action::PublishStatus
             ]
+        );
+    }
+
+    #[test]
+    fn slots_of_members_gone_longer_than_member_slots_ttl_are_dropped() {
+        let mut pg = running(false);
+        if let PgStatus::Running(r) = &mut pg {
+            r.slots = [("n2".to_string(), None), ("n3".to_string(), None)].into();
+        }
+        let mut o = obs("n1", Some(cluster(Some(("n1", 7)))), valid(), pg);
+        o.absent_slots = [("old".to_string(), Duration::from_secs(1799))].into();
+        assert_eq!(d_actions(&o), vec![Action::PublishStatus]);
+        o.absent_slots = [("old".to_string(), Duration::from_secs(1800))].into();
+        assert_eq!(
+            d_actions(&o),
+            vec![Action::DropSlots(vec!["old".into()]), Action::PublishStatus]
         );
     }
 

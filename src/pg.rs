@@ -927,6 +927,21 @@ pub async fn create_slot(client: &tokio_postgres::Client, slot: &str) -> Result<
     Ok(())
 }
 
+/// Drops a slot unless something streams through it right now.
+pub async fn drop_inactive_slot(
+    client: &tokio_postgres::Client,
+    slot: &str,
+) -> Result<bool, PgError> {
+    let n = client
+        .execute(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
+              WHERE slot_name = $1 AND NOT active",
+            &[&slot],
+        )
+        .await?;
+    Ok(n > 0)
+}
+
 pub fn parse_controldata(out: &str) -> BTreeMap<String, String> {
     out.lines()
         .filter_map(|l| l.split_once(':'))

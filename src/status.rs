@@ -159,10 +159,18 @@ impl ClusterStatus {
             }
             _ => {}
         }
-        // The leader keeps a slot for every member it has seen; a slot with
-        // no member key is a member whose agent is gone.
-        if let Some(slots) = view.status.as_ref().and_then(|s| s.slots.as_ref()) {
-            for slot in slots.keys() {
+        // The leader keeps a slot for every member it has seen (listed in
+        // retain_slots; older leaders published only `slots`); such a slot
+        // with no member key is a member whose agent is gone.
+        let status = view.status.as_ref();
+        let managed: Option<Vec<String>> =
+            status.and_then(|s| s.retain_slots.clone()).or_else(|| {
+                status
+                    .and_then(|s| s.slots.as_ref())
+                    .map(|m| m.keys().cloned().collect())
+            });
+        if let Some(slots) = managed {
+            for slot in &slots {
                 let known = view
                     .members
                     .keys()

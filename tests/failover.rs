@@ -600,3 +600,78 @@ async fn rest_api_over_tls_for_clients_elections_and_control() {
     kill_node(&mut t, 1);
     wait_new_leader(&t, "node2", Duration::from_secs(30)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slot_of_a_member_gone_past_member_slots_ttl_is_dropped() {
+    let opts = ClusterOptions {
+        extra_toml: "member_slots_ttl = 3\n".into(),
+        ..ClusterOptions::default()
+    };
+    let mut t = TestCluster::led_by_node1("slots", opts, &[]).await;
+    // An operator's own slot is never Baton's to drop.
+    t.sql(
+        0,
+        "SELECT pg_create_physical_replication_slot('backup_tool')",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        leader_slots(&t).await.unwrap(),
+        ["backup_tool", "node2", "node3"]
+    );
+
+    t.c.stop_agent(2, Duration::from_secs(30)).unwrap();
+    let s = t
+        .wait_state(ClusterState::Degraded, Duration::from_secs(10))
+        .await;
+    assert!(
+        s.problems
+            .iter()
+            .any(|p| p.contains("slot node3 is missing")),
+        "{:?}",
+        s.problems
+    );
+    wait_for("node3's slot dropped", Duration::from_secs(30), || async {
+        let s = leader_slots(&t).await?;
+        if s == ["backup_tool", "node2"] {
+            Ok(())
+        } else {
+            Err(format!("{s:?}"))
+        }
+    })
+    .await;
+    // Once the leader has published that it no longer keeps the slot, the
+    // two remaining members are the whole cluster again.
+    wait_for(
+        "Normal with two members",
+        Duration::from_secs(10),
+        || async {
+            let s = t.c.status().await.map_err(|e| format!("{e:#}"))?;
+            if s.state == ClusterState::Normal && s.members.len() == 2 {
+                Ok(())
+            } else {
+                Err(format!("{:?} {:?}", s.state, s.problems))
+            }
+        },
+    )
+    .await;
+
+    // node3 comes back: its slot is created again and it streams.
+    t.c.start_agent(2).unwrap();
+    t.wait_state(ClusterState::Normal, Duration::from_secs(60))
+        .await;
+    assert_eq!(
+        leader_slots(&t).await.unwrap(),
+        ["backup_tool", "node2", "node3"]
+    );
+}
+
+async fn leader_slots(t: &TestCluster) -> Result<Vec<String>, String> {
+    let rows = t
+        .sql(
+            0,
+            "SELECT slot_name::text FROM pg_replication_slots ORDER BY 1",
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}

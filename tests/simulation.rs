@@ -419,6 +419,7 @@ impl Sim {
             not_streaming_for: n
                 .not_streaming_since
                 .map(|t| Duration::from_millis(now - t)),
+            absent_slots: Default::default(),
             now_utc: chrono::Utc::now(),
         };
         let d = decide(&obs);
@@ -481,7 +482,7 @@ impl Sim {
                     self.etcd.initialize = Some((id.clone(), None));
                 }
             }
-            Action::InitConfig | Action::CreateSlots(_) => {}
+            Action::InitConfig | Action::CreateSlots(_) | Action::DropSlots(_) => {}
             Action::AcquireLeader => {
                 if let (true, Some(l), None) = (reach, lease, &self.etcd.leader) {
                     self.etcd.leader = Some((me, l));
