@@ -228,6 +228,10 @@ fn string_field(
     }
 }
 
+fn required_field(body: &serde_json::Map<String, Value>, key: &str) -> Result<String, ApiError> {
+    string_field(body, key)?.ok_or_else(|| ApiError::BadRequest(format!("\"{key}\" is required")))
+}
+
 /// A fresh view of the cluster (not the last tick's), for control requests.
 async fn fresh_view(state: &SharedState) -> Result<crate::dcs::ClusterView, ApiError> {
     state
@@ -257,8 +261,7 @@ async fn switchover(
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers)?;
     let body = json_body(&body)?;
-    let leader = string_field(&body, "leader")?
-        .ok_or_else(|| ApiError::BadRequest("\"leader\" is required".into()))?;
+    let leader = required_field(&body, "leader")?;
     let candidate = string_field(&body, "candidate")?;
     let scheduled_at = string_field(&body, "scheduled_at")?;
     let view = fresh_view(&state).await?;
@@ -435,8 +438,7 @@ async fn failover(
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers)?;
     let body = json_body(&body)?;
-    let candidate = string_field(&body, "candidate")?
-        .ok_or_else(|| ApiError::BadRequest("\"candidate\" is required".into()))?;
+    let candidate = required_field(&body, "candidate")?;
     let view = fresh_view(&state).await?;
     if let Some(l) = view
         .leader_member()

@@ -472,13 +472,7 @@ retry_timeout = 1
             .json(&serde_json::json!({"leader": leader}))
             .send()
             .await?;
-        let code = resp.status();
-        let body: serde_json::Value = resp.json().await.unwrap_or_default();
-        let text = body["message"]
-            .as_str()
-            .or(body["error"].as_str())
-            .unwrap_or("")
-            .to_string();
+        let (code, text) = crate::tls::read_answer(resp).await;
         if !code.is_success() {
             bail!("switchover refused ({code}): {text}");
         }

@@ -488,13 +488,7 @@ async fn control(
         .send()
         .await
         .with_context(|| format!("calling {base}{path}"))?;
-    let code = resp.status();
-    let body: serde_json::Value = resp.json().await.unwrap_or_default();
-    let text = body["message"]
-        .as_str()
-        .or(body["error"].as_str())
-        .unwrap_or("")
-        .to_string();
+    let (code, text) = baton::tls::read_answer(resp).await;
     if code.is_success() {
         println!("{member}: {text}");
         Ok(ExitCode::SUCCESS)

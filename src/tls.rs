@@ -42,6 +42,19 @@ pub fn http_client(timeout: Duration, cafile: Option<&Path>) -> anyhow::Result<r
     Ok(b.build()?)
 }
 
+/// An agent's answer to a control request: its status and the text of its
+/// `message` (success) or `error` (refusal) field.
+pub async fn read_answer(resp: reqwest::Response) -> (reqwest::StatusCode, String) {
+    let code = resp.status();
+    let body: serde_json::Value = resp.json().await.unwrap_or_default();
+    let text = body["message"]
+        .as_str()
+        .or(body["error"].as_str())
+        .unwrap_or("")
+        .to_string();
+    (code, text)
+}
+
 /// Builds the server side from PEM files, naming the file that is wrong.
 pub fn acceptor(certfile: &Path, keyfile: &Path) -> anyhow::Result<TlsAcceptor> {
     init();

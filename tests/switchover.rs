@@ -9,7 +9,6 @@ use baton::local::ClusterOptions;
 use baton::status::ClusterState;
 use common::*;
 use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 
 const AUTH: &str = "[api.authentication]\nusername = \"admin\"\npassword = \"s3cret\"\n";
 
@@ -217,21 +216,15 @@ async fn candidate_killed_mid_switchover_aborts_and_the_old_leader_resumes() {
         }
     })
     .await;
-    // Freeze node2's replay so the handover cannot finish before the kill;
+    // Pause node2's replay so the handover cannot finish before the kill;
     // it still passes the pre-checks (running, streaming, no lag yet).
-    let startup = t
-        .sql(
-            1,
-            "SELECT pid FROM pg_stat_activity WHERE backend_type = 'startup'",
-        )
-        .await
-        .unwrap()[0]
-        .get::<_, i32>(0);
-    let startup = Pid::from_raw(startup);
-    kill(startup, Signal::SIGSTOP).unwrap();
+    // (SIGSTOP of the startup process could freeze it holding a lock that
+    // the agent's status query then waits on.)
+    t.sql(1, "SELECT pg_wal_replay_pause()").await.unwrap();
     let ep = t.c.etcd.endpoint.clone();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
     let cli = std::thread::spawn(move || {
-        run_baton(&[
+        let out = run_baton(&[
             "switchover",
             "--etcd",
             &ep,
@@ -244,9 +237,14 @@ async fn candidate_killed_mid_switchover_aborts_and_the_old_leader_resumes() {
             "--candidate",
             "node2",
             "--force",
-        ])
+        ]);
+        let _ = done_tx.send(String::from_utf8_lossy(&out.stderr).into_owned());
+        out
     });
     wait_for("node1 switching over", Duration::from_secs(15), || async {
+        if let Ok(stderr) = done_rx.try_recv() {
+            panic!("the switchover ended before node1 started it: {stderr}");
+        }
         let v = t.c.view().await.map_err(|e| format!("{e:#}"))?;
         match v.members.get("node1") {
             Some(m) if m.state == "switching over" => Ok(()),
@@ -254,10 +252,9 @@ async fn candidate_killed_mid_switchover_aborts_and_the_old_leader_resumes() {
         }
     })
     .await;
-    // Kill the candidate outright: agent, postmaster, and the frozen child.
+    // Kill the candidate outright: agent and postmaster.
     t.c.kill_agent(1);
     t.c.kill_postgres(1);
-    kill(startup, Signal::SIGKILL).ok();
     let out = cli.join().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
