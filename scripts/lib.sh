@@ -1,37 +1,78 @@
-# Shared by scripts/demo and scripts/test: install what is missing, nothing else.
+# Shared by scripts/demo, scripts/test and bench/*: install what is missing,
+# nothing else, then prove that every prerequisite actually works.
+#
 # Packages are installed only when absent: upgrading postgresql-15 under a
 # running cluster breaks its replicas (see docs/operations.md).
-
-BATON_PACKAGES="postgresql-15 postgresql-client-15 etcd-server protobuf-compiler"
+#
+# Why each package is here (docs/install.md, "Building from source"):
+#   postgresql-15, postgresql-client-15  the server, pg_ctl, pg_rewind, pg_basebackup
+#   etcd-server                          tests and the demo start their own etcd
+#   protobuf-compiler                    protoc: etcd-client generates its gRPC code at build time
+#   libprotobuf-dev                      google/protobuf/*.proto, imported by etcd's protos;
+#                                        protobuf-compiler only *recommends* it, so
+#                                        --no-install-recommends leaves it out
+BATON_PACKAGES="postgresql-15 postgresql-client-15 etcd-server protobuf-compiler libprotobuf-dev"
 
 as_root() {
     if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
 }
 
-ensure_packages() {
+# Installs the Debian packages named in $@ that are missing. apt can fail
+# transiently (two installs overlapping): retried, bounded.
+install_missing() {
     missing=""
-    for p in $BATON_PACKAGES; do
+    for p in "$@"; do
         dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"
     done
-    if [ -n "$missing" ]; then
-        echo "Installing missing packages:$missing"
-        # apt can fail transiently (two installs overlapping): retry, bounded.
-        for attempt in 1 2 3; do
-            if as_root apt-get update -q && \
-               as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $missing; then
-                break
-            fi
-            if [ "$attempt" -eq 3 ]; then
-                echo "error: could not install:$missing" >&2
-                exit 1
-            fi
-            echo "apt failed (attempt $attempt), retrying in 5 s" >&2
-            sleep 5
-        done
-    fi
-    for tool in etcd protoc pg_config; do
-        command -v "$tool" >/dev/null || { echo "error: $tool not on PATH after install" >&2; exit 1; }
+    [ -n "$missing" ] || return 0
+    echo "Installing missing packages:$missing"
+    for attempt in 1 2 3; do
+        if as_root apt-get update -q && \
+           as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $missing; then
+            return 0
+        fi
+        if [ "$attempt" -eq 3 ]; then
+            echo "error: could not install:$missing" >&2
+            exit 1
+        fi
+        echo "apt failed (attempt $attempt), retrying in 5 s" >&2
+        sleep 5
     done
-    id postgres >/dev/null 2>&1 || { echo "error: OS user postgres missing (postgresql-15 creates it)" >&2; exit 1; }
+}
+
+# Fails, naming the package to install, unless "$@" succeeds.
+require() {
+    package=$1 what=$2
+    shift 2
+    if ! out=$("$@" 2>&1); then
+        echo "error: $what does not work: \`$*\` failed:" >&2
+        echo "$out" | tail -n 5 | sed 's/^/    /' >&2
+        echo "  install the Debian package $package (apt-get install $package)" >&2
+        exit 1
+    fi
+}
+
+# protoc can only build etcd-client if it finds the well-known types: compile
+# a file that imports one, exactly as etcd's protos do.
+check_protoc() {
+    dir=$(mktemp -d)
+    printf 'syntax = "proto3";\nimport "google/protobuf/descriptor.proto";\nmessage M { google.protobuf.FileDescriptorProto f = 1; }\n' >"$dir/check.proto"
+    protoc --proto_path="$dir" --descriptor_set_out="$dir/check.pb" "$dir/check.proto"
+    status=$?
+    rm -rf "$dir"
+    return $status
+}
+
+ensure_packages() {
     command -v cargo >/dev/null || { echo "error: cargo not found; install Rust (rustup) first" >&2; exit 1; }
+    install_missing $BATON_PACKAGES
+    require protobuf-compiler "protoc" protoc --version
+    require libprotobuf-dev "protoc with the well-known types (google/protobuf/descriptor.proto)" check_protoc
+    require etcd-server "etcd" etcd --version
+    require postgresql-client-15 "pg_config" pg_config --bindir
+    bindir=$(pg_config --bindir)
+    for tool in pg_ctl initdb postgres pg_basebackup pg_rewind pg_controldata; do
+        require postgresql-15 "$tool" "$bindir/$tool" --version
+    done
+    require postgresql-15 "the postgres OS user" id postgres
 }
