@@ -40,14 +40,20 @@ install_missing() {
     done
 }
 
-# Fails, naming the package to install, unless "$@" succeeds.
+# require PACKAGE WHAT CMD...: fails, naming the Debian package that brings
+# WHAT, unless CMD succeeds.
 require() {
-    package=$1 what=$2
+    require_or "apt-get install $1" "$2" "${@:3}"
+}
+
+# require_or FIX WHAT CMD...: fails with FIX as the way out unless CMD succeeds.
+require_or() {
+    fix=$1 what=$2
     shift 2
     if ! out=$("$@" 2>&1); then
         echo "error: $what does not work: \`$*\` failed:" >&2
         echo "$out" | tail -n 5 | sed 's/^/    /' >&2
-        echo "  install the Debian package $package (apt-get install $package)" >&2
+        echo "  fix: $fix" >&2
         exit 1
     fi
 }
@@ -75,4 +81,16 @@ ensure_packages() {
         require postgresql-15 "$tool" "$bindir/$tool" --version
     done
     require postgresql-15 "the postgres OS user" id postgres
+}
+
+# cargo-deb builds the .deb from Cargo.toml's [package.metadata.deb]. Pinned,
+# so every machine builds the same package layout.
+CARGO_DEB_VERSION=3.8.0
+ensure_cargo_deb() {
+    if cargo deb --version 2>/dev/null | grep -q " $CARGO_DEB_VERSION\$"; then
+        return 0
+    fi
+    echo "Installing cargo-deb $CARGO_DEB_VERSION (crates.io)"
+    cargo install --locked --quiet cargo-deb --version "$CARGO_DEB_VERSION"
+    require_or "cargo install --locked cargo-deb --version $CARGO_DEB_VERSION" "cargo deb" cargo deb --version
 }

@@ -130,6 +130,17 @@ enum Cmd {
         #[arg(long, value_enum)]
         scenario: Option<baton::demo::Scenario>,
     },
+    /// Print a shell completion script (the package installs them).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) on stdout, or write one page per command.
+    Man {
+        /// Write baton.1 and baton-COMMAND.1 into this directory.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -154,8 +165,10 @@ struct Target {
     /// etcd endpoint(s), comma separated.
     #[arg(long, value_delimiter = ',')]
     etcd: Vec<String>,
+    /// Cluster name (the node files' `scope`).
     #[arg(long)]
     scope: Option<String>,
+    /// etcd key prefix (the node files' `namespace`).
     #[arg(long, default_value = baton::config::DEFAULT_NAMESPACE)]
     namespace: String,
     /// REST API user for control commands (default: from --config).
@@ -309,6 +322,17 @@ fn main() -> ExitCode {
                 keep,
                 scenario,
             } => baton::demo::run(duration.map(Duration::from_secs), dir, keep, scenario).await,
+            // Generated from the same definitions the parser uses, so they
+            // can never drift from the real flags.
+            Cmd::Completions { shell } => {
+                let mut cmd = <Cli as clap::CommandFactory>::command();
+                clap_complete::generate(shell, &mut cmd, "baton", &mut std::io::stdout());
+                Ok(ExitCode::SUCCESS)
+            }
+            Cmd::Man { dir } => {
+                man_pages(dir)?;
+                Ok(ExitCode::SUCCESS)
+            }
         }
     });
     match result {
@@ -322,6 +346,20 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `baton.1` lists the commands; each command's flags are on its own page
+/// (`man baton-switchover`), as git and cargo do.
+fn man_pages(dir: Option<PathBuf>) -> anyhow::Result<()> {
+    let cmd = <Cli as clap::CommandFactory>::command();
+    let Some(dir) = dir else {
+        return clap_mangen::Man::new(cmd)
+            .render(&mut std::io::stdout())
+            .context("writing the man page");
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    clap_mangen::generate_to(cmd, &dir)
+        .with_context(|| format!("writing man pages into {}", dir.display()))
 }
 
 async fn run_agent(path: PathBuf) -> anyhow::Result<ExitCode> {
