@@ -1,0 +1,287 @@
+//! The cluster as etcd holds it, laid out as Patroni lays it out (see
+//! PATRONI-COMPAT.md): the leader key and its lease, the members, the
+//! status, failover and history keys, parsed from one prefix read. Pure
+//! data: the etcd client that reads it lives in the binary crate.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{DynamicConfig, Tags};
+
+/// The fencing token of this agent's claim on etcd: the leader key and the
+/// member key are attached to it, so when it expires both vanish at once and
+/// another member may take over. Never reuse one after it was reported gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct LeaseId(pub i64);
+
+/// `members/<name>`: Patroni's member JSON plus Baton's own fields.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Member {
+    pub conn_url: String,
+    pub api_url: String,
+    pub state: String,
+    pub role: String,
+    #[serde(default)]
+    pub version: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xlog_location: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receive_lsn: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay_lsn: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication_state: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<u32>,
+    #[serde(default, skip_serializing_if = "is_default_tags")]
+    pub tags: Tags,
+    /// Baton: the one-line reason of this member's last HA decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baton_reason: Option<String>,
+    #[serde(flatten)]
+    pub other: serde_json::Map<String, serde_json::Value>,
+}
+
+fn is_default_tags(t: &Tags) -> bool {
+    *t == Tags::default()
+}
+
+impl Member {
+    /// `host:port` of postgres, parsed back out of `conn_url`.
+    pub fn pg_address(&self) -> Option<(String, u16)> {
+        let rest = self.conn_url.strip_prefix("postgres://")?;
+        let hostport = rest.split(['/', '?']).next()?;
+        let hostport = hostport.rsplit('@').next()?;
+        let (host, port) = hostport.rsplit_once(':')?;
+        Some((
+            host.trim_matches(['[', ']']).to_string(),
+            port.parse().ok()?,
+        ))
+    }
+}
+
+/// `status`: the leader's last WAL position and its slots.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StatusKey {
+    #[serde(default)]
+    pub optime: Option<u64>,
+    #[serde(default)]
+    pub slots: Option<BTreeMap<String, u64>>,
+    #[serde(default)]
+    pub retain_slots: Option<Vec<String>>,
+}
+
+/// `failover`: a requested switchover (`leader` set) or manual failover.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailoverKey {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
+    /// The candidate (Patroni calls the field `member`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member: Option<String>,
+    /// RFC 3339 time with zone; absent means now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled_at: Option<String>,
+}
+
+impl FailoverKey {
+    /// The scheduled time, if any and well-formed.
+    pub fn scheduled(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        let s = self.scheduled_at.as_deref()?;
+        chrono::DateTime::parse_from_rfc3339(s)
+            .ok()
+            .map(|t| t.with_timezone(&chrono::Utc))
+    }
+}
+
+/// `leader`: who holds it, and on which lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaderKey {
+    pub name: String,
+    pub lease: LeaseId,
+}
+
+/// Everything under the cluster prefix, read in one request.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ClusterView {
+    /// `None`: nobody has claimed bootstrap; `Some("")`: bootstrap in progress.
+    pub initialize: Option<String>,
+    pub config: Option<DynamicConfig>,
+    /// Why the stored config was ignored, if it was.
+    pub config_error: Option<String>,
+    pub leader: Option<LeaderKey>,
+    pub members: BTreeMap<String, Member>,
+    pub status: Option<StatusKey>,
+    pub history: Option<serde_json::Value>,
+    pub failover: Option<FailoverKey>,
+    /// The lease each member key hangs on (a switchover hands the leader
+    /// key over onto the candidate's lease).
+    pub member_leases: BTreeMap<String, LeaseId>,
+    /// mod_revision of `config`, for compare-and-set edits (0: absent).
+    pub config_revision: i64,
+    /// etcd revision this view was read at.
+    pub revision: i64,
+}
+
+impl ClusterView {
+    pub fn leader_name(&self) -> Option<&str> {
+        self.leader.as_ref().map(|l| l.name.as_str())
+    }
+
+    pub fn leader_member(&self) -> Option<&Member> {
+        self.leader_name().and_then(|n| self.members.get(n))
+    }
+
+    /// The leader's last known WAL position: the larger of the `status`
+    /// key's optime and the leader's own member key, since either may be a
+    /// tick behind the other.
+    pub fn leader_optime(&self) -> Option<u64> {
+        self.status
+            .as_ref()
+            .and_then(|s| s.optime)
+            .max(self.leader_member().and_then(|m| m.xlog_location))
+    }
+
+    /// `maximum_lag_on_failover` of the stored config, or its default when
+    /// none is stored (yet) or the stored one is invalid.
+    pub fn max_lag(&self) -> u64 {
+        self.config
+            .as_ref()
+            .map_or(DynamicConfig::default().maximum_lag_on_failover, |c| {
+                c.maximum_lag_on_failover
+            })
+    }
+
+    /// Maintenance mode as the stored config says.
+    pub fn paused(&self) -> bool {
+        self.config.as_ref().is_some_and(|c| c.pause)
+    }
+
+    /// Parses the key-values of a prefix read. Malformed member entries are
+    /// skipped (one broken member must not blind the whole cluster), but a
+    /// malformed config is reported so an operator sees why it is ignored.
+    pub fn from_kvs<'a>(
+        prefix: &str,
+        kvs: impl IntoIterator<Item = (&'a [u8], &'a [u8], i64, i64)>,
+        revision: i64,
+    ) -> ClusterView {
+        let mut view = ClusterView {
+            revision,
+            ..ClusterView::default()
+        };
+        for (key, value, lease, mod_revision) in kvs {
+            let Ok(key) = std::str::from_utf8(key) else {
+                continue;
+            };
+            let Some(rel) = key.strip_prefix(prefix) else {
+                continue;
+            };
+            let text = String::from_utf8_lossy(value);
+            match rel {
+                "initialize" => view.initialize = Some(text.into_owned()),
+                "leader" => {
+                    view.leader = Some(LeaderKey {
+                        name: text.into_owned(),
+                        lease: LeaseId(lease),
+                    })
+                }
+                "config" => {
+                    view.config_revision = mod_revision;
+                    match serde_json::from_str::<DynamicConfig>(&text) {
+                        Ok(c) => match c.validate() {
+                            Ok(()) => view.config = Some(c),
+                            Err(e) => view.config_error = Some(e),
+                        },
+                        Err(e) => view.config_error = Some(e.to_string()),
+                    }
+                }
+                "status" => view.status = serde_json::from_str(&text).ok(),
+                "history" => view.history = serde_json::from_str(&text).ok(),
+                "failover" => view.failover = serde_json::from_str(&text).ok(),
+                _ => {
+                    if let Some(name) = rel.strip_prefix("members/") {
+                        if let Ok(m) = serde_json::from_str::<Member>(&text) {
+                            view.members.insert(name.to_string(), m);
+                            view.member_leases.insert(name.to_string(), LeaseId(lease));
+                        }
+                    }
+                }
+            }
+        }
+        view
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn view_parses_patroni_layout() {
+        let p = "/service/demo/";
+        let member = r#"{"conn_url":"postgres://127.0.0.1:5433/postgres","api_url":"http://127.0.0.1:8009/patroni","state":"running","role":"replica","version":"0.1.0","xlog_location":100,"timeline":1,"tags":{"nofailover":true}}"#;
+        let kvs: Vec<(String, String, i64)> = vec![
+            (format!("{p}initialize"), "7301".into(), 0),
+            (format!("{p}leader"), "node1".into(), 42),
+            (format!("{p}members/node2"), member.into(), 43),
+            (format!("{p}members/broken"), "{not json".into(), 44),
+            (
+                format!("{p}config"),
+                r#"{"ttl":4,"loop_wait":1,"retry_timeout":1,"maximum_lag_on_failover":1048576}"#
+                    .into(),
+                0,
+            ),
+            ("/service/other/leader".into(), "x".into(), 0),
+        ];
+        let view = ClusterView::from_kvs(
+            p,
+            kvs.iter()
+                .map(|(k, v, l)| (k.as_bytes(), v.as_bytes(), *l, 3)),
+            7,
+        );
+        assert_eq!(view.initialize.as_deref(), Some("7301"));
+        assert_eq!(
+            view.leader,
+            Some(LeaderKey {
+                name: "node1".into(),
+                lease: LeaseId(42)
+            })
+        );
+        assert_eq!(view.members.len(), 1);
+        let m = &view.members["node2"];
+        assert!(m.tags.nofailover);
+        assert_eq!(m.pg_address(), Some(("127.0.0.1".into(), 5433)));
+        assert_eq!(view.config.as_ref().unwrap().ttl, 4);
+        assert_eq!(view.revision, 7);
+    }
+
+    #[test]
+    fn invalid_stored_config_is_reported_not_used() {
+        let p = "/service/demo/";
+        let key = format!("{p}config");
+        let bad = r#"{"ttl":2,"loop_wait":1,"retry_timeout":1,"maximum_lag_on_failover":1}"#;
+        let view = ClusterView::from_kvs(p, [(key.as_bytes(), bad.as_bytes(), 0, 1)], 1);
+        assert!(view.config.is_none());
+        assert!(view.config_error.unwrap().contains("two renewal attempts"));
+    }
+
+    #[test]
+    fn member_json_uses_patroni_field_names() {
+        let m = Member {
+            conn_url: "postgres://127.0.0.1:5432/postgres".into(),
+            api_url: "http://127.0.0.1:8008/patroni".into(),
+            state: "running".into(),
+            role: "primary".into(),
+            version: "0.1.0".into(),
+            xlog_location: Some(5),
+            timeline: Some(1),
+            ..Member::default()
+        };
+        let v = serde_json::to_value(&m).unwrap();
+        assert_eq!(v["xlog_location"], 5);
+        assert_eq!(v["role"], "primary");
+        assert!(v.get("tags").is_none());
+        assert!(v.get("receive_lsn").is_none());
+    }
+}

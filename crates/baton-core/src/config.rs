@@ -1,0 +1,237 @@
+//! The cluster-wide dynamic configuration kept in etcd under `config`
+//! (Patroni's names), and member tags. Timing rules are refused, never
+//! clamped: a silently adjusted `ttl` is how a cluster ends up failing over
+//! on every busy minute.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Member tags, with Patroni's meaning. Unknown tags are kept and published.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Tags {
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub nofailover: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub noloadbalance: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub nosync: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failover_priority: Option<i64>,
+    #[serde(flatten)]
+    pub other: BTreeMap<String, serde_json::Value>,
+}
+
+/// Cluster-wide settings stored as JSON in the `config` key (Patroni's names).
+/// Unknown fields are kept untouched so Patroni tools can store theirs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DynamicConfig {
+    /// Leader lease in whole seconds (etcd leases are whole seconds, min 2).
+    pub ttl: u64,
+    /// Seconds between HA loop ticks when nothing wakes the loop earlier.
+    pub loop_wait: f64,
+    /// Seconds any single etcd or postgres request may take.
+    pub retry_timeout: f64,
+    /// Bytes a replica may lag and still be promoted.
+    pub maximum_lag_on_failover: u64,
+    /// Baton: seconds before lease expiry by which a leader that could not
+    /// renew must already be fencing itself (time for an immediate stop).
+    #[serde(default = "default_safety_margin")]
+    pub safety_margin: f64,
+    /// Seconds a crashed leader's postgres may take to come back in place
+    /// before the leader gives up the key and a replica takes over.
+    #[serde(default = "default_primary_start_timeout")]
+    pub primary_start_timeout: f64,
+    /// Seconds the leader keeps the replication slot of a member whose key
+    /// is gone (Patroni's `member_slots_ttl`): long enough for a restart or
+    /// a short outage to catch up, short enough not to fill the disk.
+    #[serde(default = "default_member_slots_ttl")]
+    pub member_slots_ttl: f64,
+    /// Maintenance mode (Patroni's `pause`): agents report but take no
+    /// automatic action.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pause: bool,
+    #[serde(flatten)]
+    pub other: serde_json::Map<String, serde_json::Value>,
+}
+
+fn default_safety_margin() -> f64 {
+    1.0
+}
+
+fn default_primary_start_timeout() -> f64 {
+    3.0
+}
+
+fn default_member_slots_ttl() -> f64 {
+    1800.0
+}
+
+impl Default for DynamicConfig {
+    fn default() -> Self {
+        DynamicConfig {
+            ttl: 4,
+            loop_wait: 1.0,
+            retry_timeout: 1.0,
+            maximum_lag_on_failover: 1 << 20,
+            safety_margin: default_safety_margin(),
+            primary_start_timeout: default_primary_start_timeout(),
+            member_slots_ttl: default_member_slots_ttl(),
+            pause: false,
+            other: serde_json::Map::new(),
+        }
+    }
+}
+
+impl DynamicConfig {
+    pub fn loop_wait(&self) -> Duration {
+        Duration::from_secs_f64(self.loop_wait)
+    }
+    pub fn retry_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.retry_timeout)
+    }
+    pub fn member_slots_ttl(&self) -> Duration {
+        Duration::from_secs_f64(self.member_slots_ttl.max(0.0))
+    }
+    pub fn primary_start_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.primary_start_timeout)
+    }
+    pub fn ttl(&self) -> Duration {
+        Duration::from_secs(self.ttl)
+    }
+    /// How long after the last *sent* successful renewal a leader may keep
+    /// running read-write (safety rule 2 in DESIGN.md).
+    pub fn leader_deadline(&self) -> Duration {
+        self.ttl()
+            .saturating_sub(Duration::from_secs_f64(self.safety_margin))
+    }
+
+    /// Every broken rule, as (key, reason) pairs; empty when valid.
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut p = Vec::new();
+        if self.ttl < 2 {
+            p.push((
+                "ttl",
+                format!("{} s is below etcd's minimum lease of 2 s", self.ttl),
+            ));
+        }
+        for (key, v) in [
+            ("loop_wait", self.loop_wait),
+            ("retry_timeout", self.retry_timeout),
+            ("safety_margin", self.safety_margin),
+        ] {
+            if !v.is_finite() || v <= 0.0 {
+                p.push((key, format!("{v} must be a positive number of seconds")));
+            }
+        }
+        if !self.member_slots_ttl.is_finite() || self.member_slots_ttl < 0.0 {
+            p.push((
+                "member_slots_ttl",
+                format!(
+                    "{} must be zero or a positive number of seconds",
+                    self.member_slots_ttl
+                ),
+            ));
+        }
+        if !self.primary_start_timeout.is_finite() || self.primary_start_timeout < 0.0 {
+            p.push((
+                "primary_start_timeout",
+                format!(
+                    "{} must be zero or a positive number of seconds",
+                    self.primary_start_timeout
+                ),
+            ));
+        }
+        if p.is_empty() {
+            let budget = self.ttl as f64 - self.safety_margin;
+            let need = self.loop_wait + 2.0 * self.retry_timeout;
+            if need > budget {
+                p.push((
+                    "ttl",
+                    format!(
+                        "a leader must get two renewal attempts before it fences itself: \
+                         loop_wait + 2 * retry_timeout = {need} s must not exceed \
+                         ttl - safety_margin = {budget} s (raise ttl or lower the others)"
+                    ),
+                ));
+            }
+        }
+        p
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        let p = self.problems();
+        if p.is_empty() {
+            Ok(())
+        } else {
+            Err(p
+                .into_iter()
+                .map(|(k, r)| format!("{k}: {r}"))
+                .collect::<Vec<_>>()
+                .join("; "))
+        }
+    }
+}
+
+/// JSON merge patch (RFC 7386): objects merge recursively, `null` deletes.
+pub fn merge_patch(target: &mut serde_json::Value, patch: &serde_json::Value) {
+    let serde_json::Value::Object(p) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = serde_json::Value::Object(serde_json::Map::new());
+    }
+    let t = target.as_object_mut().expect("made an object above");
+    for (k, v) in p {
+        if v.is_null() {
+            t.remove(k);
+        } else {
+            merge_patch(t.entry(k.clone()).or_insert(serde_json::Value::Null), v);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn impossible_timing_is_refused_not_adjusted() {
+        let mut d = DynamicConfig {
+            ttl: 1,
+            ..DynamicConfig::default()
+        };
+        assert_eq!(d.problems()[0].0, "ttl");
+        d.ttl = 4;
+        assert!(d.problems().is_empty());
+        d.retry_timeout = 1.5;
+        assert!(d.validate().unwrap_err().contains("two renewal attempts"));
+        d.loop_wait = 0.0;
+        assert_eq!(d.problems()[0].0, "loop_wait");
+    }
+
+    #[test]
+    fn dynamic_config_keeps_unknown_patroni_fields() {
+        let json = r#"{"ttl":30,"loop_wait":10,"retry_timeout":10,"maximum_lag_on_failover":1048576,"postgresql":{"use_pg_rewind":true}}"#;
+        let d: DynamicConfig = serde_json::from_str(json).unwrap();
+        assert_eq!(d.ttl, 30);
+        assert_eq!(d.safety_margin, 1.0);
+        let back = serde_json::to_value(&d).unwrap();
+        assert_eq!(back["postgresql"]["use_pg_rewind"], true);
+    }
+
+    #[test]
+    fn merge_patch_merges_and_deletes() {
+        let mut v = serde_json::json!({"ttl": 4, "postgresql": {"a": 1, "b": 2}, "x": 1});
+        merge_patch(
+            &mut v,
+            &serde_json::json!({"ttl": 5, "postgresql": {"a": null, "c": 3}, "x": null}),
+        );
+        assert_eq!(
+            v,
+            serde_json::json!({"ttl": 5, "postgresql": {"b": 2, "c": 3}})
+        );
+    }
+}

@@ -1,0 +1,140 @@
+//! What the local instance is, as the agent observed it: the data
+//! directory's facts, the running server's state, and the parsers of the
+//! files and tool outputs they come from. Pure data; the code that reads
+//! them from disk and from postgres lives in the binary crate.
+
+use std::collections::BTreeMap;
+
+use crate::lsn::Lsn;
+
+/// What the data directory holds, as far as the agent may act on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DataDir {
+    /// Missing or empty: free to initdb or clone into.
+    Empty,
+    /// A PostgreSQL data directory of the given cluster, with the timeline
+    /// of its last checkpoint (or the live one when running).
+    Valid {
+        system_id: String,
+        standby: bool,
+        timeline: Option<u32>,
+        /// Switch points of earlier timelines, from `pg_wal/<tl>.history`.
+        history: Vec<(u32, Lsn)>,
+        /// Shut down cleanly as a primary: its WAL ends with the shutdown
+        /// checkpoint at `checkpoint` (known only when stopped).
+        clean_shutdown: bool,
+        checkpoint: Option<Lsn>,
+    },
+    /// Something the agent must not touch, and why.
+    Unusable(String),
+}
+
+/// The running instance, as one query showed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Running {
+    pub in_recovery: bool,
+    pub system_id: String,
+    pub timeline: Option<u32>,
+    /// Primary: current write LSN.
+    pub wal_lsn: Option<Lsn>,
+    pub receive_lsn: Option<Lsn>,
+    pub replay_lsn: Option<Lsn>,
+    /// Replica: whether the WAL receiver is streaming, and from where.
+    pub receiver_streaming: bool,
+    pub primary_conninfo: String,
+    pub primary_slot_name: String,
+    pub server_version: i32,
+    /// Primary: physical replication slots and their restart LSN.
+    pub slots: BTreeMap<String, Option<Lsn>>,
+    /// Primary: connected standbys by application_name.
+    pub replication: Vec<ReplicationRow>,
+    /// Switch points of the timelines before `timeline` (filled by the agent
+    /// from the history file, cached per timeline).
+    pub history: Vec<(u32, Lsn)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ReplicationRow {
+    pub application_name: String,
+    pub client_addr: Option<String>,
+    pub state: String,
+    pub sent_lsn: Option<Lsn>,
+    pub flush_lsn: Option<Lsn>,
+    pub replay_lsn: Option<Lsn>,
+    pub sync_state: String,
+}
+
+/// Physical slot name for a member: Patroni's rule (lower case, `[a-z0-9_]`).
+pub fn slot_name(member: &str) -> String {
+    member
+        .chars()
+        .map(|c| {
+            let c = c.to_ascii_lowercase();
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// `<timeline>.history`: one `(parent timeline, switch LSN, reason)` per line.
+pub fn parse_history(text: &str) -> Vec<(u32, Lsn, String)> {
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.split('\t');
+            let tl = f.next()?.trim().parse().ok()?;
+            let lsn = f.next()?.trim().parse().ok()?;
+            let reason = f.next().unwrap_or("").trim().to_string();
+            Some((tl, lsn, reason))
+        })
+        .collect()
+}
+
+/// `pg_controldata` output as key/value pairs.
+pub fn parse_controldata(out: &str) -> BTreeMap<String, String> {
+    out.lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn history_file_parses() {
+        let h = parse_history("1\t0/3000148\tno recovery target specified\n\n2\t0/5000000\tx\n");
+        assert_eq!(
+            h,
+            vec![
+                (
+                    1,
+                    Lsn(0x300_0148),
+                    "no recovery target specified".to_string()
+                ),
+                (2, Lsn(0x500_0000), "x".to_string())
+            ]
+        );
+    }
+
+    #[test]
+    fn slot_names_follow_patroni() {
+        assert_eq!(slot_name("Node-1.a"), "node_1_a");
+        assert_eq!(slot_name("node2"), "node2");
+    }
+
+    #[test]
+    fn controldata_parses_key_values() {
+        let out = "pg_control version number:            1300\n\
+                   Database system identifier:           7301234567890123456\n\
+                   Database cluster state:               shut down in recovery\n\
+                   Latest checkpoint location:           0/3000060\n";
+        let cd = parse_controldata(out);
+        assert_eq!(cd["Database system identifier"], "7301234567890123456");
+        assert_eq!(cd["Database cluster state"], "shut down in recovery");
+        assert_eq!(cd["Latest checkpoint location"], "0/3000060");
+    }
+}

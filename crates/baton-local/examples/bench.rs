@@ -1,0 +1,212 @@
+//! Benchmarks, run through `bench/failover` and `bench/switchover`.
+//!
+//! Both use the same workload (one numbered INSERT every 10 ms through a
+//! multi-host read-write DSN, reconnecting on error) on a 3-node cluster.
+//! - failover: the leader is killed with SIGKILL (agent and postgres), then
+//!   restarted; reports the longest write gap (RTO), acknowledged writes
+//!   lost, and the time until the old node streams again.
+//! - switchover: planned switchovers on one cluster; reports the longest
+//!   write gap around each and acknowledged writes lost.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use baton_local::local::{poll_until, ClusterOptions, LocalCluster};
+use baton_local::workload;
+use tokio_util::sync::CancellationToken;
+
+struct RunResult {
+    rto: Duration,
+    lost: usize,
+    rejoin: Duration,
+}
+
+/// A fresh 3-node cluster at default settings in its own directory.
+fn bench_cluster(baton: &Path, name: &str) -> anyhow::Result<(PathBuf, LocalCluster)> {
+    let dir = std::env::temp_dir().join(format!("baton-bench-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let opts = ClusterOptions {
+        scope: "bench".into(),
+        ..Default::default()
+    };
+    let mut c = LocalCluster::create(&dir, baton, &opts)?;
+    c.start_all()?;
+    Ok((dir, c))
+}
+
+/// Stops the cluster; keeps its directory when the run failed.
+fn teardown<T>(dir: &Path, mut c: LocalCluster, result: &anyhow::Result<T>) {
+    tokio::task::block_in_place(|| c.shutdown());
+    drop(c);
+    if result.is_ok() {
+        let _ = std::fs::remove_dir_all(dir);
+    } else {
+        eprintln!("kept {} for inspection", dir.display());
+    }
+}
+
+async fn one_run(baton: &Path, n: usize) -> anyhow::Result<RunResult> {
+    let (dir, mut c) = bench_cluster(baton, &format!("failover-{n}"))?;
+    let result = async {
+        c.wait_normal(Duration::from_secs(120)).await?;
+        let cfg = workload::read_write_config(&c.pg_hosts(), "postgres");
+        workload::create_table(&cfg, "bench").await.map_err(anyhow::Error::msg)?;
+        let stop = CancellationToken::new();
+        let writer = tokio::spawn(workload::run_writes(cfg.clone(), "bench".into(), Duration::from_millis(10), stop.clone()));
+        tokio::time::sleep(Duration::from_secs(3)).await;
+
+        let v = c.view().await?;
+        let leader = v.leader_name().context("no leader")?.to_string();
+        let li = c.nodes.iter().position(|x| x.name == leader).context("leader not ours")?;
+        let killed = Instant::now();
+        c.kill_agent(li);
+        c.kill_postgres(li);
+        // Writes resume on the new leader; let them run a little longer.
+        let probe = workload::read_write_config(&c.pg_hosts(), "postgres");
+        poll_until("writes after the kill", Duration::from_secs(60), || async {
+            let v = c.view().await.ok()?;
+            (v.leader_name().is_some_and(|l| l != leader)).then_some(())
+        })
+        .await?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let restarted = Instant::now();
+        c.start_agent(li)?;
+        poll_until("old leader streaming again", Duration::from_secs(120), || async {
+            let v = c.view().await.ok()?;
+            let tl = v.leader_member()?.timeline;
+            let m = v.members.get(&leader)?;
+            (m.replication_state.as_deref() == Some("streaming") && m.timeline == tl).then_some(())
+        })
+        .await?;
+        let rejoin = restarted.elapsed();
+        stop.cancel();
+        let log = writer.await?;
+        let present = workload::present_ids(&probe, "bench").await.map_err(anyhow::Error::msg)?;
+        let (rto, _) = log.longest_gap();
+        let lost = log.lost(&present).len();
+        let after = log.acked.iter().filter(|(_, at)| *at > killed).count();
+        println!(
+            "run {n}: rto {:.2} s, lost_acked {lost}, rejoin {:.2} s ({} acked, {after} after the kill)",
+            rto.as_secs_f64(),
+            rejoin.as_secs_f64(),
+            log.acked.len()
+        );
+        Ok(RunResult { rto, lost, rejoin })
+    }
+    .await;
+    teardown(&dir, c, &result);
+    result
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+struct SwitchResult {
+    gap: Duration,
+    lost: usize,
+}
+
+async fn switchovers(baton: &Path, runs: usize) -> anyhow::Result<Vec<SwitchResult>> {
+    let (dir, c) = bench_cluster(baton, "switchover")?;
+    let result = async {
+        c.wait_normal(Duration::from_secs(120)).await?;
+        let cfg = workload::read_write_config(&c.pg_hosts(), "postgres");
+        let mut results = vec![];
+        for n in 1..=runs {
+            c.wait_normal(Duration::from_secs(120)).await?;
+            // A table per run: ids restart at 1 with every writer.
+            let table = format!("bench_{n}");
+            workload::create_table(&cfg, &table)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            let stop = CancellationToken::new();
+            let writer = tokio::spawn(workload::run_writes(
+                cfg.clone(),
+                table.clone(),
+                Duration::from_millis(10),
+                stop.clone(),
+            ));
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let (leader, answer) = c
+                .switchover_via_api()
+                .await
+                .with_context(|| format!("switchover {n}"))?;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            stop.cancel();
+            let log = writer.await?;
+            let present = workload::present_ids(&cfg, &table)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            let (gap, _) = log.longest_gap();
+            let lost = log.lost(&present).len();
+            if log.acked.len() < 200 {
+                bail!(
+                    "run {n}: only {} writes acknowledged in 4 s: the workload is broken",
+                    log.acked.len()
+                );
+            }
+            println!(
+                "run {n}: {leader} -> {}: write gap {:.3} s, lost_acked {lost} ({} acked)",
+                answer.trim_start_matches("Successfully switched over to "),
+                gap.as_secs_f64(),
+                log.acked.len()
+            );
+            results.push(SwitchResult { gap, lost });
+        }
+        Ok(results)
+    }
+    .await;
+    teardown(&dir, c, &result);
+    result
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let mode = std::env::args()
+        .nth(1)
+        .context("usage: bench failover|switchover [RUNS]")?;
+    let runs: usize = std::env::args()
+        .nth(2)
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(5);
+    let baton =
+        PathBuf::from(std::env::var("BATON_BIN").context("BATON_BIN must name the baton binary")?);
+    match mode.as_str() {
+        "failover" => {
+            let mut results = vec![];
+            for n in 1..=runs {
+                results.push(one_run(&baton, n).await?);
+            }
+            let rto: Vec<f64> = results.iter().map(|r| r.rto.as_secs_f64()).collect();
+            let rejoin: Vec<f64> = results.iter().map(|r| r.rejoin.as_secs_f64()).collect();
+            let lost: usize = results.iter().map(|r| r.lost).sum();
+            println!(
+                "RESULT rto_median_s={:.2} rto_max_s={:.2} lost_acked={lost} rejoin_median_s={:.2}",
+                median(rto.clone()),
+                rto.iter().cloned().fold(0.0, f64::max),
+                median(rejoin)
+            );
+        }
+        "switchover" => {
+            let results = switchovers(&baton, runs).await?;
+            let gaps: Vec<f64> = results.iter().map(|r| r.gap.as_secs_f64()).collect();
+            let lost: usize = results.iter().map(|r| r.lost).sum();
+            println!(
+                "RESULT gap_median_s={:.3} gap_max_s={:.3} lost_acked={lost}",
+                median(gaps.clone()),
+                gaps.iter().cloned().fold(0.0, f64::max)
+            );
+        }
+        other => bail!("unknown benchmark {other:?}: failover or switchover"),
+    }
+    Ok(())
+}

@@ -1,0 +1,709 @@
+//! Node configuration (one TOML file per agent) and the cluster-wide dynamic
+//! configuration kept in etcd under `config`.
+//!
+//! The node file is read field by field so that *every* problem is reported
+//! at once, each with the file, the key and what is wrong; a configuration
+//! that only exists after validation is the only kind the agent ever sees.
+//! Timing rules are refused, never clamped: a silently adjusted `ttl` is how
+//! a cluster ends up failing over on every busy minute.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+use baton_core::config::{DynamicConfig, Tags};
+
+/// Patroni's default namespace; tools like patronictl assume it.
+pub const DEFAULT_NAMESPACE: &str = "/service";
+
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Cluster name; all members of one cluster share it.
+    pub scope: String,
+    /// This member's name, unique in the cluster.
+    pub name: String,
+    pub namespace: String,
+    pub etcd: EtcdConfig,
+    pub api: ApiConfig,
+    pub postgresql: PgConfig,
+    /// Dynamic configuration written to etcd when this node bootstraps the cluster.
+    pub bootstrap: DynamicConfig,
+    pub tags: Tags,
+}
+
+#[derive(Debug, Clone)]
+pub struct EtcdConfig {
+    pub endpoints: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    pub listen: SocketAddr,
+    /// Address other members and tools use to reach this API.
+    pub connect_address: SocketAddr,
+    /// Basic-auth credentials required by the control endpoints (POST,
+    /// PATCH, PUT, DELETE). Without them those endpoints are open, as in
+    /// Patroni: bind the API to a trusted network then.
+    pub auth: Option<Credentials>,
+    /// Serve HTTPS with this certificate chain and key (PEM); both or neither.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Extra CA (PEM) trusted when calling other members' APIs over HTTPS.
+    pub cafile: Option<PathBuf>,
+}
+
+impl ApiConfig {
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PgConfig {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// Address other members use to reach this postgres (replication, clients).
+    pub connect_address: SocketAddr,
+    pub bin_dir: PathBuf,
+    /// OS user that owns the data directory and runs postgres when the agent is root.
+    pub os_user: String,
+    pub socket_dir: PathBuf,
+    pub log_file: PathBuf,
+    pub superuser: Credentials,
+    pub replication: Credentials,
+    /// Extra `postgresql.conf` parameters; Baton's own required ones win.
+    pub parameters: BTreeMap<String, String>,
+    /// Complete `pg_hba.conf` lines; when empty Baton writes its default.
+    pub pg_hba: Vec<String>,
+    /// How long to wait for postgres to start, stop or clone before calling it failed.
+    pub start_timeout: Duration,
+    /// After a failed pg_rewind, move the data directory aside and clone
+    /// the leader instead of staying down in `need repair`.
+    pub rebuild_on_rewind_failure: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub username: String,
+    pub password: Option<String>,
+}
+
+/// One problem in a configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub reason: String,
+}
+
+/// All problems found in one file; `Display` lists them one per line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.problems.len();
+        write!(
+            f,
+            "{}: {} problem{} in configuration",
+            self.file.display(),
+            n,
+            if n == 1 { "" } else { "s" }
+        )?;
+        for p in &self.problems {
+            if p.key.is_empty() {
+                write!(f, "\n  - {}", p.reason)?;
+            } else {
+                write!(f, "\n  - {}: {}", p.key, p.reason)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads typed fields out of a TOML table, remembering every problem instead
+/// of stopping at the first, and reporting keys nobody asked for as unknown.
+struct Reader {
+    problems: Vec<Problem>,
+}
+
+impl Reader {
+    fn problem(&mut self, key: impl Into<String>, reason: impl Into<String>) {
+        self.problems.push(Problem {
+            key: key.into(),
+            reason: reason.into(),
+        });
+    }
+
+    fn opt<T: DeserializeOwned>(
+        &mut self,
+        table: &mut toml::Table,
+        prefix: &str,
+        key: &str,
+    ) -> Option<T> {
+        let value = table.remove(key)?;
+        match T::deserialize(value) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.problem(join(prefix, key), e.message().to_string());
+                None
+            }
+        }
+    }
+
+    fn req<T: DeserializeOwned>(
+        &mut self,
+        table: &mut toml::Table,
+        prefix: &str,
+        key: &str,
+    ) -> Option<T> {
+        if !table.contains_key(key) {
+            self.problem(join(prefix, key), "missing (required)");
+            return None;
+        }
+        self.opt(table, prefix, key)
+    }
+
+    fn table(&mut self, table: &mut toml::Table, prefix: &str, key: &str) -> toml::Table {
+        match table.remove(key) {
+            None => toml::Table::new(),
+            Some(toml::Value::Table(t)) => t,
+            Some(other) => {
+                self.problem(
+                    join(prefix, key),
+                    format!("expected a table, found {}", other.type_str()),
+                );
+                toml::Table::new()
+            }
+        }
+    }
+
+    fn unknown(&mut self, table: toml::Table, prefix: &str) {
+        for key in table.keys() {
+            self.problem(join(prefix, key), "unknown key");
+        }
+    }
+
+    fn addr(&mut self, table: &mut toml::Table, prefix: &str, key: &str) -> Option<SocketAddr> {
+        let s: String = self.opt(table, prefix, key)?;
+        match s.parse() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.problem(
+                    join(prefix, key),
+                    format!("{s:?} is not an IP address with port, like 127.0.0.1:5432"),
+                );
+                None
+            }
+        }
+    }
+
+    fn seconds(&mut self, table: &mut toml::Table, prefix: &str, key: &str) -> Option<Duration> {
+        let v: f64 = self.opt(table, prefix, key)?;
+        if v.is_finite() && v > 0.0 {
+            Some(Duration::from_secs_f64(v))
+        } else {
+            self.problem(
+                join(prefix, key),
+                format!("{v} must be a positive number of seconds"),
+            );
+            None
+        }
+    }
+
+    fn credentials(
+        &mut self,
+        auth: &mut toml::Table,
+        key: &str,
+        default_user: &str,
+    ) -> Credentials {
+        let prefix = "postgresql.authentication";
+        let mut t = self.table(auth, prefix, key);
+        let p = join(prefix, key);
+        let username = self
+            .opt(&mut t, &p, "username")
+            .unwrap_or_else(|| default_user.to_string());
+        let password = self.opt(&mut t, &p, "password");
+        self.unknown(t, &p);
+        Credentials { username, password }
+    }
+}
+
+fn join(prefix: &str, key: &str) -> String {
+    if prefix.is_empty() {
+        key.to_string()
+    } else {
+        format!("{prefix}.{key}")
+    }
+}
+
+fn is_identifier(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+}
+
+impl NodeConfig {
+    pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            problems: vec![Problem {
+                key: String::new(),
+                reason: format!("cannot read file: {e}"),
+            }],
+        })?;
+        Self::parse(&text, path, default_bin_dir)
+    }
+
+    /// Parses and validates; `bin_dir` supplies the default PostgreSQL bin dir
+    /// (injected so tests do not depend on `pg_config`).
+    pub fn parse(
+        text: &str,
+        file: &Path,
+        bin_dir: impl FnOnce() -> Result<PathBuf, String>,
+    ) -> Result<NodeConfig, ConfigError> {
+        let fail = |problems| ConfigError {
+            file: file.to_path_buf(),
+            problems,
+        };
+        let mut root: toml::Table = match text.parse() {
+            Ok(t) => t,
+            Err(e) => {
+                let e: toml::de::Error = e;
+                let line = e
+                    .span()
+                    .map(|s| format!("line {}: ", text[..s.start].lines().count().max(1)))
+                    .unwrap_or_default();
+                return Err(fail(vec![Problem {
+                    key: String::new(),
+                    reason: format!("{line}TOML syntax: {}", e.message()),
+                }]));
+            }
+        };
+        let mut r = Reader { problems: vec![] };
+
+        let scope: Option<String> = r.req(&mut root, "", "scope");
+        let name: Option<String> = r.req(&mut root, "", "name");
+        for (key, v) in [("scope", &scope), ("name", &name)] {
+            if let Some(v) = v {
+                if !is_identifier(v) {
+                    r.problem(
+                        key,
+                        format!(
+                            "{v:?} must be 1-63 characters of letters, digits, '_', '-' or '.'"
+                        ),
+                    );
+                }
+            }
+        }
+        let namespace: String = r
+            .opt(&mut root, "", "namespace")
+            .unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
+        if !namespace.starts_with('/') || namespace.ends_with('/') && namespace.len() > 1 {
+            r.problem(
+                "namespace",
+                format!("{namespace:?} must start with '/' and not end with '/'"),
+            );
+        }
+
+        let mut etcd = r.table(&mut root, "", "etcd");
+        let endpoints: Option<Vec<String>> = r.req(&mut etcd, "etcd", "endpoints");
+        if let Some(eps) = &endpoints {
+            if eps.is_empty() {
+                r.problem("etcd.endpoints", "needs at least one endpoint");
+            }
+            for ep in eps {
+                if !(ep.starts_with("http://") || ep.starts_with("https://")) {
+                    r.problem(
+                        "etcd.endpoints",
+                        format!("{ep:?} must be a URL like http://127.0.0.1:2379"),
+                    );
+                }
+            }
+        }
+        r.unknown(etcd, "etcd");
+
+        let mut api = r.table(&mut root, "", "api");
+        let api_listen = r.addr(&mut api, "api", "listen");
+        if api_listen.is_none() && !r.problems.iter().any(|p| p.key == "api.listen") {
+            r.problem("api.listen", "missing (required)");
+        }
+        let api_connect = r.addr(&mut api, "api", "connect_address");
+        let api_auth = match api.remove("authentication") {
+            None => None,
+            Some(v) => {
+                let mut t = match v {
+                    toml::Value::Table(t) => t,
+                    other => {
+                        r.problem(
+                            "api.authentication",
+                            format!("expected a table, found {}", other.type_str()),
+                        );
+                        toml::Table::new()
+                    }
+                };
+                let username: Option<String> = r.req(&mut t, "api.authentication", "username");
+                let password: Option<String> = r.req(&mut t, "api.authentication", "password");
+                r.unknown(t, "api.authentication");
+                username.map(|username| Credentials { username, password })
+            }
+        };
+        let certfile: Option<PathBuf> = r.opt(&mut api, "api", "certfile");
+        let keyfile: Option<PathBuf> = r.opt(&mut api, "api", "keyfile");
+        let cafile: Option<PathBuf> = r.opt(&mut api, "api", "cafile");
+        for (key, f) in [
+            ("api.certfile", &certfile),
+            ("api.keyfile", &keyfile),
+            ("api.cafile", &cafile),
+        ] {
+            if let Some(f) = f {
+                if let Err(e) = std::fs::metadata(f) {
+                    r.problem(key, format!("{}: {e}", f.display()));
+                }
+            }
+        }
+        let tls = match (certfile, keyfile) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            (Some(_), None) => {
+                r.problem("api.keyfile", "missing: api.certfile needs api.keyfile");
+                None
+            }
+            (None, Some(_)) => {
+                r.problem("api.certfile", "missing: api.keyfile needs api.certfile");
+                None
+            }
+        };
+        r.unknown(api, "api");
+
+        let mut pg = r.table(&mut root, "", "postgresql");
+        let p = "postgresql";
+        let data_dir: Option<PathBuf> = r.req(&mut pg, p, "data_dir");
+        if let Some(d) = &data_dir {
+            if !d.is_absolute() {
+                r.problem(
+                    "postgresql.data_dir",
+                    format!("{} must be an absolute path", d.display()),
+                );
+            }
+        }
+        let pg_listen = r.addr(&mut pg, p, "listen");
+        if pg_listen.is_none() && !r.problems.iter().any(|p| p.key == "postgresql.listen") {
+            r.problem("postgresql.listen", "missing (required)");
+        }
+        let pg_connect = r.addr(&mut pg, p, "connect_address");
+        let bin_dir_cfg: Option<PathBuf> = r.opt(&mut pg, p, "bin_dir");
+        let os_user: String = r
+            .opt(&mut pg, p, "os_user")
+            .unwrap_or_else(|| "postgres".into());
+        let socket_dir: Option<PathBuf> = r.opt(&mut pg, p, "socket_dir");
+        let log_file: Option<PathBuf> = r.opt(&mut pg, p, "log_file");
+        let start_timeout = r
+            .seconds(&mut pg, p, "start_timeout")
+            .unwrap_or(Duration::from_secs(60));
+        let raw_params: Option<toml::Table> = r.opt(&mut pg, p, "parameters");
+        let mut parameters = BTreeMap::new();
+        for (k, v) in raw_params.unwrap_or_default() {
+            let s = match v {
+                toml::Value::String(s) => s,
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                toml::Value::Boolean(b) => if b { "on" } else { "off" }.to_string(),
+                other => {
+                    r.problem(
+                        format!("postgresql.parameters.{k}"),
+                        format!(
+                            "expected a string, number or boolean, found {}",
+                            other.type_str()
+                        ),
+                    );
+                    continue;
+                }
+            };
+            parameters.insert(k, s);
+        }
+        let pg_hba: Vec<String> = r.opt(&mut pg, p, "pg_hba").unwrap_or_default();
+        let rebuild_on_rewind_failure = r
+            .opt(&mut pg, p, "rebuild_on_rewind_failure")
+            .unwrap_or(true);
+        let mut auth = r.table(&mut pg, p, "authentication");
+        let superuser = r.credentials(&mut auth, "superuser", "postgres");
+        let replication = r.credentials(&mut auth, "replication", "replicator");
+        r.unknown(auth, "postgresql.authentication");
+        r.unknown(pg, p);
+
+        let mut boot = r.table(&mut root, "", "bootstrap");
+        let dcs_table = r.table(&mut boot, "bootstrap", "dcs");
+        r.unknown(boot, "bootstrap");
+        let bootstrap =
+            match DynamicConfig::deserialize(toml::Value::Table(merge_defaults(dcs_table))) {
+                Ok(d) => {
+                    for (key, reason) in d.problems() {
+                        r.problem(format!("bootstrap.dcs.{key}"), reason);
+                    }
+                    d
+                }
+                Err(e) => {
+                    r.problem("bootstrap.dcs", e.message().to_string());
+                    DynamicConfig::default()
+                }
+            };
+
+        let tags: Tags = r.opt(&mut root, "", "tags").unwrap_or_default();
+        r.unknown(root, "");
+
+        let bin_dir = match bin_dir_cfg {
+            Some(b) => Some(b),
+            None => match bin_dir() {
+                Ok(b) => Some(b),
+                Err(e) => {
+                    r.problem("postgresql.bin_dir", format!("not set and {e}"));
+                    None
+                }
+            },
+        };
+
+        if !r.problems.is_empty() {
+            return Err(fail(r.problems));
+        }
+        // Every `None` above recorded a problem, so these unwraps cannot fail.
+        let data_dir = data_dir.expect("checked");
+        let pg_listen = pg_listen.expect("checked");
+        let api_listen = api_listen.expect("checked");
+        let name = name.expect("checked");
+        // Not inside the data dir: pg_rewind and pg_basebackup choke on the
+        // socket file. A private sibling keeps `local ... trust` private.
+        let socket_dir = socket_dir.unwrap_or_else(|| {
+            let mut s = data_dir.clone().into_os_string();
+            s.push(".sock");
+            PathBuf::from(s)
+        });
+        let log_file = log_file.unwrap_or_else(|| {
+            let mut s = data_dir.clone().into_os_string();
+            s.push(".log");
+            PathBuf::from(s)
+        });
+        Ok(NodeConfig {
+            scope: scope.expect("checked"),
+            name,
+            namespace,
+            etcd: EtcdConfig {
+                endpoints: endpoints.expect("checked"),
+            },
+            api: ApiConfig {
+                listen: api_listen,
+                connect_address: api_connect.unwrap_or(api_listen),
+                auth: api_auth,
+                tls,
+                cafile,
+            },
+            postgresql: PgConfig {
+                data_dir,
+                listen: pg_listen,
+                connect_address: pg_connect.unwrap_or(pg_listen),
+                bin_dir: bin_dir.expect("checked"),
+                os_user,
+                socket_dir,
+                log_file,
+                superuser,
+                replication,
+                parameters,
+                pg_hba,
+                start_timeout,
+                rebuild_on_rewind_failure,
+            },
+            bootstrap,
+            tags,
+        })
+    }
+
+    /// Prefix of every etcd key of this cluster, with a trailing slash.
+    pub fn prefix(&self) -> String {
+        let ns = self.namespace.trim_end_matches('/');
+        format!("{ns}/{}/", self.scope)
+    }
+}
+
+fn merge_defaults(mut t: toml::Table) -> toml::Table {
+    let d = DynamicConfig::default();
+    t.entry("ttl").or_insert(toml::Value::Integer(d.ttl as i64));
+    t.entry("loop_wait")
+        .or_insert(toml::Value::Float(d.loop_wait));
+    t.entry("retry_timeout")
+        .or_insert(toml::Value::Float(d.retry_timeout));
+    t.entry("maximum_lag_on_failover")
+        .or_insert(toml::Value::Integer(d.maximum_lag_on_failover as i64));
+    t
+}
+
+/// `pg_config --bindir`, the default location of initdb, pg_ctl, pg_basebackup.
+pub fn default_bin_dir() -> Result<PathBuf, String> {
+    let out = std::process::Command::new("pg_config")
+        .arg("--bindir")
+        .output()
+        .map_err(|e| format!("`pg_config --bindir` could not run ({e}); set it explicitly"))?;
+    if !out.status.success() {
+        return Err("`pg_config --bindir` failed; set it explicitly".into());
+    }
+    let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    // Debian's /usr/bin/pg_config reports /usr/bin, which holds only wrappers;
+    // the server binaries live in /usr/lib/postgresql/<major>/bin.
+    if dir.join("pg_ctl").exists() && dir.join("initdb").exists() {
+        return Ok(dir);
+    }
+    let version = std::process::Command::new("pg_config")
+        .arg("--version")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+        .unwrap_or_default();
+    let major = version
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.split('.').next())
+        .unwrap_or("15");
+    let debian = PathBuf::from(format!("/usr/lib/postgresql/{major}/bin"));
+    if debian.join("pg_ctl").exists() {
+        Ok(debian)
+    } else {
+        Err(format!(
+            "no pg_ctl in {} or {}; set it explicitly",
+            dir.display(),
+            debian.display()
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<NodeConfig, ConfigError> {
+        NodeConfig::parse(text, Path::new("/etc/baton/node1.toml"), || {
+            Ok(PathBuf::from("/usr/lib/postgresql/15/bin"))
+        })
+    }
+
+    const MINIMAL: &str = r#"
+scope = "demo"
+name = "node1"
+[etcd]
+endpoints = ["http://127.0.0.1:2379"]
+[api]
+listen = "127.0.0.1:8008"
+[postgresql]
+data_dir = "/var/lib/baton/node1"
+listen = "127.0.0.1:5432"
+"#;
+
+    #[test]
+    fn minimal_config_gets_documented_defaults() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.namespace, "/service");
+        assert_eq!(c.prefix(), "/service/demo/");
+        assert_eq!(c.api.connect_address, c.api.listen);
+        assert_eq!(c.postgresql.connect_address.to_string(), "127.0.0.1:5432");
+        assert_eq!(c.postgresql.os_user, "postgres");
+        assert_eq!(
+            c.postgresql.socket_dir,
+            PathBuf::from("/var/lib/baton/node1.sock")
+        );
+        assert_eq!(
+            c.postgresql.log_file,
+            PathBuf::from("/var/lib/baton/node1.log")
+        );
+        assert_eq!(c.postgresql.superuser.username, "postgres");
+        assert_eq!(c.postgresql.replication.username, "replicator");
+        assert_eq!(c.bootstrap, DynamicConfig::default());
+        assert_eq!(c.tags, Tags::default());
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let text = r#"
+scope = "demo"
+colour = "blue"
+[etcd]
+endpoints = ["127.0.0.1:2379"]
+[api]
+listen = "localhost"
+[postgresql]
+data_dir = "relative/dir"
+listen = 5432
+[postgresql.authentication.superuser]
+user = "x"
+[bootstrap.dcs]
+ttl = 3
+loop_wait = 1
+retry_timeout = 1
+"#;
+        let err = parse(text).unwrap_err();
+        let text_err = err.to_string();
+        assert!(
+            text_err.starts_with("/etc/baton/node1.toml: "),
+            "{text_err}"
+        );
+        let keys: Vec<&str> = err.problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "name",
+                "etcd.endpoints",
+                "api.listen",
+                "postgresql.data_dir",
+                "postgresql.listen",
+                "postgresql.authentication.superuser.user",
+                "bootstrap.dcs.ttl",
+                "colour",
+            ]
+        );
+    }
+
+    #[test]
+    fn syntax_error_names_the_line() {
+        let err = parse("scope = \"demo\"\nname = \n").unwrap_err();
+        assert_eq!(err.problems.len(), 1);
+        assert!(
+            err.problems[0].reason.starts_with("line 2: TOML syntax"),
+            "{:?}",
+            err.problems
+        );
+    }
+
+    #[test]
+    fn tags_parse_with_known_and_custom_fields() {
+        let text =
+            format!("{MINIMAL}\n[tags]\nnofailover = true\nfailover_priority = 2\nzone = \"a\"\n");
+        let c = parse(&text).unwrap();
+        assert!(c.tags.nofailover);
+        assert_eq!(c.tags.failover_priority, Some(2));
+        assert_eq!(c.tags.other["zone"], "a");
+    }
+
+    #[test]
+    fn example_configs_in_the_repo_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                NodeConfig::parse(&text, &path, || Ok(PathBuf::from("/usr/bin")))
+                    .unwrap_or_else(|e| panic!("{e}"));
+                seen += 1;
+            }
+        }
+        assert!(seen >= 1, "no example configs found in {}", dir.display());
+    }
+}

@@ -1,0 +1,343 @@
+//! The cluster's shared state in etcd (v3), laid out as Patroni lays it out
+//! (see PATRONI-COMPAT.md) so Patroni's tools work against a Baton cluster.
+//!
+//! Every request is bounded by `retry_timeout`: an etcd that accepts a
+//! connection and never answers must not stall the HA loop, since a stalled
+//! leader loop is exactly what the lease deadline exists to catch.
+
+use std::future::Future;
+use std::time::Duration;
+
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
+    WatchStream,
+};
+
+use baton_core::cluster::{ClusterView, FailoverKey, LeaseId, Member, StatusKey};
+use baton_core::config::DynamicConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DcsError {
+    #[error("etcd request timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("etcd: {0}")]
+    Etcd(#[from] etcd_client::Error),
+    #[error("etcd lease {0} has expired")]
+    LeaseExpired(i64),
+    #[error("malformed value in etcd key {key}: {reason}")]
+    Malformed { key: String, reason: String },
+}
+
+/// The etcd client for one cluster prefix.
+#[derive(Clone)]
+pub struct Dcs {
+    client: Client,
+    prefix: String,
+    timeout: Duration,
+}
+
+impl Dcs {
+    /// Connects lazily: an unreachable etcd shows up on the first request.
+    pub async fn connect(
+        endpoints: &[String],
+        prefix: String,
+        timeout: Duration,
+    ) -> Result<Dcs, DcsError> {
+        let opts = ConnectOptions::new()
+            .with_connect_timeout(timeout)
+            .with_timeout(timeout)
+            .with_keep_alive(Duration::from_secs(2), timeout);
+        let client = bounded(timeout, async {
+            Client::connect(endpoints, Some(opts))
+                .await
+                .map_err(DcsError::from)
+        })
+        .await?;
+        Ok(Dcs {
+            client,
+            prefix,
+            timeout,
+        })
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
+    }
+
+    fn key(&self, rel: &str) -> String {
+        format!("{}{rel}", self.prefix)
+    }
+
+    pub async fn load(&self) -> Result<ClusterView, DcsError> {
+        let mut kv = self.client.kv_client();
+        let prefix = self.prefix.clone();
+        let resp = bounded(self.timeout, async {
+            Ok(kv
+                .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
+                .await?)
+        })
+        .await?;
+        let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+        Ok(ClusterView::from_kvs(
+            &self.prefix,
+            resp.kvs()
+                .iter()
+                .map(|kv| (kv.key(), kv.value(), kv.lease(), kv.mod_revision())),
+            revision,
+        ))
+    }
+
+    pub async fn grant_lease(&self, ttl: u64) -> Result<LeaseId, DcsError> {
+        let mut c = self.client.lease_client();
+        bounded(self.timeout, async {
+            Ok(LeaseId(c.grant(ttl as i64, None).await?.id()))
+        })
+        .await
+    }
+
+    /// One keep-alive round trip. `LeaseExpired` means the lease is gone for
+    /// good and everything attached to it has vanished.
+    pub async fn keep_alive(&self, lease: LeaseId) -> Result<(), DcsError> {
+        let mut c = self.client.lease_client();
+        bounded(self.timeout, async {
+            let (mut keeper, mut stream) = c.keep_alive(lease.0).await?;
+            keeper.keep_alive().await?;
+            match stream.message().await? {
+                Some(r) if r.ttl() > 0 => Ok(()),
+                _ => Err(DcsError::LeaseExpired(lease.0)),
+            }
+        })
+        .await
+    }
+
+    pub async fn revoke(&self, lease: LeaseId) -> Result<(), DcsError> {
+        let mut c = self.client.lease_client();
+        bounded(self.timeout, async {
+            c.revoke(lease.0).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn txn(&self, txn: Txn) -> Result<bool, DcsError> {
+        let mut kv = self.client.kv_client();
+        bounded(self.timeout, async { Ok(kv.txn(txn).await?.succeeded()) }).await
+    }
+
+    async fn create_if_absent(
+        &self,
+        rel: &str,
+        value: &str,
+        lease: Option<LeaseId>,
+    ) -> Result<bool, DcsError> {
+        let key = self.key(rel);
+        let opts = lease.map(|l| PutOptions::new().with_lease(l.0));
+        self.txn(
+            Txn::new()
+                .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
+                .and_then([TxnOp::put(key.as_str(), value, opts)]),
+        )
+        .await
+    }
+
+    /// Claims the right to bootstrap the cluster (value "" until initdb is
+    /// done). The claim hangs on the claimer's lease, so a member that dies
+    /// mid-bootstrap does not block the cluster forever; `set_initialize`
+    /// makes it permanent.
+    pub async fn take_initialize(&self, lease: LeaseId) -> Result<bool, DcsError> {
+        self.create_if_absent("initialize", "", Some(lease)).await
+    }
+
+    /// Gives up a bootstrap claim that failed, so another member can try.
+    pub async fn release_initialize(&self) -> Result<bool, DcsError> {
+        let key = self.key("initialize");
+        self.txn(
+            Txn::new()
+                .when([Compare::value(key.as_str(), CompareOp::Equal, "")])
+                .and_then([TxnOp::delete(key.as_str(), None)]),
+        )
+        .await
+    }
+
+    pub async fn set_initialize(&self, system_id: &str) -> Result<bool, DcsError> {
+        let key = self.key("initialize");
+        self.txn(
+            Txn::new()
+                .when([Compare::value(key.as_str(), CompareOp::Equal, "")])
+                .and_then([TxnOp::put(key.as_str(), system_id, None)]),
+        )
+        .await
+    }
+
+    /// Safety rule 3: the leader key is taken only if nobody holds it.
+    pub async fn acquire_leader(&self, name: &str, lease: LeaseId) -> Result<bool, DcsError> {
+        self.create_if_absent("leader", name, Some(lease)).await
+    }
+
+    /// Re-attaches our own leader key to our current lease, after an agent
+    /// restart got us a new lease while the old one still holds the key.
+    pub async fn adopt_leader(&self, name: &str, lease: LeaseId) -> Result<bool, DcsError> {
+        let key = self.key("leader");
+        self.txn(
+            Txn::new()
+                .when([Compare::value(key.as_str(), CompareOp::Equal, name)])
+                .and_then([TxnOp::put(
+                    key.as_str(),
+                    name,
+                    Some(PutOptions::new().with_lease(lease.0)),
+                )]),
+        )
+        .await
+    }
+
+    /// Deletes the leader key only if it is still ours.
+    pub async fn release_leader(&self, name: &str) -> Result<bool, DcsError> {
+        let key = self.key("leader");
+        self.txn(
+            Txn::new()
+                .when([Compare::value(key.as_str(), CompareOp::Equal, name)])
+                .and_then([TxnOp::delete(key.as_str(), None)]),
+        )
+        .await
+    }
+
+    pub async fn put_member(
+        &self,
+        name: &str,
+        member: &Member,
+        lease: LeaseId,
+    ) -> Result<(), DcsError> {
+        let json = serde_json::to_string(member).expect("member serializes");
+        self.put(&format!("members/{name}"), json, Some(lease))
+            .await
+    }
+
+    pub async fn delete_member(&self, name: &str) -> Result<(), DcsError> {
+        let mut kv = self.client.kv_client();
+        let key = self.key(&format!("members/{name}"));
+        bounded(self.timeout, async {
+            kv.delete(key, None).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Writes the dynamic config only if none is stored yet.
+    pub async fn init_config(&self, config: &DynamicConfig) -> Result<bool, DcsError> {
+        let json = serde_json::to_string(config).expect("config serializes");
+        self.create_if_absent("config", &json, None).await
+    }
+
+    pub async fn put_status(&self, status: &StatusKey) -> Result<(), DcsError> {
+        let json = serde_json::to_string(status).expect("status serializes");
+        self.put("status", json, None).await
+    }
+
+    /// Switchover handover: the leader key moves from `from` to `to`, onto
+    /// `to`'s own lease, in one transaction that also clears `failover`. It
+    /// fails if `from` no longer holds the key or `to`'s member key is no
+    /// longer on that lease (the candidate died meanwhile).
+    pub async fn transfer_leader(
+        &self,
+        from: &str,
+        to: &str,
+        to_lease: LeaseId,
+    ) -> Result<bool, DcsError> {
+        let leader = self.key("leader");
+        let member = self.key(&format!("members/{to}"));
+        let failover = self.key("failover");
+        self.txn(
+            Txn::new()
+                .when([
+                    Compare::value(leader.as_str(), CompareOp::Equal, from),
+                    Compare::lease(member.as_str(), CompareOp::Equal, to_lease.0),
+                ])
+                .and_then([
+                    TxnOp::put(
+                        leader.as_str(),
+                        to,
+                        Some(PutOptions::new().with_lease(to_lease.0)),
+                    ),
+                    TxnOp::delete(failover.as_str(), None),
+                ]),
+        )
+        .await
+    }
+
+    /// Stores a switchover/failover request unless one is pending.
+    pub async fn request_failover(&self, req: &FailoverKey) -> Result<bool, DcsError> {
+        let json = serde_json::to_string(req).expect("failover serializes");
+        self.create_if_absent("failover", &json, None).await
+    }
+
+    pub async fn clear_failover(&self) -> Result<(), DcsError> {
+        let mut kv = self.client.kv_client();
+        let key = self.key("failover");
+        bounded(self.timeout, async {
+            kv.delete(key, None).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Replaces the dynamic config only if it is unchanged since `revision`
+    /// was read (0: only if absent), so two editors cannot overwrite each other.
+    pub async fn cas_config(
+        &self,
+        config: &DynamicConfig,
+        revision: i64,
+    ) -> Result<bool, DcsError> {
+        let key = self.key("config");
+        let json = serde_json::to_string(config).expect("config serializes");
+        self.txn(
+            Txn::new()
+                .when([Compare::mod_revision(
+                    key.as_str(),
+                    CompareOp::Equal,
+                    revision,
+                )])
+                .and_then([TxnOp::put(key.as_str(), json, None)]),
+        )
+        .await
+    }
+
+    pub async fn put_history(&self, history: &serde_json::Value) -> Result<(), DcsError> {
+        self.put("history", history.to_string(), None).await
+    }
+
+    async fn put(&self, rel: &str, value: String, lease: Option<LeaseId>) -> Result<(), DcsError> {
+        let mut kv = self.client.kv_client();
+        let key = self.key(rel);
+        let opts = lease.map(|l| PutOptions::new().with_lease(l.0));
+        bounded(self.timeout, async {
+            kv.put(key, value, opts).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// A watch on the whole prefix; the agent uses it to wake its loop early.
+    pub async fn watch(&self) -> Result<WatchStream, DcsError> {
+        let mut w = self.client.watch_client();
+        let prefix = self.prefix.clone();
+        bounded(self.timeout, async {
+            Ok(w.watch(prefix, Some(WatchOptions::new().with_prefix()))
+                .await?)
+        })
+        .await
+    }
+}
+
+async fn bounded<T>(
+    timeout: Duration,
+    fut: impl Future<Output = Result<T, DcsError>>,
+) -> Result<T, DcsError> {
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(DcsError::Timeout(timeout)),
+    }
+}

@@ -1,0 +1,465 @@
+//! Shared fixture for integration tests: real etcd, real `baton agent`
+//! processes and real PostgreSQL 15 on loopback ports, in a temp dir that is
+//! kept (and its path printed) when a test fails.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use baton_core::status::{ClusterState, ClusterStatus};
+use baton_local::local::{ClusterOptions, LocalCluster};
+
+/// This machine has 2 cores: one cluster at a time per test binary.
+static CLUSTER_SLOT: Mutex<()> = Mutex::new(());
+
+pub fn one_cluster_at_a_time() -> MutexGuard<'static, ()> {
+    CLUSTER_SLOT.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+pub fn baton_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_baton"))
+}
+
+/// A temp dir the postgres OS user can traverse; kept when the test panics.
+pub struct TestDir {
+    dir: Option<tempfile::TempDir>,
+    pub path: PathBuf,
+}
+
+impl TestDir {
+    pub fn new(name: &str) -> TestDir {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("baton-test-{name}-"))
+            .tempdir_in("/tmp")
+            .expect("temp dir");
+        let path = dir.path().to_path_buf();
+        baton_local::local::open_dir(&path).expect("chmod temp dir");
+        TestDir {
+            dir: Some(dir),
+            path,
+        }
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            if let Some(d) = self.dir.take() {
+                let p = d.keep();
+                eprintln!("test failed: its files are kept in {}", p.display());
+            }
+        }
+    }
+}
+
+/// A local cluster plus its directory; dropping it stops every process it started.
+pub struct TestCluster {
+    pub c: LocalCluster,
+    pub dir: TestDir,
+    _slot: MutexGuard<'static, ()>,
+}
+
+impl TestCluster {
+    pub fn new(name: &str, opts: ClusterOptions) -> TestCluster {
+        let slot = one_cluster_at_a_time();
+        let dir = TestDir::new(name);
+        let c =
+            LocalCluster::create(&dir.path, &baton_bin(), &opts).expect("creating local cluster");
+        TestCluster {
+            c,
+            dir,
+            _slot: slot,
+        }
+    }
+
+    pub fn started(name: &str, opts: ClusterOptions) -> TestCluster {
+        let mut t = Self::new(name, opts);
+        t.c.start_all().expect("starting agents");
+        t
+    }
+
+    /// Waits until `baton list` would show the given state, with every node
+    /// listed as a member.
+    pub async fn wait_state(&self, want: ClusterState, limit: Duration) -> ClusterStatus {
+        let n = self.c.nodes.len();
+        wait_for(&format!("cluster state {want:?}"), limit, || async {
+            let s = self.c.status().await.map_err(|e| format!("{e:#}"))?;
+            if s.state == want && (want != ClusterState::Normal || s.members.len() == n) {
+                Ok(s)
+            } else {
+                Err(format!("{:?}: {:?}\n{}", s.state, s.problems, s.render()))
+            }
+        })
+        .await
+    }
+
+    pub fn agent_log(&self, i: usize) -> String {
+        std::fs::read_to_string(&self.c.nodes[i].log_path).unwrap_or_default()
+    }
+
+    pub async fn leader_index(&self) -> Option<usize> {
+        let v = self.c.view().await.ok()?;
+        let l = v.leader_name()?.to_string();
+        self.c.nodes.iter().position(|n| n.name == l)
+    }
+
+    pub async fn sql(&self, i: usize, query: &str) -> Result<Vec<tokio_postgres::Row>, String> {
+        sql_port(self.c.nodes[i].pg_port, query).await
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for (i, n) in self.c.nodes.iter().enumerate() {
+                let log = self.agent_log(i);
+                let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                eprintln!("--- last lines of {} agent log ---", n.name);
+                for l in tail.into_iter().rev() {
+                    eprintln!("{l}");
+                }
+            }
+        }
+        self.c.shutdown();
+    }
+}
+
+pub async fn sql_port(port: u16, query: &str) -> Result<Vec<tokio_postgres::Row>, String> {
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host("127.0.0.1")
+        .port(port)
+        .user("postgres")
+        .dbname("postgres")
+        .connect_timeout(Duration::from_secs(2));
+    let (client, conn) =
+        tokio::time::timeout(Duration::from_secs(3), cfg.connect(tokio_postgres::NoTls))
+            .await
+            .map_err(|_| "connect timed out".to_string())?
+            .map_err(|e| pg_error(&e))?;
+    tokio::spawn(conn);
+    tokio::time::timeout(Duration::from_secs(5), client.query(query, &[]))
+        .await
+        .map_err(|_| "query timed out".to_string())?
+        .map_err(|e| pg_error(&e))
+}
+
+/// Polls `f` until it returns Ok, at most `limit`; panics with the last error.
+pub async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let start = Instant::now();
+    let mut last;
+    loop {
+        match f().await {
+            Ok(v) => return v,
+            Err(e) => last = e,
+        }
+        if start.elapsed() > limit {
+            panic!("no {what} after {limit:?}; last: {last}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// HTTP status of `method url`.
+pub async fn http_status(method: reqwest::Method, url: &str) -> Result<u16, String> {
+    let client =
+        baton::tls::http_client(Duration::from_secs(3), None).map_err(|e| e.to_string())?;
+    let r = client
+        .request(method, url)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(r.status().as_u16())
+}
+
+pub async fn http_json(url: &str) -> Result<serde_json::Value, String> {
+    let client =
+        baton::tls::http_client(Duration::from_secs(3), None).map_err(|e| e.to_string())?;
+    let r = client.get(url).send().await.map_err(|e| e.to_string())?;
+    r.json().await.map_err(|e| e.to_string())
+}
+
+pub fn run_baton(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(baton_bin())
+        .args(args)
+        .output()
+        .expect("running baton")
+}
+
+pub fn path_str(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+pub fn pg_error(e: &tokio_postgres::Error) -> String {
+    baton::pg::describe(e)
+}
+
+/// A TCP relay in front of etcd for one agent: `cut()` drops every
+/// connection and refuses new ones, so that agent loses etcd while the
+/// others (and postgres replication) carry on.
+pub struct Relay {
+    pub endpoint: String,
+    cut: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    pub async fn start(target_port: u16) -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let cut = tokio_util::sync::CancellationToken::new();
+        let token = cut.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let (mut inbound, _) = tokio::select! {
+                    _ = token.cancelled() => return,
+                    r = listener.accept() => match r { Ok(c) => c, Err(_) => continue },
+                };
+                let token = token.clone();
+                tokio::spawn(async move {
+                    let Ok(mut out) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", target_port)).await
+                    else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = token.cancelled() => {}
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut out) => {}
+                    }
+                });
+            }
+        });
+        Relay {
+            endpoint,
+            cut,
+            task,
+        }
+    }
+
+    /// Drops all relayed connections and stops listening (new connects are refused).
+    pub fn cut(&self) {
+        self.cut.cancel();
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.cut.cancel();
+        self.task.abort();
+    }
+}
+
+/// Reason of a member's last decision, from its member key.
+pub async fn reasons(t: &TestCluster) -> std::collections::BTreeMap<String, String> {
+    t.c.view()
+        .await
+        .map(|v| {
+            v.members
+                .into_iter()
+                .map(|(n, m)| (n, m.baton_reason.unwrap_or_default()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+impl TestCluster {
+    /// Starts node1 first so it bootstraps and leads, then the others, each
+    /// with its extra TOML from `per_node`; returns once the cluster is Normal.
+    pub async fn led_by_node1(
+        name: &str,
+        opts: ClusterOptions,
+        per_node: &[(usize, &str)],
+    ) -> TestCluster {
+        let mut t = TestCluster::new(name, opts);
+        for (i, toml) in per_node {
+            t.c.append_config(*i, toml).unwrap();
+        }
+        t.c.start_agent(0).unwrap();
+        wait_for("node1 leading", Duration::from_secs(60), || async {
+            let s = t.c.status().await.map_err(|e| format!("{e:#}"))?;
+            if s.leader.as_deref() == Some("node1")
+                && s.members.iter().any(|m| m.state == "running")
+            {
+                Ok(())
+            } else {
+                Err(s.render())
+            }
+        })
+        .await;
+        for i in 1..t.c.nodes.len() {
+            t.c.start_agent(i).unwrap();
+        }
+        t.wait_state(ClusterState::Normal, Duration::from_secs(90))
+            .await;
+        t
+    }
+}
+
+/// Kills a node the hard way: agent and postgres, SIGKILL, together.
+pub fn kill_node(t: &mut TestCluster, i: usize) {
+    t.c.kill_agent(i);
+    t.c.kill_postgres(i);
+}
+
+pub async fn wait_new_leader(t: &TestCluster, not: &str, limit: Duration) -> String {
+    wait_for("a new leader running as primary", limit, || async {
+        let v = t.c.view().await.map_err(|e| format!("{e:#}"))?;
+        match v.leader_member() {
+            Some(m)
+                if v.leader_name() != Some(not) && m.role == "primary" && m.state == "running" =>
+            {
+                Ok(v.leader_name().unwrap().to_string())
+            }
+            _ => Err(format!(
+                "leader {:?}; reasons {:?}",
+                v.leader_name(),
+                reasons(t).await
+            )),
+        }
+    })
+    .await
+}
+
+/// Waits until `node` streams from the leader on the leader's timeline.
+pub async fn wait_streaming_on_leader_timeline(
+    t: &TestCluster,
+    node: &str,
+    limit: Duration,
+) -> u32 {
+    wait_for(
+        &format!("{node} streaming on the leader's timeline"),
+        limit,
+        || async {
+            let v = t.c.view().await.map_err(|e| format!("{e:#}"))?;
+            let leader_tl = v.leader_member().and_then(|m| m.timeline);
+            match v.members.get(node) {
+                Some(m)
+                    if m.replication_state.as_deref() == Some("streaming")
+                        && m.timeline.is_some()
+                        && m.timeline == leader_tl =>
+                {
+                    Ok(m.timeline.unwrap())
+                }
+                other => Err(format!("{other:?}; leader tl {leader_tl:?}")),
+            }
+        },
+    )
+    .await
+}
+
+pub async fn http_text(url: &str) -> String {
+    baton::tls::http_client(Duration::from_secs(5), None)
+        .unwrap()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// A gauge from a member's `/metrics`.
+pub async fn metric(t: &TestCluster, i: usize, name: &str) -> f64 {
+    let text = http_text(&t.c.nodes[i].api_url("/metrics")).await;
+    text.lines()
+        .find(|l| l.starts_with(&format!("{name}{{")))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in metrics"))
+}
+
+/// Makes member `i` lag: freezes its WAL receiver (SIGSTOP; resume it with
+/// SIGCONT on the returned PID), runs `sql` on the leader (member 0), and
+/// waits until the leader's published position is more than `bytes` ahead
+/// of member `i`'s.
+pub async fn make_lag(t: &TestCluster, i: usize, sql: &str, bytes: u64) -> nix::unistd::Pid {
+    let rows = t
+        .sql(i, "SELECT pid FROM pg_stat_wal_receiver")
+        .await
+        .unwrap();
+    let receiver = nix::unistd::Pid::from_raw(rows[0].get::<_, i32>(0));
+    nix::sys::signal::kill(receiver, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    t.sql(0, sql).await.unwrap();
+    let name = t.c.nodes[i].name.clone();
+    wait_for(
+        &format!("{name} lagging over {bytes} bytes"),
+        Duration::from_secs(15),
+        || async {
+            let v = t.c.view().await.map_err(|e| format!("{e:#}"))?;
+            let optime = v.status.as_ref().and_then(|s| s.optime).unwrap_or(0);
+            let pos = v
+                .members
+                .get(&name)
+                .and_then(|m| m.xlog_location)
+                .unwrap_or(0);
+            if optime > pos + bytes {
+                Ok(())
+            } else {
+                Err(format!("leader at {optime}, {name} at {pos}"))
+            }
+        },
+    )
+    .await;
+    receiver
+}
+
+/// The benchmark workload against the whole cluster (multi-host,
+/// read-write), started once `min_rows` writes are in.
+pub struct Writer {
+    pub cfg: tokio_postgres::Config,
+    pub table: String,
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<baton_local::workload::WriteLog>,
+}
+
+impl Writer {
+    pub async fn start(t: &TestCluster, table: &str, min_rows: usize) -> Writer {
+        let cfg = baton_local::workload::read_write_config(&t.c.pg_hosts(), "postgres");
+        baton_local::workload::create_table(&cfg, table)
+            .await
+            .unwrap();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn(baton_local::workload::run_writes(
+            cfg.clone(),
+            table.to_string(),
+            Duration::from_millis(10),
+            stop.clone(),
+        ));
+        wait_for("writes flowing", Duration::from_secs(10), || async {
+            let n = baton_local::workload::present_ids(&cfg, table).await?.len();
+            if n >= min_rows {
+                Ok(())
+            } else {
+                Err(format!("{n} rows"))
+            }
+        })
+        .await;
+        Writer {
+            cfg,
+            table: table.to_string(),
+            stop,
+            task,
+        }
+    }
+
+    /// Stops writing; returns the log and the ids now in the table.
+    pub async fn finish(
+        self,
+    ) -> (
+        baton_local::workload::WriteLog,
+        std::collections::HashSet<i64>,
+    ) {
+        self.stop.cancel();
+        let log = self.task.await.unwrap();
+        let present = baton_local::workload::present_ids(&self.cfg, &self.table)
+            .await
+            .unwrap();
+        (log, present)
+    }
+}

@@ -1,0 +1,677 @@
+//! Issue 3 acceptance: automatic failover, fencing, crash restart, rejoin
+//! with pg_rewind and the rebuild fallback, on real 3-node clusters.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use baton_core::status::ClusterState;
+use baton_local::local::ClusterOptions;
+use baton_local::workload;
+use common::*;
+use nix::sys::signal::{kill, Signal};
+use tokio_util::sync::CancellationToken;
+
+fn moved_aside_dirs(t: &TestCluster, i: usize) -> Vec<String> {
+    let data = &t.c.nodes[i].data_dir;
+    let prefix = format!("{}.baton-old-", data.file_name().unwrap().to_string_lossy());
+    std::fs::read_dir(data.parent().unwrap())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&prefix))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_killed_standby_promotes_and_old_leader_rejoins_by_rewind() {
+    let mut t = TestCluster::led_by_node1("failover", ClusterOptions::default(), &[]).await;
+    let writer = Writer::start(&t, "w", 20).await;
+    let cfg = writer.cfg.clone();
+
+    let killed_at = Instant::now();
+    kill_node(&mut t, 0);
+    let new_leader = wait_new_leader(&t, "node1", Duration::from_secs(30)).await;
+    let other = if new_leader == "node2" {
+        "node3"
+    } else {
+        "node2"
+    };
+    wait_streaming_on_leader_timeline(&t, other, Duration::from_secs(30)).await;
+
+    // Writes through the multi-host DSN succeed again.
+    let acked_before = wait_for(
+        "writes acknowledged after the failover",
+        Duration::from_secs(20),
+        || async {
+            let w = workload::present_ids(&cfg, "w").await?;
+            if w.len() > 20 {
+                Ok(w.len())
+            } else {
+                Err(format!("{} rows", w.len()))
+            }
+        },
+    )
+    .await;
+    let (log, _) = writer.finish().await;
+    assert!(
+        log.acked.iter().any(|(_, at)| *at > killed_at),
+        "no write acknowledged after the kill"
+    );
+    assert!(acked_before > 0);
+
+    // The history records the switch.
+    let v = t.c.view().await.unwrap();
+    let history = baton_core::ha::history_points(&v);
+    assert_eq!(history.len(), 1, "{:?}", v.history);
+    assert_eq!(history[0].0, 1);
+
+    // The old leader, restarted, rejoins by pg_rewind (not a rebuild) and
+    // streams on the new timeline.
+    t.c.start_agent(0).unwrap();
+    let tl = wait_streaming_on_leader_timeline(&t, "node1", Duration::from_secs(60)).await;
+    assert_eq!(tl, 2);
+    assert!(
+        moved_aside_dirs(&t, 0).is_empty(),
+        "node1 was rebuilt, not rewound"
+    );
+    t.wait_state(ClusterState::Normal, Duration::from_secs(30))
+        .await;
+    let rows = t.sql(0, "SELECT count(*) FROM w").await.unwrap();
+    assert!(rows[0].get::<_, i64>(0) > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standby_with_more_wal_wins() {
+    let mut t = TestCluster::led_by_node1("morewal", ClusterOptions::default(), &[]).await;
+    // node3 stops receiving WAL while node2 gets more.
+    let receiver = make_lag(
+        &t,
+        2,
+        "CREATE TABLE more AS SELECT generate_series(1, 1000) AS x",
+        0,
+    )
+    .await;
+    wait_for("node2 ahead of node3", Duration::from_secs(15), || async {
+        let v = t.c.view().await.map_err(|e| format!("{e:#}"))?;
+        let pos = |n: &str| v.members.get(n).and_then(|m| m.xlog_location).unwrap_or(0);
+        if pos("node2") > pos("node3") {
+            Ok(())
+        } else {
+            Err(format!("{} vs {}", pos("node2"), pos("node3")))
+        }
+    })
+    .await;
+    kill_node(&mut t, 0);
+    let leader = wait_new_leader(&t, "node1", Duration::from_secs(30)).await;
+    kill(receiver, Signal::SIGCONT).ok();
+    assert_eq!(leader, "node2", "the standby with less WAL won");
+    wait_streaming_on_leader_timeline(&t, "node3", Duration::from_secs(60)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nofailover_and_lag_limit_keep_everyone_out() {
+    let opts = ClusterOptions {
+        extra_toml: "maximum_lag_on_failover = 10000\n".into(),
+        ..ClusterOptions::default()
+    };
+    let mut t =
+        TestCluster::led_by_node1("noeligible", opts, &[(1, "[tags]\nnofailover = true\n")]).await;
+    let receiver = make_lag(
+        &t,
+        2,
+        "CREATE TABLE big AS SELECT generate_series(1, 20000) AS x",
+        10000,
+    )
+    .await;
+    kill_node(&mut t, 0);
+    let r = wait_for(
+        "both standbys explaining why they stay out",
+        Duration::from_secs(30),
+        || async {
+            let r = reasons(&t).await;
+            let n2 = r.get("node2").cloned().unwrap_or_default();
+            let n3 = r.get("node3").cloned().unwrap_or_default();
+            if n2.contains("tagged nofailover") && n3.contains("maximum_lag_on_failover") {
+                Ok(r)
+            } else {
+                Err(format!("{r:?}"))
+            }
+        },
+    )
+    .await;
+    // Several ticks later still nobody has promoted.
+    let start = Instant::now();
+    wait_for(
+        "three more ticks with no leader",
+        Duration::from_secs(20),
+        || async {
+            let v = t.c.view().await.map_err(|e| format!("{e:#}"))?;
+            assert!(
+                v.leader.is_none(),
+                "someone took the key: {:?} ({r:?})",
+                v.leader
+            );
+            assert!(
+                !v.members.values().any(|m| m.role == "primary"),
+                "{:?}",
+                v.members
+            );
+            if start.elapsed() > Duration::from_secs(3) {
+                Ok(())
+            } else {
+                Err("waiting".into())
+            }
+        },
+    )
+    .await;
+    let s = t.c.status().await.unwrap();
+    assert_eq!(s.state, ClusterState::Unavailable);
+    kill(receiver, Signal::SIGCONT).ok();
+
+    // The operator accepts the lag: manual failover to node3.
+    let ep = t.c.etcd.endpoint.clone();
+    let out = run_baton(&[
+        "failover",
+        "--etcd",
+        &ep,
+        "--scope",
+        "demo",
+        "--candidate",
+        "node3",
+        "--force",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Successfully failed over to node3"));
+    wait_streaming_on_leader_timeline(&t, "node2", Duration::from_secs(30)).await;
+    assert!(
+        t.c.view().await.unwrap().failover.is_none(),
+        "failover request left behind"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_cut_off_from_etcd_stops_writes_before_anyone_promotes() {
+    let mut t = TestCluster::new("fence", ClusterOptions::default());
+    let etcd_port = t.c.etcd.port();
+    let mut relays = vec![];
+    for i in 0..3 {
+        let r = Relay::start(etcd_port).await;
+        t.c.set_etcd_endpoint(i, &r.endpoint).unwrap();
+        relays.push(r);
+    }
+    t.c.start_agent(0).unwrap();
+    wait_for("node1 leading", Duration::from_secs(60), || async {
+        let s = t.c.status().await.map_err(|e| format!("{e:#}"))?;
+        if s.leader.as_deref() == Some("node1") {
+            Ok(())
+        } else {
+            Err(s.render())
+        }
+    })
+    .await;
+    t.c.start_agent(1).unwrap();
+    t.c.start_agent(2).unwrap();
+    t.wait_state(ClusterState::Normal, Duration::from_secs(90))
+        .await;
+    workload::create_table(
+        &workload::read_write_config(&t.c.pg_hosts(), "postgres"),
+        "f",
+    )
+    .await
+    .unwrap();
+
+    // One writer per member, straight at it: who accepts writes, and when.
+    let stop = CancellationToken::new();
+    let writers: Vec<_> =
+        t.c.pg_hosts()
+            .into_iter()
+            .map(|h| {
+                let mut cfg = workload::read_write_config(&[h], "postgres");
+                cfg.target_session_attrs(tokio_postgres::config::TargetSessionAttrs::Any);
+                tokio::spawn(workload::run_writes(
+                    cfg,
+                    "f".into(),
+                    Duration::from_millis(20),
+                    stop.clone(),
+                ))
+            })
+            .collect();
+    wait_for("writes on node1", Duration::from_secs(10), || async {
+        let n = t.sql(0, "SELECT count(*) FROM f").await?[0].get::<_, i64>(0);
+        if n > 10 {
+            Ok(())
+        } else {
+            Err(format!("{n}"))
+        }
+    })
+    .await;
+
+    relays[0].cut();
+    let new_leader = wait_new_leader(&t, "node1", Duration::from_secs(30)).await;
+    let other = if new_leader == "node2" {
+        "node3"
+    } else {
+        "node2"
+    };
+    wait_streaming_on_leader_timeline(&t, other, Duration::from_secs(30)).await;
+    let new_idx: usize = new_leader
+        .trim_start_matches("node")
+        .parse::<usize>()
+        .unwrap()
+        - 1;
+    wait_for(
+        "writes on the new leader",
+        Duration::from_secs(10),
+        || async {
+            let n = t.sql(new_idx, "SELECT count(*) FROM f").await?[0].get::<_, i64>(0);
+            if n > 0 {
+                Ok(())
+            } else {
+                Err("none yet".into())
+            }
+        },
+    )
+    .await;
+    stop.cancel();
+    let logs: Vec<workload::WriteLog> = futures_all(writers).await;
+    let old_last = logs[0]
+        .acked
+        .last()
+        .map(|(_, at)| *at)
+        .expect("node1 accepted writes");
+    let new_first = logs[new_idx]
+        .acked
+        .first()
+        .map(|(_, at)| *at)
+        .expect("new leader accepted writes");
+    assert!(
+        old_last < new_first,
+        "two writable members: node1 acknowledged a write {:?} after {new_leader} started accepting",
+        old_last - new_first
+    );
+    // The fenced node reports why it stopped, and its postgres is down.
+    assert!(
+        t.c.nodes[0].postmaster_pid().is_none(),
+        "fenced leader still runs postgres"
+    );
+    let j = http_json(&t.c.nodes[0].api_url("/patroni")).await.unwrap();
+    assert!(
+        j["baton"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("etcd unreachable"),
+        "{j}"
+    );
+}
+
+async fn futures_all<T>(handles: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
+    let mut out = vec![];
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_to_leader_hands_over_without_waiting_for_the_lease() {
+    let mut t = TestCluster::led_by_node1("sigterm", ClusterOptions::default(), &[]).await;
+    t.c.stop_agent(0, Duration::from_secs(30)).unwrap();
+    // The agent stopped postgres and deleted its leader key before exiting.
+    assert!(t.c.nodes[0].postmaster_pid().is_none());
+    let v = t.c.view().await.unwrap();
+    assert_ne!(v.leader_name(), Some("node1"), "leader key left behind");
+    wait_new_leader(&t, "node1", Duration::from_secs(15)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_postgres_crash_is_restarted_in_place() {
+    let t = TestCluster::led_by_node1("pgcrash", ClusterOptions::default(), &[]).await;
+    let old = t.c.kill_postgres(0).unwrap();
+    wait_for(
+        "node1 postgres restarted",
+        Duration::from_secs(30),
+        || async {
+            match t.c.nodes[0].postmaster_pid() {
+                Some(p) if p != old => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    let s = t
+        .wait_state(ClusterState::Normal, Duration::from_secs(30))
+        .await;
+    assert_eq!(
+        s.leader.as_deref(),
+        Some("node1"),
+        "failed over instead of restarting in place"
+    );
+    assert!(
+        s.members.iter().all(|m| m.timeline == Some(1)),
+        "{}",
+        s.render()
+    );
+    assert!(t.c.view().await.unwrap().history.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rewind_impossible_rebuilds_with_old_data_moved_aside() {
+    let mut t = TestCluster::led_by_node1("rebuild", ClusterOptions::default(), &[]).await;
+    t.sql(0, "CREATE TABLE r AS SELECT generate_series(1, 1000) AS x")
+        .await
+        .unwrap();
+    kill_node(&mut t, 0);
+    wait_new_leader(&t, "node1", Duration::from_secs(30)).await;
+    // Remove node1's WAL: pg_rewind (and its crash recovery) cannot work.
+    let wal = t.c.nodes[0].data_dir.join("pg_wal");
+    let mut removed = 0;
+    for e in std::fs::read_dir(&wal).unwrap().flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if n.len() == 24 && n.chars().all(|c| c.is_ascii_hexdigit()) {
+            std::fs::remove_file(e.path()).unwrap();
+            removed += 1;
+        }
+    }
+    assert!(removed > 0);
+    t.c.start_agent(0).unwrap();
+    wait_streaming_on_leader_timeline(&t, "node1", Duration::from_secs(90)).await;
+    let aside = moved_aside_dirs(&t, 0);
+    assert_eq!(aside.len(), 1, "old data not moved aside: {aside:?}");
+    let kept = t.c.nodes[0].data_dir.parent().unwrap().join(&aside[0]);
+    assert!(
+        kept.join("PG_VERSION").exists(),
+        "moved-aside data dir is not intact"
+    );
+    let rows = t.sql(0, "SELECT count(*) FROM r").await.unwrap();
+    assert_eq!(rows[0].get::<_, i64>(0), 1000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reinit_rebuilds_a_replica_and_control_needs_auth() {
+    let auth = "[api.authentication]\nusername = \"admin\"\npassword = \"s3cret\"\n";
+    let opts = ClusterOptions {
+        extra_toml: auth.into(),
+        ..ClusterOptions::default()
+    };
+    let t = TestCluster::led_by_node1("reinit", opts, &[]).await;
+    let client = baton::tls::http_client(Duration::from_secs(10), None).unwrap();
+    let url = |i: usize| t.c.nodes[i].api_url("/reinitialize");
+
+    let r = client.post(url(1)).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let r = client
+        .post(url(1))
+        .basic_auth("admin", Some("wrong"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let r = client
+        .post(url(1))
+        .basic_auth("admin", Some("s3cret"))
+        .body("{force: yes")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("malformed JSON"),
+        "{body}"
+    );
+    let r = client
+        .post(url(0))
+        .basic_auth("admin", Some("s3cret"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status().as_u16(),
+        503,
+        "the leader must refuse to reinitialize"
+    );
+
+    let ep = t.c.etcd.endpoint.clone();
+    let out = run_baton(&[
+        "reinit",
+        "--etcd",
+        &ep,
+        "--scope",
+        "demo",
+        "--username",
+        "admin",
+        "--password",
+        "s3cret",
+        "node2",
+        "--force",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for(
+        "node2 moved aside and rebuilt",
+        Duration::from_secs(60),
+        || async {
+            if moved_aside_dirs(&t, 1).len() == 1 {
+                Ok(())
+            } else {
+                Err("not yet".into())
+            }
+        },
+    )
+    .await;
+    wait_streaming_on_leader_timeline(&t, "node2", Duration::from_secs(60)).await;
+    t.wait_state(ClusterState::Normal, Duration::from_secs(30))
+        .await;
+
+    let out = run_baton(&["history", "--etcd", &ep, "--scope", "demo"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with(" TL"));
+}
+
+/// A CA and a server certificate for 127.0.0.1, made with the openssl CLI.
+fn make_certs(dir: &std::path::Path) -> (String, String, String) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=baton test CA",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    let p = |f: &str| dir.join(f).display().to_string();
+    (p("ca.pem"), p("server.pem"), p("server.key"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_api_over_tls_for_clients_elections_and_control() {
+    let certs = TestDir::new("certs");
+    let (ca, cert, key) = make_certs(&certs.path);
+    let opts = ClusterOptions {
+        api_toml: format!("certfile = \"{cert}\"\nkeyfile = \"{key}\"\ncafile = \"{ca}\"\n"),
+        ..ClusterOptions::default()
+    };
+    let mut t = TestCluster::led_by_node1("tls", opts, &[]).await;
+    let url = t.c.nodes[0]
+        .api_url("/primary")
+        .replace("http://", "https://");
+    let client =
+        baton::tls::http_client(Duration::from_secs(5), Some(std::path::Path::new(&ca))).unwrap();
+    assert_eq!(
+        client.get(&url).send().await.unwrap().status().as_u16(),
+        200
+    );
+    // Without the CA the certificate is not trusted; plain HTTP gets no answer.
+    let untrusting = baton::tls::http_client(Duration::from_secs(5), None).unwrap();
+    assert!(untrusting.get(&url).send().await.is_err());
+    assert!(
+        http_status(reqwest::Method::GET, &t.c.nodes[0].api_url("/primary"))
+            .await
+            .is_err()
+    );
+    assert!(t.c.view().await.unwrap().members["node2"]
+        .api_url
+        .starts_with("https://"));
+
+    // Control over HTTPS.
+    let ep = t.c.etcd.endpoint.clone();
+    let out = run_baton(&[
+        "switchover",
+        "--etcd",
+        &ep,
+        "--scope",
+        "demo",
+        "--cafile",
+        &ca,
+        "--candidate",
+        "node2",
+        "--force",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // An election asks the peers over HTTPS too.
+    wait_streaming_on_leader_timeline(&t, "node1", Duration::from_secs(30)).await;
+    kill_node(&mut t, 1);
+    wait_new_leader(&t, "node2", Duration::from_secs(30)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slot_of_a_member_gone_past_member_slots_ttl_is_dropped() {
+    let opts = ClusterOptions {
+        extra_toml: "member_slots_ttl = 3\n".into(),
+        ..ClusterOptions::default()
+    };
+    let mut t = TestCluster::led_by_node1("slots", opts, &[]).await;
+    // An operator's own slot is never Baton's to drop.
+    t.sql(
+        0,
+        "SELECT pg_create_physical_replication_slot('backup_tool')",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        leader_slots(&t).await.unwrap(),
+        ["backup_tool", "node2", "node3"]
+    );
+
+    t.c.stop_agent(2, Duration::from_secs(30)).unwrap();
+    let s = t
+        .wait_state(ClusterState::Degraded, Duration::from_secs(10))
+        .await;
+    assert!(
+        s.problems
+            .iter()
+            .any(|p| p.contains("slot node3 is missing")),
+        "{:?}",
+        s.problems
+    );
+    wait_for("node3's slot dropped", Duration::from_secs(30), || async {
+        let s = leader_slots(&t).await?;
+        if s == ["backup_tool", "node2"] {
+            Ok(())
+        } else {
+            Err(format!("{s:?}"))
+        }
+    })
+    .await;
+    // Once the leader has published that it no longer keeps the slot, the
+    // two remaining members are the whole cluster again.
+    wait_for(
+        "Normal with two members",
+        Duration::from_secs(10),
+        || async {
+            let s = t.c.status().await.map_err(|e| format!("{e:#}"))?;
+            if s.state == ClusterState::Normal && s.members.len() == 2 {
+                Ok(())
+            } else {
+                Err(format!("{:?} {:?}", s.state, s.problems))
+            }
+        },
+    )
+    .await;
+
+    // node3 comes back: its slot is created again and it streams.
+    t.c.start_agent(2).unwrap();
+    t.wait_state(ClusterState::Normal, Duration::from_secs(60))
+        .await;
+    assert_eq!(
+        leader_slots(&t).await.unwrap(),
+        ["backup_tool", "node2", "node3"]
+    );
+}
+
+async fn leader_slots(t: &TestCluster) -> Result<Vec<String>, String> {
+    let rows = t
+        .sql(
+            0,
+            "SELECT slot_name::text FROM pg_replication_slots ORDER BY 1",
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
