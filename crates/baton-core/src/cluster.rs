@@ -39,6 +39,9 @@ pub struct Member {
     /// Baton: the one-line reason of this member's last HA decision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub baton_reason: Option<String>,
+    /// Baton: the stable code of that reason (`Reason::code()`), for tools.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baton_reason_code: Option<String>,
     #[serde(flatten)]
     pub other: serde_json::Map<String, serde_json::Value>,
 }

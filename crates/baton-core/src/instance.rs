@@ -4,6 +4,8 @@
 //! them from disk and from postgres lives in the binary crate.
 
 use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
 
 use crate::lsn::Lsn;
 
@@ -26,7 +28,71 @@ pub enum DataDir {
         checkpoint: Option<Lsn>,
     },
     /// Something the agent must not touch, and why.
-    Unusable(String),
+    Unusable(Unusable),
+}
+
+/// Why a data directory is left alone: each leaves the member in `need
+/// repair` until an operator acts, and nothing is deleted or overwritten.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unusable {
+    Unreadable {
+        path: PathBuf,
+        error: String,
+    },
+    NotADirectory(PathBuf),
+    /// Owned by another OS user than `postgresql.os_user`.
+    WrongOwner {
+        path: PathBuf,
+        owner_uid: u32,
+        user: String,
+        uid: u32,
+    },
+    /// Not empty, and not a PostgreSQL data directory.
+    NotPostgres(PathBuf),
+    NoSystemIdentifier,
+    Controldata(String),
+}
+
+impl Unusable {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Unusable::Unreadable { .. } => "data_dir_unreadable",
+            Unusable::NotADirectory(_) => "data_dir_not_a_directory",
+            Unusable::WrongOwner { .. } => "data_dir_wrong_owner",
+            Unusable::NotPostgres(_) => "data_dir_not_postgres",
+            Unusable::NoSystemIdentifier => "data_dir_no_system_identifier",
+            Unusable::Controldata(_) => "pg_controldata_failed",
+        }
+    }
+}
+
+impl fmt::Display for Unusable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Unusable::Unreadable { path, error } => {
+                write!(f, "cannot read {}: {error}", path.display())
+            }
+            Unusable::NotADirectory(p) => write!(f, "{} is not a directory", p.display()),
+            Unusable::WrongOwner {
+                path,
+                owner_uid,
+                user,
+                uid,
+            } => write!(
+                f,
+                "{} is owned by uid {owner_uid}, not by {user} (uid {uid}); refusing to touch it",
+                path.display()
+            ),
+            Unusable::NotPostgres(p) => write!(
+                f,
+                "{} is not empty and is not a PostgreSQL data directory (no PG_VERSION or \
+                 global/pg_control); refusing to touch it",
+                p.display()
+            ),
+            Unusable::NoSystemIdentifier => write!(f, "pg_controldata shows no system identifier"),
+            Unusable::Controldata(e) => write!(f, "pg_controldata: {e}"),
+        }
+    }
 }
 
 /// The running instance, as one query showed it.

@@ -49,6 +49,8 @@ pub struct MemberRow {
     pub api_url: String,
     pub tags: Tags,
     pub reason: Option<String>,
+    /// The stable code of `reason` (`Reason::code()`).
+    pub reason_code: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -133,6 +135,7 @@ impl ClusterStatus {
                 api_url: m.api_url.clone(),
                 tags: m.tags.clone(),
                 reason: m.baton_reason.clone(),
+                reason_code: m.baton_reason_code.clone(),
             });
         }
 

@@ -24,7 +24,9 @@ use baton_core::instance::{slot_name, DataDir};
 use crate::config::NodeConfig;
 use crate::dcs::{Dcs, DcsError};
 use crate::pg::{self, Instance, RunAs, StopMode};
-use baton_core::ha::{decide, Action, Decision, JobKind, JobStatus, Observation, Peer, PgStatus};
+use baton_core::ha::{
+    decide, Action, Decision, JobKind, JobStatus, Observation, Peer, PgStatus, Reason,
+};
 
 /// What the last tick saw and decided; read by the REST API.
 #[derive(Debug, Clone)]
@@ -36,6 +38,8 @@ pub struct Snapshot {
     pub cluster: Option<ClusterView>,
     pub config: DynamicConfig,
     pub reason: String,
+    /// `Reason::code()` of the last decision.
+    pub reason_code: &'static str,
     pub last_tick: Option<Instant>,
     pub last_dcs_ok: Option<std::time::SystemTime>,
     /// Holds the leader key on its current lease.
@@ -147,6 +151,7 @@ impl Agent {
                 cluster: None,
                 config: config.clone(),
                 reason: "starting up".into(),
+                reason_code: "starting_up",
                 last_tick: None,
                 last_dcs_ok: None,
                 is_leader: false,
@@ -328,14 +333,21 @@ impl Agent {
         let d = decide(&obs);
         let reason = d.reason.to_string();
         if reason != self.last_reason {
-            tracing::info!(actions = ?d.actions, "{reason}");
+            tracing::info!(code = d.reason.code(), actions = ?d.actions, "{reason}");
             self.last_reason = reason.clone();
         }
         self.act(&d, &obs).await;
 
         let pending_job = self.job.as_ref().map(|j| j.kind);
         let needs_repair = d.reason.needs_repair();
-        let member = self.member_json(&pg, &data_dir, pending_job, needs_repair, &cluster, &reason);
+        let member = self.member_json(
+            &pg,
+            &data_dir,
+            pending_job,
+            needs_repair,
+            &cluster,
+            &d.reason,
+        );
         if let (Some(lease), Some(_)) = (self.lease, &cluster) {
             if let Err(e) = self.dcs.put_member(&self.cfg.name, &member, lease).await {
                 tracing::warn!("publishing member key failed: {e}");
@@ -359,6 +371,7 @@ impl Agent {
         s.cluster = cluster;
         s.config = self.config.clone();
         s.reason = reason;
+        s.reason_code = d.reason.code();
         s.last_tick = Some(Instant::now());
         s.is_leader = is_leader;
         s.system_id = system_id;
@@ -943,7 +956,7 @@ impl Agent {
         job: Option<JobKind>,
         needs_repair: bool,
         cluster: &Option<ClusterView>,
-        reason: &str,
+        reason: &Reason,
     ) -> Member {
         let pgc = &self.cfg.postgresql;
         let i_lead = cluster
@@ -960,6 +973,7 @@ impl Agent {
             version: env!("CARGO_PKG_VERSION").to_string(),
             tags: self.cfg.tags.clone(),
             baton_reason: Some(reason.to_string()),
+            baton_reason_code: Some(reason.code().to_string()),
             ..Member::default()
         };
         m.role = match (pg, data_dir) {

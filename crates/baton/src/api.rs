@@ -96,8 +96,9 @@ where
 enum ApiError {
     Unauthorized,
     BadRequest(String),
-    /// A precondition does not hold (unhealthy candidate, leader mismatch).
-    Precondition(String),
+    /// A precondition does not hold (unhealthy candidate, leader mismatch):
+    /// a stable code (Patroni has none; tools branch on this) and the text.
+    Precondition(&'static str, String),
     NotFound(String),
     /// A concurrent edit won (compare-and-set failed).
     Conflict(String),
@@ -120,9 +121,11 @@ impl IntoResponse for ApiError {
             ApiError::BadRequest(e) => {
                 (StatusCode::BAD_REQUEST, Json(json!({"error": e}))).into_response()
             }
-            ApiError::Precondition(e) => {
-                (StatusCode::PRECONDITION_FAILED, Json(json!({"error": e}))).into_response()
-            }
+            ApiError::Precondition(code, e) => (
+                StatusCode::PRECONDITION_FAILED,
+                Json(json!({"error": e, "code": code})),
+            )
+                .into_response(),
             ApiError::NotFound(e) => {
                 (StatusCode::NOT_FOUND, Json(json!({"error": e}))).into_response()
             }
@@ -264,15 +267,19 @@ async fn switchover(
         ));
     };
     if actual != leader {
-        return Err(ApiError::Precondition(format!(
-            "leader name does not match: the leader is {actual}, not {leader}"
-        )));
+        return Err(ApiError::Precondition(
+            "leader_mismatch",
+            format!("leader name does not match: the leader is {actual}, not {leader}"),
+        ));
     }
     let lag = view.max_lag();
     let candidate = match candidate {
         Some(c) => {
             if let Some(why) = baton_core::ha::candidate_problem(&view, &c, lag) {
-                return Err(ApiError::Precondition(format!("candidate refused: {why}")));
+                return Err(ApiError::Precondition(
+                    why.code(),
+                    format!("candidate refused: {why}"),
+                ));
             }
             c
         }
@@ -319,7 +326,7 @@ fn best_candidate(view: &baton_core::cluster::ClusterView, lag: u64) -> Result<S
             continue;
         }
         match baton_core::ha::candidate_problem(view, name, lag) {
-            Some(why) => refusals.push(why),
+            Some(why) => refusals.push(why.to_string()),
             None => {
                 let pos = m.xlog_location.unwrap_or(0);
                 if best.as_ref().is_none_or(|(p, _)| pos > *p) {
@@ -329,7 +336,10 @@ fn best_candidate(view: &baton_core::cluster::ClusterView, lag: u64) -> Result<S
         }
     }
     best.map(|(_, n)| n).ok_or_else(|| {
-        ApiError::Precondition(format!("no eligible candidate: {}", refusals.join("; ")))
+        ApiError::Precondition(
+            "no_eligible_candidate",
+            format!("no eligible candidate: {}", refusals.join("; ")),
+        )
     })
 }
 
@@ -416,6 +426,7 @@ async fn cancel_switchover(
             )))
         }
         Some(_) => Err(ApiError::Precondition(
+            "switchover_running",
             "the pending switchover is not scheduled: it is already running".into(),
         )),
         None => Err(ApiError::NotFound("no switchover is scheduled".into())),
@@ -438,22 +449,29 @@ async fn failover(
         .filter(|m| m.role == "primary" && m.state == "running")
     {
         let _ = l;
-        return Err(ApiError::Precondition(format!(
-            "the leader {} is healthy: use switchover",
-            view.leader_name().unwrap_or_default()
-        )));
+        return Err(ApiError::Precondition(
+            "leader_healthy",
+            format!(
+                "the leader {} is healthy: use switchover",
+                view.leader_name().unwrap_or_default()
+            ),
+        ));
     }
     match view.members.get(&candidate) {
         None => {
-            return Err(ApiError::Precondition(format!(
-                "no member named {candidate:?}"
-            )))
+            return Err(ApiError::Precondition(
+                "no_such_member",
+                format!("no member named {candidate:?}"),
+            ))
         }
         Some(m) if m.state != "running" || m.role != "replica" => {
-            return Err(ApiError::Precondition(format!(
-                "{candidate} is {} as {}, not a running replica",
-                m.state, m.role
-            )))
+            return Err(ApiError::Precondition(
+                "not_running_replica",
+                format!(
+                    "{candidate} is {} as {}, not a running replica",
+                    m.state, m.role
+                ),
+            ))
         }
         Some(_) => {}
     }
@@ -694,7 +712,11 @@ fn status_json(s: &Snapshot) -> Value {
         "role": s.member.role,
         "patroni": {"version": env!("CARGO_PKG_VERSION"), "scope": s.scope, "name": s.name},
         "cluster_unlocked": s.cluster.as_ref().is_some_and(|c| c.leader.is_none()),
-        "baton": {"reason": s.reason, "job": s.pending_job.map(|j| j.to_string())},
+        "baton": {
+            "reason": s.reason,
+            "reason_code": s.reason_code,
+            "job": s.pending_job.map(|j| j.to_string()),
+        },
     });
     if let Some(t) = s.last_dcs_ok {
         v["dcs_last_seen"] = json!(t

@@ -28,7 +28,9 @@ use nix::unistd::{Pid, User};
 use tokio::io::AsyncReadExt;
 use tokio::process::Command;
 
-use baton_core::instance::{parse_controldata, parse_history, DataDir, ReplicationRow, Running};
+use baton_core::instance::{
+    parse_controldata, parse_history, DataDir, ReplicationRow, Running, Unusable,
+};
 use baton_core::lsn::Lsn;
 
 use crate::config::PgConfig;
@@ -193,34 +195,40 @@ impl Instance {
         let meta = match std::fs::metadata(dir) {
             Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return DataDir::Empty,
-            Err(e) => return DataDir::Unusable(format!("cannot read {}: {e}", dir.display())),
+            Err(e) => {
+                return DataDir::Unusable(Unusable::Unreadable {
+                    path: dir.clone(),
+                    error: e.to_string(),
+                })
+            }
         };
         if !meta.is_dir() {
-            return DataDir::Unusable(format!("{} is not a directory", dir.display()));
+            return DataDir::Unusable(Unusable::NotADirectory(dir.clone()));
         }
         if let Some((uid, _)) = self.owner {
             if meta.uid() != uid {
-                return DataDir::Unusable(format!(
-                    "{} is owned by uid {}, not by {} (uid {uid}); refusing to touch it",
-                    dir.display(),
-                    meta.uid(),
-                    self.cfg.os_user
-                ));
+                return DataDir::Unusable(Unusable::WrongOwner {
+                    path: dir.clone(),
+                    owner_uid: meta.uid(),
+                    user: self.cfg.os_user.clone(),
+                    uid,
+                });
             }
         }
         let mut entries = match std::fs::read_dir(dir) {
             Ok(e) => e,
-            Err(e) => return DataDir::Unusable(format!("cannot list {}: {e}", dir.display())),
+            Err(e) => {
+                return DataDir::Unusable(Unusable::Unreadable {
+                    path: dir.clone(),
+                    error: e.to_string(),
+                })
+            }
         };
         if entries.next().is_none() {
             return DataDir::Empty;
         }
         if !dir.join("PG_VERSION").exists() || !dir.join("global/pg_control").exists() {
-            return DataDir::Unusable(format!(
-                "{} is not empty and is not a PostgreSQL data directory (no PG_VERSION or \
-                 global/pg_control); refusing to touch it",
-                dir.display()
-            ));
+            return DataDir::Unusable(Unusable::NotPostgres(dir.clone()));
         }
         match self.controldata().await {
             Ok(cd) => match cd.get("Database system identifier") {
@@ -253,9 +261,9 @@ impl Instance {
                             .and_then(|l| l.parse().ok()),
                     }
                 }
-                None => DataDir::Unusable("pg_controldata shows no system identifier".into()),
+                None => DataDir::Unusable(Unusable::NoSystemIdentifier),
             },
-            Err(e) => DataDir::Unusable(format!("pg_controldata: {e}")),
+            Err(e) => DataDir::Unusable(Unusable::Controldata(e.to_string())),
         }
     }
 

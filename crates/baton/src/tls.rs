@@ -47,11 +47,16 @@ pub fn http_client(timeout: Duration, cafile: Option<&Path>) -> anyhow::Result<r
 pub async fn read_answer(resp: reqwest::Response) -> (reqwest::StatusCode, String) {
     let code = resp.status();
     let body: serde_json::Value = resp.json().await.unwrap_or_default();
-    let text = body["message"]
+    let mut text = body["message"]
         .as_str()
         .or(body["error"].as_str())
         .unwrap_or("")
         .to_string();
+    // A refusal's stable code, for the operator's scripts and for searching
+    // the docs: `... [lag_exceeds_limit]`.
+    if let Some(c) = body["code"].as_str() {
+        text = format!("{text} [{c}]");
+    }
     (code, text)
 }
 

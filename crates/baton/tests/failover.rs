@@ -130,9 +130,9 @@ async fn nofailover_and_lag_limit_keep_everyone_out() {
         Duration::from_secs(30),
         || async {
             let r = reasons(&t).await;
-            let n2 = r.get("node2").cloned().unwrap_or_default();
-            let n3 = r.get("node3").cloned().unwrap_or_default();
-            if n2.contains("tagged nofailover") && n3.contains("maximum_lag_on_failover") {
+            let n2 = r.get("node2").cloned().unwrap_or_default().0;
+            let n3 = r.get("node3").cloned().unwrap_or_default().0;
+            if n2 == "tagged_nofailover" && n3 == "lag_exceeds_limit" {
                 Ok(r)
             } else {
                 Err(format!("{r:?}"))
@@ -301,10 +301,10 @@ async fn leader_cut_off_from_etcd_stops_writes_before_anyone_promotes() {
     );
     let j = http_json(&t.c.nodes[0].api_url("/patroni")).await.unwrap();
     assert!(
-        j["baton"]["reason"]
-            .as_str()
-            .unwrap()
-            .contains("etcd unreachable"),
+        matches!(
+            j["baton"]["reason_code"].as_str(),
+            Some("etcd_unreachable" | "etcd_unreachable_fencing")
+        ),
         "{j}"
     );
 }

@@ -123,7 +123,7 @@ async fn switchover_refusals_say_which_check_failed() {
     let (ok, _, err) = ctl(&t, &["switchover", "--candidate", "node3", "--force"]);
     assert!(!ok);
     assert!(
-        err.contains("412") && err.contains("node3 is tagged nofailover"),
+        err.contains("412") && err.contains("[tagged_nofailover]"),
         "{err}"
     );
 
@@ -135,12 +135,12 @@ async fn switchover_refusals_say_which_check_failed() {
     kill(receiver, Signal::SIGCONT).unwrap();
     assert!(!ok);
     assert!(
-        err.contains("node2 lags") && err.contains("maximum_lag_on_failover"),
+        err.contains("412") && err.contains("[lag_exceeds_limit]"),
         "{err}"
     );
     let (ok, _, err) = ctl(&t, &["switchover", "--leader", "node2", "--force"]);
     assert!(!ok);
-    assert!(err.contains("leader name does not match"), "{err}");
+    assert!(err.contains("[leader_mismatch]"), "{err}");
     assert_eq!(t.leader_index().await, Some(0));
 }
 
@@ -287,9 +287,9 @@ async fn pause_holds_automatic_actions_and_resume_restores_them() {
         Duration::from_secs(15),
         || async {
             let r = reasons(&t).await;
-            let n1 = r.get("node1").cloned().unwrap_or_default();
-            if n1.starts_with("paused") {
-                Ok(n1)
+            let (code, text) = r.get("node1").cloned().unwrap_or_default();
+            if code == "paused" {
+                Ok(text)
             } else {
                 Err(format!("{r:?}"))
             }

@@ -254,14 +254,23 @@ impl Drop for Relay {
     }
 }
 
-/// Reason of a member's last decision, from its member key.
-pub async fn reasons(t: &TestCluster) -> std::collections::BTreeMap<String, String> {
+/// Reason of each member's last decision, from its member key: the stable
+/// code (what tests compare) and the text (what failure messages show).
+pub async fn reasons(t: &TestCluster) -> std::collections::BTreeMap<String, (String, String)> {
     t.c.view()
         .await
         .map(|v| {
             v.members
                 .into_iter()
-                .map(|(n, m)| (n, m.baton_reason.unwrap_or_default()))
+                .map(|(n, m)| {
+                    (
+                        n,
+                        (
+                            m.baton_reason_code.unwrap_or_default(),
+                            m.baton_reason.unwrap_or_default(),
+                        ),
+                    )
+                })
                 .collect()
         })
         .unwrap_or_default()

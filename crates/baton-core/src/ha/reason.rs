@@ -1,0 +1,517 @@
+//! Why the agent did what it did: one typed reason per decision, with a
+//! stable `code()` that logs, the member key (`baton_reason_code`), the
+//! REST API and `baton list --json` publish beside the human text. Tools and
+//! tests match codes; the text may be reworded.
+
+use std::fmt;
+use std::time::Duration;
+
+use super::JobKind;
+use crate::instance::Unusable;
+
+/// Why a replica does not take part in an election.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ineligible {
+    TaggedNofailover,
+    /// Behind the leader's last published position by more than
+    /// `maximum_lag_on_failover`.
+    LagExceedsLimit {
+        lag: u64,
+        limit: u64,
+    },
+}
+
+impl Ineligible {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Ineligible::TaggedNofailover => "tagged_nofailover",
+            Ineligible::LagExceedsLimit { .. } => "lag_exceeds_limit",
+        }
+    }
+}
+
+impl fmt::Display for Ineligible {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Ineligible::TaggedNofailover => write!(f, "tagged nofailover"),
+            Ineligible::LagExceedsLimit { lag, limit } => write!(
+                f,
+                "lag {} > maximum_lag_on_failover {}",
+                human_bytes(*lag),
+                human_bytes(*limit)
+            ),
+        }
+    }
+}
+
+/// Why a replica leaves the election to a healthier peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum YieldCause {
+    PeerStillPrimary,
+    PeerHasMoreWal { theirs: u64, mine: u64 },
+    PeerHigherPriority { theirs: i64, mine: i64 },
+}
+
+impl YieldCause {
+    pub fn code(&self) -> &'static str {
+        match self {
+            YieldCause::PeerStillPrimary => "peer_still_primary",
+            YieldCause::PeerHasMoreWal { .. } => "peer_has_more_wal",
+            YieldCause::PeerHigherPriority { .. } => "peer_higher_priority",
+        }
+    }
+}
+
+impl fmt::Display for YieldCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            YieldCause::PeerStillPrimary => write!(f, "it still runs as primary"),
+            YieldCause::PeerHasMoreWal { theirs, mine } => {
+                write!(f, "it has more WAL ({theirs} > {mine})")
+            }
+            YieldCause::PeerHigherPriority { theirs, mine } => {
+                write!(f, "same WAL, higher failover_priority ({theirs} > {mine})")
+            }
+        }
+    }
+}
+
+/// Why a member cannot take over from the current leader now: the checks a
+/// switchover candidate must pass, shared by the REST API and the leader.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CandidateProblem {
+    NoSuchMember(String),
+    AlreadyLeader(String),
+    TaggedNofailover(String),
+    NotRunningReplica {
+        name: String,
+        state: String,
+        role: String,
+    },
+    NotStreaming(String),
+    OtherTimeline {
+        name: String,
+        timeline: u32,
+        leader_timeline: u32,
+    },
+    LagExceedsLimit {
+        name: String,
+        lag: u64,
+        limit: u64,
+    },
+    /// A switchover request that names no candidate other than the leader.
+    NoOtherCandidate,
+}
+
+impl CandidateProblem {
+    pub fn code(&self) -> &'static str {
+        match self {
+            CandidateProblem::NoSuchMember(_) => "no_such_member",
+            CandidateProblem::AlreadyLeader(_) => "already_leader",
+            CandidateProblem::TaggedNofailover(_) => "tagged_nofailover",
+            CandidateProblem::NotRunningReplica { .. } => "not_running_replica",
+            CandidateProblem::NotStreaming(_) => "not_streaming",
+            CandidateProblem::OtherTimeline { .. } => "other_timeline",
+            CandidateProblem::LagExceedsLimit { .. } => "lag_exceeds_limit",
+            CandidateProblem::NoOtherCandidate => "no_other_candidate",
+        }
+    }
+}
+
+impl fmt::Display for CandidateProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CandidateProblem::NoSuchMember(n) => write!(f, "no member named {n:?}"),
+            CandidateProblem::AlreadyLeader(n) => write!(f, "{n} is already the leader"),
+            CandidateProblem::TaggedNofailover(n) => write!(f, "{n} is tagged nofailover"),
+            CandidateProblem::NotRunningReplica { name, state, role } => {
+                write!(f, "{name} is {state} as {role}, not a running replica")
+            }
+            CandidateProblem::NotStreaming(n) => write!(f, "{n} is not streaming"),
+            CandidateProblem::OtherTimeline {
+                name,
+                timeline,
+                leader_timeline,
+            } => write!(
+                f,
+                "{name} is on timeline {timeline}, the leader on {leader_timeline}"
+            ),
+            CandidateProblem::LagExceedsLimit { name, lag, limit } => {
+                write!(
+                    f,
+                    "{name} lags {lag} bytes > maximum_lag_on_failover {limit}"
+                )
+            }
+            CandidateProblem::NoOtherCandidate => write!(f, "request names no other candidate"),
+        }
+    }
+}
+
+fn human_bytes(b: u64) -> String {
+    if b >= 1 << 20 {
+        format!("{:.1} MiB", b as f64 / (1 << 20) as f64)
+    } else if b >= 1 << 10 {
+        format!("{:.1} KiB", b as f64 / (1 << 10) as f64)
+    } else {
+        format!("{b} B")
+    }
+}
+
+/// Why the agent did what it did; shown in logs, `baton list` and the API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reason {
+    JobRunning(JobKind),
+    EtcdUnreachable,
+    EtcdUnreachableFencing {
+        since: Duration,
+    },
+    DataDirUnusable(Unusable),
+    ForeignCluster {
+        ours: String,
+        cluster: String,
+    },
+    Bootstrapping,
+    BootstrapFailed(String),
+    WaitingForBootstrap,
+    WaitingForLeaderToClone,
+    WaitingForSlot {
+        leader: String,
+    },
+    Cloning {
+        from: String,
+    },
+    CloneFailed(String),
+    Starting,
+    StartFailed(String),
+    StartingReadOnly,
+    PostgresUnresponsive,
+    AcquiringLeader,
+    AdoptingLeader,
+    Promoting,
+    Leader,
+    LeaseExpiredFencing {
+        since: Duration,
+    },
+    PrimaryStartTimeout {
+        waited: Duration,
+    },
+    DemotingForeignLeader {
+        leader: String,
+    },
+    Following {
+        leader: String,
+        streaming: bool,
+    },
+    Repointing {
+        leader: String,
+    },
+    NoLeader,
+    LeaderNotReachable {
+        leader: String,
+    },
+    /// Not taking part in the election, and why.
+    NotEligible(Ineligible),
+    /// Taking part, but another member is healthier.
+    Yielding {
+        to: String,
+        why: YieldCause,
+    },
+    /// Taking part and the healthiest: racing for the key.
+    Candidate,
+    Diverged {
+        leader: String,
+    },
+    Rewinding {
+        from: String,
+        timeline: u32,
+        leader_timeline: u32,
+    },
+    RewindFailed {
+        error: String,
+        rebuilding: bool,
+    },
+    RewindSourceDown {
+        from: String,
+        error: String,
+    },
+    Reinitializing {
+        from: String,
+    },
+    WaitingForLeaderToRebuild,
+    SwitchoverScheduled {
+        to: String,
+        at: String,
+    },
+    SwitchoverRefused(CandidateProblem),
+    SwitchingOver {
+        to: String,
+    },
+    ManualFailover {
+        to: String,
+    },
+    Restarting,
+    /// Maintenance mode held these actions back.
+    Paused {
+        held: Box<Reason>,
+    },
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reason::JobRunning(k) => write!(f, "{k} in progress"),
+            Reason::EtcdUnreachable => write!(f, "etcd unreachable; keeping current state"),
+            Reason::EtcdUnreachableFencing { since } => write!(
+                f,
+                "etcd unreachable and lease not renewed for {:.1} s: demoting (fencing)",
+                since.as_secs_f64()
+            ),
+            Reason::DataDirUnusable(why) => write!(f, "data directory unusable: {why}"),
+            Reason::ForeignCluster { ours, cluster } => write!(
+                f,
+                "data directory belongs to system {ours}, cluster is {cluster}: refusing to touch it"
+            ),
+            Reason::Bootstrapping => write!(f, "cluster not initialized: bootstrapping it"),
+            Reason::BootstrapFailed(e) => write!(f, "bootstrap failed: {e}"),
+            Reason::WaitingForBootstrap => {
+                write!(f, "another member is bootstrapping the cluster; waiting")
+            }
+            Reason::WaitingForLeaderToClone => write!(f, "no leader to clone from; waiting"),
+            Reason::WaitingForSlot { leader } => {
+                write!(f, "waiting for {leader} to create our replication slot")
+            }
+            Reason::Cloning { from } => write!(f, "cloning from {from}"),
+            Reason::CloneFailed(e) => write!(f, "clone failed, will retry: {e}"),
+            Reason::Starting => write!(f, "starting postgres"),
+            Reason::StartFailed(e) => write!(f, "postgres failed to start, will retry: {e}"),
+            Reason::StartingReadOnly => {
+                write!(f, "no leader: starting read-only to take part in the election")
+            }
+            Reason::PostgresUnresponsive => write!(f, "postgres is not answering queries"),
+            Reason::AcquiringLeader => write!(f, "no leader and I run as primary: taking the leader key"),
+            Reason::AdoptingLeader => write!(f, "re-attaching my leader key to my new lease"),
+            Reason::Promoting => write!(f, "I hold the leader key: promoting"),
+            Reason::Leader => write!(f, "I am the leader"),
+            Reason::LeaseExpiredFencing { since } => write!(
+                f,
+                "leader lease not renewed for {:.1} s: demoting (fencing)",
+                since.as_secs_f64()
+            ),
+            Reason::PrimaryStartTimeout { waited } => write!(
+                f,
+                "postgres did not come back within primary_start_timeout ({:.1} s): \
+                 stopping it and releasing the leader key",
+                waited.as_secs_f64()
+            ),
+            Reason::DemotingForeignLeader { leader } => {
+                write!(f, "running as primary but {leader} holds the leader key: demoting")
+            }
+            Reason::Following { leader, streaming: true } => {
+                write!(f, "streaming from leader {leader}")
+            }
+            Reason::Following { leader, streaming: false } => {
+                write!(f, "following leader {leader}, not streaming yet")
+            }
+            Reason::Repointing { leader } => {
+                write!(f, "re-pointing replication at new leader {leader}")
+            }
+            Reason::NoLeader => write!(f, "no leader in the cluster"),
+            Reason::LeaderNotReachable { leader } => {
+                write!(f, "leader {leader} has not published its address")
+            }
+            Reason::NotEligible(why) => write!(f, "no leader; not a failover candidate: {why}"),
+            Reason::Yielding { to, why } => write!(f, "no leader; yielding to {to}: {why}"),
+            Reason::Candidate => {
+                write!(f, "no leader; I am the healthiest candidate: taking the leader key")
+            }
+            Reason::Diverged { leader } => write!(
+                f,
+                "my WAL went past the point where {leader}'s timeline forked: stopping to rewind"
+            ),
+            Reason::Rewinding {
+                from,
+                timeline,
+                leader_timeline,
+            } => write!(
+                f,
+                "on timeline {timeline}, leader {from} on {leader_timeline}: pg_rewind before following"
+            ),
+            Reason::RewindFailed {
+                error,
+                rebuilding: true,
+            } => write!(f, "pg_rewind failed ({error}): rebuilding from the leader"),
+            Reason::RewindFailed {
+                error,
+                rebuilding: false,
+            } => write!(
+                f,
+                "need repair: pg_rewind failed ({error}) and rebuild is not allowed \
+                 (postgresql.rebuild_on_rewind_failure)"
+            ),
+            Reason::RewindSourceDown { from, error } => {
+                write!(f, "pg_rewind could not reach {from} ({error}); retrying")
+            }
+            Reason::Reinitializing { from } => write!(f, "reinitialize requested: rebuilding from {from}"),
+            Reason::WaitingForLeaderToRebuild => {
+                write!(f, "reinitialize requested: waiting for a leader to clone from")
+            }
+            Reason::SwitchoverScheduled { to, at } => {
+                write!(f, "I am the leader; switchover to {to} scheduled at {at}")
+            }
+            Reason::SwitchoverRefused(why) => write!(f, "switchover refused: {why}"),
+            Reason::SwitchingOver { to } => write!(f, "switching over to {to}"),
+            Reason::ManualFailover { to } if to.is_empty() => {
+                write!(f, "no leader; manual failover to me: taking the leader key")
+            }
+            Reason::ManualFailover { to } => {
+                write!(f, "no leader; manual failover to {to} requested: not taking part")
+            }
+            Reason::Restarting => write!(f, "restart requested: restarting postgres"),
+            Reason::Paused { held } => write!(f, "paused (maintenance mode); would act: {held}"),
+        }
+    }
+}
+
+impl Reason {
+    /// Stable, machine-readable name of this reason (snake_case). Published
+    /// beside the text; never reworded once released.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Reason::JobRunning(_) => "job_running",
+            Reason::EtcdUnreachable => "etcd_unreachable",
+            Reason::EtcdUnreachableFencing { .. } => "etcd_unreachable_fencing",
+            Reason::DataDirUnusable(u) => u.code(),
+            Reason::ForeignCluster { .. } => "foreign_cluster",
+            Reason::Bootstrapping => "bootstrapping",
+            Reason::BootstrapFailed(_) => "bootstrap_failed",
+            Reason::WaitingForBootstrap => "waiting_for_bootstrap",
+            Reason::WaitingForLeaderToClone => "waiting_for_leader_to_clone",
+            Reason::WaitingForSlot { .. } => "waiting_for_slot",
+            Reason::Cloning { .. } => "cloning",
+            Reason::CloneFailed(_) => "clone_failed",
+            Reason::Starting => "starting",
+            Reason::StartFailed(_) => "start_failed",
+            Reason::StartingReadOnly => "starting_read_only",
+            Reason::PostgresUnresponsive => "postgres_unresponsive",
+            Reason::AcquiringLeader => "acquiring_leader",
+            Reason::AdoptingLeader => "adopting_leader",
+            Reason::Promoting => "promoting",
+            Reason::Leader => "leader",
+            Reason::LeaseExpiredFencing { .. } => "lease_expired_fencing",
+            Reason::PrimaryStartTimeout { .. } => "primary_start_timeout",
+            Reason::DemotingForeignLeader { .. } => "demoting_foreign_leader",
+            Reason::Following {
+                streaming: true, ..
+            } => "streaming",
+            Reason::Following {
+                streaming: false, ..
+            } => "following_not_streaming",
+            Reason::Repointing { .. } => "repointing",
+            Reason::NoLeader => "no_leader",
+            Reason::LeaderNotReachable { .. } => "leader_not_reachable",
+            Reason::NotEligible(why) => why.code(),
+            Reason::Yielding { .. } => "yielding",
+            Reason::Candidate => "candidate",
+            Reason::Diverged { .. } => "diverged",
+            Reason::Rewinding { .. } => "rewinding",
+            Reason::RewindFailed {
+                rebuilding: true, ..
+            } => "rewind_failed_rebuilding",
+            Reason::RewindFailed {
+                rebuilding: false, ..
+            } => "rewind_failed_need_repair",
+            Reason::RewindSourceDown { .. } => "rewind_source_down",
+            Reason::Reinitializing { .. } => "reinitializing",
+            Reason::WaitingForLeaderToRebuild => "waiting_for_leader_to_rebuild",
+            Reason::SwitchoverScheduled { .. } => "switchover_scheduled",
+            Reason::SwitchoverRefused(_) => "switchover_refused",
+            Reason::SwitchingOver { .. } => "switching_over",
+            Reason::ManualFailover { to } if to.is_empty() => "manual_failover_to_me",
+            Reason::ManualFailover { .. } => "manual_failover_to_other",
+            Reason::Restarting => "restarting",
+            Reason::Paused { .. } => "paused",
+        }
+    }
+
+    /// Reasons that leave the member stopped until an operator acts.
+    pub fn needs_repair(&self) -> bool {
+        matches!(
+            self,
+            Reason::ForeignCluster { .. }
+                | Reason::DataDirUnusable(_)
+                | Reason::RewindFailed {
+                    rebuilding: false,
+                    ..
+                }
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_keep_their_text_and_carry_a_code() {
+        let lag = CandidateProblem::LagExceedsLimit {
+            name: "n2".into(),
+            lag: 2 << 20,
+            limit: 1 << 20,
+        };
+        assert_eq!(lag.code(), "lag_exceeds_limit");
+        assert_eq!(
+            lag.to_string(),
+            "n2 lags 2097152 bytes > maximum_lag_on_failover 1048576"
+        );
+        let r = Reason::NotEligible(Ineligible::LagExceedsLimit {
+            lag: 3 << 20,
+            limit: 1 << 20,
+        });
+        assert_eq!(r.code(), "lag_exceeds_limit");
+        assert_eq!(
+            r.to_string(),
+            "no leader; not a failover candidate: lag 3.0 MiB > maximum_lag_on_failover 1.0 MiB"
+        );
+        let y = Reason::Yielding {
+            to: "n3".into(),
+            why: YieldCause::PeerHasMoreWal { theirs: 9, mine: 5 },
+        };
+        assert_eq!(
+            (y.code(), y.to_string().as_str()),
+            (
+                "yielding",
+                "no leader; yielding to n3: it has more WAL (9 > 5)"
+            )
+        );
+        let u = Reason::DataDirUnusable(Unusable::NotADirectory("/d".into()));
+        assert_eq!(u.code(), "data_dir_not_a_directory");
+        assert!(u.needs_repair());
+    }
+
+    #[test]
+    fn codes_are_snake_case() {
+        let reasons = [
+            Reason::Leader,
+            Reason::Following {
+                leader: "a".into(),
+                streaming: false,
+            },
+            Reason::RewindFailed {
+                error: "x".into(),
+                rebuilding: false,
+            },
+            Reason::ManualFailover { to: String::new() },
+            Reason::SwitchoverRefused(CandidateProblem::NoOtherCandidate),
+            Reason::Paused {
+                held: Box::new(Reason::Starting),
+            },
+        ];
+        for r in reasons {
+            let c = r.code();
+            assert!(
+                !c.is_empty() && c.chars().all(|ch| ch.is_ascii_lowercase() || ch == '_'),
+                "{c:?} for {r}"
+            );
+        }
+    }
+}
