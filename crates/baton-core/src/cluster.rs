@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{DynamicConfig, Tags};
+use crate::instance::slot_name;
+use crate::lsn::Lsn;
 
 /// The fencing token of this agent's claim on etcd: the leader key and the
 /// member key are attached to it, so when it expires both vanish at once and
@@ -156,6 +158,22 @@ impl ClusterView {
             })
     }
 
+    /// Slots Baton manages for this cluster: every current member's but `me`'s,
+    /// plus those a previous leader retained.
+    pub fn managed_slots(&self, me: &str) -> std::collections::BTreeSet<String> {
+        let mine = slot_name(me);
+        self.members
+            .keys()
+            .map(|m| slot_name(m))
+            .chain(
+                self.status
+                    .iter()
+                    .flat_map(|s| s.retain_slots.iter().flatten().cloned()),
+            )
+            .filter(|s| *s != mine)
+            .collect()
+    }
+
     /// Maintenance mode as the stored config says.
     pub fn paused(&self) -> bool {
         self.config.as_ref().is_some_and(|c| c.pause)
@@ -214,6 +232,41 @@ impl ClusterView {
         }
         view
     }
+}
+
+/// The `history` key after promotion to timeline `tl`: exactly the new
+/// leader's own timeline history (another leader's timeline with the same
+/// number but another switch point must not survive), keeping the time and
+/// leader name of entries already stored for the same switch.
+pub fn merge_history(
+    existing: Option<serde_json::Value>,
+    file: &[(u32, Lsn, String)],
+    tl: u32,
+    me: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> serde_json::Value {
+    let stored: Vec<serde_json::Value> = existing
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default();
+    let entries = file
+        .iter()
+        .map(|(t, lsn, reason)| {
+            let same = stored.iter().find(|e| {
+                e.get(0).and_then(|v| v.as_u64()) == Some(u64::from(*t))
+                    && e.get(1).and_then(|v| v.as_u64()) == Some(lsn.0)
+            });
+            match same {
+                Some(e) => e.clone(),
+                None => {
+                    let newest = *t + 1 == tl;
+                    let when =
+                        newest.then(|| now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+                    serde_json::json!([t, lsn.0, reason, when, newest.then_some(me)])
+                }
+            }
+        })
+        .collect();
+    serde_json::Value::Array(entries)
 }
 
 #[cfg(test)]
@@ -286,5 +339,68 @@ mod tests {
         assert_eq!(v["role"], "primary");
         assert!(v.get("tags").is_none());
         assert!(v.get("receive_lsn").is_none());
+    }
+
+    #[test]
+    fn history_is_the_new_leaders_own_keeping_known_entries() {
+        let now = chrono::DateTime::parse_from_rfc3339("2026-12-01T10:00:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        // Stored: timeline 1 switched at 100 (by n1), and a foreign timeline
+        // 2 switched at 500 that our history file does not have.
+        let stored = serde_json::json!([
+            [
+                1,
+                100,
+                "no recovery target specified",
+                "2026-11-30T09:00:00Z",
+                "n1"
+            ],
+            [2, 500, "other", "2026-11-30T09:30:00Z", "n9"]
+        ]);
+        let file = [
+            (1, Lsn(100), "no recovery target specified".to_string()),
+            (2, Lsn(700), "no recovery target specified".to_string()),
+        ];
+        let h = merge_history(Some(stored), &file, 3, "n2", now);
+        assert_eq!(
+            h,
+            serde_json::json!([
+                [
+                    1,
+                    100,
+                    "no recovery target specified",
+                    "2026-11-30T09:00:00Z",
+                    "n1"
+                ],
+                [
+                    2,
+                    700,
+                    "no recovery target specified",
+                    "2026-12-01T10:00:00Z",
+                    "n2"
+                ]
+            ])
+        );
+        // An older entry unknown to the store gets no time and no leader.
+        let h = merge_history(None, &file, 3, "n2", now);
+        assert_eq!(
+            h[0],
+            serde_json::json!([1, 100, "no recovery target specified", null, null])
+        );
+    }
+
+    #[test]
+    fn managed_slots_are_members_and_retained_but_not_mine() {
+        let mut v = ClusterView::default();
+        for n in ["n1", "N-2", "n3"] {
+            v.members.insert(n.into(), Member::default());
+        }
+        v.status = Some(StatusKey {
+            retain_slots: Some(vec!["gone".into()]),
+            ..StatusKey::default()
+        });
+        let slots: Vec<String> = v.managed_slots("n1").into_iter().collect();
+        assert_eq!(slots, ["gone", "n3", "n_2"]);
     }
 }

@@ -25,7 +25,7 @@ use crate::config::NodeConfig;
 use crate::dcs::{Dcs, DcsError};
 use crate::pg::{self, Instance, RunAs, StopMode};
 use baton_core::ha::{
-    decide, Action, Decision, JobKind, JobStatus, Observation, Peer, PgStatus, Reason,
+    decide, publish, Action, Decision, JobKind, JobStatus, Observation, Peer, PgStatus, Reason,
 };
 
 /// What the last tick saw and decided; read by the REST API.
@@ -568,7 +568,7 @@ impl Agent {
             let url = m.api_url.clone();
             asks.spawn(async move {
                 let v: serde_json::Value = http.get(&url).send().await.ok()?.json().await.ok()?;
-                Some(peer_from_status(name, &v))
+                Some(Peer::from_status(name, &v))
             });
         }
         let mut peers: Vec<Peer> = asks.join_all().await.into_iter().flatten().collect();
@@ -588,7 +588,7 @@ impl Agent {
             self.slot_absent_since.clear();
             return;
         }
-        let managed = managed_slots(c, &self.cfg.name);
+        let managed = c.managed_slots(&self.cfg.name);
         let present: std::collections::BTreeSet<String> =
             c.members.keys().map(|m| slot_name(m)).collect();
         self.slot_absent_since.retain(|s, _| {
@@ -801,7 +801,13 @@ impl Agent {
                 };
                 let file = pg::timeline_history(client, tl).await?;
                 let existing = obs.cluster.as_ref().and_then(|c| c.history.clone());
-                let history = merge_history(existing, &file, tl, &me);
+                let history = baton_core::cluster::merge_history(
+                    existing,
+                    &file,
+                    tl,
+                    &me,
+                    chrono::Utc::now(),
+                );
                 self.dcs.put_history(&history).await?;
                 tracing::info!(timeline = tl, "history updated");
             }
@@ -933,7 +939,7 @@ impl Agent {
                 let retain: Vec<String> = obs
                     .cluster
                     .as_ref()
-                    .map(|c| managed_slots(c, &me))
+                    .map(|c| c.managed_slots(&me))
                     .unwrap_or_default()
                     .into_iter()
                     .filter(|s| slots.contains_key(s))
@@ -976,122 +982,8 @@ impl Agent {
             baton_reason_code: Some(reason.code().to_string()),
             ..Member::default()
         };
-        m.role = match (pg, data_dir) {
-            (PgStatus::Running(r), _) if !r.in_recovery => "primary",
-            (PgStatus::Running(_), _) => "replica",
-            (_, DataDir::Empty) => "uninitialized",
-            _ if i_lead => "primary",
-            _ => "replica",
-        }
-        .to_string();
-        m.state = match (job, pg) {
-            (Some(JobKind::Bootstrap), _) => "initializing new cluster",
-            (Some(JobKind::Clone), _) => "creating replica",
-            (Some(JobKind::Promote), _) => "promoting",
-            (Some(JobKind::Rewind), _) => "rewinding",
-            (Some(JobKind::Rebuild), _) => "creating replica",
-            (Some(JobKind::Switchover), _) => "switching over",
-            (Some(JobKind::Restart), _) => "restarting",
-            (_, PgStatus::Running(_)) => "running",
-            (Some(JobKind::Start), _) | (_, PgStatus::Unresponsive) => "starting",
-            _ if needs_repair => "need repair",
-            _ => "stopped",
-        }
-        .to_string();
-        if let PgStatus::Running(r) = pg {
-            m.timeline = r.timeline;
-            if r.in_recovery {
-                m.receive_lsn = r.receive_lsn.map(|l| l.0);
-                m.replay_lsn = r.replay_lsn.map(|l| l.0);
-                m.xlog_location = r.receive_lsn.max(r.replay_lsn).map(|l| l.0);
-                m.replication_state = Some(
-                    if r.receiver_streaming {
-                        "streaming"
-                    } else {
-                        "in archive recovery"
-                    }
-                    .into(),
-                );
-            } else {
-                m.xlog_location = r.wal_lsn.map(|l| l.0);
-            }
-        }
+        publish::fill_member(&mut m, pg, data_dir, job, needs_repair, i_lead);
         m
-    }
-}
-
-/// The `history` key after promotion to timeline `tl`: exactly the new
-/// leader's own timeline history (another leader's timeline with the same
-/// number but another switch point must not survive), keeping the time and
-/// leader name of entries already stored for the same switch.
-pub fn merge_history(
-    existing: Option<serde_json::Value>,
-    file: &[(u32, baton_core::lsn::Lsn, String)],
-    tl: u32,
-    me: &str,
-) -> serde_json::Value {
-    let stored: Vec<serde_json::Value> = existing
-        .and_then(|v| v.as_array().cloned())
-        .unwrap_or_default();
-    let entries = file
-        .iter()
-        .map(|(t, lsn, reason)| {
-            let same = stored.iter().find(|e| {
-                e.get(0).and_then(|v| v.as_u64()) == Some(u64::from(*t))
-                    && e.get(1).and_then(|v| v.as_u64()) == Some(lsn.0)
-            });
-            match same {
-                Some(e) => e.clone(),
-                None => {
-                    let newest = *t + 1 == tl;
-                    let when = newest.then(|| {
-                        chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-                    });
-                    serde_json::json!([t, lsn.0, reason, when, newest.then_some(me)])
-                }
-            }
-        })
-        .collect();
-    serde_json::Value::Array(entries)
-}
-
-/// Slots Baton manages for `cluster`: every current member's but `me`'s,
-/// plus those a previous leader retained.
-fn managed_slots(cluster: &ClusterView, me: &str) -> std::collections::BTreeSet<String> {
-    let mine = slot_name(me);
-    cluster
-        .members
-        .keys()
-        .map(|m| slot_name(m))
-        .chain(
-            cluster
-                .status
-                .iter()
-                .flat_map(|s| s.retain_slots.iter().flatten().cloned()),
-        )
-        .filter(|s| *s != mine)
-        .collect()
-}
-
-/// What `/patroni` of another member says about its fitness to lead.
-pub fn peer_from_status(name: String, v: &serde_json::Value) -> Peer {
-    let primary = v["role"] == "primary";
-    let x = &v["xlog"];
-    let position = if primary {
-        x["location"].as_u64()
-    } else {
-        x["received_location"]
-            .as_u64()
-            .max(x["replayed_location"].as_u64())
-    };
-    Peer {
-        name,
-        running: v["state"] == "running",
-        primary,
-        timeline: v["timeline"].as_u64().unwrap_or(0) as u32,
-        position: position.unwrap_or(0),
-        nofailover: v["tags"]["nofailover"].as_bool().unwrap_or(false),
-        priority: v["tags"]["failover_priority"].as_i64().unwrap_or(1),
     }
 }
 

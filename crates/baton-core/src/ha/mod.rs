@@ -28,6 +28,7 @@
 //!                               └──────────────── crash / fencing ─────────────────────┘
 //! ```
 
+pub mod publish;
 mod reason;
 
 use std::cmp::Ordering;
@@ -101,6 +102,30 @@ pub struct Peer {
     pub position: u64,
     pub nofailover: bool,
     pub priority: i64,
+}
+
+impl Peer {
+    /// What `/patroni` of another member says about its fitness to lead.
+    pub fn from_status(name: String, v: &serde_json::Value) -> Peer {
+        let primary = v["role"] == "primary";
+        let x = &v["xlog"];
+        let position = if primary {
+            x["location"].as_u64()
+        } else {
+            x["received_location"]
+                .as_u64()
+                .max(x["replayed_location"].as_u64())
+        };
+        Peer {
+            name,
+            running: v["state"] == "running",
+            primary,
+            timeline: v["timeline"].as_u64().unwrap_or(0) as u32,
+            position: position.unwrap_or(0),
+            nofailover: v["tags"]["nofailover"].as_bool().unwrap_or(false),
+            priority: v["tags"]["failover_priority"].as_i64().unwrap_or(1),
+        }
+    }
 }
 
 /// Everything one tick of the loop knows.

@@ -766,3 +766,32 @@ fn manual_failover_names_the_only_candidate() {
     let o = obs("n3", Some(c), dir_on(1), replica_at(1, 10));
     assert_eq!(d_actions(&o), vec![Action::AcquireLeader]);
 }
+
+#[test]
+fn peer_from_patroni_status() {
+    let replica = serde_json::json!({
+        "state": "running", "role": "replica", "timeline": 2,
+        "xlog": {"received_location": 500, "replayed_location": 400},
+        "tags": {"nofailover": true, "failover_priority": 3}
+    });
+    let p = Peer::from_status("n2".into(), &replica);
+    assert_eq!(
+        (
+            p.running,
+            p.primary,
+            p.timeline,
+            p.position,
+            p.nofailover,
+            p.priority
+        ),
+        (true, false, 2, 500, true, 3)
+    );
+    let primary = serde_json::json!({"state": "running", "role": "primary", "timeline": 3, "xlog": {"location": 900}});
+    let p = Peer::from_status("n1".into(), &primary);
+    assert_eq!(
+        (p.primary, p.position, p.priority, p.nofailover),
+        (true, 900, 1, false)
+    );
+    let p = Peer::from_status("n3".into(), &serde_json::json!({"state": "stopped"}));
+    assert!(!p.running && p.position == 0);
+}
