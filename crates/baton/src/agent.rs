@@ -770,9 +770,17 @@ impl Agent {
                             source_down: true,
                         })?;
                     tracing::info!("running pg_rewind against {host}:{port}");
-                    inst.rewind_from(&host, port)
-                        .await
-                        .map_err(|e| JobError::from(e.to_string()))
+                    if let Err(e) = inst.rewind_from(&host, port).await {
+                        // pg_rewind fails the same way when its source went
+                        // away mid-run: then the failure is the source's, to
+                        // retry, not a reason to rebuild.
+                        let source_down = inst.checkpoint_member(&host, port).await.is_err();
+                        return Err(JobError {
+                            message: e.to_string(),
+                            source_down,
+                        });
+                    }
+                    Ok(())
                 });
             }
             Action::Rebuild { from } => {

@@ -35,21 +35,71 @@ use baton_core::lsn::Lsn;
 
 use crate::config::PgConfig;
 
+/// What went wrong with the local instance or a peer's postgres. The
+/// sources are kept (SQLSTATE, the I/O error and its path) so that callers
+/// branch on what happened, never on message text.
 #[derive(Debug, thiserror::Error)]
 pub enum PgError {
+    /// A postgres tool ran and failed.
     #[error("{what} failed: {detail}")]
     Command { what: String, detail: String },
-    #[error("{0} timed out after {1:?}")]
-    Timeout(String, Duration),
+    #[error("{what} timed out after {after:?}")]
+    Timeout { what: String, after: Duration },
+    /// Connecting to `target` did not complete in time: as good as down.
+    #[error("connect to {target} timed out after {after:?}")]
+    ConnectTimeout { target: String, after: Duration },
+    /// A file-system step; `what` names the step and the path.
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The server answered with an error, or the connection failed.
+    #[error("postgres: {}", describe(.0))]
+    Db(#[from] tokio_postgres::Error),
+    /// Baton refuses to act (configuration that cannot be made safe).
     #[error("{0}")]
-    Io(String),
-    #[error("postgres: {0}")]
-    Db(String),
+    Refused(String),
 }
 
-impl From<tokio_postgres::Error> for PgError {
-    fn from(e: tokio_postgres::Error) -> Self {
-        PgError::Db(describe(&e))
+impl PgError {
+    fn io(what: impl Into<String>, source: impl Into<std::io::Error>) -> PgError {
+        PgError::Io {
+            what: what.into(),
+            source: source.into(),
+        }
+    }
+
+    /// The server's SQLSTATE, when it answered with an error.
+    pub fn sqlstate(&self) -> Option<&tokio_postgres::error::SqlState> {
+        match self {
+            PgError::Db(e) => e.code(),
+            _ => None,
+        }
+    }
+
+    /// The server could not be reached at all: refused, reset or timed-out
+    /// connections, and the SQLSTATEs of a server that is not accepting
+    /// connections (class 08; 57P01-57P03: shutting down, crashed, starting).
+    /// A caller retries these instead of escalating: a peer that is merely
+    /// down must not trigger a rebuild.
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            PgError::ConnectTimeout { .. } => true,
+            PgError::Db(e) => match e.code() {
+                Some(code) => {
+                    let c = code.code();
+                    c.starts_with("08") || matches!(c, "57P01" | "57P02" | "57P03")
+                }
+                None => {
+                    e.is_closed()
+                        || std::iter::successors(std::error::Error::source(e), |s| s.source())
+                            .any(|s| s.is::<std::io::Error>())
+                }
+            },
+            _ => false,
+        }
     }
 }
 
@@ -93,16 +143,16 @@ impl Instance {
     pub fn new(cfg: PgConfig, name: String) -> Result<Instance, PgError> {
         let owner = if nix::unistd::geteuid().is_root() {
             let user = User::from_name(&cfg.os_user)
-                .map_err(|e| PgError::Io(format!("looking up OS user {:?}: {e}", cfg.os_user)))?
+                .map_err(|e| PgError::io(format!("looking up OS user {:?}", cfg.os_user), e))?
                 .ok_or_else(|| {
-                    PgError::Io(format!(
+                    PgError::Refused(format!(
                         "running as root and OS user {:?} (postgresql.os_user) does not exist; \
                          postgres refuses to run as root",
                         cfg.os_user
                     ))
                 })?;
             if user.uid.is_root() {
-                return Err(PgError::Io(
+                return Err(PgError::Refused(
                     "postgresql.os_user must not be root: postgres refuses to run as root".into(),
                 ));
             }
@@ -146,8 +196,11 @@ impl Instance {
         })?;
         let out = tokio::time::timeout(timeout, child.wait_with_output())
             .await
-            .map_err(|_| PgError::Timeout(what.to_string(), timeout))?
-            .map_err(|e| PgError::Io(format!("{what}: {e}")))?;
+            .map_err(|_| PgError::Timeout {
+                what: what.to_string(),
+                after: timeout,
+            })?
+            .map_err(|e| PgError::io(what, e))?;
         if !out.status.success() {
             let stderr = String::from_utf8_lossy(&out.stderr);
             let stdout = String::from_utf8_lossy(&out.stdout);
@@ -163,13 +216,13 @@ impl Instance {
     /// Makes `dir` exist, owned by the OS user, mode 0700.
     fn prepare_dir(&self, dir: &Path) -> Result<(), PgError> {
         std::fs::create_dir_all(dir)
-            .map_err(|e| PgError::Io(format!("creating {}: {e}", dir.display())))?;
+            .map_err(|e| PgError::io(format!("creating {}", dir.display()), e))?;
         if let Some((uid, gid)) = self.owner {
             std::os::unix::fs::chown(dir, Some(uid), Some(gid))
-                .map_err(|e| PgError::Io(format!("chown {}: {e}", dir.display())))?;
+                .map_err(|e| PgError::io(format!("chown {}", dir.display()), e))?;
         }
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| PgError::Io(format!("chmod {}: {e}", dir.display())))
+            .map_err(|e| PgError::io(format!("chmod {}", dir.display()), e))
     }
 
     fn prepare_log_file(&self) -> Result<(), PgError> {
@@ -181,10 +234,10 @@ impl Instance {
             .create(true)
             .append(true)
             .open(f)
-            .map_err(|e| PgError::Io(format!("opening log file {}: {e}", f.display())))?;
+            .map_err(|e| PgError::io(format!("opening log file {}", f.display()), e))?;
         if let Some((uid, gid)) = self.owner {
             std::os::unix::fs::chown(f, Some(uid), Some(gid))
-                .map_err(|e| PgError::Io(format!("chown {}: {e}", f.display())))?;
+                .map_err(|e| PgError::io(format!("chown {}", f.display()), e))?;
         }
         Ok(())
     }
@@ -297,7 +350,7 @@ impl Instance {
         let mut pwfile = None;
         if let Some(pw) = &self.cfg.superuser.password {
             let path = self.cfg.data_dir.with_extension("pwfile");
-            std::fs::write(&path, pw).map_err(|e| PgError::Io(format!("writing pwfile: {e}")))?;
+            std::fs::write(&path, pw).map_err(|e| PgError::io("writing pwfile", e))?;
             if let Some((uid, gid)) = self.owner {
                 std::os::unix::fs::chown(&path, Some(uid), Some(gid)).ok();
             }
@@ -326,7 +379,7 @@ impl Instance {
             RunAs::Primary => {
                 if signal.exists() {
                     std::fs::remove_file(&signal)
-                        .map_err(|e| PgError::Io(format!("removing standby.signal: {e}")))?;
+                        .map_err(|e| PgError::io("removing standby.signal", e))?;
                 }
             }
             RunAs::Replica { .. } | RunAs::ReadOnly => write_owned(&signal, "", self.owner)?,
@@ -490,7 +543,7 @@ impl Instance {
         let status = child
             .wait()
             .await
-            .map_err(|e| PgError::Io(format!("pg_basebackup: {e}")))?;
+            .map_err(|e| PgError::io("pg_basebackup", e))?;
         let log = reader.await.unwrap_or_default();
         if !status.success() {
             empty_dir(target);
@@ -518,7 +571,7 @@ impl Instance {
         // A leftover of an interrupted rebuild is our own partial copy.
         if new.exists() {
             std::fs::remove_dir_all(&new)
-                .map_err(|e| PgError::Io(format!("removing stale {}: {e}", new.display())))?;
+                .map_err(|e| PgError::io(format!("removing stale {}", new.display()), e))?;
         }
         if let Err(e) = self.basebackup_into(host, port, &new).await {
             let _ = std::fs::remove_dir_all(&new);
@@ -528,17 +581,17 @@ impl Instance {
         let aside = self.move_aside()?;
         // move_aside left an empty data dir; the clone takes its place.
         std::fs::remove_dir(&self.cfg.data_dir).map_err(|e| {
-            PgError::Io(format!(
-                "removing empty {}: {e}",
-                self.cfg.data_dir.display()
-            ))
+            PgError::io(format!("removing empty {}", self.cfg.data_dir.display()), e)
         })?;
         std::fs::rename(&new, &self.cfg.data_dir).map_err(|e| {
-            PgError::Io(format!(
-                "moving the clone {} into place: {e} (old data is in {})",
-                new.display(),
-                aside.display()
-            ))
+            PgError::io(
+                format!(
+                    "moving the clone {} into place (old data is in {})",
+                    new.display(),
+                    aside.display()
+                ),
+                e,
+            )
         })?;
         Ok(aside)
     }
@@ -571,7 +624,10 @@ impl Instance {
         }
         let (client, conn) = tokio::time::timeout(timeout, cfg.connect(tokio_postgres::NoTls))
             .await
-            .map_err(|_| PgError::Timeout(format!("connect to {host}:{port}"), timeout))??;
+            .map_err(|_| PgError::ConnectTimeout {
+                target: format!("{host}:{port}"),
+                after: timeout,
+            })??;
         tokio::spawn(conn);
         Ok(client)
     }
@@ -589,12 +645,10 @@ impl Instance {
     /// history. Checkpoints the source first, so its control file carries
     /// its new timeline; pg_rewind itself runs crash recovery on a target
     /// that was not shut down cleanly (PostgreSQL 13+).
+    /// pg_rewind from `host:port`. The caller checkpoints the source first
+    /// (`checkpoint_member`), so the source's control file shows its latest
+    /// timeline.
     pub async fn rewind_from(&self, host: &str, port: u16) -> Result<(), PgError> {
-        let client = self
-            .connect_member(host, port, Duration::from_secs(10))
-            .await?;
-        client.batch_execute("CHECKPOINT").await?;
-        drop(client);
         let mut cmd = self.command("pg_rewind");
         cmd.arg("-D")
             .arg(&self.cfg.data_dir)
@@ -624,11 +678,14 @@ impl Instance {
         aside.push(format!(".baton-old-{stamp}"));
         let aside = PathBuf::from(aside);
         std::fs::rename(&self.cfg.data_dir, &aside).map_err(|e| {
-            PgError::Io(format!(
-                "moving {} aside to {}: {e}",
-                self.cfg.data_dir.display(),
-                aside.display()
-            ))
+            PgError::io(
+                format!(
+                    "moving {} aside to {}",
+                    self.cfg.data_dir.display(),
+                    aside.display()
+                ),
+                e,
+            )
         })?;
         self.prepare_dir(&self.cfg.data_dir)?;
         Ok(aside)
@@ -673,7 +730,10 @@ impl Instance {
         let cfg = self.local_conn_config();
         let (client, conn) = tokio::time::timeout(timeout, cfg.connect(tokio_postgres::NoTls))
             .await
-            .map_err(|_| PgError::Timeout("connect to local postgres".into(), timeout))??;
+            .map_err(|_| PgError::ConnectTimeout {
+                target: "local postgres".into(),
+                after: timeout,
+            })??;
         tokio::spawn(async move {
             let _ = conn.await;
         });
@@ -983,18 +1043,47 @@ pub fn render_pg_hba(cfg: &PgConfig) -> String {
 fn write_owned(path: &Path, contents: &str, owner: Option<(u32, u32)>) -> Result<(), PgError> {
     let tmp = path.with_extension("baton-tmp");
     std::fs::write(&tmp, contents)
-        .map_err(|e| PgError::Io(format!("writing {}: {e}", tmp.display())))?;
+        .map_err(|e| PgError::io(format!("writing {}", tmp.display()), e))?;
     if let Some((uid, gid)) = owner {
         std::os::unix::fs::chown(&tmp, Some(uid), Some(gid))
-            .map_err(|e| PgError::Io(format!("chown {}: {e}", tmp.display())))?;
+            .map_err(|e| PgError::io(format!("chown {}", tmp.display()), e))?;
     }
     std::fs::rename(&tmp, path)
-        .map_err(|e| PgError::Io(format!("renaming to {}: {e}", path.display())))
+        .map_err(|e| PgError::io(format!("renaming to {}", path.display()), e))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn refused_connections_are_unreachable_failed_tools_are_not() {
+        // Nothing listens on port 1 of loopback: the connection is refused.
+        let mut cfg = tokio_postgres::Config::new();
+        cfg.host("127.0.0.1").port(1).user("postgres");
+        let e = PgError::from(cfg.connect(tokio_postgres::NoTls).await.err().unwrap());
+        assert!(e.is_unreachable(), "{e}");
+        assert!(e.sqlstate().is_none());
+        let timeout = PgError::ConnectTimeout {
+            target: "10.0.0.1:5432".into(),
+            after: Duration::from_secs(1),
+        };
+        assert!(timeout.is_unreachable());
+        let failed = PgError::Command {
+            what: "pg_rewind".into(),
+            detail: "could not find common ancestor".into(),
+        };
+        assert!(!failed.is_unreachable());
+        let io = PgError::io(
+            "creating /x",
+            std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+        );
+        assert!(!io.is_unreachable());
+        assert!(
+            std::error::Error::source(&io).is_some(),
+            "the I/O source is kept"
+        );
+    }
 
     #[test]
     fn conninfo_values_are_quoted_when_needed() {
