@@ -20,7 +20,7 @@ use base64::Engine as _;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::{SharedState, Snapshot};
+use crate::agent::{AgentGone, AgentHandle, Snapshot};
 use baton_core::ha::PgStatus;
 use baton_core::status::ClusterStatus;
 
@@ -28,7 +28,7 @@ use baton_core::status::ClusterStatus;
 /// tests) choose the port.
 pub async fn serve<L>(
     listener: L,
-    state: SharedState,
+    state: AgentHandle,
     shutdown: CancellationToken,
 ) -> std::io::Result<()>
 where
@@ -105,6 +105,12 @@ enum ApiError {
     Unavailable(String),
 }
 
+impl From<AgentGone> for ApiError {
+    fn from(e: AgentGone) -> Self {
+        ApiError::Unavailable(e.to_string())
+    }
+}
+
 fn ok(message: impl Into<String>) -> Response {
     (StatusCode::OK, Json(json!({"message": message.into()}))).into_response()
 }
@@ -140,7 +146,7 @@ impl IntoResponse for ApiError {
 }
 
 /// Unless the request carries the configured basic-auth credentials.
-fn authorize(state: &SharedState, headers: &HeaderMap) -> Result<(), ApiError> {
+fn authorize(state: &AgentHandle, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(want) = &state.auth else {
         return Ok(());
     };
@@ -183,7 +189,7 @@ fn json_body(body: &Bytes) -> Result<serde_json::Map<String, Value>, ApiError> {
 /// `POST /reinitialize` (`{"force": true}` optional): rebuild this replica
 /// from the leader; the old data directory is moved aside, not deleted.
 async fn reinitialize(
-    State(state): State<SharedState>,
+    State(state): State<AgentHandle>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -207,10 +213,7 @@ async fn reinitialize(
             "cannot reinitialize: the cluster has no leader to clone from".into(),
         ));
     }
-    state
-        .reinit_requested
-        .store(true, std::sync::atomic::Ordering::SeqCst);
-    state.wake.notify_one();
+    state.reinitialize().await?;
     Ok((
         StatusCode::OK,
         Json(json!({"message": "reinitialize scheduled"})),
@@ -236,7 +239,7 @@ fn required_field(body: &serde_json::Map<String, Value>, key: &str) -> Result<St
 }
 
 /// A fresh view of the cluster (not the last tick's), for control requests.
-async fn fresh_view(state: &SharedState) -> Result<baton_core::cluster::ClusterView, ApiError> {
+async fn fresh_view(state: &AgentHandle) -> Result<baton_core::cluster::ClusterView, ApiError> {
     state
         .dcs
         .load()
@@ -251,7 +254,7 @@ const OUTCOME_LIMIT: std::time::Duration = std::time::Duration::from_secs(300);
 /// `POST /switchover` `{"leader", "candidate"?, "scheduled_at"?}`: 200 when
 /// done, 202 when scheduled, 400/412/503 with the reason.
 async fn switchover(
-    State(state): State<SharedState>,
+    State(state): State<AgentHandle>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -347,7 +350,7 @@ fn best_candidate(view: &baton_core::cluster::ClusterView, lag: u64) -> Result<S
 /// `failed` says the request is over without it (503 with its reason).
 /// Bounded by OUTCOME_LIMIT; the steps it waits on are bounded themselves.
 async fn wait_for_leader(
-    state: &SharedState,
+    state: &AgentHandle,
     candidate: &str,
     done: String,
     failed: impl Fn(&baton_core::cluster::ClusterView) -> Option<String>,
@@ -380,7 +383,7 @@ async fn wait_for_leader(
 /// A switchover is over without the candidate once the request is gone and
 /// the old leader runs as primary again; its reason says why.
 async fn wait_for_handover(
-    state: &SharedState,
+    state: &AgentHandle,
     old: &str,
     candidate: &str,
 ) -> Result<Response, ApiError> {
@@ -408,7 +411,7 @@ async fn wait_for_handover(
 
 /// `DELETE /switchover`: cancels a scheduled switchover.
 async fn cancel_switchover(
-    State(state): State<SharedState>,
+    State(state): State<AgentHandle>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers)?;
@@ -436,7 +439,7 @@ async fn cancel_switchover(
 /// `POST /failover` `{"candidate"}`: manual promotion when there is no
 /// healthy leader.
 async fn failover(
-    State(state): State<SharedState>,
+    State(state): State<AgentHandle>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -500,7 +503,7 @@ async fn failover(
 
 /// `POST /restart`: restart postgres in its current role, and wait for it.
 async fn restart(
-    State(state): State<SharedState>,
+    State(state): State<AgentHandle>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers)?;
@@ -510,74 +513,36 @@ async fn restart(
             "postgres is not running; the agent starts it when it should run".into(),
         ));
     }
-    let started = std::time::Instant::now();
-    state
-        .restart_requested
-        .store(true, std::sync::atomic::Ordering::SeqCst);
-    state.wake.notify_one();
-    let mut seen_job = false;
-    loop {
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        let s = state.snapshot();
-        seen_job |= s.pending_job == Some(baton_core::ha::JobKind::Restart);
-        let requested = state
-            .restart_requested
-            .load(std::sync::atomic::Ordering::SeqCst);
-        if seen_job && !requested && s.pending_job.is_none() {
-            return match (&s.pg, &s.last_failure) {
-                (PgStatus::Running(_), _) => Ok(ok("restarted")),
-                (_, Some((_, e))) => Err(ApiError::Unavailable(format!("restart failed: {e}"))),
-                _ => Err(ApiError::Unavailable(
-                    "restart finished but postgres is not running".into(),
-                )),
-            };
-        }
-        if started.elapsed() > OUTCOME_LIMIT {
-            return Err(ApiError::Unavailable(
-                "restart still running; `baton list` shows where it is".into(),
-            ));
-        }
+    match tokio::time::timeout(OUTCOME_LIMIT, state.restart()).await {
+        Ok(Ok(Ok(()))) => Ok(ok("restarted")),
+        Ok(Ok(Err(e))) => Err(ApiError::Unavailable(format!("restart failed: {e}"))),
+        Ok(Err(gone)) => Err(gone.into()),
+        Err(_) => Err(ApiError::Unavailable(
+            "restart still running; `baton list` shows where it is".into(),
+        )),
     }
 }
 
 /// `POST /reload`: re-read the node config file's reloadable settings
 /// (postgresql.parameters, pg_hba, tags), rewrite postgres' files, reload.
 async fn reload(
-    State(state): State<SharedState>,
+    State(state): State<AgentHandle>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers)?;
-    state
-        .reload_requested
-        .store(true, std::sync::atomic::Ordering::SeqCst);
-    state.wake.notify_one();
-    let started = std::time::Instant::now();
-    while state
-        .reload_requested
-        .load(std::sync::atomic::Ordering::SeqCst)
-    {
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        if started.elapsed() > std::time::Duration::from_secs(30) {
-            return Err(ApiError::Unavailable(
-                "reload not picked up by the HA loop within 30 s".into(),
-            ));
-        }
-    }
-    match state
-        .reload_result
-        .lock()
-        .expect("reload result lock")
-        .clone()
-    {
-        Some(Ok(msg)) => Ok(ok(msg)),
-        Some(Err(e)) => Err(ApiError::BadRequest(e)),
-        None => Err(ApiError::Unavailable("reload result missing".into())),
+    match tokio::time::timeout(std::time::Duration::from_secs(30), state.reload()).await {
+        Ok(Ok(Ok(msg))) => Ok(ok(msg)),
+        Ok(Ok(Err(e))) => Err(ApiError::BadRequest(e)),
+        Ok(Err(gone)) => Err(gone.into()),
+        Err(_) => Err(ApiError::Unavailable(
+            "reload not carried out by the HA loop within 30 s".into(),
+        )),
     }
 }
 
 /// Validates and stores a new dynamic config with compare-and-set.
 async fn store_config(
-    state: &SharedState,
+    state: &AgentHandle,
     revision: i64,
     value: Value,
 ) -> Result<Response, ApiError> {
@@ -604,7 +569,7 @@ async fn store_config(
 
 /// `PATCH /config`: merge (a `null` deletes the key), validate, store.
 async fn patch_config(
-    State(state): State<SharedState>,
+    State(state): State<AgentHandle>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -622,7 +587,7 @@ async fn patch_config(
 
 /// `PUT /config`: replace, validate, store.
 async fn put_config(
-    State(state): State<SharedState>,
+    State(state): State<AgentHandle>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -645,7 +610,7 @@ enum Check {
     Always,
 }
 
-fn snapshot(state: &SharedState) -> Snapshot {
+fn snapshot(state: &AgentHandle) -> Snapshot {
     state.snapshot()
 }
 
@@ -774,7 +739,7 @@ fn reply(method: &Method, ok: bool, body: Value) -> Response {
 }
 
 async fn check(
-    State(state): State<SharedState>,
+    State(state): State<AgentHandle>,
     method: Method,
     Query(q): Query<HashMap<String, String>>,
     which: Check,
@@ -798,7 +763,7 @@ async fn check(
     reply(&method, ok, status_json(&s))
 }
 
-async fn cluster(State(state): State<SharedState>, method: Method) -> Response {
+async fn cluster(State(state): State<AgentHandle>, method: Method) -> Response {
     let s = snapshot(&state);
     let Some(view) = &s.cluster else {
         return reply(&method, false, json!({"error": "etcd not reachable"}));
@@ -814,7 +779,7 @@ async fn cluster(State(state): State<SharedState>, method: Method) -> Response {
     reply(&method, true, body)
 }
 
-async fn history(State(state): State<SharedState>, method: Method) -> Response {
+async fn history(State(state): State<AgentHandle>, method: Method) -> Response {
     let s = snapshot(&state);
     let h = s
         .cluster
@@ -824,7 +789,7 @@ async fn history(State(state): State<SharedState>, method: Method) -> Response {
     reply(&method, true, h)
 }
 
-async fn config(State(state): State<SharedState>, method: Method) -> Response {
+async fn config(State(state): State<AgentHandle>, method: Method) -> Response {
     let s = snapshot(&state);
     match s.cluster.as_ref().and_then(|c| c.config.as_ref()) {
         Some(c) => reply(&method, true, serde_json::to_value(c).unwrap_or_default()),
@@ -836,7 +801,7 @@ async fn config(State(state): State<SharedState>, method: Method) -> Response {
     }
 }
 
-async fn metrics(State(state): State<SharedState>) -> Response {
+async fn metrics(State(state): State<AgentHandle>) -> Response {
     let s = snapshot(&state);
     let labels = format!("scope=\"{}\",name=\"{}\"", s.scope, s.name);
     let mut out = String::new();
@@ -933,12 +898,12 @@ async fn metrics(State(state): State<SharedState>) -> Response {
     gauge(
         "baton_rewinds_total",
         "pg_rewind runs started by this agent since it started.",
-        state.rewinds.load(std::sync::atomic::Ordering::SeqCst) as f64,
+        state.counters().rewinds() as f64,
     );
     gauge(
         "baton_rebuilds_total",
         "Rebuilds (data moved aside, cloned again) since the agent started.",
-        state.rebuilds.load(std::sync::atomic::Ordering::SeqCst) as f64,
+        state.counters().rebuilds() as f64,
     );
     gauge(
         "baton_job_running",

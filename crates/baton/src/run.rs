@@ -36,30 +36,33 @@ pub async fn agent(path: PathBuf) -> anyhow::Result<ExitCode> {
     let api = match &tls {
         Some(acceptor) => {
             let l = baton::tls::TlsListener::new(listener, acceptor.clone())?;
-            tokio::spawn(baton::api::serve(l, agent.shared(), shutdown.clone()))
+            tokio::spawn(baton::api::serve(l, agent.handle(), shutdown.clone()))
         }
         None => tokio::spawn(baton::api::serve(
             listener,
-            agent.shared(),
+            agent.handle(),
             shutdown.clone(),
         )),
     };
+    // Signal handlers are installed before the loop starts, so a failure
+    // to install one is an error at start-up, not a panic in a task.
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let signals = {
         let shutdown = shutdown.clone();
-        let shared = agent.shared();
+        let handle = agent.handle();
         tokio::spawn(async move {
-            use tokio::signal::unix::{signal, SignalKind};
-            let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-            let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-            let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
             loop {
                 tokio::select! {
                     _ = term.recv() => tracing::info!("SIGTERM received"),
                     _ = int.recv() => tracing::info!("SIGINT received"),
                     _ = hup.recv() => {
                         tracing::info!("SIGHUP received: reloading the node config");
-                        shared.reload_requested.store(true, std::sync::atomic::Ordering::SeqCst);
-                        shared.wake.notify_one();
+                        // The loop logs the outcome; nobody waits for it here.
+                        let handle = handle.clone();
+                        tokio::spawn(async move { handle.reload().await });
                         continue;
                     }
                 }
@@ -68,10 +71,30 @@ pub async fn agent(path: PathBuf) -> anyhow::Result<ExitCode> {
             shutdown.cancel();
         })
     };
+    // The REST API is a critical task: if it dies, the agent stops cleanly
+    // (postgres stopped, leader key released) rather than run on half-alive
+    // with no health checks for load balancers and no elections answered.
+    let api_died = {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let r = api.await;
+            if shutdown.is_cancelled() {
+                return false;
+            }
+            tracing::error!("the REST API task ended ({r:?}): stopping the agent");
+            shutdown.cancel();
+            true
+        })
+    };
     // The HA loop is the agent: when it ends, everything ends.
     let r = agent.run(shutdown.clone()).await;
     shutdown.cancel();
     signals.abort();
-    let _ = api.await;
-    r.map(|()| ExitCode::SUCCESS)
+    let api_died = api_died.await.unwrap_or(true);
+    r?;
+    Ok(if api_died {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }

@@ -216,6 +216,26 @@ async fn candidate_killed_mid_switchover_aborts_and_the_old_leader_resumes() {
         }
     })
     .await;
+    // The pre-checks read the member keys, which are up to a tick old: wait
+    // until node2's published position has caught up too (a base backup of
+    // node3 can move the leader a whole WAL segment ahead meanwhile).
+    wait_for(
+        "node2's published position within the lag limit",
+        Duration::from_secs(10),
+        || async {
+            let s = t.c.status().await.map_err(|e| format!("{e:#}"))?;
+            match s
+                .members
+                .iter()
+                .find(|m| m.name == "node2")
+                .and_then(|m| m.lag)
+            {
+                Some(lag) if lag <= 1 << 20 => Ok(()),
+                other => Err(format!("lag {other:?}")),
+            }
+        },
+    )
+    .await;
     // Pause node2's replay so the handover cannot finish before the kill;
     // it still passes the pre-checks (running, streaming, no lag yet).
     // (SIGSTOP of the startup process could freeze it holding a lock that

@@ -9,11 +9,16 @@
 //!   the loop keeps ticking, renewing its lease, while a job runs;
 //! - the REST API server (`api.rs`).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+mod handle;
+
+use handle::Inbox;
+pub use handle::{AgentGone, AgentHandle, Counters, Request};
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::Notify;
+use tokio::sync::{oneshot, Notify};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -48,36 +53,6 @@ pub struct Snapshot {
     pub pending_job: Option<JobKind>,
     /// The last job's failure, until another job starts.
     pub last_failure: Option<(JobKind, String)>,
-}
-
-/// What the agent shares with its REST API: the last snapshot, and the
-/// requests operators make through the API.
-pub struct Shared {
-    pub snapshot: RwLock<Snapshot>,
-    /// `POST /reinitialize` sets it; the loop clears it once the rebuild starts.
-    pub reinit_requested: AtomicBool,
-    /// `POST /restart` sets it; the loop clears it once the restart starts.
-    pub restart_requested: AtomicBool,
-    /// pg_rewind runs and rebuilds since the agent started (for /metrics).
-    pub rewinds: AtomicU64,
-    pub rebuilds: AtomicU64,
-    /// etcd access for the control endpoints (switchover requests).
-    pub dcs: Dcs,
-    /// `POST /reload` sets it; the loop clears it after reloading.
-    pub reload_requested: AtomicBool,
-    pub reload_result: std::sync::Mutex<Option<Result<String, String>>>,
-    /// Wakes the loop after a request.
-    pub wake: Notify,
-    /// Credentials the control endpoints require (`api.authentication`).
-    pub auth: Option<crate::config::Credentials>,
-}
-
-pub type SharedState = Arc<Shared>;
-
-impl Shared {
-    pub fn snapshot(&self) -> Snapshot {
-        self.snapshot.read().expect("snapshot lock").clone()
-    }
 }
 
 struct Job {
@@ -122,7 +97,17 @@ pub struct Agent {
     http: reqwest::Client,
     client: Option<tokio_postgres::Client>,
     config: DynamicConfig,
-    shared: SharedState,
+    handle: AgentHandle,
+    inbox: Inbox,
+    /// Wakes the loop early: the etcd watch, a finished job.
+    wake: Arc<Notify>,
+    /// Operator requests the loop has accepted and not yet carried out.
+    reload_waiters: Vec<oneshot::Sender<Result<String, String>>>,
+    restart_requested: bool,
+    restart_waiters: Vec<oneshot::Sender<Result<(), String>>>,
+    /// Waiters of the restart job that is running.
+    restart_job_waiters: Vec<oneshot::Sender<Result<(), String>>>,
+    reinit_requested: bool,
     last_reason: String,
     last_etcd_warning: Option<Instant>,
     /// Since when this running replica has not been streaming.
@@ -142,8 +127,8 @@ impl Agent {
         let inst = Instance::new(cfg.postgresql.clone(), cfg.name.clone())?;
         let config = cfg.bootstrap.clone();
         let dcs = Dcs::connect(&cfg.etcd.endpoints, cfg.prefix(), config.retry_timeout()).await?;
-        let shared = Arc::new(Shared {
-            snapshot: RwLock::new(Snapshot {
+        let (handle, inbox) = handle::channel(
+            Snapshot {
                 scope: cfg.scope.clone(),
                 name: cfg.name.clone(),
                 member: Member::default(),
@@ -158,17 +143,10 @@ impl Agent {
                 system_id: None,
                 pending_job: None,
                 last_failure: None,
-            }),
-            reinit_requested: AtomicBool::new(false),
-            restart_requested: AtomicBool::new(false),
-            rewinds: AtomicU64::new(0),
-            rebuilds: AtomicU64::new(0),
-            dcs: dcs.clone(),
-            reload_requested: AtomicBool::new(false),
-            reload_result: std::sync::Mutex::new(None),
-            wake: Notify::new(),
-            auth: cfg.api.auth.clone(),
-        });
+            },
+            dcs.clone(),
+            cfg.api.auth.clone(),
+        );
         let http = crate::tls::http_client(config.retry_timeout(), cfg.api.cafile.as_deref())?;
         Ok(Agent {
             cfg,
@@ -182,7 +160,14 @@ impl Agent {
             http,
             client: None,
             config,
-            shared,
+            handle,
+            inbox,
+            wake: Arc::new(Notify::new()),
+            reload_waiters: vec![],
+            restart_requested: false,
+            restart_waiters: vec![],
+            restart_job_waiters: vec![],
+            reinit_requested: false,
             last_reason: String::new(),
             last_etcd_warning: None,
             config_path: None,
@@ -198,29 +183,53 @@ impl Agent {
         self
     }
 
-    pub fn shared(&self) -> SharedState {
-        self.shared.clone()
+    /// How the API and the signal handlers reach this agent.
+    pub fn handle(&self) -> AgentHandle {
+        self.handle.clone()
     }
 
     /// Runs until `shutdown` fires, then stops postgres and gives up the
     /// leader key (DESIGN.md rule 6).
     pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let watch = spawn_watch(self.dcs.clone(), self.shared.clone());
-        loop {
+        let mut watch = spawn_watch(self.dcs.clone(), self.wake.clone());
+        let result = loop {
             let started = Instant::now();
             self.tick().await;
             let wait = self.config.loop_wait().saturating_sub(started.elapsed());
+            let wake = self.wake.clone();
             tokio::select! {
                 // Shutdown first: a stopping agent must not start new work.
+                // Each arm is cancel-safe: a request is either received
+                // whole or left in the queue.
                 biased;
-                _ = shutdown.cancelled() => break,
-                _ = self.shared.wake.notified() => {}
+                _ = shutdown.cancelled() => break Ok(()),
+                Some(req) = self.inbox.requests.recv() => self.accept(req),
+                _ = wake.notified() => {}
                 _ = tokio::time::sleep(wait) => {}
+                // The watch task never ends by itself: if it did (a panic),
+                // the agent is half-alive, and a half-alive agent is worse
+                // than a dead one.
+                r = &mut watch => break Err(anyhow::anyhow!("the etcd watch task ended: {r:?}")),
             }
-        }
+        };
         watch.abort();
+        if let Err(e) = &result {
+            tracing::error!("{e}; stopping the agent");
+        }
         self.shutdown().await;
-        Ok(())
+        result
+    }
+
+    /// Takes an operator request; the next tick carries it out.
+    fn accept(&mut self, req: Request) {
+        match req {
+            Request::Reload { reply } => self.reload_waiters.push(reply),
+            Request::Restart { reply } => {
+                self.restart_requested = true;
+                self.restart_waiters.push(reply);
+            }
+            Request::Reinitialize => self.reinit_requested = true,
+        }
     }
 
     async fn shutdown(&mut self) {
@@ -253,18 +262,15 @@ impl Agent {
     }
 
     async fn tick(&mut self) {
-        if self.shared.reload_requested.load(Ordering::SeqCst) {
+        if !self.reload_waiters.is_empty() {
             let result = self.reload().await;
             match &result {
                 Ok(m) => tracing::info!("reload: {m}"),
                 Err(e) => tracing::error!("reload refused: {e}"),
             }
-            *self
-                .shared
-                .reload_result
-                .lock()
-                .expect("reload result lock") = Some(result);
-            self.shared.reload_requested.store(false, Ordering::SeqCst);
+            for w in self.reload_waiters.drain(..) {
+                let _ = w.send(result.clone());
+            }
         }
         let now = Instant::now();
         self.renew_lease().await;
@@ -317,9 +323,9 @@ impl Agent {
             config: self.config.clone(),
             tags: self.cfg.tags.clone(),
             peers,
-            reinit_requested: self.shared.reinit_requested.load(Ordering::SeqCst),
+            reinit_requested: self.reinit_requested,
             rebuild_allowed: self.cfg.postgresql.rebuild_on_rewind_failure,
-            restart_requested: self.shared.restart_requested.load(Ordering::SeqCst),
+            restart_requested: self.restart_requested,
             not_streaming_for: self
                 .not_streaming_since
                 .map(|t| now.saturating_duration_since(t)),
@@ -362,24 +368,27 @@ impl Agent {
             DataDir::Valid { system_id, .. } => Some(system_id.clone()),
             _ => None,
         };
-        let mut s = self.shared.snapshot.write().expect("snapshot lock");
-        s.member = member;
-        s.pg = pg;
-        if cluster.is_some() {
-            s.last_dcs_ok = Some(std::time::SystemTime::now());
-        }
-        s.cluster = cluster;
-        s.config = self.config.clone();
-        s.reason = reason;
-        s.reason_code = d.reason.code();
-        s.last_tick = Some(Instant::now());
-        s.is_leader = is_leader;
-        s.system_id = system_id;
-        s.pending_job = pending_job;
-        s.last_failure = match &self.last_job {
+        let last_failure = match &self.last_job {
             Some((k, Err(e), _)) => Some((*k, e.message.clone())),
             _ => None,
         };
+        let config = self.config.clone();
+        self.inbox.snapshot.send_modify(|s| {
+            s.member = member;
+            s.pg = pg;
+            if cluster.is_some() {
+                s.last_dcs_ok = Some(std::time::SystemTime::now());
+            }
+            s.cluster = cluster;
+            s.config = config;
+            s.reason = reason;
+            s.reason_code = d.reason.code();
+            s.last_tick = Some(Instant::now());
+            s.is_leader = is_leader;
+            s.system_id = system_id;
+            s.pending_job = pending_job;
+            s.last_failure = last_failure;
+        });
     }
 
     /// Re-reads the node file and applies what can change without a restart
@@ -407,7 +416,7 @@ impl Agent {
             .map_err(|e| e.to_string())?;
         self.inst = Arc::new(inst);
         if let Some(client) = &self.client {
-            let snap = self.shared.snapshot();
+            let snap = self.handle.snapshot();
             let run_as = match (&snap.pg, snap.cluster.as_ref()) {
                 (PgStatus::Running(r), _) if !r.in_recovery => Some(RunAs::Primary),
                 (PgStatus::Running(_), Some(c)) => c
@@ -498,6 +507,12 @@ impl Agent {
             }
             if result.is_err() && job.kind == JobKind::Bootstrap {
                 self.undo_bootstrap_claim().await;
+            }
+            if job.kind == JobKind::Restart {
+                let outcome = result.as_ref().map_err(|e| e.message.clone()).copied();
+                for w in self.restart_job_waiters.drain(..) {
+                    let _ = w.send(outcome.clone());
+                }
             }
             self.last_job = Some((job.kind, result, Instant::now()));
         }
@@ -641,10 +656,10 @@ impl Agent {
             }
         }
         tracing::info!("starting job: {kind}");
-        let shared = self.shared.clone();
+        let wake = self.wake.clone();
         let handle = tokio::spawn(async move {
             let r = fut.await.map_err(Into::into);
-            shared.wake.notify_one();
+            wake.notify_one();
             r
         });
         self.job = Some(Job {
@@ -726,7 +741,7 @@ impl Agent {
                 tracing::warn!("switchover request dropped: {}", self.last_reason);
             }
             Action::Restart => {
-                self.shared.restart_requested.store(false, Ordering::SeqCst);
+                self.restart_requested = false;
                 let cluster = obs.cluster.as_ref();
                 let run_as = match cluster.and_then(|c| c.leader_name()) {
                     Some(l) if l == me => RunAs::Primary,
@@ -742,6 +757,18 @@ impl Agent {
                     inst.stop(StopMode::Fast).await.map_err(|e| e.to_string())?;
                     inst.start(&run_as).await.map_err(|e| e.to_string())
                 });
+                let waiters = std::mem::take(&mut self.restart_waiters);
+                if self
+                    .job
+                    .as_ref()
+                    .is_some_and(|j| j.kind == JobKind::Restart)
+                {
+                    self.restart_job_waiters.extend(waiters);
+                } else {
+                    for w in waiters {
+                        let _ = w.send(Err("another job is running; try again".into()));
+                    }
+                }
             }
             Action::ReleaseLeader => {
                 if self.dcs.release_leader(&me).await? {
@@ -759,7 +786,7 @@ impl Agent {
             Action::Rewind { from } => {
                 let (host, port) = self.member_pg_address(obs, from)?;
                 let inst = self.inst.clone();
-                self.shared.rewinds.fetch_add(1, Ordering::SeqCst);
+                self.inbox.counters.rewinds.fetch_add(1, Ordering::Relaxed);
                 self.spawn_job(JobKind::Rewind, async move {
                     // Checkpointing the source first also tells whether it
                     // is reachable at all: if not, retry; never rebuild.
@@ -786,8 +813,8 @@ impl Agent {
             Action::Rebuild { from } => {
                 let (host, port) = self.member_pg_address(obs, from)?;
                 let inst = self.inst.clone();
-                self.shared.reinit_requested.store(false, Ordering::SeqCst);
-                self.shared.rebuilds.fetch_add(1, Ordering::SeqCst);
+                self.reinit_requested = false;
+                self.inbox.counters.rebuilds.fetch_add(1, Ordering::Relaxed);
                 self.spawn_job(JobKind::Rebuild, async move {
                     tracing::info!(
                         "rebuilding from {host}:{port}: cloning next to the data directory"
@@ -833,7 +860,7 @@ impl Agent {
                 };
                 if self.dcs.acquire_leader(&me, lease).await? {
                     tracing::info!("acquired the leader key");
-                    self.shared.wake.notify_one();
+                    self.wake.notify_one();
                 }
             }
             Action::AdoptLeader => {
@@ -842,7 +869,7 @@ impl Agent {
                 };
                 if self.dcs.adopt_leader(&me, lease).await? {
                     tracing::info!("leader key re-attached to lease {}", lease.0);
-                    self.shared.wake.notify_one();
+                    self.wake.notify_one();
                 }
             }
             Action::Clone { from } => {
@@ -1127,7 +1154,7 @@ async fn bootstrap(inst: &Instance) -> Result<(), pg::PgError> {
 
 /// Wakes the loop when a key that changes decisions changes. Member keys are
 /// rewritten every tick by every member, so they do not wake anyone.
-fn spawn_watch(dcs: Dcs, shared: SharedState) -> JoinHandle<()> {
+fn spawn_watch(dcs: Dcs, wake: Arc<Notify>) -> JoinHandle<()> {
     tokio::spawn(async move {
         let prefix = dcs.prefix().to_string();
         loop {
@@ -1143,7 +1170,7 @@ fn spawn_watch(dcs: Dcs, shared: SharedState) -> JoinHandle<()> {
                             })
                         });
                         if relevant {
-                            shared.wake.notify_one();
+                            wake.notify_one();
                         }
                     }
                 }

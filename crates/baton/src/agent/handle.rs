@@ -1,0 +1,132 @@
+//! How the REST API, the signal handlers and (later) the router talk to the
+//! agent: typed requests, each answered on its own oneshot when the HA loop
+//! has carried it out, and a `watch` of the loop's latest snapshot.
+//!
+//! The loop owns every decision; a request only tells it what an operator
+//! asked for. A request whose reply is dropped (the agent is shutting down)
+//! reads as [`AgentGone`], never as a hang.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::Snapshot;
+use crate::config::Credentials;
+use crate::dcs::Dcs;
+
+/// What an operator can ask the loop for.
+#[derive(Debug)]
+pub enum Request {
+    /// Re-read the node file; replies with what changed, or why it was refused.
+    Reload {
+        reply: oneshot::Sender<Result<String, String>>,
+    },
+    /// Restart postgres in its current role; replies when the restart ended.
+    Restart {
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    /// Rebuild this replica from the leader (decide starts it when it may).
+    Reinitialize,
+}
+
+/// Totals since the agent started, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub rewinds: AtomicU64,
+    pub rebuilds: AtomicU64,
+}
+
+impl Counters {
+    pub fn rewinds(&self) -> u64 {
+        self.rewinds.load(Ordering::Relaxed)
+    }
+    pub fn rebuilds(&self) -> u64 {
+        self.rebuilds.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the HA loop is not running (agent shutting down)")]
+pub struct AgentGone;
+
+/// A cheap, cloneable handle on a running agent.
+#[derive(Clone)]
+pub struct AgentHandle {
+    requests: mpsc::Sender<Request>,
+    snapshot: watch::Receiver<Snapshot>,
+    counters: Arc<Counters>,
+    /// etcd access for the control endpoints (switchover requests, config).
+    pub dcs: Dcs,
+    /// Credentials the control endpoints require (`api.authentication`).
+    pub auth: Option<Credentials>,
+}
+
+/// The loop's side of the handle.
+pub(super) struct Inbox {
+    pub requests: mpsc::Receiver<Request>,
+    pub snapshot: watch::Sender<Snapshot>,
+    pub counters: Arc<Counters>,
+}
+
+/// Few operators act at once; a full queue makes the caller wait, never drops.
+const QUEUE: usize = 16;
+
+pub(super) fn channel(
+    initial: Snapshot,
+    dcs: Dcs,
+    auth: Option<Credentials>,
+) -> (AgentHandle, Inbox) {
+    let (req_tx, req_rx) = mpsc::channel(QUEUE);
+    let (snap_tx, snap_rx) = watch::channel(initial);
+    let counters = Arc::new(Counters::default());
+    (
+        AgentHandle {
+            requests: req_tx,
+            snapshot: snap_rx,
+            counters: counters.clone(),
+            dcs,
+            auth,
+        },
+        Inbox {
+            requests: req_rx,
+            snapshot: snap_tx,
+            counters,
+        },
+    )
+}
+
+impl AgentHandle {
+    /// The snapshot of the loop's last completed tick.
+    pub fn snapshot(&self) -> Snapshot {
+        self.snapshot.borrow().clone()
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Request,
+    ) -> Result<T, AgentGone> {
+        let (tx, rx) = oneshot::channel();
+        self.requests.send(make(tx)).await.map_err(|_| AgentGone)?;
+        rx.await.map_err(|_| AgentGone)
+    }
+
+    pub async fn reload(&self) -> Result<Result<String, String>, AgentGone> {
+        self.ask(|reply| Request::Reload { reply }).await
+    }
+
+    pub async fn restart(&self) -> Result<Result<(), String>, AgentGone> {
+        self.ask(|reply| Request::Restart { reply }).await
+    }
+
+    pub async fn reinitialize(&self) -> Result<(), AgentGone> {
+        self.requests
+            .send(Request::Reinitialize)
+            .await
+            .map_err(|_| AgentGone)
+    }
+}
