@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, Notify};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use baton_core::cluster::{ClusterView, LeaseId, Member, StatusKey};
 use baton_core::config::DynamicConfig;
@@ -190,7 +191,14 @@ impl Agent {
 
     /// Runs until `shutdown` fires, then stops postgres and gives up the
     /// leader key (DESIGN.md rule 6).
-    pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        // One span per agent: every line it and its jobs log carries the
+        // scope and the member, so several agents can share one log.
+        let span = tracing::info_span!("agent", scope = %self.cfg.scope, member = %self.cfg.name);
+        self.run_loop(shutdown).instrument(span).await
+    }
+
+    async fn run_loop(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let mut watch = spawn_watch(self.dcs.clone(), self.wake.clone());
         let result = loop {
             let started = Instant::now();
@@ -339,7 +347,23 @@ impl Agent {
         let d = decide(&obs);
         let reason = d.reason.to_string();
         if reason != self.last_reason {
-            tracing::info!(code = d.reason.code(), actions = ?d.actions, "{reason}");
+            let (timeline, lsn) = match &obs.pg {
+                PgStatus::Running(r) => (
+                    r.timeline,
+                    r.wal_lsn
+                        .or(r.receive_lsn.max(r.replay_lsn))
+                        .map(|l| l.to_string()),
+                ),
+                _ => (None, None),
+            };
+            tracing::info!(
+                code = d.reason.code(),
+                lease = self.lease.map(|l| l.0),
+                timeline,
+                lsn,
+                actions = ?d.actions,
+                "{reason}"
+            );
             self.last_reason = reason.clone();
         }
         self.act(&d, &obs).await;
@@ -456,7 +480,7 @@ impl Agent {
             Some(lease) => match self.dcs.keep_alive(lease).await {
                 Ok(()) => self.last_renewal_sent = Some(sent),
                 Err(DcsError::LeaseExpired(_)) => {
-                    tracing::warn!("lease {} expired; requesting a new one", lease.0);
+                    tracing::warn!(lease = lease.0, "lease expired; requesting a new one");
                     self.lease = None;
                 }
                 Err(e) => self.etcd_warning(format_args!("lease renewal failed: {e}")),
@@ -657,11 +681,14 @@ impl Agent {
         }
         tracing::info!("starting job: {kind}");
         let wake = self.wake.clone();
-        let handle = tokio::spawn(async move {
-            let r = fut.await.map_err(Into::into);
-            wake.notify_one();
-            r
-        });
+        let handle = tokio::spawn(
+            async move {
+                let r = fut.await.map_err(Into::into);
+                wake.notify_one();
+                r
+            }
+            .instrument(tracing::info_span!("job", kind = %kind)),
+        );
         self.job = Some(Job {
             kind,
             started: Instant::now(),
@@ -859,7 +886,7 @@ impl Agent {
                     return Ok(());
                 };
                 if self.dcs.acquire_leader(&me, lease).await? {
-                    tracing::info!("acquired the leader key");
+                    tracing::info!(lease = lease.0, "acquired the leader key");
                     self.wake.notify_one();
                 }
             }
@@ -868,7 +895,7 @@ impl Agent {
                     return Ok(());
                 };
                 if self.dcs.adopt_leader(&me, lease).await? {
-                    tracing::info!("leader key re-attached to lease {}", lease.0);
+                    tracing::info!(lease = lease.0, "leader key re-attached to my lease");
                     self.wake.notify_one();
                 }
             }
