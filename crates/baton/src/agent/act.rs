@@ -1,0 +1,355 @@
+//! Carries out the actions `decide` returned; long ones become jobs.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use baton_core::cluster::{ClusterView, StatusKey};
+use baton_core::ha::{Action, Decision, JobKind, Observation, PgStatus};
+use baton_core::instance::slot_name;
+
+use super::handover::{switchover, Handover};
+use super::jobs::JobError;
+use super::Agent;
+use crate::pg::{self, Instance, RunAs, StopMode};
+
+impl Agent {
+    pub(super) fn member_pg_address(
+        &self,
+        obs: &Observation,
+        member: &str,
+    ) -> anyhow::Result<(String, u16)> {
+        obs.cluster
+            .as_ref()
+            .and_then(|c| c.members.get(member))
+            .and_then(|m| m.pg_address())
+            .ok_or_else(|| anyhow::anyhow!("member {member} has no usable conn_url"))
+    }
+
+    pub(super) fn leader_run_as(&self, cluster: &ClusterView, leader: &str) -> Option<RunAs> {
+        let (host, port) = cluster.members.get(leader)?.pg_address()?;
+        Some(RunAs::Replica {
+            host,
+            port,
+            slot: slot_name(&self.cfg.name),
+        })
+    }
+
+    pub(super) async fn act(&mut self, d: &Decision, obs: &Observation) {
+        for action in &d.actions {
+            if let Err(e) = self.act_one(action, obs).await {
+                tracing::warn!(?action, "action failed: {e}");
+            }
+        }
+    }
+
+    pub(super) async fn act_one(
+        &mut self,
+        action: &Action,
+        obs: &Observation,
+    ) -> anyhow::Result<()> {
+        let me = self.cfg.name.clone();
+        match action {
+            Action::Bootstrap => {
+                let Some(lease) = self.lease else {
+                    return Ok(());
+                };
+                if !self.dcs.take_initialize(lease).await? {
+                    return Ok(());
+                }
+                tracing::info!("won the initialize key: bootstrapping a new cluster");
+                // Rule 1: hold the leader key before anything runs read-write.
+                if !self.dcs.acquire_leader(&me, lease).await? {
+                    self.dcs.release_initialize().await?;
+                    return Ok(());
+                }
+                let inst = self.inst.clone();
+                self.spawn_job(JobKind::Bootstrap, async move {
+                    bootstrap(&inst).await.map_err(|e| e.to_string())
+                });
+            }
+            Action::Switchover { candidate } => {
+                let cluster = obs.cluster.as_ref().expect("decided with a cluster view");
+                let (host, port) = self.member_pg_address(obs, candidate)?;
+                let Some(lease) = cluster.member_leases.get(candidate).copied() else {
+                    anyhow::bail!("candidate {candidate} has no member lease");
+                };
+                let (inst, dcs, cand) = (self.inst.clone(), self.dcs.clone(), candidate.clone());
+                let limit = self.config.ttl();
+                self.client = None;
+                self.spawn_job(JobKind::Switchover, async move {
+                    let h = Handover {
+                        me,
+                        candidate: cand,
+                        host,
+                        port,
+                        lease,
+                        limit,
+                    };
+                    switchover(&inst, &dcs, &h).await
+                });
+            }
+            Action::CancelSwitchover => {
+                self.dcs.clear_failover().await?;
+                tracing::warn!("switchover request dropped: {}", self.last_reason);
+            }
+            Action::Restart => {
+                self.restart_requested = false;
+                let cluster = obs.cluster.as_ref();
+                let run_as = match cluster.and_then(|c| c.leader_name()) {
+                    Some(l) if l == me => RunAs::Primary,
+                    Some(l) => match cluster.and_then(|c| self.leader_run_as(c, l)) {
+                        Some(r) => r,
+                        None => RunAs::ReadOnly,
+                    },
+                    None => RunAs::ReadOnly,
+                };
+                let inst = self.inst.clone();
+                self.client = None;
+                self.spawn_job(JobKind::Restart, async move {
+                    inst.stop(StopMode::Fast).await.map_err(|e| e.to_string())?;
+                    inst.start(&run_as).await.map_err(|e| e.to_string())
+                });
+                let waiters = std::mem::take(&mut self.restart_waiters);
+                if self
+                    .job
+                    .as_ref()
+                    .is_some_and(|j| j.kind == JobKind::Restart)
+                {
+                    self.restart_job_waiters.extend(waiters);
+                } else {
+                    for w in waiters {
+                        let _ = w.send(Err("another job is running; try again".into()));
+                    }
+                }
+            }
+            Action::ReleaseLeader => {
+                if self.dcs.release_leader(&me).await? {
+                    tracing::warn!("released the leader key");
+                }
+            }
+            Action::StartReadOnly => {
+                let inst = self.inst.clone();
+                self.spawn_job(JobKind::Start, async move {
+                    inst.start(&RunAs::ReadOnly)
+                        .await
+                        .map_err(|e| e.to_string())
+                });
+            }
+            Action::Rewind { from } => {
+                let (host, port) = self.member_pg_address(obs, from)?;
+                let inst = self.inst.clone();
+                self.inbox.counters.rewinds.fetch_add(1, Ordering::Relaxed);
+                self.spawn_job(JobKind::Rewind, async move {
+                    // Checkpointing the source first also tells whether it
+                    // is reachable at all: if not, retry; never rebuild.
+                    inst.checkpoint_member(&host, port)
+                        .await
+                        .map_err(|e| JobError {
+                            message: format!("{host}:{port}: {e}"),
+                            source_down: true,
+                        })?;
+                    tracing::info!("running pg_rewind against {host}:{port}");
+                    if let Err(e) = inst.rewind_from(&host, port).await {
+                        // pg_rewind fails the same way when its source went
+                        // away mid-run: then the failure is the source's, to
+                        // retry, not a reason to rebuild.
+                        let source_down = inst.checkpoint_member(&host, port).await.is_err();
+                        return Err(JobError {
+                            message: e.to_string(),
+                            source_down,
+                        });
+                    }
+                    Ok(())
+                });
+            }
+            Action::Rebuild { from } => {
+                let (host, port) = self.member_pg_address(obs, from)?;
+                let inst = self.inst.clone();
+                self.reinit_requested = false;
+                self.inbox.counters.rebuilds.fetch_add(1, Ordering::Relaxed);
+                self.spawn_job(JobKind::Rebuild, async move {
+                    tracing::info!(
+                        "rebuilding from {host}:{port}: cloning next to the data directory"
+                    );
+                    let aside = inst
+                        .rebuild_from(&host, port)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    tracing::warn!("old data directory moved aside to {}", aside.display());
+                    Ok::<(), String>(())
+                });
+            }
+            Action::PublishHistory => {
+                let (PgStatus::Running(run), Some(client)) = (&obs.pg, &self.client) else {
+                    return Ok(());
+                };
+                let Some(tl) = run.timeline else {
+                    return Ok(());
+                };
+                let file = pg::timeline_history(client, tl).await?;
+                let existing = obs.cluster.as_ref().and_then(|c| c.history.clone());
+                let history = baton_core::cluster::merge_history(
+                    existing,
+                    &file,
+                    tl,
+                    &me,
+                    chrono::Utc::now(),
+                );
+                self.dcs.put_history(&history).await?;
+                tracing::info!(timeline = tl, "history updated");
+            }
+            Action::PublishInitialize(id) => {
+                if self.dcs.set_initialize(id).await? {
+                    tracing::info!(system_id = %id, "cluster initialized");
+                }
+            }
+            Action::InitConfig => {
+                self.dcs.init_config(&self.cfg.bootstrap).await?;
+            }
+            Action::AcquireLeader => {
+                let Some(lease) = self.lease else {
+                    return Ok(());
+                };
+                if self.dcs.acquire_leader(&me, lease).await? {
+                    tracing::info!(lease = lease.0, "acquired the leader key");
+                    self.wake.notify_one();
+                }
+            }
+            Action::AdoptLeader => {
+                let Some(lease) = self.lease else {
+                    return Ok(());
+                };
+                if self.dcs.adopt_leader(&me, lease).await? {
+                    tracing::info!(lease = lease.0, "leader key re-attached to my lease");
+                    self.wake.notify_one();
+                }
+            }
+            Action::Clone { from } => {
+                let cluster = obs.cluster.as_ref().expect("decided with a cluster view");
+                let Some((host, port)) = cluster.members.get(from).and_then(|m| m.pg_address())
+                else {
+                    anyhow::bail!("leader {from} has no conn_url");
+                };
+                let inst = self.inst.clone();
+                self.spawn_job(JobKind::Clone, async move {
+                    tracing::info!("cloning from {host}:{port} with pg_basebackup");
+                    inst.basebackup_from(&host, port)
+                        .await
+                        .map_err(|e| e.to_string())
+                });
+            }
+            Action::StartPrimary => {
+                let inst = self.inst.clone();
+                self.spawn_job(JobKind::Start, async move {
+                    inst.start(&RunAs::Primary).await.map_err(|e| e.to_string())
+                });
+            }
+            Action::StartReplica { leader } => {
+                let cluster = obs.cluster.as_ref().expect("decided with a cluster view");
+                let Some(run_as) = self.leader_run_as(cluster, leader) else {
+                    anyhow::bail!("leader {leader} has no conn_url");
+                };
+                let inst = self.inst.clone();
+                self.spawn_job(JobKind::Start, async move {
+                    inst.start(&run_as).await.map_err(|e| e.to_string())
+                });
+            }
+            Action::Follow { leader } => {
+                let cluster = obs.cluster.as_ref().expect("decided with a cluster view");
+                let Some(run_as) = self.leader_run_as(cluster, leader) else {
+                    anyhow::bail!("leader {leader} has no conn_url");
+                };
+                let Some(client) = &self.client else {
+                    return Ok(());
+                };
+                self.inst.follow(client, &run_as).await?;
+            }
+            Action::Promote => {
+                let inst = self.inst.clone();
+                // postgres removes standby.signal itself when promoting (and
+                // fails if it is gone already); the next start rewrites the
+                // configuration for a primary anyway.
+                self.spawn_job(JobKind::Promote, async move {
+                    inst.promote().await.map_err(|e| e.to_string())
+                });
+            }
+            Action::Stop => {
+                // Fencing is not queued behind a job: it happens now.
+                if let Some(job) = self.job.take() {
+                    job.handle.abort();
+                }
+                self.client = None;
+                self.inst.stop(StopMode::Immediate).await?;
+                tracing::warn!("postgres stopped immediately: {}", self.last_reason);
+            }
+            Action::CreateSlots(members) => {
+                let Some(client) = &self.client else {
+                    return Ok(());
+                };
+                for m in members {
+                    let slot = slot_name(m);
+                    pg::create_slot(client, &slot).await?;
+                    tracing::info!("created replication slot {slot} for {m}");
+                }
+            }
+            Action::DropSlots(slots) => {
+                let Some(client) = &self.client else {
+                    return Ok(());
+                };
+                for slot in slots {
+                    if pg::drop_inactive_slot(client, slot).await? {
+                        tracing::warn!(
+                            "dropped replication slot {slot}: its member has been gone for member_slots_ttl ({} s)",
+                            self.config.member_slots_ttl
+                        );
+                        self.slot_absent_since.remove(slot);
+                    }
+                }
+            }
+            Action::PublishStatus => {
+                let PgStatus::Running(run) = &obs.pg else {
+                    return Ok(());
+                };
+                let mut slots: std::collections::BTreeMap<String, u64> = run
+                    .slots
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.map(|l| l.0).unwrap_or(0)))
+                    .collect();
+                // Slots created earlier in this same tick count as well.
+                for m in obs.cluster.iter().flat_map(|c| c.members.keys()) {
+                    if *m != me {
+                        slots.entry(slot_name(m)).or_insert(0);
+                    }
+                }
+                // Baton's slots that still exist (or are about to): what a
+                // future leader must keep, and the only ones it may drop.
+                let retain: Vec<String> = obs
+                    .cluster
+                    .as_ref()
+                    .map(|c| c.managed_slots(&me))
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|s| slots.contains_key(s))
+                    .collect();
+                let status = StatusKey {
+                    optime: run.wal_lsn.map(|l| l.0),
+                    slots: Some(slots),
+                    retain_slots: Some(retain),
+                };
+                self.dcs.put_status(&status).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// initdb, configure, start, create the replication role.
+pub(super) async fn bootstrap(inst: &Instance) -> Result<(), pg::PgError> {
+    tracing::info!("running initdb in {}", inst.cfg.data_dir.display());
+    inst.initdb().await?;
+    inst.start(&RunAs::Primary).await?;
+    let client = inst.connect(Duration::from_secs(10)).await?;
+    pg::create_replication_role(&client, &inst.cfg).await?;
+    tracing::info!("bootstrap complete");
+    Ok(())
+}

@@ -1,0 +1,122 @@
+//! Long actions (bootstrap, clone, start, promote, rewind, rebuild,
+//! switchover, restart) run as one owned task at a time; the loop keeps
+//! ticking, and renewing its lease, while one runs.
+
+use std::time::{Duration, Instant};
+
+use tokio::task::JoinHandle;
+use tracing::Instrument as _;
+
+use baton_core::ha::{JobKind, JobStatus};
+use baton_core::instance::DataDir;
+
+use super::Agent;
+
+pub(super) struct Job {
+    pub(super) kind: JobKind,
+    pub(super) started: Instant,
+    pub(super) handle: JoinHandle<Result<(), JobError>>,
+}
+
+/// Why a job failed, and whether the member it worked against was simply
+/// unreachable (then the job is retried instead of escalated).
+#[derive(Debug, Clone)]
+pub(super) struct JobError {
+    pub(super) message: String,
+    pub(super) source_down: bool,
+}
+
+impl From<String> for JobError {
+    fn from(message: String) -> Self {
+        JobError {
+            message,
+            source_down: false,
+        }
+    }
+}
+
+impl std::fmt::Display for JobError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// After a failed job, the same job is not retried for this long.
+pub(super) const JOB_RETRY_BACKOFF: Duration = Duration::from_secs(5);
+
+impl Agent {
+    pub(super) async fn poll_job(&mut self) -> JobStatus {
+        if let Some(job) = &self.job {
+            if !job.handle.is_finished() {
+                return JobStatus::Running(job.kind, job.started.elapsed());
+            }
+            let job = self.job.take().expect("checked");
+            let result = match job.handle.await {
+                Ok(r) => r,
+                Err(e) => Err(JobError::from(format!("job panicked or was aborted: {e}"))),
+            };
+            match &result {
+                Ok(()) => tracing::info!(
+                    "{} finished in {:.1} s",
+                    job.kind,
+                    job.started.elapsed().as_secs_f64()
+                ),
+                Err(e) => tracing::error!("{} failed: {e}", job.kind),
+            }
+            if result.is_err() && job.kind == JobKind::Bootstrap {
+                self.undo_bootstrap_claim().await;
+            }
+            if job.kind == JobKind::Restart {
+                let outcome = result.as_ref().map_err(|e| e.message.clone()).copied();
+                for w in self.restart_job_waiters.drain(..) {
+                    let _ = w.send(outcome.clone());
+                }
+            }
+            self.last_job = Some((job.kind, result, Instant::now()));
+        }
+        match &self.last_job {
+            Some((k, Err(e), _)) => JobStatus::Failed(*k, e.message.clone(), e.source_down),
+            Some((k, Ok(()), _)) => JobStatus::Done(*k),
+            None => JobStatus::Idle,
+        }
+    }
+
+    /// After a failed bootstrap, let another member try, unless initdb
+    /// completed here (then this node retries starting it).
+    pub(super) async fn undo_bootstrap_claim(&mut self) {
+        let _ = self.dcs.release_leader(&self.cfg.name).await;
+        if self.inst.inspect().await == DataDir::Empty {
+            let _ = self.dcs.release_initialize().await;
+        }
+    }
+
+    pub(super) fn spawn_job<F, E>(&mut self, kind: JobKind, fut: F)
+    where
+        F: std::future::Future<Output = Result<(), E>> + Send + 'static,
+        E: Into<JobError>,
+    {
+        if self.job.is_some() {
+            return;
+        }
+        if let Some((k, Err(_), at)) = &self.last_job {
+            if *k == kind && at.elapsed() < JOB_RETRY_BACKOFF {
+                return;
+            }
+        }
+        tracing::info!("starting job: {kind}");
+        let wake = self.wake.clone();
+        let handle = tokio::spawn(
+            async move {
+                let r = fut.await.map_err(Into::into);
+                wake.notify_one();
+                r
+            }
+            .instrument(tracing::info_span!("job", kind = %kind)),
+        );
+        self.job = Some(Job {
+            kind,
+            started: Instant::now(),
+            handle,
+        });
+    }
+}

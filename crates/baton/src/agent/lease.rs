@@ -1,0 +1,87 @@
+//! The agent's lease: renewed every tick and replaced when etcd no longer
+//! knows it; and the etcd watch that wakes the loop early.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+use super::Agent;
+use crate::dcs::{Dcs, DcsError};
+
+impl Agent {
+    /// Keeps our lease alive, granting a new one when it is gone. The time
+    /// recorded is when the request was *sent*: etcd counts the TTL from
+    /// when it received it, which is later, so this errs on the safe side.
+    pub(super) async fn renew_lease(&mut self) {
+        if self.lease.is_some() && self.lease_ttl != self.config.ttl {
+            // A ttl change takes effect with a fresh lease; the leader key is
+            // re-attached to it by AdoptLeader on this very tick.
+            self.lease = None;
+        }
+        let sent = Instant::now();
+        match self.lease {
+            Some(lease) => match self.dcs.keep_alive(lease).await {
+                Ok(()) => self.last_renewal_sent = Some(sent),
+                Err(DcsError::LeaseExpired(_)) => {
+                    tracing::warn!(lease = lease.0, "lease expired; requesting a new one");
+                    self.lease = None;
+                }
+                Err(e) => self.etcd_warning(format_args!("lease renewal failed: {e}")),
+            },
+            None => match self.dcs.grant_lease(self.config.ttl).await {
+                Ok(l) => {
+                    tracing::info!(lease = l.0, ttl = self.config.ttl, "granted new lease");
+                    self.lease = Some(l);
+                    self.lease_ttl = self.config.ttl;
+                    // A grant starts the new lease's TTL like a renewal does.
+                    // It renews no leader key held on an older lease: decide
+                    // moves such a key over (AdoptLeader) before relying on it.
+                    self.last_renewal_sent = Some(sent);
+                }
+                Err(e) => self.etcd_warning(format_args!("cannot get an etcd lease: {e}")),
+            },
+        }
+    }
+
+    /// etcd trouble repeats every tick; say so every few seconds, not every tick.
+    pub(super) fn etcd_warning(&mut self, msg: std::fmt::Arguments<'_>) {
+        if self
+            .last_etcd_warning
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(5))
+        {
+            tracing::warn!(endpoints = ?self.cfg.etcd.endpoints, "{msg}");
+            self.last_etcd_warning = Some(Instant::now());
+        }
+    }
+}
+
+/// Wakes the loop when a key that changes decisions changes. Member keys are
+/// rewritten every tick by every member, so they do not wake anyone.
+pub(super) fn spawn_watch(dcs: Dcs, wake: Arc<Notify>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let prefix = dcs.prefix().to_string();
+        loop {
+            match dcs.watch().await {
+                Ok(mut stream) => {
+                    while let Ok(Some(resp)) = stream.message().await {
+                        let relevant = resp.events().iter().any(|e| {
+                            e.kv().and_then(|kv| kv.key_str().ok()).is_some_and(|k| {
+                                matches!(
+                                    k.strip_prefix(prefix.as_str()),
+                                    Some("leader" | "failover" | "initialize" | "config")
+                                )
+                            })
+                        });
+                        if relevant {
+                            wake.notify_one();
+                        }
+                    }
+                }
+                Err(e) => tracing::debug!("etcd watch failed: {e}"),
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    })
+}

@@ -1,0 +1,162 @@
+//! What one tick sees: the local postgres, the peers' REST status, the
+//! leader's slot bookkeeping; and what it publishes about itself.
+
+use std::time::Instant;
+
+use baton_core::cluster::{ClusterView, Member};
+use baton_core::ha::{publish, JobKind, Peer, PgStatus, Reason};
+use baton_core::instance::{slot_name, DataDir};
+
+use super::Agent;
+use crate::pg;
+
+impl Agent {
+    pub(super) async fn observe_postgres(&mut self) -> (PgStatus, DataDir) {
+        if self.inst.postmaster_pid().is_none() {
+            self.client = None;
+            return (PgStatus::Stopped, self.inst.inspect().await);
+        }
+        let timeout = self.config.retry_timeout();
+        if self.client.as_ref().is_none_or(|c| c.is_closed()) {
+            self.client = self.inst.connect(timeout).await.ok();
+        }
+        let Some(client) = &self.client else {
+            return (PgStatus::Unresponsive, self.inst.inspect().await);
+        };
+        match tokio::time::timeout(timeout, pg::query_running(client)).await {
+            Ok(Ok(mut r)) => {
+                r.history = self.history_of(r.timeline).await;
+                let dir = DataDir::Valid {
+                    system_id: r.system_id.clone(),
+                    standby: r.in_recovery,
+                    timeline: r.timeline,
+                    history: r.history.clone(),
+                    clean_shutdown: false,
+                    checkpoint: None,
+                };
+                (PgStatus::Running(Box::new(r)), dir)
+            }
+            Ok(Err(e)) => {
+                tracing::debug!("status query failed: {e}");
+                self.client = None;
+                (PgStatus::Unresponsive, self.inst.inspect().await)
+            }
+            Err(_) => {
+                self.client = None;
+                (PgStatus::Unresponsive, self.inst.inspect().await)
+            }
+        }
+    }
+
+    /// Asks every other member's REST API for its WAL position, concurrently,
+    /// each bounded by the client's `retry_timeout`. Unreachable members are
+    /// left out: they cannot promote either without reaching etcd.
+    pub(super) async fn observe_peers(&self, cluster: &ClusterView) -> Vec<Peer> {
+        let mut asks = tokio::task::JoinSet::new();
+        for (name, m) in &cluster.members {
+            if *name == self.cfg.name {
+                continue;
+            }
+            let http = self.http.clone();
+            let name = name.clone();
+            let url = m.api_url.clone();
+            asks.spawn(async move {
+                let v: serde_json::Value = http.get(&url).send().await.ok()?.json().await.ok()?;
+                Some(Peer::from_status(name, &v))
+            });
+        }
+        let mut peers: Vec<Peer> = asks.join_all().await.into_iter().flatten().collect();
+        peers.sort_by(|a, b| a.name.cmp(&b.name));
+        peers
+    }
+
+    /// On the leader's primary: which of Baton's slots (those of members it
+    /// has seen, kept in `status.retain_slots`) have no member key now, and
+    /// since when. A new leader starts counting afresh, which only delays a
+    /// drop; operators' own slots are never counted.
+    pub(super) fn track_absent_slots(
+        &mut self,
+        cluster: Option<&ClusterView>,
+        pg: &PgStatus,
+        now: Instant,
+    ) {
+        let (Some(c), PgStatus::Running(run)) = (cluster, pg) else {
+            return;
+        };
+        if run.in_recovery || c.leader_name() != Some(self.cfg.name.as_str()) {
+            self.slot_absent_since.clear();
+            return;
+        }
+        let managed = c.managed_slots(&self.cfg.name);
+        let present: std::collections::BTreeSet<String> =
+            c.members.keys().map(|m| slot_name(m)).collect();
+        self.slot_absent_since.retain(|s, _| {
+            managed.contains(s) && !present.contains(s) && run.slots.contains_key(s)
+        });
+        for s in &managed {
+            if !present.contains(s) && run.slots.contains_key(s) {
+                self.slot_absent_since.entry(s.clone()).or_insert(now);
+            }
+        }
+    }
+
+    /// The running instance's timeline history, read once per timeline.
+    pub(super) async fn history_of(
+        &mut self,
+        timeline: Option<u32>,
+    ) -> Vec<(u32, baton_core::lsn::Lsn)> {
+        let Some(tl) = timeline.filter(|t| *t > 1) else {
+            return vec![];
+        };
+        if let Some((cached, h)) = &self.history_cache {
+            if *cached == tl {
+                return h.clone();
+            }
+        }
+        let Some(client) = &self.client else {
+            return vec![];
+        };
+        match pg::timeline_history(client, tl).await {
+            Ok(h) => {
+                let h: Vec<_> = h.into_iter().map(|(t, l, _)| (t, l)).collect();
+                self.history_cache = Some((tl, h.clone()));
+                h
+            }
+            Err(e) => {
+                tracing::debug!("reading history of timeline {tl}: {e}");
+                vec![]
+            }
+        }
+    }
+
+    pub(super) fn member_json(
+        &self,
+        pg: &PgStatus,
+        data_dir: &DataDir,
+        job: Option<JobKind>,
+        needs_repair: bool,
+        cluster: &Option<ClusterView>,
+        reason: &Reason,
+    ) -> Member {
+        let pgc = &self.cfg.postgresql;
+        let i_lead = cluster
+            .as_ref()
+            .and_then(|c| c.leader_name())
+            .is_some_and(|l| l == self.cfg.name);
+        let mut m = Member {
+            conn_url: format!("postgres://{}/postgres", pgc.connect_address),
+            api_url: format!(
+                "{}://{}/patroni",
+                self.cfg.api.scheme(),
+                self.cfg.api.connect_address
+            ),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            tags: self.cfg.tags.clone(),
+            baton_reason: Some(reason.to_string()),
+            baton_reason_code: Some(reason.code().to_string()),
+            ..Member::default()
+        };
+        publish::fill_member(&mut m, pg, data_dir, job, needs_repair, i_lead);
+        m
+    }
+}
