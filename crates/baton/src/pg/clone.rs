@@ -1,0 +1,213 @@
+//! Copies between members: pg_basebackup (clone, rebuild beside the data
+//! directory), pg_rewind, and superuser sessions on another member.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+
+use super::conf::quote_conninfo;
+use super::datadir::empty_dir;
+use super::{Instance, PgError, StopMode};
+
+impl Instance {
+    /// Clones `host:port` into the (empty) data directory with pg_basebackup,
+    /// logging its progress. On failure the partial copy is removed, since
+    /// the directory was empty before.
+    pub async fn basebackup_from(&self, host: &str, port: u16) -> Result<(), PgError> {
+        self.basebackup_into(host, port, &self.cfg.data_dir).await
+    }
+
+    /// pg_basebackup of `host:port` into `target` (empty or missing); on
+    /// failure the partial copy is removed from `target`.
+    pub(super) async fn basebackup_into(
+        &self,
+        host: &str,
+        port: u16,
+        target: &Path,
+    ) -> Result<(), PgError> {
+        self.prepare_dir(target)?;
+        let mut cmd = self.command("pg_basebackup");
+        cmd.arg("-D")
+            .arg(target)
+            .arg("-d")
+            .arg(self.replication_conninfo(host, port))
+            .args(["-X", "stream", "-c", "fast", "--progress", "--verbose"]);
+        if let Some(pw) = &self.cfg.replication.password {
+            cmd.env("PGPASSWORD", pw);
+        }
+        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().map_err(|e| PgError::Command {
+            what: "pg_basebackup".into(),
+            detail: format!("cannot spawn: {e}"),
+        })?;
+        let mut stderr = child.stderr.take().expect("piped");
+        let name = self.name.clone();
+        let reader = tokio::spawn(async move {
+            // pg_basebackup redraws progress with '\r'; log at most once a second.
+            let mut buf = [0u8; 4096];
+            let mut line = String::new();
+            let mut all = String::new();
+            let mut last = std::time::Instant::now() - Duration::from_secs(2);
+            while let Ok(n) = stderr.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                for ch in String::from_utf8_lossy(&buf[..n]).chars() {
+                    if ch == '\r' || ch == '\n' {
+                        let l = line.trim();
+                        if !l.is_empty() {
+                            if ch == '\n' || last.elapsed() >= Duration::from_secs(1) {
+                                tracing::info!(member = %name, "pg_basebackup: {l}");
+                                last = std::time::Instant::now();
+                            }
+                            if ch == '\n' {
+                                all.push_str(l);
+                                all.push('\n');
+                            }
+                        }
+                        line.clear();
+                    } else {
+                        line.push(ch);
+                    }
+                }
+            }
+            all
+        });
+        let status = child
+            .wait()
+            .await
+            .map_err(|e| PgError::io("pg_basebackup", e))?;
+        let log = reader.await.unwrap_or_default();
+        if !status.success() {
+            empty_dir(target);
+            let tail: Vec<&str> = log.lines().rev().take(3).collect();
+            return Err(PgError::Command {
+                what: "pg_basebackup".into(),
+                detail: format!(
+                    "{} ({status})",
+                    tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Rebuilds this member from `host:port` without ever being left with
+    /// nothing: the clone goes into `<data_dir>.baton-new` while the old data
+    /// (and postgres, if running) stay as they are; only a complete clone is
+    /// swapped in, and the old directory is moved aside, never deleted
+    /// (`<data_dir>.baton-old-<unix time>`). Returns where it went.
+    pub async fn rebuild_from(&self, host: &str, port: u16) -> Result<PathBuf, PgError> {
+        let mut new = self.cfg.data_dir.clone().into_os_string();
+        new.push(".baton-new");
+        let new = PathBuf::from(new);
+        // A leftover of an interrupted rebuild is our own partial copy.
+        if new.exists() {
+            std::fs::remove_dir_all(&new)
+                .map_err(|e| PgError::io(format!("removing stale {}", new.display()), e))?;
+        }
+        if let Err(e) = self.basebackup_into(host, port, &new).await {
+            let _ = std::fs::remove_dir_all(&new);
+            return Err(e);
+        }
+        self.stop(StopMode::Fast).await?;
+        let aside = self.move_aside()?;
+        // move_aside left an empty data dir; the clone takes its place.
+        std::fs::remove_dir(&self.cfg.data_dir).map_err(|e| {
+            PgError::io(format!("removing empty {}", self.cfg.data_dir.display()), e)
+        })?;
+        std::fs::rename(&new, &self.cfg.data_dir).map_err(|e| {
+            PgError::io(
+                format!(
+                    "moving the clone {} into place (old data is in {})",
+                    new.display(),
+                    aside.display()
+                ),
+                e,
+            )
+        })?;
+        Ok(aside)
+    }
+
+    /// Asks another member for a CHECKPOINT, so its control file carries
+    /// its current timeline (pg_rewind reads it). Fails when it is down.
+    pub async fn checkpoint_member(&self, host: &str, port: u16) -> Result<(), PgError> {
+        let client = self
+            .connect_member(host, port, Duration::from_secs(10))
+            .await?;
+        client.batch_execute("CHECKPOINT").await?;
+        Ok(())
+    }
+
+    /// A superuser session on another member's postgres.
+    pub async fn connect_member(
+        &self,
+        host: &str,
+        port: u16,
+        timeout: Duration,
+    ) -> Result<tokio_postgres::Client, PgError> {
+        let mut cfg = tokio_postgres::Config::new();
+        cfg.host(host)
+            .port(port)
+            .user(&self.cfg.superuser.username)
+            .dbname("postgres")
+            .connect_timeout(timeout);
+        if let Some(pw) = &self.cfg.superuser.password {
+            cfg.password(pw);
+        }
+        let (client, conn) = tokio::time::timeout(timeout, cfg.connect(tokio_postgres::NoTls))
+            .await
+            .map_err(|_| PgError::ConnectTimeout {
+                target: format!("{host}:{port}"),
+                after: timeout,
+            })??;
+        tokio::spawn(conn);
+        Ok(client)
+    }
+
+    /// Superuser connection string to another member (pg_rewind's source).
+    pub(super) fn superuser_conninfo(&self, host: &str, port: u16) -> String {
+        format!(
+            "host={} port={port} user={} dbname=postgres connect_timeout=5",
+            quote_conninfo(host),
+            quote_conninfo(&self.cfg.superuser.username),
+        )
+    }
+
+    /// Makes this (stopped) data directory a prefix of `host:port`'s
+    /// history. Checkpoints the source first, so its control file carries
+    /// its new timeline; pg_rewind itself runs crash recovery on a target
+    /// that was not shut down cleanly (PostgreSQL 13+).
+    /// pg_rewind from `host:port`. The caller checkpoints the source first
+    /// (`checkpoint_member`), so the source's control file shows its latest
+    /// timeline.
+    pub async fn rewind_from(&self, host: &str, port: u16) -> Result<(), PgError> {
+        let mut cmd = self.command("pg_rewind");
+        cmd.arg("-D")
+            .arg(&self.cfg.data_dir)
+            .arg(format!(
+                "--source-server={}",
+                self.superuser_conninfo(host, port)
+            ))
+            .arg("--progress");
+        if let Some(pw) = &self.cfg.superuser.password {
+            cmd.env("PGPASSWORD", pw);
+        }
+        let out = self
+            .run("pg_rewind", cmd, self.cfg.start_timeout * 10)
+            .await?;
+        tracing::info!(member = %self.name, "pg_rewind: {}", out.trim().lines().last().unwrap_or("done"));
+        Ok(())
+    }
+
+    pub(super) fn replication_conninfo(&self, host: &str, port: u16) -> String {
+        format!(
+            "host={} port={port} user={} application_name={} connect_timeout=5",
+            quote_conninfo(host),
+            quote_conninfo(&self.cfg.replication.username),
+            quote_conninfo(&self.name),
+        )
+    }
+}

@@ -1,0 +1,139 @@
+//! The configuration files Baton owns in the data directory, rendered from
+//! the node file and rewritten before every start.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use super::{PgError, RunAs};
+use crate::config::PgConfig;
+
+pub(super) fn quote_conninfo(v: &str) -> String {
+    if !v.is_empty()
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-/".contains(c))
+    {
+        v.to_string()
+    } else {
+        format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))
+    }
+}
+
+pub(super) fn quote_setting(v: &str) -> String {
+    format!("'{}'", v.replace('\'', "''"))
+}
+
+/// The `postgresql.conf` Baton owns. User parameters come first; the
+/// settings HA depends on are appended last so they always win.
+pub fn render_postgresql_conf(cfg: &PgConfig, name: &str, run_as: &RunAs) -> String {
+    let mut s = String::from(
+        "# Written by baton before every start; edits here are overwritten.\n\
+         # Set parameters in the node config ([postgresql.parameters]).\n",
+    );
+    let mut params: BTreeMap<&str, String> = BTreeMap::new();
+    params.insert("wal_keep_size", "'128MB'".into());
+    params.insert("max_wal_senders", "10".into());
+    params.insert("max_replication_slots", "10".into());
+    params.insert("hot_standby_feedback", "on".into());
+    // A replica re-pointed at a new leader retries its connection this often
+    // (default 5 s, most of a failover's budget).
+    params.insert("wal_retrieve_retry_interval", "'500ms'".into());
+    for (k, v) in &cfg.parameters {
+        params.insert(k, quote_setting(v));
+    }
+    params.insert(
+        "listen_addresses",
+        quote_setting(&cfg.listen.ip().to_string()),
+    );
+    params.insert("port", cfg.listen.port().to_string());
+    params.insert(
+        "unix_socket_directories",
+        quote_setting(&cfg.socket_dir.display().to_string()),
+    );
+    params.insert("wal_level", "replica".into());
+    params.insert("hot_standby", "on".into());
+    params.insert("wal_log_hints", "on".into());
+    params.insert("cluster_name", quote_setting(name));
+    match run_as {
+        RunAs::Primary | RunAs::ReadOnly => {
+            params.insert("primary_conninfo", "''".into());
+            params.insert("primary_slot_name", "''".into());
+            params.insert("recovery_target_timeline", "'latest'".into());
+        }
+        RunAs::Replica { host, port, slot } => {
+            let mut ci = format!(
+                "host={} port={port} user={} application_name={} connect_timeout=5",
+                quote_conninfo(host),
+                quote_conninfo(&cfg.replication.username),
+                quote_conninfo(name)
+            );
+            if let Some(pw) = &cfg.replication.password {
+                write!(ci, " password={}", quote_conninfo(pw)).expect("string write");
+            }
+            params.insert("primary_conninfo", quote_setting(&ci));
+            params.insert("primary_slot_name", quote_setting(slot));
+            params.insert("recovery_target_timeline", "'latest'".into());
+        }
+    }
+    for (k, v) in params {
+        writeln!(s, "{k} = {v}").expect("string write");
+    }
+    s
+}
+
+pub fn render_pg_hba(cfg: &PgConfig) -> String {
+    let mut s = String::from(
+        "# Written by baton; set [postgresql] pg_hba in the node config to replace.\n",
+    );
+    if !cfg.pg_hba.is_empty() {
+        for l in &cfg.pg_hba {
+            s.push_str(l);
+            s.push('\n');
+        }
+        return s;
+    }
+    let repl = &cfg.replication.username;
+    // With passwords configured, any address may connect with scram; without
+    // them, only loopback is trusted, which suits one-host clusters only.
+    if cfg.superuser.password.is_some() && cfg.replication.password.is_some() {
+        s.push_str("local all all trust\n");
+        writeln!(s, "host replication {repl} all scram-sha-256").expect("w");
+        s.push_str("host all all all scram-sha-256\n");
+    } else {
+        s.push_str("local all all trust\n");
+        writeln!(s, "host replication {repl} 127.0.0.0/8 trust").expect("w");
+        s.push_str("host all all 127.0.0.0/8 trust\n");
+        writeln!(s, "host replication {repl} ::1/128 trust").expect("w");
+        s.push_str("host all all ::1/128 trust\n");
+    }
+    s
+}
+
+pub(super) fn write_owned(
+    path: &Path,
+    contents: &str,
+    owner: Option<(u32, u32)>,
+) -> Result<(), PgError> {
+    let tmp = path.with_extension("baton-tmp");
+    std::fs::write(&tmp, contents)
+        .map_err(|e| PgError::io(format!("writing {}", tmp.display()), e))?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::chown(&tmp, Some(uid), Some(gid))
+            .map_err(|e| PgError::io(format!("chown {}", tmp.display()), e))?;
+    }
+    std::fs::rename(&tmp, path)
+        .map_err(|e| PgError::io(format!("renaming to {}", path.display()), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conninfo_values_are_quoted_when_needed() {
+        assert_eq!(quote_conninfo("127.0.0.1"), "127.0.0.1");
+        assert_eq!(quote_conninfo("a b"), "'a b'");
+        assert_eq!(quote_conninfo("it's"), "'it\\'s'");
+        assert_eq!(quote_conninfo(""), "''");
+    }
+}

@@ -1,0 +1,157 @@
+//! The data directory: what it holds (never changed by looking), its
+//! control data, and moving it aside instead of deleting it (rule 7).
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::sys::signal;
+use nix::unistd::Pid;
+
+use baton_core::instance::{parse_controldata, parse_history, DataDir, Unusable};
+
+use super::{Instance, PgError};
+
+impl Instance {
+    /// Classifies the data directory without changing it.
+    pub async fn inspect(&self) -> DataDir {
+        let dir = &self.cfg.data_dir;
+        let meta = match std::fs::metadata(dir) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return DataDir::Empty,
+            Err(e) => {
+                return DataDir::Unusable(Unusable::Unreadable {
+                    path: dir.clone(),
+                    error: e.to_string(),
+                })
+            }
+        };
+        if !meta.is_dir() {
+            return DataDir::Unusable(Unusable::NotADirectory(dir.clone()));
+        }
+        if let Some((uid, _)) = self.owner {
+            if meta.uid() != uid {
+                return DataDir::Unusable(Unusable::WrongOwner {
+                    path: dir.clone(),
+                    owner_uid: meta.uid(),
+                    user: self.cfg.os_user.clone(),
+                    uid,
+                });
+            }
+        }
+        let mut entries = match std::fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) => {
+                return DataDir::Unusable(Unusable::Unreadable {
+                    path: dir.clone(),
+                    error: e.to_string(),
+                })
+            }
+        };
+        if entries.next().is_none() {
+            return DataDir::Empty;
+        }
+        if !dir.join("PG_VERSION").exists() || !dir.join("global/pg_control").exists() {
+            return DataDir::Unusable(Unusable::NotPostgres(dir.clone()));
+        }
+        match self.controldata().await {
+            Ok(cd) => match cd.get("Database system identifier") {
+                Some(id) => {
+                    let timeline: Option<u32> = cd
+                        .get("Latest checkpoint's TimeLineID")
+                        .and_then(|t| t.parse().ok());
+                    let history = timeline
+                        .filter(|t| *t > 1)
+                        .and_then(|t| {
+                            std::fs::read_to_string(dir.join(format!("pg_wal/{t:08X}.history")))
+                                .ok()
+                        })
+                        .map(|text| {
+                            parse_history(&text)
+                                .into_iter()
+                                .map(|(t, l, _)| (t, l))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    DataDir::Valid {
+                        system_id: id.clone(),
+                        standby: dir.join("standby.signal").exists(),
+                        timeline,
+                        history,
+                        clean_shutdown: cd.get("Database cluster state").map(String::as_str)
+                            == Some("shut down"),
+                        checkpoint: cd
+                            .get("Latest checkpoint location")
+                            .and_then(|l| l.parse().ok()),
+                    }
+                }
+                None => DataDir::Unusable(Unusable::NoSystemIdentifier),
+            },
+            Err(e) => DataDir::Unusable(Unusable::Controldata(e.to_string())),
+        }
+    }
+
+    /// `pg_controldata` as a map of its "Name: value" lines.
+    pub async fn controldata(&self) -> Result<BTreeMap<String, String>, PgError> {
+        let mut cmd = self.command("pg_controldata");
+        cmd.arg("-D").arg(&self.cfg.data_dir);
+        let out = self
+            .run("pg_controldata", cmd, Duration::from_secs(10))
+            .await?;
+        Ok(parse_controldata(&out))
+    }
+
+    /// PID of the postmaster, if `postmaster.pid` names a live process.
+    pub fn postmaster_pid(&self) -> Option<i32> {
+        read_postmaster_pid(&self.cfg.data_dir)
+    }
+
+    /// Renames the data directory to `<data_dir>.baton-old-<unix time>` and
+    /// leaves an empty one: a rebuild never deletes data (rule 7).
+    pub fn move_aside(&self) -> Result<PathBuf, PgError> {
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let mut aside = self.cfg.data_dir.clone().into_os_string();
+        aside.push(format!(".baton-old-{stamp}"));
+        let aside = PathBuf::from(aside);
+        std::fs::rename(&self.cfg.data_dir, &aside).map_err(|e| {
+            PgError::io(
+                format!(
+                    "moving {} aside to {}",
+                    self.cfg.data_dir.display(),
+                    aside.display()
+                ),
+                e,
+            )
+        })?;
+        self.prepare_dir(&self.cfg.data_dir)?;
+        Ok(aside)
+    }
+}
+
+/// Removes everything inside `dir` (a partial copy of ours).
+pub(super) fn empty_dir(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            let _ = if p.is_dir() {
+                std::fs::remove_dir_all(&p)
+            } else {
+                std::fs::remove_file(&p)
+            };
+        }
+    }
+}
+
+pub fn read_postmaster_pid(data_dir: &Path) -> Option<i32> {
+    let text = std::fs::read_to_string(data_dir.join("postmaster.pid")).ok()?;
+    let pid: i32 = text.lines().next()?.trim().parse().ok()?;
+    // Signal 0 probes existence; EPERM still means the process exists.
+    match signal::kill(Pid::from_raw(pid), None) {
+        Ok(()) | Err(nix::errno::Errno::EPERM) => Some(pid),
+        Err(_) => None,
+    }
+}

@@ -1,0 +1,168 @@
+//! The postmaster's life: initdb, start in a role, stop, promote, re-point.
+//! Every pg_ctl call waits (`-w`) within `start_timeout`.
+
+use std::time::Duration;
+
+use super::conf::{render_pg_hba, render_postgresql_conf, write_owned};
+use super::{Instance, PgError, RunAs, StopMode};
+
+impl Instance {
+    pub async fn initdb(&self) -> Result<(), PgError> {
+        self.prepare_dir(&self.cfg.data_dir)?;
+        let mut cmd = self.command("initdb");
+        cmd.arg("-D")
+            .arg(&self.cfg.data_dir)
+            // Checksums make pg_rewind possible later without wal_log_hints.
+            .arg("--data-checksums")
+            .arg("--encoding=UTF8")
+            .arg("--locale=C.UTF-8")
+            .arg("--auth=trust")
+            .arg("-U")
+            .arg(&self.cfg.superuser.username);
+        let mut pwfile = None;
+        if let Some(pw) = &self.cfg.superuser.password {
+            let path = self.cfg.data_dir.with_extension("pwfile");
+            std::fs::write(&path, pw).map_err(|e| PgError::io("writing pwfile", e))?;
+            if let Some((uid, gid)) = self.owner {
+                std::os::unix::fs::chown(&path, Some(uid), Some(gid)).ok();
+            }
+            cmd.arg(format!("--pwfile={}", path.display()));
+            pwfile = Some(path);
+        }
+        let r = self.run("initdb", cmd, self.cfg.start_timeout * 2).await;
+        if let Some(p) = pwfile {
+            std::fs::remove_file(p).ok();
+        }
+        r.map(|_| ())
+    }
+
+    /// Writes Baton's configuration files for `run_as`.
+    pub fn write_config(&self, run_as: &RunAs) -> Result<(), PgError> {
+        let dir = &self.cfg.data_dir;
+        let conf = render_postgresql_conf(&self.cfg, &self.name, run_as);
+        write_owned(&dir.join("postgresql.conf"), &conf, self.owner)?;
+        write_owned(
+            &dir.join("pg_hba.conf"),
+            &render_pg_hba(&self.cfg),
+            self.owner,
+        )?;
+        let signal = dir.join("standby.signal");
+        match run_as {
+            RunAs::Primary => {
+                if signal.exists() {
+                    std::fs::remove_file(&signal)
+                        .map_err(|e| PgError::io("removing standby.signal", e))?;
+                }
+            }
+            RunAs::Replica { .. } | RunAs::ReadOnly => write_owned(&signal, "", self.owner)?,
+        }
+        Ok(())
+    }
+
+    /// Starts postgres detached and waits until it accepts connections.
+    pub async fn start(&self, run_as: &RunAs) -> Result<(), PgError> {
+        // A socket dir the operator chose keeps its permissions; one we
+        // create is private to the OS user.
+        if !self.cfg.socket_dir.exists() {
+            self.prepare_dir(&self.cfg.socket_dir)?;
+        }
+        self.prepare_log_file()?;
+        self.write_config(run_as)?;
+        let mut cmd = self.command("pg_ctl");
+        let t = self.cfg.start_timeout;
+        cmd.arg("start")
+            .arg("-D")
+            .arg(&self.cfg.data_dir)
+            .arg("-l")
+            .arg(&self.cfg.log_file)
+            .arg("-w")
+            .arg("-t")
+            .arg(t.as_secs().max(1).to_string())
+            .arg("-s");
+        // pg_ctl's daemonized postmaster must not be killed with our handle.
+        cmd.kill_on_drop(false);
+        self.run("pg_ctl start", cmd, t + Duration::from_secs(5))
+            .await
+            .map_err(|e| self.with_log_tail(e))?;
+        Ok(())
+    }
+
+    pub(super) fn with_log_tail(&self, e: PgError) -> PgError {
+        let tail = std::fs::read_to_string(&self.cfg.log_file)
+            .map(|s| {
+                let lines: Vec<&str> = s.lines().collect();
+                lines[lines.len().saturating_sub(5)..].join(" | ")
+            })
+            .unwrap_or_default();
+        match e {
+            PgError::Command { what, detail } if !tail.is_empty() => PgError::Command {
+                what,
+                detail: format!("{detail}; log {}: {tail}", self.cfg.log_file.display()),
+            },
+            other => other,
+        }
+    }
+
+    /// Stops postgres. `fast` (SIGINT) rolls back sessions and checkpoints;
+    /// `immediate` (SIGQUIT) is for fencing, when seconds matter more than a
+    /// checkpoint (crash recovery replays the WAL on the next start).
+    pub async fn stop(&self, mode: StopMode) -> Result<(), PgError> {
+        if self.postmaster_pid().is_none() {
+            return Ok(());
+        }
+        let mut cmd = self.command("pg_ctl");
+        cmd.arg("stop")
+            .arg("-D")
+            .arg(&self.cfg.data_dir)
+            .arg("-m")
+            .arg(mode.as_str())
+            .arg("-w")
+            .arg("-t")
+            .arg(self.cfg.start_timeout.as_secs().max(1).to_string())
+            .arg("-s");
+        cmd.kill_on_drop(false);
+        match self
+            .run(
+                "pg_ctl stop",
+                cmd,
+                self.cfg.start_timeout + Duration::from_secs(5),
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            // Lost a race with the postmaster exiting on its own.
+            Err(_) if self.postmaster_pid().is_none() => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn promote(&self) -> Result<(), PgError> {
+        let mut cmd = self.command("pg_ctl");
+        cmd.arg("promote")
+            .arg("-D")
+            .arg(&self.cfg.data_dir)
+            .arg("-w")
+            .arg("-t")
+            .arg(self.cfg.start_timeout.as_secs().max(1).to_string())
+            .arg("-s");
+        self.run(
+            "pg_ctl promote",
+            cmd,
+            self.cfg.start_timeout + Duration::from_secs(5),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Points a running replica at another upstream: rewrite, then reload
+    /// (`primary_conninfo` is reloadable since PostgreSQL 13, no restart).
+    pub async fn follow(
+        &self,
+        client: &tokio_postgres::Client,
+        run_as: &RunAs,
+    ) -> Result<(), PgError> {
+        self.write_config(run_as)?;
+        client.execute("SELECT pg_reload_conf()", &[]).await?;
+        Ok(())
+    }
+}

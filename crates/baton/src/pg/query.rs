@@ -1,0 +1,201 @@
+//! SQL against the local instance: the status query the loop observes with,
+//! slots, the replication role, timeline history.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use baton_core::instance::{parse_history, ReplicationRow, Running};
+use baton_core::lsn::Lsn;
+
+use super::{Instance, PgError};
+use crate::config::PgConfig;
+
+impl Instance {
+    pub fn local_conn_config(&self) -> tokio_postgres::Config {
+        let mut c = tokio_postgres::Config::new();
+        c.host_path(&self.cfg.socket_dir)
+            .port(self.cfg.listen.port())
+            .user(&self.cfg.superuser.username)
+            .dbname("postgres")
+            .application_name("baton")
+            .connect_timeout(Duration::from_secs(2));
+        if let Some(pw) = &self.cfg.superuser.password {
+            c.password(pw);
+        }
+        c
+    }
+
+    pub async fn connect(&self, timeout: Duration) -> Result<tokio_postgres::Client, PgError> {
+        let cfg = self.local_conn_config();
+        let (client, conn) = tokio::time::timeout(timeout, cfg.connect(tokio_postgres::NoTls))
+            .await
+            .map_err(|_| PgError::ConnectTimeout {
+                target: "local postgres".into(),
+                after: timeout,
+            })??;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(client)
+    }
+}
+
+/// One round trip of status queries against a running instance.
+pub async fn query_running(client: &tokio_postgres::Client) -> Result<Running, PgError> {
+    let row = client
+        .query_one(
+            "SELECT pg_is_in_recovery(),
+                    (SELECT system_identifier::text FROM pg_control_system()),
+                    current_setting('server_version_num')::int,
+                    current_setting('primary_conninfo'),
+                    current_setting('primary_slot_name')",
+            &[],
+        )
+        .await?;
+    let in_recovery: bool = row.get(0);
+    let mut r = Running {
+        in_recovery,
+        system_id: row.get(1),
+        timeline: None,
+        wal_lsn: None,
+        receive_lsn: None,
+        replay_lsn: None,
+        receiver_streaming: false,
+        primary_conninfo: row.get(3),
+        primary_slot_name: row.get(4),
+        server_version: row.get(2),
+        slots: BTreeMap::new(),
+        replication: vec![],
+        history: vec![],
+    };
+    type PgLsn = tokio_postgres::types::PgLsn;
+    let lsn = |l: PgLsn| Lsn(u64::from(l));
+    // Slots exist on replicas too: a member about to promote creates the
+    // others' slots before it does.
+    for row in client
+        .query(
+            "SELECT slot_name::text, restart_lsn FROM pg_replication_slots WHERE slot_type = 'physical'",
+            &[],
+        )
+        .await?
+    {
+        r.slots
+            .insert(row.get(0), row.get::<_, Option<PgLsn>>(1).map(lsn));
+    }
+    if in_recovery {
+        let row = client
+            .query_one(
+                // The replay timeline is not exposed directly: the WAL
+                // receiver knows it while streaming; otherwise the larger of
+                // the last restartpoint's and the minimum recovery point's
+                // (pg_rewind sets the latter to the source's timeline).
+                "SELECT pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn(),
+                        (SELECT status FROM pg_stat_wal_receiver),
+                        (SELECT received_tli FROM pg_stat_wal_receiver),
+                        GREATEST((SELECT timeline_id FROM pg_control_checkpoint()),
+                                 (SELECT min_recovery_end_timeline FROM pg_control_recovery()))",
+                &[],
+            )
+            .await?;
+        r.receive_lsn = row.get::<_, Option<PgLsn>>(0).map(lsn);
+        r.replay_lsn = row.get::<_, Option<PgLsn>>(1).map(lsn);
+        r.receiver_streaming = row.get::<_, Option<String>>(2).as_deref() == Some("streaming");
+        let tli: Option<i32> = row
+            .get::<_, Option<i32>>(3)
+            .or(row.get::<_, Option<i32>>(4));
+        r.timeline = tli.map(|t| t as u32);
+    } else {
+        // pg_control_checkpoint() lags a promotion by seconds; the current
+        // WAL file name carries the live timeline.
+        let row = client
+            .query_one(
+                "SELECT pg_current_wal_lsn(), substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)",
+                &[],
+            )
+            .await?;
+        r.wal_lsn = Some(lsn(row.get::<_, PgLsn>(0)));
+        let tli: String = row.get(1);
+        r.timeline = u32::from_str_radix(&tli, 16).ok();
+        for row in client
+            .query(
+                "SELECT application_name, client_addr::text, state, sent_lsn, flush_lsn, replay_lsn, sync_state
+                   FROM pg_stat_replication ORDER BY application_name",
+                &[],
+            )
+            .await?
+        {
+            r.replication.push(ReplicationRow {
+                application_name: row.get(0),
+                client_addr: row.get(1),
+                state: row.get::<_, Option<String>>(2).unwrap_or_default(),
+                sent_lsn: row.get::<_, Option<PgLsn>>(3).map(lsn),
+                flush_lsn: row.get::<_, Option<PgLsn>>(4).map(lsn),
+                replay_lsn: row.get::<_, Option<PgLsn>>(5).map(lsn),
+                sync_state: row.get::<_, Option<String>>(6).unwrap_or_default(),
+            });
+        }
+    }
+    Ok(r)
+}
+
+/// Timeline history of a primary on timeline `tl`, from its history file:
+/// `(timeline, switch LSN, reason)` per line.
+pub async fn timeline_history(
+    client: &tokio_postgres::Client,
+    tl: u32,
+) -> Result<Vec<(u32, Lsn, String)>, PgError> {
+    let file = format!("pg_wal/{tl:08X}.history");
+    let row = client
+        .query_one("SELECT pg_read_file($1)", &[&file])
+        .await?;
+    let text: String = row.get(0);
+    Ok(parse_history(&text))
+}
+
+/// Creates the replication role at bootstrap.
+pub async fn create_replication_role(
+    client: &tokio_postgres::Client,
+    cfg: &PgConfig,
+) -> Result<(), PgError> {
+    let user = &cfg.replication.username;
+    let ident = format!("\"{}\"", user.replace('"', "\"\""));
+    let mut sql = format!("CREATE ROLE {ident} WITH REPLICATION LOGIN");
+    if let Some(pw) = &cfg.replication.password {
+        write!(sql, " PASSWORD '{}'", pw.replace('\'', "''")).expect("string write");
+    }
+    let exists = client
+        .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[user])
+        .await?
+        .is_some();
+    if !exists {
+        client.batch_execute(&sql).await?;
+    }
+    Ok(())
+}
+
+pub async fn create_slot(client: &tokio_postgres::Client, slot: &str) -> Result<(), PgError> {
+    client
+        .execute(
+            "SELECT pg_create_physical_replication_slot($1, true)
+              WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
+            &[&slot],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Drops a slot unless something streams through it right now.
+pub async fn drop_inactive_slot(
+    client: &tokio_postgres::Client,
+    slot: &str,
+) -> Result<bool, PgError> {
+    let n = client
+        .execute(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
+              WHERE slot_name = $1 AND NOT active",
+            &[&slot],
+        )
+        .await?;
+    Ok(n > 0)
+}
