@@ -1,0 +1,224 @@
+//! Health checks and read-only views with Patroni's semantics: 200 when the
+//! condition holds, 503 otherwise; GET carries the member status JSON.
+
+use std::collections::HashMap;
+use std::time::UNIX_EPOCH;
+
+use axum::extract::{Query, State};
+use axum::http::{Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+
+use baton_core::ha::PgStatus;
+use baton_core::status::ClusterStatus;
+
+use crate::agent::{AgentHandle, Snapshot};
+
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Check {
+    Primary,
+    Leader,
+    Replica,
+    Sync,
+    ReadOnly,
+    Health,
+    Liveness,
+    Readiness,
+    Always,
+}
+
+pub(super) fn snapshot(state: &AgentHandle) -> Snapshot {
+    state.snapshot()
+}
+
+pub(super) fn is_running_primary(s: &Snapshot) -> bool {
+    matches!(&s.pg, PgStatus::Running(r) if !r.in_recovery)
+}
+
+/// Bytes this member is behind the leader's last published position.
+pub(super) fn lag(s: &Snapshot) -> Option<u64> {
+    let c = s.cluster.as_ref()?;
+    Some(c.leader_optime()?.saturating_sub(s.member.xlog_location?))
+}
+
+/// Patroni's size syntax for `?lag=`: bytes, or a number with kB/MB/GB/TB.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" | "k" => 1 << 10,
+        "mb" | "m" => 1 << 20,
+        "gb" | "g" => 1 << 30,
+        "tb" | "t" => 1 << 40,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+pub(super) fn replica_ok(
+    s: &Snapshot,
+    q: &HashMap<String, String>,
+    default_lag: Option<u64>,
+) -> bool {
+    let PgStatus::Running(r) = &s.pg else {
+        return false;
+    };
+    if !r.in_recovery || s.member.tags.noloadbalance {
+        return false;
+    }
+    let max_lag = q.get("lag").and_then(|l| parse_size(l)).or(default_lag);
+    if let Some(max) = max_lag {
+        if lag(s).is_none_or(|l| l > max) {
+            return false;
+        }
+    }
+    if let Some(want) = q.get("replication_state") {
+        if s.member.replication_state.as_deref() != Some(want.as_str()) {
+            return false;
+        }
+    }
+    let tags = serde_json::to_value(&s.member.tags).unwrap_or_default();
+    q.iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix("tag_")?, v)))
+        .all(|(k, v)| {
+            // Patroni compares the tag's text: `?tag_nofailover=true` matches `true`.
+            tags.get(k).is_some_and(|t| match t {
+                Value::String(s) => s == v,
+                other => serde_json::from_str::<Value>(v).is_ok_and(|parsed| parsed == *other),
+            })
+        })
+}
+
+pub(super) fn status_json(s: &Snapshot) -> Value {
+    let mut v = json!({
+        "state": s.member.state,
+        "role": s.member.role,
+        "patroni": {"version": env!("CARGO_PKG_VERSION"), "scope": s.scope, "name": s.name},
+        "cluster_unlocked": s.cluster.as_ref().is_some_and(|c| c.leader.is_none()),
+        "baton": {
+            "reason": s.reason,
+            "reason_code": s.reason_code,
+            "job": s.pending_job.map(|j| j.to_string()),
+        },
+    });
+    if let Some(t) = s.last_dcs_ok {
+        v["dcs_last_seen"] = json!(t
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0));
+    }
+    if let Some(id) = &s.system_id {
+        v["database_system_identifier"] = json!(id);
+    }
+    if !s.member.tags.eq(&Default::default()) {
+        v["tags"] = serde_json::to_value(&s.member.tags).unwrap_or_default();
+    }
+    if let PgStatus::Running(r) = &s.pg {
+        v["server_version"] = json!(r.server_version);
+        v["timeline"] = json!(r.timeline);
+        if r.in_recovery {
+            v["xlog"] = json!({
+                "received_location": r.receive_lsn.map(|l| l.0),
+                "replayed_location": r.replay_lsn.map(|l| l.0),
+                "paused": false,
+            });
+            v["replication_state"] = json!(s.member.replication_state);
+        } else {
+            v["xlog"] = json!({"location": r.wal_lsn.map(|l| l.0)});
+            v["replication"] = json!(r
+                .replication
+                .iter()
+                .map(|row| json!({
+                    "application_name": row.application_name,
+                    "client_addr": row.client_addr,
+                    "state": row.state,
+                    "sync_state": row.sync_state,
+                    "sent_lsn": row.sent_lsn.map(|l| l.to_string()),
+                    "flush_lsn": row.flush_lsn.map(|l| l.to_string()),
+                    "replay_lsn": row.replay_lsn.map(|l| l.to_string()),
+                }))
+                .collect::<Vec<_>>());
+        }
+    }
+    v
+}
+
+pub(super) fn reply(method: &Method, ok: bool, body: Value) -> Response {
+    let code = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    if *method == Method::OPTIONS || *method == Method::HEAD {
+        code.into_response()
+    } else {
+        (code, Json(body)).into_response()
+    }
+}
+
+pub(super) async fn check(
+    State(state): State<AgentHandle>,
+    method: Method,
+    Query(q): Query<HashMap<String, String>>,
+    which: Check,
+) -> Response {
+    let s = snapshot(&state);
+    let max_lag = s.config.maximum_lag_on_failover;
+    let ok = match which {
+        Check::Primary => s.is_leader && is_running_primary(&s),
+        Check::Leader => s.is_leader,
+        Check::Replica => replica_ok(&s, &q, None),
+        // Synchronous replication is not implemented yet: nobody is a sync standby.
+        Check::Sync => false,
+        Check::ReadOnly => (s.is_leader && is_running_primary(&s)) || replica_ok(&s, &q, None),
+        Check::Health => matches!(s.pg, PgStatus::Running(_)),
+        Check::Liveness => s.last_tick.is_some_and(|t| t.elapsed() < s.config.ttl()),
+        Check::Readiness => {
+            (s.is_leader && is_running_primary(&s)) || replica_ok(&s, &q, Some(max_lag))
+        }
+        Check::Always => true,
+    };
+    reply(&method, ok, status_json(&s))
+}
+
+pub(super) async fn cluster(State(state): State<AgentHandle>, method: Method) -> Response {
+    let s = snapshot(&state);
+    let Some(view) = &s.cluster else {
+        return reply(&method, false, json!({"error": "etcd not reachable"}));
+    };
+    let st = ClusterStatus::from_view(&s.scope, view, s.config.maximum_lag_on_failover);
+    let body = json!({
+        "scope": st.scope,
+        "state": st.state,
+        "problems": st.problems,
+        "members": st.members,
+        "pause": view.paused(),
+    });
+    reply(&method, true, body)
+}
+
+pub(super) async fn history(State(state): State<AgentHandle>, method: Method) -> Response {
+    let s = snapshot(&state);
+    let h = s
+        .cluster
+        .as_ref()
+        .and_then(|c| c.history.clone())
+        .unwrap_or(json!([]));
+    reply(&method, true, h)
+}
+
+pub(super) async fn config(State(state): State<AgentHandle>, method: Method) -> Response {
+    let s = snapshot(&state);
+    match s.cluster.as_ref().and_then(|c| c.config.as_ref()) {
+        Some(c) => reply(&method, true, serde_json::to_value(c).unwrap_or_default()),
+        None => reply(
+            &method,
+            false,
+            json!({"error": "no valid config stored in etcd"}),
+        ),
+    }
+}
