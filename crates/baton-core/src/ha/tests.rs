@@ -1,9 +1,13 @@
 //! Exact-action tests of `decide`, one per rule.
 use std::collections::BTreeMap;
 
+use std::time::{Duration, Instant};
+
 use super::*;
-use crate::cluster::{LeaderKey, Member, StatusKey};
+use crate::cluster::{ClusterView, LeaderKey, LeaseId, Member, StatusKey};
+use crate::config::{DynamicConfig, Tags};
 use crate::instance::Unusable;
+use crate::instance::{DataDir, Running};
 use crate::lsn::Lsn;
 
 const SYS: &str = "7301000000000000001";

@@ -1,0 +1,65 @@
+//! What a decision asks the agent to do, and the decision itself.
+
+use super::Reason;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Claim `initialize`, then the leader key, then run the bootstrap job.
+    Bootstrap,
+    /// Store our system identifier in `initialize` (completes bootstrap).
+    PublishInitialize(String),
+    /// Store the dynamic config if none is stored yet.
+    InitConfig,
+    /// Create-if-absent on the leader key with our lease.
+    AcquireLeader,
+    /// The leader key names us but hangs on an old lease of ours.
+    AdoptLeader,
+    /// Delete the leader key if it is still ours.
+    ReleaseLeader,
+    /// Clone the named member with pg_basebackup (job).
+    Clone { from: String },
+    /// Start postgres as primary (job).
+    StartPrimary,
+    /// Start postgres as a replica of the named member (job).
+    StartReplica { leader: String },
+    /// Start postgres read-only with no upstream, to take part in an election (job).
+    StartReadOnly,
+    /// Re-point a running replica at the named member by reload.
+    Follow { leader: String },
+    /// Promote the running replica (job).
+    Promote,
+    /// Stop postgres at once (`-m immediate`), aborting any job: used to
+    /// fence, to demote, and to stop a diverged replica. Crash recovery (or
+    /// pg_rewind's) replays the WAL on the next start.
+    Stop,
+    /// pg_rewind against the named member (job).
+    Rewind { from: String },
+    /// Move the data directory aside and clone the named member (job).
+    Rebuild { from: String },
+    /// Create physical slots for these members on the running primary.
+    CreateSlots(Vec<String>),
+    /// Drop these (inactive) slots of members gone for `member_slots_ttl`.
+    DropSlots(Vec<String>),
+    /// Write the `status` key (leader only).
+    PublishStatus,
+    /// Append this promotion to the `history` key (new leader).
+    PublishHistory,
+    /// Planned handover to `candidate` (job): checkpoint, clean stop, verify
+    /// the candidate replayed the shutdown checkpoint, move the leader key
+    /// onto the candidate's lease; on any failure restart as primary.
+    Switchover { candidate: String },
+    /// Drop the pending `failover` request (refused, or malformed).
+    CancelSwitchover,
+    /// Restart postgres in its current role (job).
+    Restart,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub actions: Vec<Action>,
+    pub reason: Reason,
+}
+
+pub(super) fn decision(actions: Vec<Action>, reason: Reason) -> Decision {
+    Decision { actions, reason }
+}

@@ -1,0 +1,49 @@
+//! An empty data directory: bootstrap the cluster, or clone the leader.
+
+use crate::cluster::ClusterView;
+use crate::instance::slot_name;
+
+use super::{decision, Action, Decision, JobKind, JobStatus, Observation, Reason};
+
+pub(super) fn decide_empty(o: &Observation, cluster: &ClusterView) -> Decision {
+    if let JobStatus::Failed(JobKind::Bootstrap, e, _) = &o.job {
+        if cluster.initialize.is_some() {
+            return decision(vec![], Reason::BootstrapFailed(e.clone()));
+        }
+    }
+    match (cluster.initialize.as_deref(), cluster.leader_name()) {
+        (None, _) => decision(vec![Action::Bootstrap], Reason::Bootstrapping),
+        (Some(_), Some(l)) if l != o.me => {
+            let slot = slot_name(&o.me);
+            let slot_ready = cluster
+                .status
+                .as_ref()
+                .and_then(|s| s.slots.as_ref())
+                .is_some_and(|s| s.contains_key(&slot));
+            if !slot_ready {
+                return decision(
+                    vec![],
+                    Reason::WaitingForSlot {
+                        leader: l.to_string(),
+                    },
+                );
+            }
+            let reason = match &o.job {
+                JobStatus::Failed(JobKind::Clone | JobKind::Rebuild, e, _) => {
+                    Reason::CloneFailed(e.clone())
+                }
+                _ => Reason::Cloning {
+                    from: l.to_string(),
+                },
+            };
+            decision(
+                vec![Action::Clone {
+                    from: l.to_string(),
+                }],
+                reason,
+            )
+        }
+        (Some(""), None) => decision(vec![], Reason::WaitingForBootstrap),
+        _ => decision(vec![], Reason::WaitingForLeaderToClone),
+    }
+}

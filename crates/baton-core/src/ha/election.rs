@@ -1,0 +1,83 @@
+//! Leader election among running replicas (rule 4): compare with every
+//! reachable peer, yield to a healthier one, race for the key otherwise.
+
+use std::cmp::Ordering;
+
+use crate::cluster::ClusterView;
+use crate::config::Tags;
+use crate::instance::Running;
+
+use super::{decision, Action, Decision, Ineligible, Observation, Reason, YieldCause};
+
+/// Leader election among running replicas (rule 4).
+pub(super) fn elect(o: &Observation, cluster: &ClusterView, run: &Running) -> Decision {
+    // A manual failover names the one member that may take the key.
+    if let Some(to) = cluster.failover.as_ref().and_then(|f| f.member.as_deref()) {
+        if cluster.members.contains_key(to) {
+            return if to == o.me {
+                decision(
+                    vec![Action::AcquireLeader],
+                    Reason::ManualFailover { to: String::new() },
+                )
+            } else {
+                decision(vec![], Reason::ManualFailover { to: to.to_string() })
+            };
+        }
+    }
+    if o.tags.nofailover {
+        return decision(vec![], Reason::NotEligible(Ineligible::TaggedNofailover));
+    }
+    let position = run
+        .receive_lsn
+        .max(run.replay_lsn)
+        .map(|l| l.0)
+        .unwrap_or(0);
+    let max_lag = o.config.maximum_lag_on_failover;
+    if let Some(optime) = cluster.status.as_ref().and_then(|s| s.optime) {
+        let lag = optime.saturating_sub(position);
+        if lag > max_lag {
+            return decision(
+                vec![],
+                Reason::NotEligible(Ineligible::LagExceedsLimit {
+                    lag,
+                    limit: max_lag,
+                }),
+            );
+        }
+    }
+    let me = (run.timeline.unwrap_or(0), position, priority(&o.tags));
+    for p in &o.peers {
+        if !p.running || p.nofailover || p.name == o.me {
+            continue;
+        }
+        let them = (p.timeline, p.position, p.priority);
+        if them.cmp(&me) == Ordering::Greater {
+            let why = if p.primary {
+                YieldCause::PeerStillPrimary
+            } else if (p.timeline, p.position) > (me.0, me.1) {
+                YieldCause::PeerHasMoreWal {
+                    theirs: p.position,
+                    mine: position,
+                }
+            } else {
+                YieldCause::PeerHigherPriority {
+                    theirs: p.priority,
+                    mine: me.2,
+                }
+            };
+            return decision(
+                vec![],
+                Reason::Yielding {
+                    to: p.name.clone(),
+                    why,
+                },
+            );
+        }
+    }
+    decision(vec![Action::AcquireLeader], Reason::Candidate)
+}
+
+/// Patroni's `failover_priority` tag: higher wins ties; default 1.
+pub fn priority(tags: &Tags) -> i64 {
+    tags.failover_priority.unwrap_or(1)
+}

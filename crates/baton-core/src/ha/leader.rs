@@ -1,0 +1,57 @@
+//! The leader's own tick once postgres runs.
+
+use crate::cluster::ClusterView;
+use crate::instance::{slot_name, Running};
+
+use super::follower::{history_points, lineage_agrees};
+use super::{decision, switchover, Action, Decision, Observation, Reason};
+
+/// The leader, running: primary after promotion, publishing status,
+/// history and slots, and serving switchover requests.
+pub(super) fn decide_running(o: &Observation, cluster: &ClusterView, run: &Running) -> Decision {
+    let missing: Vec<String> = cluster
+        .members
+        .keys()
+        .filter(|m| **m != o.me && !run.slots.contains_key(&slot_name(m)))
+        .cloned()
+        .collect();
+    if run.in_recovery {
+        // Slots first, so the others can stream from us from the start.
+        let mut actions = vec![];
+        if !missing.is_empty() {
+            actions.push(Action::CreateSlots(missing));
+        }
+        actions.push(Action::Promote);
+        return decision(actions, Reason::Promoting);
+    }
+    let mut actions = vec![];
+    if cluster.initialize.as_deref() == Some("") {
+        actions.push(Action::PublishInitialize(run.system_id.clone()));
+    }
+    if cluster.config.is_none() && cluster.config_error.is_none() {
+        actions.push(Action::InitConfig);
+    }
+    if !missing.is_empty() {
+        actions.push(Action::CreateSlots(missing));
+    }
+    let expired: Vec<String> = o
+        .absent_slots
+        .iter()
+        .filter(|(_, gone)| **gone >= o.config.member_slots_ttl())
+        .map(|(slot, _)| slot.clone())
+        .collect();
+    if !expired.is_empty() {
+        actions.push(Action::DropSlots(expired));
+    }
+    if let Some(tl) = run.timeline.filter(|t| *t > 1) {
+        let points = history_points(cluster);
+        let recorded = points.iter().map(|(t, _)| *t).max();
+        let stale = lineage_agrees(tl, &run.history, &points) == Some(false);
+        if stale || recorded.is_none_or(|r| r < tl - 1) {
+            actions.push(Action::PublishHistory);
+        }
+    }
+    actions.push(Action::PublishStatus);
+    let reason = switchover::leader_request(o, cluster, &mut actions);
+    decision(actions, reason)
+}

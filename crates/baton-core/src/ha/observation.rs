@@ -1,0 +1,132 @@
+//! What one tick knows: the local postgres, the job in progress, the peers,
+//! the cluster as etcd shows it, and the time.
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use crate::cluster::{ClusterView, LeaseId};
+use crate::config::{DynamicConfig, Tags};
+use crate::instance::{DataDir, Running};
+
+/// The local postgres process as the agent found it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PgStatus {
+    Stopped,
+    /// A postmaster exists but no query succeeded (starting, or hung).
+    Unresponsive,
+    Running(Box<Running>),
+}
+
+/// A long action running as an owned task; the loop keeps ticking meanwhile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobKind {
+    Bootstrap,
+    Clone,
+    Start,
+    Promote,
+    Rewind,
+    Rebuild,
+    Switchover,
+    Restart,
+}
+
+impl fmt::Display for JobKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            JobKind::Bootstrap => "bootstrap (initdb)",
+            JobKind::Clone => "clone (pg_basebackup)",
+            JobKind::Start => "start",
+            JobKind::Promote => "promote",
+            JobKind::Rewind => "pg_rewind",
+            JobKind::Rebuild => "rebuild (move aside + pg_basebackup)",
+            JobKind::Switchover => "switchover",
+            JobKind::Restart => "restart",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobStatus {
+    Idle,
+    /// A job is running, started this long ago.
+    Running(JobKind, Duration),
+    /// The last job failed; shown until the next job starts. The flag says
+    /// the member it worked against was unreachable: worth retrying, and no
+    /// reason to give up on the local data.
+    Failed(JobKind, String, bool),
+    /// The last job succeeded (until the next job starts).
+    Done(JobKind),
+}
+
+/// Another member as its REST API answered during an election.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub name: String,
+    pub running: bool,
+    pub primary: bool,
+    pub timeline: u32,
+    /// Highest WAL position it has (written on a primary, received or
+    /// replayed on a replica).
+    pub position: u64,
+    pub nofailover: bool,
+    pub priority: i64,
+}
+
+impl Peer {
+    /// What `/patroni` of another member says about its fitness to lead.
+    pub fn from_status(name: String, v: &serde_json::Value) -> Peer {
+        let primary = v["role"] == "primary";
+        let x = &v["xlog"];
+        let position = if primary {
+            x["location"].as_u64()
+        } else {
+            x["received_location"]
+                .as_u64()
+                .max(x["replayed_location"].as_u64())
+        };
+        Peer {
+            name,
+            running: v["state"] == "running",
+            primary,
+            timeline: v["timeline"].as_u64().unwrap_or(0) as u32,
+            position: position.unwrap_or(0),
+            nofailover: v["tags"]["nofailover"].as_bool().unwrap_or(false),
+            priority: v["tags"]["failover_priority"].as_i64().unwrap_or(1),
+        }
+    }
+}
+
+/// Everything one tick of the loop knows.
+#[derive(Debug, Clone)]
+pub struct Observation {
+    pub me: String,
+    pub now: Instant,
+    /// `None` when etcd could not be read this tick.
+    pub cluster: Option<ClusterView>,
+    /// This agent's current lease, if it has one.
+    pub lease: Option<LeaseId>,
+    /// When the last *successful* lease renewal was sent.
+    pub last_renewal_sent: Option<Instant>,
+    pub data_dir: DataDir,
+    pub pg: PgStatus,
+    pub job: JobStatus,
+    /// Configuration in force (etcd's when valid, else the last known).
+    pub config: DynamicConfig,
+    pub tags: Tags,
+    /// Other members' answers, gathered only when there is no leader.
+    pub peers: Vec<Peer>,
+    /// An operator asked for this member to be rebuilt.
+    pub reinit_requested: bool,
+    /// Whether a failed rewind may be followed by a rebuild.
+    pub rebuild_allowed: bool,
+    /// An operator asked for postgres to be restarted.
+    pub restart_requested: bool,
+    /// How long this running replica has not been streaming (`None` when it
+    /// streams, or is not a running replica).
+    pub not_streaming_for: Option<Duration>,
+    /// Leader: Baton's slots on this primary whose member key is gone, and
+    /// for how long this agent has seen them so.
+    pub absent_slots: std::collections::BTreeMap<String, Duration>,
+    /// Wall-clock time, for scheduled switchovers.
+    pub now_utc: chrono::DateTime<chrono::Utc>,
+}

@@ -1,0 +1,97 @@
+//! Switchover requests: the checks a candidate must pass (shared with the
+//! REST API) and what the leader does about a pending request.
+
+use crate::cluster::ClusterView;
+
+use super::{Action, CandidateProblem, Observation, Reason};
+
+/// Why `candidate` cannot take over from the current leader now, if it
+/// cannot; the same checks guard the REST API and the leader's loop.
+pub fn candidate_problem(
+    cluster: &ClusterView,
+    candidate: &str,
+    max_lag: u64,
+) -> Option<CandidateProblem> {
+    let Some(m) = cluster.members.get(candidate) else {
+        return Some(CandidateProblem::NoSuchMember(candidate.to_string()));
+    };
+    if cluster.leader_name() == Some(candidate) {
+        return Some(CandidateProblem::AlreadyLeader(candidate.to_string()));
+    }
+    if m.tags.nofailover {
+        return Some(CandidateProblem::TaggedNofailover(candidate.to_string()));
+    }
+    if m.state != "running" || m.role != "replica" {
+        return Some(CandidateProblem::NotRunningReplica {
+            name: candidate.to_string(),
+            state: m.state.clone(),
+            role: m.role.clone(),
+        });
+    }
+    if m.replication_state.as_deref() != Some("streaming") {
+        return Some(CandidateProblem::NotStreaming(candidate.to_string()));
+    }
+    let leader = cluster.leader_member();
+    let (ltl, optime) = (leader.and_then(|l| l.timeline), cluster.leader_optime());
+    if m.timeline != ltl {
+        return Some(CandidateProblem::OtherTimeline {
+            name: candidate.to_string(),
+            timeline: m.timeline.unwrap_or(0),
+            leader_timeline: ltl.unwrap_or(0),
+        });
+    }
+    if let (Some(o), Some(p)) = (optime, m.xlog_location) {
+        let lag = o.saturating_sub(p);
+        if lag > max_lag {
+            return Some(CandidateProblem::LagExceedsLimit {
+                name: candidate.to_string(),
+                lag,
+                limit: max_lag,
+            });
+        }
+    }
+    None
+}
+
+/// What the leader does about a pending `failover` key: a switchover to
+/// start, schedule or refuse, or a fulfilled manual failover to clear.
+pub(super) fn leader_request(
+    o: &Observation,
+    cluster: &ClusterView,
+    actions: &mut Vec<Action>,
+) -> Reason {
+    let mut reason = Reason::Leader;
+    if let Some(f) = &cluster.failover {
+        match f.member.as_deref().filter(|m| *m != o.me) {
+            // A manual failover to us, fulfilled: clear the request.
+            None if f.member.as_deref() == Some(o.me.as_str()) => {
+                actions.push(Action::CancelSwitchover);
+            }
+            None => {
+                actions.push(Action::CancelSwitchover);
+                reason = Reason::SwitchoverRefused(CandidateProblem::NoOtherCandidate);
+            }
+            Some(c) => match f.scheduled() {
+                Some(at) if at > o.now_utc => {
+                    reason = Reason::SwitchoverScheduled {
+                        to: c.to_string(),
+                        at: at.to_rfc3339(),
+                    }
+                }
+                _ => match candidate_problem(cluster, c, o.config.maximum_lag_on_failover) {
+                    Some(why) => {
+                        actions.push(Action::CancelSwitchover);
+                        reason = Reason::SwitchoverRefused(why);
+                    }
+                    None => {
+                        actions.push(Action::Switchover {
+                            candidate: c.to_string(),
+                        });
+                        reason = Reason::SwitchingOver { to: c.to_string() };
+                    }
+                },
+            },
+        }
+    }
+    reason
+}
