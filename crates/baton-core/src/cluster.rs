@@ -53,6 +53,16 @@ fn is_default_tags(t: &Tags) -> bool {
 }
 
 impl Member {
+    /// Postgres runs and accepts writes (Patroni's `primary` + `running`).
+    pub fn is_running_primary(&self) -> bool {
+        self.role == "primary" && self.state == "running"
+    }
+
+    /// Postgres runs in recovery.
+    pub fn is_running_replica(&self) -> bool {
+        self.role == "replica" && self.state == "running"
+    }
+
     /// `host:port` of postgres, parsed back out of `conn_url`.
     pub fn pg_address(&self) -> Option<(String, u16)> {
         let rest = self.conn_url.strip_prefix("postgres://")?;

@@ -98,7 +98,7 @@ impl ClusterStatus {
                 }
             };
             if is_leader {
-                if !(m.state == "running" && m.role == "primary") {
+                if !m.is_running_primary() {
                     problems.push(format!(
                         "leader {name} is {} as {}, not running as primary",
                         m.state, m.role
@@ -142,7 +142,7 @@ impl ClusterStatus {
         let writable: Vec<&str> = view
             .members
             .iter()
-            .filter(|(_, m)| m.role == "primary" && m.state == "running")
+            .filter(|(_, m)| m.is_running_primary())
             .map(|(n, _)| n.as_str())
             .collect();
         if writable.len() > 1 {

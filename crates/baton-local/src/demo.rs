@@ -134,14 +134,7 @@ async fn failover(c: &mut LocalCluster) -> anyhow::Result<()> {
     let killed = Instant::now();
     c.kill_agent(li);
     c.kill_postgres(li);
-    let new = poll_until("new leader", Duration::from_secs(60), || async {
-        let v = c.view().await.ok()?;
-        let m = v.leader_member()?;
-        (v.leader_name() != Some(leader.as_str()) && m.role == "primary" && m.state == "running")
-            .then(|| v.leader_name().map(str::to_string))
-            .flatten()
-    })
-    .await?;
+    let new = c.wait_new_leader(&leader, Duration::from_secs(60)).await?;
     println!(
         "== 3. {new} is the new leader, {:.1} s after the kill (the old lease had to expire)",
         killed.elapsed().as_secs_f64()

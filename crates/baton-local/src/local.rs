@@ -26,15 +26,35 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
+    poll(what, limit, Duration::from_millis(100), || {
+        let fut = f();
+        async move { fut.await.ok_or_else(|| "not yet".to_string()) }
+    })
+    .await
+}
+
+/// Polls `f` every `every` until it returns `Ok`, for at most `limit`; the
+/// error names `what` and the last reason `f` gave.
+pub async fn poll<T, F, Fut>(
+    what: &str,
+    limit: Duration,
+    every: Duration,
+    mut f: F,
+) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
     let start = Instant::now();
     loop {
-        if let Some(v) = f().await {
-            return Ok(v);
-        }
+        let last = match f().await {
+            Ok(v) => return Ok(v),
+            Err(e) => e,
+        };
         if start.elapsed() > limit {
-            bail!("no {what} after {limit:?}");
+            bail!("no {what} after {limit:?}; last: {last}");
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(every).await;
     }
 }
 
@@ -487,6 +507,31 @@ retry_timeout = 1
                 s.state == baton_core::status::ClusterState::Normal && s.members.len() == n
             })
         })
+        .await
+    }
+
+    /// Waits until a member other than `not` leads and runs as primary; the
+    /// error shows who leads and every member's last reason.
+    pub async fn wait_new_leader(&self, not: &str, limit: Duration) -> anyhow::Result<String> {
+        poll(
+            "a new leader running as primary",
+            limit,
+            Duration::from_millis(100),
+            || async {
+                let v = self.view().await.map_err(|e| format!("{e:#}"))?;
+                match (v.leader_name(), v.leader_member()) {
+                    (Some(l), Some(m)) if l != not && m.is_running_primary() => Ok(l.to_string()),
+                    _ => Err(format!(
+                        "leader {:?}; reasons {:?}",
+                        v.leader_name(),
+                        v.members
+                            .iter()
+                            .map(|(n, m)| (n.as_str(), m.baton_reason.as_deref().unwrap_or("")))
+                            .collect::<Vec<_>>()
+                    )),
+                }
+            },
+        )
         .await
     }
 

@@ -439,20 +439,7 @@ async fn reinit_rebuilds_a_replica_and_control_needs_auth() {
         "the leader must refuse to reinitialize"
     );
 
-    let ep = t.c.etcd.endpoint.clone();
-    let out = run_baton(&[
-        "reinit",
-        "--etcd",
-        &ep,
-        "--scope",
-        "demo",
-        "--username",
-        "admin",
-        "--password",
-        "s3cret",
-        "node2",
-        "--force",
-    ]);
+    let out = ctl_at(&t.c.etcd.endpoint, &["reinit", "node2", "--force"]);
     assert!(
         out.status.success(),
         "{}",
@@ -474,7 +461,7 @@ async fn reinit_rebuilds_a_replica_and_control_needs_auth() {
     t.wait_state(ClusterState::Normal, Duration::from_secs(30))
         .await;
 
-    let out = run_baton(&["history", "--etcd", &ep, "--scope", "demo"]);
+    let out = run_baton(&["history", "--etcd", &t.c.etcd.endpoint, "--scope", "demo"]);
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).starts_with(" TL"));
 }

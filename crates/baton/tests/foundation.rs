@@ -73,22 +73,47 @@ async fn three_nodes_bootstrap_replicate_report_and_heal() {
     assert!(rm.receive_lsn.is_some() && rm.replay_lsn.is_some());
     assert!(!view.initialize.as_deref().unwrap_or("").is_empty());
 
-    // `baton list` and `--json`.
+    // `baton list` and `--json`. Member keys are published once per tick,
+    // so right after a clone's WAL switch a replica can show a segment of
+    // lag for up to one tick: poll (bounded) rather than sample once.
     let ep = t.c.etcd.endpoint.clone();
-    let out = run_baton(&["list", "--etcd", &ep, "--scope", "demo"]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(text.contains("state: Normal"), "{text}");
+    let text = wait_for(
+        "baton list showing Normal",
+        Duration::from_secs(10),
+        || async {
+            let out = run_baton(&["list", "--etcd", &ep, "--scope", "demo"]);
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            if text.contains("state: Normal") {
+                Ok(text)
+            } else {
+                Err(text)
+            }
+        },
+    )
+    .await;
     for n in &t.c.nodes {
         assert!(text.contains(&format!("| {} ", n.name)), "{text}");
     }
-    let out = run_baton(&["list", "--etcd", &ep, "--scope", "demo", "--json"]);
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("list --json is JSON");
-    assert_eq!(json["state"], "Normal");
+    let json = wait_for(
+        "baton list --json showing Normal",
+        Duration::from_secs(10),
+        || async {
+            let out = run_baton(&["list", "--etcd", &ep, "--scope", "demo", "--json"]);
+            let json: serde_json::Value =
+                serde_json::from_slice(&out.stdout).expect("list --json is JSON");
+            if json["state"] == "Normal" {
+                Ok(json)
+            } else {
+                Err(json.to_string())
+            }
+        },
+    )
+    .await;
     assert_eq!(json["members"].as_array().unwrap().len(), 3);
     assert_eq!(json["leader"], leader_name.as_str());
 

@@ -20,28 +20,6 @@ async fn started(name: &str, per_node: &[(usize, &str)]) -> TestCluster {
     TestCluster::led_by_node1(name, opts, per_node).await
 }
 
-fn ctl(t: &TestCluster, args: &[&str]) -> (bool, String, String) {
-    let ep = t.c.etcd.endpoint.clone();
-    let mut all = vec![
-        args[0],
-        "--etcd",
-        &ep,
-        "--scope",
-        "demo",
-        "--username",
-        "admin",
-        "--password",
-        "s3cret",
-    ];
-    all.extend_from_slice(&args[1..]);
-    let out = run_baton(&all);
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn switchover_under_writes_loses_nothing_and_needs_no_rewind() {
     let t = started("switchover", &[]).await;
@@ -189,7 +167,7 @@ async fn scheduled_switchover_runs_at_its_time_or_is_cancelled() {
         || async {
             let v = t.c.view().await.map_err(|e| format!("{e:#}"))?;
             let lm = v.leader_member().ok_or("no leader")?;
-            if v.leader_name() == Some("node3") && lm.role == "primary" && lm.state == "running" {
+            if v.leader_name() == Some("node3") && lm.is_running_primary() {
                 Ok(())
             } else {
                 Err(format!("{:?}", v.leader_name()))
@@ -244,20 +222,7 @@ async fn candidate_killed_mid_switchover_aborts_and_the_old_leader_resumes() {
     let ep = t.c.etcd.endpoint.clone();
     let (done_tx, done_rx) = std::sync::mpsc::channel();
     let cli = std::thread::spawn(move || {
-        let out = run_baton(&[
-            "switchover",
-            "--etcd",
-            &ep,
-            "--scope",
-            "demo",
-            "--username",
-            "admin",
-            "--password",
-            "s3cret",
-            "--candidate",
-            "node2",
-            "--force",
-        ]);
+        let out = ctl_at(&ep, &["switchover", "--candidate", "node2", "--force"]);
         let _ = done_tx.send(String::from_utf8_lossy(&out.stderr).into_owned());
         out
     });

@@ -21,7 +21,7 @@ pub fn candidate_problem(
     if m.tags.nofailover {
         return Some(CandidateProblem::TaggedNofailover(candidate.to_string()));
     }
-    if m.state != "running" || m.role != "replica" {
+    if !m.is_running_replica() {
         return Some(CandidateProblem::NotRunningReplica {
             name: candidate.to_string(),
             state: m.state.clone(),

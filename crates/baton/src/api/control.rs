@@ -198,9 +198,7 @@ pub(super) async fn wait_for_leader(
             continue;
         };
         let leads = view.leader_name() == Some(candidate)
-            && view
-                .leader_member()
-                .is_some_and(|m| m.role == "primary" && m.state == "running");
+            && view.leader_member().is_some_and(|m| m.is_running_primary());
         if leads {
             return Ok(ok(done));
         }
@@ -227,9 +225,7 @@ pub(super) async fn wait_for_handover(
     wait_for_leader(state, candidate, done, |view| {
         let resumed = view.failover.is_none()
             && view.leader_name() == Some(old)
-            && view
-                .leader_member()
-                .is_some_and(|m| m.role == "primary" && m.state == "running");
+            && view.leader_member().is_some_and(|m| m.is_running_primary());
         resumed.then(|| {
             let snap = state.snapshot();
             let why = match (&snap.last_failure, snap.name == old) {
@@ -283,10 +279,7 @@ pub(super) async fn failover(
     let body = json_body(&body)?;
     let candidate = required_field(&body, "candidate")?;
     let view = fresh_view(&state).await?;
-    if let Some(l) = view
-        .leader_member()
-        .filter(|m| m.role == "primary" && m.state == "running")
-    {
+    if let Some(l) = view.leader_member().filter(|m| m.is_running_primary()) {
         let _ = l;
         return Err(ApiError::Precondition(
             "leader_healthy",
@@ -303,7 +296,7 @@ pub(super) async fn failover(
                 format!("no member named {candidate:?}"),
             ))
         }
-        Some(m) if m.state != "running" || m.role != "replica" => {
+        Some(m) if !m.is_running_replica() => {
             return Err(ApiError::Precondition(
                 "not_running_replica",
                 format!(

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
 
-use super::conf::quote_conninfo;
+use super::conf::{quote_conninfo, replication_conninfo};
 use super::datadir::empty_dir;
 use super::{Instance, PgError, StopMode};
 
@@ -196,18 +196,13 @@ impl Instance {
             cmd.env("PGPASSWORD", pw);
         }
         let out = self
-            .run("pg_rewind", cmd, self.cfg.start_timeout * 10)
+            .run("pg_rewind", cmd, self.cfg.start_timeout.saturating_mul(10))
             .await?;
         tracing::info!(member = %self.name, "pg_rewind: {}", out.trim().lines().last().unwrap_or("done"));
         Ok(())
     }
 
     pub(super) fn replication_conninfo(&self, host: &str, port: u16) -> String {
-        format!(
-            "host={} port={port} user={} application_name={} connect_timeout=5",
-            quote_conninfo(host),
-            quote_conninfo(&self.cfg.replication.username),
-            quote_conninfo(&self.name),
-        )
+        replication_conninfo(&self.cfg, &self.name, host, port)
     }
 }

@@ -25,6 +25,18 @@ pub(super) fn quote_setting(v: &str) -> String {
 
 /// The `postgresql.conf` Baton owns. User parameters come first; the
 /// settings HA depends on are appended last so they always win.
+/// How member `name` connects to `host:port` for replication (the password,
+/// when there is one, is added by the caller: in `primary_conninfo`, or
+/// through the environment for pg_basebackup).
+pub(super) fn replication_conninfo(cfg: &PgConfig, name: &str, host: &str, port: u16) -> String {
+    format!(
+        "host={} port={port} user={} application_name={} connect_timeout=5",
+        quote_conninfo(host),
+        quote_conninfo(&cfg.replication.username),
+        quote_conninfo(name)
+    )
+}
+
 pub fn render_postgresql_conf(cfg: &PgConfig, name: &str, run_as: &RunAs) -> String {
     let mut s = String::from(
         "# Written by baton before every start; edits here are overwritten.\n\
@@ -61,12 +73,7 @@ pub fn render_postgresql_conf(cfg: &PgConfig, name: &str, run_as: &RunAs) -> Str
             params.insert("recovery_target_timeline", "'latest'".into());
         }
         RunAs::Replica { host, port, slot } => {
-            let mut ci = format!(
-                "host={} port={port} user={} application_name={} connect_timeout=5",
-                quote_conninfo(host),
-                quote_conninfo(&cfg.replication.username),
-                quote_conninfo(name)
-            );
+            let mut ci = replication_conninfo(cfg, name, host, *port);
             if let Some(pw) = &cfg.replication.password {
                 write!(ci, " password={}", quote_conninfo(pw)).expect("string write");
             }

@@ -29,7 +29,9 @@ impl Instance {
             cmd.arg(format!("--pwfile={}", path.display()));
             pwfile = Some(path);
         }
-        let r = self.run("initdb", cmd, self.cfg.start_timeout * 2).await;
+        let r = self
+            .run("initdb", cmd, self.cfg.start_timeout.saturating_mul(2))
+            .await;
         if let Some(p) = pwfile {
             std::fs::remove_file(p).ok();
         }
@@ -68,23 +70,36 @@ impl Instance {
         }
         self.prepare_log_file()?;
         self.write_config(run_as)?;
-        let mut cmd = self.command("pg_ctl");
-        let t = self.cfg.start_timeout;
-        cmd.arg("start")
-            .arg("-D")
-            .arg(&self.cfg.data_dir)
-            .arg("-l")
-            .arg(&self.cfg.log_file)
-            .arg("-w")
-            .arg("-t")
-            .arg(t.as_secs().max(1).to_string())
-            .arg("-s");
-        // pg_ctl's daemonized postmaster must not be killed with our handle.
-        cmd.kill_on_drop(false);
-        self.run("pg_ctl start", cmd, t + Duration::from_secs(5))
+        let mut cmd = self.pg_ctl("start");
+        cmd.arg("-l").arg(&self.cfg.log_file);
+        self.run("pg_ctl start", cmd, self.pg_ctl_limit())
             .await
             .map_err(|e| self.with_log_tail(e))?;
         Ok(())
+    }
+
+    /// `pg_ctl ACTION -D <data_dir> -w -t <start_timeout> -s`: every call
+    /// waits for its outcome, bounded by `start_timeout`. Not killed with our
+    /// handle: pg_ctl start daemonizes the postmaster, and a half-done stop
+    /// or promote is worse than a finished one.
+    fn pg_ctl(&self, action: &str) -> tokio::process::Command {
+        let mut cmd = self.command("pg_ctl");
+        cmd.arg(action)
+            .arg("-D")
+            .arg(&self.cfg.data_dir)
+            .arg("-w")
+            .arg("-t")
+            .arg(self.cfg.start_timeout.as_secs().max(1).to_string())
+            .arg("-s");
+        cmd.kill_on_drop(false);
+        cmd
+    }
+
+    /// How long a pg_ctl call may take in all: its own `-t` and some.
+    fn pg_ctl_limit(&self) -> Duration {
+        self.cfg
+            .start_timeout
+            .saturating_add(Duration::from_secs(5))
     }
 
     pub(super) fn with_log_tail(&self, e: PgError) -> PgError {
@@ -110,25 +125,9 @@ impl Instance {
         if self.postmaster_pid().is_none() {
             return Ok(());
         }
-        let mut cmd = self.command("pg_ctl");
-        cmd.arg("stop")
-            .arg("-D")
-            .arg(&self.cfg.data_dir)
-            .arg("-m")
-            .arg(mode.as_str())
-            .arg("-w")
-            .arg("-t")
-            .arg(self.cfg.start_timeout.as_secs().max(1).to_string())
-            .arg("-s");
-        cmd.kill_on_drop(false);
-        match self
-            .run(
-                "pg_ctl stop",
-                cmd,
-                self.cfg.start_timeout + Duration::from_secs(5),
-            )
-            .await
-        {
+        let mut cmd = self.pg_ctl("stop");
+        cmd.arg("-m").arg(mode.as_str());
+        match self.run("pg_ctl stop", cmd, self.pg_ctl_limit()).await {
             Ok(_) => Ok(()),
             // Lost a race with the postmaster exiting on its own.
             Err(_) if self.postmaster_pid().is_none() => Ok(()),
@@ -137,21 +136,10 @@ impl Instance {
     }
 
     pub async fn promote(&self) -> Result<(), PgError> {
-        let mut cmd = self.command("pg_ctl");
-        cmd.arg("promote")
-            .arg("-D")
-            .arg(&self.cfg.data_dir)
-            .arg("-w")
-            .arg("-t")
-            .arg(self.cfg.start_timeout.as_secs().max(1).to_string())
-            .arg("-s");
-        self.run(
-            "pg_ctl promote",
-            cmd,
-            self.cfg.start_timeout + Duration::from_secs(5),
-        )
-        .await
-        .map(|_| ())
+        let cmd = self.pg_ctl("promote");
+        self.run("pg_ctl promote", cmd, self.pg_ctl_limit())
+            .await
+            .map(|_| ())
     }
 
     /// Points a running replica at another upstream: rewrite, then reload

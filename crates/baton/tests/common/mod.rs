@@ -6,7 +6,7 @@
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use baton_core::status::{ClusterState, ClusterStatus};
 use baton_local::local::{ClusterOptions, LocalCluster};
@@ -146,22 +146,14 @@ pub async fn sql_port(port: u16, query: &str) -> Result<Vec<tokio_postgres::Row>
 }
 
 /// Polls `f` until it returns Ok, at most `limit`; panics with the last error.
-pub async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> T
+pub async fn wait_for<T, F, Fut>(what: &str, limit: Duration, f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, String>>,
 {
-    let start = Instant::now();
-    let mut last;
-    loop {
-        match f().await {
-            Ok(v) => return v,
-            Err(e) => last = e,
-        }
-        if start.elapsed() > limit {
-            panic!("no {what} after {limit:?}; last: {last}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    match baton_local::local::poll(what, limit, Duration::from_millis(200), f).await {
+        Ok(v) => v,
+        Err(e) => panic!("{e}"),
     }
 }
 
@@ -189,6 +181,34 @@ pub fn run_baton(args: &[&str]) -> std::process::Output {
         .args(args)
         .output()
         .expect("running baton")
+}
+
+/// Runs an operator command against the test cluster whose etcd is `etcd`
+/// (scope `demo`), with the credentials the auth tests configure.
+pub fn ctl_at(etcd: &str, args: &[&str]) -> std::process::Output {
+    let mut all = vec![
+        args[0],
+        "--etcd",
+        etcd,
+        "--scope",
+        "demo",
+        "--username",
+        "admin",
+        "--password",
+        "s3cret",
+    ];
+    all.extend_from_slice(&args[1..]);
+    run_baton(&all)
+}
+
+/// `ctl_at` on `t`: (success, stdout, stderr).
+pub fn ctl(t: &TestCluster, args: &[&str]) -> (bool, String, String) {
+    let out = ctl_at(&t.c.etcd.endpoint, args);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 pub fn path_str(p: &Path) -> &str {
@@ -316,22 +336,9 @@ pub fn kill_node(t: &mut TestCluster, i: usize) {
 }
 
 pub async fn wait_new_leader(t: &TestCluster, not: &str, limit: Duration) -> String {
-    wait_for("a new leader running as primary", limit, || async {
-        let v = t.c.view().await.map_err(|e| format!("{e:#}"))?;
-        match v.leader_member() {
-            Some(m)
-                if v.leader_name() != Some(not) && m.role == "primary" && m.state == "running" =>
-            {
-                Ok(v.leader_name().unwrap().to_string())
-            }
-            _ => Err(format!(
-                "leader {:?}; reasons {:?}",
-                v.leader_name(),
-                reasons(t).await
-            )),
-        }
-    })
-    .await
+    t.c.wait_new_leader(not, limit)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Waits until `node` streams from the leader on the leader's timeline.
