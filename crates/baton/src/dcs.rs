@@ -28,6 +28,27 @@ pub enum DcsError {
     Malformed { key: String, reason: String },
 }
 
+/// etcd-client reports a lease that etcd no longer knows in two ways: a
+/// keep-alive answered with TTL 0 (`LeaseKeepAliveError("lease not found")`,
+/// the crate's own words for exactly that case), and a request naming the
+/// lease (a put with it) failing with gRPC NotFound, "etcdserver: requested
+/// lease not found". Both mean the same: the lease and every key on it are
+/// gone, and the agent must get a new one at once.
+fn lease_error(e: etcd_client::Error, lease: LeaseId) -> DcsError {
+    let gone = match &e {
+        etcd_client::Error::LeaseKeepAliveError(m) => m == "lease not found",
+        etcd_client::Error::GRpcStatus(s) => {
+            s.code() == tonic::Code::NotFound && s.message().contains("lease not found")
+        }
+        _ => false,
+    };
+    if gone {
+        DcsError::LeaseExpired(lease.0)
+    } else {
+        DcsError::Etcd(e)
+    }
+}
+
 /// The etcd client for one cluster prefix.
 #[derive(Clone)]
 pub struct Dcs {
@@ -99,17 +120,17 @@ impl Dcs {
         .await
     }
 
-    /// One keep-alive round trip. `LeaseExpired` means the lease is gone for
-    /// good and everything attached to it has vanished.
+    /// One keep-alive round trip: the client sends one request on a new
+    /// stream and reads its answer, which must carry a TTL above zero.
+    /// `LeaseExpired` means the lease is gone for good and everything
+    /// attached to it has vanished.
     pub async fn keep_alive(&self, lease: LeaseId) -> Result<(), DcsError> {
         let mut c = self.client.lease_client();
         bounded(self.timeout, async {
-            let (mut keeper, mut stream) = c.keep_alive(lease.0).await?;
-            keeper.keep_alive().await?;
-            match stream.message().await? {
-                Some(r) if r.ttl() > 0 => Ok(()),
-                _ => Err(DcsError::LeaseExpired(lease.0)),
-            }
+            c.keep_alive(lease.0)
+                .await
+                .map(|_| ())
+                .map_err(|e| lease_error(e, lease))
         })
         .await
     }
@@ -214,6 +235,10 @@ impl Dcs {
         let json = serde_json::to_string(member).expect("member serializes");
         self.put(&format!("members/{name}"), json, Some(lease))
             .await
+            .map_err(|e| match e {
+                DcsError::Etcd(e) => lease_error(e, lease),
+                other => other,
+            })
     }
 
     pub async fn delete_member(&self, name: &str) -> Result<(), DcsError> {

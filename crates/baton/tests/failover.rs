@@ -662,3 +662,53 @@ async fn leader_slots(t: &TestCluster) -> Result<Vec<String>, String> {
         .await?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
+
+/// A lease etcd no longer knows (it expired while the member was cut off,
+/// or etcd lost it) is replaced at once: the agent grants a new one,
+/// publishes its member key again, and the cluster is whole and Normal.
+/// Revoking the lease is exactly what expiry does to the keys on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_etcd_forgot_is_replaced_and_the_member_returns() {
+    let t = TestCluster::led_by_node1("leaselost", ClusterOptions::default(), &[]).await;
+    let dcs = baton::dcs::Dcs::connect(
+        std::slice::from_ref(&t.c.etcd.endpoint),
+        "/service/demo/".into(),
+        Duration::from_secs(3),
+    )
+    .await
+    .unwrap();
+    for victim in ["node2", "node1"] {
+        let before = t.c.view().await.unwrap();
+        let lease = before.member_leases[victim];
+        dcs.revoke(lease).await.unwrap();
+        let back = wait_for(
+            &format!("{victim} back on a new lease"),
+            Duration::from_secs(30),
+            || async {
+                let v = t.c.view().await.map_err(|e| format!("{e:#}"))?;
+                match v.member_leases.get(victim) {
+                    Some(l) if *l != lease => Ok(*l),
+                    other => Err(format!("{victim}: lease {other:?} (revoked {lease:?})")),
+                }
+            },
+        )
+        .await;
+        assert_ne!(back, lease);
+        let s = t
+            .wait_state(ClusterState::Normal, Duration::from_secs(60))
+            .await;
+        assert_eq!(s.members.len(), 3, "{}", s.render());
+        // The leader key vanished with node1's lease. Either node1, still a
+        // healthy primary, took the free key again on its new lease, or a
+        // replica won it and node1 follows: both are safe. What must hold is
+        // that the key hangs on its holder's live lease.
+        let v = t.c.view().await.unwrap();
+        let key = v.leader.expect("a leader");
+        assert_eq!(
+            Some(&key.lease),
+            v.member_leases.get(&key.name),
+            "the leader key is not on {}'s own lease",
+            key.name
+        );
+    }
+}

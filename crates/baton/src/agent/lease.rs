@@ -20,28 +20,41 @@ impl Agent {
             // re-attached to it by AdoptLeader on this very tick.
             self.lease = None;
         }
-        let sent = Instant::now();
-        match self.lease {
-            Some(lease) => match self.dcs.keep_alive(lease).await {
-                Ok(()) => self.last_renewal_sent = Some(sent),
+        if let Some(lease) = self.lease {
+            let sent = Instant::now();
+            match self.dcs.keep_alive(lease).await {
+                Ok(()) => {
+                    self.last_renewal_sent = Some(sent);
+                    return;
+                }
+                // Gone for good (expired while we were cut off, or etcd lost
+                // it): everything on it has vanished. Replace it now, not on
+                // the next tick, so the member key is back at once.
                 Err(DcsError::LeaseExpired(_)) => {
-                    tracing::warn!(lease = lease.0, "lease expired; requesting a new one");
+                    tracing::warn!(
+                        lease = lease.0,
+                        "etcd no longer knows our lease; requesting a new one"
+                    );
                     self.lease = None;
                 }
-                Err(e) => self.etcd_warning(format_args!("lease renewal failed: {e}")),
-            },
-            None => match self.dcs.grant_lease(self.config.ttl).await {
-                Ok(l) => {
-                    tracing::info!(lease = l.0, ttl = self.config.ttl, "granted new lease");
-                    self.lease = Some(l);
-                    self.lease_ttl = self.config.ttl;
-                    // A grant starts the new lease's TTL like a renewal does.
-                    // It renews no leader key held on an older lease: decide
-                    // moves such a key over (AdoptLeader) before relying on it.
-                    self.last_renewal_sent = Some(sent);
+                Err(e) => {
+                    self.etcd_warning(format_args!("lease renewal failed: {e}"));
+                    return;
                 }
-                Err(e) => self.etcd_warning(format_args!("cannot get an etcd lease: {e}")),
-            },
+            }
+        }
+        let sent = Instant::now();
+        match self.dcs.grant_lease(self.config.ttl).await {
+            Ok(l) => {
+                tracing::info!(lease = l.0, ttl = self.config.ttl, "granted new lease");
+                self.lease = Some(l);
+                self.lease_ttl = self.config.ttl;
+                // A grant starts the new lease's TTL like a renewal does.
+                // It renews no leader key held on an older lease: decide
+                // moves such a key over (AdoptLeader) before relying on it.
+                self.last_renewal_sent = Some(sent);
+            }
+            Err(e) => self.etcd_warning(format_args!("cannot get an etcd lease: {e}")),
         }
     }
 

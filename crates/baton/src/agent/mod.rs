@@ -37,7 +37,7 @@ use baton_core::config::DynamicConfig;
 use baton_core::instance::DataDir;
 
 use crate::config::NodeConfig;
-use crate::dcs::Dcs;
+use crate::dcs::{Dcs, DcsError};
 use crate::pg::{Instance, RunAs, StopMode};
 
 use baton_core::ha::{decide, JobKind, Observation, PgStatus};
@@ -355,8 +355,19 @@ impl Agent {
             &d.reason,
         );
         if let (Some(lease), Some(_)) = (self.lease, &cluster) {
-            if let Err(e) = self.dcs.put_member(&self.cfg.name, &member, lease).await {
-                tracing::warn!("publishing member key failed: {e}");
+            match self.dcs.put_member(&self.cfg.name, &member, lease).await {
+                Ok(()) => {}
+                // The next tick's renewal replaces the lease and publishes
+                // again; no point repeating a put on a lease that is gone.
+                Err(DcsError::LeaseExpired(_)) => {
+                    tracing::warn!(
+                        lease = lease.0,
+                        "etcd no longer knows our lease; replacing it"
+                    );
+                    self.lease = None;
+                    self.wake.notify_one();
+                }
+                Err(e) => self.etcd_warning(format_args!("publishing member key failed: {e}")),
             }
         }
         let is_leader = cluster.as_ref().is_some_and(|c| {
