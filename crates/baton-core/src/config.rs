@@ -60,6 +60,22 @@ fn default_safety_margin() -> f64 {
     1.0
 }
 
+/// Seconds as a `Duration`, clamped to `[0, MAX_SECONDS]`: validation has
+/// refused anything outside already, and this never panics if it did not
+/// run (`Duration::from_secs_f64` panics on huge or negative values).
+fn seconds(v: f64) -> Duration {
+    Duration::try_from_secs_f64(v.clamp(0.0, MAX_SECONDS)).unwrap_or(Duration::ZERO)
+}
+
+/// The longest any duration setting may be: a year. Longer values are
+/// surely typos, and they must not reach `Duration` arithmetic that would
+/// overflow (a panic in the loop would leave postgres running unfenced).
+pub const MAX_SECONDS: f64 = 365.0 * 24.0 * 3600.0;
+
+/// etcd refuses leases longer than this (its `MaxLeaseTTL`), so every grant
+/// would fail.
+pub const ETCD_MAX_LEASE_TTL: u64 = 9_000_000_000;
+
 fn default_primary_start_timeout() -> f64 {
     3.0
 }
@@ -86,16 +102,16 @@ impl Default for DynamicConfig {
 
 impl DynamicConfig {
     pub fn loop_wait(&self) -> Duration {
-        Duration::from_secs_f64(self.loop_wait)
+        seconds(self.loop_wait)
     }
     pub fn retry_timeout(&self) -> Duration {
-        Duration::from_secs_f64(self.retry_timeout)
+        seconds(self.retry_timeout)
     }
     pub fn member_slots_ttl(&self) -> Duration {
-        Duration::from_secs_f64(self.member_slots_ttl.max(0.0))
+        seconds(self.member_slots_ttl)
     }
     pub fn primary_start_timeout(&self) -> Duration {
-        Duration::from_secs_f64(self.primary_start_timeout)
+        seconds(self.primary_start_timeout)
     }
     pub fn ttl(&self) -> Duration {
         Duration::from_secs(self.ttl)
@@ -103,8 +119,7 @@ impl DynamicConfig {
     /// How long after the last *sent* successful renewal a leader may keep
     /// running read-write (safety rule 2 in DESIGN.md).
     pub fn leader_deadline(&self) -> Duration {
-        self.ttl()
-            .saturating_sub(Duration::from_secs_f64(self.safety_margin))
+        self.ttl().saturating_sub(seconds(self.safety_margin))
     }
 
     /// Every broken rule, as (key, reason) pairs; empty when valid.
@@ -116,6 +131,15 @@ impl DynamicConfig {
                 format!("{} s is below etcd's minimum lease of 2 s", self.ttl),
             ));
         }
+        if self.ttl > ETCD_MAX_LEASE_TTL {
+            p.push((
+                "ttl",
+                format!(
+                    "{} s is above etcd's maximum lease of {ETCD_MAX_LEASE_TTL} s",
+                    self.ttl
+                ),
+            ));
+        }
         for (key, v) in [
             ("loop_wait", self.loop_wait),
             ("retry_timeout", self.retry_timeout),
@@ -125,23 +149,21 @@ impl DynamicConfig {
                 p.push((key, format!("{v} must be a positive number of seconds")));
             }
         }
-        if !self.member_slots_ttl.is_finite() || self.member_slots_ttl < 0.0 {
-            p.push((
-                "member_slots_ttl",
-                format!(
-                    "{} must be zero or a positive number of seconds",
-                    self.member_slots_ttl
-                ),
-            ));
-        }
-        if !self.primary_start_timeout.is_finite() || self.primary_start_timeout < 0.0 {
-            p.push((
-                "primary_start_timeout",
-                format!(
-                    "{} must be zero or a positive number of seconds",
-                    self.primary_start_timeout
-                ),
-            ));
+        for (key, v) in [
+            ("member_slots_ttl", self.member_slots_ttl),
+            ("primary_start_timeout", self.primary_start_timeout),
+        ] {
+            if !v.is_finite() || v < 0.0 {
+                p.push((
+                    key,
+                    format!("{v} must be zero or a positive number of seconds"),
+                ));
+            } else if v > MAX_SECONDS {
+                p.push((
+                    key,
+                    format!("{v} s is more than a year ({MAX_SECONDS} s); surely a typo"),
+                ));
+            }
         }
         if p.is_empty() {
             let budget = self.ttl as f64 - self.safety_margin;
@@ -233,5 +255,52 @@ mod tests {
             v,
             serde_json::json!({"ttl": 5, "postgresql": {"b": 2, "c": 3}})
         );
+    }
+
+    #[test]
+    fn values_that_would_overflow_are_refused_and_accessors_never_panic() {
+        for (key, d) in [
+            (
+                "member_slots_ttl",
+                DynamicConfig {
+                    member_slots_ttl: 1e20,
+                    ..DynamicConfig::default()
+                },
+            ),
+            (
+                "primary_start_timeout",
+                DynamicConfig {
+                    primary_start_timeout: 1e20,
+                    ..DynamicConfig::default()
+                },
+            ),
+            (
+                "ttl",
+                DynamicConfig {
+                    ttl: 10_000_000_000,
+                    ..DynamicConfig::default()
+                },
+            ),
+        ] {
+            assert!(
+                d.problems().iter().any(|(k, _)| *k == key),
+                "{key} accepted: {:?}",
+                d.problems()
+            );
+            // Defence in depth: even unvalidated, no accessor panics.
+            let _ = (
+                d.member_slots_ttl(),
+                d.primary_start_timeout(),
+                d.ttl(),
+                d.leader_deadline(),
+            );
+        }
+        // The largest accepted values still convert.
+        let d = DynamicConfig {
+            member_slots_ttl: MAX_SECONDS,
+            primary_start_timeout: MAX_SECONDS,
+            ..DynamicConfig::default()
+        };
+        assert!(d.problems().is_empty(), "{:?}", d.problems());
     }
 }

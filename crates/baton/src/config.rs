@@ -210,8 +210,14 @@ impl Reader {
 
     fn seconds(&mut self, table: &mut toml::Table, prefix: &str, key: &str) -> Option<Duration> {
         let v: f64 = self.opt(table, prefix, key)?;
-        if v.is_finite() && v > 0.0 {
+        if v.is_finite() && v > 0.0 && v <= baton_core::config::MAX_SECONDS {
             Some(Duration::from_secs_f64(v))
+        } else if v > baton_core::config::MAX_SECONDS {
+            self.problem(
+                join(prefix, key),
+                format!("{v} s is more than a year; surely a typo"),
+            );
+            None
         } else {
             self.problem(
                 join(prefix, key),
@@ -627,6 +633,16 @@ listen = "127.0.0.1:5432"
         assert_eq!(c.postgresql.replication.username, "replicator");
         assert_eq!(c.bootstrap, DynamicConfig::default());
         assert_eq!(c.tags, Tags::default());
+    }
+
+    #[test]
+    fn a_start_timeout_that_would_overflow_is_refused() {
+        let text = MINIMAL.replace(
+            "listen = \"127.0.0.1:5432\"",
+            "listen = \"127.0.0.1:5432\"\nstart_timeout = 1e20",
+        );
+        let err = parse(&text).unwrap_err();
+        assert_eq!(err.problems[0].key, "postgresql.start_timeout", "{err}");
     }
 
     #[test]
