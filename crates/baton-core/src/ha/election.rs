@@ -27,6 +27,15 @@ pub(super) fn elect(o: &Observation, cluster: &ClusterView, run: &Running) -> De
     if o.tags.nofailover {
         return decision(vec![], Reason::NotEligible(Ineligible::TaggedNofailover));
     }
+    let my_priority = priority(&o.tags);
+    if my_priority <= 0 {
+        return decision(
+            vec![],
+            Reason::NotEligible(Ineligible::FailoverPriorityNotPositive {
+                priority: my_priority,
+            }),
+        );
+    }
     let position = run
         .receive_lsn
         .max(run.replay_lsn)
@@ -47,7 +56,7 @@ pub(super) fn elect(o: &Observation, cluster: &ClusterView, run: &Running) -> De
     }
     let me = (run.timeline.unwrap_or(0), position, priority(&o.tags));
     for p in &o.peers {
-        if !p.running || p.nofailover || p.name == o.me {
+        if !p.running || p.nofailover || p.priority <= 0 || p.name == o.me {
             continue;
         }
         let them = (p.timeline, p.position, p.priority);
@@ -77,7 +86,8 @@ pub(super) fn elect(o: &Observation, cluster: &ClusterView, run: &Running) -> De
     decision(vec![Action::AcquireLeader], Reason::Candidate)
 }
 
-/// Patroni's `failover_priority` tag: higher wins ties; default 1.
+/// Patroni's `failover_priority` tag: higher wins ties; default 1; 0 or
+/// less never leads.
 pub fn priority(tags: &Tags) -> i64 {
     tags.failover_priority.unwrap_or(1)
 }

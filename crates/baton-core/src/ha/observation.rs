@@ -75,6 +75,7 @@ pub struct Peer {
 impl Peer {
     /// What `/patroni` of another member says about its fitness to lead.
     pub fn from_status(name: String, v: &serde_json::Value) -> Peer {
+        let priority = v["tags"]["failover_priority"].as_i64().unwrap_or(1);
         let primary = v["role"] == "primary";
         let x = &v["xlog"];
         let position = if primary {
@@ -90,8 +91,9 @@ impl Peer {
             primary,
             timeline: v["timeline"].as_u64().unwrap_or(0) as u32,
             position: position.unwrap_or(0),
-            nofailover: v["tags"]["nofailover"].as_bool().unwrap_or(false),
-            priority: v["tags"]["failover_priority"].as_i64().unwrap_or(1),
+            // Patroni: a priority of 0 or less never leads, like nofailover.
+            nofailover: v["tags"]["nofailover"].as_bool().unwrap_or(false) || priority <= 0,
+            priority,
         }
     }
 }

@@ -13,6 +13,10 @@ use crate::instance::Unusable;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ineligible {
     TaggedNofailover,
+    /// Patroni: `failover_priority` of 0 or below means never leader.
+    FailoverPriorityNotPositive {
+        priority: i64,
+    },
     /// Behind the leader's last published position by more than
     /// `maximum_lag_on_failover`.
     LagExceedsLimit {
@@ -25,6 +29,7 @@ impl Ineligible {
     pub fn code(&self) -> &'static str {
         match self {
             Ineligible::TaggedNofailover => "tagged_nofailover",
+            Ineligible::FailoverPriorityNotPositive { .. } => "failover_priority_not_positive",
             Ineligible::LagExceedsLimit { .. } => "lag_exceeds_limit",
         }
     }
@@ -34,6 +39,12 @@ impl fmt::Display for Ineligible {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Ineligible::TaggedNofailover => write!(f, "tagged nofailover"),
+            Ineligible::FailoverPriorityNotPositive { priority } => {
+                write!(
+                    f,
+                    "failover_priority is {priority} (0 or less: never leader)"
+                )
+            }
             Ineligible::LagExceedsLimit { lag, limit } => write!(
                 f,
                 "lag {} > maximum_lag_on_failover {}",
@@ -83,6 +94,7 @@ pub enum CandidateProblem {
     NoSuchMember(String),
     AlreadyLeader(String),
     TaggedNofailover(String),
+    FailoverPriorityNotPositive(String),
     NotRunningReplica {
         name: String,
         state: String,
@@ -109,6 +121,7 @@ impl CandidateProblem {
             CandidateProblem::NoSuchMember(_) => "no_such_member",
             CandidateProblem::AlreadyLeader(_) => "already_leader",
             CandidateProblem::TaggedNofailover(_) => "tagged_nofailover",
+            CandidateProblem::FailoverPriorityNotPositive(_) => "failover_priority_not_positive",
             CandidateProblem::NotRunningReplica { .. } => "not_running_replica",
             CandidateProblem::NotStreaming(_) => "not_streaming",
             CandidateProblem::OtherTimeline { .. } => "other_timeline",
@@ -124,6 +137,9 @@ impl fmt::Display for CandidateProblem {
             CandidateProblem::NoSuchMember(n) => write!(f, "no member named {n:?}"),
             CandidateProblem::AlreadyLeader(n) => write!(f, "{n} is already the leader"),
             CandidateProblem::TaggedNofailover(n) => write!(f, "{n} is tagged nofailover"),
+            CandidateProblem::FailoverPriorityNotPositive(n) => {
+                write!(f, "{n} has failover_priority 0 or less (never leader)")
+            }
             CandidateProblem::NotRunningReplica { name, state, role } => {
                 write!(f, "{name} is {state} as {role}, not a running replica")
             }

@@ -21,6 +21,11 @@ pub fn candidate_problem(
     if m.tags.nofailover {
         return Some(CandidateProblem::TaggedNofailover(candidate.to_string()));
     }
+    if m.tags.failover_priority.is_some_and(|p| p <= 0) {
+        return Some(CandidateProblem::FailoverPriorityNotPositive(
+            candidate.to_string(),
+        ));
+    }
     if !m.is_running_replica() {
         return Some(CandidateProblem::NotRunningReplica {
             name: candidate.to_string(),

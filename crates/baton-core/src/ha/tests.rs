@@ -799,3 +799,35 @@ fn peer_from_patroni_status() {
     let p = Peer::from_status("n3".into(), &serde_json::json!({"state": "stopped"}));
     assert!(!p.running && p.position == 0);
 }
+
+/// Patroni: a `failover_priority` of 0 or below never takes part in the
+/// leader race, like `nofailover`; as a peer it does not count, and a
+/// switchover to it is refused.
+#[test]
+fn failover_priority_zero_or_less_means_never() {
+    let c = with_optime(cluster(None), 1000);
+    for p in [0, -1] {
+        let mut o = obs("n2", Some(c.clone()), dir_on(1), replica_at(1, 1000));
+        o.tags.failover_priority = Some(p);
+        let d = decide(&o);
+        assert_eq!(d.actions, vec![], "priority {p}");
+        assert_eq!(d.reason.code(), "failover_priority_not_positive");
+    }
+    // A peer with priority 0 and more WAL does not make us yield.
+    let mut o = obs("n2", Some(c), dir_on(1), replica_at(1, 1000));
+    o.peers = vec![Peer {
+        priority: 0,
+        ..peer("n3", 1, 5000)
+    }];
+    assert_eq!(decide(&o).actions, vec![Action::AcquireLeader]);
+    // Its /patroni status says so too.
+    let v = serde_json::json!({"state": "running", "role": "replica", "tags": {"failover_priority": 0}});
+    assert!(Peer::from_status("n3".into(), &v).nofailover);
+    // And it is no switchover candidate.
+    let mut c = cluster(Some(("n1", 1)));
+    c.members.get_mut("n2").unwrap().tags.failover_priority = Some(0);
+    assert_eq!(
+        candidate_problem(&c, "n2", 1 << 20).map(|p| p.code()),
+        Some("failover_priority_not_positive")
+    );
+}
