@@ -184,14 +184,22 @@ impl Dcs {
         .await
     }
 
+    /// Writes the system identifier into `initialize` when it holds our
+    /// bootstrap claim (empty) or is gone (etcd lost its data); never over
+    /// another cluster's identifier.
     pub async fn set_initialize(&self, system_id: &str) -> Result<bool, DcsError> {
         let key = self.key("initialize");
-        self.txn(
-            Txn::new()
-                .when([Compare::value(key.as_str(), CompareOp::Equal, "")])
-                .and_then([TxnOp::put(key.as_str(), system_id, None)]),
-        )
-        .await
+        let claimed = self
+            .txn(
+                Txn::new()
+                    .when([Compare::value(key.as_str(), CompareOp::Equal, "")])
+                    .and_then([TxnOp::put(key.as_str(), system_id, None)]),
+            )
+            .await?;
+        if claimed {
+            return Ok(true);
+        }
+        self.create_if_absent("initialize", system_id, None).await
     }
 
     /// Safety rule 3: the leader key is taken only if nobody holds it.

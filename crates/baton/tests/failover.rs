@@ -712,3 +712,29 @@ async fn a_lease_etcd_forgot_is_replaced_and_the_member_returns() {
         );
     }
 }
+
+/// etcd lost `initialize` under a running cluster: the leader publishes the
+/// same system identifier again, and nobody bootstraps a second cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn initialize_lost_from_etcd_is_published_again_by_the_leader() {
+    let t = TestCluster::led_by_node1("initlost", ClusterOptions::default(), &[]).await;
+    let id = t.c.view().await.unwrap().initialize.expect("initialized");
+    let mut etcd = etcd_client::Client::connect([t.c.etcd.endpoint.as_str()], None)
+        .await
+        .unwrap();
+    etcd.delete("/service/demo/initialize", None).await.unwrap();
+    let back = wait_for(
+        "initialize published again",
+        Duration::from_secs(15),
+        || async {
+            let v = t.c.view().await.map_err(|e| format!("{e:#}"))?;
+            v.initialize.ok_or_else(|| "still missing".to_string())
+        },
+    )
+    .await;
+    assert_eq!(back, id, "a different system identifier was published");
+    let s = t
+        .wait_state(ClusterState::Normal, Duration::from_secs(30))
+        .await;
+    assert_eq!(s.leader.as_deref(), Some("node1"), "{}", s.render());
+}

@@ -12,7 +12,16 @@ pub(super) fn decide_empty(o: &Observation, cluster: &ClusterView) -> Decision {
         }
     }
     match (cluster.initialize.as_deref(), cluster.leader_name()) {
-        (None, _) => decision(vec![Action::Bootstrap], Reason::Bootstrapping),
+        (None, None) => decision(vec![Action::Bootstrap], Reason::Bootstrapping),
+        // A leader but no `initialize`: etcd lost its data under a running
+        // cluster. The leader publishes the key again; bootstrapping now
+        // would start a second cluster beside it.
+        (None, Some(l)) => decision(
+            vec![],
+            Reason::WaitingForInitialize {
+                leader: l.to_string(),
+            },
+        ),
         (Some(_), Some(l)) if l != o.me => {
             let slot = slot_name(&o.me);
             let slot_ready = cluster

@@ -25,7 +25,9 @@ pub(super) fn decide_running(o: &Observation, cluster: &ClusterView, run: &Runni
         return decision(actions, Reason::Promoting);
     }
     let mut actions = vec![];
-    if cluster.initialize.as_deref() == Some("") {
+    // Completes our bootstrap, and restores the key if etcd lost its data:
+    // without it an empty member would bootstrap a second cluster.
+    if matches!(cluster.initialize.as_deref(), None | Some("")) {
         actions.push(Action::PublishInitialize(run.system_id.clone()));
     }
     if cluster.config.is_none() && cluster.config_error.is_none() {

@@ -189,6 +189,9 @@ pub enum Reason {
     Bootstrapping,
     BootstrapFailed(String),
     WaitingForBootstrap,
+    WaitingForInitialize {
+        leader: String,
+    },
     WaitingForLeaderToClone,
     WaitingForSlot {
         leader: String,
@@ -293,6 +296,10 @@ impl fmt::Display for Reason {
                 write!(f, "another member is bootstrapping the cluster; waiting")
             }
             Reason::WaitingForLeaderToClone => write!(f, "no leader to clone from; waiting"),
+            Reason::WaitingForInitialize { leader } => write!(
+                f,
+                "leader {leader} has not published the cluster's system identifier (initialize) yet; waiting"
+            ),
             Reason::WaitingForSlot { leader } => {
                 write!(f, "waiting for {leader} to create our replication slot")
             }
@@ -401,6 +408,7 @@ impl Reason {
             Reason::Bootstrapping => "bootstrapping",
             Reason::BootstrapFailed(_) => "bootstrap_failed",
             Reason::WaitingForBootstrap => "waiting_for_bootstrap",
+            Reason::WaitingForInitialize { .. } => "waiting_for_initialize",
             Reason::WaitingForLeaderToClone => "waiting_for_leader_to_clone",
             Reason::WaitingForSlot { .. } => "waiting_for_slot",
             Reason::Cloning { .. } => "cloning",

@@ -831,3 +831,22 @@ fn failover_priority_zero_or_less_means_never() {
         Some("failover_priority_not_positive")
     );
 }
+
+/// After etcd lost its data, the leader publishes `initialize` again, and
+/// an empty member waits for it instead of bootstrapping a second cluster
+/// next to the one that runs (review: "initialize is never re-published").
+#[test]
+fn initialize_lost_from_etcd_is_republished_not_rebootstrapped() {
+    let mut c = cluster(Some(("n1", 7)));
+    c.initialize = None;
+    c.members.clear();
+    let d = decide(&obs("n1", Some(c.clone()), valid(), running(false)));
+    assert!(
+        d.actions.contains(&Action::PublishInitialize(SYS.into())),
+        "{:?}",
+        d.actions
+    );
+    let d = decide(&obs("n2", Some(c), DataDir::Empty, PgStatus::Stopped));
+    assert_eq!(d.actions, vec![]);
+    assert_eq!(d.reason.code(), "waiting_for_initialize");
+}
