@@ -55,6 +55,9 @@ pub struct Snapshot {
     /// `Reason::code()` of the last decision.
     pub reason_code: &'static str,
     pub last_tick: Option<Instant>,
+    /// When this leader must have fenced itself unless it renews again (the
+    /// last renewal sent, plus `ttl - safety_margin`).
+    pub lease_deadline: Option<Instant>,
     pub last_dcs_ok: Option<std::time::SystemTime>,
     /// Holds the leader key on its current lease.
     pub is_leader: bool,
@@ -115,6 +118,7 @@ impl Agent {
                 reason: "starting up".into(),
                 reason_code: "starting_up",
                 last_tick: None,
+                lease_deadline: None,
                 last_dcs_ok: None,
                 is_leader: false,
                 system_id: None,
@@ -384,6 +388,9 @@ impl Agent {
             _ => None,
         };
         let config = self.config.clone();
+        let lease_deadline = self
+            .last_renewal_sent
+            .map(|t| t + self.config.leader_deadline());
         self.inbox.snapshot.send_modify(|s| {
             s.member = member;
             s.pg = pg;
@@ -395,6 +402,7 @@ impl Agent {
             s.reason = reason;
             s.reason_code = d.reason.code();
             s.last_tick = Some(Instant::now());
+            s.lease_deadline = lease_deadline;
             s.is_leader = is_leader;
             s.system_id = system_id;
             s.pending_job = pending_job;

@@ -2,7 +2,7 @@
 //! condition holds, 503 otherwise; GET carries the member status JSON.
 
 use std::collections::HashMap;
-use std::time::UNIX_EPOCH;
+use std::time::{Instant, UNIX_EPOCH};
 
 use axum::extract::{Query, State};
 use axum::http::{Method, StatusCode};
@@ -167,22 +167,34 @@ pub(super) async fn check(
     which: Check,
 ) -> Response {
     let s = snapshot(&state);
+    let ok = holds(&s, &q, which, Instant::now());
+    reply(&method, ok, status_json(&s))
+}
+
+/// Whether `which` holds for the snapshot at `now`. The snapshot is the
+/// last tick's; a loop that has stalled must not keep answering 200 to a
+/// load balancer: leadership counts only until the lease deadline the last
+/// renewal set (as Patroni checks its lease), health only while the loop
+/// ticks (within `ttl`).
+fn holds(s: &Snapshot, q: &HashMap<String, String>, which: Check, now: Instant) -> bool {
+    let ticking = s
+        .last_tick
+        .is_some_and(|t| now.saturating_duration_since(t) < s.config.ttl());
+    let holds_key = s.is_leader && s.lease_deadline.is_some_and(|d| now < d);
+    let leading = holds_key && is_running_primary(s);
     let max_lag = s.config.maximum_lag_on_failover;
-    let ok = match which {
-        Check::Primary => s.is_leader && is_running_primary(&s),
-        Check::Leader => s.is_leader,
-        Check::Replica => replica_ok(&s, &q, None),
+    match which {
+        Check::Primary => leading,
+        Check::Leader => holds_key,
+        Check::Replica => replica_ok(s, q, None),
         // Synchronous replication is not implemented yet: nobody is a sync standby.
         Check::Sync => false,
-        Check::ReadOnly => (s.is_leader && is_running_primary(&s)) || replica_ok(&s, &q, None),
-        Check::Health => matches!(s.pg, PgStatus::Running(_)),
-        Check::Liveness => s.last_tick.is_some_and(|t| t.elapsed() < s.config.ttl()),
-        Check::Readiness => {
-            (s.is_leader && is_running_primary(&s)) || replica_ok(&s, &q, Some(max_lag))
-        }
+        Check::ReadOnly => leading || replica_ok(s, q, None),
+        Check::Health => ticking && matches!(s.pg, PgStatus::Running(_)),
+        Check::Liveness => ticking,
+        Check::Readiness => leading || replica_ok(s, q, Some(max_lag)),
         Check::Always => true,
-    };
-    reply(&method, ok, status_json(&s))
+    }
 }
 
 pub(super) async fn cluster(State(state): State<AgentHandle>, method: Method) -> Response {
@@ -220,5 +232,82 @@ pub(super) async fn config(State(state): State<AgentHandle>, method: Method) -> 
             false,
             json!({"error": "no valid config stored in etcd"}),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use baton_core::cluster::Member;
+    use baton_core::config::DynamicConfig;
+    use baton_core::instance::Running;
+    use std::time::Duration;
+
+    fn leader_snapshot(now: Instant) -> Snapshot {
+        Snapshot {
+            scope: "demo".into(),
+            name: "n1".into(),
+            member: Member::default(),
+            pg: PgStatus::Running(Box::new(Running {
+                in_recovery: false,
+                system_id: "1".into(),
+                timeline: Some(1),
+                wal_lsn: None,
+                receive_lsn: None,
+                replay_lsn: None,
+                receiver_streaming: false,
+                primary_conninfo: String::new(),
+                primary_slot_name: String::new(),
+                server_version: 150000,
+                slots: Default::default(),
+                replication: vec![],
+                history: vec![],
+            })),
+            cluster: None,
+            config: DynamicConfig::default(),
+            reason: String::new(),
+            reason_code: "leader",
+            last_tick: Some(now),
+            lease_deadline: Some(now + Duration::from_secs(3)),
+            last_dcs_ok: None,
+            is_leader: true,
+            system_id: None,
+            pending_job: None,
+            last_failure: None,
+        }
+    }
+
+    #[test]
+    fn a_stalled_loop_stops_answering_primary_and_health() {
+        let t0 = Instant::now();
+        let s = leader_snapshot(t0);
+        let q = HashMap::new();
+        for which in [
+            Check::Primary,
+            Check::Leader,
+            Check::Health,
+            Check::ReadOnly,
+        ] {
+            assert!(holds(&s, &q, which, t0), "{which:?} right after a tick");
+        }
+        // The loop stalled: past the lease deadline the snapshot's "leader"
+        // means nothing, and past ttl postgres' health is unknown.
+        let late = t0 + Duration::from_secs(3);
+        for which in [
+            Check::Primary,
+            Check::Leader,
+            Check::ReadOnly,
+            Check::Readiness,
+        ] {
+            assert!(
+                !holds(&s, &q, which, late),
+                "{which:?} past the lease deadline"
+            );
+        }
+        assert!(holds(&s, &q, Check::Health, late), "ttl not yet over");
+        let later = t0 + DynamicConfig::default().ttl();
+        assert!(!holds(&s, &q, Check::Health, later));
+        assert!(!holds(&s, &q, Check::Liveness, later));
+        assert!(holds(&s, &q, Check::Always, later));
     }
 }
