@@ -25,7 +25,7 @@
 //! (replicas and lineage), `election.rs`, `switchover.rs`, `reason.rs`
 //! (typed reasons and their codes), `publish.rs` (the member key's role and
 //! state); the order in which the rules take precedence is
-//! `decide_unpaused` below. Exact-action tests: `tests.rs`.
+//! `decide_unpaused` below. Exact-action tests: `tests/`, by concern.
 //!
 //! Member life cycle, as seen from one agent:
 //!

@@ -1,0 +1,179 @@
+//! The leader: slots, status, history, fencing, restarts, promotion.
+
+use super::*;
+
+#[test]
+fn leader_keeps_slots_and_status() {
+    let d = decide(&obs(
+        "n1",
+        Some(cluster(Some(("n1", 7)))),
+        valid(),
+        running(false),
+    ));
+    assert_eq!(
+        d.actions,
+        vec![
+            Action::CreateSlots(vec!["n2".into(), "n3".into()]),
+            Action::PublishStatus
+        ]
+    );
+    assert_eq!(d.reason, Reason::Leader);
+}
+
+#[test]
+fn slots_of_members_gone_longer_than_member_slots_ttl_are_dropped() {
+    let mut pg = running(false);
+    if let PgStatus::Running(r) = &mut pg {
+        r.slots = [("n2".to_string(), None), ("n3".to_string(), None)].into();
+    }
+    let mut o = obs("n1", Some(cluster(Some(("n1", 7)))), valid(), pg);
+    o.absent_slots = [("old".to_string(), Duration::from_secs(1799))].into();
+    assert_eq!(d_actions(&o), vec![Action::PublishStatus]);
+    o.absent_slots = [("old".to_string(), Duration::from_secs(1800))].into();
+    assert_eq!(
+        d_actions(&o),
+        vec![Action::DropSlots(vec!["old".into()]), Action::PublishStatus]
+    );
+}
+
+#[test]
+fn restarted_agent_adopts_its_leader_key() {
+    let d = decide(&obs(
+        "n1",
+        Some(cluster(Some(("n1", 3)))),
+        valid(),
+        running(false),
+    ));
+    assert_eq!(d.actions, vec![Action::AdoptLeader]);
+}
+
+#[test]
+fn stopped_postgres_is_started_in_its_role() {
+    let c = cluster(Some(("n1", 7)));
+    let d = decide(&obs("n1", Some(c.clone()), valid(), PgStatus::Stopped));
+    assert_eq!(d.actions, vec![Action::StartPrimary]);
+    let d = decide(&obs("n2", Some(c), valid(), PgStatus::Stopped));
+    assert_eq!(
+        d.actions,
+        vec![Action::StartReplica {
+            leader: "n1".into()
+        }]
+    );
+}
+
+#[test]
+fn nothing_starts_writable_without_the_leader_key() {
+    // No leader: start read-only to take part in the election.
+    for dir in [dir_on(1), valid()] {
+        let d = decide(&obs("n2", Some(cluster(None)), dir, PgStatus::Stopped));
+        assert_eq!(d.actions, vec![Action::StartReadOnly]);
+        assert_eq!(d.reason, Reason::StartingReadOnly);
+    }
+    // An interrupted bootstrap takes the key before starting.
+    let mut c = cluster(None);
+    c.initialize = Some(String::new());
+    let d = decide(&obs("n1", Some(c), valid(), PgStatus::Stopped));
+    assert_eq!(d.actions, vec![Action::AcquireLeader]);
+}
+
+#[test]
+fn primary_that_is_not_leader_demotes_at_once() {
+    let d = decide(&obs(
+        "n2",
+        Some(cluster(Some(("n1", 1)))),
+        valid(),
+        running(false),
+    ));
+    assert_eq!(d.actions, vec![Action::Stop]);
+}
+
+#[test]
+fn leader_holding_key_promotes_replica() {
+    let d = decide(&obs(
+        "n1",
+        Some(cluster(Some(("n1", 7)))),
+        valid(),
+        running(true),
+    ));
+    assert_eq!(
+        d.actions,
+        vec![
+            Action::CreateSlots(vec!["n2".into(), "n3".into()]),
+            Action::Promote
+        ]
+    );
+}
+
+#[test]
+fn leader_fences_when_renewal_is_overdue() {
+    let mut o = obs("n1", None, valid(), running(false));
+    o.last_renewal_sent = Some(o.now - Duration::from_secs(3));
+    let d = decide(&o);
+    assert_eq!(d.actions, vec![Action::Stop]);
+    assert!(matches!(d.reason, Reason::EtcdUnreachableFencing { .. }));
+
+    // Just inside the deadline (ttl 4 - margin 1 = 3 s): keep running.
+    o.last_renewal_sent = Some(o.now - Duration::from_millis(2900));
+    let d = decide(&o);
+    assert_eq!(d.actions, vec![]);
+    assert_eq!(d.reason, Reason::EtcdUnreachable);
+
+    // Overdue and the key is gone: fence too, even mid-job.
+    let mut o = obs("n1", Some(cluster(None)), valid(), running(false));
+    o.last_renewal_sent = Some(o.now - Duration::from_secs(5));
+    o.job = JobStatus::Running(JobKind::Start, Duration::ZERO);
+    assert_eq!(decide(&o).actions, vec![Action::Stop]);
+}
+
+#[test]
+fn job_in_progress_holds_other_actions() {
+    let mut o = obs(
+        "n2",
+        Some(cluster(Some(("n1", 1)))),
+        DataDir::Empty,
+        PgStatus::Stopped,
+    );
+    o.job = JobStatus::Running(JobKind::Clone, Duration::from_secs(1));
+    let d = decide(&o);
+    assert_eq!(d.actions, vec![]);
+    assert_eq!(d.reason, Reason::JobRunning(JobKind::Clone));
+}
+
+#[test]
+fn new_leader_publishes_history_once() {
+    let mut pg = running(false);
+    if let PgStatus::Running(r) = &mut pg {
+        r.timeline = Some(2);
+        r.slots = [("n1".to_string(), None), ("n3".to_string(), None)].into();
+    }
+    if let PgStatus::Running(r) = &mut pg {
+        r.history = vec![(1, Lsn(1000))];
+    }
+    let mut c = cluster(Some(("n2", 7)));
+    let o = obs("n2", Some(c.clone()), dir_on(2), pg.clone());
+    assert_eq!(
+        decide(&o).actions,
+        vec![Action::PublishHistory, Action::PublishStatus]
+    );
+    // Another leader's timeline 2 (switch at 800) is replaced by ours.
+    c.history = Some(serde_json::json!([[1, 800, "x", null, "n3"]]));
+    let o = obs("n2", Some(c.clone()), dir_on(2), pg.clone());
+    assert_eq!(
+        decide(&o).actions,
+        vec![Action::PublishHistory, Action::PublishStatus]
+    );
+    c.history = Some(serde_json::json!([[1, 1000, "x", null, "n2"]]));
+    let o = obs("n2", Some(c), dir_on(2), pg);
+    assert_eq!(decide(&o).actions, vec![Action::PublishStatus]);
+}
+
+#[test]
+fn crashed_leader_restarts_in_place_within_primary_start_timeout() {
+    let c = cluster(Some(("n1", 7)));
+    let mut o = obs("n1", Some(c), valid(), PgStatus::Stopped);
+    assert_eq!(d_actions(&o), vec![Action::StartPrimary]);
+    o.job = JobStatus::Running(JobKind::Start, Duration::from_secs(1));
+    assert_eq!(d_actions(&o), vec![]);
+    o.job = JobStatus::Running(JobKind::Start, Duration::from_secs(3));
+    assert_eq!(d_actions(&o), vec![Action::Stop, Action::ReleaseLeader]);
+}
