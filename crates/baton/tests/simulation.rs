@@ -12,8 +12,8 @@
 //! Not modelled here: a *stalled* agent whose postgres keeps running (rule 8,
 //! a later issue), and an agent killed while its postgres survives.
 //!
-//! Replay one seed: `BATON_SIM_SEED=1234 cargo test --test simulation`;
-//! hunt longer: `BATON_SIM_SEEDS=5000 cargo test --release --test simulation`.
+//! Replay one seed: `BATON_SIM_SEED=1234 cargo test -p baton --test simulation`;
+//! hunt longer: `BATON_SIM_SEEDS=100000 cargo test --release -p baton --test simulation`.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -694,7 +694,7 @@ impl Sim {
         if writable.len() > 1 {
             let tail: Vec<&String> = self.log.iter().rev().take(25).collect();
             panic!(
-                "seed {seed}: two writable members {writable:?} at {} ms\nreplay: BATON_SIM_SEED={seed} cargo test --test simulation\nlast events (newest first):\n{tail:#?}",
+                "seed {seed}: two writable members {writable:?} at {} ms\nreplay: BATON_SIM_SEED={seed} cargo test -p baton --test simulation\nlast events (newest first):\n{tail:#?}",
                 self.now
             );
         }
@@ -787,7 +787,7 @@ fn run_seed(seed: u64) {
         })
         .collect();
     panic!(
-        "seed {seed}: no convergence after faults stopped: {}\nreplay: BATON_SIM_SEED={seed} cargo test --test simulation\nnodes:\n{states:#?}\nlast events (newest first):\n{tail:#?}",
+        "seed {seed}: no convergence after faults stopped: {}\nreplay: BATON_SIM_SEED={seed} cargo test -p baton --test simulation\nnodes:\n{states:#?}\nlast events (newest first):\n{tail:#?}",
         sim.converged().unwrap_err()
     );
 }
