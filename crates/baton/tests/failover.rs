@@ -670,13 +670,7 @@ async fn leader_slots(t: &TestCluster) -> Result<Vec<String>, String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_etcd_forgot_is_replaced_and_the_member_returns() {
     let t = TestCluster::led_by_node1("leaselost", ClusterOptions::default(), &[]).await;
-    let dcs = baton::dcs::Dcs::connect(
-        std::slice::from_ref(&t.c.etcd.endpoint),
-        "/service/demo/".into(),
-        Duration::from_secs(3),
-    )
-    .await
-    .unwrap();
+    let dcs = t.dcs().await;
     for victim in ["node2", "node1"] {
         let before = t.c.view().await.unwrap();
         let lease = before.member_leases[victim];

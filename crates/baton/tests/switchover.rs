@@ -396,13 +396,7 @@ async fn config_edits_are_validated_and_compare_and_set() {
     assert_eq!(t.c.view().await.unwrap().config.unwrap().ttl, 4);
 
     // REST: PATCH with a stale revision loses; PATCH/PUT validate; 401/400.
-    let dcs = baton::dcs::Dcs::connect(
-        std::slice::from_ref(&t.c.etcd.endpoint),
-        "/service/demo/".into(),
-        Duration::from_secs(2),
-    )
-    .await
-    .unwrap();
+    let dcs = t.dcs().await;
     let v = dcs.load().await.unwrap();
     let stale = v.config_revision;
     let mut c1 = v.config.clone().unwrap();

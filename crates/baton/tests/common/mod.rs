@@ -95,6 +95,17 @@ impl TestCluster {
         .await
     }
 
+    /// A client of the test cluster's etcd prefix, as the agents see it.
+    pub async fn dcs(&self) -> baton::dcs::Dcs {
+        baton::dcs::Dcs::connect(
+            std::slice::from_ref(&self.c.etcd.endpoint),
+            "/service/demo/".into(),
+            Duration::from_secs(3),
+        )
+        .await
+        .expect("connecting to the test etcd")
+    }
+
     pub fn agent_log(&self, i: usize) -> String {
         std::fs::read_to_string(&self.c.nodes[i].log_path).unwrap_or_default()
     }
