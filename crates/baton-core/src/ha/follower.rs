@@ -26,7 +26,19 @@ pub(super) fn decide_running(
             },
         );
     }
-    if diverged(run, cluster, l, o.not_streaming_for, o.config.ttl()) {
+    let address = cluster.members.get(l).and_then(|m| m.pg_address());
+    let points_at_leader = address
+        .as_ref()
+        .is_some_and(|(host, port)| follows(run, host, *port, &slot_name(&o.me)));
+    let streams_from_leader = points_at_leader && run.receiver_streaming;
+    if diverged(
+        run,
+        cluster,
+        l,
+        streams_from_leader,
+        o.not_streaming_for,
+        o.config.ttl(),
+    ) {
         return decision(
             vec![Action::Stop],
             Reason::Diverged {
@@ -34,15 +46,15 @@ pub(super) fn decide_running(
             },
         );
     }
-    let Some((host, port)) = cluster.members.get(l).and_then(|m| m.pg_address()) else {
+    if address.is_none() {
         return decision(
             vec![],
             Reason::LeaderNotReachable {
                 leader: l.to_string(),
             },
         );
-    };
-    if !follows(run, &host, port, &slot_name(&o.me)) {
+    }
+    if !points_at_leader {
         return decision(
             vec![Action::Follow {
                 leader: l.to_string(),
@@ -185,6 +197,7 @@ pub(super) fn diverged(
     run: &Running,
     cluster: &ClusterView,
     leader: &str,
+    streams_from_leader: bool,
     not_streaming_for: Option<Duration>,
     grace: Duration,
 ) -> bool {
@@ -195,7 +208,10 @@ pub(super) fn diverged(
         return false;
     };
     let points = history_points(cluster);
-    if mine > theirs {
+    // A timeline the leader never had, unless we stream from the leader:
+    // then its member key (up to a tick old) still shows the timeline it
+    // had before it promoted, and our WAL is in fact its WAL.
+    if mine > theirs && !streams_from_leader {
         return true;
     }
     if lineage_agrees(mine, &run.history, &points) == Some(false) {

@@ -161,3 +161,27 @@ fn cleanly_stopped_old_leader_follows_without_rewind() {
     let o = obs("n1", Some(c), dir(4900, false), PgStatus::Stopped);
     assert_eq!(d_actions(&o), vec![Action::Rewind { from: "n2".into() }]);
 }
+
+/// Right after a switchover the new leader's member key still shows its
+/// old timeline for up to a tick, while a replica that streams from it is
+/// already on the new one. Streaming from the leader proves its WAL is the
+/// leader's: that is no divergence. (Found by the switchover test: the old
+/// leader, restarted as a replica, stopped to rewind for nothing.)
+#[test]
+fn a_replica_streaming_from_the_leader_is_not_ahead_of_its_stale_timeline() {
+    let c = cluster(Some(("n1", 1)));
+    assert_eq!(c.members["n1"].timeline, Some(1));
+    let o = obs("n2", Some(c.clone()), dir_on(2), replica_at(2, 1200));
+    let d = decide(&o);
+    assert_eq!(d.actions, vec![], "{:?}", d.reason);
+    assert_eq!(d.reason.code(), "streaming");
+    // Not streaming from it: a replica on a timeline the leader never had
+    // has diverged.
+    let mut pg = replica_at(2, 1200);
+    if let PgStatus::Running(r) = &mut pg {
+        r.receiver_streaming = false;
+    }
+    let d = decide(&obs("n2", Some(c), dir_on(2), pg));
+    assert_eq!(d.actions, vec![Action::Stop]);
+    assert_eq!(d.reason.code(), "diverged");
+}
