@@ -95,8 +95,9 @@ impl fmt::Display for Unusable {
     }
 }
 
-/// The running instance, as one query showed it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The running instance, as one query showed it. `Default` is "nothing
+/// known yet", which fixtures fill in field by field.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Running {
     pub in_recovery: bool,
     pub system_id: String,

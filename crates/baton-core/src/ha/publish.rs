@@ -76,12 +76,7 @@ mod tests {
             receive_lsn: in_recovery.then_some(Lsn(800)),
             replay_lsn: in_recovery.then_some(Lsn(700)),
             receiver_streaming: streaming,
-            primary_conninfo: String::new(),
-            primary_slot_name: String::new(),
-            server_version: 150000,
-            slots: Default::default(),
-            replication: vec![],
-            history: vec![],
+            ..Running::default()
         }))
     }
 

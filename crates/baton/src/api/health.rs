@@ -240,7 +240,6 @@ mod tests {
     use super::*;
     use baton_core::cluster::Member;
     use baton_core::config::DynamicConfig;
-    use baton_core::instance::Running;
     use std::time::Duration;
 
     fn leader_snapshot(now: Instant) -> Snapshot {
@@ -248,21 +247,7 @@ mod tests {
             scope: "demo".into(),
             name: "n1".into(),
             member: Member::default(),
-            pg: PgStatus::Running(Box::new(Running {
-                in_recovery: false,
-                system_id: "1".into(),
-                timeline: Some(1),
-                wal_lsn: None,
-                receive_lsn: None,
-                replay_lsn: None,
-                receiver_streaming: false,
-                primary_conninfo: String::new(),
-                primary_slot_name: String::new(),
-                server_version: 150000,
-                slots: Default::default(),
-                replication: vec![],
-                history: vec![],
-            })),
+            pg: PgStatus::Running(Box::default()),
             cluster: None,
             config: DynamicConfig::default(),
             reason: String::new(),

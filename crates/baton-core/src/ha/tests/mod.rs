@@ -53,15 +53,9 @@ fn running(in_recovery: bool) -> PgStatus {
         system_id: SYS.into(),
         timeline: Some(1),
         wal_lsn: (!in_recovery).then_some(Lsn(100)),
-        receive_lsn: None,
-        replay_lsn: None,
         receiver_streaming: in_recovery,
-        primary_conninfo: String::new(),
-        primary_slot_name: String::new(),
         server_version: 150018,
-        slots: BTreeMap::new(),
-        replication: vec![],
-        history: vec![],
+        ..Running::default()
     }))
 }
 
