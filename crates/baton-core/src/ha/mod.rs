@@ -64,10 +64,7 @@ use action::decision;
 /// The decision before maintenance mode is applied: the rules in the order
 /// they take precedence, each concern in its own module.
 pub(super) fn decide_unpaused(o: &Observation) -> Decision {
-    let running = match &o.pg {
-        PgStatus::Running(r) => Some(r.as_ref()),
-        _ => None,
-    };
+    let running = o.pg.running();
     let primary = running.is_some_and(|r| !r.in_recovery);
 
     // Rule 2 comes before everything, etcd reachable or not: a primary whose

@@ -17,6 +17,15 @@ pub enum PgStatus {
     Running(Box<Running>),
 }
 
+impl PgStatus {
+    pub fn running(&self) -> Option<&Running> {
+        match self {
+            PgStatus::Running(r) => Some(r),
+            _ => None,
+        }
+    }
+}
+
 /// A long action running as an owned task; the loop keeps ticking meanwhile.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JobKind {

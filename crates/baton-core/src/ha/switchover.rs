@@ -2,15 +2,22 @@
 //! REST API) and what the leader does about a pending request.
 
 use crate::cluster::ClusterView;
+use crate::instance::Running;
 
 use super::{Action, CandidateProblem, Observation, Reason};
 
 /// Why `candidate` cannot take over from the current leader now, if it
 /// cannot; the same checks guard the REST API and the leader's loop.
+///
+/// `leader_live` is the leader's own instance as read this tick, when the
+/// caller is the leader: its WAL position and `pg_stat_replication` are read
+/// together, while member keys are written a tick apart, so after a WAL
+/// segment switch the keys alone show a caught-up replica a segment behind.
 pub fn candidate_problem(
     cluster: &ClusterView,
     candidate: &str,
     max_lag: u64,
+    leader_live: Option<&Running>,
 ) -> Option<CandidateProblem> {
     let Some(m) = cluster.members.get(candidate) else {
         return Some(CandidateProblem::NoSuchMember(candidate.to_string()));
@@ -45,8 +52,18 @@ pub fn candidate_problem(
             leader_timeline: ltl.unwrap_or(0),
         });
     }
-    if let (Some(o), Some(p)) = (optime, m.xlog_location) {
-        let lag = o.saturating_sub(p);
+    let live_lag = leader_live.and_then(|r| {
+        let row = r
+            .replication
+            .iter()
+            .find(|row| row.application_name == candidate)?;
+        let at = row.flush_lsn.max(row.replay_lsn)?;
+        Some(r.wal_lsn?.0.saturating_sub(at.0))
+    });
+    let key_lag = optime
+        .zip(m.xlog_location)
+        .map(|(o, p)| o.saturating_sub(p));
+    if let Some(lag) = live_lag.or(key_lag) {
         if lag > max_lag {
             return Some(CandidateProblem::LagExceedsLimit {
                 name: candidate.to_string(),
@@ -83,7 +100,12 @@ pub(super) fn leader_request(
                         at: at.to_rfc3339(),
                     }
                 }
-                _ => match candidate_problem(cluster, c, o.config.maximum_lag_on_failover) {
+                _ => match candidate_problem(
+                    cluster,
+                    c,
+                    o.config.maximum_lag_on_failover,
+                    o.pg.running(),
+                ) {
                     Some(why) => {
                         actions.push(Action::CancelSwitchover);
                         reason = Reason::SwitchoverRefused(why);

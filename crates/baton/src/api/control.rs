@@ -109,9 +109,13 @@ pub(super) async fn switchover(
         ));
     }
     let lag = view.max_lag();
+    // On the leader, its own last reading measures the lag (see
+    // `candidate_problem`); elsewhere the member keys do.
+    let snap = state.snapshot();
+    let live = snap.pg.running().filter(|_| snap.is_leader);
     let candidate = match candidate {
         Some(c) => {
-            if let Some(why) = baton_core::ha::candidate_problem(&view, &c, lag) {
+            if let Some(why) = baton_core::ha::candidate_problem(&view, &c, lag, live) {
                 return Err(ApiError::Precondition(
                     why.code(),
                     format!("candidate refused: {why}"),
@@ -119,7 +123,7 @@ pub(super) async fn switchover(
             }
             c
         }
-        None => best_candidate(&view, lag)?,
+        None => best_candidate(&view, lag, live)?,
     };
     let when = match &scheduled_at {
         None => None,
@@ -157,6 +161,7 @@ pub(super) async fn switchover(
 pub(super) fn best_candidate(
     view: &baton_core::cluster::ClusterView,
     lag: u64,
+    live: Option<&baton_core::instance::Running>,
 ) -> Result<String, ApiError> {
     let mut refusals = vec![];
     let mut best: Option<(u64, String)> = None;
@@ -164,7 +169,7 @@ pub(super) fn best_candidate(
         if Some(name.as_str()) == view.leader_name() {
             continue;
         }
-        match baton_core::ha::candidate_problem(view, name, lag) {
+        match baton_core::ha::candidate_problem(view, name, lag, live) {
             Some(why) => refusals.push(why.to_string()),
             None => {
                 let pos = m.xlog_location.unwrap_or(0);

@@ -137,7 +137,7 @@ fn failover_priority_zero_or_less_means_never() {
     let mut c = cluster(Some(("n1", 1)));
     c.members.get_mut("n2").unwrap().tags.failover_priority = Some(0);
     assert_eq!(
-        candidate_problem(&c, "n2", 1 << 20).map(|p| p.code()),
+        candidate_problem(&c, "n2", 1 << 20, None).map(|p| p.code()),
         Some("failover_priority_not_positive")
     );
 }

@@ -105,3 +105,47 @@ fn manual_failover_names_the_only_candidate() {
     let o = obs("n3", Some(c), dir_on(1), replica_at(1, 10));
     assert_eq!(d_actions(&o), vec![Action::AcquireLeader]);
 }
+
+/// Member keys are written a tick apart: right after a WAL segment switch
+/// the leader's published position is a segment ahead of a replica's key
+/// that has already caught up. The leader's own `pg_stat_replication`, read
+/// with its WAL position, is what decides; the keys only when it has no row.
+#[test]
+fn switchover_lag_is_measured_on_the_leader_not_from_stale_keys() {
+    let segment = 16 << 20;
+    let mut c = with_optime(healthy_replicas(cluster(Some(("n1", 7)))), 100 + segment);
+    c.failover = failover_to("n2", None);
+    let mut leader = running(false);
+    if let PgStatus::Running(r) = &mut leader {
+        r.wal_lsn = Some(Lsn(100 + segment));
+        r.replication.push(crate::instance::ReplicationRow {
+            application_name: "n2".into(),
+            client_addr: None,
+            state: "streaming".into(),
+            sent_lsn: Some(Lsn(100 + segment)),
+            flush_lsn: Some(Lsn(100 + segment)),
+            replay_lsn: Some(Lsn(100 + segment)),
+            sync_state: "async".into(),
+        });
+    }
+    let d = decide(&obs("n1", Some(c.clone()), valid(), leader.clone()));
+    assert_eq!(d.reason, Reason::SwitchingOver { to: "n2".into() });
+    let PgStatus::Running(live) = &leader else {
+        unreachable!()
+    };
+    assert_eq!(candidate_problem(&c, "n2", 1 << 20, Some(live)), None);
+
+    // Really behind on the leader's own view: refused.
+    let mut behind = live.clone();
+    behind.replication[0].flush_lsn = Some(Lsn(100));
+    behind.replication[0].replay_lsn = Some(Lsn(100));
+    assert_eq!(
+        candidate_problem(&c, "n2", 1 << 20, Some(&behind)).map(|p| p.code()),
+        Some("lag_exceeds_limit")
+    );
+    // Without a row (another node's API), the keys decide.
+    assert_eq!(
+        candidate_problem(&c, "n2", 1 << 20, None).map(|p| p.code()),
+        Some("lag_exceeds_limit")
+    );
+}
