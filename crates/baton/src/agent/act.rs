@@ -1,7 +1,6 @@
 //! Carries out the actions `decide` returned; long ones become jobs.
 
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use baton_core::cluster::{ClusterView, StatusKey};
 use baton_core::ha::{Action, Decision, JobKind, Observation, PgStatus};
@@ -9,10 +8,10 @@ use baton_core::instance::slot_name;
 
 use super::handover::{switchover, Handover};
 use super::jobs::JobError;
-use super::Agent;
-use crate::pg::{self, Instance, RunAs, StopMode};
+use super::{Agent, Peers, Postgres, Store};
+use crate::pg::{RunAs, StopMode};
 
-impl Agent {
+impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
     pub(super) fn member_pg_address(
         &self,
         obs: &Observation,
@@ -64,7 +63,7 @@ impl Agent {
                 }
                 let inst = self.inst.clone();
                 self.spawn_job(JobKind::Bootstrap, async move {
-                    bootstrap(&inst).await.map_err(|e| e.to_string())
+                    inst.bootstrap().await.map_err(|e| e.to_string())
                 });
             }
             Action::Switchover { candidate } => {
@@ -75,7 +74,7 @@ impl Agent {
                 };
                 let (inst, dcs, cand) = (self.inst.clone(), self.dcs.clone(), candidate.clone());
                 let limit = self.config.ttl();
-                self.client = None;
+                self.inst.disconnect();
                 self.spawn_job(JobKind::Switchover, async move {
                     let h = Handover {
                         me,
@@ -85,7 +84,7 @@ impl Agent {
                         lease,
                         limit,
                     };
-                    switchover(&inst, &dcs, &h).await
+                    switchover(&*inst, &dcs, &h).await
                 });
             }
             Action::CancelSwitchover => {
@@ -104,7 +103,7 @@ impl Agent {
                     None => RunAs::ReadOnly,
                 };
                 let inst = self.inst.clone();
-                self.client = None;
+                self.inst.disconnect();
                 self.spawn_job(JobKind::Restart, async move {
                     inst.stop(StopMode::Fast).await.map_err(|e| e.to_string())?;
                     inst.start(&run_as).await.map_err(|e| e.to_string())
@@ -180,13 +179,13 @@ impl Agent {
                 });
             }
             Action::PublishHistory => {
-                let (PgStatus::Running(run), Some(client)) = (&obs.pg, &self.client) else {
+                let PgStatus::Running(run) = &obs.pg else {
                     return Ok(());
                 };
                 let Some(tl) = run.timeline else {
                     return Ok(());
                 };
-                let file = pg::timeline_history(client, tl).await?;
+                let file = self.inst.timeline_history(tl).await?;
                 let existing = obs.cluster.as_ref().and_then(|c| c.history.clone());
                 let history = baton_core::cluster::merge_history(
                     existing,
@@ -259,10 +258,7 @@ impl Agent {
                 let Some(run_as) = self.leader_run_as(cluster, leader) else {
                     anyhow::bail!("leader {leader} has no conn_url");
                 };
-                let Some(client) = &self.client else {
-                    return Ok(());
-                };
-                self.inst.follow(client, &run_as).await?;
+                self.inst.follow(&run_as).await?;
             }
             Action::Promote => {
                 let inst = self.inst.clone();
@@ -278,26 +274,19 @@ impl Agent {
                 if let Some(job) = self.job.take() {
                     job.handle.abort();
                 }
-                self.client = None;
                 self.inst.stop(StopMode::Immediate).await?;
                 tracing::warn!("postgres stopped immediately: {}", self.last_reason);
             }
             Action::CreateSlots(members) => {
-                let Some(client) = &self.client else {
-                    return Ok(());
-                };
                 for m in members {
                     let slot = slot_name(m);
-                    pg::create_slot(client, &slot).await?;
+                    self.inst.create_slot(&slot).await?;
                     tracing::info!("created replication slot {slot} for {m}");
                 }
             }
             Action::DropSlots(slots) => {
-                let Some(client) = &self.client else {
-                    return Ok(());
-                };
                 for slot in slots {
-                    if pg::drop_inactive_slot(client, slot).await? {
+                    if self.inst.drop_inactive_slot(slot).await? {
                         tracing::warn!(
                             "dropped replication slot {slot}: its member has been gone for member_slots_ttl ({} s)",
                             self.config.member_slots_ttl
@@ -341,15 +330,4 @@ impl Agent {
         }
         Ok(())
     }
-}
-
-/// initdb, configure, start, create the replication role.
-pub(super) async fn bootstrap(inst: &Instance) -> Result<(), pg::PgError> {
-    tracing::info!("running initdb in {}", inst.cfg.data_dir.display());
-    inst.initdb().await?;
-    inst.start(&RunAs::Primary).await?;
-    let client = inst.connect(Duration::from_secs(10)).await?;
-    pg::create_replication_role(&client, &inst.cfg).await?;
-    tracing::info!("bootstrap complete");
-    Ok(())
 }

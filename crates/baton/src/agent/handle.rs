@@ -50,14 +50,15 @@ impl Counters {
 #[error("the HA loop is not running (agent shutting down)")]
 pub struct AgentGone;
 
-/// A cheap, cloneable handle on a running agent.
+/// A cheap, cloneable handle on a running agent. `S` is the agent's store
+/// (etcd in production, the simulator's in tests).
 #[derive(Clone)]
-pub struct AgentHandle {
+pub struct AgentHandle<S = Dcs> {
     requests: mpsc::Sender<Request>,
     snapshot: watch::Receiver<Snapshot>,
     counters: Arc<Counters>,
     /// etcd access for the control endpoints (switchover requests, config).
-    pub dcs: Dcs,
+    pub dcs: S,
     /// Credentials the control endpoints require (`api.authentication`).
     pub auth: Option<Credentials>,
 }
@@ -72,11 +73,11 @@ pub(super) struct Inbox {
 /// Few operators act at once; a full queue makes the caller wait, never drops.
 const QUEUE: usize = 16;
 
-pub(super) fn channel(
+pub(super) fn channel<S>(
     initial: Snapshot,
-    dcs: Dcs,
+    dcs: S,
     auth: Option<Credentials>,
-) -> (AgentHandle, Inbox) {
+) -> (AgentHandle<S>, Inbox) {
     let (req_tx, req_rx) = mpsc::channel(QUEUE);
     let (snap_tx, snap_rx) = watch::channel(initial);
     let counters = Arc::new(Counters::default());
@@ -96,7 +97,7 @@ pub(super) fn channel(
     )
 }
 
-impl AgentHandle {
+impl<S> AgentHandle<S> {
     /// The snapshot of the loop's last completed tick.
     pub fn snapshot(&self) -> Snapshot {
         self.snapshot.borrow().clone()

@@ -2,12 +2,12 @@
 //! verify the candidate replayed the shutdown checkpoint, then move the
 //! leader key onto the candidate's lease in one transaction.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use baton_core::cluster::LeaseId;
 
-use crate::dcs::Dcs;
-use crate::pg::{self, Instance, RunAs, StopMode};
+use super::{now, since, Postgres, Store};
+use crate::pg::{RunAs, StopMode};
 
 /// A planned handover from `me` to `candidate`, whose postgres listens on
 /// `host:port` and whose member key hangs on `lease`; `limit` bounds the
@@ -23,7 +23,11 @@ pub(super) struct Handover {
 
 /// Runs the handover; on failure the old leader, which still holds the
 /// key, starts again as primary and nothing is lost.
-pub(super) async fn switchover(inst: &Instance, dcs: &Dcs, h: &Handover) -> Result<(), String> {
+pub(super) async fn switchover(
+    inst: &impl Postgres,
+    dcs: &impl Store,
+    h: &Handover,
+) -> Result<(), String> {
     let result = handover(inst, dcs, h).await;
     if let Err(e) = &result {
         tracing::error!(
@@ -33,7 +37,7 @@ pub(super) async fn switchover(inst: &Instance, dcs: &Dcs, h: &Handover) -> Resu
         if let Err(ce) = dcs.clear_failover().await {
             tracing::warn!("could not clear the failover request: {ce}");
         }
-        if inst.postmaster_pid().is_none() {
+        if !inst.postmaster_running() {
             inst.start(&RunAs::Primary)
                 .await
                 .map_err(|se| format!("{e}; restarting as primary failed too: {se}"))?;
@@ -42,7 +46,7 @@ pub(super) async fn switchover(inst: &Instance, dcs: &Dcs, h: &Handover) -> Resu
     result
 }
 
-pub(super) async fn handover(inst: &Instance, dcs: &Dcs, h: &Handover) -> Result<(), String> {
+async fn handover(inst: &impl Postgres, dcs: &impl Store, h: &Handover) -> Result<(), String> {
     let Handover {
         me,
         candidate,
@@ -54,58 +58,36 @@ pub(super) async fn handover(inst: &Instance, dcs: &Dcs, h: &Handover) -> Result
     let (port, lease, limit) = (*port, *lease, *limit);
     let err = |what: &str, e: &dyn std::fmt::Display| format!("{what}: {e}");
     // A checkpoint while writes still flow makes the shutdown checkpoint short.
-    let local = inst
-        .connect(limit)
+    inst.checkpoint(limit)
         .await
-        .map_err(|e| err("connecting locally", &e))?;
-    local
-        .batch_execute("CHECKPOINT")
-        .await
-        .map_err(|e| err("CHECKPOINT", &pg::describe(&e)))?;
-    drop(local);
-    let paused_at = Instant::now();
+        .map_err(|e| err("CHECKPOINT", &e))?;
+    let paused_at = now();
     // Fast shutdown: walsenders send everything up to and including the
     // shutdown checkpoint before the postmaster exits.
     inst.stop(StopMode::Fast)
         .await
         .map_err(|e| err("stopping postgres", &e))?;
-    let cd = inst
-        .controldata()
+    let ckpt = inst
+        .shutdown_checkpoint()
         .await
         .map_err(|e| err("pg_controldata", &e))?;
-    if cd.get("Database cluster state").map(String::as_str) != Some("shut down") {
-        return Err(format!(
-            "postgres did not shut down cleanly: {:?}",
-            cd.get("Database cluster state")
-        ));
-    }
-    let ckpt: baton_core::lsn::Lsn = cd
-        .get("Latest checkpoint location")
-        .and_then(|l| l.parse().ok())
-        .ok_or("no shutdown checkpoint location in pg_controldata")?;
     // Zero loss, verified: the candidate must have replayed past it.
-    let deadline = Instant::now() + limit;
+    let deadline = now() + limit;
     let mut last;
     loop {
         match inst
-            .connect_member(host, port, Duration::from_secs(1))
+            .member_replay_lsn(host, port, Duration::from_secs(1))
             .await
         {
-            Ok(c) => match c.query_one("SELECT pg_last_wal_replay_lsn()", &[]).await {
-                Ok(row) => {
-                    let replayed = row
-                        .get::<_, Option<tokio_postgres::types::PgLsn>>(0)
-                        .map(|l| baton_core::lsn::Lsn(u64::from(l)));
-                    if replayed.is_some_and(|r| r > ckpt) {
-                        break;
-                    }
-                    last = format!("replayed {replayed:?}, shutdown checkpoint at {ckpt}");
+            Ok(replayed) => {
+                if replayed.is_some_and(|r| r > ckpt) {
+                    break;
                 }
-                Err(e) => last = pg::describe(&e),
-            },
+                last = format!("replayed {replayed:?}, shutdown checkpoint at {ckpt}");
+            }
             Err(e) => last = e.to_string(),
         }
-        if Instant::now() > deadline {
+        if now() > deadline {
             return Err(format!(
                 "{candidate} did not replay the shutdown checkpoint within {limit:?} ({last})"
             ));
@@ -123,7 +105,7 @@ pub(super) async fn handover(inst: &Instance, dcs: &Dcs, h: &Handover) -> Result
     }
     tracing::info!(
         "leader key handed to {candidate} {} ms after writes stopped; it promotes now",
-        paused_at.elapsed().as_millis()
+        since(paused_at).as_millis()
     );
     Ok(())
 }

@@ -4,6 +4,8 @@
 
 use std::time::{Duration, Instant};
 
+use super::{now, since, Peers, Postgres, Store};
+
 use tokio::task::JoinHandle;
 use tracing::Instrument as _;
 
@@ -44,11 +46,11 @@ impl std::fmt::Display for JobError {
 /// After a failed job, the same job is not retried for this long.
 pub(super) const JOB_RETRY_BACKOFF: Duration = Duration::from_secs(5);
 
-impl Agent {
+impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
     pub(super) async fn poll_job(&mut self) -> JobStatus {
         if let Some(job) = &self.job {
             if !job.handle.is_finished() {
-                return JobStatus::Running(job.kind, job.started.elapsed());
+                return JobStatus::Running(job.kind, since(job.started));
             }
             let job = self.job.take().expect("checked");
             let result = match job.handle.await {
@@ -59,7 +61,7 @@ impl Agent {
                 Ok(()) => tracing::info!(
                     "{} finished in {:.1} s",
                     job.kind,
-                    job.started.elapsed().as_secs_f64()
+                    since(job.started).as_secs_f64()
                 ),
                 Err(e) => tracing::error!("{} failed: {e}", job.kind),
             }
@@ -72,7 +74,7 @@ impl Agent {
                     let _ = w.send(outcome.clone());
                 }
             }
-            self.last_job = Some((job.kind, result, Instant::now()));
+            self.last_job = Some((job.kind, result, now()));
         }
         match &self.last_job {
             Some((k, Err(e), _)) => JobStatus::Failed(*k, e.message.clone(), e.source_down),
@@ -99,7 +101,7 @@ impl Agent {
             return;
         }
         if let Some((k, Err(_), at)) = &self.last_job {
-            if *k == kind && at.elapsed() < JOB_RETRY_BACKOFF {
+            if *k == kind && since(*at) < JOB_RETRY_BACKOFF {
                 return;
             }
         }
@@ -115,7 +117,7 @@ impl Agent {
         );
         self.job = Some(Job {
             kind,
-            started: Instant::now(),
+            started: now(),
             handle,
         });
     }

@@ -1,16 +1,12 @@
 //! The agent's lease: renewed every tick and replaced when etcd no longer
-//! knows it; and the etcd watch that wakes the loop early.
+//! knows it.
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tokio::sync::Notify;
-use tokio::task::JoinHandle;
+use super::{now, since, Agent, Peers, Postgres, Store};
+use crate::dcs::DcsError;
 
-use super::Agent;
-use crate::dcs::{Dcs, DcsError};
-
-impl Agent {
+impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
     /// Keeps our lease alive, granting a new one when it is gone. The time
     /// recorded is when the request was *sent*: etcd counts the TTL from
     /// when it received it, which is later, so this errs on the safe side.
@@ -21,7 +17,7 @@ impl Agent {
             self.lease = None;
         }
         if let Some(lease) = self.lease {
-            let sent = Instant::now();
+            let sent = now();
             match self.dcs.keep_alive(lease).await {
                 Ok(()) => {
                     self.last_renewal_sent = Some(sent);
@@ -43,7 +39,7 @@ impl Agent {
                 }
             }
         }
-        let sent = Instant::now();
+        let sent = now();
         match self.dcs.grant_lease(self.config.ttl).await {
             Ok(l) => {
                 tracing::info!(lease = l.0, ttl = self.config.ttl, "granted new lease");
@@ -62,39 +58,10 @@ impl Agent {
     pub(super) fn etcd_warning(&mut self, msg: std::fmt::Arguments<'_>) {
         if self
             .last_etcd_warning
-            .is_none_or(|t| t.elapsed() >= Duration::from_secs(5))
+            .is_none_or(|t| since(t) >= Duration::from_secs(5))
         {
             tracing::warn!(endpoints = ?self.cfg.etcd.endpoints, "{msg}");
-            self.last_etcd_warning = Some(Instant::now());
+            self.last_etcd_warning = Some(now());
         }
     }
-}
-
-/// Wakes the loop when a key that changes decisions changes. Member keys are
-/// rewritten every tick by every member, so they do not wake anyone.
-pub(super) fn spawn_watch(dcs: Dcs, wake: Arc<Notify>) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let prefix = dcs.prefix().to_string();
-        loop {
-            match dcs.watch().await {
-                Ok(mut stream) => {
-                    while let Ok(Some(resp)) = stream.message().await {
-                        let relevant = resp.events().iter().any(|e| {
-                            e.kv().and_then(|kv| kv.key_str().ok()).is_some_and(|k| {
-                                matches!(
-                                    k.strip_prefix(prefix.as_str()),
-                                    Some("leader" | "failover" | "initialize" | "config")
-                                )
-                            })
-                        });
-                        if relevant {
-                            wake.notify_one();
-                        }
-                    }
-                }
-                Err(e) => tracing::debug!("etcd watch failed: {e}"),
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-    })
 }

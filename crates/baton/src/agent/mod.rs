@@ -11,7 +11,12 @@
 //!
 //! Files: `observe.rs` (postgres, peers, slots, the member key), `act.rs`
 //! (actions), `handover.rs` (switchover), `handle.rs` (how the API talks
-//! to the loop).
+//! to the loop), `ports.rs` (the store, instance and peers it is generic
+//! over, so the simulator runs this very loop).
+//!
+//! Time: every instant the loop uses comes from [`now`], tokio's clock, so
+//! that under the simulator's paused clock leases, deadlines and back-offs
+//! run on virtual time.
 
 mod act;
 mod handle;
@@ -19,11 +24,12 @@ mod handover;
 mod jobs;
 mod lease;
 mod observe;
+pub mod ports;
 
 use handle::Inbox;
 pub use handle::{AgentGone, AgentHandle, Counters, Request};
 use jobs::{Job, JobError};
-use lease::spawn_watch;
+pub use ports::{HttpPeers, LocalPg, Peers, Postgres, Store};
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -38,7 +44,7 @@ use baton_core::instance::DataDir;
 
 use crate::config::NodeConfig;
 use crate::dcs::{Dcs, DcsError};
-use crate::pg::{Instance, RunAs, StopMode};
+use crate::pg::{RunAs, StopMode};
 
 use baton_core::ha::{decide, JobKind, Observation, PgStatus};
 
@@ -67,20 +73,29 @@ pub struct Snapshot {
     pub last_failure: Option<(JobKind, String)>,
 }
 
-pub struct Agent {
+/// The loop's clock: tokio's, which the simulator pauses and advances.
+pub fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+/// Time since `t` on the loop's clock.
+fn since(t: Instant) -> std::time::Duration {
+    now().saturating_duration_since(t)
+}
+
+pub struct Agent<S = Dcs, P = LocalPg, H = HttpPeers> {
     cfg: NodeConfig,
-    dcs: Dcs,
-    inst: Arc<Instance>,
+    dcs: S,
+    inst: Arc<P>,
+    peers: Arc<H>,
     lease: Option<LeaseId>,
     lease_ttl: u64,
     last_renewal_sent: Option<Instant>,
     job: Option<Job>,
     /// Outcome of the last job: shown to decide until the next job starts.
     last_job: Option<(JobKind, Result<(), JobError>, Instant)>,
-    http: reqwest::Client,
-    client: Option<tokio_postgres::Client>,
     config: DynamicConfig,
-    handle: AgentHandle,
+    handle: AgentHandle<S>,
     inbox: Inbox,
     /// Wakes the loop early: the etcd watch, a finished job.
     wake: Arc<Notify>,
@@ -103,10 +118,20 @@ pub struct Agent {
 }
 
 impl Agent {
+    /// The production agent: etcd, the local postgres, peers over HTTP(S).
     pub async fn new(cfg: NodeConfig) -> anyhow::Result<Agent> {
-        let inst = Instance::new(cfg.postgresql.clone(), cfg.name.clone())?;
+        let inst = LocalPg::new(cfg.postgresql.clone(), cfg.name.clone())?;
         let config = cfg.bootstrap.clone();
         let dcs = Dcs::connect(&cfg.etcd.endpoints, cfg.prefix(), config.retry_timeout()).await?;
+        let http = crate::tls::http_client(config.retry_timeout(), cfg.api.cafile.as_deref())?;
+        Ok(Agent::assemble(cfg, dcs, inst, HttpPeers(http)))
+    }
+}
+
+impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
+    /// An agent over any store, instance and peers (the simulator's too).
+    pub fn assemble(cfg: NodeConfig, dcs: S, inst: P, peers: H) -> Agent<S, P, H> {
+        let config = cfg.bootstrap.clone();
         let (handle, inbox) = handle::channel(
             Snapshot {
                 scope: cfg.scope.clone(),
@@ -128,18 +153,16 @@ impl Agent {
             dcs.clone(),
             cfg.api.auth.clone(),
         );
-        let http = crate::tls::http_client(config.retry_timeout(), cfg.api.cafile.as_deref())?;
-        Ok(Agent {
+        Agent {
             cfg,
             dcs,
             inst: Arc::new(inst),
+            peers: Arc::new(peers),
             lease: None,
             lease_ttl: config.ttl,
             last_renewal_sent: None,
             job: None,
             last_job: None,
-            http,
-            client: None,
             config,
             handle,
             inbox,
@@ -155,17 +178,17 @@ impl Agent {
             not_streaming_since: None,
             slot_absent_since: Default::default(),
             history_cache: None,
-        })
+        }
     }
 
     /// Where the node config came from, for reloads.
-    pub fn with_config_path(mut self, path: std::path::PathBuf) -> Agent {
+    pub fn with_config_path(mut self, path: std::path::PathBuf) -> Self {
         self.config_path = Some(path);
         self
     }
 
     /// How the API and the signal handlers reach this agent.
-    pub fn handle(&self) -> AgentHandle {
+    pub fn handle(&self) -> AgentHandle<S> {
         self.handle.clone()
     }
 
@@ -179,11 +202,11 @@ impl Agent {
     }
 
     async fn run_loop(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let mut watch = spawn_watch(self.dcs.clone(), self.wake.clone());
+        let mut watch = tokio::spawn(self.dcs.clone().watch_changes(self.wake.clone()));
         let result = loop {
-            let started = Instant::now();
+            let started = now();
             self.tick().await;
-            let wait = self.config.loop_wait().saturating_sub(started.elapsed());
+            let wait = self.config.loop_wait().saturating_sub(since(started));
             let wake = self.wake.clone();
             tokio::select! {
                 // Shutdown first: a stopping agent must not start new work.
@@ -229,7 +252,6 @@ impl Agent {
         if let Some(job) = self.job.take() {
             job.handle.abort();
         }
-        self.client = None;
         if let Err(e) = self.inst.stop(StopMode::Fast).await {
             tracing::error!("stopping postgres failed: {e}; trying immediate");
             if let Err(e) = self.inst.stop(StopMode::Immediate).await {
@@ -260,7 +282,7 @@ impl Agent {
                 let _ = w.send(result.clone());
             }
         }
-        let now = Instant::now();
+        let now = now();
         self.renew_lease().await;
         let cluster = match self.dcs.load().await {
             Ok(v) => Some(v),
@@ -401,7 +423,7 @@ impl Agent {
             s.config = config;
             s.reason = reason;
             s.reason_code = d.reason.code();
-            s.last_tick = Some(Instant::now());
+            s.last_tick = Some(self::now());
             s.lease_deadline = lease_deadline;
             s.is_leader = is_leader;
             s.system_id = system_id;
@@ -431,10 +453,12 @@ impl Agent {
         self.cfg.postgresql.parameters = new.postgresql.parameters.clone();
         self.cfg.postgresql.pg_hba = new.postgresql.pg_hba.clone();
         self.cfg.tags = new.tags.clone();
-        let inst = Instance::new(self.cfg.postgresql.clone(), self.cfg.name.clone())
+        let inst = self
+            .inst
+            .reconfigured(self.cfg.postgresql.clone(), self.cfg.name.clone())
             .map_err(|e| e.to_string())?;
         self.inst = Arc::new(inst);
-        if let Some(client) = &self.client {
+        {
             let snap = self.handle.snapshot();
             let run_as = match (&snap.pg, snap.cluster.as_ref()) {
                 (PgStatus::Running(r), _) if !r.in_recovery => Some(RunAs::Primary),
@@ -445,10 +469,7 @@ impl Agent {
                 _ => None,
             };
             if let Some(run_as) = run_as {
-                self.inst
-                    .follow(client, &run_as)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                self.inst.follow(&run_as).await.map_err(|e| e.to_string())?;
             }
         }
         let mut msg = "reloaded postgresql.parameters, pg_hba and tags".to_string();

@@ -7,24 +7,16 @@ use baton_core::cluster::{ClusterView, Member};
 use baton_core::ha::{publish, JobKind, Peer, PgStatus, Reason};
 use baton_core::instance::{slot_name, DataDir};
 
-use super::Agent;
-use crate::pg;
+use super::{Agent, Peers, Postgres, Store};
 
-impl Agent {
+impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
     pub(super) async fn observe_postgres(&mut self) -> (PgStatus, DataDir) {
-        if self.inst.postmaster_pid().is_none() {
-            self.client = None;
+        if !self.inst.postmaster_running() {
+            self.inst.disconnect();
             return (PgStatus::Stopped, self.inst.inspect().await);
         }
-        let timeout = self.config.retry_timeout();
-        if self.client.as_ref().is_none_or(|c| c.is_closed()) {
-            self.client = self.inst.connect(timeout).await.ok();
-        }
-        let Some(client) = &self.client else {
-            return (PgStatus::Unresponsive, self.inst.inspect().await);
-        };
-        match tokio::time::timeout(timeout, pg::query_running(client)).await {
-            Ok(Ok(mut r)) => {
+        match self.inst.status(self.config.retry_timeout()).await {
+            Ok(mut r) => {
                 r.history = self.history_of(r.timeline).await;
                 let dir = DataDir::Valid {
                     system_id: r.system_id.clone(),
@@ -36,13 +28,9 @@ impl Agent {
                 };
                 (PgStatus::Running(Box::new(r)), dir)
             }
-            Ok(Err(e)) => {
+            Err(e) => {
                 tracing::debug!("status query failed: {e}");
-                self.client = None;
-                (PgStatus::Unresponsive, self.inst.inspect().await)
-            }
-            Err(_) => {
-                self.client = None;
+                self.inst.disconnect();
                 (PgStatus::Unresponsive, self.inst.inspect().await)
             }
         }
@@ -57,11 +45,11 @@ impl Agent {
             if *name == self.cfg.name {
                 continue;
             }
-            let http = self.http.clone();
+            let peers = self.peers.clone();
             let name = name.clone();
             let url = m.api_url.clone();
             asks.spawn(async move {
-                let v: serde_json::Value = http.get(&url).send().await.ok()?.json().await.ok()?;
+                let v = peers.status(&url).await?;
                 Some(Peer::from_status(name, &v))
             });
         }
@@ -113,10 +101,7 @@ impl Agent {
                 return h.clone();
             }
         }
-        let Some(client) = &self.client else {
-            return vec![];
-        };
-        match pg::timeline_history(client, tl).await {
+        match self.inst.timeline_history(tl).await {
             Ok(h) => {
                 let h: Vec<_> = h.into_iter().map(|(t, l, _)| (t, l)).collect();
                 self.history_cache = Some((tl, h.clone()));

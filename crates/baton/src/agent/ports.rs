@@ -1,0 +1,420 @@
+//! What the agent's loop needs from the world, as three traits: the store
+//! (etcd), the local instance (postgres) and the peers (their REST status).
+//!
+//! The loop, its lease bookkeeping, its jobs and their back-off are generic
+//! over these, so the simulator (`tests/simulation/`) runs *this* code over
+//! an in-memory store with leases, simulated instances and injected faults,
+//! on tokio's paused clock. Production uses [`Dcs`], [`LocalPg`] and
+//! [`HttpPeers`]. Each method is one step the agent takes; none hides a
+//! decision.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+use baton_core::cluster::{ClusterView, LeaseId, Member, StatusKey};
+use baton_core::config::DynamicConfig;
+use baton_core::instance::{DataDir, Running};
+use baton_core::lsn::Lsn;
+
+use crate::config::PgConfig;
+use crate::dcs::{Dcs, DcsError};
+use crate::pg::{self, Instance, PgError, RunAs, StopMode};
+
+/// The shared state the agent reads and writes (PATRONI-COMPAT.md layout).
+/// Every call is bounded: a store that never answers returns an error.
+pub trait Store: Clone + Send + Sync + 'static {
+    fn load(&self) -> impl Future<Output = Result<ClusterView, DcsError>> + Send;
+    fn grant_lease(&self, ttl: u64) -> impl Future<Output = Result<LeaseId, DcsError>> + Send;
+    /// `Err(DcsError::LeaseExpired)` when the store no longer knows `lease`.
+    fn keep_alive(&self, lease: LeaseId) -> impl Future<Output = Result<(), DcsError>> + Send;
+    fn revoke(&self, lease: LeaseId) -> impl Future<Output = Result<(), DcsError>> + Send;
+    /// Claims `initialize` on `lease`, create-if-absent.
+    fn take_initialize(
+        &self,
+        lease: LeaseId,
+    ) -> impl Future<Output = Result<bool, DcsError>> + Send;
+    fn release_initialize(&self) -> impl Future<Output = Result<bool, DcsError>> + Send;
+    fn set_initialize(
+        &self,
+        system_id: &str,
+    ) -> impl Future<Output = Result<bool, DcsError>> + Send;
+    /// Creates the leader key on `lease` if absent.
+    fn acquire_leader(
+        &self,
+        name: &str,
+        lease: LeaseId,
+    ) -> impl Future<Output = Result<bool, DcsError>> + Send;
+    /// Moves our own leader key onto `lease`.
+    fn adopt_leader(
+        &self,
+        name: &str,
+        lease: LeaseId,
+    ) -> impl Future<Output = Result<bool, DcsError>> + Send;
+    fn release_leader(&self, name: &str) -> impl Future<Output = Result<bool, DcsError>> + Send;
+    fn put_member(
+        &self,
+        name: &str,
+        member: &Member,
+        lease: LeaseId,
+    ) -> impl Future<Output = Result<(), DcsError>> + Send;
+    fn init_config(
+        &self,
+        config: &DynamicConfig,
+    ) -> impl Future<Output = Result<bool, DcsError>> + Send;
+    fn put_status(&self, status: &StatusKey) -> impl Future<Output = Result<(), DcsError>> + Send;
+    /// Moves the leader key from `me` to `to` on `lease` in one transaction,
+    /// if the key is still ours and `to`'s member key still on `lease`.
+    fn transfer_leader(
+        &self,
+        me: &str,
+        to: &str,
+        lease: LeaseId,
+    ) -> impl Future<Output = Result<bool, DcsError>> + Send;
+    fn clear_failover(&self) -> impl Future<Output = Result<(), DcsError>> + Send;
+    fn put_history(
+        &self,
+        history: &serde_json::Value,
+    ) -> impl Future<Output = Result<(), DcsError>> + Send;
+    fn set_timeout(&mut self, timeout: Duration);
+    /// Notifies `wake` whenever a key that changes decisions changes; runs
+    /// for as long as the agent does (a task of its own, hence `self`).
+    fn watch_changes(self, wake: Arc<Notify>) -> impl Future<Output = ()> + Send + 'static;
+}
+
+/// The local instance. Implementations keep one connection between ticks;
+/// `disconnect` drops it (before a stop, a restart, a handover).
+pub trait Postgres: Send + Sync + 'static {
+    /// A postmaster runs for this data directory.
+    fn postmaster_running(&self) -> bool;
+    fn inspect(&self) -> impl Future<Output = DataDir> + Send;
+    /// The status query, bounded by `timeout` (connect included).
+    fn status(&self, timeout: Duration) -> impl Future<Output = Result<Running, PgError>> + Send;
+    fn disconnect(&self);
+    /// `(timeline, switch LSN, reason)` per line of timeline `tl`'s history.
+    fn timeline_history(
+        &self,
+        tl: u32,
+    ) -> impl Future<Output = Result<Vec<(u32, Lsn, String)>, PgError>> + Send;
+    /// Points a running replica at `run_as` without a restart.
+    fn follow(&self, run_as: &RunAs) -> impl Future<Output = Result<(), PgError>> + Send;
+    fn create_slot(&self, slot: &str) -> impl Future<Output = Result<(), PgError>> + Send;
+    /// Drops `slot` if no walsender uses it; whether it did.
+    fn drop_inactive_slot(&self, slot: &str) -> impl Future<Output = Result<bool, PgError>> + Send;
+    /// initdb, configure, start as primary, create the replication role.
+    fn bootstrap(&self) -> impl Future<Output = Result<(), PgError>> + Send;
+    fn start(&self, run_as: &RunAs) -> impl Future<Output = Result<(), PgError>> + Send;
+    fn stop(&self, mode: StopMode) -> impl Future<Output = Result<(), PgError>> + Send;
+    fn promote(&self) -> impl Future<Output = Result<(), PgError>> + Send;
+    fn basebackup_from(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> impl Future<Output = Result<(), PgError>> + Send;
+    /// Clones beside the data directory, then swaps; where the old one went.
+    fn rebuild_from(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> impl Future<Output = Result<PathBuf, PgError>> + Send;
+    fn rewind_from(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> impl Future<Output = Result<(), PgError>> + Send;
+    /// A CHECKPOINT on another member; fails when it is down.
+    fn checkpoint_member(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> impl Future<Output = Result<(), PgError>> + Send;
+    /// A CHECKPOINT on the local instance, on a fresh connection.
+    fn checkpoint(&self, timeout: Duration) -> impl Future<Output = Result<(), PgError>> + Send;
+    /// After a clean stop: the shutdown checkpoint's location; an error if
+    /// the instance did not shut down cleanly.
+    fn shutdown_checkpoint(&self) -> impl Future<Output = Result<Lsn, PgError>> + Send;
+    /// How far another member has replayed.
+    fn member_replay_lsn(
+        &self,
+        host: &str,
+        port: u16,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Option<Lsn>, PgError>> + Send;
+    /// The same instance with new settings (a reload).
+    fn reconfigured(&self, cfg: PgConfig, name: String) -> Result<Self, PgError>
+    where
+        Self: Sized;
+}
+
+/// The other members' REST status, for elections.
+pub trait Peers: Send + Sync + 'static {
+    /// `GET` of a member's `/patroni`; `None` when it does not answer.
+    fn status(&self, api_url: &str) -> impl Future<Output = Option<serde_json::Value>> + Send;
+}
+
+impl Store for Dcs {
+    fn load(&self) -> impl Future<Output = Result<ClusterView, DcsError>> + Send {
+        Dcs::load(self)
+    }
+    fn grant_lease(&self, ttl: u64) -> impl Future<Output = Result<LeaseId, DcsError>> + Send {
+        Dcs::grant_lease(self, ttl)
+    }
+    fn keep_alive(&self, lease: LeaseId) -> impl Future<Output = Result<(), DcsError>> + Send {
+        Dcs::keep_alive(self, lease)
+    }
+    fn revoke(&self, lease: LeaseId) -> impl Future<Output = Result<(), DcsError>> + Send {
+        Dcs::revoke(self, lease)
+    }
+    fn take_initialize(
+        &self,
+        lease: LeaseId,
+    ) -> impl Future<Output = Result<bool, DcsError>> + Send {
+        Dcs::take_initialize(self, lease)
+    }
+    fn release_initialize(&self) -> impl Future<Output = Result<bool, DcsError>> + Send {
+        Dcs::release_initialize(self)
+    }
+    fn set_initialize(
+        &self,
+        system_id: &str,
+    ) -> impl Future<Output = Result<bool, DcsError>> + Send {
+        Dcs::set_initialize(self, system_id)
+    }
+    fn acquire_leader(
+        &self,
+        name: &str,
+        lease: LeaseId,
+    ) -> impl Future<Output = Result<bool, DcsError>> + Send {
+        Dcs::acquire_leader(self, name, lease)
+    }
+    fn adopt_leader(
+        &self,
+        name: &str,
+        lease: LeaseId,
+    ) -> impl Future<Output = Result<bool, DcsError>> + Send {
+        Dcs::adopt_leader(self, name, lease)
+    }
+    fn release_leader(&self, name: &str) -> impl Future<Output = Result<bool, DcsError>> + Send {
+        Dcs::release_leader(self, name)
+    }
+    fn put_member(
+        &self,
+        name: &str,
+        member: &Member,
+        lease: LeaseId,
+    ) -> impl Future<Output = Result<(), DcsError>> + Send {
+        Dcs::put_member(self, name, member, lease)
+    }
+    fn init_config(
+        &self,
+        config: &DynamicConfig,
+    ) -> impl Future<Output = Result<bool, DcsError>> + Send {
+        Dcs::init_config(self, config)
+    }
+    fn put_status(&self, status: &StatusKey) -> impl Future<Output = Result<(), DcsError>> + Send {
+        Dcs::put_status(self, status)
+    }
+    fn transfer_leader(
+        &self,
+        me: &str,
+        to: &str,
+        lease: LeaseId,
+    ) -> impl Future<Output = Result<bool, DcsError>> + Send {
+        Dcs::transfer_leader(self, me, to, lease)
+    }
+    fn clear_failover(&self) -> impl Future<Output = Result<(), DcsError>> + Send {
+        Dcs::clear_failover(self)
+    }
+    fn put_history(
+        &self,
+        history: &serde_json::Value,
+    ) -> impl Future<Output = Result<(), DcsError>> + Send {
+        Dcs::put_history(self, history)
+    }
+    fn set_timeout(&mut self, timeout: Duration) {
+        Dcs::set_timeout(self, timeout)
+    }
+    fn watch_changes(self, wake: Arc<Notify>) -> impl Future<Output = ()> + Send + 'static {
+        let dcs = self;
+        async move {
+            let prefix = dcs.prefix().to_string();
+            loop {
+                match dcs.watch().await {
+                    Ok(mut stream) => {
+                        while let Ok(Some(resp)) = stream.message().await {
+                            let relevant = resp.events().iter().any(|e| {
+                                e.kv().and_then(|kv| kv.key_str().ok()).is_some_and(|k| {
+                                    matches!(
+                                        k.strip_prefix(prefix.as_str()),
+                                        Some("leader" | "failover" | "initialize" | "config")
+                                    )
+                                })
+                            });
+                            if relevant {
+                                wake.notify_one();
+                            }
+                        }
+                    }
+                    Err(e) => tracing::debug!("etcd watch failed: {e}"),
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+/// The local postgres through `pg_ctl` and a kept superuser connection.
+pub struct LocalPg {
+    inst: Instance,
+    client: Mutex<Option<Arc<tokio_postgres::Client>>>,
+}
+
+impl LocalPg {
+    pub fn new(cfg: PgConfig, name: String) -> Result<LocalPg, PgError> {
+        Ok(LocalPg {
+            inst: Instance::new(cfg, name)?,
+            client: Mutex::new(None),
+        })
+    }
+
+    fn kept(&self) -> Option<Arc<tokio_postgres::Client>> {
+        self.client
+            .lock()
+            .expect("client lock")
+            .clone()
+            .filter(|c| !c.is_closed())
+    }
+
+    /// The kept connection, made now if there is none.
+    async fn connection(&self, timeout: Duration) -> Result<Arc<tokio_postgres::Client>, PgError> {
+        if let Some(c) = self.kept() {
+            return Ok(c);
+        }
+        let c = Arc::new(self.inst.connect(timeout).await?);
+        *self.client.lock().expect("client lock") = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Connection-bound calls that run only right after a successful status
+    /// query use the kept connection, or make one within this bound.
+    const CONNECT: Duration = Duration::from_secs(5);
+}
+
+impl Postgres for LocalPg {
+    fn postmaster_running(&self) -> bool {
+        self.inst.postmaster_pid().is_some()
+    }
+    async fn inspect(&self) -> DataDir {
+        self.inst.inspect().await
+    }
+    async fn status(&self, timeout: Duration) -> Result<Running, PgError> {
+        let c = self.connection(timeout).await?;
+        match tokio::time::timeout(timeout, pg::query_running(&c)).await {
+            Ok(r) => r,
+            Err(_) => Err(PgError::Timeout {
+                what: "status query".into(),
+                after: timeout,
+            }),
+        }
+    }
+    fn disconnect(&self) {
+        *self.client.lock().expect("client lock") = None;
+    }
+    async fn timeline_history(&self, tl: u32) -> Result<Vec<(u32, Lsn, String)>, PgError> {
+        let c = self.connection(Self::CONNECT).await?;
+        pg::timeline_history(&c, tl).await
+    }
+    async fn follow(&self, run_as: &RunAs) -> Result<(), PgError> {
+        let c = self.connection(Self::CONNECT).await?;
+        self.inst.follow(&c, run_as).await
+    }
+    async fn create_slot(&self, slot: &str) -> Result<(), PgError> {
+        let c = self.connection(Self::CONNECT).await?;
+        pg::create_slot(&c, slot).await
+    }
+    async fn drop_inactive_slot(&self, slot: &str) -> Result<bool, PgError> {
+        let c = self.connection(Self::CONNECT).await?;
+        pg::drop_inactive_slot(&c, slot).await
+    }
+    async fn bootstrap(&self) -> Result<(), PgError> {
+        let inst = &self.inst;
+        tracing::info!("running initdb in {}", inst.cfg.data_dir.display());
+        inst.initdb().await?;
+        inst.start(&RunAs::Primary).await?;
+        let client = inst.connect(Duration::from_secs(10)).await?;
+        pg::create_replication_role(&client, &inst.cfg).await?;
+        tracing::info!("bootstrap complete");
+        Ok(())
+    }
+    async fn start(&self, run_as: &RunAs) -> Result<(), PgError> {
+        self.inst.start(run_as).await
+    }
+    async fn stop(&self, mode: StopMode) -> Result<(), PgError> {
+        self.disconnect();
+        self.inst.stop(mode).await
+    }
+    async fn promote(&self) -> Result<(), PgError> {
+        self.inst.promote().await
+    }
+    async fn basebackup_from(&self, host: &str, port: u16) -> Result<(), PgError> {
+        self.inst.basebackup_from(host, port).await
+    }
+    async fn rebuild_from(&self, host: &str, port: u16) -> Result<PathBuf, PgError> {
+        self.inst.rebuild_from(host, port).await
+    }
+    async fn rewind_from(&self, host: &str, port: u16) -> Result<(), PgError> {
+        self.inst.rewind_from(host, port).await
+    }
+    async fn checkpoint_member(&self, host: &str, port: u16) -> Result<(), PgError> {
+        self.inst.checkpoint_member(host, port).await
+    }
+    async fn checkpoint(&self, timeout: Duration) -> Result<(), PgError> {
+        let local = self.inst.connect(timeout).await?;
+        local.batch_execute("CHECKPOINT").await?;
+        Ok(())
+    }
+    async fn shutdown_checkpoint(&self) -> Result<Lsn, PgError> {
+        let cd = self.inst.controldata().await?;
+        let state = cd.get("Database cluster state").map(String::as_str);
+        if state != Some("shut down") {
+            return Err(PgError::Refused(format!(
+                "postgres did not shut down cleanly: {state:?}"
+            )));
+        }
+        cd.get("Latest checkpoint location")
+            .and_then(|l| l.parse().ok())
+            .ok_or_else(|| {
+                PgError::Refused("no shutdown checkpoint location in pg_controldata".into())
+            })
+    }
+    async fn member_replay_lsn(
+        &self,
+        host: &str,
+        port: u16,
+        timeout: Duration,
+    ) -> Result<Option<Lsn>, PgError> {
+        let c = self.inst.connect_member(host, port, timeout).await?;
+        let row = c.query_one("SELECT pg_last_wal_replay_lsn()", &[]).await?;
+        Ok(row
+            .get::<_, Option<tokio_postgres::types::PgLsn>>(0)
+            .map(|l| Lsn(u64::from(l))))
+    }
+    fn reconfigured(&self, cfg: PgConfig, name: String) -> Result<LocalPg, PgError> {
+        Ok(LocalPg {
+            inst: Instance::new(cfg, name)?,
+            client: Mutex::new(self.kept()),
+        })
+    }
+}
+
+/// Peers over HTTP(S), with the API's CA.
+pub struct HttpPeers(pub reqwest::Client);
+
+impl Peers for HttpPeers {
+    async fn status(&self, api_url: &str) -> Option<serde_json::Value> {
+        self.0.get(api_url).send().await.ok()?.json().await.ok()
+    }
+}
