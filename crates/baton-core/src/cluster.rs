@@ -137,9 +137,36 @@ pub struct ClusterView {
     pub config_revision: i64,
     /// etcd revision this view was read at.
     pub revision: i64,
+    /// Baton's `baton/timeline` key: the highest timeline a promotion has
+    /// reserved. Every promotion takes a higher one, so no two promotions
+    /// share a timeline number, even from the same switch point (postgres
+    /// itself could not tell such twins apart).
+    pub timeline_reserved: Option<u32>,
 }
 
+/// Baton's own key (beside Patroni's) holding the last reserved timeline.
+pub const TIMELINE_KEY: &str = "baton/timeline";
+
 impl ClusterView {
+    /// The timeline a promotion from `current` takes: above every timeline
+    /// reserved, published in a member key or recorded in `history`.
+    pub fn next_timeline(&self, current: u32) -> u32 {
+        let recorded = self
+            .history
+            .as_ref()
+            .and_then(|h| h.as_array())
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.get(0)?.as_u64())
+            .map(|tl| tl as u32 + 1);
+        let published = self.members.values().filter_map(|m| m.timeline);
+        recorded
+            .chain(published)
+            .chain(self.timeline_reserved)
+            .fold(current, u32::max)
+            .saturating_add(1)
+    }
+
     pub fn leader_name(&self) -> Option<&str> {
         self.leader.as_ref().map(|l| l.name.as_str())
     }
@@ -230,6 +257,7 @@ impl ClusterView {
                 "status" => view.status = serde_json::from_str(&text).ok(),
                 "history" => view.history = serde_json::from_str(&text).ok(),
                 "failover" => view.failover = serde_json::from_str(&text).ok(),
+                TIMELINE_KEY => view.timeline_reserved = text.trim().parse().ok(),
                 _ => {
                     if let Some(name) = rel.strip_prefix("members/") {
                         if let Ok(m) = serde_json::from_str::<Member>(&text) {

@@ -186,7 +186,7 @@ impl Dcs {
 
     /// Writes the system identifier into `initialize` when it holds our
     /// bootstrap claim (empty) or is gone (etcd lost its data); never over
-    /// another cluster's identifier.
+    /// another cluster's identifier. `true` also when it already holds ours.
     pub async fn set_initialize(&self, system_id: &str) -> Result<bool, DcsError> {
         let key = self.key("initialize");
         let claimed = self
@@ -196,10 +196,12 @@ impl Dcs {
                     .and_then([TxnOp::put(key.as_str(), system_id, None)]),
             )
             .await?;
-        if claimed {
+        if claimed || self.create_if_absent("initialize", system_id, None).await? {
             return Ok(true);
         }
-        self.create_if_absent("initialize", system_id, None).await
+        // Already ours: a retry after an answer that was lost.
+        self.txn(Txn::new().when([Compare::value(key.as_str(), CompareOp::Equal, system_id)]))
+            .await
     }
 
     /// Safety rule 3: the leader key is taken only if nobody holds it.
@@ -297,6 +299,34 @@ impl Dcs {
                     ),
                     TxnOp::delete(failover.as_str(), None),
                 ]),
+        )
+        .await
+    }
+
+    /// Reserves timeline `to` for our promotion: only while the leader key
+    /// is ours on `lease`, and only over the value we saw (`seen`, `None`:
+    /// absent), so two promotions never reserve the same timeline.
+    pub async fn reserve_timeline(
+        &self,
+        me: &str,
+        lease: LeaseId,
+        seen: Option<u32>,
+        to: u32,
+    ) -> Result<bool, DcsError> {
+        let leader = self.key("leader");
+        let key = self.key(baton_core::cluster::TIMELINE_KEY);
+        let unchanged = match seen {
+            None => Compare::create_revision(key.as_str(), CompareOp::Equal, 0),
+            Some(v) => Compare::value(key.as_str(), CompareOp::Equal, v.to_string()),
+        };
+        self.txn(
+            Txn::new()
+                .when([
+                    Compare::value(leader.as_str(), CompareOp::Equal, me),
+                    Compare::lease(leader.as_str(), CompareOp::Equal, lease.0),
+                    unchanged,
+                ])
+                .and_then([TxnOp::put(key.as_str(), to.to_string(), None)]),
         )
         .await
     }

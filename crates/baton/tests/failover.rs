@@ -309,6 +309,60 @@ async fn leader_cut_off_from_etcd_stops_writes_before_anyone_promotes() {
     );
 }
 
+/// A leader whose postgres hangs (SIGSTOP on its whole process group) and
+/// that is cut from etcd: the agent cannot ask it anything, yet must fence
+/// it before the lease expires, since it accepts writes the moment it
+/// resumes. SIGQUIT cannot act on a stopped process; the fence's SIGKILL
+/// does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hung_leader_cut_off_from_etcd_is_killed_before_anyone_promotes() {
+    let mut t = TestCluster::new("hungfence", ClusterOptions::default());
+    let etcd_port = t.c.etcd.port();
+    let mut relays = vec![];
+    for i in 0..3 {
+        let r = Relay::start(etcd_port).await;
+        t.c.set_etcd_endpoint(i, &r.endpoint).unwrap();
+        relays.push(r);
+    }
+    for i in 0..3 {
+        if i == 1 {
+            wait_for("node1 leading", Duration::from_secs(60), || async {
+                let s = t.c.status().await.map_err(|e| format!("{e:#}"))?;
+                match s.leader.as_deref() {
+                    Some("node1") => Ok(()),
+                    _ => Err(s.render()),
+                }
+            })
+            .await;
+        }
+        t.c.start_agent(i).unwrap();
+    }
+    t.wait_state(ClusterState::Normal, Duration::from_secs(90))
+        .await;
+    let pid = t.c.nodes[0].postmaster_pid().expect("node1 runs postgres");
+    let group = nix::unistd::Pid::from_raw(pid);
+    nix::sys::signal::killpg(group, Signal::SIGSTOP).unwrap();
+    relays[0].cut();
+    let new_leader = wait_new_leader(&t, "node1", Duration::from_secs(30)).await;
+    let gone = t.c.nodes[0].postmaster_pid().is_none();
+    if !gone {
+        // Leave nothing stopped behind for the harness's clean-up.
+        let _ = nix::sys::signal::killpg(group, Signal::SIGCONT);
+    }
+    assert!(
+        gone,
+        "{new_leader} holds the leader key while node1's hung postmaster {pid} still exists"
+    );
+    let j = http_json(&t.c.nodes[0].api_url("/patroni")).await.unwrap();
+    assert!(
+        matches!(
+            j["baton"]["reason_code"].as_str(),
+            Some("etcd_unreachable" | "etcd_unreachable_fencing")
+        ),
+        "{j}"
+    );
+}
+
 async fn futures_all<T>(handles: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
     let mut out = vec![];
     for h in handles {

@@ -26,8 +26,12 @@ pub enum Action {
     StartReadOnly,
     /// Re-point a running replica at the named member by reload.
     Follow { leader: String },
-    /// Promote the running replica (job).
-    Promote,
+    /// Move the staged initdb into the empty data directory: etcd holds its
+    /// identifier, so it is the cluster (its bootstrap died after publishing).
+    AdoptInitdb,
+    /// Promote the running replica from timeline `from` onto `to` (job),
+    /// after reserving `to` in etcd.
+    Promote { from: u32, to: u32 },
     /// Stop postgres at once (`-m immediate`), aborting any job: used to
     /// fence, to demote, and to stop a diverged replica. Crash recovery (or
     /// pg_rewind's) replays the WAL on the next start.

@@ -6,10 +6,16 @@ use crate::instance::slot_name;
 use super::{decision, Action, Decision, JobKind, JobStatus, Observation, Reason};
 
 pub(super) fn decide_empty(o: &Observation, cluster: &ClusterView) -> Decision {
+    // Our bootstrap failed while a claim still stands: say so and leave it
+    // to whoever holds the claim. Once another member's cluster is
+    // initialized, an empty data directory simply clones it.
     if let JobStatus::Failed(JobKind::Bootstrap, e, _) = &o.job {
-        if cluster.initialize.is_some() {
+        if cluster.initialize.as_deref() == Some("") {
             return decision(vec![], Reason::BootstrapFailed(e.clone()));
         }
+    }
+    if o.staged_initdb.is_some() && cluster.initialize == o.staged_initdb {
+        return decision(vec![Action::AdoptInitdb], Reason::AdoptingInitdb);
     }
     match (cluster.initialize.as_deref(), cluster.leader_name()) {
         (None, None) => decision(vec![Action::Bootstrap], Reason::Bootstrapping),

@@ -225,10 +225,13 @@ pub(super) fn diverged(
         .max(run.replay_lsn)
         .map(|l| l.0)
         .unwrap_or(0);
-    points
-        .iter()
-        .find(|(tl, _)| *tl == mine)
-        .is_some_and(|(_, switch)| position > *switch)
+    // An older timeline the leader's history does not list was never on the
+    // leader's line (a promotion onto a reserved, higher number skipped
+    // it); one it lists is ours only up to its switch point.
+    match points.iter().find(|(tl, _)| *tl == mine) {
+        Some((_, switch)) => position > *switch,
+        None => mine < theirs,
+    }
 }
 
 /// Timeline switch points from the `history` key: `(timeline, switch LSN)`.

@@ -3,7 +3,7 @@
 use crate::cluster::ClusterView;
 use crate::instance::{slot_name, Running};
 
-use super::follower::{history_points, lineage_agrees};
+use super::follower::history_points;
 use super::{decision, switchover, Action, Decision, Observation, Reason};
 
 /// The leader, running: primary after promotion, publishing status,
@@ -21,7 +21,11 @@ pub(super) fn decide_running(o: &Observation, cluster: &ClusterView, run: &Runni
         if !missing.is_empty() {
             actions.push(Action::CreateSlots(missing));
         }
-        actions.push(Action::Promote);
+        let from = run.timeline.unwrap_or(1);
+        actions.push(Action::Promote {
+            from,
+            to: cluster.next_timeline(from),
+        });
         return decision(actions, Reason::Promoting);
     }
     let mut actions = vec![];
@@ -45,11 +49,12 @@ pub(super) fn decide_running(o: &Observation, cluster: &ClusterView, run: &Runni
     if !expired.is_empty() {
         actions.push(Action::DropSlots(expired));
     }
-    if let Some(tl) = run.timeline.filter(|t| *t > 1) {
+    if run.timeline.is_some_and(|t| t > 1) {
+        // Exactly our history file's switch points: skipped timelines leave
+        // gaps, so "recorded up to tl - 1" is no test of being up to date.
         let points = history_points(cluster);
-        let recorded = points.iter().map(|(t, _)| *t).max();
-        let stale = lineage_agrees(tl, &run.history, &points) == Some(false);
-        if stale || recorded.is_none_or(|r| r < tl - 1) {
+        let mine: Vec<(u32, u64)> = run.history.iter().map(|(t, l)| (*t, l.0)).collect();
+        if points != mine {
             actions.push(Action::PublishHistory);
         }
     }

@@ -39,6 +39,7 @@
 mod action;
 mod bootstrap;
 mod election;
+pub mod fence;
 mod follower;
 mod leader;
 mod observation;
@@ -66,22 +67,26 @@ use action::decision;
 pub(super) fn decide_unpaused(o: &Observation) -> Decision {
     let running = o.pg.running();
     let primary = running.is_some_and(|r| !r.in_recovery);
+    // A postmaster that does not answer may be a primary that accepts writes
+    // the moment it resumes, unless its data directory says standby.
+    let may_be_primary = matches!(o.pg, PgStatus::Unresponsive)
+        && !matches!(o.data_dir, DataDir::Valid { standby: true, .. });
+
+    let since = o
+        .last_renewal_sent
+        .map(|t| o.now.saturating_duration_since(t))
+        .unwrap_or(Duration::MAX);
+    let lease_overdue = since >= o.config.leader_deadline();
 
     // Rule 2 comes before everything, etcd reachable or not: a primary whose
     // lease may be about to expire must stop accepting writes now.
-    if primary {
-        let since = o
-            .last_renewal_sent
-            .map(|t| o.now.saturating_duration_since(t))
-            .unwrap_or(Duration::MAX);
-        if since >= o.config.leader_deadline() {
-            let reason = if o.cluster.is_none() {
-                Reason::EtcdUnreachableFencing { since }
-            } else {
-                Reason::LeaseExpiredFencing { since }
-            };
-            return decision(vec![Action::Stop], reason);
-        }
+    if (primary || may_be_primary) && lease_overdue {
+        let reason = if o.cluster.is_none() {
+            Reason::EtcdUnreachableFencing { since }
+        } else {
+            Reason::LeaseExpiredFencing { since }
+        };
+        return decision(vec![Action::Stop], reason);
     }
 
     let Some(cluster) = &o.cluster else {
@@ -124,6 +129,13 @@ pub(super) fn decide_unpaused(o: &Observation) -> Decision {
                 },
             );
         }
+    }
+
+    // Rule 2 for what would make a primary: the view can show our key on a
+    // lease that expires a moment later (read just before the renewal that
+    // failed). Nothing is started or promoted read-write on it.
+    if i_lead && lease_overdue {
+        return decision(vec![], Reason::LeaseOverdue { since });
     }
 
     if i_lead {

@@ -135,6 +135,9 @@ pub struct Observation {
     /// How long this running replica has not been streaming (`None` when it
     /// streams, or is not a running replica).
     pub not_streaming_for: Option<Duration>,
+    /// With an empty data directory: the system identifier of a bootstrap's
+    /// initdb still staged beside it (see `Action::AdoptInitdb`).
+    pub staged_initdb: Option<String>,
     /// Leader: Baton's slots on this primary whose member key is gone, and
     /// for how long this agent has seen them so.
     pub absent_slots: std::collections::BTreeMap<String, Duration>,

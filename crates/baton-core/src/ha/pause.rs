@@ -48,6 +48,6 @@ fn automatic(a: &Action) -> bool {
             | Action::Restart
             // Only an operator's switchover or manual failover gives the
             // key to a replica while paused; promoting it is theirs too.
-            | Action::Promote
+            | Action::Promote { .. }
     )
 }

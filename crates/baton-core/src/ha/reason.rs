@@ -187,6 +187,8 @@ pub enum Reason {
         cluster: String,
     },
     Bootstrapping,
+    /// The staged initdb is the cluster etcd names: taking it into place.
+    AdoptingInitdb,
     BootstrapFailed(String),
     WaitingForBootstrap,
     WaitingForInitialize {
@@ -209,6 +211,11 @@ pub enum Reason {
     Promoting,
     Leader,
     LeaseExpiredFencing {
+        since: Duration,
+    },
+    /// The leader key names us but our renewal is past the deadline: no
+    /// primary is started or promoted on a lease that may be gone.
+    LeaseOverdue {
         since: Duration,
     },
     PrimaryStartTimeout {
@@ -296,6 +303,10 @@ impl fmt::Display for Reason {
                 write!(f, "another member is bootstrapping the cluster; waiting")
             }
             Reason::WaitingForLeaderToClone => write!(f, "no leader to clone from; waiting"),
+            Reason::AdoptingInitdb => write!(
+                f,
+                "the cluster etcd names is the initdb staged here by an interrupted bootstrap: taking it into place"
+            ),
             Reason::WaitingForInitialize { leader } => write!(
                 f,
                 "leader {leader} has not published the cluster's system identifier (initialize) yet; waiting"
@@ -318,6 +329,11 @@ impl fmt::Display for Reason {
             Reason::LeaseExpiredFencing { since } => write!(
                 f,
                 "leader lease not renewed for {:.1} s: demoting (fencing)",
+                since.as_secs_f64()
+            ),
+            Reason::LeaseOverdue { since } => write!(
+                f,
+                "lease not renewed for {:.1} s: not starting or promoting a primary until it is",
                 since.as_secs_f64()
             ),
             Reason::PrimaryStartTimeout { waited } => write!(
@@ -410,6 +426,7 @@ impl Reason {
             Reason::WaitingForBootstrap => "waiting_for_bootstrap",
             Reason::WaitingForInitialize { .. } => "waiting_for_initialize",
             Reason::WaitingForLeaderToClone => "waiting_for_leader_to_clone",
+            Reason::AdoptingInitdb => "adopting_initdb",
             Reason::WaitingForSlot { .. } => "waiting_for_slot",
             Reason::Cloning { .. } => "cloning",
             Reason::CloneFailed(_) => "clone_failed",
@@ -422,6 +439,7 @@ impl Reason {
             Reason::Promoting => "promoting",
             Reason::Leader => "leader",
             Reason::LeaseExpiredFencing { .. } => "lease_expired_fencing",
+            Reason::LeaseOverdue { .. } => "lease_overdue",
             Reason::PrimaryStartTimeout { .. } => "primary_start_timeout",
             Reason::DemotingForeignLeader { .. } => "demoting_foreign_leader",
             Reason::Following {

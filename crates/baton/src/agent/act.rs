@@ -61,10 +61,31 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
                     self.dcs.release_initialize().await?;
                     return Ok(());
                 }
-                let inst = self.inst.clone();
+                let (inst, dcs) = (self.inst.clone(), self.dcs.clone());
                 self.spawn_job(JobKind::Bootstrap, async move {
-                    inst.bootstrap().await.map_err(|e| e.to_string())
+                    let id = inst.initdb().await.map_err(|e| e.to_string())?;
+                    // initdb runs beside the data directory, which takes the
+                    // new cluster only once its identifier is in etcd: a
+                    // member that dies before that leaves an empty data
+                    // directory (and clones whichever cluster won), never an
+                    // orphaned cluster of its own.
+                    if !publish_initialize(&dcs, &id).await? {
+                        // Another cluster won meanwhile. Ours never ran and
+                        // holds nothing; the member then clones the winner.
+                        inst.discard_initdb().await.map_err(|e| e.to_string())?;
+                        return Err(format!(
+                            "cluster initialized by another member while bootstrapping {id}; discarded ours"
+                        ));
+                    }
+                    inst.adopt_initdb().await.map_err(|e| e.to_string())?;
+                    tracing::info!(system_id = %id, "cluster initialized");
+                    inst.first_start().await.map_err(|e| e.to_string())
                 });
+            }
+            Action::AdoptInitdb => {
+                self.inst.adopt_initdb().await?;
+                tracing::info!("staged initdb taken into place as the data directory");
+                self.wake.notify_one();
             }
             Action::Switchover { candidate } => {
                 let cluster = obs.cluster.as_ref().expect("decided with a cluster view");
@@ -260,13 +281,25 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
                 };
                 self.inst.follow(&run_as).await?;
             }
-            Action::Promote => {
+            Action::Promote { from, to } => {
+                let (Some(lease), Some(cluster)) = (self.lease, obs.cluster.as_ref()) else {
+                    return Ok(());
+                };
+                let seen = cluster.timeline_reserved;
+                if !self.dcs.reserve_timeline(&me, lease, seen, *to).await? {
+                    tracing::warn!(
+                        timeline = to,
+                        "could not reserve timeline {to} (the leader key or the reservation changed); not promoting"
+                    );
+                    return Ok(());
+                }
+                let (from, to) = (*from, *to);
                 let inst = self.inst.clone();
                 // postgres removes standby.signal itself when promoting (and
                 // fails if it is gone already); the next start rewrites the
                 // configuration for a primary anyway.
                 self.spawn_job(JobKind::Promote, async move {
-                    inst.promote().await.map_err(|e| e.to_string())
+                    inst.promote(from, to).await.map_err(|e| e.to_string())
                 });
             }
             Action::Stop => {
@@ -329,5 +362,26 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
             }
         }
         Ok(())
+    }
+}
+
+/// Publishes a fresh cluster's system identifier: `false` only when etcd
+/// definitely holds another one. An error says nothing (the write may have
+/// landed and its answer got lost), so it is retried, for at most
+/// `PUBLISH_LIMIT`, then the job fails with the data directory kept.
+async fn publish_initialize(dcs: &impl Store, id: &str) -> Result<bool, String> {
+    const PUBLISH_LIMIT: std::time::Duration = std::time::Duration::from_secs(600);
+    let deadline = super::now() + PUBLISH_LIMIT;
+    loop {
+        match dcs.set_initialize(id).await {
+            Ok(won) => return Ok(won),
+            Err(e) if super::now() >= deadline => {
+                return Err(format!("publishing system identifier {id}: {e}"))
+            }
+            Err(e) => {
+                tracing::warn!("publishing system identifier {id}: {e}; retrying");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        }
     }
 }

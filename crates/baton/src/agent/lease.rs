@@ -20,7 +20,7 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
             let sent = now();
             match self.dcs.keep_alive(lease).await {
                 Ok(()) => {
-                    self.last_renewal_sent = Some(sent);
+                    self.renewed(sent);
                     return;
                 }
                 // Gone for good (expired while we were cut off, or etcd lost
@@ -48,10 +48,17 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
                 // A grant starts the new lease's TTL like a renewal does.
                 // It renews no leader key held on an older lease: decide
                 // moves such a key over (AdoptLeader) before relying on it.
-                self.last_renewal_sent = Some(sent);
+                self.renewed(sent);
             }
             Err(e) => self.etcd_warning(format_args!("cannot get an etcd lease: {e}")),
         }
+    }
+
+    /// A renewal sent at `sent` succeeded: the fence deadline moves on.
+    fn renewed(&mut self, sent: std::time::Instant) {
+        self.last_renewal_sent = Some(sent);
+        let deadline = Some(sent + self.config.leader_deadline());
+        self.fence.send_modify(|f| f.deadline = deadline);
     }
 
     /// etcd trouble repeats every tick; say so every few seconds, not every tick.

@@ -19,6 +19,7 @@
 //! run on virtual time.
 
 mod act;
+mod fence;
 mod handle;
 mod handover;
 mod jobs;
@@ -26,6 +27,7 @@ mod lease;
 mod observe;
 pub mod ports;
 
+use fence::{spawn_fence, FenceState};
 use handle::Inbox;
 pub use handle::{AgentGone, AgentHandle, Counters, Request};
 use jobs::{Job, JobError};
@@ -34,7 +36,7 @@ pub use ports::{HttpPeers, LocalPg, Peers, Postgres, Store};
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::{oneshot, watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
@@ -97,6 +99,8 @@ pub struct Agent<S = Dcs, P = LocalPg, H = HttpPeers> {
     config: DynamicConfig,
     handle: AgentHandle<S>,
     inbox: Inbox,
+    /// The fence timer's deadline and whether it is armed.
+    fence: watch::Sender<FenceState>,
     /// Wakes the loop early: the etcd watch, a finished job.
     wake: Arc<Notify>,
     /// Operator requests the loop has accepted and not yet carried out.
@@ -166,6 +170,7 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
             config,
             handle,
             inbox,
+            fence: watch::channel(FenceState::default()).0,
             wake: Arc::new(Notify::new()),
             reload_waiters: vec![],
             restart_requested: false,
@@ -203,6 +208,7 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
 
     async fn run_loop(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let mut watch = tokio::spawn(self.dcs.clone().watch_changes(self.wake.clone()));
+        let mut fence = spawn_fence(self.inst.clone(), self.fence.subscribe(), self.wake.clone());
         let result = loop {
             let started = now();
             self.tick().await;
@@ -221,9 +227,11 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
                 // the agent is half-alive, and a half-alive agent is worse
                 // than a dead one.
                 r = &mut watch => break Err(anyhow::anyhow!("the etcd watch task ended: {r:?}")),
+                r = &mut fence => break Err(anyhow::anyhow!("the fence timer ended: {r:?}")),
             }
         };
         watch.abort();
+        fence.abort();
         if let Err(e) = &result {
             tracing::error!("{e}; stopping the agent");
         }
@@ -321,6 +329,10 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
             }
             _ => vec![],
         };
+        let staged_initdb = match data_dir {
+            DataDir::Empty => self.inst.staged_initdb().await,
+            _ => None,
+        };
         let obs = Observation {
             me: self.cfg.name.clone(),
             now,
@@ -336,6 +348,7 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
             reinit_requested: self.reinit_requested,
             rebuild_allowed: self.cfg.postgresql.rebuild_on_rewind_failure,
             restart_requested: self.restart_requested,
+            staged_initdb,
             not_streaming_for: self
                 .not_streaming_since
                 .map(|t| now.saturating_duration_since(t)),
@@ -371,6 +384,13 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
         self.act(&d, &obs).await;
 
         let pending_job = self.job.as_ref().map(|j| j.kind);
+        let i_lead = cluster
+            .as_ref()
+            .and_then(|c| c.leader_name())
+            .is_some_and(|l| l == self.cfg.name);
+        let armed = baton_core::ha::fence::armed(&pg, &data_dir, pending_job, i_lead);
+        self.fence
+            .send_if_modified(|f| std::mem::replace(&mut f.armed, armed) != armed);
         let needs_repair = d.reason.needs_repair();
         let member = self.member_json(
             &pg,

@@ -13,6 +13,9 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
     pub(super) async fn observe_postgres(&mut self) -> (PgStatus, DataDir) {
         if !self.inst.postmaster_running() {
             self.inst.disconnect();
+            // A rewind or rebuild while stopped can bring back the same
+            // timeline number with another past: read it again next start.
+            self.history_cache = None;
             return (PgStatus::Stopped, self.inst.inspect().await);
         }
         match self.inst.status(self.config.retry_timeout()).await {

@@ -75,6 +75,15 @@ pub trait Store: Clone + Send + Sync + 'static {
         lease: LeaseId,
     ) -> impl Future<Output = Result<bool, DcsError>> + Send;
     fn clear_failover(&self) -> impl Future<Output = Result<(), DcsError>> + Send;
+    /// Reserves timeline `to` while the leader key is ours on `lease` and
+    /// the reservation is still `seen`.
+    fn reserve_timeline(
+        &self,
+        me: &str,
+        lease: LeaseId,
+        seen: Option<u32>,
+        to: u32,
+    ) -> impl Future<Output = Result<bool, DcsError>> + Send;
     fn put_history(
         &self,
         history: &serde_json::Value,
@@ -104,11 +113,21 @@ pub trait Postgres: Send + Sync + 'static {
     fn create_slot(&self, slot: &str) -> impl Future<Output = Result<(), PgError>> + Send;
     /// Drops `slot` if no walsender uses it; whether it did.
     fn drop_inactive_slot(&self, slot: &str) -> impl Future<Output = Result<bool, PgError>> + Send;
-    /// initdb, configure, start as primary, create the replication role.
-    fn bootstrap(&self) -> impl Future<Output = Result<(), PgError>> + Send;
+    /// initdb into a staging directory beside the (empty) data directory;
+    /// the new cluster's system identifier.
+    fn initdb(&self) -> impl Future<Output = Result<String, PgError>> + Send;
+    /// The system identifier of a staged initdb, if one is there.
+    fn staged_initdb(&self) -> impl Future<Output = Option<String>> + Send;
+    /// The staged cluster becomes the data directory.
+    fn adopt_initdb(&self) -> impl Future<Output = Result<(), PgError>> + Send;
+    /// The staged cluster is dropped: it never ran and holds nothing.
+    fn discard_initdb(&self) -> impl Future<Output = Result<(), PgError>> + Send;
+    /// After initdb: start as primary, create the replication role.
+    fn first_start(&self) -> impl Future<Output = Result<(), PgError>> + Send;
     fn start(&self, run_as: &RunAs) -> impl Future<Output = Result<(), PgError>> + Send;
     fn stop(&self, mode: StopMode) -> impl Future<Output = Result<(), PgError>> + Send;
-    fn promote(&self) -> impl Future<Output = Result<(), PgError>> + Send;
+    /// Promotes the replica on timeline `from` onto timeline `to`.
+    fn promote(&self, from: u32, to: u32) -> impl Future<Output = Result<(), PgError>> + Send;
     fn basebackup_from(
         &self,
         host: &str,
@@ -228,6 +247,15 @@ impl Store for Dcs {
     fn clear_failover(&self) -> impl Future<Output = Result<(), DcsError>> + Send {
         Dcs::clear_failover(self)
     }
+    fn reserve_timeline(
+        &self,
+        me: &str,
+        lease: LeaseId,
+        seen: Option<u32>,
+        to: u32,
+    ) -> impl Future<Output = Result<bool, DcsError>> + Send {
+        Dcs::reserve_timeline(self, me, lease, seen, to)
+    }
     fn put_history(
         &self,
         history: &serde_json::Value,
@@ -339,10 +367,55 @@ impl Postgres for LocalPg {
         let c = self.connection(Self::CONNECT).await?;
         pg::drop_inactive_slot(&c, slot).await
     }
-    async fn bootstrap(&self) -> Result<(), PgError> {
+    async fn initdb(&self) -> Result<String, PgError> {
         let inst = &self.inst;
-        tracing::info!("running initdb in {}", inst.cfg.data_dir.display());
-        inst.initdb().await?;
+        let staging = inst.staging_dir();
+        // A leftover is our own: an initdb whose identifier never got out.
+        if staging.exists() {
+            std::fs::remove_dir_all(&staging).map_err(|e| PgError::Io {
+                what: format!("removing stale {}", staging.display()),
+                source: e,
+            })?;
+        }
+        tracing::info!("running initdb in {}", staging.display());
+        inst.initdb(&staging).await?;
+        let cd = inst.controldata_of(&staging).await?;
+        cd.get("Database system identifier")
+            .cloned()
+            .ok_or_else(|| {
+                PgError::Refused("pg_controldata shows no system identifier after initdb".into())
+            })
+    }
+    async fn staged_initdb(&self) -> Option<String> {
+        let staging = self.inst.staging_dir();
+        if !staging.join("global/pg_control").exists() {
+            return None;
+        }
+        let cd = self.inst.controldata_of(&staging).await.ok()?;
+        cd.get("Database system identifier").cloned()
+    }
+    async fn adopt_initdb(&self) -> Result<(), PgError> {
+        let (staging, data) = (self.inst.staging_dir(), &self.inst.cfg.data_dir);
+        let io = |what: String| move |source| PgError::Io { what, source };
+        if data.exists() {
+            // inspect() found it empty; it goes so the rename can take its place.
+            std::fs::remove_dir(data).map_err(io(format!("removing empty {}", data.display())))?;
+        }
+        std::fs::rename(&staging, data).map_err(io(format!(
+            "moving {} into place as {}",
+            staging.display(),
+            data.display()
+        )))
+    }
+    async fn discard_initdb(&self) -> Result<(), PgError> {
+        let staging = self.inst.staging_dir();
+        std::fs::remove_dir_all(&staging).map_err(|source| PgError::Io {
+            what: format!("removing {}", staging.display()),
+            source,
+        })
+    }
+    async fn first_start(&self) -> Result<(), PgError> {
+        let inst = &self.inst;
         inst.start(&RunAs::Primary).await?;
         let client = inst.connect(Duration::from_secs(10)).await?;
         pg::create_replication_role(&client, &inst.cfg).await?;
@@ -356,7 +429,8 @@ impl Postgres for LocalPg {
         self.disconnect();
         self.inst.stop(mode).await
     }
-    async fn promote(&self) -> Result<(), PgError> {
+    async fn promote(&self, from: u32, to: u32) -> Result<(), PgError> {
+        self.inst.skip_timelines(from, to)?;
         self.inst.promote().await
     }
     async fn basebackup_from(&self, host: &str, port: u16) -> Result<(), PgError> {

@@ -93,7 +93,9 @@ pub(super) fn replica_ok(
         })
 }
 
-pub(super) fn status_json(s: &Snapshot) -> Value {
+/// The `/patroni` body for a snapshot (also what the simulator's peers
+/// answer, so elections there read what they read here).
+pub fn status_json(s: &Snapshot) -> Value {
     let mut v = json!({
         "state": s.member.state,
         "role": s.member.role,

@@ -19,7 +19,7 @@ mod control;
 mod health;
 mod metrics;
 
-pub use health::parse_size;
+pub use health::{parse_size, status_json};
 
 use control::{
     cancel_switchover, failover, patch_config, put_config, reinitialize, reload, restart,

@@ -94,8 +94,12 @@ impl Instance {
 
     /// `pg_controldata` as a map of its "Name: value" lines.
     pub async fn controldata(&self) -> Result<BTreeMap<String, String>, PgError> {
+        self.controldata_of(&self.cfg.data_dir).await
+    }
+
+    pub async fn controldata_of(&self, dir: &Path) -> Result<BTreeMap<String, String>, PgError> {
         let mut cmd = self.command("pg_controldata");
-        cmd.arg("-D").arg(&self.cfg.data_dir);
+        cmd.arg("-D").arg(dir);
         let out = self
             .run("pg_controldata", cmd, Duration::from_secs(10))
             .await?;
@@ -151,7 +155,21 @@ pub fn read_postmaster_pid(data_dir: &Path) -> Option<i32> {
     let pid: i32 = text.lines().next()?.trim().parse().ok()?;
     // Signal 0 probes existence; EPERM still means the process exists.
     match signal::kill(Pid::from_raw(pid), None) {
-        Ok(()) | Err(nix::errno::Errno::EPERM) => Some(pid),
-        Err(_) => None,
+        Ok(()) | Err(nix::errno::Errno::EPERM) if !is_zombie(pid) => Some(pid),
+        _ => None,
     }
+}
+
+/// A killed postmaster stays a zombie until its parent (init, since pg_ctl
+/// exited) reaps it; signal 0 still finds it, yet it holds no port, no
+/// shared memory and accepts nothing. Not every init reaps at once.
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // "pid (comm) state ...": comm may hold spaces and parentheses.
+            let rest = &s[s.rfind(')')? + 1..];
+            rest.split_whitespace().next().map(|st| st == "Z")
+        })
+        .unwrap_or(false)
 }

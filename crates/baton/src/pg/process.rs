@@ -6,12 +6,25 @@ use std::time::Duration;
 use super::conf::{render_pg_hba, render_postgresql_conf, write_owned};
 use super::{Instance, PgError, RunAs, StopMode};
 
+/// How long a fence waits for the postmaster to act on SIGQUIT, and then on
+/// SIGKILL. Both together stay well inside the default safety margin (1 s).
+const FENCE_GRACE: Duration = Duration::from_millis(300);
+
 impl Instance {
-    pub async fn initdb(&self) -> Result<(), PgError> {
-        self.prepare_dir(&self.cfg.data_dir)?;
+    /// Where a bootstrap's initdb runs: beside the data directory, which it
+    /// replaces only once the new cluster's identifier is in etcd.
+    pub fn staging_dir(&self) -> std::path::PathBuf {
+        let mut d = self.cfg.data_dir.clone().into_os_string();
+        d.push(".baton-initdb");
+        d.into()
+    }
+
+    /// initdb into `dir`.
+    pub async fn initdb(&self, dir: &std::path::Path) -> Result<(), PgError> {
+        self.prepare_dir(dir)?;
         let mut cmd = self.command("initdb");
         cmd.arg("-D")
-            .arg(&self.cfg.data_dir)
+            .arg(dir)
             // Checksums make pg_rewind possible later without wal_log_hints.
             .arg("--data-checksums")
             .arg("--encoding=UTF8")
@@ -21,7 +34,7 @@ impl Instance {
             .arg(&self.cfg.superuser.username);
         let mut pwfile = None;
         if let Some(pw) = &self.cfg.superuser.password {
-            let path = self.cfg.data_dir.with_extension("pwfile");
+            let path = dir.with_extension("pwfile");
             std::fs::write(&path, pw).map_err(|e| PgError::io("writing pwfile", e))?;
             if let Some((uid, gid)) = self.owner {
                 std::os::unix::fs::chown(&path, Some(uid), Some(gid)).ok();
@@ -122,8 +135,11 @@ impl Instance {
     /// `immediate` (SIGQUIT) is for fencing, when seconds matter more than a
     /// checkpoint (crash recovery replays the WAL on the next start).
     pub async fn stop(&self, mode: StopMode) -> Result<(), PgError> {
-        if self.postmaster_pid().is_none() {
+        let Some(pid) = self.postmaster_pid() else {
             return Ok(());
+        };
+        if mode == StopMode::Immediate {
+            return self.fence(pid).await;
         }
         let mut cmd = self.pg_ctl("stop");
         cmd.arg("-m").arg(mode.as_str());
@@ -133,6 +149,69 @@ impl Instance {
             Err(_) if self.postmaster_pid().is_none() => Ok(()),
             Err(e) => Err(e),
         }
+    }
+
+    /// Immediate stop for fencing: SIGQUIT, as `pg_ctl stop -m immediate`
+    /// sends, but without waiting on a postmaster that cannot act on it (one
+    /// that is SIGSTOPped, or wedged in I/O) and would accept writes again
+    /// once it could. After `FENCE_GRACE` its whole process group, which
+    /// holds every backend since `pg_ctl` starts the postmaster in a session
+    /// of its own, gets SIGKILL. Crash recovery replays the WAL next start.
+    async fn fence(&self, pid: i32) -> Result<(), PgError> {
+        use nix::sys::signal::{kill, killpg, Signal};
+        let p = nix::unistd::Pid::from_raw(pid);
+        let _ = kill(p, Signal::SIGQUIT);
+        if self.wait_exit(FENCE_GRACE).await {
+            return Ok(());
+        }
+        let own_group = nix::unistd::getpgid(Some(p)).is_ok_and(|g| g == p);
+        let sent = if own_group {
+            killpg(p, Signal::SIGKILL)
+        } else {
+            kill(p, Signal::SIGKILL)
+        };
+        tracing::warn!(
+            pid,
+            group = own_group,
+            "postmaster did not exit within {FENCE_GRACE:?} of SIGQUIT: sent SIGKILL ({sent:?})"
+        );
+        if self.wait_exit(FENCE_GRACE).await {
+            return Ok(());
+        }
+        Err(PgError::Refused(format!(
+            "postmaster {pid} still exists after SIGQUIT and SIGKILL"
+        )))
+    }
+
+    /// Whether the postmaster is gone within `limit`.
+    async fn wait_exit(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if self.postmaster_pid().is_none() {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Makes postgres promote onto timeline `to` rather than `from + 1`:
+    /// it takes the newest timeline with a history file in `pg_wal`, plus
+    /// one, so a placeholder for each timeline in between (a comment line
+    /// only) makes it skip them. Those numbers were used, or reserved, by a
+    /// promotion this member never saw.
+    pub fn skip_timelines(&self, from: u32, to: u32) -> Result<(), PgError> {
+        for tl in from.saturating_add(1)..to {
+            let path = self.cfg.data_dir.join(format!("pg_wal/{tl:08X}.history"));
+            if !path.exists() {
+                let text =
+                    format!("# Baton: timeline {tl} skipped; promotion goes to timeline {to}\n");
+                super::conf::write_owned(&path, &text, self.owner)?;
+            }
+        }
+        Ok(())
     }
 
     pub async fn promote(&self) -> Result<(), PgError> {

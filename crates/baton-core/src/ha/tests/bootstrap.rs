@@ -109,3 +109,44 @@ fn initialize_lost_from_etcd_is_republished_not_rebootstrapped() {
     assert_eq!(d.actions, vec![]);
     assert_eq!(d.reason.code(), "waiting_for_initialize");
 }
+
+/// Our bootstrap failed (its fresh data directory moved aside) while another
+/// member's cluster got initialized: the empty member clones that one.
+#[test]
+fn failed_bootstrap_clones_the_cluster_that_won() {
+    let mut c = cluster(Some(("n3", 9)));
+    c.status = Some(crate::cluster::StatusKey {
+        optime: Some(100),
+        slots: Some([("n1".to_string(), 0)].into()),
+        retain_slots: None,
+    });
+    let mut o = obs("n1", Some(c.clone()), DataDir::Empty, PgStatus::Stopped);
+    o.job = JobStatus::Failed(JobKind::Bootstrap, "publishing failed".into(), false);
+    assert_eq!(
+        decide(&o).actions,
+        vec![Action::Clone { from: "n3".into() }]
+    );
+    // While a claim stands, the failure is shown and nothing retried.
+    c.initialize = Some(String::new());
+    c.leader = None;
+    let mut o = obs("n1", Some(c), DataDir::Empty, PgStatus::Stopped);
+    o.job = JobStatus::Failed(JobKind::Bootstrap, "initdb failed".into(), false);
+    let d = decide(&o);
+    assert_eq!(d.actions, vec![]);
+    assert_eq!(d.reason.code(), "bootstrap_failed");
+}
+
+/// The bootstrapping member published its identifier and died before it
+/// took its initdb into place: back with an empty data directory, it finds
+/// the staged initdb etcd names and adopts it instead of waiting forever.
+#[test]
+fn staged_initdb_etcd_names_is_adopted() {
+    let mut c = cluster(None);
+    c.initialize = Some("7301".into());
+    let mut o = obs("n1", Some(c), DataDir::Empty, PgStatus::Stopped);
+    o.staged_initdb = Some("7301".into());
+    assert_eq!(decide(&o).actions, vec![Action::AdoptInitdb]);
+    // Another cluster's identifier: not ours to adopt.
+    o.staged_initdb = Some("7302".into());
+    assert_ne!(decide(&o).actions, vec![Action::AdoptInitdb]);
+}

@@ -22,7 +22,7 @@ fn healthiest_replica_takes_the_key_then_promotes() {
         decide(&o).actions,
         vec![
             Action::CreateSlots(vec!["n1".into(), "n3".into()]),
-            Action::Promote
+            Action::Promote { from: 1, to: 2 }
         ]
     );
 }

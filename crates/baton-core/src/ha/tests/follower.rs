@@ -103,6 +103,23 @@ fn replica_past_the_fork_point_stops_to_rewind() {
     assert_eq!(decide(&o).actions, vec![]);
 }
 
+/// A promotion onto a reserved timeline skips numbers: a replica left on
+/// timeline 2 when the leader went 1 -> 3 is on no timeline of the leader's
+/// line, whatever its position, and rewinds once it has failed to stream.
+#[test]
+fn replica_on_a_skipped_timeline_stops_to_rewind() {
+    let mut c = cluster(Some(("n1", 1)));
+    c.members.get_mut("n1").unwrap().timeline = Some(3);
+    c.history = Some(serde_json::json!([[1, 1000, "promoted", null, "n1"]]));
+    let mut o = obs("n2", Some(c), dir_on(2), replica_at(2, 900));
+    o.not_streaming_for = Some(Duration::from_secs(1));
+    assert_eq!(decide(&o).actions, vec![]);
+    o.not_streaming_for = Some(Duration::from_secs(4));
+    let d = decide(&o);
+    assert_eq!(d.actions, vec![Action::Stop]);
+    assert_eq!(d.reason.code(), "diverged");
+}
+
 #[test]
 fn replica_with_another_past_on_the_same_timeline_number_stops() {
     let mut c = cluster(Some(("n1", 1)));

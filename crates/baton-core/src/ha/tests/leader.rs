@@ -99,7 +99,7 @@ fn leader_holding_key_promotes_replica() {
         d.actions,
         vec![
             Action::CreateSlots(vec!["n2".into(), "n3".into()]),
-            Action::Promote
+            Action::Promote { from: 1, to: 2 }
         ]
     );
 }
@@ -176,4 +176,78 @@ fn crashed_leader_restarts_in_place_within_primary_start_timeout() {
     assert_eq!(d_actions(&o), vec![]);
     o.job = JobStatus::Running(JobKind::Start, Duration::from_secs(3));
     assert_eq!(d_actions(&o), vec![Action::Stop, Action::ReleaseLeader]);
+}
+
+/// A primary whose queries hang (SIGSTOPped, stuck on I/O) accepts writes
+/// again the moment it resumes: past the deadline it is fenced like a
+/// responsive one. A hung standby is left alone.
+#[test]
+fn unresponsive_primary_is_fenced_at_the_deadline() {
+    let mut o = obs("n1", None, valid(), PgStatus::Unresponsive);
+    o.last_renewal_sent = Some(o.now - Duration::from_secs(3));
+    let d = decide(&o);
+    assert_eq!(d.actions, vec![Action::Stop]);
+    assert!(matches!(d.reason, Reason::EtcdUnreachableFencing { .. }));
+
+    let mut o = obs("n1", None, dir_on(1), PgStatus::Unresponsive);
+    o.last_renewal_sent = Some(o.now - Duration::from_secs(3));
+    assert_eq!(decide(&o).actions, vec![]);
+}
+
+/// The view still names us leader (its lease expires a moment later) but
+/// our renewal is overdue: a stopped leader does not start as primary, a
+/// replica holding the key does not promote.
+#[test]
+fn overdue_lease_starts_or_promotes_no_primary() {
+    let mut o = obs(
+        "n1",
+        Some(cluster(Some(("n1", 7)))),
+        valid(),
+        PgStatus::Stopped,
+    );
+    o.last_renewal_sent = Some(o.now - Duration::from_secs(3));
+    let d = decide(&o);
+    assert_eq!(d.actions, vec![]);
+    assert_eq!(d.reason.code(), "lease_overdue");
+    // Inside the deadline it starts.
+    o.last_renewal_sent = Some(o.now - Duration::from_millis(2900));
+    assert_eq!(decide(&o).actions, vec![Action::StartPrimary]);
+
+    let mut o = obs(
+        "n1",
+        Some(cluster(Some(("n1", 7)))),
+        dir_on(1),
+        running(true),
+    );
+    o.last_renewal_sent = Some(o.now - Duration::from_secs(4));
+    assert!(!decide(&o)
+        .actions
+        .iter()
+        .any(|a| matches!(a, Action::Promote { .. })));
+}
+
+/// Two promotions never share a timeline number: the next one is above
+/// every timeline reserved, published in a member key or in `history`.
+#[test]
+fn promotion_takes_a_timeline_nobody_used() {
+    let mut c = cluster(Some(("n1", 7)));
+    assert_eq!(c.next_timeline(1), 2);
+    // Another member promoted to 4 before and was cut off: its key shows it.
+    c.members.get_mut("n3").unwrap().timeline = Some(4);
+    assert_eq!(c.next_timeline(3), 5);
+    // Its promotion was reserved even though nothing else was published.
+    c.members.get_mut("n3").unwrap().timeline = Some(1);
+    c.timeline_reserved = Some(6);
+    assert_eq!(c.next_timeline(3), 7);
+    c.history = Some(serde_json::json!([
+        [1, 100, "promoted", null, "n1"],
+        [7, 900, "promoted", null, "n2"]
+    ]));
+    assert_eq!(c.next_timeline(3), 9);
+    let d = decide(&obs("n1", Some(c), dir_on(3), replica_at(3, 1000)));
+    assert!(
+        d.actions.contains(&Action::Promote { from: 3, to: 9 }),
+        "{:?}",
+        d.actions
+    );
 }

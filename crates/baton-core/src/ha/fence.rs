@@ -1,0 +1,82 @@
+//! When the agent's fence timer must be armed: whenever postgres is, or may
+//! become, a primary. The loop checks the lease deadline once per tick, but a
+//! tick that waits on a hanging etcd and a hanging postgres can take several
+//! `retry_timeout`s; the timer fires at the deadline itself (rule 2), wherever
+//! the loop is.
+
+use crate::instance::DataDir;
+
+use super::{JobKind, PgStatus};
+
+/// Whether the fence timer guards this member now. `job` is the job running,
+/// `i_lead` whether the leader key names this member.
+pub fn armed(pg: &PgStatus, data_dir: &DataDir, job: Option<JobKind>, i_lead: bool) -> bool {
+    let standby_dir = matches!(data_dir, DataDir::Valid { standby: true, .. });
+    let may_be_primary = match pg {
+        PgStatus::Running(r) => !r.in_recovery,
+        PgStatus::Unresponsive => !standby_dir,
+        PgStatus::Stopped => false,
+    };
+    let job_may_make_one = match job {
+        Some(JobKind::Bootstrap | JobKind::Promote | JobKind::Switchover) => true,
+        Some(JobKind::Start | JobKind::Restart) => i_lead || !standby_dir,
+        Some(JobKind::Clone | JobKind::Rewind | JobKind::Rebuild) | None => false,
+    };
+    may_be_primary || job_may_make_one
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::instance::Running;
+
+    fn dir(standby: bool) -> DataDir {
+        DataDir::Valid {
+            system_id: "1".into(),
+            standby,
+            timeline: Some(1),
+            history: vec![],
+            clean_shutdown: false,
+            checkpoint: None,
+        }
+    }
+
+    fn running(in_recovery: bool) -> PgStatus {
+        PgStatus::Running(Box::new(Running {
+            in_recovery,
+            ..Running::default()
+        }))
+    }
+
+    #[test]
+    fn armed_for_primaries_and_what_may_become_one() {
+        assert!(armed(&running(false), &dir(false), None, true));
+        assert!(!armed(&running(true), &dir(true), None, false));
+        // A hung postmaster counts unless its data directory says standby.
+        assert!(armed(&PgStatus::Unresponsive, &dir(false), None, false));
+        assert!(!armed(&PgStatus::Unresponsive, &dir(true), None, false));
+        // Jobs that can end with a primary.
+        for job in [JobKind::Bootstrap, JobKind::Promote, JobKind::Switchover] {
+            assert!(armed(&running(true), &dir(true), Some(job), false), "{job}");
+        }
+        assert!(armed(
+            &PgStatus::Stopped,
+            &dir(true),
+            Some(JobKind::Start),
+            true
+        ));
+        assert!(!armed(
+            &PgStatus::Stopped,
+            &dir(true),
+            Some(JobKind::Start),
+            false
+        ));
+        assert!(!armed(
+            &PgStatus::Stopped,
+            &DataDir::Empty,
+            Some(JobKind::Clone),
+            false
+        ));
+        assert!(!armed(&PgStatus::Stopped, &dir(false), None, true));
+    }
+}

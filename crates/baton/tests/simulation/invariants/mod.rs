@@ -1,0 +1,13 @@
+//! The invariants, one per file. `broken` runs the safety ones after every
+//! change to the world; `converges` is checked once the faults stop.
+
+pub mod converges;
+pub mod single_writer;
+pub mod timeline_prefix;
+
+use crate::world::World;
+
+/// The first safety invariant that does not hold now, if any.
+pub fn broken(w: &World) -> Option<String> {
+    single_writer::check(w).or_else(|| timeline_prefix::check(w))
+}

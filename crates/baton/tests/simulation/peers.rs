@@ -1,0 +1,47 @@
+//! The agent's `Peers`: another member's `/patroni`, built by the real
+//! API code from that agent's latest snapshot, unless the network between
+//! them is cut or that agent is dead or stalled (then the request times
+//! out, as reqwest's would).
+
+use std::time::Duration;
+
+use baton::agent::Peers;
+
+use crate::world::Shared;
+
+pub struct SimPeers {
+    pub world: Shared,
+    pub node: usize,
+    pub epoch: u64,
+    pub timeout: Duration,
+}
+
+impl Peers for SimPeers {
+    async fn status(&self, api_url: &str) -> Option<serde_json::Value> {
+        self.world.gate(self.node, self.epoch).await;
+        let host = api_url.split("://").nth(1)?.split(':').next()?.to_string();
+        let answer = {
+            let w = self.world.lock();
+            let t = w.index(&host)?;
+            let target = &w.nodes[t];
+            let stalled = target
+                .stalled_until
+                .is_some_and(|s| s > tokio::time::Instant::now());
+            let up = !w.nodes[self.node].isolated && !target.isolated && target.agent_alive;
+            match (&target.handle, up && !stalled) {
+                (Some(h), true) => Some(baton::api::status_json(&h.snapshot())),
+                _ => None,
+            }
+        };
+        match answer {
+            Some(v) => {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                Some(v)
+            }
+            None => {
+                tokio::time::sleep(self.timeout).await;
+                None
+            }
+        }
+    }
+}
