@@ -78,23 +78,47 @@ fn real_agents_stay_safe_and_converge_under_faults() {
     trace();
     let started = std::time::Instant::now();
     let seeds = seeds(2000);
-    let mut failed = vec![];
-    for &seed in &seeds {
-        if let Err(f) = driver::run(seed, Faults::agent_alone(), PLAN) {
-            let r = report("real_agents_stay_safe_and_converge_under_faults", seed, &f);
-            // BATON_SIM_ALL=1 runs on past a failure and lists them all.
-            if std::env::var_os("BATON_SIM_ALL").is_none() {
-                panic!("{r}");
-            }
-            eprintln!("{}", r.lines().next().unwrap_or_default());
-            failed.push(seed);
-        }
+    // Seeds are independent (a runtime each): one thread per core.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // BATON_SIM_ALL=1 runs on past a failure and lists them all.
+    let all = std::env::var_os("BATON_SIM_ALL").is_some();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let mut failed: Vec<(u64, driver::Failure)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let (seeds, stop) = (&seeds, &stop);
+                s.spawn(move || {
+                    trace();
+                    let mut failed = vec![];
+                    for &seed in seeds.iter().skip(t).step_by(threads) {
+                        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                            break;
+                        }
+                        if let Err(f) = driver::run(seed, Faults::agent_alone(), PLAN) {
+                            stop.store(!all, std::sync::atomic::Ordering::Relaxed);
+                            failed.push((seed, f));
+                        }
+                    }
+                    failed
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("a seed thread panicked"))
+            .collect()
+    });
+    failed.sort_by_key(|(seed, _)| *seed);
+    for (seed, f) in &failed {
+        eprintln!("seed {seed}: {}", f.what);
     }
-    assert!(
-        failed.is_empty(),
-        "{} failing seeds: {failed:?}",
-        failed.len()
-    );
+    if let Some((seed, f)) = failed.first() {
+        panic!(
+            "{} failing seed(s); the first:\n{}",
+            failed.len(),
+            report("real_agents_stay_safe_and_converge_under_faults", *seed, f)
+        );
+    }
     let secs = started.elapsed().as_secs_f64();
     eprintln!(
         "RESULT seeds={} seconds={secs:.1} seeds_per_s={:.1} violations=0",
