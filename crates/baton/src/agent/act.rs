@@ -78,6 +78,15 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
                         ));
                     }
                     inst.adopt_initdb().await.map_err(|e| e.to_string())?;
+                    // Rule 1: the leader key, taken before initdb, may have
+                    // expired while etcd was out of reach; then the loop starts
+                    // this cluster read-only and elects a leader as usual.
+                    let view = dcs.load().await.map_err(|e| e.to_string())?;
+                    if view.leader_name() != Some(me.as_str()) {
+                        return Err(format!(
+                            "cluster {id} initialized, but the leader key is no longer ours: not starting it as primary"
+                        ));
+                    }
                     tracing::info!(system_id = %id, "cluster initialized");
                     inst.first_start().await.map_err(|e| e.to_string())
                 });

@@ -292,6 +292,9 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
         }
         let now = now();
         self.renew_lease().await;
+        // Before reading etcd: a failed job's clean-up (a bootstrap's claim
+        // given up) changes keys this tick's view must already show.
+        let job = self.poll_job().await;
         let cluster = match self.dcs.load().await {
             Ok(v) => Some(v),
             Err(e) => {
@@ -314,7 +317,6 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
                 }
             }
         }
-        let job = self.poll_job().await;
         let (pg, data_dir) = self.observe_postgres().await;
         self.not_streaming_since = match &pg {
             PgStatus::Running(r) if r.in_recovery && !r.receiver_streaming => {
