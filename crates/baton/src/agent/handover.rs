@@ -7,7 +7,7 @@ use std::time::Duration;
 use baton_core::cluster::LeaseId;
 
 use super::{now, since, Postgres, Store};
-use crate::pg::{RunAs, StopMode};
+use crate::pg::StopMode;
 
 /// A planned handover from `me` to `candidate`, whose postgres listens on
 /// `host:port` and whose member key hangs on `lease`; `limit` bounds the
@@ -21,8 +21,11 @@ pub(super) struct Handover {
     pub(super) limit: Duration,
 }
 
-/// Runs the handover; on failure the old leader, which still holds the
-/// key, starts again as primary and nothing is lost.
+/// Runs the handover; on failure the request is cleared and the job ends.
+/// The job never restarts postgres itself: the loop, woken by the job's end,
+/// starts it again as primary only if the leader key is still ours on a
+/// fresh lease (rule 1; the key may have expired while the handover
+/// waited), and nothing is lost either way.
 pub(super) async fn switchover(
     inst: &impl Postgres,
     dcs: &impl Store,
@@ -31,16 +34,11 @@ pub(super) async fn switchover(
     let result = handover(inst, dcs, h).await;
     if let Err(e) = &result {
         tracing::error!(
-            "switchover to {} aborted: {e}; resuming as primary",
+            "switchover to {} aborted: {e}; the loop restarts postgres as primary if the key is still ours",
             h.candidate
         );
         if let Err(ce) = dcs.clear_failover().await {
             tracing::warn!("could not clear the failover request: {ce}");
-        }
-        if !inst.postmaster_running() {
-            inst.start(&RunAs::Primary)
-                .await
-                .map_err(|se| format!("{e}; restarting as primary failed too: {se}"))?;
         }
     }
     result

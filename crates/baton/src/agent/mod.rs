@@ -337,7 +337,10 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
         };
         let obs = Observation {
             me: self.cfg.name.clone(),
-            now,
+            // Read after the tick's I/O, not before: a renewal and a read
+            // that each hang for retry_timeout must count against the lease
+            // deadline (REVIEW-SAFETY: the sample was stale by up to 2 s).
+            now: self::now(),
             cluster: cluster.clone(),
             lease: self.lease,
             last_renewal_sent: self.last_renewal_sent,
