@@ -26,20 +26,27 @@ pub fn init() {
     });
 }
 
+/// A TLS file or client that could not be set up; the message names the
+/// file (and the config key) that is wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct TlsError(String);
+
 /// An HTTP(S) client for agents' REST APIs.
-pub fn http_client(timeout: Duration, cafile: Option<&Path>) -> anyhow::Result<reqwest::Client> {
+pub fn http_client(timeout: Duration, cafile: Option<&Path>) -> Result<reqwest::Client, TlsError> {
     init();
     let mut b = reqwest::Client::builder().timeout(timeout);
     if let Some(path) = cafile {
         let pem = std::fs::read(path)
-            .map_err(|e| anyhow::anyhow!("reading cafile {}: {e}", path.display()))?;
+            .map_err(|e| TlsError(format!("reading cafile {}: {e}", path.display())))?;
         for cert in reqwest::Certificate::from_pem_bundle(&pem)
-            .map_err(|e| anyhow::anyhow!("cafile {}: {e}", path.display()))?
+            .map_err(|e| TlsError(format!("cafile {}: {e}", path.display())))?
         {
             b = b.tls_certs_merge([cert]);
         }
     }
-    Ok(b.build()?)
+    b.build()
+        .map_err(|e| TlsError(format!("building the HTTP client: {e}")))
 }
 
 /// An agent's answer to a control request: its status and the text of its
@@ -61,20 +68,23 @@ pub async fn read_answer(resp: reqwest::Response) -> (reqwest::StatusCode, Strin
 }
 
 /// Builds the server side from PEM files, naming the file that is wrong.
-pub fn acceptor(certfile: &Path, keyfile: &Path) -> anyhow::Result<TlsAcceptor> {
+pub fn acceptor(certfile: &Path, keyfile: &Path) -> Result<TlsAcceptor, TlsError> {
     init();
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(certfile)
         .and_then(|it| it.collect::<Result<_, _>>())
-        .map_err(|e| anyhow::anyhow!("api.certfile {}: {e}", certfile.display()))?;
+        .map_err(|e| TlsError(format!("api.certfile {}: {e}", certfile.display())))?;
     if certs.is_empty() {
-        anyhow::bail!("api.certfile {}: no certificate found", certfile.display());
+        return Err(TlsError(format!(
+            "api.certfile {}: no certificate found",
+            certfile.display()
+        )));
     }
     let key = PrivateKeyDer::from_pem_file(keyfile)
-        .map_err(|e| anyhow::anyhow!("api.keyfile {}: {e}", keyfile.display()))?;
+        .map_err(|e| TlsError(format!("api.keyfile {}: {e}", keyfile.display())))?;
     let config = rustls::ServerConfig::builder()
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .map_err(|e| anyhow::anyhow!("api.certfile/keyfile: {e}"))?;
+        .map_err(|e| TlsError(format!("api.certfile/keyfile: {e}")))?;
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 

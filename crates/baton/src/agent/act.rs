@@ -9,19 +9,32 @@ use baton_core::instance::slot_name;
 use super::handover::{switchover, Handover};
 use super::jobs::JobError;
 use super::{Agent, Peers, Postgres, Store};
-use crate::pg::{RunAs, StopMode};
+use crate::dcs::DcsError;
+use crate::pg::{PgError, RunAs, StopMode};
+
+/// Why an action failed; the loop logs it and decides again next tick.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum ActError {
+    #[error(transparent)]
+    Dcs(#[from] DcsError),
+    #[error(transparent)]
+    Pg(#[from] PgError),
+    /// The view lacks what the action needs (a member's address, its lease).
+    #[error("{0}")]
+    Missing(String),
+}
 
 impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
     pub(super) fn member_pg_address(
         &self,
         obs: &Observation,
         member: &str,
-    ) -> anyhow::Result<(String, u16)> {
+    ) -> Result<(String, u16), ActError> {
         obs.cluster
             .as_ref()
             .and_then(|c| c.members.get(member))
             .and_then(|m| m.pg_address())
-            .ok_or_else(|| anyhow::anyhow!("member {member} has no usable conn_url"))
+            .ok_or_else(|| ActError::Missing(format!("member {member} has no usable conn_url")))
     }
 
     pub(super) fn leader_run_as(&self, cluster: &ClusterView, leader: &str) -> Option<RunAs> {
@@ -45,7 +58,7 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
         &mut self,
         action: &Action,
         obs: &Observation,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), ActError> {
         let me = self.cfg.name.clone();
         match action {
             Action::Bootstrap => {
@@ -100,7 +113,9 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
                 let cluster = obs.cluster.as_ref().expect("decided with a cluster view");
                 let (host, port) = self.member_pg_address(obs, candidate)?;
                 let Some(lease) = cluster.member_leases.get(candidate).copied() else {
-                    anyhow::bail!("candidate {candidate} has no member lease");
+                    return Err(ActError::Missing(format!(
+                        "candidate {candidate} has no member lease"
+                    )));
                 };
                 let (inst, dcs, cand) = (self.inst.clone(), self.dcs.clone(), candidate.clone());
                 let limit = self.config.ttl();
@@ -257,7 +272,7 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
                 let cluster = obs.cluster.as_ref().expect("decided with a cluster view");
                 let Some((host, port)) = cluster.members.get(from).and_then(|m| m.pg_address())
                 else {
-                    anyhow::bail!("leader {from} has no conn_url");
+                    return Err(ActError::Missing(format!("leader {from} has no conn_url")));
                 };
                 let inst = self.inst.clone();
                 self.spawn_job(JobKind::Clone, async move {
@@ -276,7 +291,9 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
             Action::StartReplica { leader } => {
                 let cluster = obs.cluster.as_ref().expect("decided with a cluster view");
                 let Some(run_as) = self.leader_run_as(cluster, leader) else {
-                    anyhow::bail!("leader {leader} has no conn_url");
+                    return Err(ActError::Missing(format!(
+                        "leader {leader} has no conn_url"
+                    )));
                 };
                 let inst = self.inst.clone();
                 self.spawn_job(JobKind::Start, async move {
@@ -286,7 +303,9 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
             Action::Follow { leader } => {
                 let cluster = obs.cluster.as_ref().expect("decided with a cluster view");
                 let Some(run_as) = self.leader_run_as(cluster, leader) else {
-                    anyhow::bail!("leader {leader} has no conn_url");
+                    return Err(ActError::Missing(format!(
+                        "leader {leader} has no conn_url"
+                    )));
                 };
                 self.inst.follow(&run_as).await?;
             }

@@ -75,6 +75,20 @@ pub struct Snapshot {
     pub last_failure: Option<(JobKind, String)>,
 }
 
+/// Why an agent could not start, or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Pg(#[from] crate::pg::PgError),
+    #[error(transparent)]
+    Dcs(#[from] DcsError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    /// A critical task ended; a half-alive agent is worse than a dead one.
+    #[error("the {0} ended")]
+    TaskEnded(String),
+}
+
 /// The loop's clock: tokio's, which the simulator pauses and advances.
 pub fn now() -> Instant {
     tokio::time::Instant::now().into_std()
@@ -123,7 +137,7 @@ pub struct Agent<S = Dcs, P = LocalPg, H = HttpPeers> {
 
 impl Agent {
     /// The production agent: etcd, the local postgres, peers over HTTP(S).
-    pub async fn new(cfg: NodeConfig) -> anyhow::Result<Agent> {
+    pub async fn new(cfg: NodeConfig) -> Result<Agent, AgentError> {
         let inst = LocalPg::new(cfg.postgresql.clone(), cfg.name.clone())?;
         let config = cfg.bootstrap.clone();
         let dcs = Dcs::connect(&cfg.etcd.endpoints, cfg.prefix(), config.retry_timeout()).await?;
@@ -199,14 +213,14 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
 
     /// Runs until `shutdown` fires, then stops postgres and gives up the
     /// leader key (DESIGN.md rule 6).
-    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), AgentError> {
         // One span per agent: every line it and its jobs log carries the
         // scope and the member, so several agents can share one log.
         let span = tracing::info_span!("agent", scope = %self.cfg.scope, member = %self.cfg.name);
         self.run_loop(shutdown).instrument(span).await
     }
 
-    async fn run_loop(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
+    async fn run_loop(mut self, shutdown: CancellationToken) -> Result<(), AgentError> {
         let mut watch = tokio::spawn(self.dcs.clone().watch_changes(self.wake.clone()));
         let mut fence = spawn_fence(self.inst.clone(), self.fence.subscribe(), self.wake.clone());
         let result = loop {
@@ -226,8 +240,8 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
                 // The watch task never ends by itself: if it did (a panic),
                 // the agent is half-alive, and a half-alive agent is worse
                 // than a dead one.
-                r = &mut watch => break Err(anyhow::anyhow!("the etcd watch task ended: {r:?}")),
-                r = &mut fence => break Err(anyhow::anyhow!("the fence timer ended: {r:?}")),
+                r = &mut watch => break Err(AgentError::TaskEnded(format!("etcd watch task ({r:?})"))),
+                r = &mut fence => break Err(AgentError::TaskEnded(format!("fence timer ({r:?})"))),
             }
         };
         watch.abort();

@@ -64,7 +64,7 @@ impl Target {
             (None, Some(path)) => NodeConfig::load(path)?.api.cafile,
             (None, None) => None,
         };
-        baton::tls::http_client(timeout, cafile.as_deref())
+        Ok(baton::tls::http_client(timeout, cafile.as_deref())?)
     }
 
     pub async fn view(&self) -> anyhow::Result<(String, ClusterView)> {

@@ -120,7 +120,7 @@ retry_timeout = 1
 }
 
 struct Agents {
-    tasks: Vec<Option<JoinHandle<anyhow::Result<()>>>>,
+    tasks: Vec<Option<JoinHandle<Result<(), baton::agent::AgentError>>>>,
     /// Killed agents and when they come back.
     restarts: Vec<(Instant, usize)>,
 }
