@@ -267,9 +267,38 @@ impl Dcs {
         self.create_if_absent("config", &json, None).await
     }
 
-    pub async fn put_status(&self, status: &StatusKey) -> Result<(), DcsError> {
+    /// `status` is the leader's key: written only while the leader key is
+    /// ours on `lease` (a deposed leader's last tick cannot overwrite the
+    /// new leader's position and slots). `false`: not written.
+    pub async fn put_status(
+        &self,
+        me: &str,
+        lease: LeaseId,
+        status: &StatusKey,
+    ) -> Result<bool, DcsError> {
         let json = serde_json::to_string(status).expect("status serializes");
-        self.put("status", json, None).await
+        self.put_as_leader("status", json, me, lease).await
+    }
+
+    /// A put that only the holder of the leader key on `lease` makes.
+    async fn put_as_leader(
+        &self,
+        rel: &str,
+        value: String,
+        me: &str,
+        lease: LeaseId,
+    ) -> Result<bool, DcsError> {
+        let leader = self.key("leader");
+        let key = self.key(rel);
+        self.txn(
+            Txn::new()
+                .when([
+                    Compare::value(leader.as_str(), CompareOp::Equal, me),
+                    Compare::lease(leader.as_str(), CompareOp::Equal, lease.0),
+                ])
+                .and_then([TxnOp::put(key.as_str(), value, None)]),
+        )
+        .await
     }
 
     /// Switchover handover: the leader key moves from `from` to `to`, onto
@@ -368,8 +397,15 @@ impl Dcs {
         .await
     }
 
-    pub async fn put_history(&self, history: &serde_json::Value) -> Result<(), DcsError> {
-        self.put("history", history.to_string(), None).await
+    /// `history`, like `status`, only from the holder of the leader key.
+    pub async fn put_history(
+        &self,
+        me: &str,
+        lease: LeaseId,
+        history: &serde_json::Value,
+    ) -> Result<bool, DcsError> {
+        self.put_as_leader("history", history.to_string(), me, lease)
+            .await
     }
 
     async fn put(&self, rel: &str, value: String, lease: Option<LeaseId>) -> Result<(), DcsError> {

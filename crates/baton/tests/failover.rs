@@ -194,9 +194,10 @@ async fn nofailover_and_lag_limit_keep_everyone_out() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn leader_cut_off_from_etcd_stops_writes_before_anyone_promotes() {
-    let mut t = TestCluster::new("fence", ClusterOptions::default());
+/// A cluster led by node1 whose agents reach etcd each through a relay the
+/// test can cut (connections refused), and the relays.
+async fn led_by_node1_through_relays(name: &str) -> (TestCluster, Vec<Relay>) {
+    let mut t = TestCluster::new(name, ClusterOptions::default());
     let etcd_port = t.c.etcd.port();
     let mut relays = vec![];
     for i in 0..3 {
@@ -204,20 +205,13 @@ async fn leader_cut_off_from_etcd_stops_writes_before_anyone_promotes() {
         t.c.set_etcd_endpoint(i, &r.endpoint).unwrap();
         relays.push(r);
     }
-    t.c.start_agent(0).unwrap();
-    wait_for("node1 leading", Duration::from_secs(60), || async {
-        let s = t.c.status().await.map_err(|e| format!("{e:#}"))?;
-        if s.leader.as_deref() == Some("node1") {
-            Ok(())
-        } else {
-            Err(s.render())
-        }
-    })
-    .await;
-    t.c.start_agent(1).unwrap();
-    t.c.start_agent(2).unwrap();
-    t.wait_state(ClusterState::Normal, Duration::from_secs(90))
-        .await;
+    t.start_led_by_node1().await;
+    (t, relays)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_cut_off_from_etcd_stops_writes_before_anyone_promotes() {
+    let (t, relays) = led_by_node1_through_relays("fence").await;
     workload::create_table(
         &workload::read_write_config(&t.c.pg_hosts(), "postgres"),
         "f",
@@ -316,29 +310,7 @@ async fn leader_cut_off_from_etcd_stops_writes_before_anyone_promotes() {
 /// does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hung_leader_cut_off_from_etcd_is_killed_before_anyone_promotes() {
-    let mut t = TestCluster::new("hungfence", ClusterOptions::default());
-    let etcd_port = t.c.etcd.port();
-    let mut relays = vec![];
-    for i in 0..3 {
-        let r = Relay::start(etcd_port).await;
-        t.c.set_etcd_endpoint(i, &r.endpoint).unwrap();
-        relays.push(r);
-    }
-    for i in 0..3 {
-        if i == 1 {
-            wait_for("node1 leading", Duration::from_secs(60), || async {
-                let s = t.c.status().await.map_err(|e| format!("{e:#}"))?;
-                match s.leader.as_deref() {
-                    Some("node1") => Ok(()),
-                    _ => Err(s.render()),
-                }
-            })
-            .await;
-        }
-        t.c.start_agent(i).unwrap();
-    }
-    t.wait_state(ClusterState::Normal, Duration::from_secs(90))
-        .await;
+    let (t, relays) = led_by_node1_through_relays("hungfence").await;
     let pid = t.c.nodes[0].postmaster_pid().expect("node1 runs postgres");
     let group = nix::unistd::Pid::from_raw(pid);
     nix::sys::signal::killpg(group, Signal::SIGSTOP).unwrap();

@@ -239,8 +239,14 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
                     &me,
                     chrono::Utc::now(),
                 );
-                self.dcs.put_history(&history).await?;
-                tracing::info!(timeline = tl, "history updated");
+                let Some(lease) = self.lease else {
+                    return Ok(());
+                };
+                if self.dcs.put_history(&me, lease, &history).await? {
+                    tracing::info!(timeline = tl, "history updated");
+                } else {
+                    tracing::warn!("history not written: the leader key is no longer ours");
+                }
             }
             Action::PublishInitialize(id) => {
                 if self.dcs.set_initialize(id).await? {
@@ -386,7 +392,12 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
                     slots: Some(slots),
                     retain_slots: Some(retain),
                 };
-                self.dcs.put_status(&status).await?;
+                let Some(lease) = self.lease else {
+                    return Ok(());
+                };
+                if !self.dcs.put_status(&me, lease, &status).await? {
+                    tracing::warn!("status not written: the leader key is no longer ours");
+                }
             }
         }
         Ok(())

@@ -65,7 +65,14 @@ pub trait Store: Clone + Send + Sync + 'static {
         &self,
         config: &DynamicConfig,
     ) -> impl Future<Output = Result<bool, DcsError>> + Send;
-    fn put_status(&self, status: &StatusKey) -> impl Future<Output = Result<(), DcsError>> + Send;
+    /// Leader-only keys: written only while the leader key is `me`'s on
+    /// `lease`; `false` when it is not.
+    fn put_status(
+        &self,
+        me: &str,
+        lease: LeaseId,
+        status: &StatusKey,
+    ) -> impl Future<Output = Result<bool, DcsError>> + Send;
     /// Moves the leader key from `me` to `to` on `lease` in one transaction,
     /// if the key is still ours and `to`'s member key still on `lease`.
     fn transfer_leader(
@@ -86,8 +93,10 @@ pub trait Store: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<bool, DcsError>> + Send;
     fn put_history(
         &self,
+        me: &str,
+        lease: LeaseId,
         history: &serde_json::Value,
-    ) -> impl Future<Output = Result<(), DcsError>> + Send;
+    ) -> impl Future<Output = Result<bool, DcsError>> + Send;
     fn set_timeout(&mut self, timeout: Duration);
     /// Notifies `wake` whenever a key that changes decisions changes; runs
     /// for as long as the agent does (a task of its own, hence `self`).
@@ -233,8 +242,13 @@ impl Store for Dcs {
     ) -> impl Future<Output = Result<bool, DcsError>> + Send {
         Dcs::init_config(self, config)
     }
-    fn put_status(&self, status: &StatusKey) -> impl Future<Output = Result<(), DcsError>> + Send {
-        Dcs::put_status(self, status)
+    fn put_status(
+        &self,
+        me: &str,
+        lease: LeaseId,
+        status: &StatusKey,
+    ) -> impl Future<Output = Result<bool, DcsError>> + Send {
+        Dcs::put_status(self, me, lease, status)
     }
     fn transfer_leader(
         &self,
@@ -258,9 +272,11 @@ impl Store for Dcs {
     }
     fn put_history(
         &self,
+        me: &str,
+        lease: LeaseId,
         history: &serde_json::Value,
-    ) -> impl Future<Output = Result<(), DcsError>> + Send {
-        Dcs::put_history(self, history)
+    ) -> impl Future<Output = Result<bool, DcsError>> + Send {
+        Dcs::put_history(self, me, lease, history)
     }
     fn set_timeout(&mut self, timeout: Duration) {
         Dcs::set_timeout(self, timeout)

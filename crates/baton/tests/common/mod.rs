@@ -319,6 +319,14 @@ impl TestCluster {
         for (i, toml) in per_node {
             t.c.append_config(*i, toml).unwrap();
         }
+        t.start_led_by_node1().await;
+        t
+    }
+
+    /// Starts node1 first so it bootstraps and leads, then the others;
+    /// returns once the cluster is Normal.
+    pub async fn start_led_by_node1(&mut self) {
+        let t = self;
         t.c.start_agent(0).unwrap();
         wait_for("node1 leading", Duration::from_secs(60), || async {
             let s = t.c.status().await.map_err(|e| format!("{e:#}"))?;
@@ -336,7 +344,6 @@ impl TestCluster {
         }
         t.wait_state(ClusterState::Normal, Duration::from_secs(90))
             .await;
-        t
     }
 }
 

@@ -80,6 +80,28 @@ impl SimStore {
         }
     }
 
+    /// `Dcs::put_as_leader`: a put guarded by the leader key on `lease`.
+    async fn put_as_leader(
+        &self,
+        rel: &'static str,
+        value: String,
+        me: &str,
+        lease: LeaseId,
+    ) -> Result<bool, DcsError> {
+        let me = me.to_string();
+        self.call(move |w| {
+            let ours = w
+                .etcd
+                .get("leader")
+                .is_some_and(|kv| kv.value == me && kv.lease == lease.0);
+            if ours {
+                w.etcd.put(rel, &value, 0);
+            }
+            Ok(ours)
+        })
+        .await
+    }
+
     fn create_if_absent(
         w: &mut World,
         rel: &str,
@@ -233,13 +255,14 @@ impl Store for SimStore {
         })
         .await
     }
-    async fn put_status(&self, status: &StatusKey) -> Result<(), DcsError> {
+    async fn put_status(
+        &self,
+        me: &str,
+        lease: LeaseId,
+        status: &StatusKey,
+    ) -> Result<bool, DcsError> {
         let json = serde_json::to_string(status).expect("status serializes");
-        self.call(move |w| {
-            w.etcd.put("status", &json, 0);
-            Ok(())
-        })
-        .await
+        self.put_as_leader("status", json, me, lease).await
     }
     async fn transfer_leader(&self, me: &str, to: &str, lease: LeaseId) -> Result<bool, DcsError> {
         let (me, to) = (me.to_string(), to.to_string());
@@ -292,13 +315,14 @@ impl Store for SimStore {
         })
         .await
     }
-    async fn put_history(&self, history: &serde_json::Value) -> Result<(), DcsError> {
-        let json = history.to_string();
-        self.call(move |w| {
-            w.etcd.put("history", &json, 0);
-            Ok(())
-        })
-        .await
+    async fn put_history(
+        &self,
+        me: &str,
+        lease: LeaseId,
+        history: &serde_json::Value,
+    ) -> Result<bool, DcsError> {
+        self.put_as_leader("history", history.to_string(), me, lease)
+            .await
     }
     fn set_timeout(&mut self, timeout: Duration) {
         self.timeout = timeout;
