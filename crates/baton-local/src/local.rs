@@ -17,6 +17,7 @@ use anyhow::{bail, Context};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+use baton::agent::Store as _;
 use baton_core::cluster::ClusterView;
 use baton_core::status::ClusterStatus;
 

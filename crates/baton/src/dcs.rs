@@ -13,8 +13,14 @@ use etcd_client::{
     WatchStream,
 };
 
+use std::sync::Arc;
+
+use tokio::sync::Notify;
+
 use baton_core::cluster::{ClusterView, FailoverKey, LeaseId, Member, StatusKey};
 use baton_core::config::DynamicConfig;
+
+use crate::agent::Store;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DcsError {
@@ -85,63 +91,8 @@ impl Dcs {
         &self.prefix
     }
 
-    pub fn set_timeout(&mut self, timeout: Duration) {
-        self.timeout = timeout;
-    }
-
     fn key(&self, rel: &str) -> String {
         format!("{}{rel}", self.prefix)
-    }
-
-    pub async fn load(&self) -> Result<ClusterView, DcsError> {
-        let mut kv = self.client.kv_client();
-        let prefix = self.prefix.clone();
-        let resp = bounded(self.timeout, async {
-            Ok(kv
-                .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
-                .await?)
-        })
-        .await?;
-        let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
-        Ok(ClusterView::from_kvs(
-            &self.prefix,
-            resp.kvs()
-                .iter()
-                .map(|kv| (kv.key(), kv.value(), kv.lease(), kv.mod_revision())),
-            revision,
-        ))
-    }
-
-    pub async fn grant_lease(&self, ttl: u64) -> Result<LeaseId, DcsError> {
-        let mut c = self.client.lease_client();
-        bounded(self.timeout, async {
-            Ok(LeaseId(c.grant(ttl as i64, None).await?.id()))
-        })
-        .await
-    }
-
-    /// One keep-alive round trip: the client sends one request on a new
-    /// stream and reads its answer, which must carry a TTL above zero.
-    /// `LeaseExpired` means the lease is gone for good and everything
-    /// attached to it has vanished.
-    pub async fn keep_alive(&self, lease: LeaseId) -> Result<(), DcsError> {
-        let mut c = self.client.lease_client();
-        bounded(self.timeout, async {
-            c.keep_alive(lease.0)
-                .await
-                .map(|_| ())
-                .map_err(|e| lease_error(e, lease))
-        })
-        .await
-    }
-
-    pub async fn revoke(&self, lease: LeaseId) -> Result<(), DcsError> {
-        let mut c = self.client.lease_client();
-        bounded(self.timeout, async {
-            c.revoke(lease.0).await?;
-            Ok(())
-        })
-        .await
     }
 
     async fn txn(&self, txn: Txn) -> Result<bool, DcsError> {
@@ -165,92 +116,6 @@ impl Dcs {
         .await
     }
 
-    /// Claims the right to bootstrap the cluster (value "" until initdb is
-    /// done). The claim hangs on the claimer's lease, so a member that dies
-    /// mid-bootstrap does not block the cluster forever; `set_initialize`
-    /// makes it permanent.
-    pub async fn take_initialize(&self, lease: LeaseId) -> Result<bool, DcsError> {
-        self.create_if_absent("initialize", "", Some(lease)).await
-    }
-
-    /// Gives up a bootstrap claim that failed, so another member can try.
-    pub async fn release_initialize(&self) -> Result<bool, DcsError> {
-        let key = self.key("initialize");
-        self.txn(
-            Txn::new()
-                .when([Compare::value(key.as_str(), CompareOp::Equal, "")])
-                .and_then([TxnOp::delete(key.as_str(), None)]),
-        )
-        .await
-    }
-
-    /// Writes the system identifier into `initialize` when it holds our
-    /// bootstrap claim (empty) or is gone (etcd lost its data); never over
-    /// another cluster's identifier. `true` also when it already holds ours.
-    pub async fn set_initialize(&self, system_id: &str) -> Result<bool, DcsError> {
-        let key = self.key("initialize");
-        let claimed = self
-            .txn(
-                Txn::new()
-                    .when([Compare::value(key.as_str(), CompareOp::Equal, "")])
-                    .and_then([TxnOp::put(key.as_str(), system_id, None)]),
-            )
-            .await?;
-        if claimed || self.create_if_absent("initialize", system_id, None).await? {
-            return Ok(true);
-        }
-        // Already ours: a retry after an answer that was lost.
-        self.txn(Txn::new().when([Compare::value(key.as_str(), CompareOp::Equal, system_id)]))
-            .await
-    }
-
-    /// Safety rule 3: the leader key is taken only if nobody holds it.
-    pub async fn acquire_leader(&self, name: &str, lease: LeaseId) -> Result<bool, DcsError> {
-        self.create_if_absent("leader", name, Some(lease)).await
-    }
-
-    /// Re-attaches our own leader key to our current lease, after an agent
-    /// restart got us a new lease while the old one still holds the key.
-    pub async fn adopt_leader(&self, name: &str, lease: LeaseId) -> Result<bool, DcsError> {
-        let key = self.key("leader");
-        self.txn(
-            Txn::new()
-                .when([Compare::value(key.as_str(), CompareOp::Equal, name)])
-                .and_then([TxnOp::put(
-                    key.as_str(),
-                    name,
-                    Some(PutOptions::new().with_lease(lease.0)),
-                )]),
-        )
-        .await
-    }
-
-    /// Deletes the leader key only if it is still ours.
-    pub async fn release_leader(&self, name: &str) -> Result<bool, DcsError> {
-        let key = self.key("leader");
-        self.txn(
-            Txn::new()
-                .when([Compare::value(key.as_str(), CompareOp::Equal, name)])
-                .and_then([TxnOp::delete(key.as_str(), None)]),
-        )
-        .await
-    }
-
-    pub async fn put_member(
-        &self,
-        name: &str,
-        member: &Member,
-        lease: LeaseId,
-    ) -> Result<(), DcsError> {
-        let json = serde_json::to_string(member).expect("member serializes");
-        self.put(&format!("members/{name}"), json, Some(lease))
-            .await
-            .map_err(|e| match e {
-                DcsError::Etcd(e) => lease_error(e, lease),
-                other => other,
-            })
-    }
-
     pub async fn delete_member(&self, name: &str) -> Result<(), DcsError> {
         let mut kv = self.client.kv_client();
         let key = self.key(&format!("members/{name}"));
@@ -259,25 +124,6 @@ impl Dcs {
             Ok(())
         })
         .await
-    }
-
-    /// Writes the dynamic config only if none is stored yet.
-    pub async fn init_config(&self, config: &DynamicConfig) -> Result<bool, DcsError> {
-        let json = serde_json::to_string(config).expect("config serializes");
-        self.create_if_absent("config", &json, None).await
-    }
-
-    /// `status` is the leader's key: written only while the leader key is
-    /// ours on `lease` (a deposed leader's last tick cannot overwrite the
-    /// new leader's position and slots). `false`: not written.
-    pub async fn put_status(
-        &self,
-        me: &str,
-        lease: LeaseId,
-        status: &StatusKey,
-    ) -> Result<bool, DcsError> {
-        let json = serde_json::to_string(status).expect("status serializes");
-        self.put_as_leader("status", json, me, lease).await
     }
 
     /// A put that only the holder of the leader key on `lease` makes.
@@ -301,11 +147,219 @@ impl Dcs {
         .await
     }
 
+    /// Stores a switchover/failover request unless one is pending.
+    pub async fn request_failover(&self, req: &FailoverKey) -> Result<bool, DcsError> {
+        let json = serde_json::to_string(req).expect("failover serializes");
+        self.create_if_absent("failover", &json, None).await
+    }
+
+    /// Replaces the dynamic config only if it is unchanged since `revision`
+    /// was read (0: only if absent), so two editors cannot overwrite each other.
+    pub async fn cas_config(
+        &self,
+        config: &DynamicConfig,
+        revision: i64,
+    ) -> Result<bool, DcsError> {
+        let key = self.key("config");
+        let json = serde_json::to_string(config).expect("config serializes");
+        self.txn(
+            Txn::new()
+                .when([Compare::mod_revision(
+                    key.as_str(),
+                    CompareOp::Equal,
+                    revision,
+                )])
+                .and_then([TxnOp::put(key.as_str(), json, None)]),
+        )
+        .await
+    }
+
+    async fn put(&self, rel: &str, value: String, lease: Option<LeaseId>) -> Result<(), DcsError> {
+        let mut kv = self.client.kv_client();
+        let key = self.key(rel);
+        let opts = lease.map(|l| PutOptions::new().with_lease(l.0));
+        bounded(self.timeout, async {
+            kv.put(key, value, opts).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// A watch on the whole prefix; the agent uses it to wake its loop early.
+    pub async fn watch(&self) -> Result<WatchStream, DcsError> {
+        let mut w = self.client.watch_client();
+        let prefix = self.prefix.clone();
+        bounded(self.timeout, async {
+            Ok(w.watch(prefix, Some(WatchOptions::new().with_prefix()))
+                .await?)
+        })
+        .await
+    }
+}
+
+/// The agent's store (`agent::Store`) is etcd, through these requests.
+impl Store for Dcs {
+    async fn load(&self) -> Result<ClusterView, DcsError> {
+        let mut kv = self.client.kv_client();
+        let prefix = self.prefix.clone();
+        let resp = bounded(self.timeout, async {
+            Ok(kv
+                .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
+                .await?)
+        })
+        .await?;
+        let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+        Ok(ClusterView::from_kvs(
+            &self.prefix,
+            resp.kvs()
+                .iter()
+                .map(|kv| (kv.key(), kv.value(), kv.lease(), kv.mod_revision())),
+            revision,
+        ))
+    }
+
+    async fn grant_lease(&self, ttl: u64) -> Result<LeaseId, DcsError> {
+        let mut c = self.client.lease_client();
+        bounded(self.timeout, async {
+            Ok(LeaseId(c.grant(ttl as i64, None).await?.id()))
+        })
+        .await
+    }
+
+    /// One keep-alive round trip: the client sends one request on a new
+    /// stream and reads its answer, which must carry a TTL above zero.
+    /// `LeaseExpired` means the lease is gone for good and everything
+    /// attached to it has vanished.
+    async fn keep_alive(&self, lease: LeaseId) -> Result<(), DcsError> {
+        let mut c = self.client.lease_client();
+        bounded(self.timeout, async {
+            c.keep_alive(lease.0)
+                .await
+                .map(|_| ())
+                .map_err(|e| lease_error(e, lease))
+        })
+        .await
+    }
+
+    async fn revoke(&self, lease: LeaseId) -> Result<(), DcsError> {
+        let mut c = self.client.lease_client();
+        bounded(self.timeout, async {
+            c.revoke(lease.0).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Claims the right to bootstrap the cluster (value "" until initdb is
+    /// done). The claim hangs on the claimer's lease, so a member that dies
+    /// mid-bootstrap does not block the cluster forever; `set_initialize`
+    /// makes it permanent.
+    async fn take_initialize(&self, lease: LeaseId) -> Result<bool, DcsError> {
+        self.create_if_absent("initialize", "", Some(lease)).await
+    }
+
+    /// Gives up a bootstrap claim that failed, so another member can try.
+    async fn release_initialize(&self) -> Result<bool, DcsError> {
+        let key = self.key("initialize");
+        self.txn(
+            Txn::new()
+                .when([Compare::value(key.as_str(), CompareOp::Equal, "")])
+                .and_then([TxnOp::delete(key.as_str(), None)]),
+        )
+        .await
+    }
+
+    /// Writes the system identifier into `initialize` when it holds our
+    /// bootstrap claim (empty) or is gone (etcd lost its data); never over
+    /// another cluster's identifier. `true` also when it already holds ours.
+    async fn set_initialize(&self, system_id: &str) -> Result<bool, DcsError> {
+        let key = self.key("initialize");
+        let claimed = self
+            .txn(
+                Txn::new()
+                    .when([Compare::value(key.as_str(), CompareOp::Equal, "")])
+                    .and_then([TxnOp::put(key.as_str(), system_id, None)]),
+            )
+            .await?;
+        if claimed || self.create_if_absent("initialize", system_id, None).await? {
+            return Ok(true);
+        }
+        // Already ours: a retry after an answer that was lost.
+        self.txn(Txn::new().when([Compare::value(key.as_str(), CompareOp::Equal, system_id)]))
+            .await
+    }
+
+    /// Safety rule 3: the leader key is taken only if nobody holds it.
+    async fn acquire_leader(&self, name: &str, lease: LeaseId) -> Result<bool, DcsError> {
+        self.create_if_absent("leader", name, Some(lease)).await
+    }
+
+    /// Re-attaches our own leader key to our current lease, after an agent
+    /// restart got us a new lease while the old one still holds the key.
+    async fn adopt_leader(&self, name: &str, lease: LeaseId) -> Result<bool, DcsError> {
+        let key = self.key("leader");
+        self.txn(
+            Txn::new()
+                .when([Compare::value(key.as_str(), CompareOp::Equal, name)])
+                .and_then([TxnOp::put(
+                    key.as_str(),
+                    name,
+                    Some(PutOptions::new().with_lease(lease.0)),
+                )]),
+        )
+        .await
+    }
+
+    /// Deletes the leader key only if it is still ours.
+    async fn release_leader(&self, name: &str) -> Result<bool, DcsError> {
+        let key = self.key("leader");
+        self.txn(
+            Txn::new()
+                .when([Compare::value(key.as_str(), CompareOp::Equal, name)])
+                .and_then([TxnOp::delete(key.as_str(), None)]),
+        )
+        .await
+    }
+
+    async fn put_member(
+        &self,
+        name: &str,
+        member: &Member,
+        lease: LeaseId,
+    ) -> Result<(), DcsError> {
+        let json = serde_json::to_string(member).expect("member serializes");
+        self.put(&format!("members/{name}"), json, Some(lease))
+            .await
+            .map_err(|e| match e {
+                DcsError::Etcd(e) => lease_error(e, lease),
+                other => other,
+            })
+    }
+
+    /// Writes the dynamic config only if none is stored yet.
+    async fn init_config(&self, config: &DynamicConfig) -> Result<bool, DcsError> {
+        let json = serde_json::to_string(config).expect("config serializes");
+        self.create_if_absent("config", &json, None).await
+    }
+
+    /// `status` is the leader's key: written only while the leader key is
+    /// ours on `lease` (a deposed leader's last tick cannot overwrite the
+    /// new leader's position and slots). `false`: not written.
+    async fn put_status(
+        &self,
+        me: &str,
+        lease: LeaseId,
+        status: &StatusKey,
+    ) -> Result<bool, DcsError> {
+        let json = serde_json::to_string(status).expect("status serializes");
+        self.put_as_leader("status", json, me, lease).await
+    }
+
     /// Switchover handover: the leader key moves from `from` to `to`, onto
     /// `to`'s own lease, in one transaction that also clears `failover`. It
     /// fails if `from` no longer holds the key or `to`'s member key is no
     /// longer on that lease (the candidate died meanwhile).
-    pub async fn transfer_leader(
+    async fn transfer_leader(
         &self,
         from: &str,
         to: &str,
@@ -332,10 +386,20 @@ impl Dcs {
         .await
     }
 
+    async fn clear_failover(&self) -> Result<(), DcsError> {
+        let mut kv = self.client.kv_client();
+        let key = self.key("failover");
+        bounded(self.timeout, async {
+            kv.delete(key, None).await?;
+            Ok(())
+        })
+        .await
+    }
+
     /// Reserves timeline `to` for our promotion: only while the leader key
     /// is ours on `lease`, and only over the value we saw (`seen`, `None`:
     /// absent), so two promotions never reserve the same timeline.
-    pub async fn reserve_timeline(
+    async fn reserve_timeline(
         &self,
         me: &str,
         lease: LeaseId,
@@ -360,45 +424,8 @@ impl Dcs {
         .await
     }
 
-    /// Stores a switchover/failover request unless one is pending.
-    pub async fn request_failover(&self, req: &FailoverKey) -> Result<bool, DcsError> {
-        let json = serde_json::to_string(req).expect("failover serializes");
-        self.create_if_absent("failover", &json, None).await
-    }
-
-    pub async fn clear_failover(&self) -> Result<(), DcsError> {
-        let mut kv = self.client.kv_client();
-        let key = self.key("failover");
-        bounded(self.timeout, async {
-            kv.delete(key, None).await?;
-            Ok(())
-        })
-        .await
-    }
-
-    /// Replaces the dynamic config only if it is unchanged since `revision`
-    /// was read (0: only if absent), so two editors cannot overwrite each other.
-    pub async fn cas_config(
-        &self,
-        config: &DynamicConfig,
-        revision: i64,
-    ) -> Result<bool, DcsError> {
-        let key = self.key("config");
-        let json = serde_json::to_string(config).expect("config serializes");
-        self.txn(
-            Txn::new()
-                .when([Compare::mod_revision(
-                    key.as_str(),
-                    CompareOp::Equal,
-                    revision,
-                )])
-                .and_then([TxnOp::put(key.as_str(), json, None)]),
-        )
-        .await
-    }
-
     /// `history`, like `status`, only from the holder of the leader key.
-    pub async fn put_history(
+    async fn put_history(
         &self,
         me: &str,
         lease: LeaseId,
@@ -408,26 +435,36 @@ impl Dcs {
             .await
     }
 
-    async fn put(&self, rel: &str, value: String, lease: Option<LeaseId>) -> Result<(), DcsError> {
-        let mut kv = self.client.kv_client();
-        let key = self.key(rel);
-        let opts = lease.map(|l| PutOptions::new().with_lease(l.0));
-        bounded(self.timeout, async {
-            kv.put(key, value, opts).await?;
-            Ok(())
-        })
-        .await
+    fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
     }
 
-    /// A watch on the whole prefix; the agent uses it to wake its loop early.
-    pub async fn watch(&self) -> Result<WatchStream, DcsError> {
-        let mut w = self.client.watch_client();
-        let prefix = self.prefix.clone();
-        bounded(self.timeout, async {
-            Ok(w.watch(prefix, Some(WatchOptions::new().with_prefix()))
-                .await?)
-        })
-        .await
+    fn watch_changes(self, wake: Arc<Notify>) -> impl Future<Output = ()> + Send + 'static {
+        let dcs = self;
+        async move {
+            let prefix = dcs.prefix().to_string();
+            loop {
+                match dcs.watch().await {
+                    Ok(mut stream) => {
+                        while let Ok(Some(resp)) = stream.message().await {
+                            let relevant = resp.events().iter().any(|e| {
+                                e.kv().and_then(|kv| kv.key_str().ok()).is_some_and(|k| {
+                                    matches!(
+                                        k.strip_prefix(prefix.as_str()),
+                                        Some("leader" | "failover" | "initialize" | "config")
+                                    )
+                                })
+                            });
+                            if relevant {
+                                wake.notify_one();
+                            }
+                        }
+                    }
+                    Err(e) => tracing::debug!("etcd watch failed: {e}"),
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
     }
 }
 

@@ -21,7 +21,7 @@ use baton_core::instance::{DataDir, Running};
 use baton_core::lsn::Lsn;
 
 use crate::config::PgConfig;
-use crate::dcs::{Dcs, DcsError};
+use crate::dcs::DcsError;
 use crate::pg::{self, Instance, PgError, RunAs, StopMode};
 
 /// The shared state the agent reads and writes (PATRONI-COMPAT.md layout).
@@ -181,133 +181,6 @@ pub trait Postgres: Send + Sync + 'static {
 pub trait Peers: Send + Sync + 'static {
     /// `GET` of a member's `/patroni`; `None` when it does not answer.
     fn status(&self, api_url: &str) -> impl Future<Output = Option<serde_json::Value>> + Send;
-}
-
-impl Store for Dcs {
-    fn load(&self) -> impl Future<Output = Result<ClusterView, DcsError>> + Send {
-        Dcs::load(self)
-    }
-    fn grant_lease(&self, ttl: u64) -> impl Future<Output = Result<LeaseId, DcsError>> + Send {
-        Dcs::grant_lease(self, ttl)
-    }
-    fn keep_alive(&self, lease: LeaseId) -> impl Future<Output = Result<(), DcsError>> + Send {
-        Dcs::keep_alive(self, lease)
-    }
-    fn revoke(&self, lease: LeaseId) -> impl Future<Output = Result<(), DcsError>> + Send {
-        Dcs::revoke(self, lease)
-    }
-    fn take_initialize(
-        &self,
-        lease: LeaseId,
-    ) -> impl Future<Output = Result<bool, DcsError>> + Send {
-        Dcs::take_initialize(self, lease)
-    }
-    fn release_initialize(&self) -> impl Future<Output = Result<bool, DcsError>> + Send {
-        Dcs::release_initialize(self)
-    }
-    fn set_initialize(
-        &self,
-        system_id: &str,
-    ) -> impl Future<Output = Result<bool, DcsError>> + Send {
-        Dcs::set_initialize(self, system_id)
-    }
-    fn acquire_leader(
-        &self,
-        name: &str,
-        lease: LeaseId,
-    ) -> impl Future<Output = Result<bool, DcsError>> + Send {
-        Dcs::acquire_leader(self, name, lease)
-    }
-    fn adopt_leader(
-        &self,
-        name: &str,
-        lease: LeaseId,
-    ) -> impl Future<Output = Result<bool, DcsError>> + Send {
-        Dcs::adopt_leader(self, name, lease)
-    }
-    fn release_leader(&self, name: &str) -> impl Future<Output = Result<bool, DcsError>> + Send {
-        Dcs::release_leader(self, name)
-    }
-    fn put_member(
-        &self,
-        name: &str,
-        member: &Member,
-        lease: LeaseId,
-    ) -> impl Future<Output = Result<(), DcsError>> + Send {
-        Dcs::put_member(self, name, member, lease)
-    }
-    fn init_config(
-        &self,
-        config: &DynamicConfig,
-    ) -> impl Future<Output = Result<bool, DcsError>> + Send {
-        Dcs::init_config(self, config)
-    }
-    fn put_status(
-        &self,
-        me: &str,
-        lease: LeaseId,
-        status: &StatusKey,
-    ) -> impl Future<Output = Result<bool, DcsError>> + Send {
-        Dcs::put_status(self, me, lease, status)
-    }
-    fn transfer_leader(
-        &self,
-        me: &str,
-        to: &str,
-        lease: LeaseId,
-    ) -> impl Future<Output = Result<bool, DcsError>> + Send {
-        Dcs::transfer_leader(self, me, to, lease)
-    }
-    fn clear_failover(&self) -> impl Future<Output = Result<(), DcsError>> + Send {
-        Dcs::clear_failover(self)
-    }
-    fn reserve_timeline(
-        &self,
-        me: &str,
-        lease: LeaseId,
-        seen: Option<u32>,
-        to: u32,
-    ) -> impl Future<Output = Result<bool, DcsError>> + Send {
-        Dcs::reserve_timeline(self, me, lease, seen, to)
-    }
-    fn put_history(
-        &self,
-        me: &str,
-        lease: LeaseId,
-        history: &serde_json::Value,
-    ) -> impl Future<Output = Result<bool, DcsError>> + Send {
-        Dcs::put_history(self, me, lease, history)
-    }
-    fn set_timeout(&mut self, timeout: Duration) {
-        Dcs::set_timeout(self, timeout)
-    }
-    fn watch_changes(self, wake: Arc<Notify>) -> impl Future<Output = ()> + Send + 'static {
-        let dcs = self;
-        async move {
-            let prefix = dcs.prefix().to_string();
-            loop {
-                match dcs.watch().await {
-                    Ok(mut stream) => {
-                        while let Ok(Some(resp)) = stream.message().await {
-                            let relevant = resp.events().iter().any(|e| {
-                                e.kv().and_then(|kv| kv.key_str().ok()).is_some_and(|k| {
-                                    matches!(
-                                        k.strip_prefix(prefix.as_str()),
-                                        Some("leader" | "failover" | "initialize" | "config")
-                                    )
-                                })
-                            });
-                            if relevant {
-                                wake.notify_one();
-                            }
-                        }
-                    }
-                    Err(e) => tracing::debug!("etcd watch failed: {e}"),
-                }
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        }
-    }
 }
 
 /// The local postgres through `pg_ctl` and a kept superuser connection.

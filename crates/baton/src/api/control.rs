@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use baton_core::ha::PgStatus;
 
 use super::{authorize, json_body, ok, ApiError};
-use crate::agent::AgentHandle;
+use crate::agent::{AgentHandle, Store as _};
 
 /// `POST /reinitialize` (`{"force": true}` optional): rebuild this replica
 /// from the leader; the old data directory is moved aside, not deleted.

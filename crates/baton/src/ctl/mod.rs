@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+use baton::agent::Store as _;
 use baton::config::NodeConfig;
 use baton::dcs::Dcs;
 use baton_core::cluster::ClusterView;

@@ -8,6 +8,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
+/// The store trait, so that tests call `Dcs::load` and friends.
+#[allow(unused_imports)]
+pub use baton::agent::Store as _;
 use baton_core::status::{ClusterState, ClusterStatus};
 use baton_local::local::{ClusterOptions, LocalCluster};
 
