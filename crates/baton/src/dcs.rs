@@ -126,6 +126,16 @@ impl Dcs {
         .await
     }
 
+    /// The compares that make a transaction the leader's: the leader key
+    /// names `me` and hangs on `lease`.
+    fn held_by(&self, me: &str, lease: LeaseId) -> [Compare; 2] {
+        let leader = self.key("leader");
+        [
+            Compare::value(leader.as_str(), CompareOp::Equal, me),
+            Compare::lease(leader.as_str(), CompareOp::Equal, lease.0),
+        ]
+    }
+
     /// A put that only the holder of the leader key on `lease` makes.
     async fn put_as_leader(
         &self,
@@ -134,14 +144,10 @@ impl Dcs {
         me: &str,
         lease: LeaseId,
     ) -> Result<bool, DcsError> {
-        let leader = self.key("leader");
         let key = self.key(rel);
         self.txn(
             Txn::new()
-                .when([
-                    Compare::value(leader.as_str(), CompareOp::Equal, me),
-                    Compare::lease(leader.as_str(), CompareOp::Equal, lease.0),
-                ])
+                .when(self.held_by(me, lease))
                 .and_then([TxnOp::put(key.as_str(), value, None)]),
         )
         .await
@@ -406,19 +412,15 @@ impl Store for Dcs {
         seen: Option<u32>,
         to: u32,
     ) -> Result<bool, DcsError> {
-        let leader = self.key("leader");
         let key = self.key(baton_core::cluster::TIMELINE_KEY);
         let unchanged = match seen {
             None => Compare::create_revision(key.as_str(), CompareOp::Equal, 0),
             Some(v) => Compare::value(key.as_str(), CompareOp::Equal, v.to_string()),
         };
+        let [named, on_lease] = self.held_by(me, lease);
         self.txn(
             Txn::new()
-                .when([
-                    Compare::value(leader.as_str(), CompareOp::Equal, me),
-                    Compare::lease(leader.as_str(), CompareOp::Equal, lease.0),
-                    unchanged,
-                ])
+                .when([named, on_lease, unchanged])
                 .and_then([TxnOp::put(key.as_str(), to.to_string(), None)]),
         )
         .await

@@ -411,14 +411,7 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
         self.fence
             .send_if_modified(|f| std::mem::replace(&mut f.armed, armed) != armed);
         let needs_repair = d.reason.needs_repair();
-        let member = self.member_json(
-            &pg,
-            &data_dir,
-            pending_job,
-            needs_repair,
-            &cluster,
-            &d.reason,
-        );
+        let member = self.member_json(&pg, &data_dir, pending_job, needs_repair, i_lead, &d.reason);
         if let (Some(lease), Some(_)) = (self.lease, &cluster) {
             match self.dcs.put_member(&self.cfg.name, &member, lease).await {
                 Ok(()) => {}

@@ -123,14 +123,10 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
         data_dir: &DataDir,
         job: Option<JobKind>,
         needs_repair: bool,
-        cluster: &Option<ClusterView>,
+        i_lead: bool,
         reason: &Reason,
     ) -> Member {
         let pgc = &self.cfg.postgresql;
-        let i_lead = cluster
-            .as_ref()
-            .and_then(|c| c.leader_name())
-            .is_some_and(|l| l == self.cfg.name);
         let mut m = Member {
             conn_url: format!("postgres://{}/postgres", pgc.connect_address),
             api_url: format!(

@@ -257,51 +257,16 @@ impl Postgres for LocalPg {
         pg::drop_inactive_slot(&c, slot).await
     }
     async fn initdb(&self) -> Result<String, PgError> {
-        let inst = &self.inst;
-        let staging = inst.staging_dir();
-        // A leftover is our own: an initdb whose identifier never got out.
-        if staging.exists() {
-            std::fs::remove_dir_all(&staging).map_err(|e| PgError::Io {
-                what: format!("removing stale {}", staging.display()),
-                source: e,
-            })?;
-        }
-        tracing::info!("running initdb in {}", staging.display());
-        inst.initdb(&staging).await?;
-        let cd = inst.controldata_of(&staging).await?;
-        cd.get("Database system identifier")
-            .cloned()
-            .ok_or_else(|| {
-                PgError::Refused("pg_controldata shows no system identifier after initdb".into())
-            })
+        self.inst.initdb_staged().await
     }
     async fn staged_initdb(&self) -> Option<String> {
-        let staging = self.inst.staging_dir();
-        if !staging.join("global/pg_control").exists() {
-            return None;
-        }
-        let cd = self.inst.controldata_of(&staging).await.ok()?;
-        cd.get("Database system identifier").cloned()
+        self.inst.staged_system_id().await
     }
     async fn adopt_initdb(&self) -> Result<(), PgError> {
-        let (staging, data) = (self.inst.staging_dir(), &self.inst.cfg.data_dir);
-        let io = |what: String| move |source| PgError::Io { what, source };
-        if data.exists() {
-            // inspect() found it empty; it goes so the rename can take its place.
-            std::fs::remove_dir(data).map_err(io(format!("removing empty {}", data.display())))?;
-        }
-        std::fs::rename(&staging, data).map_err(io(format!(
-            "moving {} into place as {}",
-            staging.display(),
-            data.display()
-        )))
+        self.inst.adopt_staged()
     }
     async fn discard_initdb(&self) -> Result<(), PgError> {
-        let staging = self.inst.staging_dir();
-        std::fs::remove_dir_all(&staging).map_err(|source| PgError::Io {
-            what: format!("removing {}", staging.display()),
-            source,
-        })
+        self.inst.discard_staged()
     }
     async fn first_start(&self) -> Result<(), PgError> {
         let inst = &self.inst;

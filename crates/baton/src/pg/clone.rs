@@ -104,10 +104,7 @@ impl Instance {
         new.push(".baton-new");
         let new = PathBuf::from(new);
         // A leftover of an interrupted rebuild is our own partial copy.
-        if new.exists() {
-            std::fs::remove_dir_all(&new)
-                .map_err(|e| PgError::io(format!("removing stale {}", new.display()), e))?;
-        }
+        self.remove_leftover(&new)?;
         if let Err(e) = self.basebackup_into(host, port, &new).await {
             let _ = std::fs::remove_dir_all(&new);
             return Err(e);
@@ -115,19 +112,10 @@ impl Instance {
         self.stop(StopMode::Fast).await?;
         let aside = self.move_aside()?;
         // move_aside left an empty data dir; the clone takes its place.
-        std::fs::remove_dir(&self.cfg.data_dir).map_err(|e| {
-            PgError::io(format!("removing empty {}", self.cfg.data_dir.display()), e)
-        })?;
-        std::fs::rename(&new, &self.cfg.data_dir).map_err(|e| {
-            PgError::io(
-                format!(
-                    "moving the clone {} into place (old data is in {})",
-                    new.display(),
-                    aside.display()
-                ),
-                e,
-            )
-        })?;
+        self.put_in_place(
+            &new,
+            &format!("the clone (old data is in {})", aside.display()),
+        )?;
         Ok(aside)
     }
 

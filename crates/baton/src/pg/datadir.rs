@@ -106,6 +106,36 @@ impl Instance {
         Ok(parse_controldata(&out))
     }
 
+    /// The system identifier `pg_controldata` shows for `dir`.
+    pub(super) async fn system_id_of(&self, dir: &Path) -> Result<String, PgError> {
+        let cd = self.controldata_of(dir).await?;
+        cd.get("Database system identifier")
+            .cloned()
+            .ok_or_else(|| PgError::Refused(format!("{}: no system identifier", dir.display())))
+    }
+
+    /// Removes a leftover of ours beside the data directory (a partial
+    /// clone, an initdb whose identifier never got out).
+    pub(super) fn remove_leftover(&self, dir: &Path) -> Result<(), PgError> {
+        if dir.exists() {
+            std::fs::remove_dir_all(dir)
+                .map_err(|e| PgError::io(format!("removing stale {}", dir.display()), e))?;
+        }
+        Ok(())
+    }
+
+    /// Puts the complete directory `new` where the (empty, or absent) data
+    /// directory is; `what` names it in the error.
+    pub(super) fn put_in_place(&self, new: &Path, what: &str) -> Result<(), PgError> {
+        let data = &self.cfg.data_dir;
+        if data.exists() {
+            std::fs::remove_dir(data)
+                .map_err(|e| PgError::io(format!("removing empty {}", data.display()), e))?;
+        }
+        std::fs::rename(new, data)
+            .map_err(|e| PgError::io(format!("moving {what} {} into place", new.display()), e))
+    }
+
     /// PID of the postmaster, if `postmaster.pid` names a live process.
     pub fn postmaster_pid(&self) -> Option<i32> {
         read_postmaster_pid(&self.cfg.data_dir)

@@ -13,14 +13,43 @@ const FENCE_GRACE: Duration = Duration::from_millis(300);
 impl Instance {
     /// Where a bootstrap's initdb runs: beside the data directory, which it
     /// replaces only once the new cluster's identifier is in etcd.
-    pub fn staging_dir(&self) -> std::path::PathBuf {
+    fn staging_dir(&self) -> std::path::PathBuf {
         let mut d = self.cfg.data_dir.clone().into_os_string();
         d.push(".baton-initdb");
         d.into()
     }
 
+    /// initdb into the staging directory (a leftover of ours is replaced);
+    /// the new cluster's system identifier.
+    pub async fn initdb_staged(&self) -> Result<String, PgError> {
+        let staging = self.staging_dir();
+        self.remove_leftover(&staging)?;
+        tracing::info!("running initdb in {}", staging.display());
+        self.initdb(&staging).await?;
+        self.system_id_of(&staging).await
+    }
+
+    /// The system identifier of a staged initdb, if one is there.
+    pub async fn staged_system_id(&self) -> Option<String> {
+        let staging = self.staging_dir();
+        if !staging.join("global/pg_control").exists() {
+            return None;
+        }
+        self.system_id_of(&staging).await.ok()
+    }
+
+    /// The staged cluster becomes the (empty) data directory.
+    pub fn adopt_staged(&self) -> Result<(), PgError> {
+        self.put_in_place(&self.staging_dir(), "the staged initdb")
+    }
+
+    /// The staged cluster is dropped: it never ran and holds nothing.
+    pub fn discard_staged(&self) -> Result<(), PgError> {
+        self.remove_leftover(&self.staging_dir())
+    }
+
     /// initdb into `dir`.
-    pub async fn initdb(&self, dir: &std::path::Path) -> Result<(), PgError> {
+    async fn initdb(&self, dir: &std::path::Path) -> Result<(), PgError> {
         self.prepare_dir(dir)?;
         let mut cmd = self.command("initdb");
         cmd.arg("-D")

@@ -90,16 +90,20 @@ impl SimStore {
     ) -> Result<bool, DcsError> {
         let me = me.to_string();
         self.call(move |w| {
-            let ours = w
-                .etcd
-                .get("leader")
-                .is_some_and(|kv| kv.value == me && kv.lease == lease.0);
+            let ours = Self::held_by(w, &me, lease);
             if ours {
                 w.etcd.put(rel, &value, 0);
             }
             Ok(ours)
         })
         .await
+    }
+
+    /// `Dcs::held_by`: the leader key names `me` and hangs on `lease`.
+    fn held_by(w: &World, me: &str, lease: LeaseId) -> bool {
+        w.etcd
+            .get("leader")
+            .is_some_and(|kv| kv.value == me && kv.lease == lease.0)
     }
 
     fn create_if_absent(
@@ -298,10 +302,7 @@ impl Store for SimStore {
     ) -> Result<bool, DcsError> {
         let me = me.to_string();
         self.call(move |w| {
-            let ours = w
-                .etcd
-                .get("leader")
-                .is_some_and(|kv| kv.value == me && kv.lease == lease.0);
+            let ours = Self::held_by(w, &me, lease);
             let now = w
                 .etcd
                 .get(baton_core::cluster::TIMELINE_KEY)
