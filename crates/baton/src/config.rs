@@ -88,7 +88,24 @@ pub struct PgConfig {
     /// After a failed pg_rewind, move the data directory aside and clone
     /// the leader instead of staying down in `need repair`.
     pub rebuild_on_rewind_failure: bool,
+    /// The fence process beside this postgres (`[fence]`, DESIGN.md rule 8).
+    pub fence: FenceConfig,
 }
+
+/// `[fence]`: the `baton-fence` process that stops this postgres when the
+/// leader's lease deadline passes and the agent cannot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FenceConfig {
+    /// `None`: `baton-fence` beside the running `baton`, else on `PATH`.
+    pub binary: Option<PathBuf>,
+    /// Unix socket the agent and its fence talk over (default
+    /// `<data_dir>.fence`); its log is `<socket>.log`.
+    pub socket: PathBuf,
+}
+
+/// The longest unix socket path Linux takes (`sun_path` holds 108 bytes
+/// with the terminating NUL).
+const MAX_SOCKET_PATH: usize = 107;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Credentials {
@@ -449,6 +466,31 @@ impl NodeConfig {
         r.unknown(auth, "postgresql.authentication");
         r.unknown(pg, p);
 
+        let mut fence = r.table(&mut root, "", "fence");
+        let fence_binary: Option<PathBuf> = r.opt(&mut fence, "fence", "binary");
+        let fence_socket: Option<PathBuf> = r.opt(&mut fence, "fence", "socket");
+        r.unknown(fence, "fence");
+        let fence_socket = fence_socket.or_else(|| {
+            data_dir.as_ref().map(|d| {
+                let mut s = d.clone().into_os_string();
+                s.push(".fence");
+                PathBuf::from(s)
+            })
+        });
+        if let Some(s) = &fence_socket {
+            let len = s.as_os_str().len();
+            if len > MAX_SOCKET_PATH {
+                r.problem(
+                    "fence.socket",
+                    format!(
+                        "{} is {len} bytes, above the {MAX_SOCKET_PATH} a unix socket path may have; \
+                         set a shorter fence.socket",
+                        s.display()
+                    ),
+                );
+            }
+        }
+
         let mut boot = r.table(&mut root, "", "bootstrap");
         let dcs_table = r.table(&mut boot, "bootstrap", "dcs");
         r.unknown(boot, "bootstrap");
@@ -528,6 +570,10 @@ impl NodeConfig {
                 pg_hba,
                 start_timeout,
                 rebuild_on_rewind_failure,
+                fence: FenceConfig {
+                    binary: fence_binary,
+                    socket: fence_socket.expect("set whenever data_dir is"),
+                },
             },
             bootstrap,
             tags,
@@ -633,6 +679,33 @@ listen = "127.0.0.1:5432"
         assert_eq!(c.postgresql.replication.username, "replicator");
         assert_eq!(c.bootstrap, DynamicConfig::default());
         assert_eq!(c.tags, Tags::default());
+        assert_eq!(
+            c.postgresql.fence,
+            FenceConfig {
+                binary: None,
+                socket: PathBuf::from("/var/lib/baton/node1.fence"),
+            }
+        );
+    }
+
+    #[test]
+    fn a_fence_socket_path_too_long_for_unix_sockets_is_refused() {
+        let long = format!("/{}", "d".repeat(110));
+        let text = format!("{MINIMAL}\n[fence]\nsocket = \"{long}\"\nbinary = \"/opt/fence\"\n");
+        let e = parse(&text).unwrap_err();
+        let p = e
+            .problems
+            .iter()
+            .find(|p| p.key == "fence.socket")
+            .expect("fence.socket named");
+        assert!(
+            p.reason.contains("111 bytes, above the 107"),
+            "{}",
+            p.reason
+        );
+        let ok = format!("{MINIMAL}\n[fence]\nbinary = \"/opt/fence\"\n");
+        let c = parse(&ok).unwrap();
+        assert_eq!(c.postgresql.fence.binary, Some(PathBuf::from("/opt/fence")));
     }
 
     #[test]

@@ -51,6 +51,7 @@ fn field<'a>(info: &'a str, name: &str) -> &'a str {
 
 const FILES: &[&str] = &[
     "./usr/bin/baton",
+    "./usr/bin/baton-fence",
     "./lib/systemd/system/baton@.service",
     "./usr/share/doc/baton/examples/node.toml",
     "./usr/share/doc/baton/install.md",
@@ -112,6 +113,11 @@ fn package_metadata_files_and_binary_from_a_scratch_root() {
     assert_eq!(
         version.trim(),
         format!("baton {}", env!("CARGO_PKG_VERSION"))
+    );
+    let fence = run(Command::new(r.join("usr/bin/baton-fence")).arg("--version"));
+    assert_eq!(
+        fence.trim(),
+        format!("baton-fence {}", env!("CARGO_PKG_VERSION"))
     );
     // The shipped binary is stripped (profile.release).
     let file = run(Command::new("file").arg(r.join("usr/bin/baton")));

@@ -58,6 +58,22 @@ pub enum Action {
     Restart,
 }
 
+impl Action {
+    /// Whether carrying this out can leave postgres running read-write
+    /// here: the fence must be armed before, and none of these happen
+    /// without one (rule 8).
+    pub fn may_make_primary(&self, pg_is_primary: bool) -> bool {
+        match self {
+            Action::Bootstrap
+            | Action::AcquireLeader
+            | Action::StartPrimary
+            | Action::Promote { .. } => true,
+            Action::Restart => pg_is_primary,
+            _ => false,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
     pub actions: Vec<Action>,

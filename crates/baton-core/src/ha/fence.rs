@@ -6,7 +6,8 @@
 
 use crate::instance::DataDir;
 
-use super::{JobKind, PgStatus};
+use super::action::decision;
+use super::{Action, Decision, JobKind, Observation, PgStatus, Reason};
 
 /// Whether the fence timer guards this member now. `job` is the job running,
 /// `i_lead` whether the leader key names this member.
@@ -23,6 +24,45 @@ pub fn armed(pg: &PgStatus, data_dir: &DataDir, job: Option<JobKind>, i_lead: bo
         Some(JobKind::Clone | JobKind::Rewind | JobKind::Rebuild) | None => false,
     };
     may_be_primary || job_may_make_one
+}
+
+/// Rule 8 over a decision: while the fence process does not answer, nothing
+/// that can make a primary happens here, and a leader whose primary runs
+/// steps down once the fence has been gone for a whole lease deadline
+/// (the agent restarts the fence every tick; only one it cannot start lasts
+/// that long). Fencing itself (`Stop`) always goes through.
+pub(super) fn gate(o: &Observation, d: Decision) -> Decision {
+    let Some(down) = o.fence_down_for else {
+        return d;
+    };
+    let primary = o.pg.running().is_some_and(|r| !r.in_recovery);
+    let i_lead = o
+        .cluster
+        .as_ref()
+        .and_then(|c| c.leader_name())
+        .is_some_and(|l| l == o.me);
+    if primary && i_lead && down >= o.config.leader_deadline() {
+        return decision(
+            vec![Action::Stop, Action::ReleaseLeader],
+            Reason::FenceUnavailable {
+                down,
+                stepping_down: true,
+            },
+        );
+    }
+    if !d.actions.iter().any(|a| a.may_make_primary(primary)) {
+        return d;
+    }
+    decision(
+        d.actions
+            .into_iter()
+            .filter(|a| !a.may_make_primary(primary))
+            .collect(),
+        Reason::FenceUnavailable {
+            down,
+            stepping_down: false,
+        },
+    )
 }
 
 #[cfg(test)]

@@ -17,6 +17,8 @@
 //! 5. a member on an older timeline never streams from the leader until
 //!    pg_rewind (or a fresh clone) made its history a prefix of the leader's;
 //! 7. no action here deletes a data directory (a rebuild moves it aside);
+//! 8. no primary starts, promotes or stays without a live fence process
+//!    (`fence::gate`), which stops it when the agent cannot;
 //! 9. replicas keep following the old leader until a new one exists.
 //!
 //! One concern per file: `observation.rs` (what a tick knows), `action.rs`
@@ -62,9 +64,15 @@ pub use switchover::candidate_problem;
 
 use action::decision;
 
-/// The decision before maintenance mode is applied: the rules in the order
-/// they take precedence, each concern in its own module.
+/// The decision before maintenance mode is applied: the rules, then rule 8
+/// (no primary without a live fence process) over their outcome.
 pub(super) fn decide_unpaused(o: &Observation) -> Decision {
+    fence::gate(o, decide_rules(o))
+}
+
+/// The rules in the order they take precedence, each concern in its own
+/// module.
+fn decide_rules(o: &Observation) -> Decision {
     let running = o.pg.running();
     let primary = running.is_some_and(|r| !r.in_recovery);
     // A postmaster that does not answer may be a primary that accepts writes

@@ -138,6 +138,10 @@ pub struct Observation {
     /// With an empty data directory: the system identifier of a bootstrap's
     /// initdb still staged beside it (see `Action::AdoptInitdb`).
     pub staged_initdb: Option<String>,
+    /// Since when the fence process (`baton-fence`, rule 8) has not taken
+    /// the agent's orders; `None` while it does. Without it no primary is
+    /// started or promoted, and a leader steps down.
+    pub fence_down_for: Option<Duration>,
     /// Leader: Baton's slots on this primary whose member key is gone, and
     /// for how long this agent has seen them so.
     pub absent_slots: std::collections::BTreeMap<String, Duration>,

@@ -218,6 +218,13 @@ pub enum Reason {
     LeaseOverdue {
         since: Duration,
     },
+    /// The fence process has not answered for `down`: no primary starts
+    /// or promotes here; a leader with a running primary steps down once
+    /// that lasts a whole lease deadline (`stepping_down`).
+    FenceUnavailable {
+        down: Duration,
+        stepping_down: bool,
+    },
     PrimaryStartTimeout {
         waited: Duration,
     },
@@ -336,6 +343,19 @@ impl fmt::Display for Reason {
                 "lease not renewed for {:.1} s: not starting or promoting a primary until it is",
                 since.as_secs_f64()
             ),
+            Reason::FenceUnavailable {
+                down,
+                stepping_down,
+            } => write!(
+                f,
+                "the fence process (baton-fence) has not answered for {:.1} s: {}",
+                down.as_secs_f64(),
+                if *stepping_down {
+                    "stepping down, a primary must not run without it"
+                } else {
+                    "not starting or promoting a primary until it does"
+                }
+            ),
             Reason::PrimaryStartTimeout { waited } => write!(
                 f,
                 "postgres did not come back within primary_start_timeout ({:.1} s): \
@@ -440,6 +460,7 @@ impl Reason {
             Reason::Leader => "leader",
             Reason::LeaseExpiredFencing { .. } => "lease_expired_fencing",
             Reason::LeaseOverdue { .. } => "lease_overdue",
+            Reason::FenceUnavailable { .. } => "fence_unavailable",
             Reason::PrimaryStartTimeout { .. } => "primary_start_timeout",
             Reason::DemotingForeignLeader { .. } => "demoting_foreign_leader",
             Reason::Following {

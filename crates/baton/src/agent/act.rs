@@ -74,6 +74,7 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
                     self.dcs.release_initialize().await?;
                     return Ok(());
                 }
+                self.key_on(lease);
                 let (inst, dcs) = (self.inst.clone(), self.dcs.clone());
                 self.spawn_job(JobKind::Bootstrap, async move {
                     let id = inst.initdb().await.map_err(|e| e.to_string())?;
@@ -261,6 +262,7 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
                     return Ok(());
                 };
                 if self.dcs.acquire_leader(&me, lease).await? {
+                    self.key_on(lease);
                     tracing::info!(lease = lease.0, "acquired the leader key");
                     self.wake.notify_one();
                 }
@@ -270,6 +272,7 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
                     return Ok(());
                 };
                 if self.dcs.adopt_leader(&me, lease).await? {
+                    self.key_on(lease);
                     tracing::info!(lease = lease.0, "leader key re-attached to my lease");
                     self.wake.notify_one();
                 }

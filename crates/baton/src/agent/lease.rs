@@ -1,9 +1,9 @@
 //! The agent's lease: renewed every tick and replaced when etcd no longer
 //! knows it.
 
-use std::time::Duration;
+use baton_core::cluster::LeaseId;
 
-use super::{now, since, Agent, Peers, Postgres, Store};
+use super::{now, Agent, Peers, Postgres, Renewal, Store};
 use crate::dcs::DcsError;
 
 impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
@@ -20,7 +20,7 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
             let sent = now();
             match self.dcs.keep_alive(lease).await {
                 Ok(()) => {
-                    self.renewed(sent);
+                    self.renewed(lease, sent);
                     return;
                 }
                 // Gone for good (expired while we were cut off, or etcd lost
@@ -47,28 +47,36 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
                 self.lease_ttl = self.config.ttl;
                 // A grant starts the new lease's TTL like a renewal does.
                 // It renews no leader key held on an older lease: decide
-                // moves such a key over (AdoptLeader) before relying on it.
-                self.renewed(sent);
+                // moves such a key over (AdoptLeader), and until then the
+                // fence keeps the old lease's deadline (`fence_deadline`).
+                self.renewed(l, sent);
             }
             Err(e) => self.etcd_warning(format_args!("cannot get an etcd lease: {e}")),
         }
     }
 
-    /// A renewal sent at `sent` succeeded: the fence deadline moves on.
-    fn renewed(&mut self, sent: std::time::Instant) {
-        self.last_renewal_sent = Some(sent);
-        let deadline = Some(sent + self.config.leader_deadline());
-        self.fence.send_modify(|f| f.deadline = deadline);
+    /// A renewal of `lease` sent at `sent` succeeded: the fence deadline
+    /// moves on if the leader key hangs on that lease. The last renewal of
+    /// the lease it replaced is kept: a key still on that one expires with
+    /// it, whatever the new lease does.
+    fn renewed(&mut self, lease: LeaseId, sent: std::time::Instant) {
+        if self.renewal.is_some_and(|r| r.lease != lease) {
+            self.prev_renewal = self.renewal;
+        }
+        let ttl = std::time::Duration::from_secs(self.lease_ttl);
+        let margin = std::time::Duration::from_secs_f64(self.config.safety_margin.max(0.0));
+        self.renewal = Some(Renewal {
+            lease,
+            sent,
+            deadline: sent + ttl.saturating_sub(margin),
+        });
+        self.refresh_fence_deadline();
     }
 
     /// etcd trouble repeats every tick; say so every few seconds, not every tick.
     pub(super) fn etcd_warning(&mut self, msg: std::fmt::Arguments<'_>) {
-        if self
-            .last_etcd_warning
-            .is_none_or(|t| since(t) >= Duration::from_secs(5))
-        {
+        if self.etcd_throttle.due() {
             tracing::warn!(endpoints = ?self.cfg.etcd.endpoints, "{msg}");
-            self.last_etcd_warning = Some(now());
         }
     }
 }

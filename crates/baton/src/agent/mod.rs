@@ -27,7 +27,7 @@ mod lease;
 mod observe;
 pub mod ports;
 
-use fence::{spawn_fence, FenceState};
+use fence::{spawn_fence, FenceState, KeyLease, Renewal};
 use handle::Inbox;
 pub use handle::{AgentGone, AgentHandle, Counters, Request};
 use jobs::{Job, JobError};
@@ -99,6 +99,23 @@ fn since(t: Instant) -> std::time::Duration {
     now().saturating_duration_since(t)
 }
 
+/// A warning that repeats every tick is logged every few seconds instead.
+#[derive(Debug, Default)]
+struct Throttle(Option<Instant>);
+
+impl Throttle {
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+    /// Whether to log now; if so, the next one waits `EVERY`.
+    fn due(&mut self) -> bool {
+        if self.0.is_some_and(|t| since(t) < Self::EVERY) {
+            return false;
+        }
+        self.0 = Some(now());
+        true
+    }
+}
+
 pub struct Agent<S = Dcs, P = LocalPg, H = HttpPeers> {
     cfg: NodeConfig,
     dcs: S,
@@ -106,7 +123,14 @@ pub struct Agent<S = Dcs, P = LocalPg, H = HttpPeers> {
     peers: Arc<H>,
     lease: Option<LeaseId>,
     lease_ttl: u64,
-    last_renewal_sent: Option<Instant>,
+    /// The last successful renewal of `lease`, and of the lease before it.
+    renewal: Option<Renewal>,
+    prev_renewal: Option<Renewal>,
+    /// The lease the leader key hangs on when it names us, as last seen.
+    key_lease: KeyLease,
+    /// Since when the fence process has not taken an order.
+    fence_down_since: Option<Instant>,
+    fence_warning: Throttle,
     job: Option<Job>,
     /// Outcome of the last job: shown to decide until the next job starts.
     last_job: Option<(JobKind, Result<(), JobError>, Instant)>,
@@ -125,7 +149,7 @@ pub struct Agent<S = Dcs, P = LocalPg, H = HttpPeers> {
     restart_job_waiters: Vec<oneshot::Sender<Result<(), String>>>,
     reinit_requested: bool,
     last_reason: String,
-    last_etcd_warning: Option<Instant>,
+    etcd_throttle: Throttle,
     /// Since when this running replica has not been streaming.
     not_streaming_since: Option<Instant>,
     /// Leader: since when each of Baton's slots has had no member key.
@@ -178,7 +202,11 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
             peers: Arc::new(peers),
             lease: None,
             lease_ttl: config.ttl,
-            last_renewal_sent: None,
+            renewal: None,
+            prev_renewal: None,
+            key_lease: KeyLease::Unknown,
+            fence_down_since: None,
+            fence_warning: Throttle::default(),
             job: None,
             last_job: None,
             config,
@@ -192,7 +220,7 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
             restart_job_waiters: vec![],
             reinit_requested: false,
             last_reason: String::new(),
-            last_etcd_warning: None,
+            etcd_throttle: Throttle::default(),
             config_path: None,
             not_streaming_since: None,
             slot_absent_since: Default::default(),
@@ -268,6 +296,9 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
     async fn shutdown(&mut self) {
         if self.config.pause {
             tracing::info!("shutting down in maintenance mode: postgres and the leader key are left as they are");
+            // The operator runs this cluster by hand now, fence included.
+            self.set_fence_armed(false);
+            self.order_fence().await;
             return;
         }
         tracing::info!("shutting down: stopping postgres, then releasing the leader key");
@@ -277,9 +308,15 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
         if let Err(e) = self.inst.stop(StopMode::Fast).await {
             tracing::error!("stopping postgres failed: {e}; trying immediate");
             if let Err(e) = self.inst.stop(StopMode::Immediate).await {
-                tracing::error!("immediate stop failed too: {e}; leader key left to expire");
+                tracing::error!(
+                    "immediate stop failed too: {e}; leader key left to expire, \
+                     and the fence process to stop postgres at the deadline"
+                );
                 return;
             }
+        }
+        if let Err(e) = self.inst.order_fence(crate::pg::FenceOrder::Exit).await {
+            tracing::warn!("could not tell the fence process to exit: {e}");
         }
         match self.dcs.release_leader(&self.cfg.name).await {
             Ok(true) => tracing::info!("leader key released"),
@@ -306,6 +343,9 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
         }
         let now = now();
         self.renew_lease().await;
+        // The deadline just moved: the fence process hears it before this
+        // tick waits on anything else.
+        self.order_fence().await;
         // Before reading etcd: a failed job's clean-up (a bootstrap's claim
         // given up) changes keys this tick's view must already show.
         let job = self.poll_job().await;
@@ -319,6 +359,11 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
             }
         };
         if let Some(c) = &cluster {
+            self.key_lease = match &c.leader {
+                Some(l) if l.name == self.cfg.name => KeyLease::On(l.lease),
+                _ => KeyLease::NotMine,
+            };
+            self.refresh_fence_deadline();
             if let Some(cfg) = &c.config {
                 if *cfg != self.config {
                     tracing::info!(
@@ -357,7 +402,7 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
             now: self::now(),
             cluster: cluster.clone(),
             lease: self.lease,
-            last_renewal_sent: self.last_renewal_sent,
+            last_renewal_sent: self.rule2_renewal_sent(),
             data_dir: data_dir.clone(),
             pg: pg.clone(),
             job: job.clone(),
@@ -376,9 +421,26 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
                 .iter()
                 .map(|(s, t)| (s.clone(), now.saturating_duration_since(*t)))
                 .collect(),
+            fence_down_for: self
+                .fence_down_since
+                .map(|t| now.saturating_duration_since(t)),
             now_utc: chrono::Utc::now(),
         };
-        let d = decide(&obs);
+        let mut d = decide(&obs);
+        // The fence is armed before anything that can make a primary, and
+        // must have taken that order: rule 8 holds from the first write.
+        let primary = obs.pg.running().is_some_and(|r| !r.in_recovery);
+        if d.actions.iter().any(|a| a.may_make_primary(primary)) {
+            self.set_fence_armed(true);
+            self.order_fence().await;
+            if self.fence_down_since.is_some() {
+                tracing::warn!(
+                    actions = ?d.actions,
+                    "the fence process did not take the order: not making a primary"
+                );
+                d.actions.retain(|a| !a.may_make_primary(primary));
+            }
+        }
         let reason = d.reason.to_string();
         if reason != self.last_reason {
             let (timeline, lsn) = match &obs.pg {
@@ -408,8 +470,8 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
             .and_then(|c| c.leader_name())
             .is_some_and(|l| l == self.cfg.name);
         let armed = baton_core::ha::fence::armed(&pg, &data_dir, pending_job, i_lead);
-        self.fence
-            .send_if_modified(|f| std::mem::replace(&mut f.armed, armed) != armed);
+        self.set_fence_armed(armed);
+        self.order_fence().await;
         let needs_repair = d.reason.needs_repair();
         let member = self.member_json(&pg, &data_dir, pending_job, needs_repair, i_lead, &d.reason);
         if let (Some(lease), Some(_)) = (self.lease, &cluster) {
@@ -442,9 +504,7 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
             _ => None,
         };
         let config = self.config.clone();
-        let lease_deadline = self
-            .last_renewal_sent
-            .map(|t| t + self.config.leader_deadline());
+        let lease_deadline = self.fence_deadline();
         self.inbox.snapshot.send_modify(|s| {
             s.member = member;
             s.pg = pg;

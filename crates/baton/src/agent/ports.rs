@@ -22,7 +22,7 @@ use baton_core::lsn::Lsn;
 
 use crate::config::PgConfig;
 use crate::dcs::DcsError;
-use crate::pg::{self, Instance, PgError, RunAs, StopMode};
+use crate::pg::{self, FenceLink, FenceOrder, Instance, PgError, RunAs, StopMode};
 
 /// The shared state the agent reads and writes (PATRONI-COMPAT.md layout).
 /// Every call is bounded: a store that never answers returns an error.
@@ -171,6 +171,10 @@ pub trait Postgres: Send + Sync + 'static {
         port: u16,
         timeout: Duration,
     ) -> impl Future<Output = Result<Option<Lsn>, PgError>> + Send;
+    /// Hands the fence process beside postgres (`baton-fence`, rule 8)
+    /// what it must enforce, starting one when none answers. `Ok` once it
+    /// took the order: only then may the agent rely on it.
+    fn order_fence(&self, order: FenceOrder) -> impl Future<Output = Result<(), PgError>> + Send;
     /// The same instance with new settings (a reload).
     fn reconfigured(&self, cfg: PgConfig, name: String) -> Result<Self, PgError>
     where
@@ -187,11 +191,13 @@ pub trait Peers: Send + Sync + 'static {
 pub struct LocalPg {
     inst: Instance,
     client: Mutex<Option<Arc<tokio_postgres::Client>>>,
+    fence: FenceLink,
 }
 
 impl LocalPg {
     pub fn new(cfg: PgConfig, name: String) -> Result<LocalPg, PgError> {
         Ok(LocalPg {
+            fence: FenceLink::new(cfg.fence.clone(), cfg.data_dir.clone()),
             inst: Instance::new(cfg, name)?,
             client: Mutex::new(None),
         })
@@ -330,8 +336,12 @@ impl Postgres for LocalPg {
             .get::<_, Option<tokio_postgres::types::PgLsn>>(0)
             .map(|l| Lsn(u64::from(l))))
     }
+    async fn order_fence(&self, order: FenceOrder) -> Result<(), PgError> {
+        self.fence.send(order).await.map(|_| ())
+    }
     fn reconfigured(&self, cfg: PgConfig, name: String) -> Result<LocalPg, PgError> {
         Ok(LocalPg {
+            fence: FenceLink::new(cfg.fence.clone(), cfg.data_dir.clone()),
             inst: Instance::new(cfg, name)?,
             client: Mutex::new(self.kept()),
         })

@@ -6,9 +6,6 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use nix::sys::signal;
-use nix::unistd::Pid;
-
 use baton_core::instance::{parse_controldata, parse_history, DataDir, Unusable};
 
 use super::{Instance, PgError};
@@ -138,7 +135,7 @@ impl Instance {
 
     /// PID of the postmaster, if `postmaster.pid` names a live process.
     pub fn postmaster_pid(&self) -> Option<i32> {
-        read_postmaster_pid(&self.cfg.data_dir)
+        baton_fence::postmaster_pid(&self.cfg.data_dir)
     }
 
     /// Renames the data directory to `<data_dir>.baton-old-<unix time>` and
@@ -178,28 +175,4 @@ pub(super) fn empty_dir(dir: &Path) {
             };
         }
     }
-}
-
-pub fn read_postmaster_pid(data_dir: &Path) -> Option<i32> {
-    let text = std::fs::read_to_string(data_dir.join("postmaster.pid")).ok()?;
-    let pid: i32 = text.lines().next()?.trim().parse().ok()?;
-    // Signal 0 probes existence; EPERM still means the process exists.
-    match signal::kill(Pid::from_raw(pid), None) {
-        Ok(()) | Err(nix::errno::Errno::EPERM) if !is_zombie(pid) => Some(pid),
-        _ => None,
-    }
-}
-
-/// A killed postmaster stays a zombie until its parent (init, since pg_ctl
-/// exited) reaps it; signal 0 still finds it, yet it holds no port, no
-/// shared memory and accepts nothing. Not every init reaps at once.
-fn is_zombie(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            // "pid (comm) state ...": comm may hold spaces and parentheses.
-            let rest = &s[s.rfind(')')? + 1..];
-            rest.split_whitespace().next().map(|st| st == "Z")
-        })
-        .unwrap_or(false)
 }

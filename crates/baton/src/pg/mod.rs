@@ -33,11 +33,13 @@ use crate::config::PgConfig;
 mod clone;
 mod conf;
 mod datadir;
+mod fence;
 mod process;
 mod query;
 
+pub use baton_fence::postmaster_pid as read_postmaster_pid;
 pub use conf::{render_pg_hba, render_postgresql_conf};
-pub use datadir::read_postmaster_pid;
+pub use fence::{FenceLink, FenceOrder};
 pub use query::{
     create_replication_role, create_slot, drop_inactive_slot, query_running, timeline_history,
 };

@@ -6,10 +6,6 @@ use std::time::Duration;
 use super::conf::{render_pg_hba, render_postgresql_conf, write_owned};
 use super::{Instance, PgError, RunAs, StopMode};
 
-/// How long a fence waits for the postmaster to act on SIGQUIT, and then on
-/// SIGKILL. Both together stay well inside the default safety margin (1 s).
-const FENCE_GRACE: Duration = Duration::from_millis(300);
-
 impl Instance {
     /// Where a bootstrap's initdb runs: beside the data directory, which it
     /// replaces only once the new cluster's identifier is in etcd.
@@ -164,11 +160,11 @@ impl Instance {
     /// `immediate` (SIGQUIT) is for fencing, when seconds matter more than a
     /// checkpoint (crash recovery replays the WAL on the next start).
     pub async fn stop(&self, mode: StopMode) -> Result<(), PgError> {
-        let Some(pid) = self.postmaster_pid() else {
+        if self.postmaster_pid().is_none() {
             return Ok(());
-        };
+        }
         if mode == StopMode::Immediate {
-            return self.fence(pid).await;
+            return self.fence().await;
         }
         let mut cmd = self.pg_ctl("stop");
         cmd.arg("-m").arg(mode.as_str());
@@ -180,49 +176,26 @@ impl Instance {
         }
     }
 
-    /// Immediate stop for fencing: SIGQUIT, as `pg_ctl stop -m immediate`
-    /// sends, but without waiting on a postmaster that cannot act on it (one
-    /// that is SIGSTOPped, or wedged in I/O) and would accept writes again
-    /// once it could. After `FENCE_GRACE` its whole process group, which
-    /// holds every backend since `pg_ctl` starts the postmaster in a session
-    /// of its own, gets SIGKILL. Crash recovery replays the WAL next start.
-    async fn fence(&self, pid: i32) -> Result<(), PgError> {
-        use nix::sys::signal::{kill, killpg, Signal};
-        let p = nix::unistd::Pid::from_raw(pid);
-        let _ = kill(p, Signal::SIGQUIT);
-        if self.wait_exit(FENCE_GRACE).await {
-            return Ok(());
-        }
-        let own_group = nix::unistd::getpgid(Some(p)).is_ok_and(|g| g == p);
-        let sent = if own_group {
-            killpg(p, Signal::SIGKILL)
-        } else {
-            kill(p, Signal::SIGKILL)
-        };
-        tracing::warn!(
-            pid,
-            group = own_group,
-            "postmaster did not exit within {FENCE_GRACE:?} of SIGQUIT: sent SIGKILL ({sent:?})"
-        );
-        if self.wait_exit(FENCE_GRACE).await {
-            return Ok(());
-        }
-        Err(PgError::Refused(format!(
-            "postmaster {pid} still exists after SIGQUIT and SIGKILL"
-        )))
-    }
-
-    /// Whether the postmaster is gone within `limit`.
-    async fn wait_exit(&self, limit: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            if self.postmaster_pid().is_none() {
-                return true;
+    /// Immediate stop for fencing, exactly as the fence process stops it
+    /// ([`baton_fence::stop_postmaster`]: SIGQUIT, then SIGKILL of the
+    /// process group of a postmaster that cannot act on it).
+    async fn fence(&self) -> Result<(), PgError> {
+        let dir = self.cfg.data_dir.clone();
+        let outcome = tokio::task::spawn_blocking(move || baton_fence::stop_postmaster(&dir))
+            .await
+            .map_err(|e| PgError::Refused(format!("the fencing task failed: {e}")))?;
+        match outcome {
+            Ok(Some(baton_fence::Stopped::Killed { pid, group })) => {
+                tracing::warn!(
+                    pid,
+                    group,
+                    "postmaster did not exit within {:?} of SIGQUIT: sent SIGKILL",
+                    baton_fence::GRACE
+                );
+                Ok(())
             }
-            if tokio::time::Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            Ok(_) => Ok(()),
+            Err(e) => Err(PgError::Refused(e)),
         }
     }
 

@@ -500,3 +500,151 @@ impl Writer {
         (log, present)
     }
 }
+
+/// One writer per member, straight at it (not multi-host), each into a
+/// table of its own: who accepted writes, and when. Two members' ack
+/// periods overlapping is two writable primaries.
+pub struct MemberWriters {
+    stop: tokio_util::sync::CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<baton_local::workload::WriteLog>>,
+}
+
+impl MemberWriters {
+    /// Tables `<prefix>1..` are made on the leader; returns once the
+    /// current leader's writer has had writes acknowledged.
+    pub async fn start(t: &TestCluster, prefix: &str) -> MemberWriters {
+        use baton_local::workload;
+        let all = workload::read_write_config(&t.c.pg_hosts(), "postgres");
+        for i in 1..=t.c.nodes.len() {
+            workload::create_table(&all, &format!("{prefix}{i}"))
+                .await
+                .unwrap();
+        }
+        let stop = tokio_util::sync::CancellationToken::new();
+        let tasks =
+            t.c.pg_hosts()
+                .into_iter()
+                .enumerate()
+                .map(|(i, h)| {
+                    let mut cfg = workload::read_write_config(&[h], "postgres");
+                    cfg.target_session_attrs(tokio_postgres::config::TargetSessionAttrs::Any);
+                    tokio::spawn(workload::run_writes(
+                        cfg,
+                        format!("{prefix}{}", i + 1),
+                        Duration::from_millis(10),
+                        stop.clone(),
+                    ))
+                })
+                .collect();
+        let leader = t.leader_index().await.expect("a leader to write to");
+        let table = format!("{prefix}{}", leader + 1);
+        wait_for("writes on the leader", Duration::from_secs(10), || async {
+            let n = t
+                .sql(leader, &format!("SELECT count(*) FROM {table}"))
+                .await?[0]
+                .get::<_, i64>(0);
+            if n > 10 {
+                Ok(())
+            } else {
+                Err(format!("{n} rows"))
+            }
+        })
+        .await;
+        MemberWriters { stop, tasks }
+    }
+
+    /// Waits (bounded) until member `i` has acknowledged a write.
+    pub async fn wait_writes_on(&self, t: &TestCluster, prefix: &str, i: usize) {
+        let table = format!("{prefix}{}", i + 1);
+        wait_for(
+            "writes on the new leader",
+            Duration::from_secs(15),
+            || async {
+                let n =
+                    t.sql(i, &format!("SELECT count(*) FROM {table}")).await?[0].get::<_, i64>(0);
+                if n > 0 {
+                    Ok(())
+                } else {
+                    Err("none yet".into())
+                }
+            },
+        )
+        .await;
+    }
+
+    pub async fn finish(self) -> Vec<baton_local::workload::WriteLog> {
+        self.stop.cancel();
+        let mut logs = vec![];
+        for task in self.tasks {
+            logs.push(task.await.unwrap());
+        }
+        logs
+    }
+}
+
+/// Panics unless member `old`'s last acknowledged write came before member
+/// `new`'s first: never two writable primaries.
+pub fn assert_one_writer_at_a_time(
+    logs: &[baton_local::workload::WriteLog],
+    old: usize,
+    new: usize,
+) {
+    let old_last = logs[old]
+        .acked
+        .last()
+        .map(|(_, at)| *at)
+        .expect("the old leader acknowledged writes");
+    let new_first = logs[new]
+        .acked
+        .first()
+        .map(|(_, at)| *at)
+        .expect("the new leader acknowledged writes");
+    assert!(
+        old_last < new_first,
+        "two writable members: node{} acknowledged a write {:?} after node{} started accepting",
+        old + 1,
+        old_last - new_first,
+        new + 1
+    );
+}
+
+/// What member `i`'s fence process answers (its socket is the default
+/// `<data_dir>.fence`), or why it does not.
+pub fn fence_of(t: &TestCluster, i: usize) -> Result<baton_fence::Reply, String> {
+    use std::io::{BufRead, Write};
+    let mut socket = t.c.nodes[i].data_dir.clone().into_os_string();
+    socket.push(".fence");
+    let mut s = std::os::unix::net::UnixStream::connect(&socket).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok();
+    writeln!(s, "{}", baton_fence::Request::Keep).map_err(|e| e.to_string())?;
+    let mut line = String::new();
+    std::io::BufReader::new(s)
+        .read_line(&mut line)
+        .map_err(|e| e.to_string())?;
+    baton_fence::Reply::parse(&line)
+}
+
+/// The fence process's log of member `i`.
+pub fn fence_log(t: &TestCluster, i: usize) -> String {
+    let mut log = t.c.nodes[i].data_dir.clone().into_os_string();
+    log.push(".fence.log");
+    std::fs::read_to_string(log).unwrap_or_default()
+}
+
+/// SIGSTOPs a process and SIGCONTs it when dropped, so that a failing
+/// test leaves nothing stopped behind.
+pub struct Stopped(pub nix::unistd::Pid);
+
+impl Stopped {
+    pub fn stop(pid: u32) -> Stopped {
+        let pid = nix::unistd::Pid::from_raw(pid as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGCONT);
+    }
+}

@@ -34,7 +34,7 @@ pub struct Faults {
     /// Whole nodes killed (agent and postgres) and restarted.
     pub node_kills: bool,
     /// An agent killed while its postgres runs on, restarted after a
-    /// while. Until it is back nobody fences that postgres: rule 8.
+    /// while. Its fence process (rule 8) stops that postgres meanwhile.
     pub agent_kills: bool,
     /// Postgres killed under a live agent.
     pub pg_kills: bool,
@@ -48,35 +48,28 @@ pub struct Faults {
     pub pg_hangs: bool,
     /// Some steps (start, stop, promote, clone, rewind) take seconds.
     pub slow_steps: bool,
-    /// An agent not scheduled for longer than ttl while its postgres runs;
-    /// or killed and restarted only after its lease expired. Rule 8 of
-    /// DESIGN.md (a fence outside the agent) is what makes these safe.
+    /// An agent not scheduled for longer than ttl while its postgres runs.
+    /// Rule 8 of DESIGN.md (the fence process) is what makes it safe.
     pub stalls: bool,
+    /// Not a fault: the fence processes take orders but never act, to show
+    /// what rule 8 is for.
+    pub fence_processes_off: bool,
 }
 
 impl Faults {
-    /// Everything the agent alone must survive: faults that leave it
-    /// running beside its postgres.
-    pub fn agent_alone() -> Faults {
+    /// Every fault the simulator has.
+    pub fn all() -> Faults {
         Faults {
             node_kills: true,
-            agent_kills: false,
+            agent_kills: true,
             pg_kills: true,
             store_links: true,
             isolation: true,
             store_outage: true,
             pg_hangs: true,
             slow_steps: true,
-            stalls: false,
-        }
-    }
-
-    /// Also the faults only a fence outside the agent survives (rule 8).
-    pub fn with_stalls() -> Faults {
-        Faults {
-            agent_kills: true,
             stalls: true,
-            ..Faults::agent_alone()
+            fence_processes_off: false,
         }
     }
 }
@@ -177,7 +170,7 @@ impl Agents {
 fn crash_pg(w: &mut World, i: usize) {
     let pg = &mut w.nodes[i].pg;
     pg.running = None;
-    pg.starting = false;
+    pg.starting = None;
     pg.promote_at = None;
     pg.hung = false;
     pg.clean_checkpoint = None;
@@ -186,7 +179,37 @@ fn crash_pg(w: &mut World, i: usize) {
 /// What the driver does to the world each step, besides faults.
 fn physics(w: &mut World) {
     let now = Instant::now();
+    // The fence processes first: they act at their deadline whatever their
+    // agents do, SIGQUIT as an immediate stop.
+    for i in 0..w.nodes.len() {
+        let due = w.nodes[i]
+            .fence
+            .and_then(|f| f.deadline)
+            .is_some_and(|d| d <= now);
+        // A postmaster still in startup has its postmaster.pid too.
+        let pg = &w.nodes[i].pg;
+        let postmaster = pg.running.is_some() || pg.starting.is_some();
+        if due && postmaster && !w.faults.fence_processes_off {
+            crash_pg(w, i);
+            let name = w.nodes[i].name.clone();
+            w.event(format!(
+                "FENCE {name}: lease deadline passed, postgres stopped"
+            ));
+            w.check();
+        }
+    }
     w.expire();
+    for i in 0..w.nodes.len() {
+        let pg = &mut w.nodes[i].pg;
+        if let Some((_, mode)) = pg.starting.take_if(|(t, _)| *t <= now) {
+            pg.standby = mode != Mode::Primary;
+            pg.running = Some(mode.clone());
+            pg.clean_checkpoint = None;
+            let name = w.nodes[i].name.clone();
+            w.event(format!("{name} started as {mode:?}"));
+            w.check();
+        }
+    }
     for i in 0..w.nodes.len() {
         let name = w.nodes[i].name.clone();
         let id = w.last_id + 1;
@@ -258,6 +281,7 @@ fn fault(w: &mut World, agents: &mut Agents) {
         0 if f.node_kills && w.nodes[i].agent_alive => {
             agents.kill(w, i);
             crash_pg(w, i);
+            w.nodes[i].fence = None;
             let back = now + w.rng.ms(1000, 20_000);
             agents.restarts.push((back, i));
             w.event(format!("KILL node {name}"));

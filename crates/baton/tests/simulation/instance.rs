@@ -12,11 +12,11 @@ use tokio::time::Instant;
 
 use baton::agent::Postgres;
 use baton::config::PgConfig;
-use baton::pg::{PgError, RunAs, StopMode};
+use baton::pg::{FenceOrder, PgError, RunAs, StopMode};
 use baton_core::instance::{DataDir, ReplicationRow, Running};
 use baton_core::lsn::Lsn;
 
-use crate::world::{host_of, Mode, Shared, Wal, World, PG_PORT};
+use crate::world::{host_of, Mode, Shared, SimFence, Wal, World, PG_PORT};
 
 pub struct SimPg {
     pub world: Shared,
@@ -138,7 +138,7 @@ impl Postgres for SimPg {
     fn postmaster_running(&self) -> bool {
         let w = self.world.lock();
         let pg = &w.nodes[self.node].pg;
-        pg.running.is_some() || pg.starting
+        pg.running.is_some() || pg.starting.is_some()
     }
 
     async fn inspect(&self) -> DataDir {
@@ -277,36 +277,42 @@ impl Postgres for SimPg {
 
     async fn start(&self, run_as: &RunAs) -> Result<(), PgError> {
         let mode = Self::running_as(run_as);
-        // The postmaster exists from the start of `pg_ctl start`.
+        // The postmaster exists from the start of `pg_ctl start` and comes
+        // up by itself (the driver's physics), stalled or killed agent or
+        // not; pg_ctl waits for it.
         self.step(1, 5, 5, |w, i| {
+            let d = if w.faults.slow_steps && w.rng.chance(10) {
+                w.rng.ms(600, 5000)
+            } else {
+                w.rng.ms(100, 600)
+            };
             let pg = &mut w.nodes[i].pg;
             if pg.data.is_none() {
                 return Err(failed("pg_ctl start", "no data directory"));
             }
-            if pg.running.is_some() || pg.starting {
+            if pg.running.is_some() || pg.starting.is_some() {
                 return Err(failed("pg_ctl start", "another server might be running"));
             }
-            pg.starting = true;
+            pg.starting = Some((Instant::now() + d, mode));
             Ok(())
         })
         .await?;
-        self.step(100, 600, 5000, move |w, i| {
-            let pg = &mut w.nodes[i].pg;
-            if !pg.starting {
-                return Err(failed(
-                    "pg_ctl start",
-                    "the postmaster exited during startup",
-                ));
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            self.world.gate(self.node, self.epoch).await;
+            let w = self.world.lock();
+            let pg = &w.nodes[self.node].pg;
+            match (&pg.starting, &pg.running) {
+                (Some(_), _) => continue,
+                (None, Some(_)) => return Ok(()),
+                (None, None) => {
+                    return Err(failed(
+                        "pg_ctl start",
+                        "the postmaster exited during startup",
+                    ))
+                }
             }
-            pg.starting = false;
-            pg.standby = mode != Mode::Primary;
-            pg.running = Some(mode.clone());
-            pg.clean_checkpoint = None;
-            let name = w.nodes[i].name.clone();
-            w.event(format!("{name} started as {mode:?}"));
-            Ok(())
-        })
-        .await
+        }
     }
 
     async fn stop(&self, mode: StopMode) -> Result<(), PgError> {
@@ -317,7 +323,7 @@ impl Postgres for SimPg {
         self.step(lo, hi, slow, move |w, i| {
             let pg = &mut w.nodes[i].pg;
             let was = pg.running.take();
-            pg.starting = false;
+            pg.starting = None;
             pg.promote_at = None;
             pg.hung = false;
             // A fast stop of a primary ends its WAL with a shutdown checkpoint.
@@ -487,6 +493,23 @@ impl Postgres for SimPg {
         .await
     }
 
+    async fn order_fence(&self, order: FenceOrder) -> Result<(), PgError> {
+        self.world.gate(self.node, self.epoch).await;
+        let mut w = self.world.lock();
+        let fence = &mut w.nodes[self.node].fence;
+        match order {
+            FenceOrder::Arm { deadline } => {
+                fence.get_or_insert_with(SimFence::default).deadline = Some(deadline.into());
+            }
+            // Starts one if none runs, as the real link does.
+            FenceOrder::Keep => {
+                fence.get_or_insert_with(SimFence::default);
+            }
+            FenceOrder::Disarm => *fence = Some(SimFence::default()),
+            FenceOrder::Exit => *fence = None,
+        }
+        Ok(())
+    }
     fn reconfigured(&self, _cfg: PgConfig, _name: String) -> Result<SimPg, PgError> {
         Ok(SimPg {
             world: self.world.clone(),

@@ -120,8 +120,9 @@ pub struct Pg {
     /// `standby.signal`: set by a start in recovery, gone after promotion.
     pub standby: bool,
     /// A postmaster in startup (recovery): it exists, a stop kills it, it
-    /// accepts nothing until its start completes.
-    pub starting: bool,
+    /// accepts nothing until its start completes (then, in that mode),
+    /// whether or not the agent that started it still lives.
+    pub starting: Option<(Instant, Mode)>,
     /// Queries hang (a SIGSTOPped postmaster, a full disk).
     pub hung: bool,
     pub slots: BTreeSet<String>,
@@ -155,9 +156,19 @@ pub struct Node {
     pub agent_alive: bool,
     /// The agent is not scheduled until then (its next call waits).
     pub stalled_until: Option<Instant>,
+    /// The `baton-fence` process beside postgres, if one runs: it survives
+    /// its agent, never stalls with it, and dies with the host.
+    pub fence: Option<SimFence>,
     pub handle: Option<AgentHandle<SimStore>>,
     /// The watch of the current agent, notified on leader/config changes.
     pub wake: Option<Arc<Notify>>,
+}
+
+/// What a running fence process enforces.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SimFence {
+    /// Stop postgres once this passes; `None`: guarding nothing.
+    pub deadline: Option<Instant>,
 }
 
 #[derive(Clone, Debug)]
@@ -359,6 +370,7 @@ impl Node {
             epoch: 0,
             agent_alive: false,
             stalled_until: None,
+            fence: None,
             handle: None,
             wake: None,
         }

@@ -251,3 +251,61 @@ fn promotion_takes_a_timeline_nobody_used() {
         d.actions
     );
 }
+
+#[test]
+fn no_primary_starts_promotes_or_stays_without_a_fence_process() {
+    let down = |o: &mut Observation, secs: u64| o.fence_down_for = Some(Duration::from_secs(secs));
+    let fence_reason = |d: &Decision, stepping_down: bool| matches!(d.reason, Reason::FenceUnavailable { stepping_down: s, .. } if s == stepping_down);
+    // The leader's stopped postgres is not started as a primary.
+    let mut o = obs(
+        "n1",
+        Some(cluster(Some(("n1", 7)))),
+        valid(),
+        PgStatus::Stopped,
+    );
+    down(&mut o, 0);
+    let d = decide(&o);
+    assert_eq!(d.actions, vec![]);
+    assert!(fence_reason(&d, false), "{:?}", d.reason);
+    // A leader's replica is not promoted; its slots are still made.
+    let mut o = obs("n1", Some(cluster(Some(("n1", 7)))), valid(), running(true));
+    down(&mut o, 0);
+    let d = decide(&o);
+    assert_eq!(
+        d.actions,
+        vec![Action::CreateSlots(vec!["n2".into(), "n3".into()])]
+    );
+    // A replica does not take the key in an election.
+    let mut o = obs(
+        "n2",
+        Some(with_optime(cluster(None), 100)),
+        dir_on(1),
+        replica_at(1, 100),
+    );
+    down(&mut o, 0);
+    let d = decide(&o);
+    assert_eq!(d.actions, vec![]);
+    assert!(fence_reason(&d, false), "{:?}", d.reason);
+    // A running primary keeps going for less than a lease deadline (the
+    // agent restarts the fence meanwhile), then steps down.
+    let mut o = obs(
+        "n1",
+        Some(cluster(Some(("n1", 7)))),
+        valid(),
+        running(false),
+    );
+    down(&mut o, 2);
+    assert!(decide(&o)
+        .actions
+        .iter()
+        .all(|a| !matches!(a, Action::Stop)));
+    down(&mut o, 3);
+    let d = decide(&o);
+    assert_eq!(d.actions, vec![Action::Stop, Action::ReleaseLeader]);
+    assert!(fence_reason(&d, true), "{:?}", d.reason);
+    // Fencing never waits on the fence process.
+    let mut o = obs("n1", None, valid(), running(false));
+    o.last_renewal_sent = Some(o.now - Duration::from_secs(3));
+    down(&mut o, 10);
+    assert_eq!(decide(&o).actions, vec![Action::Stop]);
+}
