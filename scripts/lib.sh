@@ -12,6 +12,10 @@
 #                                        protobuf-compiler only *recommends* it, so
 #                                        --no-install-recommends leaves it out
 BATON_PACKAGES="postgresql-15 postgresql-client-15 etcd-server protobuf-compiler libprotobuf-dev"
+# Only scripts/test needs these (ensure_chaos_packages):
+#   iproute2, nftables                   the chaos tests: hosts in network namespaces,
+#                                        packets dropped by nftables rules
+CHAOS_PACKAGES="iproute2 nftables"
 
 as_root() {
     if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
@@ -81,6 +85,12 @@ ensure_packages() {
         require postgresql-15 "$tool" "$bindir/$tool" --version
     done
     require postgresql-15 "the postgres OS user" id postgres
+}
+
+ensure_chaos_packages() {
+    install_missing $CHAOS_PACKAGES
+    require iproute2 "ip (network namespaces)" ip -V
+    require nftables "nft" nft --version
 }
 
 # cargo-deb builds the .deb from Cargo.toml's [package.metadata.deb]. Pinned,

@@ -176,6 +176,35 @@ fn decide_rules(o: &Observation) -> Decision {
         if matches!(o.pg, PgStatus::Unresponsive) {
             return decision(vec![], Reason::PostgresUnresponsive);
         }
+        // A half-copied data directory never starts, in any role: it would
+        // replay a history that is neither its own nor the leader's.
+        if o.rewind_incomplete {
+            return match leader {
+                Some(_) if i_lead => decision(
+                    vec![Action::ReleaseLeader],
+                    Reason::RewindIncomplete {
+                        from: None,
+                        rebuilding: false,
+                    },
+                ),
+                Some(l) if o.rebuild_allowed => decision(
+                    vec![Action::Rebuild {
+                        from: l.to_string(),
+                    }],
+                    Reason::RewindIncomplete {
+                        from: Some(l.to_string()),
+                        rebuilding: true,
+                    },
+                ),
+                from => decision(
+                    vec![],
+                    Reason::RewindIncomplete {
+                        from: from.map(str::to_string),
+                        rebuilding: false,
+                    },
+                ),
+            };
+        }
         let failed = |r: Reason| match &o.job {
             JobStatus::Failed(JobKind::Start, e, _) => Reason::StartFailed(e.clone()),
             _ => r,

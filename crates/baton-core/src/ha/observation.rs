@@ -142,6 +142,10 @@ pub struct Observation {
     /// the agent's orders; `None` while it does. Without it no primary is
     /// started or promoted, and a leader steps down.
     pub fence_down_for: Option<Duration>,
+    /// A pg_rewind into this data directory began copying and did not
+    /// finish: the directory mixes two histories and must never start;
+    /// only a rebuild from the leader repairs it.
+    pub rewind_incomplete: bool,
     /// Leader: Baton's slots on this primary whose member key is gone, and
     /// for how long this agent has seen them so.
     pub absent_slots: std::collections::BTreeMap<String, Duration>,

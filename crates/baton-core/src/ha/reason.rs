@@ -263,6 +263,12 @@ pub enum Reason {
         error: String,
         rebuilding: bool,
     },
+    /// A pg_rewind that began copying never finished: postgres is not
+    /// started on this directory; it is rebuilt from `from` when allowed.
+    RewindIncomplete {
+        from: Option<String>,
+        rebuilding: bool,
+    },
     RewindSourceDown {
         from: String,
         error: String,
@@ -399,6 +405,21 @@ impl fmt::Display for Reason {
                 error,
                 rebuilding: true,
             } => write!(f, "pg_rewind failed ({error}): rebuilding from the leader"),
+            Reason::RewindIncomplete {
+                from: Some(from),
+                rebuilding: true,
+            } => write!(
+                f,
+                "an interrupted pg_rewind left the data directory half-copied: rebuilding from {from}"
+            ),
+            Reason::RewindIncomplete { from, .. } => write!(
+                f,
+                "need repair: an interrupted pg_rewind left the data directory half-copied; {}",
+                match from {
+                    Some(_) => "rebuild is not allowed (postgresql.rebuild_on_rewind_failure): run baton reinit",
+                    None => "waiting for a leader to rebuild from; postgres is not started on it",
+                }
+            ),
             Reason::RewindFailed {
                 error,
                 rebuilding: false,
@@ -480,6 +501,10 @@ impl Reason {
             Reason::RewindFailed {
                 rebuilding: true, ..
             } => "rewind_failed_rebuilding",
+            Reason::RewindIncomplete {
+                rebuilding: true, ..
+            } => "rewind_incomplete_rebuilding",
+            Reason::RewindIncomplete { .. } => "rewind_incomplete",
             Reason::RewindFailed {
                 rebuilding: false, ..
             } => "rewind_failed_need_repair",
@@ -503,6 +528,10 @@ impl Reason {
             Reason::ForeignCluster { .. }
                 | Reason::DataDirUnusable(_)
                 | Reason::RewindFailed {
+                    rebuilding: false,
+                    ..
+                }
+                | Reason::RewindIncomplete {
                     rebuilding: false,
                     ..
                 }

@@ -421,6 +421,7 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
                 .iter()
                 .map(|(s, t)| (s.clone(), now.saturating_duration_since(*t)))
                 .collect(),
+            rewind_incomplete: self.inst.rewind_incomplete(),
             fence_down_for: self
                 .fence_down_since
                 .map(|t| now.saturating_duration_since(t)),

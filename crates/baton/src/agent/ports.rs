@@ -127,6 +127,9 @@ pub trait Postgres: Send + Sync + 'static {
     fn initdb(&self) -> impl Future<Output = Result<String, PgError>> + Send;
     /// The system identifier of a staged initdb, if one is there.
     fn staged_initdb(&self) -> impl Future<Output = Option<String>> + Send;
+    /// A pg_rewind began copying into the data directory and did not
+    /// finish (its marker beside the directory).
+    fn rewind_incomplete(&self) -> bool;
     /// The staged cluster becomes the data directory.
     fn adopt_initdb(&self) -> impl Future<Output = Result<(), PgError>> + Send;
     /// The staged cluster is dropped: it never ran and holds nothing.
@@ -267,6 +270,9 @@ impl Postgres for LocalPg {
     }
     async fn staged_initdb(&self) -> Option<String> {
         self.inst.staged_system_id().await
+    }
+    fn rewind_incomplete(&self) -> bool {
+        self.inst.rewind_incomplete()
     }
     async fn adopt_initdb(&self) -> Result<(), PgError> {
         self.inst.adopt_staged()

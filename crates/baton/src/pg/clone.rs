@@ -16,7 +16,8 @@ impl Instance {
     /// logging its progress. On failure the partial copy is removed, since
     /// the directory was empty before.
     pub async fn basebackup_from(&self, host: &str, port: u16) -> Result<(), PgError> {
-        self.basebackup_into(host, port, &self.cfg.data_dir).await
+        self.basebackup_into(host, port, &self.cfg.data_dir).await?;
+        self.clear_rewind_marker()
     }
 
     /// pg_basebackup of `host:port` into `target` (empty or missing); on
@@ -116,7 +117,34 @@ impl Instance {
             &new,
             &format!("the clone (old data is in {})", aside.display()),
         )?;
+        self.clear_rewind_marker()?;
         Ok(aside)
+    }
+
+    /// Beside the data directory while a pg_rewind may have copied part of
+    /// it: pg_rewind removes target files the source lacks, so a marker
+    /// inside would not survive, and the control file is rewritten last,
+    /// so nothing in the directory itself tells a half-copied one apart.
+    fn rewind_marker(&self) -> PathBuf {
+        let mut m = self.cfg.data_dir.clone().into_os_string();
+        m.push(".baton-rewind-incomplete");
+        m.into()
+    }
+
+    /// A pg_rewind began copying into the data directory and did not finish.
+    pub fn rewind_incomplete(&self) -> bool {
+        self.rewind_marker().exists()
+    }
+
+    fn clear_rewind_marker(&self) -> Result<(), PgError> {
+        match std::fs::remove_file(self.rewind_marker()) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(PgError::io(
+                format!("removing {}", self.rewind_marker().display()),
+                e,
+            )),
+        }
     }
 
     /// Asks another member for a CHECKPOINT, so its control file carries
@@ -183,11 +211,37 @@ impl Instance {
         if let Some(pw) = &self.cfg.superuser.password {
             cmd.env("PGPASSWORD", pw);
         }
-        let out = self
+        let marker = self.rewind_marker();
+        std::fs::write(&marker, "pg_rewind started; a rebuild clears this\n")
+            .map_err(|e| PgError::io(format!("writing {}", marker.display()), e))?;
+        match self
             .run("pg_rewind", cmd, self.cfg.start_timeout.saturating_mul(10))
-            .await?;
-        tracing::info!(member = %self.name, "pg_rewind: {}", out.trim().lines().last().unwrap_or("done"));
-        Ok(())
+            .await
+        {
+            Ok(out) => {
+                self.clear_rewind_marker()?;
+                tracing::info!(member = %self.name, "pg_rewind: {}", out.trim().lines().last().unwrap_or("done"));
+                Ok(())
+            }
+            // pg_rewind prints "need to copy N MB" right before it starts
+            // writing into the target; one that failed before that left the
+            // data directory as it was (crash recovery, which it may have
+            // run, leaves it consistent). One that timed out may have been
+            // anywhere: the marker stays.
+            Err(PgError::Command { detail, what }) if !detail.contains("need to copy") => {
+                self.clear_rewind_marker()?;
+                Err(PgError::Command { what, detail })
+            }
+            Err(e) => {
+                tracing::error!(
+                    member = %self.name,
+                    "pg_rewind failed while copying: the data directory is half-copied and \
+                     will not be started ({} stays until a rebuild)",
+                    marker.display()
+                );
+                Err(e)
+            }
+        }
     }
 
     pub(super) fn replication_conninfo(&self, host: &str, port: u16) -> String {

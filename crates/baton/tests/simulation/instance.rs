@@ -293,6 +293,15 @@ impl Postgres for SimPg {
             if pg.running.is_some() || pg.starting.is_some() {
                 return Err(failed("pg_ctl start", "another server might be running"));
             }
+            if pg.rewind_incomplete {
+                let line = format!(
+                    "at {} ms: {} started postgres on a half-copied data directory (interrupted pg_rewind)",
+                    w.ms(),
+                    w.nodes[i].name
+                );
+                w.violation.get_or_insert(line);
+                return Err(failed("pg_ctl start", "half-copied data directory"));
+            }
             pg.starting = Some((Instant::now() + d, mode));
             Ok(())
         })
@@ -402,6 +411,7 @@ impl Postgres for SimPg {
             pg.data = data;
             pg.standby = true;
             pg.clean_checkpoint = None;
+            pg.rewind_incomplete = false;
             Ok(())
         })
         .await
@@ -421,6 +431,7 @@ impl Postgres for SimPg {
             pg.data = data;
             pg.standby = true;
             pg.clean_checkpoint = None;
+            pg.rewind_incomplete = false;
             Ok(PathBuf::from("/sim/data.baton-old"))
         })
         .await
@@ -428,6 +439,23 @@ impl Postgres for SimPg {
 
     async fn rewind_from(&self, host: &str, port: u16) -> Result<(), PgError> {
         let host = host.to_string();
+        // It connects, then copies: a source that dies meanwhile (or an
+        // agent killed meanwhile) leaves the target half-copied.
+        let h = host.clone();
+        self.step(5, 50, 50, move |w, i| {
+            if Self::reachable(w, i, &h, port).is_none() {
+                return Err(unreachable(&h, port));
+            }
+            if w.nodes[i].pg.running.is_some() {
+                return Err(failed(
+                    "pg_rewind",
+                    "target server must be shut down cleanly",
+                ));
+            }
+            w.nodes[i].pg.rewind_incomplete = true;
+            Ok(())
+        })
+        .await?;
         self.step(200, 2000, 8000, move |w, i| {
             let Some(src) = Self::reachable(w, i, &host, port) else {
                 return Err(unreachable(&host, port));
@@ -443,6 +471,7 @@ impl Postgres for SimPg {
             pg.data = data;
             pg.standby = true;
             pg.clean_checkpoint = None;
+            pg.rewind_incomplete = false;
             let name = w.nodes[i].name.clone();
             w.event(format!("{name} rewound from {host}"));
             Ok(())
@@ -493,6 +522,9 @@ impl Postgres for SimPg {
         .await
     }
 
+    fn rewind_incomplete(&self) -> bool {
+        self.world.lock().nodes[self.node].pg.rewind_incomplete
+    }
     async fn order_fence(&self, order: FenceOrder) -> Result<(), PgError> {
         self.world.gate(self.node, self.epoch).await;
         let mut w = self.world.lock();

@@ -131,6 +131,8 @@ pub struct Pg {
     pub promote_at: Option<(Instant, u32)>,
     /// Shut down cleanly as a primary: where its shutdown checkpoint is.
     pub clean_checkpoint: Option<u64>,
+    /// A rewind began copying and did not finish: the data is half-copied.
+    pub rewind_incomplete: bool,
 }
 
 /// How a link to etcd behaves.

@@ -202,3 +202,29 @@ fn a_replica_streaming_from_the_leader_is_not_ahead_of_its_stale_timeline() {
     assert_eq!(d.actions, vec![Action::Stop]);
     assert_eq!(d.reason.code(), "diverged");
 }
+
+#[test]
+fn a_half_copied_data_directory_never_starts_and_is_rebuilt_from_the_leader() {
+    // No leader: it does not start read-only to stand in an election.
+    let mut o = obs("n2", Some(cluster(None)), dir_on(1), PgStatus::Stopped);
+    o.rewind_incomplete = true;
+    let d = decide(&o);
+    assert_eq!(d.actions, vec![]);
+    assert_eq!(
+        d.reason,
+        Reason::RewindIncomplete {
+            from: None,
+            rebuilding: false
+        }
+    );
+    assert!(d.reason.needs_repair());
+    // A leader: rebuild from it, never a start.
+    o.cluster = Some(cluster(Some(("n1", 3))));
+    let d = decide(&o);
+    assert_eq!(d.actions, vec![Action::Rebuild { from: "n1".into() }]);
+    // Rebuild not allowed: it waits for the operator.
+    o.rebuild_allowed = false;
+    let d = decide(&o);
+    assert_eq!(d.actions, vec![]);
+    assert_eq!(d.reason.code(), "rewind_incomplete");
+}
