@@ -10,8 +10,16 @@ use super::action::decision;
 use super::{Action, Decision, JobKind, Observation, PgStatus, Reason};
 
 /// Whether the fence timer guards this member now. `job` is the job running,
-/// `i_lead` whether the leader key names this member.
-pub fn armed(pg: &PgStatus, data_dir: &DataDir, job: Option<JobKind>, i_lead: bool) -> bool {
+/// `i_lead` whether the leader key names this member, `promotion_pending`
+/// whether a promotion signalled earlier (by this agent or a dead one) may
+/// still turn it read-write.
+pub fn armed(
+    pg: &PgStatus,
+    data_dir: &DataDir,
+    job: Option<JobKind>,
+    i_lead: bool,
+    promotion_pending: bool,
+) -> bool {
     let standby_dir = matches!(data_dir, DataDir::Valid { standby: true, .. });
     let may_be_primary = match pg {
         PgStatus::Running(r) => !r.in_recovery,
@@ -23,7 +31,7 @@ pub fn armed(pg: &PgStatus, data_dir: &DataDir, job: Option<JobKind>, i_lead: bo
         Some(JobKind::Start | JobKind::Restart) => i_lead || !standby_dir,
         Some(JobKind::Clone | JobKind::Rewind | JobKind::Rebuild) | None => false,
     };
-    may_be_primary || job_may_make_one
+    may_be_primary || job_may_make_one || promotion_pending
 }
 
 /// Rule 8 over a decision: while the fence process does not answer, nothing
@@ -90,33 +98,53 @@ mod tests {
 
     #[test]
     fn armed_for_primaries_and_what_may_become_one() {
-        assert!(armed(&running(false), &dir(false), None, true));
-        assert!(!armed(&running(true), &dir(true), None, false));
+        assert!(armed(&running(false), &dir(false), None, true, false));
+        assert!(!armed(&running(true), &dir(true), None, false, false));
         // A hung postmaster counts unless its data directory says standby.
-        assert!(armed(&PgStatus::Unresponsive, &dir(false), None, false));
-        assert!(!armed(&PgStatus::Unresponsive, &dir(true), None, false));
+        assert!(armed(
+            &PgStatus::Unresponsive,
+            &dir(false),
+            None,
+            false,
+            false
+        ));
+        assert!(!armed(
+            &PgStatus::Unresponsive,
+            &dir(true),
+            None,
+            false,
+            false
+        ));
         // Jobs that can end with a primary.
         for job in [JobKind::Bootstrap, JobKind::Promote, JobKind::Switchover] {
-            assert!(armed(&running(true), &dir(true), Some(job), false), "{job}");
+            assert!(
+                armed(&running(true), &dir(true), Some(job), false, false),
+                "{job}"
+            );
         }
         assert!(armed(
             &PgStatus::Stopped,
             &dir(true),
             Some(JobKind::Start),
-            true
+            true,
+            false
         ));
         assert!(!armed(
             &PgStatus::Stopped,
             &dir(true),
             Some(JobKind::Start),
+            false,
             false
         ));
         assert!(!armed(
             &PgStatus::Stopped,
             &DataDir::Empty,
             Some(JobKind::Clone),
+            false,
             false
         ));
-        assert!(!armed(&PgStatus::Stopped, &dir(false), None, true));
+        assert!(!armed(&PgStatus::Stopped, &dir(false), None, true, false));
+        // A replica with a promotion signalled and not seen to finish.
+        assert!(armed(&running(true), &dir(true), None, false, true));
     }
 }

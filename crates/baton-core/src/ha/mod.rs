@@ -116,6 +116,26 @@ fn decide_rules(o: &Observation) -> Decision {
                 Reason::PrimaryStartTimeout { waited: elapsed },
             );
         }
+        // Rule 1 for a start already under way: one that comes up
+        // read-write (no standby.signal) must still hold the key when it
+        // does; stopped now, it never accepts a write without it.
+        // A bootstrap or a promotion without the key is stopped whatever
+        // the directory says (simulator seed 23651: a bootstrap's agent
+        // stalled past its lease, then started the primary).
+        let read_write_dir = matches!(o.data_dir, DataDir::Valid { standby: false, .. });
+        let makes_primary = match kind {
+            JobKind::Bootstrap | JobKind::Promote => true,
+            JobKind::Start | JobKind::Restart => read_write_dir,
+            _ => false,
+        };
+        if makes_primary && !i_lead {
+            return decision(
+                vec![Action::Stop],
+                Reason::StartWithoutKey {
+                    leader: leader.map(str::to_string),
+                },
+            );
+        }
         return decision(vec![], Reason::JobRunning(kind));
     }
 
@@ -223,6 +243,12 @@ fn decide_rules(o: &Observation) -> Decision {
             ),
         };
     };
+
+    // A promotion that a dead agent signalled can still complete: unless
+    // the key is ours, it must not (rule 1).
+    if o.promotion_pending && !i_lead && run.in_recovery {
+        return decision(vec![Action::Stop], Reason::PromotionWithoutKey);
+    }
 
     if i_lead {
         return leader::decide_running(o, cluster, run);

@@ -146,6 +146,10 @@ pub struct Observation {
     /// finish: the directory mixes two histories and must never start;
     /// only a rebuild from the leader repairs it.
     pub rewind_incomplete: bool,
+    /// A promotion was signalled to this (still recovering) postgres and
+    /// has not been seen to finish, perhaps by an agent that died since:
+    /// it can turn read-write at any moment.
+    pub promotion_pending: bool,
     /// Leader: Baton's slots on this primary whose member key is gone, and
     /// for how long this agent has seen them so.
     pub absent_slots: std::collections::BTreeMap<String, Duration>,

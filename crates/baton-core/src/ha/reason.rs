@@ -231,6 +231,14 @@ pub enum Reason {
     DemotingForeignLeader {
         leader: String,
     },
+    /// A promotion signalled earlier is still pending here and the key is
+    /// not ours: postgres is stopped before it can turn read-write.
+    PromotionWithoutKey,
+    /// A start (or restart) read-write is under way, and the leader key no
+    /// longer names us: it is stopped before it can accept a write.
+    StartWithoutKey {
+        leader: Option<String>,
+    },
     Following {
         leader: String,
         streaming: bool,
@@ -368,6 +376,18 @@ impl fmt::Display for Reason {
                  stopping it and releasing the leader key",
                 waited.as_secs_f64()
             ),
+            Reason::PromotionWithoutKey => write!(
+                f,
+                "a promotion signalled earlier is still pending and the leader key is not ours: stopping postgres"
+            ),
+            Reason::StartWithoutKey { leader } => write!(
+                f,
+                "the leader key is {}: stopping the read-write start under way",
+                match leader {
+                    Some(l) => format!("{l}'s now"),
+                    None => "gone".to_string(),
+                }
+            ),
             Reason::DemotingForeignLeader { leader } => {
                 write!(f, "running as primary but {leader} holds the leader key: demoting")
             }
@@ -484,6 +504,8 @@ impl Reason {
             Reason::FenceUnavailable { .. } => "fence_unavailable",
             Reason::PrimaryStartTimeout { .. } => "primary_start_timeout",
             Reason::DemotingForeignLeader { .. } => "demoting_foreign_leader",
+            Reason::StartWithoutKey { .. } => "start_without_key",
+            Reason::PromotionWithoutKey => "promotion_without_key",
             Reason::Following {
                 streaming: true, ..
             } => "streaming",

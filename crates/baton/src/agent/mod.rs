@@ -390,6 +390,7 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
             }
             _ => vec![],
         };
+        let promotion_pending = self.inst.promotion_pending(&pg);
         let staged_initdb = match data_dir {
             DataDir::Empty => self.inst.staged_initdb().await,
             _ => None,
@@ -422,6 +423,7 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
                 .map(|(s, t)| (s.clone(), now.saturating_duration_since(*t)))
                 .collect(),
             rewind_incomplete: self.inst.rewind_incomplete(),
+            promotion_pending,
             fence_down_for: self
                 .fence_down_since
                 .map(|t| now.saturating_duration_since(t)),
@@ -466,14 +468,26 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
         self.act(&d, &obs).await;
 
         let pending_job = self.job.as_ref().map(|j| j.kind);
+        // As last known, not as this tick's view shows it: with etcd out of
+        // reach there is no view, and a primary's start still under way
+        // must stay guarded (simulator seed 19568: a slow start disarmed
+        // by a failed read landed after the key expired); a key taken
+        // in this very tick counts too.
+        let key_mine = matches!(self.key_lease, KeyLease::On(_));
+        // Until this agent has read etcd it does not know what its
+        // predecessor left running (simulator seed 6028: a promotion a
+        // killed agent had signalled): it keeps the fence armed.
+        let armed =
+            baton_core::ha::fence::armed(&pg, &data_dir, pending_job, key_mine, promotion_pending)
+                || self.key_lease == KeyLease::Unknown;
+        self.set_fence_armed(armed);
+        self.order_fence().await;
+        let needs_repair = d.reason.needs_repair();
+        // The member key says what this tick's view says.
         let i_lead = cluster
             .as_ref()
             .and_then(|c| c.leader_name())
             .is_some_and(|l| l == self.cfg.name);
-        let armed = baton_core::ha::fence::armed(&pg, &data_dir, pending_job, i_lead);
-        self.set_fence_armed(armed);
-        self.order_fence().await;
-        let needs_repair = d.reason.needs_repair();
         let member = self.member_json(&pg, &data_dir, pending_job, needs_repair, i_lead, &d.reason);
         if let (Some(lease), Some(_)) = (self.lease, &cluster) {
             match self.dcs.put_member(&self.cfg.name, &member, lease).await {

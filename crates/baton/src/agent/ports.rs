@@ -17,6 +17,7 @@ use tokio::sync::Notify;
 
 use baton_core::cluster::{ClusterView, LeaseId, Member, StatusKey};
 use baton_core::config::DynamicConfig;
+use baton_core::ha::PgStatus;
 use baton_core::instance::{DataDir, Running};
 use baton_core::lsn::Lsn;
 
@@ -130,6 +131,10 @@ pub trait Postgres: Send + Sync + 'static {
     /// A pg_rewind began copying into the data directory and did not
     /// finish (its marker beside the directory).
     fn rewind_incomplete(&self) -> bool;
+    /// A promotion was signalled (perhaps by an agent that died since) and
+    /// postgres, seen as `pg` now, has not finished it. Forgets one that
+    /// finished or can no longer happen.
+    fn promotion_pending(&self, pg: &PgStatus) -> bool;
     /// The staged cluster becomes the data directory.
     fn adopt_initdb(&self) -> impl Future<Output = Result<(), PgError>> + Send;
     /// The staged cluster is dropped: it never ran and holds nothing.
@@ -273,6 +278,9 @@ impl Postgres for LocalPg {
     }
     fn rewind_incomplete(&self) -> bool {
         self.inst.rewind_incomplete()
+    }
+    fn promotion_pending(&self, pg: &PgStatus) -> bool {
+        self.inst.promotion_pending(pg)
     }
     async fn adopt_initdb(&self) -> Result<(), PgError> {
         self.inst.adopt_staged()

@@ -216,11 +216,48 @@ impl Instance {
         Ok(())
     }
 
+    /// Beside the data directory from before `pg_ctl promote` until it has
+    /// returned: an agent killed in between leaves a promotion that
+    /// postgres still carries out (after replaying what it received, which
+    /// can take long), and its successor must know.
+    fn promote_marker(&self) -> std::path::PathBuf {
+        let mut m = self.cfg.data_dir.clone().into_os_string();
+        m.push(".baton-promoting");
+        m.into()
+    }
+
     pub async fn promote(&self) -> Result<(), PgError> {
+        let marker = self.promote_marker();
+        std::fs::write(&marker, "pg_ctl promote signalled\n")
+            .map_err(|e| PgError::io(format!("writing {}", marker.display()), e))?;
         let cmd = self.pg_ctl("promote");
-        self.run("pg_ctl promote", cmd, self.pg_ctl_limit())
+        let r = self
+            .run("pg_ctl promote", cmd, self.pg_ctl_limit())
             .await
-            .map(|_| ())
+            .map(|_| ());
+        if r.is_ok() {
+            let _ = std::fs::remove_file(&marker);
+        }
+        r
+    }
+
+    /// See [`Instance::promote_marker`]: pending while postgres still
+    /// recovers (or does not answer); a primary finished it, and a stopped
+    /// postmaster drops the signal file when it next starts.
+    pub fn promotion_pending(&self, pg: &baton_core::ha::PgStatus) -> bool {
+        use baton_core::ha::PgStatus;
+        let marker = self.promote_marker();
+        if !marker.exists() {
+            return false;
+        }
+        match pg {
+            PgStatus::Running(r) if r.in_recovery => true,
+            PgStatus::Unresponsive => true,
+            _ => {
+                let _ = std::fs::remove_file(&marker);
+                false
+            }
+        }
     }
 
     /// Points a running replica at another upstream: rewrite, then reload

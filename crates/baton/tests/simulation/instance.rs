@@ -302,6 +302,9 @@ impl Postgres for SimPg {
                 w.violation.get_or_insert(line);
                 return Err(failed("pg_ctl start", "half-copied data directory"));
             }
+            // Baton's config files (standby.signal) are written before
+            // pg_ctl start runs.
+            pg.standby = mode != Mode::Primary;
             pg.starting = Some((Instant::now() + d, mode));
             Ok(())
         })
@@ -524,6 +527,9 @@ impl Postgres for SimPg {
 
     fn rewind_incomplete(&self) -> bool {
         self.world.lock().nodes[self.node].pg.rewind_incomplete
+    }
+    fn promotion_pending(&self, _pg: &baton_core::ha::PgStatus) -> bool {
+        self.world.lock().nodes[self.node].pg.promote_at.is_some()
     }
     async fn order_fence(&self, order: FenceOrder) -> Result<(), PgError> {
         self.world.gate(self.node, self.epoch).await;

@@ -127,6 +127,31 @@ fn real_agents_stay_safe_and_converge_under_faults() {
     );
 }
 
+/// Seeds that once found a bug in the agent, beyond the first 2,000 that
+/// CI runs anyway: each stays fixed.
+/// - 19568: a primary's slow start was disarmed by a tick that could not
+///   read etcd, and landed after the leader key had expired.
+/// - 23006: a primary's slow start went on after the key expired (its
+///   agent stalled meanwhile) and came up beside the new leader.
+/// - 6028: an agent killed after signalling a promotion; its successor,
+///   not yet knowing the key, disarmed the fence and the promotion landed.
+/// - 23651, 26402: a bootstrap whose agent stalled past its lease went on
+///   to start the primary without the key.
+const REGRESSIONS: &[u64] = &[19568, 23006, 6028, 23651, 26402];
+
+#[test]
+fn seeds_that_once_found_bugs_stay_fixed() {
+    trace();
+    for &seed in REGRESSIONS {
+        if let Err(f) = driver::run(seed, Faults::all(), PLAN) {
+            panic!(
+                "{}",
+                report("seeds_that_once_found_bugs_stay_fixed", seed, &f)
+            );
+        }
+    }
+}
+
 /// The simulator's teeth for rule 8: with the fence processes switched
 /// off, the stalled and killed agents of the main run do leave a writable
 /// primary beside a new leader, so the main run's 0 violations come from

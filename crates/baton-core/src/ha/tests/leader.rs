@@ -309,3 +309,63 @@ fn no_primary_starts_promotes_or_stays_without_a_fence_process() {
     down(&mut o, 10);
     assert_eq!(decide(&o).actions, vec![Action::Stop]);
 }
+
+#[test]
+fn a_read_write_start_under_way_stops_once_the_key_is_gone() {
+    // Simulator seed 23006: the key expired while a slow primary start
+    // ran; it came up read-write beside the new leader.
+    for leader in [None, Some(("n2", 9))] {
+        let mut o = obs("n1", Some(cluster(leader)), valid(), PgStatus::Stopped);
+        o.job = JobStatus::Running(JobKind::Start, Duration::from_secs(1));
+        let d = decide(&o);
+        assert_eq!(d.actions, vec![Action::Stop], "{leader:?}");
+        assert_eq!(d.reason.code(), "start_without_key");
+    }
+    // A bootstrap or a promotion without the key, whatever the directory.
+    for job in [JobKind::Bootstrap, JobKind::Promote] {
+        let mut o = obs(
+            "n1",
+            Some(cluster(Some(("n2", 9)))),
+            DataDir::Empty,
+            PgStatus::Stopped,
+        );
+        o.job = JobStatus::Running(job, Duration::from_secs(1));
+        assert_eq!(decide(&o).actions, vec![Action::Stop], "{job}");
+    }
+    // With the key, or starting as a standby, it goes on.
+    let mut o = obs(
+        "n1",
+        Some(cluster(Some(("n1", 7)))),
+        valid(),
+        PgStatus::Stopped,
+    );
+    o.job = JobStatus::Running(JobKind::Start, Duration::from_secs(1));
+    assert_eq!(decide(&o).actions, vec![]);
+    let mut o = obs(
+        "n1",
+        Some(cluster(Some(("n2", 9)))),
+        dir_on(1),
+        PgStatus::Stopped,
+    );
+    o.job = JobStatus::Running(JobKind::Start, Duration::from_secs(1));
+    assert_eq!(decide(&o).actions, vec![]);
+}
+
+#[test]
+fn a_pending_promotion_without_the_key_is_stopped() {
+    // Simulator seed 6028: an agent killed after signalling a promotion;
+    // its successor found a replica and the key gone.
+    let mut o = obs(
+        "n2",
+        Some(cluster(Some(("n3", 9)))),
+        dir_on(1),
+        replica_at(1, 100),
+    );
+    o.promotion_pending = true;
+    let d = decide(&o);
+    assert_eq!(d.actions, vec![Action::Stop]);
+    assert_eq!(d.reason.code(), "promotion_without_key");
+    let mut o = obs("n2", Some(cluster(None)), dir_on(1), replica_at(1, 100));
+    o.promotion_pending = true;
+    assert_eq!(decide(&o).actions, vec![Action::Stop]);
+}

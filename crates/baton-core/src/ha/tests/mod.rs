@@ -80,6 +80,7 @@ fn obs(me: &str, cluster: Option<ClusterView>, data_dir: DataDir, pg: PgStatus) 
         staged_initdb: None,
         fence_down_for: None,
         rewind_incomplete: false,
+        promotion_pending: false,
         absent_slots: Default::default(),
         now_utc: chrono::DateTime::parse_from_rfc3339("2026-11-23T12:00:00Z")
             .unwrap()
