@@ -110,6 +110,46 @@ impl FailoverKey {
     }
 }
 
+/// `sync`: what the leader promises an election in synchronous mode (see
+/// `ha::sync`). Patroni's fields and meaning: `sync_standby` lists the
+/// voters (comma-separated), `quorum` how many voters besides itself a
+/// candidate must hear from (absent: none, `synchronous_mode: on`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncKey {
+    #[serde(default)]
+    pub leader: Option<String>,
+    #[serde(default)]
+    pub sync_standby: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quorum: Option<u32>,
+}
+
+impl SyncKey {
+    /// The voters, as listed.
+    pub fn voters(&self) -> Vec<String> {
+        self.sync_standby
+            .as_deref()
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Whether `name` is a voter (names compare as postgres compares
+    /// standby names: ignoring case).
+    pub fn lists(&self, name: &str) -> bool {
+        self.voters().iter().any(|v| v.eq_ignore_ascii_case(name))
+    }
+
+    pub fn leader_is(&self, name: &str) -> bool {
+        self.leader
+            .as_deref()
+            .is_some_and(|l| l.eq_ignore_ascii_case(name))
+    }
+}
+
 /// `leader`: who holds it, and on which lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeaderKey {
@@ -130,6 +170,10 @@ pub struct ClusterView {
     pub status: Option<StatusKey>,
     pub history: Option<serde_json::Value>,
     pub failover: Option<FailoverKey>,
+    /// `sync`, as the last leader in synchronous mode wrote it.
+    pub sync: Option<SyncKey>,
+    /// mod_revision of `sync`, for compare-and-set (0: absent).
+    pub sync_revision: i64,
     /// The lease each member key hangs on (a switchover hands the leader
     /// key over onto the candidate's lease).
     pub member_leases: BTreeMap<String, LeaseId>,
@@ -257,6 +301,10 @@ impl ClusterView {
                 "status" => view.status = serde_json::from_str(&text).ok(),
                 "history" => view.history = serde_json::from_str(&text).ok(),
                 "failover" => view.failover = serde_json::from_str(&text).ok(),
+                "sync" => {
+                    view.sync_revision = mod_revision;
+                    view.sync = serde_json::from_str(&text).ok();
+                }
                 TIMELINE_KEY => view.timeline_reserved = text.trim().parse().ok(),
                 _ => {
                     if let Some(name) = rel.strip_prefix("members/") {

@@ -52,12 +52,78 @@ pub struct DynamicConfig {
     /// automatic action.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub pause: bool,
+    /// Patroni's `synchronous_mode`: `false`/`off`, `true`/`on`, `quorum`.
+    #[serde(default, skip_serializing_if = "SyncMode::is_off")]
+    pub synchronous_mode: SyncMode,
+    /// How many standbys must confirm each commit (Patroni's
+    /// `synchronous_node_count`).
+    #[serde(default = "default_sync_node_count")]
+    pub synchronous_node_count: u32,
+    /// With no synchronous standby left, commits wait (`*`) instead of
+    /// the primary silently acknowledging them alone.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub synchronous_mode_strict: bool,
     #[serde(flatten)]
     pub other: serde_json::Map<String, serde_json::Value>,
 }
 
 fn default_safety_margin() -> f64 {
     1.0
+}
+
+fn default_sync_node_count() -> u32 {
+    1
+}
+
+/// Patroni's `synchronous_mode`, stored as `false`, `true` or `"quorum"`
+/// (strings `off`/`on` are read too, as Patroni reads them).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SyncMode {
+    /// Asynchronous: a failover may lose what the primary had not shipped.
+    #[default]
+    Off,
+    /// `FIRST n (...)`: each commit waits for the `n` named standbys, any
+    /// of which may then take over alone.
+    On,
+    /// `ANY n (...)`: each commit waits for any `n` of the listed standbys;
+    /// an election hears enough of them to be sure it sees the latest.
+    Quorum,
+}
+
+impl SyncMode {
+    pub fn is_off(&self) -> bool {
+        *self == SyncMode::Off
+    }
+}
+
+impl Serialize for SyncMode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            SyncMode::Off => s.serialize_bool(false),
+            SyncMode::On => s.serialize_bool(true),
+            SyncMode::Quorum => s.serialize_str("quorum"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for SyncMode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match serde_json::Value::deserialize(d)? {
+            serde_json::Value::Bool(true) => Ok(SyncMode::On),
+            serde_json::Value::Bool(false) | serde_json::Value::Null => Ok(SyncMode::Off),
+            serde_json::Value::String(t) => match t.to_ascii_lowercase().as_str() {
+                "on" | "true" => Ok(SyncMode::On),
+                "off" | "false" => Ok(SyncMode::Off),
+                "quorum" => Ok(SyncMode::Quorum),
+                other => Err(serde::de::Error::custom(format!(
+                    "synchronous_mode: {other:?} is not one of off, on, quorum"
+                ))),
+            },
+            other => Err(serde::de::Error::custom(format!(
+                "synchronous_mode: {other} is not one of off, on, quorum"
+            ))),
+        }
+    }
 }
 
 /// Seconds as a `Duration`, clamped to `[0, MAX_SECONDS]`: validation has
@@ -95,6 +161,9 @@ impl Default for DynamicConfig {
             primary_start_timeout: default_primary_start_timeout(),
             member_slots_ttl: default_member_slots_ttl(),
             pause: false,
+            synchronous_mode: SyncMode::Off,
+            synchronous_node_count: default_sync_node_count(),
+            synchronous_mode_strict: false,
             other: serde_json::Map::new(),
         }
     }
@@ -164,6 +233,12 @@ impl DynamicConfig {
                     format!("{v} s is more than a year ({MAX_SECONDS} s); surely a typo"),
                 ));
             }
+        }
+        if self.synchronous_node_count < 1 {
+            p.push((
+                "synchronous_node_count",
+                "0 must be at least 1 (use synchronous_mode: off for none)".to_string(),
+            ));
         }
         if p.is_empty() {
             let budget = self.ttl as f64 - self.safety_margin;

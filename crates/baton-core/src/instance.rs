@@ -115,6 +115,8 @@ pub struct Running {
     pub slots: BTreeMap<String, Option<Lsn>>,
     /// Primary: connected standbys by application_name.
     pub replication: Vec<ReplicationRow>,
+    /// `synchronous_standby_names` in force.
+    pub synchronous_standby_names: String,
     /// Switch points of the timelines before `timeline` (filled by the agent
     /// from the history file, cached per timeline).
     pub history: Vec<(u32, Lsn)>,

@@ -8,7 +8,7 @@ use std::fmt;
 use serde::Serialize;
 
 use crate::cluster::ClusterView;
-use crate::config::Tags;
+use crate::config::{SyncMode, Tags};
 use crate::lsn::Lsn;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -78,8 +78,31 @@ impl ClusterStatus {
         let mut degraded = vec![];
         let mut members = vec![];
 
+        let sync_mode = view
+            .config
+            .as_ref()
+            .map(|c| c.synchronous_mode)
+            .unwrap_or_default();
+        // Only the current leader's promise names synchronous standbys.
+        let sync = view
+            .sync
+            .as_ref()
+            .filter(|k| !sync_mode.is_off() && leader.as_deref().is_some_and(|l| k.leader_is(l)));
+        if !sync_mode.is_off() && leader.is_some() && sync.is_none_or(|k| k.voters().is_empty()) {
+            degraded.push(
+                "synchronous mode, but no synchronous standby yet: if the leader failed now, \
+                 no member could take over without losing commits"
+                    .to_string(),
+            );
+        }
         for (name, m) in &view.members {
             let is_leader = leader.as_deref() == Some(name.as_str());
+            let role = match sync {
+                _ if is_leader => "leader",
+                Some(k) if k.lists(name) && sync_mode == SyncMode::Quorum => "quorum_standby",
+                Some(k) if k.lists(name) => "sync_standby",
+                _ => "replica",
+            };
             let (host, port) = m.pg_address().unwrap_or_default();
             let streaming = m.replication_state.as_deref() == Some("streaming");
             let state = match m.state.as_str() {
@@ -126,7 +149,7 @@ impl ClusterStatus {
                 name: name.clone(),
                 host,
                 port,
-                role: if is_leader { "leader" } else { "replica" }.into(),
+                role: role.into(),
                 state,
                 timeline: m.timeline,
                 receive_lsn: m.receive_lsn.map(|l| Lsn(l).to_string()),
@@ -257,6 +280,7 @@ impl ClusterStatus {
                     match m.role.as_str() {
                         "leader" => "Leader",
                         "sync_standby" => "Sync Standby",
+                        "quorum_standby" => "Quorum Standby",
                         _ => "Replica",
                     }
                     .to_string(),
@@ -356,6 +380,46 @@ mod tests {
         assert_eq!(s.members[0].role, "leader");
         assert_eq!(s.members[1].state, "streaming");
         assert_eq!(s.members[2].lag, Some(100));
+    }
+
+    #[test]
+    fn synchronous_standbys_show_their_role_and_none_degrades() {
+        use crate::cluster::SyncKey;
+        use crate::config::{DynamicConfig, SyncMode};
+        let mut v = view();
+        v.config = Some(DynamicConfig {
+            synchronous_mode: SyncMode::On,
+            ..DynamicConfig::default()
+        });
+        let s = ClusterStatus::from_view("demo", &v, 1 << 20);
+        assert_eq!(s.state, ClusterState::Degraded);
+        assert!(
+            s.problems[0].contains("no synchronous standby"),
+            "{:?}",
+            s.problems
+        );
+
+        v.sync = Some(SyncKey {
+            leader: Some("n1".into()),
+            sync_standby: Some("n2".into()),
+            quorum: None,
+        });
+        let s = ClusterStatus::from_view("demo", &v, 1 << 20);
+        assert_eq!(s.state, ClusterState::Normal, "{:?}", s.problems);
+        let roles: Vec<&str> = s.members.iter().map(|m| m.role.as_str()).collect();
+        assert_eq!(roles, ["leader", "sync_standby", "replica"]);
+        assert!(s.render().contains("Sync Standby"));
+
+        v.config.as_mut().unwrap().synchronous_mode = SyncMode::Quorum;
+        let s = ClusterStatus::from_view("demo", &v, 1 << 20);
+        assert_eq!(s.members[1].role, "quorum_standby");
+        assert!(s.render().contains("Quorum Standby"));
+
+        // Another leader's promise names nobody for this one.
+        v.sync.as_mut().unwrap().leader = Some("n3".into());
+        let s = ClusterStatus::from_view("demo", &v, 1 << 20);
+        assert_eq!(s.members[1].role, "replica");
+        assert_eq!(s.state, ClusterState::Degraded);
     }
 
     #[test]

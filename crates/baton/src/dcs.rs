@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use tokio::sync::Notify;
 
-use baton_core::cluster::{ClusterView, FailoverKey, LeaseId, Member, StatusKey};
+use baton_core::cluster::{ClusterView, FailoverKey, LeaseId, Member, StatusKey, SyncKey};
 use baton_core::config::DynamicConfig;
 
 use crate::agent::Store;
@@ -434,6 +434,28 @@ impl Store for Dcs {
         history: &serde_json::Value,
     ) -> Result<bool, DcsError> {
         self.put_as_leader("history", history.to_string(), me, lease)
+            .await
+    }
+
+    async fn put_sync(
+        &self,
+        me: &str,
+        lease: LeaseId,
+        seen_revision: i64,
+        sync: Option<&SyncKey>,
+    ) -> Result<bool, DcsError> {
+        let key = self.key("sync");
+        let [named, on_lease] = self.held_by(me, lease);
+        let unchanged = Compare::mod_revision(key.as_str(), CompareOp::Equal, seen_revision);
+        let op = match sync {
+            Some(s) => TxnOp::put(
+                key.as_str(),
+                serde_json::to_string(s).expect("sync key serializes"),
+                None,
+            ),
+            None => TxnOp::delete(key.as_str(), None),
+        };
+        self.txn(Txn::new().when([named, on_lease, unchanged]).and_then([op]))
             .await
     }
 

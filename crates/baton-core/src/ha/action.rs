@@ -56,6 +56,18 @@ pub enum Action {
     CancelSwitchover,
     /// Restart postgres in its current role (job).
     Restart,
+    /// Write the `sync` key (compare-and-set on its revision, as the
+    /// holder of the leader key), or delete it (`None`).
+    WriteSync(Option<crate::cluster::SyncKey>),
+    /// Set `synchronous_standby_names` on the running primary and reload
+    /// (`None`: back to the node file's own value).
+    SetSyncStandbys(Option<String>),
+    /// Before promoting in synchronous mode: the `sync` key names this
+    /// member as leader and promises no standby yet, so no replica that
+    /// lacks our future commits can be elected; in strict mode postgres
+    /// also waits for a standby (`*`) from its first commit. The actions
+    /// after it are not carried out if it fails.
+    ClaimSync { strict: bool },
 }
 
 impl Action {

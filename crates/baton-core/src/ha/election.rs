@@ -36,6 +36,11 @@ pub(super) fn elect(o: &Observation, cluster: &ClusterView, run: &Running) -> De
             }),
         );
     }
+    if !o.config.synchronous_mode.is_off() {
+        if let Err(why) = super::sync::may_elect(o, cluster) {
+            return decision(vec![], Reason::NotEligible(why));
+        }
+    }
     let position = run
         .receive_lsn
         .max(run.replay_lsn)
@@ -56,7 +61,12 @@ pub(super) fn elect(o: &Observation, cluster: &ClusterView, run: &Running) -> De
     }
     let me = (run.timeline.unwrap_or(0), position, priority(&o.tags));
     for p in &o.peers {
-        if !p.running || p.nofailover || p.priority <= 0 || p.name == o.me {
+        if !p.running
+            || p.nofailover
+            || p.priority <= 0
+            || p.name == o.me
+            || !super::sync::peer_counts(o, cluster, p)
+        {
             continue;
         }
         let them = (p.timeline, p.position, p.priority);

@@ -22,6 +22,11 @@ pub(super) fn decide_running(o: &Observation, cluster: &ClusterView, run: &Runni
             actions.push(Action::CreateSlots(missing));
         }
         let from = run.timeline.unwrap_or(1);
+        if !o.config.synchronous_mode.is_off() {
+            actions.push(Action::ClaimSync {
+                strict: o.config.synchronous_mode_strict,
+            });
+        }
         actions.push(Action::Promote {
             from,
             to: cluster.next_timeline(from),
@@ -58,6 +63,7 @@ pub(super) fn decide_running(o: &Observation, cluster: &ClusterView, run: &Runni
             actions.push(Action::PublishHistory);
         }
     }
+    actions.extend(super::sync::leader_step(o, cluster, run));
     actions.push(Action::PublishStatus);
     let reason = switchover::leader_request(o, cluster, &mut actions);
     decision(actions, reason)

@@ -49,6 +49,7 @@ mod pause;
 pub mod publish;
 mod reason;
 mod switchover;
+pub mod sync;
 
 use std::time::Duration;
 

@@ -153,6 +153,9 @@ pub struct Observation {
     /// Leader: Baton's slots on this primary whose member key is gone, and
     /// for how long this agent has seen them so.
     pub absent_slots: std::collections::BTreeMap<String, Duration>,
+    /// Leader: this primary's WAL position when the agent first saw the
+    /// `synchronous_standby_names` now in force (`ha::sync::confirmed`).
+    pub sync_applied_at: Option<crate::lsn::Lsn>,
     /// Wall-clock time, for scheduled switchovers.
     pub now_utc: chrono::DateTime<chrono::Utc>,
 }

@@ -23,6 +23,15 @@ pub enum Ineligible {
         lag: u64,
         limit: u64,
     },
+    /// Synchronous mode: the `sync` key does not list this member, so it
+    /// may lack commits the old primary acknowledged.
+    NotSynchronous,
+    /// Quorum mode: fewer voters answered than it takes to be sure some
+    /// answer holds the latest acknowledged commit.
+    QuorumNotHeard {
+        heard: u32,
+        needed: u32,
+    },
 }
 
 impl Ineligible {
@@ -31,6 +40,8 @@ impl Ineligible {
             Ineligible::TaggedNofailover => "tagged_nofailover",
             Ineligible::FailoverPriorityNotPositive { .. } => "failover_priority_not_positive",
             Ineligible::LagExceedsLimit { .. } => "lag_exceeds_limit",
+            Ineligible::NotSynchronous => "not_synchronous",
+            Ineligible::QuorumNotHeard { .. } => "quorum_not_heard",
         }
     }
 }
@@ -50,6 +61,14 @@ impl fmt::Display for Ineligible {
                 "lag {} > maximum_lag_on_failover {}",
                 human_bytes(*lag),
                 human_bytes(*limit)
+            ),
+            Ineligible::NotSynchronous => write!(
+                f,
+                "synchronous mode and the sync key does not list me: I may lack acknowledged commits"
+            ),
+            Ineligible::QuorumNotHeard { heard, needed } => write!(
+                f,
+                "quorum mode: heard from {heard} other voters, {needed} needed to be sure of the latest commit"
             ),
         }
     }
@@ -111,6 +130,8 @@ pub enum CandidateProblem {
         lag: u64,
         limit: u64,
     },
+    /// Synchronous mode: the candidate is not a synchronous standby.
+    NotSynchronous(String),
     /// A switchover request that names no candidate other than the leader.
     NoOtherCandidate,
 }
@@ -126,6 +147,7 @@ impl CandidateProblem {
             CandidateProblem::NotStreaming(_) => "not_streaming",
             CandidateProblem::OtherTimeline { .. } => "other_timeline",
             CandidateProblem::LagExceedsLimit { .. } => "lag_exceeds_limit",
+            CandidateProblem::NotSynchronous(_) => "not_synchronous",
             CandidateProblem::NoOtherCandidate => "no_other_candidate",
         }
     }
@@ -158,6 +180,10 @@ impl fmt::Display for CandidateProblem {
                     "{name} lags {lag} bytes > maximum_lag_on_failover {limit}"
                 )
             }
+            CandidateProblem::NotSynchronous(n) => write!(
+                f,
+                "synchronous mode: {n} is not a synchronous standby (see the sync key)"
+            ),
             CandidateProblem::NoOtherCandidate => write!(f, "request names no other candidate"),
         }
     }

@@ -43,6 +43,13 @@ pub fn candidate_problem(
     if m.replication_state.as_deref() != Some("streaming") {
         return Some(CandidateProblem::NotStreaming(candidate.to_string()));
     }
+    let sync_mode = cluster
+        .config
+        .as_ref()
+        .is_some_and(|c| !c.synchronous_mode.is_off());
+    if sync_mode && !cluster.sync.as_ref().is_some_and(|k| k.lists(candidate)) {
+        return Some(CandidateProblem::NotSynchronous(candidate.to_string()));
+    }
     let leader = cluster.leader_member();
     let (ltl, optime) = (leader.and_then(|l| l.timeline), cluster.leader_optime());
     if m.timeline != ltl {

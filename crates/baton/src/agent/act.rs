@@ -2,7 +2,7 @@
 
 use std::sync::atomic::Ordering;
 
-use baton_core::cluster::{ClusterView, StatusKey};
+use baton_core::cluster::{ClusterView, StatusKey, SyncKey};
 use baton_core::ha::{Action, Decision, JobKind, Observation, PgStatus};
 use baton_core::instance::slot_name;
 
@@ -50,6 +50,12 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
         for action in &d.actions {
             if let Err(e) = self.act_one(action, obs).await {
                 tracing::warn!(?action, "action failed: {e}");
+                if matches!(action, Action::ClaimSync { .. } | Action::WriteSync(_)) {
+                    // What follows relies on the key as written: a
+                    // promotion on another leader's promise, or a rule
+                    // that the old promise does not cover.
+                    break;
+                }
             }
         }
     }
@@ -132,6 +138,61 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
                     };
                     switchover(&*inst, &dcs, &h).await
                 });
+            }
+            Action::WriteSync(key) => {
+                let (Some(lease), Some(c)) = (self.lease, obs.cluster.as_ref()) else {
+                    return Ok(());
+                };
+                if self
+                    .dcs
+                    .put_sync(&me, lease, c.sync_revision, key.as_ref())
+                    .await?
+                {
+                    tracing::info!(sync = ?key, "sync key written");
+                    // The next step (a confirmation, a rule) may be due now.
+                    self.wake.notify_one();
+                } else {
+                    return Err(ActError::Missing(
+                        "the sync key changed meanwhile, or the leader key is not ours".into(),
+                    ));
+                }
+            }
+            Action::SetSyncStandbys(value) => {
+                self.inst
+                    .set_sync_standbys(value.as_deref(), self.config.retry_timeout())
+                    .await?;
+                tracing::info!(
+                    "synchronous_standby_names = {:?}",
+                    value.as_deref().unwrap_or("(the node file's value)")
+                );
+                self.wake.notify_one();
+            }
+            Action::ClaimSync { strict } => {
+                let (Some(lease), Some(c)) = (self.lease, obs.cluster.as_ref()) else {
+                    return Err(ActError::Missing("no lease or no view of etcd".into()));
+                };
+                let key = SyncKey {
+                    leader: Some(me.clone()),
+                    sync_standby: None,
+                    quorum: None,
+                };
+                if !self
+                    .dcs
+                    .put_sync(&me, lease, c.sync_revision, Some(&key))
+                    .await?
+                {
+                    return Err(ActError::Missing(
+                        "the sync key changed meanwhile, or the leader key is not ours: not promoting"
+                            .into(),
+                    ));
+                }
+                if *strict {
+                    // From its first commit, the new primary waits for a
+                    // standby (any: none is promised to elections yet).
+                    self.inst
+                        .set_sync_standbys(Some("ANY 1 (*)"), self.config.retry_timeout())
+                        .await?;
+                }
             }
             Action::CancelSwitchover => {
                 self.dcs.clear_failover().await?;

@@ -157,6 +157,9 @@ pub struct Agent<S = Dcs, P = LocalPg, H = HttpPeers> {
     /// The node file, re-read on `POST /reload` and SIGHUP.
     config_path: Option<std::path::PathBuf>,
     history_cache: Option<(u32, Vec<(u32, baton_core::lsn::Lsn)>)>,
+    /// The `synchronous_standby_names` this primary enforces and its WAL
+    /// position when the agent first saw it so (`ha::sync::confirmed`).
+    sync_seen: Option<(String, baton_core::lsn::Lsn)>,
 }
 
 impl Agent {
@@ -225,6 +228,7 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
             not_streaming_since: None,
             slot_absent_since: Default::default(),
             history_cache: None,
+            sync_seen: None,
         }
     }
 
@@ -384,6 +388,7 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
             _ => None,
         };
         self.track_absent_slots(cluster.as_ref(), &pg, now);
+        self.track_sync_rule(&pg);
         let peers = match (&cluster, &pg) {
             (Some(c), PgStatus::Running(r)) if c.leader.is_none() && r.in_recovery => {
                 self.observe_peers(c).await
@@ -424,6 +429,7 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
                 .collect(),
             rewind_incomplete: self.inst.rewind_incomplete(),
             promotion_pending,
+            sync_applied_at: self.sync_seen.as_ref().map(|(_, at)| *at),
             fence_down_for: self
                 .fence_down_since
                 .map(|t| now.saturating_duration_since(t)),

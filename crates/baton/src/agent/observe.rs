@@ -91,6 +91,23 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
         }
     }
 
+    /// Remembers where this primary's WAL was when its current
+    /// `synchronous_standby_names` was first seen in force: a rule covers
+    /// the commits before that point only once its standbys flushed past
+    /// it. A restarted agent starts counting afresh, which only delays.
+    pub(super) fn track_sync_rule(&mut self, pg: &PgStatus) {
+        let Some(run) = pg.running().filter(|r| !r.in_recovery) else {
+            self.sync_seen = None;
+            return;
+        };
+        let (Some(at), ssn) = (run.wal_lsn, &run.synchronous_standby_names) else {
+            return;
+        };
+        if self.sync_seen.as_ref().is_none_or(|(s, _)| s != ssn) {
+            self.sync_seen = Some((ssn.clone(), at));
+        }
+    }
+
     /// The running instance's timeline history, read once per timeline.
     pub(super) async fn history_of(
         &mut self,

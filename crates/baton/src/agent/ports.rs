@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use baton_core::cluster::{ClusterView, LeaseId, Member, StatusKey};
+use baton_core::cluster::{ClusterView, LeaseId, Member, StatusKey, SyncKey};
 use baton_core::config::DynamicConfig;
 use baton_core::ha::PgStatus;
 use baton_core::instance::{DataDir, Running};
@@ -98,6 +98,16 @@ pub trait Store: Clone + Send + Sync + 'static {
         lease: LeaseId,
         history: &serde_json::Value,
     ) -> impl Future<Output = Result<bool, DcsError>> + Send;
+    /// Writes (or with `None` deletes) the `sync` key while the leader key
+    /// is ours on `lease` and `sync` is unchanged since `seen_revision`
+    /// (its mod_revision; 0: absent).
+    fn put_sync(
+        &self,
+        me: &str,
+        lease: LeaseId,
+        seen_revision: i64,
+        sync: Option<&SyncKey>,
+    ) -> impl Future<Output = Result<bool, DcsError>> + Send;
     fn set_timeout(&mut self, timeout: Duration);
     /// Notifies `wake` whenever a key that changes decisions changes; runs
     /// for as long as the agent does (a task of its own, hence `self`).
@@ -123,6 +133,13 @@ pub trait Postgres: Send + Sync + 'static {
     fn create_slot(&self, slot: &str) -> impl Future<Output = Result<(), PgError>> + Send;
     /// Drops `slot` if no walsender uses it; whether it did.
     fn drop_inactive_slot(&self, slot: &str) -> impl Future<Output = Result<bool, PgError>> + Send;
+    /// Sets `synchronous_standby_names` and reloads (`None`: the node
+    /// file's value again); returns once postgres enforces it.
+    fn set_sync_standbys(
+        &self,
+        value: Option<&str>,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<(), PgError>> + Send;
     /// initdb into a staging directory beside the (empty) data directory;
     /// the new cluster's system identifier.
     fn initdb(&self) -> impl Future<Output = Result<String, PgError>> + Send;
@@ -269,6 +286,14 @@ impl Postgres for LocalPg {
     async fn drop_inactive_slot(&self, slot: &str) -> Result<bool, PgError> {
         let c = self.connection(Self::CONNECT).await?;
         pg::drop_inactive_slot(&c, slot).await
+    }
+    async fn set_sync_standbys(
+        &self,
+        value: Option<&str>,
+        timeout: Duration,
+    ) -> Result<(), PgError> {
+        let c = self.connection(Self::CONNECT.min(timeout)).await?;
+        pg::set_sync_standbys(&c, value, timeout).await
     }
     async fn initdb(&self) -> Result<String, PgError> {
         self.inst.initdb_staged().await

@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
+use baton_core::config::SyncMode;
 use baton_core::ha::PgStatus;
 use baton_core::status::ClusterStatus;
 
@@ -21,6 +22,8 @@ pub(super) enum Check {
     Leader,
     Replica,
     Sync,
+    Quorum,
+    Async,
     ReadOnly,
     Health,
     Liveness,
@@ -40,6 +43,16 @@ pub(super) fn is_running_primary(s: &Snapshot) -> bool {
 pub(super) fn lag(s: &Snapshot) -> Option<u64> {
     let c = s.cluster.as_ref()?;
     Some(c.leader_optime()?.saturating_sub(s.member.xlog_location?))
+}
+
+/// The synchronous mode in which the leader's `sync` key lists this
+/// member as a standby that holds every acknowledged commit, if it does.
+pub(super) fn sync_listed(s: &Snapshot) -> Option<SyncMode> {
+    let mode = s.config.synchronous_mode;
+    let c = s.cluster.as_ref()?;
+    let key = c.sync.as_ref()?;
+    let leader = c.leader_name()?;
+    (!mode.is_off() && key.leader_is(leader) && key.lists(&s.name)).then_some(mode)
 }
 
 /// Patroni's size syntax for `?lag=`: bytes, or a number with kB/MB/GB/TB.
@@ -189,8 +202,9 @@ fn holds(s: &Snapshot, q: &HashMap<String, String>, which: Check, now: Instant) 
         Check::Primary => leading,
         Check::Leader => holds_key,
         Check::Replica => replica_ok(s, q, None),
-        // Synchronous replication is not implemented yet: nobody is a sync standby.
-        Check::Sync => false,
+        Check::Sync => replica_ok(s, q, None) && sync_listed(s) == Some(SyncMode::On),
+        Check::Quorum => replica_ok(s, q, None) && sync_listed(s) == Some(SyncMode::Quorum),
+        Check::Async => replica_ok(s, q, None) && sync_listed(s).is_none(),
         Check::ReadOnly => leading || replica_ok(s, q, None),
         Check::Health => ticking && matches!(s.pg, PgStatus::Running(_)),
         Check::Liveness => ticking,

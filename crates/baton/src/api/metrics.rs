@@ -8,9 +8,10 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
+use baton_core::config::SyncMode;
 use baton_core::ha::PgStatus;
 
-use super::health::{is_running_primary, snapshot};
+use super::health::{is_running_primary, snapshot, sync_listed};
 use crate::agent::AgentHandle;
 
 pub(super) async fn metrics(State(state): State<AgentHandle>) -> Response {
@@ -50,7 +51,12 @@ pub(super) async fn metrics(State(state): State<AgentHandle>) -> Response {
     gauge(
         "patroni_sync_standby",
         "Value is 1 if this node is a sync standby replica, 0 otherwise.",
-        0.0,
+        (replica && sync_listed(&s) == Some(SyncMode::On)) as u8 as f64,
+    );
+    gauge(
+        "patroni_quorum_standby",
+        "Value is 1 if this node is a quorum standby replica, 0 otherwise.",
+        (replica && sync_listed(&s) == Some(SyncMode::Quorum)) as u8 as f64,
     );
     gauge(
         "patroni_cluster_unlocked",

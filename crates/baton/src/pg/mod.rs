@@ -41,7 +41,8 @@ pub use baton_fence::postmaster_pid as read_postmaster_pid;
 pub use conf::{render_pg_hba, render_postgresql_conf};
 pub use fence::{FenceLink, FenceOrder};
 pub use query::{
-    create_replication_role, create_slot, drop_inactive_slot, query_running, timeline_history,
+    create_replication_role, create_slot, drop_inactive_slot, query_running, set_sync_standbys,
+    timeline_history,
 };
 
 /// What went wrong with the local instance or a peer's postgres. The

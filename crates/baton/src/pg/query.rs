@@ -49,7 +49,8 @@ pub async fn query_running(client: &tokio_postgres::Client) -> Result<Running, P
                     (SELECT system_identifier::text FROM pg_control_system()),
                     current_setting('server_version_num')::int,
                     current_setting('primary_conninfo'),
-                    current_setting('primary_slot_name')",
+                    current_setting('primary_slot_name'),
+                    current_setting('synchronous_standby_names')",
             &[],
         )
         .await?;
@@ -68,6 +69,7 @@ pub async fn query_running(client: &tokio_postgres::Client) -> Result<Running, P
         slots: BTreeMap::new(),
         replication: vec![],
         history: vec![],
+        synchronous_standby_names: row.get(5),
     };
     type PgLsn = tokio_postgres::types::PgLsn;
     let lsn = |l: PgLsn| Lsn(u64::from(l));
@@ -183,6 +185,52 @@ pub async fn create_slot(client: &tokio_postgres::Client, slot: &str) -> Result<
         )
         .await?;
     Ok(())
+}
+
+/// Sets `synchronous_standby_names` (`None`: back to the configuration
+/// file's value) and reloads. Postgres applies a reload asynchronously;
+/// with a value, this waits (up to `timeout`) until a session sees it, so
+/// the next observation does not show the old rule as still in force.
+pub async fn set_sync_standbys(
+    client: &tokio_postgres::Client,
+    value: Option<&str>,
+    timeout: Duration,
+) -> Result<(), PgError> {
+    match value {
+        Some(v) => {
+            client
+                .batch_execute(&format!(
+                    "ALTER SYSTEM SET synchronous_standby_names = {}",
+                    super::conf::quote_setting(v)
+                ))
+                .await?
+        }
+        None => {
+            client
+                .batch_execute("ALTER SYSTEM RESET synchronous_standby_names")
+                .await?
+        }
+    }
+    client.execute("SELECT pg_reload_conf()", &[]).await?;
+    let Some(want) = value else {
+        return Ok(());
+    };
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let row = client
+            .query_one("SELECT current_setting('synchronous_standby_names')", &[])
+            .await?;
+        if row.get::<_, String>(0) == want {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(PgError::Timeout {
+                what: format!("reload of synchronous_standby_names = {want:?}"),
+                after: timeout,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// Drops a slot unless something streams through it right now.

@@ -131,6 +131,7 @@ fn running(w: &World, i: usize) -> Running {
         slots: n.pg.slots.iter().map(|s| (s.clone(), None)).collect(),
         replication,
         history: wal.history.iter().map(|(t, l)| (*t, Lsn(*l))).collect(),
+        synchronous_standby_names: n.pg.sync_standbys.clone(),
     }
 }
 
@@ -219,6 +220,15 @@ impl Postgres for SimPg {
         let slot = slot.to_string();
         self.step(1, 3, 3, move |w, i| Ok(w.nodes[i].pg.slots.remove(&slot)))
             .await
+    }
+
+    async fn set_sync_standbys(&self, value: Option<&str>, _: Duration) -> Result<(), PgError> {
+        let value = value.unwrap_or("").to_string();
+        self.step(1, 3, 3, move |w, i| {
+            w.nodes[i].pg.sync_standbys = value;
+            Ok(())
+        })
+        .await
     }
 
     async fn initdb(&self) -> Result<String, PgError> {

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use baton::agent::Store;
 use baton::dcs::DcsError;
-use baton_core::cluster::{ClusterView, LeaseId, Member, StatusKey};
+use baton_core::cluster::{ClusterView, LeaseId, Member, StatusKey, SyncKey};
 use baton_core::config::DynamicConfig;
 
 use crate::world::{Link, Shared, World};
@@ -324,6 +324,30 @@ impl Store for SimStore {
     ) -> Result<bool, DcsError> {
         self.put_as_leader("history", history.to_string(), me, lease)
             .await
+    }
+    async fn put_sync(
+        &self,
+        me: &str,
+        lease: LeaseId,
+        seen_revision: i64,
+        sync: Option<&SyncKey>,
+    ) -> Result<bool, DcsError> {
+        let me = me.to_string();
+        let json = sync.map(|s| serde_json::to_string(s).expect("sync key serializes"));
+        self.call(move |w| {
+            let now = w.etcd.get("sync").map_or(0, |kv| kv.mod_revision);
+            if !Self::held_by(w, &me, lease) || now != seen_revision {
+                return Ok(false);
+            }
+            match &json {
+                Some(j) => w.etcd.put("sync", j, 0),
+                None => {
+                    w.etcd.delete("sync");
+                }
+            }
+            Ok(true)
+        })
+        .await
     }
     fn set_timeout(&mut self, timeout: Duration) {
         self.timeout = timeout;

@@ -126,6 +126,9 @@ pub struct Pg {
     /// Queries hang (a SIGSTOPped postmaster, a full disk).
     pub hung: bool,
     pub slots: BTreeSet<String>,
+    /// `synchronous_standby_names` as set (kept across restarts, as
+    /// `ALTER SYSTEM` keeps it).
+    pub sync_standbys: String,
     /// A promotion signalled and not yet done (when, onto which timeline);
     /// a stop cancels it.
     pub promote_at: Option<(Instant, u32)>,

@@ -6,6 +6,7 @@ mod election;
 mod follower;
 mod leader;
 mod operator;
+mod sync;
 use std::collections::BTreeMap;
 
 use std::time::{Duration, Instant};
@@ -82,6 +83,7 @@ fn obs(me: &str, cluster: Option<ClusterView>, data_dir: DataDir, pg: PgStatus) 
         rewind_incomplete: false,
         promotion_pending: false,
         absent_slots: Default::default(),
+        sync_applied_at: None,
         now_utc: chrono::DateTime::parse_from_rfc3339("2026-11-23T12:00:00Z")
             .unwrap()
             .with_timezone(&chrono::Utc),
