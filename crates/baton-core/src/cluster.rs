@@ -174,6 +174,9 @@ pub struct ClusterView {
     pub sync: Option<SyncKey>,
     /// mod_revision of `sync`, for compare-and-set (0: absent).
     pub sync_revision: i64,
+    /// `failsafe`: the members (name → api_url) a leader in failsafe mode
+    /// must hear from to keep running while etcd is out of reach.
+    pub failsafe: Option<BTreeMap<String, String>>,
     /// The lease each member key hangs on (a switchover hands the leader
     /// key over onto the candidate's lease).
     pub member_leases: BTreeMap<String, LeaseId>,
@@ -305,6 +308,7 @@ impl ClusterView {
                     view.sync_revision = mod_revision;
                     view.sync = serde_json::from_str(&text).ok();
                 }
+                "failsafe" => view.failsafe = serde_json::from_str(&text).ok(),
                 TIMELINE_KEY => view.timeline_reserved = text.trim().parse().ok(),
                 _ => {
                     if let Some(name) = rel.strip_prefix("members/") {

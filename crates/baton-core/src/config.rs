@@ -63,6 +63,11 @@ pub struct DynamicConfig {
     /// the primary silently acknowledging them alone.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub synchronous_mode_strict: bool,
+    /// Patroni's `failsafe_mode`: with etcd unreachable, the leader keeps
+    /// running read-write while every member in the `failsafe` key
+    /// confirms over REST that it still follows it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub failsafe_mode: bool,
     #[serde(flatten)]
     pub other: serde_json::Map<String, serde_json::Value>,
 }
@@ -164,6 +169,7 @@ impl Default for DynamicConfig {
             synchronous_mode: SyncMode::Off,
             synchronous_node_count: default_sync_node_count(),
             synchronous_mode_strict: false,
+            failsafe_mode: false,
             other: serde_json::Map::new(),
         }
     }

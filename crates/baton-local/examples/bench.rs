@@ -7,6 +7,10 @@
 //!   lost, and the time until the old node streams again.
 //! - switchover: planned switchovers on one cluster; reports the longest
 //!   write gap around each and acknowledged writes lost.
+//! - sync-cost: pgbench's TPS on the leader of one cluster, asynchronous
+//!   and then in each synchronous mode: what waiting for a standby costs.
+//!
+//! `--sync on|quorum` runs failover and switchover in that synchronous mode.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -22,12 +26,20 @@ struct RunResult {
     rejoin: Duration,
 }
 
-/// A fresh 3-node cluster at default settings in its own directory.
-fn bench_cluster(baton: &Path, name: &str) -> anyhow::Result<(PathBuf, LocalCluster)> {
+/// A fresh 3-node cluster at default settings (in `sync` mode, if given)
+/// in its own directory.
+fn bench_cluster(
+    baton: &Path,
+    name: &str,
+    sync: Option<&str>,
+) -> anyhow::Result<(PathBuf, LocalCluster)> {
     let dir = std::env::temp_dir().join(format!("baton-bench-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let opts = ClusterOptions {
         scope: "bench".into(),
+        extra_toml: sync
+            .map(|m| format!("synchronous_mode = \"{m}\""))
+            .unwrap_or_default(),
         ..Default::default()
     };
     let mut c = LocalCluster::create(&dir, baton, &opts)?;
@@ -46,8 +58,8 @@ fn teardown<T>(dir: &Path, mut c: LocalCluster, result: &anyhow::Result<T>) {
     }
 }
 
-async fn one_run(baton: &Path, n: usize) -> anyhow::Result<RunResult> {
-    let (dir, mut c) = bench_cluster(baton, &format!("failover-{n}"))?;
+async fn one_run(baton: &Path, n: usize, sync: Option<&str>) -> anyhow::Result<RunResult> {
+    let (dir, mut c) = bench_cluster(baton, &format!("failover-{n}"), sync)?;
     let result = async {
         c.wait_normal(Duration::from_secs(120)).await?;
         let cfg = workload::read_write_config(&c.pg_hosts(), "postgres");
@@ -114,8 +126,12 @@ struct SwitchResult {
     lost: usize,
 }
 
-async fn switchovers(baton: &Path, runs: usize) -> anyhow::Result<Vec<SwitchResult>> {
-    let (dir, c) = bench_cluster(baton, "switchover")?;
+async fn switchovers(
+    baton: &Path,
+    runs: usize,
+    sync: Option<&str>,
+) -> anyhow::Result<Vec<SwitchResult>> {
+    let (dir, c) = bench_cluster(baton, "switchover", sync)?;
     let result = async {
         c.wait_normal(Duration::from_secs(120)).await?;
         let cfg = workload::read_write_config(&c.pg_hosts(), "postgres");
@@ -168,45 +184,180 @@ async fn switchovers(baton: &Path, runs: usize) -> anyhow::Result<Vec<SwitchResu
     result
 }
 
+/// pgbench's TPS against `port` for `seconds` (the tpcb-like script, 4
+/// clients), after `pgbench -i` made its tables.
+fn pgbench_tps(bin_dir: &Path, port: u16, seconds: u32) -> anyhow::Result<f64> {
+    let out = std::process::Command::new(bin_dir.join("pgbench"))
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
+        .args(["-c", "4", "-j", "2", "-T", &seconds.to_string(), "postgres"])
+        .output()
+        .context("running pgbench")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "pgbench failed: {}{}",
+            text,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    text.lines()
+        .find_map(|l| {
+            let rest = l.strip_prefix("tps = ")?;
+            rest.split_whitespace().next()?.parse().ok()
+        })
+        .with_context(|| format!("no tps in pgbench output: {text}"))
+}
+
+/// Switches the live cluster's `synchronous_mode`, as `baton config set`
+/// does (compare-and-set on the stored config).
+async fn set_sync_mode(c: &LocalCluster, mode: &str) -> anyhow::Result<()> {
+    let dcs = baton::dcs::Dcs::connect(
+        std::slice::from_ref(&c.etcd.endpoint),
+        format!("/service/{}/", c.scope),
+        Duration::from_secs(2),
+    )
+    .await?;
+    let v = baton::agent::Store::load(&dcs).await?;
+    let mut cfg = v.config.context("no valid config stored")?;
+    cfg.synchronous_mode = serde_json::from_value(serde_json::json!(mode))?;
+    if !dcs.cas_config(&cfg, v.config_revision).await? {
+        bail!("the config changed while setting synchronous_mode");
+    }
+    Ok(())
+}
+
+/// TPS asynchronous, then with `synchronous_mode` on and quorum, on one
+/// cluster (the mode switched live, as an operator would).
+async fn sync_cost(baton: &Path, runs: usize) -> anyhow::Result<Vec<(String, f64)>> {
+    let (dir, c) = bench_cluster(baton, "sync-cost", None)?;
+    let result = async {
+        c.wait_normal(Duration::from_secs(120)).await?;
+        let v = c.view().await?;
+        let leader = v.leader_name().context("no leader")?.to_string();
+        let node = c
+            .nodes
+            .iter()
+            .find(|n| n.name == leader)
+            .context("leader not ours")?;
+        let bin_dir = baton::config::default_bin_dir().map_err(anyhow::Error::msg)?;
+        let init = std::process::Command::new(bin_dir.join("pgbench"))
+            .args([
+                "-i",
+                "-s",
+                "4",
+                "-q",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &node.pg_port.to_string(),
+            ])
+            .args(["-U", "postgres", "postgres"])
+            .output()?;
+        if !init.status.success() {
+            bail!("pgbench -i: {}", String::from_utf8_lossy(&init.stderr));
+        }
+        let mut results = vec![];
+        for mode in ["off", "on", "quorum"] {
+            set_sync_mode(&c, mode).await?;
+            poll_until(
+                &format!("synchronous_mode {mode} in force"),
+                Duration::from_secs(30),
+                || async {
+                    let v = c.view().await.ok()?;
+                    let voters = v
+                        .sync
+                        .as_ref()
+                        .filter(|k| k.leader_is(&leader))
+                        .map(|k| k.voters().len())
+                        .unwrap_or(0);
+                    let want = match mode {
+                        "off" => 0,
+                        "on" => 1,
+                        _ => 2,
+                    };
+                    (voters == want && (mode != "off" || v.sync.is_none())).then_some(())
+                },
+            )
+            .await?;
+            let mut tps = vec![];
+            for _ in 0..runs {
+                tps.push(pgbench_tps(&bin_dir, node.pg_port, 10)?);
+            }
+            let m = median(tps.clone());
+            println!("synchronous_mode {mode}: tps {tps:.0?} (median {m:.0})");
+            results.push((mode.to_string(), m));
+        }
+        Ok(results)
+    }
+    .await;
+    teardown(&dir, c, &result);
+    result
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
-    let mode = std::env::args()
-        .nth(1)
-        .context("usage: bench failover|switchover [RUNS]")?;
-    let runs: usize = std::env::args()
-        .nth(2)
-        .map(|s| s.parse())
-        .transpose()?
-        .unwrap_or(5);
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let sync = match args.iter().position(|a| a == "--sync") {
+        Some(i) => {
+            let m = args
+                .get(i + 1)
+                .cloned()
+                .context("--sync needs on or quorum")?;
+            if !matches!(m.as_str(), "on" | "quorum") {
+                bail!("--sync {m:?}: on or quorum");
+            }
+            args.drain(i..=i + 1);
+            Some(m)
+        }
+        None => None,
+    };
+    let sync = sync.as_deref();
+    let mode = args
+        .first()
+        .cloned()
+        .context("usage: bench failover|switchover|sync-cost [RUNS] [--sync on|quorum]")?;
+    let runs: usize = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(5);
+    let label = sync.map(|m| format!("sync={m} ")).unwrap_or_default();
     let baton =
         PathBuf::from(std::env::var("BATON_BIN").context("BATON_BIN must name the baton binary")?);
     match mode.as_str() {
         "failover" => {
             let mut results = vec![];
             for n in 1..=runs {
-                results.push(one_run(&baton, n).await?);
+                results.push(one_run(&baton, n, sync).await?);
             }
             let rto: Vec<f64> = results.iter().map(|r| r.rto.as_secs_f64()).collect();
             let rejoin: Vec<f64> = results.iter().map(|r| r.rejoin.as_secs_f64()).collect();
             let lost: usize = results.iter().map(|r| r.lost).sum();
             println!(
-                "RESULT rto_median_s={:.2} rto_max_s={:.2} lost_acked={lost} rejoin_median_s={:.2}",
+                "RESULT {label}rto_median_s={:.2} rto_max_s={:.2} lost_acked={lost} rejoin_median_s={:.2}",
                 median(rto.clone()),
                 rto.iter().cloned().fold(0.0, f64::max),
                 median(rejoin)
             );
         }
         "switchover" => {
-            let results = switchovers(&baton, runs).await?;
+            let results = switchovers(&baton, runs, sync).await?;
             let gaps: Vec<f64> = results.iter().map(|r| r.gap.as_secs_f64()).collect();
             let lost: usize = results.iter().map(|r| r.lost).sum();
             println!(
-                "RESULT gap_median_s={:.3} gap_max_s={:.3} lost_acked={lost}",
+                "RESULT {label}gap_median_s={:.3} gap_max_s={:.3} lost_acked={lost}",
                 median(gaps.clone()),
                 gaps.iter().cloned().fold(0.0, f64::max)
             );
         }
-        other => bail!("unknown benchmark {other:?}: failover or switchover"),
+        "sync-cost" => {
+            let r = sync_cost(&baton, runs).await?;
+            let tps = |m: &str| r.iter().find(|(k, _)| k == m).map_or(0.0, |(_, t)| *t);
+            println!(
+                "RESULT tps_async={:.0} tps_sync_on={:.0} tps_sync_quorum={:.0} sync_on_cost_pct={:.1}",
+                tps("off"),
+                tps("on"),
+                tps("quorum"),
+                100.0 * (1.0 - tps("on") / tps("off").max(1.0))
+            );
+        }
+        other => bail!("unknown benchmark {other:?}: failover, switchover or sync-cost"),
     }
     Ok(())
 }

@@ -171,6 +171,11 @@ impl LocalEtcd {
         self.client_port
     }
 
+    /// The etcd process, while it runs (tests freeze it with SIGSTOP).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();

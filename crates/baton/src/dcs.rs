@@ -459,6 +459,25 @@ impl Store for Dcs {
             .await
     }
 
+    async fn put_failsafe(
+        &self,
+        me: &str,
+        lease: LeaseId,
+        members: Option<&std::collections::BTreeMap<String, String>>,
+    ) -> Result<bool, DcsError> {
+        let key = self.key("failsafe");
+        let op = match members {
+            Some(m) => TxnOp::put(
+                key.as_str(),
+                serde_json::to_string(m).expect("failsafe key serializes"),
+                None,
+            ),
+            None => TxnOp::delete(key.as_str(), None),
+        };
+        self.txn(Txn::new().when(self.held_by(me, lease)).and_then([op]))
+            .await
+    }
+
     fn set_timeout(&mut self, timeout: Duration) {
         self.timeout = timeout;
     }

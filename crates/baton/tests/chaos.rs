@@ -12,7 +12,9 @@
 //!
 //! CI runs every scenario once. `BATON_CHAOS_RUNS=5 cargo test -p baton
 //! --test chaos -- --nocapture` runs each five times and prints the table;
-//! `BATON_CHAOS_ONLY=agent_stalled,etcd_frozen` picks scenarios.
+//! `BATON_CHAOS_ONLY=agent_stalled,etcd_frozen` picks scenarios;
+//! `BATON_CHAOS_SYNC=on` (or `quorum`) runs them in that synchronous mode,
+//! where any acknowledged write missing from the final leader fails the run.
 //!
 //! Needs root (network namespaces) and `ip`, `nft`: `scripts/test`
 //! installs iproute2 and nftables. The test re-runs itself inside the
@@ -251,9 +253,11 @@ max_connections = 40
 ttl = 4
 loop_wait = 1
 retry_timeout = 1
+synchronous_mode = {sync}
 "#,
                     ip = host_ip(i),
                     data = data.display(),
+                    sync = sync_mode().map_or("false".to_string(), |m| format!("{m:?}")),
                 ),
             )
             .unwrap();
@@ -479,6 +483,13 @@ struct Figures {
     heal_to_normal_s: f64,
 }
 
+/// `BATON_CHAOS_SYNC`: the synchronous mode to run in, if any.
+fn sync_mode() -> Option<String> {
+    std::env::var("BATON_CHAOS_SYNC")
+        .ok()
+        .filter(|m| matches!(m.as_str(), "on" | "quorum"))
+}
+
 async fn scenarios(net: &Net) -> Result<(), String> {
     let runs: usize = std::env::var("BATON_CHAOS_RUNS")
         .ok()
@@ -511,6 +522,13 @@ async fn scenarios(net: &Net) -> Result<(), String> {
                     s.name(),
                     f.dual_writable_s,
                     f.old_acks_after_takeover
+                ));
+            }
+            if sync_mode().is_some() && f.lost_acked > 0 {
+                failures.push(format!(
+                    "{} run {run}: {} acknowledged writes lost in synchronous mode",
+                    s.name(),
+                    f.lost_acked
                 ));
             }
             if f.heal_to_normal_s > 30.0 {
@@ -581,7 +599,12 @@ fn print_table(chosen: &[Scenario], table: &[(Scenario, Figures)]) {
             format!("{}_dual_writable_max_s={dual:.3}", s.name())
         })
         .collect();
-    eprintln!("RESULT {}", all.join(" "));
+    let lost: usize = table.iter().map(|(_, f)| f.lost_acked).sum();
+    eprintln!(
+        "RESULT sync={} {} lost_acked_total={lost}",
+        sync_mode().unwrap_or_else(|| "off".into()),
+        all.join(" ")
+    );
 }
 
 /// One fault on the current leader, with writers running throughout.

@@ -68,6 +68,8 @@ pub enum Action {
     /// also waits for a standby (`*`) from its first commit. The actions
     /// after it are not carried out if it fails.
     ClaimSync { strict: bool },
+    /// Write the `failsafe` key (members and their api_url), or delete it.
+    PublishFailsafe(Option<std::collections::BTreeMap<String, String>>),
 }
 
 impl Action {

@@ -24,6 +24,28 @@ pub(super) fn elect(o: &Observation, cluster: &ClusterView, run: &Running) -> De
             };
         }
     }
+    if o.config.failsafe_mode {
+        // A leader cut off from etcd may still run, confirmed by every
+        // member; one that confirmed it lately must not race it.
+        if let Some((ago, leader)) = &o.failsafe_heard {
+            if *ago < o.config.ttl() {
+                return decision(
+                    vec![],
+                    Reason::FailsafeLeaderAlive {
+                        leader: leader.clone(),
+                    },
+                );
+            }
+        }
+        // Nor one the leader never asked: it cannot know of us.
+        if cluster
+            .failsafe
+            .as_ref()
+            .is_some_and(|f| !f.contains_key(&o.me))
+        {
+            return decision(vec![], Reason::NotEligible(Ineligible::NotInFailsafe));
+        }
+    }
     if o.tags.nofailover {
         return decision(vec![], Reason::NotEligible(Ineligible::TaggedNofailover));
     }

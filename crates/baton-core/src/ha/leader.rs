@@ -64,6 +64,16 @@ pub(super) fn decide_running(o: &Observation, cluster: &ClusterView, run: &Runni
         }
     }
     actions.extend(super::sync::leader_step(o, cluster, run));
+    let failsafe = o.config.failsafe_mode.then(|| {
+        cluster
+            .members
+            .iter()
+            .map(|(n, m)| (n.clone(), m.api_url.clone()))
+            .collect()
+    });
+    if failsafe != cluster.failsafe {
+        actions.push(Action::PublishFailsafe(failsafe));
+    }
     actions.push(Action::PublishStatus);
     let reason = switchover::leader_request(o, cluster, &mut actions);
     decision(actions, reason)

@@ -81,8 +81,12 @@ fn decide_rules(o: &Observation) -> Decision {
     let may_be_primary = matches!(o.pg, PgStatus::Unresponsive)
         && !matches!(o.data_dir, DataDir::Valid { standby: true, .. });
 
+    // Failsafe mode: every member confirming, over REST, that it follows
+    // this leader holds off rule 2 like a renewal sent then.
+    let failsafe = o.failsafe_confirmed.filter(|_| o.config.failsafe_mode);
     let since = o
         .last_renewal_sent
+        .max(failsafe)
         .map(|t| o.now.saturating_duration_since(t))
         .unwrap_or(Duration::MAX);
     let lease_overdue = since >= o.config.leader_deadline();
@@ -101,6 +105,12 @@ fn decide_rules(o: &Observation) -> Decision {
     let Some(cluster) = &o.cluster else {
         if let JobStatus::Running(kind, _) = o.job {
             return decision(vec![], Reason::JobRunning(kind));
+        }
+        if primary {
+            if let Some(t) = failsafe {
+                let ago = o.now.saturating_duration_since(t);
+                return decision(vec![], Reason::FailsafeHolding { confirmed: ago });
+            }
         }
         return decision(vec![], Reason::EtcdUnreachable);
     };

@@ -156,6 +156,13 @@ pub struct Observation {
     /// Leader: this primary's WAL position when the agent first saw the
     /// `synchronous_standby_names` now in force (`ha::sync::confirmed`).
     pub sync_applied_at: Option<crate::lsn::Lsn>,
+    /// Leader in failsafe mode: when the last round of `POST /failsafe`
+    /// that every member listed in the `failsafe` key confirmed was sent;
+    /// it holds off rule 2 like a renewal sent then.
+    pub failsafe_confirmed: Option<Instant>,
+    /// Replica in failsafe mode: how long ago a leader's `POST /failsafe`
+    /// was last accepted here, and whose.
+    pub failsafe_heard: Option<(Duration, String)>,
     /// Wall-clock time, for scheduled switchovers.
     pub now_utc: chrono::DateTime<chrono::Utc>,
 }

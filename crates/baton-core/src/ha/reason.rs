@@ -32,6 +32,9 @@ pub enum Ineligible {
         heard: u32,
         needed: u32,
     },
+    /// Failsafe mode: the `failsafe` key does not list this member, so a
+    /// leader running without etcd never asked it.
+    NotInFailsafe,
 }
 
 impl Ineligible {
@@ -42,6 +45,7 @@ impl Ineligible {
             Ineligible::LagExceedsLimit { .. } => "lag_exceeds_limit",
             Ineligible::NotSynchronous => "not_synchronous",
             Ineligible::QuorumNotHeard { .. } => "quorum_not_heard",
+            Ineligible::NotInFailsafe => "not_in_failsafe",
         }
     }
 }
@@ -69,6 +73,10 @@ impl fmt::Display for Ineligible {
             Ineligible::QuorumNotHeard { heard, needed } => write!(
                 f,
                 "quorum mode: heard from {heard} other voters, {needed} needed to be sure of the latest commit"
+            ),
+            Ineligible::NotInFailsafe => write!(
+                f,
+                "failsafe mode and the failsafe key does not list me: a leader without etcd would not know of me"
             ),
         }
     }
@@ -204,6 +212,16 @@ fn human_bytes(b: u64) -> String {
 pub enum Reason {
     JobRunning(JobKind),
     EtcdUnreachable,
+    /// etcd unreachable, and the leader runs on in failsafe mode: every
+    /// member confirmed following it this long ago.
+    FailsafeHolding {
+        confirmed: Duration,
+    },
+    /// Failsafe mode: a leader that etcd may not show confirmed with us
+    /// lately; racing for the key could make a second primary.
+    FailsafeLeaderAlive {
+        leader: String,
+    },
     EtcdUnreachableFencing {
         since: Duration,
     },
@@ -334,6 +352,15 @@ impl fmt::Display for Reason {
         match self {
             Reason::JobRunning(k) => write!(f, "{k} in progress"),
             Reason::EtcdUnreachable => write!(f, "etcd unreachable; keeping current state"),
+            Reason::FailsafeHolding { confirmed } => write!(
+                f,
+                "etcd unreachable; failsafe mode: every member confirmed following me {:.1} s ago",
+                confirmed.as_secs_f64()
+            ),
+            Reason::FailsafeLeaderAlive { leader } => write!(
+                f,
+                "failsafe mode: leader {leader} confirmed with me within ttl; not racing it"
+            ),
             Reason::EtcdUnreachableFencing { since } => write!(
                 f,
                 "etcd unreachable and lease not renewed for {:.1} s: demoting (fencing)",
@@ -505,6 +532,8 @@ impl Reason {
         match self {
             Reason::JobRunning(_) => "job_running",
             Reason::EtcdUnreachable => "etcd_unreachable",
+            Reason::FailsafeHolding { .. } => "failsafe_holding",
+            Reason::FailsafeLeaderAlive { .. } => "failsafe_leader_alive",
             Reason::EtcdUnreachableFencing { .. } => "etcd_unreachable_fencing",
             Reason::DataDirUnusable(u) => u.code(),
             Reason::ForeignCluster { .. } => "foreign_cluster",

@@ -194,6 +194,14 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
                         .await?;
                 }
             }
+            Action::PublishFailsafe(members) => {
+                let Some(lease) = self.lease else {
+                    return Ok(());
+                };
+                if !self.dcs.put_failsafe(&me, lease, members.as_ref()).await? {
+                    tracing::info!("failsafe key not written: the leader key is not ours");
+                }
+            }
             Action::CancelSwitchover => {
                 self.dcs.clear_failover().await?;
                 tracing::warn!("switchover request dropped: {}", self.last_reason);

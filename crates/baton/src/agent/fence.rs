@@ -83,9 +83,15 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
         }
     }
 
-    /// When the fence must have stopped a primary here (see [`FenceState`]).
+    /// When the fence must have stopped a primary here (see [`FenceState`]):
+    /// the key's lease deadline, or later while every member confirms
+    /// following us in failsafe mode.
     pub(super) fn fence_deadline(&self) -> Option<Instant> {
-        self.key_renewal().map(|r| r.deadline)
+        let lease = self.key_renewal().map(|r| r.deadline)?;
+        let failsafe = self
+            .failsafe_confirmed()
+            .map(|t| t + self.config.leader_deadline());
+        Some(lease.max(failsafe.unwrap_or(lease)))
     }
 
     /// The renewal decide's rule 2 counts from: the key's lease's; a key

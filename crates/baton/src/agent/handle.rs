@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::failsafe::FailsafeShared;
 use super::Snapshot;
 use crate::config::Credentials;
 use crate::dcs::Dcs;
@@ -61,6 +62,7 @@ pub struct AgentHandle<S = Dcs> {
     pub dcs: S,
     /// Credentials the control endpoints require (`api.authentication`).
     pub auth: Option<Credentials>,
+    failsafe: Arc<FailsafeShared>,
 }
 
 /// The loop's side of the handle.
@@ -77,6 +79,7 @@ pub(super) fn channel<S>(
     initial: Snapshot,
     dcs: S,
     auth: Option<Credentials>,
+    failsafe: Arc<FailsafeShared>,
 ) -> (AgentHandle<S>, Inbox) {
     let (req_tx, req_rx) = mpsc::channel(QUEUE);
     let (snap_tx, snap_rx) = watch::channel(initial);
@@ -88,6 +91,7 @@ pub(super) fn channel<S>(
             counters: counters.clone(),
             dcs,
             auth,
+            failsafe,
         },
         Inbox {
             requests: req_rx,
@@ -122,6 +126,28 @@ impl<S> AgentHandle<S> {
 
     pub async fn restart(&self) -> Result<Result<(), String>, AgentGone> {
         self.ask(|reply| Request::Restart { reply }).await
+    }
+
+    /// A leader's `POST /failsafe`: accepted (and remembered: this member
+    /// then does not race for the key for `ttl`) unless failsafe mode is
+    /// off, this member runs as primary itself, or etcd showed it another
+    /// leader.
+    pub fn failsafe_ping(&self, leader: &str) -> Result<(), String> {
+        let s = self.snapshot();
+        if !s.config.failsafe_mode {
+            return Err("failsafe mode is off".into());
+        }
+        let primary = matches!(&s.pg, baton_core::ha::PgStatus::Running(r) if !r.in_recovery);
+        if primary && s.name != leader {
+            return Err(format!("{} runs as primary itself", s.name));
+        }
+        if let Some(l) = s.cluster.as_ref().and_then(|c| c.leader_name()) {
+            if l != leader {
+                return Err(format!("etcd shows {l} as the leader, not {leader}"));
+            }
+        }
+        *self.failsafe.heard.lock().expect("failsafe lock") = Some((super::now(), leader.into()));
+        Ok(())
     }
 
     pub async fn reinitialize(&self) -> Result<(), AgentGone> {

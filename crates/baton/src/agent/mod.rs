@@ -19,6 +19,7 @@
 //! run on virtual time.
 
 mod act;
+mod failsafe;
 mod fence;
 mod handle;
 mod handover;
@@ -137,8 +138,12 @@ pub struct Agent<S = Dcs, P = LocalPg, H = HttpPeers> {
     config: DynamicConfig,
     handle: AgentHandle<S>,
     inbox: Inbox,
-    /// The fence timer's deadline and whether it is armed.
-    fence: watch::Sender<FenceState>,
+    /// The fence timer's deadline and whether it is armed (the failsafe
+    /// task moves the deadline too).
+    fence: Arc<watch::Sender<FenceState>>,
+    /// Failsafe mode: whom the leader asks while etcd is out.
+    failsafe_order: watch::Sender<Option<failsafe::FailsafeOrder>>,
+    failsafe: Arc<failsafe::FailsafeShared>,
     /// Wakes the loop early: the etcd watch, a finished job.
     wake: Arc<Notify>,
     /// Operator requests the loop has accepted and not yet carried out.
@@ -169,7 +174,11 @@ impl Agent {
         let config = cfg.bootstrap.clone();
         let dcs = Dcs::connect(&cfg.etcd.endpoints, cfg.prefix(), config.retry_timeout()).await?;
         let http = crate::tls::http_client(config.retry_timeout(), cfg.api.cafile.as_deref())?;
-        Ok(Agent::assemble(cfg, dcs, inst, HttpPeers(http)))
+        let peers = HttpPeers {
+            client: http,
+            auth: cfg.api.auth.clone(),
+        };
+        Ok(Agent::assemble(cfg, dcs, inst, peers))
     }
 }
 
@@ -177,6 +186,7 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
     /// An agent over any store, instance and peers (the simulator's too).
     pub fn assemble(cfg: NodeConfig, dcs: S, inst: P, peers: H) -> Agent<S, P, H> {
         let config = cfg.bootstrap.clone();
+        let failsafe = Arc::new(failsafe::FailsafeShared::default());
         let (handle, inbox) = handle::channel(
             Snapshot {
                 scope: cfg.scope.clone(),
@@ -197,6 +207,7 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
             },
             dcs.clone(),
             cfg.api.auth.clone(),
+            failsafe.clone(),
         );
         Agent {
             cfg,
@@ -215,7 +226,9 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
             config,
             handle,
             inbox,
-            fence: watch::channel(FenceState::default()).0,
+            fence: Arc::new(watch::channel(FenceState::default()).0),
+            failsafe_order: watch::channel(None).0,
+            failsafe,
             wake: Arc::new(Notify::new()),
             reload_waiters: vec![],
             restart_requested: false,
@@ -255,6 +268,13 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
     async fn run_loop(mut self, shutdown: CancellationToken) -> Result<(), AgentError> {
         let mut watch = tokio::spawn(self.dcs.clone().watch_changes(self.wake.clone()));
         let mut fence = spawn_fence(self.inst.clone(), self.fence.subscribe(), self.wake.clone());
+        let mut failsafe = failsafe::spawn_failsafe(
+            self.peers.clone(),
+            self.inst.clone(),
+            self.failsafe.clone(),
+            self.fence.clone(),
+            self.failsafe_order.subscribe(),
+        );
         let result = loop {
             let started = now();
             self.tick().await;
@@ -274,10 +294,12 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
                 // than a dead one.
                 r = &mut watch => break Err(AgentError::TaskEnded(format!("etcd watch task ({r:?})"))),
                 r = &mut fence => break Err(AgentError::TaskEnded(format!("fence timer ({r:?})"))),
+                r = &mut failsafe => break Err(AgentError::TaskEnded(format!("failsafe task ({r:?})"))),
             }
         };
         watch.abort();
         fence.abort();
+        failsafe.abort();
         if let Err(e) = &result {
             tracing::error!("{e}; stopping the agent");
         }
@@ -389,6 +411,8 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
         };
         self.track_absent_slots(cluster.as_ref(), &pg, now);
         self.track_sync_rule(&pg);
+        self.update_failsafe_order(cluster.as_ref(), &pg);
+        self.refresh_fence_deadline();
         let peers = match (&cluster, &pg) {
             (Some(c), PgStatus::Running(r)) if c.leader.is_none() && r.in_recovery => {
                 self.observe_peers(c).await
@@ -430,6 +454,8 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
             rewind_incomplete: self.inst.rewind_incomplete(),
             promotion_pending,
             sync_applied_at: self.sync_seen.as_ref().map(|(_, at)| *at),
+            failsafe_confirmed: self.failsafe_confirmed(),
+            failsafe_heard: self.failsafe_heard(),
             fence_down_for: self
                 .fence_down_since
                 .map(|t| now.saturating_duration_since(t)),

@@ -108,6 +108,14 @@ pub trait Store: Clone + Send + Sync + 'static {
         seen_revision: i64,
         sync: Option<&SyncKey>,
     ) -> impl Future<Output = Result<bool, DcsError>> + Send;
+    /// Writes (or with `None` deletes) the `failsafe` key as the holder of
+    /// the leader key on `lease`.
+    fn put_failsafe(
+        &self,
+        me: &str,
+        lease: LeaseId,
+        members: Option<&std::collections::BTreeMap<String, String>>,
+    ) -> impl Future<Output = Result<bool, DcsError>> + Send;
     fn set_timeout(&mut self, timeout: Duration);
     /// Notifies `wake` whenever a key that changes decisions changes; runs
     /// for as long as the agent does (a task of its own, hence `self`).
@@ -210,6 +218,9 @@ pub trait Postgres: Send + Sync + 'static {
 pub trait Peers: Send + Sync + 'static {
     /// `GET` of a member's `/patroni`; `None` when it does not answer.
     fn status(&self, api_url: &str) -> impl Future<Output = Option<serde_json::Value>> + Send;
+    /// `POST /failsafe` from leader `me` to the member at `api_url`: `Ok`
+    /// when it confirms following `me`, else why not.
+    fn failsafe(&self, api_url: &str, me: &str) -> impl Future<Output = Result<(), String>> + Send;
 }
 
 /// The local postgres through `pg_ctl` and a kept superuser connection.
@@ -387,11 +398,41 @@ impl Postgres for LocalPg {
     }
 }
 
-/// Peers over HTTP(S), with the API's CA.
-pub struct HttpPeers(pub reqwest::Client);
+/// Peers over HTTP(S), with the API's CA; control calls carry this
+/// member's own API credentials (the cluster shares them, as in Patroni).
+pub struct HttpPeers {
+    pub client: reqwest::Client,
+    pub auth: Option<crate::config::Credentials>,
+}
 
 impl Peers for HttpPeers {
     async fn status(&self, api_url: &str) -> Option<serde_json::Value> {
-        self.0.get(api_url).send().await.ok()?.json().await.ok()
+        self.client
+            .get(api_url)
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()
+    }
+
+    async fn failsafe(&self, api_url: &str, me: &str) -> Result<(), String> {
+        let base = api_url.strip_suffix("/patroni").unwrap_or(api_url);
+        let mut req = self
+            .client
+            .post(format!("{base}/failsafe"))
+            .json(&serde_json::json!({ "name": me }));
+        if let Some(a) = &self.auth {
+            req = req.basic_auth(&a.username, a.password.as_deref());
+        }
+        let resp = req.send().await.map_err(|e| e.to_string())?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            let code = resp.status();
+            let body = resp.text().await.unwrap_or_default();
+            Err(format!("{code}: {}", body.trim()))
+        }
     }
 }

@@ -14,6 +14,26 @@ use baton_core::ha::PgStatus;
 use super::{authorize, json_body, ok, ApiError};
 use crate::agent::{AgentHandle, Store as _};
 
+/// `POST /failsafe` (`{"name": leader, ...}`, Patroni's body): a leader
+/// running without etcd asks whether this member still follows it.
+pub(super) async fn failsafe(
+    State(state): State<AgentHandle>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    let body = json_body(&body)?;
+    let Some(leader) = body.get("name").and_then(Value::as_str) else {
+        return Err(ApiError::BadRequest(
+            "\"name\" (the leader's member name) is required".into(),
+        ));
+    };
+    match state.failsafe_ping(leader) {
+        Ok(()) => Ok(ok("Accepted")),
+        Err(why) => Err(ApiError::Conflict(why)),
+    }
+}
+
 /// `POST /reinitialize` (`{"force": true}` optional): rebuild this replica
 /// from the leader; the old data directory is moved aside, not deleted.
 pub(super) async fn reinitialize(

@@ -22,7 +22,7 @@ mod metrics;
 pub use health::{parse_size, status_json};
 
 use control::{
-    cancel_switchover, failover, patch_config, put_config, reinitialize, reload, restart,
+    cancel_switchover, failover, failsafe, patch_config, put_config, reinitialize, reload, restart,
     switchover,
 };
 use health::{check, cluster, config, history, Check};
@@ -85,6 +85,7 @@ where
         .route("/reload", axum::routing::post(reload))
         .route("/metrics", on(any, metrics))
         .route("/reinitialize", axum::routing::post(reinitialize))
+        .route("/failsafe", axum::routing::post(failsafe))
         .with_state(state);
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })

@@ -16,7 +16,36 @@ pub struct SimPeers {
     pub timeout: Duration,
 }
 
+impl SimPeers {
+    /// The target's handle, if the network and the target let it answer.
+    fn reach(&self, api_url: &str) -> Option<baton::agent::AgentHandle<crate::store::SimStore>> {
+        let host = api_url.split("://").nth(1)?.split(':').next()?.to_string();
+        let w = self.world.lock();
+        let t = w.index(&host)?;
+        let target = &w.nodes[t];
+        let stalled = target
+            .stalled_until
+            .is_some_and(|s| s > tokio::time::Instant::now());
+        let up = !w.nodes[self.node].isolated && !target.isolated && target.agent_alive;
+        target.handle.clone().filter(|_| up && !stalled)
+    }
+}
+
 impl Peers for SimPeers {
+    async fn failsafe(&self, api_url: &str, me: &str) -> Result<(), String> {
+        self.world.gate(self.node, self.epoch).await;
+        match self.reach(api_url) {
+            Some(h) => {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                h.failsafe_ping(me)
+            }
+            None => {
+                tokio::time::sleep(self.timeout).await;
+                Err("timed out".into())
+            }
+        }
+    }
+
     async fn status(&self, api_url: &str) -> Option<serde_json::Value> {
         self.world.gate(self.node, self.epoch).await;
         let host = api_url.split("://").nth(1)?.split(':').next()?.to_string();

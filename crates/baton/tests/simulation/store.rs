@@ -349,6 +349,28 @@ impl Store for SimStore {
         })
         .await
     }
+    async fn put_failsafe(
+        &self,
+        me: &str,
+        lease: LeaseId,
+        members: Option<&std::collections::BTreeMap<String, String>>,
+    ) -> Result<bool, DcsError> {
+        let me = me.to_string();
+        let json = members.map(|m| serde_json::to_string(m).expect("failsafe key serializes"));
+        self.call(move |w| {
+            if !Self::held_by(w, &me, lease) {
+                return Ok(false);
+            }
+            match &json {
+                Some(j) => w.etcd.put("failsafe", j, 0),
+                None => {
+                    w.etcd.delete("failsafe");
+                }
+            }
+            Ok(true)
+        })
+        .await
+    }
     fn set_timeout(&mut self, timeout: Duration) {
         self.timeout = timeout;
     }

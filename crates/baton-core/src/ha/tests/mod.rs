@@ -3,6 +3,7 @@
 
 mod bootstrap;
 mod election;
+mod failsafe;
 mod follower;
 mod leader;
 mod operator;
@@ -84,6 +85,8 @@ fn obs(me: &str, cluster: Option<ClusterView>, data_dir: DataDir, pg: PgStatus) 
         promotion_pending: false,
         absent_slots: Default::default(),
         sync_applied_at: None,
+        failsafe_confirmed: None,
+        failsafe_heard: None,
         now_utc: chrono::DateTime::parse_from_rfc3339("2026-11-23T12:00:00Z")
             .unwrap()
             .with_timezone(&chrono::Utc),
