@@ -184,12 +184,20 @@ async fn switchovers(
     result
 }
 
-/// pgbench's TPS against `port` for `seconds` (the tpcb-like script, 4
-/// clients), after `pgbench -i` made its tables.
-fn pgbench_tps(bin_dir: &Path, port: u16, seconds: u32) -> anyhow::Result<f64> {
+/// pgbench against `port` for `seconds` (the tpcb-like script) with
+/// `clients`, after `pgbench -i` made its tables: (TPS, mean latency ms).
+fn pgbench(bin_dir: &Path, port: u16, clients: u32, seconds: u32) -> anyhow::Result<(f64, f64)> {
     let out = std::process::Command::new(bin_dir.join("pgbench"))
         .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
-        .args(["-c", "4", "-j", "2", "-T", &seconds.to_string(), "postgres"])
+        .args([
+            "-c",
+            &clients.to_string(),
+            "-j",
+            "2",
+            "-T",
+            &seconds.to_string(),
+        ])
+        .arg("postgres")
         .output()
         .context("running pgbench")?;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -200,12 +208,16 @@ fn pgbench_tps(bin_dir: &Path, port: u16, seconds: u32) -> anyhow::Result<f64> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    text.lines()
-        .find_map(|l| {
-            let rest = l.strip_prefix("tps = ")?;
-            rest.split_whitespace().next()?.parse().ok()
+    let field = |prefix: &str| {
+        text.lines().find_map(|l| {
+            let rest = l.strip_prefix(prefix)?;
+            rest.split_whitespace().next()?.parse::<f64>().ok()
         })
-        .with_context(|| format!("no tps in pgbench output: {text}"))
+    };
+    let tps = field("tps = ").with_context(|| format!("no tps in pgbench output: {text}"))?;
+    let latency = field("latency average = ")
+        .with_context(|| format!("no latency in pgbench output: {text}"))?;
+    Ok((tps, latency))
 }
 
 /// Switches the live cluster's `synchronous_mode`, as `baton config set`
@@ -228,7 +240,7 @@ async fn set_sync_mode(c: &LocalCluster, mode: &str) -> anyhow::Result<()> {
 
 /// TPS asynchronous, then with `synchronous_mode` on and quorum, on one
 /// cluster (the mode switched live, as an operator would).
-async fn sync_cost(baton: &Path, runs: usize) -> anyhow::Result<Vec<(String, f64)>> {
+async fn sync_cost(baton: &Path, runs: usize) -> anyhow::Result<Vec<(String, f64, f64)>> {
     let (dir, c) = bench_cluster(baton, "sync-cost", None)?;
     let result = async {
         c.wait_normal(Duration::from_secs(120)).await?;
@@ -279,13 +291,19 @@ async fn sync_cost(baton: &Path, runs: usize) -> anyhow::Result<Vec<(String, f64
                 },
             )
             .await?;
-            let mut tps = vec![];
+            // A warm-up run first, not counted; then 4 clients for
+            // throughput and 1 for the latency of a lone commit.
+            pgbench(&bin_dir, node.pg_port, 4, 3)?;
+            let (mut tps, mut lat) = (vec![], vec![]);
             for _ in 0..runs {
-                tps.push(pgbench_tps(&bin_dir, node.pg_port, 10)?);
+                tps.push(pgbench(&bin_dir, node.pg_port, 4, 10)?.0);
+                lat.push(pgbench(&bin_dir, node.pg_port, 1, 5)?.1);
             }
-            let m = median(tps.clone());
-            println!("synchronous_mode {mode}: tps {tps:.0?} (median {m:.0})");
-            results.push((mode.to_string(), m));
+            let (t, l) = (median(tps.clone()), median(lat.clone()));
+            println!(
+                "synchronous_mode {mode}: tps {tps:.0?} (median {t:.0}), one-client latency ms {lat:.2?} (median {l:.2})"
+            );
+            results.push((mode.to_string(), t, l));
         }
         Ok(results)
     }
@@ -348,13 +366,16 @@ async fn main() -> anyhow::Result<()> {
         }
         "sync-cost" => {
             let r = sync_cost(&baton, runs).await?;
-            let tps = |m: &str| r.iter().find(|(k, _)| k == m).map_or(0.0, |(_, t)| *t);
+            let get = |m: &str| {
+                r.iter()
+                    .find(|(k, _, _)| k == m)
+                    .map_or((0.0, 0.0), |(_, t, l)| (*t, *l))
+            };
+            let (off, on, quorum) = (get("off"), get("on"), get("quorum"));
             println!(
-                "RESULT tps_async={:.0} tps_sync_on={:.0} tps_sync_quorum={:.0} sync_on_cost_pct={:.1}",
-                tps("off"),
-                tps("on"),
-                tps("quorum"),
-                100.0 * (1.0 - tps("on") / tps("off").max(1.0))
+                "RESULT tps_async={:.0} tps_sync_on={:.0} tps_sync_quorum={:.0} \
+                 latency_ms_async={:.2} latency_ms_sync_on={:.2} latency_ms_sync_quorum={:.2}",
+                off.0, on.0, quorum.0, off.1, on.1, quorum.1
             );
         }
         other => bail!("unknown benchmark {other:?}: failover, switchover or sync-cost"),

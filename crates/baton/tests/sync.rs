@@ -227,6 +227,16 @@ async fn strict_mode_waits_for_a_standby_instead_of_going_asynchronous() {
     // Both replicas die: the primary must not acknowledge a commit alone.
     kill_node(&mut t, 1);
     kill_node(&mut t, 2);
+    // A killed postmaster's WAL receiver can still flush (and confirm) a
+    // moment longer: commit only once no standby is connected at all.
+    wait_for("no standby connected", Duration::from_secs(20), || async {
+        let rows = t.sql(0, "SELECT count(*) FROM pg_stat_replication").await?;
+        match rows[0].get::<_, i64>(0) {
+            0 => Ok(()),
+            n => Err(format!("{n} walsenders")),
+        }
+    })
+    .await;
     let port = t.c.nodes[0].pg_port;
     // Its own client, with no timeout of its own: the commit may wait long.
     let (client, conn) = tokio_postgres::connect(

@@ -64,9 +64,9 @@ pub enum Action {
     SetSyncStandbys(Option<String>),
     /// Before promoting in synchronous mode: the `sync` key names this
     /// member as leader and promises no standby yet, so no replica that
-    /// lacks our future commits can be elected; in strict mode postgres
-    /// also waits for a standby (`*`) from its first commit. The actions
-    /// after it are not carried out if it fails.
+    /// lacks our future commits can be elected; postgres's own rule is
+    /// reset (in strict mode to any standby, `*`, from the first commit).
+    /// The actions after it are not carried out if it fails.
     ClaimSync { strict: bool },
     /// Write the `failsafe` key (members and their api_url), or delete it.
     PublishFailsafe(Option<std::collections::BTreeMap<String, String>>),

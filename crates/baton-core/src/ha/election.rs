@@ -68,8 +68,21 @@ pub(super) fn elect(o: &Observation, cluster: &ClusterView, run: &Running) -> De
         .max(run.replay_lsn)
         .map(|l| l.0)
         .unwrap_or(0);
+    // The lag counts against the freshest position known: the last leader's
+    // published optime (a tick old at best, absent after etcd lost it) or
+    // any peer's as it answered just now, on our timeline or a later one
+    // (a replica that never leads, `nofailover`, still shows how far the
+    // old primary got).
     let max_lag = o.config.maximum_lag_on_failover;
-    if let Some(optime) = cluster.status.as_ref().and_then(|s| s.optime) {
+    let my_tl = run.timeline.unwrap_or(0);
+    let freshest = o
+        .peers
+        .iter()
+        .filter(|p| p.running && p.name != o.me && p.timeline >= my_tl)
+        .map(|p| p.position)
+        .chain(cluster.status.as_ref().and_then(|s| s.optime))
+        .max();
+    if let Some(optime) = freshest {
         let lag = optime.saturating_sub(position);
         if lag > max_lag {
             return decision(

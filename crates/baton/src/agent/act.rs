@@ -186,13 +186,15 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
                             .into(),
                     ));
                 }
-                if *strict {
-                    // From its first commit, the new primary waits for a
-                    // standby (any: none is promised to elections yet).
-                    self.inst
-                        .set_sync_standbys(Some("ANY 1 (*)"), self.config.retry_timeout())
-                        .await?;
-                }
+                // Whatever this standby's own file says (a rule of its
+                // own past as primary) does not hold for the new primary:
+                // in strict mode it waits for a standby from its first
+                // commit (any: none is promised to elections yet); else it
+                // runs asynchronous until its first leader tick names one.
+                let rule = if *strict { "ANY 1 (*)" } else { "" };
+                self.inst
+                    .set_sync_standbys(Some(rule), self.config.retry_timeout())
+                    .await?;
             }
             Action::PublishFailsafe(members) => {
                 let Some(lease) = self.lease else {

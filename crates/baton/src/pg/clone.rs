@@ -92,7 +92,7 @@ impl Instance {
                 ),
             });
         }
-        Ok(())
+        super::conf::forget_leader_settings(target)
     }
 
     /// Rebuilds this member from `host:port` without ever being left with
@@ -220,6 +220,7 @@ impl Instance {
         {
             Ok(out) => {
                 self.clear_rewind_marker()?;
+                super::conf::forget_leader_settings(&self.cfg.data_dir)?;
                 tracing::info!(member = %self.name, "pg_rewind: {}", out.trim().lines().last().unwrap_or("done"));
                 Ok(())
             }

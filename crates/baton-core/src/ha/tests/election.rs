@@ -141,3 +141,22 @@ fn failover_priority_zero_or_less_means_never() {
         Some("failover_priority_not_positive")
     );
 }
+
+/// The lag limit holds against what peers answer now, not only the
+/// leader's last published optime: a `nofailover` replica far ahead shows
+/// how much a lagging candidate would lose, and a missing status key no
+/// longer skips the check.
+#[test]
+fn lag_counts_against_the_freshest_position_known() {
+    let mut o = obs("n2", Some(cluster(None)), dir_on(1), replica_at(1, 1 << 20));
+    o.peers = vec![Peer {
+        nofailover: true,
+        ..peer("n3", 1, 5 << 20)
+    }];
+    let d = decide(&o);
+    assert_eq!(d.actions, vec![]);
+    assert_eq!(d.reason.code(), "lag_exceeds_limit", "{}", d.reason);
+    // Within the limit of every position known: a candidate.
+    o.peers[0].position = (1 << 20) + 100;
+    assert_eq!(d_actions(&o), vec![Action::AcquireLeader]);
+}
