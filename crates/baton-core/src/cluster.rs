@@ -177,6 +177,8 @@ pub struct ClusterView {
     /// `failsafe`: the members (name → api_url) a leader in failsafe mode
     /// must hear from to keep running while etcd is out of reach.
     pub failsafe: Option<BTreeMap<String, String>>,
+    /// WAL former primaries had past a fork when they were rewound.
+    pub discarded: Vec<DiscardedWal>,
     /// The lease each member key hangs on (a switchover hands the leader
     /// key over onto the candidate's lease).
     pub member_leases: BTreeMap<String, LeaseId>,
@@ -190,6 +192,27 @@ pub struct ClusterView {
     /// itself could not tell such twins apart).
     pub timeline_reserved: Option<u32>,
 }
+
+/// WAL a failover discarded: what a former primary had written past the
+/// point where the new leader's timeline forked off, measured when
+/// pg_rewind took it back (Baton's `baton/discarded/<timeline>-<member>`).
+/// In asynchronous mode it bounds what the failover lost.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiscardedWal {
+    pub member: String,
+    /// The timeline the member was on, which the new leader left at
+    /// `diverged`.
+    pub timeline: u32,
+    pub diverged: u64,
+    /// Where the member's WAL ended.
+    pub end: u64,
+    pub bytes: u64,
+    /// When it was measured (RFC 3339).
+    pub at: String,
+}
+
+/// Where Baton records [`DiscardedWal`], one key per rewind.
+pub const DISCARDED_PREFIX: &str = "baton/discarded/";
 
 /// Baton's own key (beside Patroni's) holding the last reserved timeline.
 pub const TIMELINE_KEY: &str = "baton/timeline";
@@ -310,6 +333,11 @@ impl ClusterView {
                 }
                 "failsafe" => view.failsafe = serde_json::from_str(&text).ok(),
                 TIMELINE_KEY => view.timeline_reserved = text.trim().parse().ok(),
+                _ if rel.starts_with(DISCARDED_PREFIX) => {
+                    if let Ok(d) = serde_json::from_str(&text) {
+                        view.discarded.push(d);
+                    }
+                }
                 _ => {
                     if let Some(name) = rel.strip_prefix("members/") {
                         if let Ok(m) = serde_json::from_str::<Member>(&text) {

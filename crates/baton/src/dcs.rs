@@ -459,6 +459,22 @@ impl Store for Dcs {
             .await
     }
 
+    async fn put_discarded(&self, d: &baton_core::cluster::DiscardedWal) -> Result<(), DcsError> {
+        let key = self.key(&format!(
+            "{}{}-{}",
+            baton_core::cluster::DISCARDED_PREFIX,
+            d.timeline,
+            d.member
+        ));
+        let json = serde_json::to_string(d).expect("discarded record serializes");
+        let mut kv = self.client.kv_client();
+        bounded(self.timeout, async {
+            kv.put(key, json, None).await?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn put_failsafe(
         &self,
         me: &str,

@@ -744,3 +744,77 @@ async fn initialize_lost_from_etcd_is_published_again_by_the_leader() {
         .await;
     assert_eq!(s.leader.as_deref(), Some("node1"), "{}", s.render());
 }
+
+/// Asynchronous mode loses what the old primary had not shipped: that
+/// amount is measured when the old primary is rewound (its end of WAL less
+/// the fork point), recorded in etcd and shown by `baton history`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wal_a_failover_discarded_is_measured_at_rewind_and_shown() {
+    let mut t = TestCluster::led_by_node1("discarded", ClusterOptions::default(), &[]).await;
+    // The leader's WAL senders stop (so nothing more leaves it, not even
+    // from socket buffers); it writes ~400 kB more.
+    let frozen: Vec<nix::unistd::Pid> = t
+        .sql(0, "SELECT pid FROM pg_stat_replication")
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| nix::unistd::Pid::from_raw(r.get::<_, i32>(0)))
+        .collect();
+    assert_eq!(frozen.len(), 2, "two WAL senders");
+    for pid in &frozen {
+        kill(*pid, Signal::SIGSTOP).unwrap();
+    }
+    t.sql(
+        0,
+        "CREATE TABLE unshipped AS SELECT repeat('x', 1000) AS pad FROM generate_series(1, 300)",
+    )
+    .await
+    .unwrap();
+    let ahead = wait_for(
+        "the leader's WAL ahead of both replicas",
+        Duration::from_secs(15),
+        || async {
+            let v = t.c.view().await.map_err(|e| format!("{e:#}"))?;
+            let optime = v.status.as_ref().and_then(|s| s.optime).unwrap_or(0);
+            let behind = ["node2", "node3"]
+                .iter()
+                .filter_map(|n| v.members.get(*n)?.xlog_location)
+                .max()
+                .unwrap_or(0);
+            if optime > behind + 300_000 {
+                Ok(optime - behind)
+            } else {
+                Err(format!("leader at {optime}, replicas at {behind}"))
+            }
+        },
+    )
+    .await;
+    kill_node(&mut t, 0);
+    // A stopped process does not notice its postmaster died: end them.
+    for pid in frozen {
+        let _ = kill(pid, Signal::SIGKILL);
+    }
+    wait_new_leader(&t, "node1", Duration::from_secs(30)).await;
+
+    // The old primary comes back and is rewound.
+    t.c.start_agent(0).unwrap();
+    wait_streaming_on_leader_timeline(&t, "node1", Duration::from_secs(60)).await;
+    let v = t.c.view().await.unwrap();
+    let d = v
+        .discarded
+        .iter()
+        .find(|d| d.member == "node1")
+        .unwrap_or_else(|| panic!("no discarded WAL recorded: {:?}", v.discarded));
+    assert_eq!(d.timeline, 1);
+    assert!(
+        d.bytes >= ahead / 2 && d.end > d.diverged,
+        "{d:?}: the leader was {ahead} bytes ahead of the replicas"
+    );
+    let (ok, out, err) = ctl(&t, &["history"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(&format!("{} B by node1", d.bytes)),
+        "baton history does not show it:\n{out}"
+    );
+    eprintln!("{out}");
+}

@@ -316,9 +316,13 @@ pub(super) fn leader_step(o: &Observation, cluster: &ClusterView, run: &Running)
 /// Whether this replica may take part in an election in synchronous mode:
 /// listed in the `sync` key (or the leader it names, which wrote every
 /// commit), and in quorum mode having heard from enough other voters.
+/// With no key at all, no leader ever promised anything (a leader claims
+/// the key before it names a standby, and a new one before it promotes:
+/// the mode was just switched on, or the first leader died before its
+/// first tick), so the asynchronous rules apply, as in Patroni.
 pub(super) fn may_elect(o: &Observation, cluster: &ClusterView) -> Result<(), Ineligible> {
     let Some(key) = &cluster.sync else {
-        return Err(Ineligible::NotSynchronous);
+        return Ok(());
     };
     if key.leader_is(&o.me) {
         return Ok(());
@@ -348,7 +352,7 @@ pub(super) fn peer_counts(o: &Observation, cluster: &ClusterView, p: &Peer) -> b
     cluster
         .sync
         .as_ref()
-        .is_some_and(|k| k.lists(&p.name) || k.leader_is(&p.name))
+        .is_none_or(|k| k.lists(&p.name) || k.leader_is(&p.name))
 }
 
 #[cfg(test)]

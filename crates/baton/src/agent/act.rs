@@ -253,9 +253,12 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
             }
             Action::Rewind { from } => {
                 let (host, port) = self.member_pg_address(obs, from)?;
-                let inst = self.inst.clone();
+                let (inst, dcs) = (self.inst.clone(), self.dcs.clone());
                 self.inbox.counters.rewinds.fetch_add(1, Ordering::Relaxed);
                 self.spawn_job(JobKind::Rewind, async move {
+                    // Read before pg_rewind takes it back: how far this
+                    // member's own WAL went.
+                    let end = inst.end_of_wal().await;
                     // Checkpointing the source first also tells whether it
                     // is reachable at all: if not, retry; never rebuild.
                     inst.checkpoint_member(&host, port)
@@ -265,15 +268,38 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
                             source_down: true,
                         })?;
                     tracing::info!("running pg_rewind against {host}:{port}");
-                    if let Err(e) = inst.rewind_from(&host, port).await {
-                        // pg_rewind fails the same way when its source went
-                        // away mid-run: then the failure is the source's, to
-                        // retry, not a reason to rebuild.
-                        let source_down = inst.checkpoint_member(&host, port).await.is_err();
-                        return Err(JobError {
-                            message: e.to_string(),
-                            source_down,
-                        });
+                    let diverged = match inst.rewind_from(&host, port).await {
+                        Ok(d) => d,
+                        Err(e) => {
+                            // pg_rewind fails the same way when its source
+                            // went away mid-run: then the failure is the
+                            // source's, to retry, not a reason to rebuild.
+                            let source_down = inst.checkpoint_member(&host, port).await.is_err();
+                            return Err(JobError {
+                                message: e.to_string(),
+                                source_down,
+                            });
+                        }
+                    };
+                    if let (Some(end), Some((at, timeline))) = (end, diverged) {
+                        let d = baton_core::cluster::DiscardedWal {
+                            member: me.clone(),
+                            timeline,
+                            diverged: at.0,
+                            end: end.0,
+                            bytes: end.0.saturating_sub(at.0),
+                            at: chrono::Utc::now()
+                                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                        };
+                        tracing::warn!(
+                            bytes = d.bytes,
+                            "pg_rewind discarded {} bytes of WAL this member had written past {at} \
+                             (timeline {timeline}), up to {end}",
+                            d.bytes
+                        );
+                        if let Err(e) = dcs.put_discarded(&d).await {
+                            tracing::warn!("could not record the discarded WAL in etcd: {e}");
+                        }
                     }
                     Ok(())
                 });

@@ -58,7 +58,40 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
         }
         let mut peers: Vec<Peer> = asks.join_all().await.into_iter().flatten().collect();
         peers.sort_by(|a, b| a.name.cmp(&b.name));
+        if !self.config.synchronous_mode.is_off() {
+            self.freshen_voters(cluster, &mut peers).await;
+        }
         peers
+    }
+
+    /// Synchronous mode: a voter's REST answer is its last tick's, and the
+    /// acknowledged commit may have reached it since; its own postgres is
+    /// asked instead, and a voter whose postgres does not answer is not
+    /// heard at all (a hung one could hold the latest commit).
+    async fn freshen_voters(&self, cluster: &ClusterView, peers: &mut [Peer]) {
+        let Some(key) = &cluster.sync else {
+            return;
+        };
+        let mut asks = tokio::task::JoinSet::new();
+        for (i, p) in peers.iter().enumerate() {
+            if !(key.lists(&p.name) || key.leader_is(&p.name)) {
+                continue;
+            }
+            let Some((host, port)) = cluster.members.get(&p.name).and_then(|m| m.pg_address())
+            else {
+                continue;
+            };
+            let (inst, timeout) = (self.inst.clone(), self.config.retry_timeout());
+            asks.spawn(async move { (i, inst.member_wal_position(&host, port, timeout).await) });
+        }
+        for (i, answer) in asks.join_all().await {
+            match answer {
+                Ok(Some(at)) => peers[i].position = at.0,
+                // A primary (no WAL receiver): its REST answer stands.
+                Ok(None) => {}
+                Err(_) => peers[i].running = false,
+            }
+        }
     }
 
     /// On the leader's primary: which of Baton's slots (those of members it

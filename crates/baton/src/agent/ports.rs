@@ -110,6 +110,11 @@ pub trait Store: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<bool, DcsError>> + Send;
     /// Writes (or with `None` deletes) the `failsafe` key as the holder of
     /// the leader key on `lease`.
+    /// Records WAL a rewind discarded (`baton/discarded/...`).
+    fn put_discarded(
+        &self,
+        d: &baton_core::cluster::DiscardedWal,
+    ) -> impl Future<Output = Result<(), DcsError>> + Send;
     fn put_failsafe(
         &self,
         me: &str,
@@ -181,11 +186,15 @@ pub trait Postgres: Send + Sync + 'static {
         host: &str,
         port: u16,
     ) -> impl Future<Output = Result<PathBuf, PgError>> + Send;
+    /// pg_rewind; where the histories diverged and on which timeline, when
+    /// there was anything to rewind.
     fn rewind_from(
         &self,
         host: &str,
         port: u16,
-    ) -> impl Future<Output = Result<(), PgError>> + Send;
+    ) -> impl Future<Output = Result<Option<(Lsn, u32)>, PgError>> + Send;
+    /// Where the stopped data directory's WAL ends, if that can be read.
+    fn end_of_wal(&self) -> impl Future<Output = Option<Lsn>> + Send;
     /// A CHECKPOINT on another member; fails when it is down.
     fn checkpoint_member(
         &self,
@@ -199,6 +208,15 @@ pub trait Postgres: Send + Sync + 'static {
     fn shutdown_checkpoint(&self) -> impl Future<Output = Result<Lsn, PgError>> + Send;
     /// How far another member has replayed.
     fn member_replay_lsn(
+        &self,
+        host: &str,
+        port: u16,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Option<Lsn>, PgError>> + Send;
+    /// How much WAL another member's postgres holds right now (received
+    /// or replayed), asked of that postgres itself: an election in
+    /// synchronous mode must not trust a position up to a tick old.
+    fn member_wal_position(
         &self,
         host: &str,
         port: u16,
@@ -349,8 +367,11 @@ impl Postgres for LocalPg {
     async fn rebuild_from(&self, host: &str, port: u16) -> Result<PathBuf, PgError> {
         self.inst.rebuild_from(host, port).await
     }
-    async fn rewind_from(&self, host: &str, port: u16) -> Result<(), PgError> {
+    async fn rewind_from(&self, host: &str, port: u16) -> Result<Option<(Lsn, u32)>, PgError> {
         self.inst.rewind_from(host, port).await
+    }
+    async fn end_of_wal(&self) -> Option<Lsn> {
+        self.inst.end_of_wal().await
     }
     async fn checkpoint_member(&self, host: &str, port: u16) -> Result<(), PgError> {
         self.inst.checkpoint_member(host, port).await
@@ -382,6 +403,29 @@ impl Postgres for LocalPg {
     ) -> Result<Option<Lsn>, PgError> {
         let c = self.inst.connect_member(host, port, timeout).await?;
         let row = c.query_one("SELECT pg_last_wal_replay_lsn()", &[]).await?;
+        Ok(row
+            .get::<_, Option<tokio_postgres::types::PgLsn>>(0)
+            .map(|l| Lsn(u64::from(l))))
+    }
+    async fn member_wal_position(
+        &self,
+        host: &str,
+        port: u16,
+        timeout: Duration,
+    ) -> Result<Option<Lsn>, PgError> {
+        let c = self.inst.connect_member(host, port, timeout).await?;
+        let row = tokio::time::timeout(
+            timeout,
+            c.query_one(
+                "SELECT GREATEST(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())",
+                &[],
+            ),
+        )
+        .await
+        .map_err(|_| PgError::Timeout {
+            what: format!("WAL position of {host}:{port}"),
+            after: timeout,
+        })??;
         Ok(row
             .get::<_, Option<tokio_postgres::types::PgLsn>>(0)
             .map(|l| Lsn(u64::from(l))))

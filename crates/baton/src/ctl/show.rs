@@ -19,14 +19,14 @@ pub async fn list(target: Target, json: bool) -> anyhow::Result<ExitCode> {
 
 pub async fn history(target: Target, json: bool) -> anyhow::Result<ExitCode> {
     let (_, view) = target.view().await?;
-    let h = view.history.unwrap_or(serde_json::json!([]));
+    let h = view.history.clone().unwrap_or(serde_json::json!([]));
     if json {
         println!("{}", serde_json::to_string_pretty(&h)?);
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "{:>3}  {:>12}  {:<28}  {:<26}  New Leader",
-        "TL", "LSN", "Reason", "Timestamp"
+        "{:>3}  {:>12}  {:<28}  {:<26}  {:<12}  Discarded",
+        "TL", "LSN", "Reason", "Timestamp", "New Leader"
     );
     for e in h.as_array().into_iter().flatten() {
         let f = |i: usize| e.get(i).cloned().unwrap_or(serde_json::Value::Null);
@@ -39,13 +39,23 @@ pub async fn history(target: Target, json: bool) -> anyhow::Result<ExitCode> {
             .as_u64()
             .map(|l| baton_core::lsn::Lsn(l).to_string())
             .unwrap_or_default();
+        // What former primaries had written on this timeline past the
+        // switch, measured when they were rewound.
+        let tl = f(0).as_u64();
+        let discarded: Vec<String> = view
+            .discarded
+            .iter()
+            .filter(|d| Some(u64::from(d.timeline)) == tl)
+            .map(|d| format!("{} B by {}", d.bytes, d.member))
+            .collect();
         println!(
-            "{:>3}  {:>12}  {:<28}  {:<26}  {}",
+            "{:>3}  {:>12}  {:<28}  {:<26}  {:<12}  {}",
             text(f(0)),
             lsn,
             text(f(2)),
             text(f(3)),
-            text(f(4))
+            text(f(4)),
+            discarded.join(", ")
         );
     }
     Ok(ExitCode::SUCCESS)

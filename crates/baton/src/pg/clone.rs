@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
 
+use baton_core::lsn::Lsn;
+
 use super::conf::{quote_conninfo, replication_conninfo};
 use super::datadir::empty_dir;
 use super::{Instance, PgError, StopMode};
@@ -199,7 +201,32 @@ impl Instance {
     /// pg_rewind from `host:port`. The caller checkpoints the source first
     /// (`checkpoint_member`), so the source's control file shows its latest
     /// timeline.
-    pub async fn rewind_from(&self, host: &str, port: u16) -> Result<(), PgError> {
+    /// Where this stopped data directory's WAL ends: pg_waldump reads from
+    /// the last checkpoint's redo point to the first invalid record and
+    /// names that position. `None` when it cannot tell.
+    pub async fn end_of_wal(&self) -> Option<Lsn> {
+        let cd = self.controldata().await.ok()?;
+        let redo = cd.get("Latest checkpoint's REDO location")?;
+        let tli = cd.get("Latest checkpoint's TimeLineID")?;
+        let mut cmd = self.command("pg_waldump");
+        cmd.arg("--quiet")
+            .arg("-p")
+            .arg(self.cfg.data_dir.join("pg_wal"))
+            .args(["-s", redo, "-t", tli]);
+        let text = match self
+            .run_all("pg_waldump", cmd, Duration::from_secs(60))
+            .await
+        {
+            Ok((out, err)) => format!("{err} {out}"),
+            Err(PgError::Command { detail, .. }) => detail,
+            Err(_) => return None,
+        };
+        last_lsn(text.split("invalid record length at").nth(1)?)
+    }
+
+    /// pg_rewind from `host:port`; where the histories diverged (and on
+    /// which timeline), when it had anything to rewind.
+    pub async fn rewind_from(&self, host: &str, port: u16) -> Result<Option<(Lsn, u32)>, PgError> {
         let mut cmd = self.command("pg_rewind");
         cmd.arg("-D")
             .arg(&self.cfg.data_dir)
@@ -215,14 +242,15 @@ impl Instance {
         std::fs::write(&marker, "pg_rewind started; a rebuild clears this\n")
             .map_err(|e| PgError::io(format!("writing {}", marker.display()), e))?;
         match self
-            .run("pg_rewind", cmd, self.cfg.start_timeout.saturating_mul(10))
+            .run_all("pg_rewind", cmd, self.cfg.start_timeout.saturating_mul(10))
             .await
         {
-            Ok(out) => {
+            Ok((out, err)) => {
                 self.clear_rewind_marker()?;
                 super::conf::forget_leader_settings(&self.cfg.data_dir)?;
-                tracing::info!(member = %self.name, "pg_rewind: {}", out.trim().lines().last().unwrap_or("done"));
-                Ok(())
+                let all = format!("{err}\n{out}");
+                tracing::info!(member = %self.name, "pg_rewind: {}", all.trim().lines().last().unwrap_or("done"));
+                Ok(diverged_at(&all))
             }
             // pg_rewind prints "need to copy N MB" right before it starts
             // writing into the target; one that failed before that left the
@@ -247,5 +275,40 @@ impl Instance {
 
     pub(super) fn replication_conninfo(&self, host: &str, port: u16) -> String {
         replication_conninfo(&self.cfg, &self.name, host, port)
+    }
+}
+
+/// The first `X/Y` LSN at the start of `text` (after spaces).
+fn last_lsn(text: &str) -> Option<Lsn> {
+    let token = text.split_whitespace().next()?;
+    token.trim_end_matches([':', ',', '.']).parse().ok()
+}
+
+/// pg_rewind's "servers diverged at WAL location X/Y on timeline N".
+fn diverged_at(output: &str) -> Option<(Lsn, u32)> {
+    let rest = output.split("diverged at WAL location").nth(1)?;
+    let lsn = last_lsn(rest)?;
+    let tl = rest
+        .split("on timeline")
+        .nth(1)?
+        .split_whitespace()
+        .next()?;
+    Some((lsn, tl.trim_end_matches('.').parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_where_wal_ends_and_where_histories_diverged() {
+        let waldump = "pg_waldump: error: error in WAL record at 0/3000148: invalid record length at 0/30001C0: expected at least 24, got 0 (exit status: 1)";
+        assert_eq!(
+            last_lsn(waldump.split("invalid record length at").nth(1).unwrap()),
+            Some(Lsn(0x300_01C0))
+        );
+        let rewind = "pg_rewind: servers diverged at WAL location 0/3000148 on timeline 1\npg_rewind: rewinding from last common checkpoint at 0/2000060 on timeline 1\npg_rewind: Done!";
+        assert_eq!(diverged_at(rewind), Some((Lsn(0x300_0148), 1)));
+        assert_eq!(diverged_at("pg_rewind: no rewind required"), None);
     }
 }

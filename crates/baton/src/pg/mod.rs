@@ -193,12 +193,17 @@ impl Instance {
     }
 
     /// Runs a tool to completion within `timeout`, returning its stdout.
-    async fn run(
+    async fn run(&self, what: &str, cmd: Command, timeout: Duration) -> Result<String, PgError> {
+        self.run_all(what, cmd, timeout).await.map(|(out, _)| out)
+    }
+
+    /// Like `run`, with stderr too (pg_rewind reports there).
+    async fn run_all(
         &self,
         what: &str,
         mut cmd: Command,
         timeout: Duration,
-    ) -> Result<String, PgError> {
+    ) -> Result<(String, String), PgError> {
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let child = cmd.spawn().map_err(|e| PgError::Command {
             what: what.to_string(),
@@ -220,7 +225,10 @@ impl Instance {
                 detail: format!("{} ({})", detail.trim(), out.status),
             });
         }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        Ok((
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
     }
 
     /// Makes `dir` exist, owned by the OS user, mode 0700.

@@ -15,11 +15,13 @@ use tokio_util::sync::CancellationToken;
 
 use baton::agent::Agent;
 use baton::config::NodeConfig;
+use baton_core::config::SyncMode;
+use baton_core::ha::sync::SyncRule;
 
 use crate::instance::SimPg;
 use crate::peers::SimPeers;
 use crate::store::SimStore;
-use crate::world::{host_of, Etcd, Link, Mode, Node, Rng, Shared, World, PG_PORT};
+use crate::world::{host_of, Etcd, Link, Mode, Node, Rng, Shared, Wal, World, PG_PORT};
 
 pub const NODES: usize = 3;
 
@@ -80,9 +82,11 @@ impl Faults {
 pub struct Plan {
     pub fault_secs: u64,
     pub calm_secs: u64,
+    /// The cluster's `synchronous_mode` (bootstrap configuration).
+    pub sync: SyncMode,
 }
 
-fn node_config(i: usize) -> NodeConfig {
+fn node_config(i: usize, sync: SyncMode) -> NodeConfig {
     let host = host_of(i);
     let text = format!(
         r#"scope = "sim"
@@ -103,8 +107,10 @@ bin_dir = "/sim/bin"
 ttl = 4
 loop_wait = 1
 retry_timeout = 1
+synchronous_mode = {mode}
 "#,
-        n = i + 1
+        n = i + 1,
+        mode = serde_json::to_string(&sync).expect("a mode serializes"),
     );
     NodeConfig::parse(&text, std::path::Path::new("sim.toml"), || {
         Ok("/sim/bin".into())
@@ -128,7 +134,8 @@ impl Agents {
             n.stalled_until = None;
             n.epoch
         };
-        let cfg = node_config(i);
+        let sync = world.lock().sync;
+        let cfg = node_config(i, sync);
         let timeout = cfg.bootstrap.retry_timeout();
         let store = SimStore {
             world: world.clone(),
@@ -269,7 +276,80 @@ fn physics(w: &mut World) {
             to.min(switch.unwrap_or(to))
         };
     }
+    acknowledge(w);
     w.check();
+}
+
+/// In synchronous mode, what the primary the `sync` key names may have
+/// acknowledged by now: every commit its rule (`synchronous_standby_names`
+/// as the agent set it) is satisfied for, by standbys streaming from it on
+/// its history; with no rule, everything it wrote.
+fn acknowledge(w: &mut World) {
+    if w.sync == SyncMode::Off {
+        return;
+    }
+    // The promise starts once the primary's claim is in the `sync` key:
+    // before that it acknowledges as in asynchronous mode.
+    let claimed: Option<baton_core::cluster::SyncKey> = w
+        .etcd
+        .get("sync")
+        .and_then(|kv| serde_json::from_str(&kv.value).ok());
+    for p in 0..w.nodes.len() {
+        if !claimed
+            .as_ref()
+            .is_some_and(|k| k.leader_is(&w.nodes[p].name))
+        {
+            continue;
+        }
+        let pg = &w.nodes[p].pg;
+        let (Some(Mode::Primary), Some(d), false) = (&pg.running, &pg.data, pg.hung) else {
+            continue;
+        };
+        let rule = SyncRule::parse(&pg.sync_standbys);
+        let at = if rule.num == 0 {
+            Some(d.lsn)
+        } else {
+            let mut held: Vec<u64> = (0..w.nodes.len())
+                .filter(|r| w.streaming_from(*r) == Some(p))
+                .filter(|r| {
+                    let name = w.nodes[*r].name.to_ascii_lowercase();
+                    rule.names.as_ref().is_none_or(|n| n.contains(&name))
+                })
+                .filter_map(|r| w.nodes[r].pg.data.as_ref())
+                .filter(|rd| rd.is_prefix_of(d))
+                .map(|rd| rd.lsn)
+                .collect();
+            held.sort_unstable_by(|a, b| b.cmp(a));
+            held.get(rule.num as usize - 1).copied()
+        };
+        let Some(at) = at else { continue };
+        let mut a = Wal {
+            lsn: at.min(d.lsn),
+            ..d.clone()
+        };
+        // Nothing past a timeline's start is nothing on it: the WAL up to
+        // there belongs to the timeline it forked from.
+        while let Some(&(parent, switch)) = a.history.last() {
+            if a.lsn > switch {
+                break;
+            }
+            a.history.pop();
+            a.ids.retain(|(t, _)| *t <= parent);
+            a.timeline = parent;
+        }
+        match &w.acked {
+            Some(prev) if a.is_prefix_of(prev) => {}
+            Some(prev) if !prev.is_prefix_of(&a) => {
+                let (name, prev) = (w.nodes[p].name.clone(), prev.clone());
+                w.violation.get_or_insert(format!(
+                    "at {} ms: {name} acknowledged a commit at {a:?} on another history than the one acknowledged before, {prev:?}",
+                    w.ms()
+                ));
+                return;
+            }
+            _ => w.acked = Some(a),
+        }
+    }
 }
 
 fn fault(w: &mut World, agents: &mut Agents) {
@@ -377,6 +457,8 @@ pub fn run(seed: u64, faults: Faults, plan: Plan) -> Result<(), Failure> {
             log: vec![],
             violation: None,
             faults,
+            sync: plan.sync,
+            acked: None,
         })));
         let mut agents = Agents {
             tasks: (0..NODES).map(|_| None).collect(),

@@ -450,7 +450,11 @@ impl Postgres for SimPg {
         .await
     }
 
-    async fn rewind_from(&self, host: &str, port: u16) -> Result<(), PgError> {
+    async fn end_of_wal(&self) -> Option<Lsn> {
+        None
+    }
+
+    async fn rewind_from(&self, host: &str, port: u16) -> Result<Option<(Lsn, u32)>, PgError> {
         let host = host.to_string();
         // It connects, then copies: a source that dies meanwhile (or an
         // agent killed meanwhile) leaves the target half-copied.
@@ -487,7 +491,8 @@ impl Postgres for SimPg {
             pg.rewind_incomplete = false;
             let name = w.nodes[i].name.clone();
             w.event(format!("{name} rewound from {host}"));
-            Ok(())
+            // The simulator does not measure what a rewind discards.
+            Ok(None)
         })
         .await
     }
@@ -531,6 +536,35 @@ impl Postgres for SimPg {
         self.step(1, 5, 5, move |w, i| {
             let src = Self::reachable(w, i, &host, port).ok_or_else(|| unreachable(&host, port))?;
             Ok(w.nodes[src].pg.data.as_ref().map(|d| Lsn(d.lsn)))
+        })
+        .await
+    }
+
+    async fn member_wal_position(
+        &self,
+        host: &str,
+        port: u16,
+        timeout: Duration,
+    ) -> Result<Option<Lsn>, PgError> {
+        let host = host.to_string();
+        let hung = {
+            let w = self.world.lock();
+            Self::reachable(&w, self.node, &host, port).is_some_and(|t| w.nodes[t].pg.hung)
+        };
+        if hung {
+            tokio::time::sleep(timeout).await;
+            return Err(PgError::Timeout {
+                what: format!("WAL position of {host}:{port}"),
+                after: timeout,
+            });
+        }
+        self.step(1, 5, 5, move |w, i| {
+            let src = Self::reachable(w, i, &host, port).ok_or_else(|| unreachable(&host, port))?;
+            let pg = &w.nodes[src].pg;
+            if pg.running.is_none() {
+                return Err(failed("connect", "connection refused or starting up"));
+            }
+            Ok(pg.data.as_ref().map(|d| Lsn(d.lsn)))
         })
         .await
     }

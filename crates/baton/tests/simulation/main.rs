@@ -67,26 +67,17 @@ fn report(test: &str, seed: u64, f: &driver::Failure) -> String {
     )
 }
 
-const PLAN: Plan = Plan {
-    fault_secs: 120,
-    calm_secs: 120,
-};
-
-/// CI runs 2,000 seeds of every fault.
-#[test]
-fn real_agents_stay_safe_and_converge_under_faults() {
-    trace();
-    let started = std::time::Instant::now();
-    let seeds = seeds(2000);
-    // Seeds are independent (a runtime each): one thread per core.
+/// Runs `seeds` (independent: a runtime each) on every core, each under
+/// every fault with `plan(seed)`; the failures, by seed. `BATON_SIM_ALL=1`
+/// runs on past a failure and lists them all.
+fn run_seeds(seeds: &[u64], plan: impl Fn(u64) -> Plan + Sync) -> Vec<(u64, driver::Failure)> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    // BATON_SIM_ALL=1 runs on past a failure and lists them all.
     let all = std::env::var_os("BATON_SIM_ALL").is_some();
     let stop = std::sync::atomic::AtomicBool::new(false);
     let mut failed: Vec<(u64, driver::Failure)> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
-                let (seeds, stop) = (&seeds, &stop);
+                let (stop, plan) = (&stop, &plan);
                 s.spawn(move || {
                     trace();
                     let mut failed = vec![];
@@ -94,7 +85,7 @@ fn real_agents_stay_safe_and_converge_under_faults() {
                         if stop.load(std::sync::atomic::Ordering::Relaxed) {
                             break;
                         }
-                        if let Err(f) = driver::run(seed, Faults::all(), PLAN) {
+                        if let Err(f) = driver::run(seed, Faults::all(), plan(seed)) {
                             stop.store(!all, std::sync::atomic::Ordering::Relaxed);
                             failed.push((seed, f));
                         }
@@ -109,21 +100,95 @@ fn real_agents_stay_safe_and_converge_under_faults() {
             .collect()
     });
     failed.sort_by_key(|(seed, _)| *seed);
-    for (seed, f) in &failed {
+    failed
+}
+
+const PLAN: Plan = Plan {
+    fault_secs: 120,
+    calm_secs: 120,
+    sync: baton_core::config::SyncMode::Off,
+};
+
+/// CI runs 2,000 seeds of every fault.
+#[test]
+fn real_agents_stay_safe_and_converge_under_faults() {
+    trace();
+    let started = std::time::Instant::now();
+    let seeds = seeds(2000);
+    let failed = run_seeds(&seeds, |_| PLAN);
+    verdict(
+        "real_agents_stay_safe_and_converge_under_faults",
+        "seeds",
+        &seeds,
+        &failed,
+        started,
+    );
+}
+
+/// Fails the test with the first failing seed's report, or prints the
+/// RESULT line (`label=<seeds>`).
+fn verdict(
+    test: &str,
+    label: &str,
+    seeds: &[u64],
+    failed: &[(u64, driver::Failure)],
+    started: std::time::Instant,
+) {
+    for (seed, f) in failed {
         eprintln!("seed {seed}: {}", f.what);
     }
     if let Some((seed, f)) = failed.first() {
         panic!(
             "{} failing seed(s); the first:\n{}",
             failed.len(),
-            report("real_agents_stay_safe_and_converge_under_faults", *seed, f)
+            report(test, *seed, f)
         );
     }
     let secs = started.elapsed().as_secs_f64();
     eprintln!(
-        "RESULT seeds={} seconds={secs:.1} seeds_per_s={:.1} violations=0",
+        "RESULT {label}={} seconds={secs:.1} seeds_per_s={:.1} violations=0",
         seeds.len(),
         seeds.len() as f64 / secs
+    );
+}
+
+/// Even seeds run `synchronous_mode: on`, odd ones `quorum`.
+fn sync_plan(seed: u64) -> Plan {
+    use baton_core::config::SyncMode;
+    Plan {
+        sync: if seed % 2 == 0 {
+            SyncMode::On
+        } else {
+            SyncMode::Quorum
+        },
+        ..PLAN
+    }
+}
+
+/// Synchronous mode under every fault, seeds alternating `on` and
+/// `quorum`: besides the safety invariants, no acknowledged commit is ever
+/// missing from a primary, and the `sync` key never promises an election
+/// that could miss one (`invariants::acknowledged`). CI runs 300 seeds;
+/// `BATON_SIM_SYNC_SEEDS=100000` for the long hunt.
+#[test]
+fn in_synchronous_mode_no_acknowledged_commit_is_lost() {
+    trace();
+    let started = std::time::Instant::now();
+    let n: u64 = std::env::var("BATON_SIM_SYNC_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(300);
+    let seeds: Vec<u64> = match std::env::var("BATON_SIM_SEED") {
+        Ok(s) => vec![s.parse().expect("BATON_SIM_SEED is a number")],
+        Err(_) => (1..=n).collect(),
+    };
+    let failed = run_seeds(&seeds, sync_plan);
+    verdict(
+        "in_synchronous_mode_no_acknowledged_commit_is_lost",
+        "sync_seeds",
+        &seeds,
+        &failed,
+        started,
     );
 }
 
@@ -139,11 +204,23 @@ fn real_agents_stay_safe_and_converge_under_faults() {
 ///   to start the primary without the key.
 const REGRESSIONS: &[u64] = &[19568, 23006, 6028, 23651, 26402];
 
+/// The same, in synchronous mode (`sync_plan`):
+/// - 11: the first leader fenced before its first tick wrote the `sync`
+///   key; with no key nobody was eligible, for good.
+/// - 1991: a quorum election compared a voter's position from its last
+///   tick (its postgres had hung since), and the candidate lacked the
+///   commit that voter had acknowledged.
+const SYNC_REGRESSIONS: &[u64] = &[11, 1991];
+
 #[test]
 fn seeds_that_once_found_bugs_stay_fixed() {
     trace();
-    for &seed in REGRESSIONS {
-        if let Err(f) = driver::run(seed, Faults::all(), PLAN) {
+    let runs = REGRESSIONS
+        .iter()
+        .map(|s| (*s, PLAN))
+        .chain(SYNC_REGRESSIONS.iter().map(|s| (*s, sync_plan(*s))));
+    for (seed, plan) in runs {
+        if let Err(f) = driver::run(seed, Faults::all(), plan) {
             panic!(
                 "{}",
                 report("seeds_that_once_found_bugs_stay_fixed", seed, &f)

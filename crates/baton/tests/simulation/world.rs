@@ -241,6 +241,11 @@ pub struct World {
     pub violation: Option<String>,
     /// Kinds of faults this run injects.
     pub faults: crate::driver::Faults,
+    /// The agents' `synchronous_mode`.
+    pub sync: baton_core::config::SyncMode,
+    /// In synchronous mode: the latest commit a primary acknowledged, as
+    /// the WAL up to it (`invariants::acknowledged`).
+    pub acked: Option<Wal>,
 }
 
 impl World {
@@ -397,6 +402,8 @@ pub mod testing {
             log: vec![],
             violation: None,
             faults: Default::default(),
+            sync: Default::default(),
+            acked: None,
         }
     }
 }

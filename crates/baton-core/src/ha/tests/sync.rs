@@ -266,9 +266,10 @@ fn only_a_synchronous_standby_takes_part_in_an_election() {
     let d = election(SyncMode::On, "n3", key(Some("n2"), None), vec![]);
     assert_eq!(d.actions, vec![]);
     assert_eq!(d.reason.code(), "not_synchronous");
-    // No key at all: nobody is known to hold every commit.
+    // No key at all: no leader ever promised anything (the mode was just
+    // switched on): the asynchronous rules apply.
     let d = election(SyncMode::On, "n2", None, vec![]);
-    assert_eq!(d.reason.code(), "not_synchronous");
+    assert_eq!(d.actions, vec![Action::AcquireLeader], "{:?}", d.reason);
     // n2 is synchronous, and does not yield to the asynchronous n3 even
     // though n3 shows more WAL.
     let d = election(

@@ -2,6 +2,7 @@
 //! change to the world; `converges` is checked once the faults stop.
 //! `single_writer` is the promise; `key_holder` is the rule that keeps it.
 
+pub mod acknowledged;
 pub mod converges;
 pub mod key_holder;
 pub mod single_writer;
@@ -14,4 +15,5 @@ pub fn broken(w: &World) -> Option<String> {
     single_writer::check(w)
         .or_else(|| key_holder::check(w))
         .or_else(|| timeline_prefix::check(w))
+        .or_else(|| acknowledged::check(w))
 }
