@@ -214,6 +214,13 @@ pub struct DiscardedWal {
 /// Where Baton records [`DiscardedWal`], one key per rewind.
 pub const DISCARDED_PREFIX: &str = "baton/discarded/";
 
+impl DiscardedWal {
+    /// Its key under the cluster prefix.
+    pub fn key(&self) -> String {
+        format!("{DISCARDED_PREFIX}{}-{}", self.timeline, self.member)
+    }
+}
+
 /// Baton's own key (beside Patroni's) holding the last reserved timeline.
 pub const TIMELINE_KEY: &str = "baton/timeline";
 

@@ -460,12 +460,7 @@ impl Store for Dcs {
     }
 
     async fn put_discarded(&self, d: &baton_core::cluster::DiscardedWal) -> Result<(), DcsError> {
-        let key = self.key(&format!(
-            "{}{}-{}",
-            baton_core::cluster::DISCARDED_PREFIX,
-            d.timeline,
-            d.member
-        ));
+        let key = self.key(&d.key());
         let json = serde_json::to_string(d).expect("discarded record serializes");
         let mut kv = self.client.kv_client();
         bounded(self.timeout, async {

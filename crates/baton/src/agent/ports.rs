@@ -257,6 +257,27 @@ impl LocalPg {
         })
     }
 
+    /// One LSN `sql` reads on another member, connect and query each
+    /// bounded by `timeout`.
+    async fn member_lsn(
+        &self,
+        host: &str,
+        port: u16,
+        timeout: Duration,
+        sql: &str,
+    ) -> Result<Option<Lsn>, PgError> {
+        let c = self.inst.connect_member(host, port, timeout).await?;
+        let row = tokio::time::timeout(timeout, c.query_one(sql, &[]))
+            .await
+            .map_err(|_| PgError::Timeout {
+                what: format!("{sql} on {host}:{port}"),
+                after: timeout,
+            })??;
+        Ok(row
+            .get::<_, Option<tokio_postgres::types::PgLsn>>(0)
+            .map(|l| Lsn(u64::from(l))))
+    }
+
     fn kept(&self) -> Option<Arc<tokio_postgres::Client>> {
         self.client
             .lock()
@@ -401,11 +422,8 @@ impl Postgres for LocalPg {
         port: u16,
         timeout: Duration,
     ) -> Result<Option<Lsn>, PgError> {
-        let c = self.inst.connect_member(host, port, timeout).await?;
-        let row = c.query_one("SELECT pg_last_wal_replay_lsn()", &[]).await?;
-        Ok(row
-            .get::<_, Option<tokio_postgres::types::PgLsn>>(0)
-            .map(|l| Lsn(u64::from(l))))
+        self.member_lsn(host, port, timeout, "SELECT pg_last_wal_replay_lsn()")
+            .await
     }
     async fn member_wal_position(
         &self,
@@ -413,22 +431,8 @@ impl Postgres for LocalPg {
         port: u16,
         timeout: Duration,
     ) -> Result<Option<Lsn>, PgError> {
-        let c = self.inst.connect_member(host, port, timeout).await?;
-        let row = tokio::time::timeout(
-            timeout,
-            c.query_one(
-                "SELECT GREATEST(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())",
-                &[],
-            ),
-        )
-        .await
-        .map_err(|_| PgError::Timeout {
-            what: format!("WAL position of {host}:{port}"),
-            after: timeout,
-        })??;
-        Ok(row
-            .get::<_, Option<tokio_postgres::types::PgLsn>>(0)
-            .map(|l| Lsn(u64::from(l))))
+        let sql = "SELECT GREATEST(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())";
+        self.member_lsn(host, port, timeout, sql).await
     }
     async fn order_fence(&self, order: FenceOrder) -> Result<(), PgError> {
         self.fence.send(order).await.map(|_| ())

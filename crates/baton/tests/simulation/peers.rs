@@ -48,20 +48,9 @@ impl Peers for SimPeers {
 
     async fn status(&self, api_url: &str) -> Option<serde_json::Value> {
         self.world.gate(self.node, self.epoch).await;
-        let host = api_url.split("://").nth(1)?.split(':').next()?.to_string();
-        let answer = {
-            let w = self.world.lock();
-            let t = w.index(&host)?;
-            let target = &w.nodes[t];
-            let stalled = target
-                .stalled_until
-                .is_some_and(|s| s > tokio::time::Instant::now());
-            let up = !w.nodes[self.node].isolated && !target.isolated && target.agent_alive;
-            match (&target.handle, up && !stalled) {
-                (Some(h), true) => Some(baton::api::status_json(&h.snapshot())),
-                _ => None,
-            }
-        };
+        let answer = self
+            .reach(api_url)
+            .map(|h| baton::api::status_json(&h.snapshot()));
         match answer {
             Some(v) => {
                 tokio::time::sleep(Duration::from_millis(2)).await;

@@ -350,12 +350,7 @@ impl Store for SimStore {
         .await
     }
     async fn put_discarded(&self, d: &baton_core::cluster::DiscardedWal) -> Result<(), DcsError> {
-        let key = format!(
-            "{}{}-{}",
-            baton_core::cluster::DISCARDED_PREFIX,
-            d.timeline,
-            d.member
-        );
+        let key = d.key();
         let json = serde_json::to_string(d).expect("discarded record serializes");
         self.call(move |w| {
             w.etcd.put(&key, &json, 0);
