@@ -13,8 +13,15 @@ use common::*;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-/// How long each etcd outage lasts: several leases over.
-const OUTAGE: Duration = Duration::from_secs(15);
+/// How long each etcd outage lasts: several leases over (15 s;
+/// `BATON_FAILSAFE_OUTAGE_S=40` for the 40 s freeze).
+fn outage() -> Duration {
+    let secs = std::env::var("BATON_FAILSAFE_OUTAGE_S")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(15);
+    Duration::from_secs(secs)
+}
 
 async fn failsafe_cluster(name: &str) -> TestCluster {
     let t = TestCluster::led_by_node1(name, ClusterOptions::default(), &[]).await;
@@ -47,7 +54,7 @@ async fn failsafe_leader_keeps_writing_while_etcd_is_frozen_or_down() {
     // Frozen: every etcd call hangs until it times out.
     let frozen = Instant::now();
     kill(etcd_pid(&t), Signal::SIGSTOP).unwrap();
-    tokio::time::sleep(OUTAGE).await;
+    tokio::time::sleep(outage()).await;
     kill(etcd_pid(&t), Signal::SIGCONT).unwrap();
     let thawed = Instant::now();
     t.wait_state(ClusterState::Normal, Duration::from_secs(30))
@@ -56,7 +63,7 @@ async fn failsafe_leader_keeps_writing_while_etcd_is_frozen_or_down() {
     // Down: every etcd call fails at once (connection refused).
     t.c.etcd.stop();
     let down = Instant::now();
-    tokio::time::sleep(OUTAGE).await;
+    tokio::time::sleep(outage()).await;
     t.c.etcd.start().unwrap();
     let up = Instant::now();
     t.wait_state(ClusterState::Normal, Duration::from_secs(30))
