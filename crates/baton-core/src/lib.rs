@@ -10,11 +10,13 @@
 //! lease, members, status, failover, history), `instance` (data directory
 //! and running-server facts, and their parsers), `config` (dynamic config,
 //! tags), `ha` (the decide function, its observation, actions and reasons),
-//! `status` (Normal / Degraded / Unavailable for `baton list`).
+//! `status` (Normal / Degraded / Unavailable for `baton list`), `route`
+//! (where `baton router` sends writers and readers).
 
 pub mod cluster;
 pub mod config;
 pub mod ha;
 pub mod instance;
 pub mod lsn;
+pub mod route;
 pub mod status;

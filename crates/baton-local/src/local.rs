@@ -558,3 +558,191 @@ impl Drop for LocalCluster {
         self.kill_leftover_postgres();
     }
 }
+
+/// A standalone postgres no agent manages: a stand-in for a coordinator or
+/// any endpoint the cluster's routing statements update, or a backend the
+/// tests describe to a router by writing etcd keys themselves.
+pub struct LocalPostgres {
+    pub port: u16,
+    pub data_dir: PathBuf,
+    inst: baton::pg::Instance,
+}
+
+impl LocalPostgres {
+    /// initdb and start in `dir/name`, as the postgres OS user when root.
+    pub async fn start(dir: &Path, name: &str) -> anyhow::Result<LocalPostgres> {
+        let port = free_port();
+        let data_dir = dir.join(name);
+        let toml = format!(
+            "scope = \"standalone\"\nname = \"{name}\"\n[etcd]\nendpoints = [\"http://127.0.0.1:1\"]\n\
+             [api]\nlisten = \"127.0.0.1:1\"\n[postgresql]\ndata_dir = \"{}\"\n\
+             listen = \"127.0.0.1:{port}\"\n[postgresql.parameters]\nshared_buffers = \"16MB\"\n\
+             max_connections = 20\n",
+            data_dir.display()
+        );
+        let path = dir.join(format!("{name}.toml"));
+        std::fs::write(&path, toml)?;
+        let cfg = baton::config::NodeConfig::load(&path)?;
+        let inst = baton::pg::Instance::new(cfg.postgresql, name.to_string())?;
+        inst.initdb_staged().await?;
+        inst.adopt_staged()?;
+        inst.start(&baton::pg::RunAs::Primary).await?;
+        Ok(LocalPostgres {
+            port,
+            data_dir,
+            inst,
+        })
+    }
+
+    pub async fn restart(&self) -> anyhow::Result<()> {
+        self.inst.start(&baton::pg::RunAs::Primary).await?;
+        Ok(())
+    }
+
+    pub async fn stop(&self) -> anyhow::Result<()> {
+        self.inst.stop(baton::pg::StopMode::Fast).await?;
+        Ok(())
+    }
+
+    pub fn postmaster_pid(&self) -> Option<i32> {
+        baton::pg::read_postmaster_pid(&self.data_dir)
+    }
+}
+
+impl Drop for LocalPostgres {
+    fn drop(&mut self) {
+        if let Some(pid) = self.postmaster_pid() {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGQUIT);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while self.postmaster_pid().is_some() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+/// A `baton router` process for a local cluster: read-write, read-only
+/// and API listeners on free ports.
+pub struct LocalRouter {
+    pub rw_port: u16,
+    pub ro_port: u16,
+    pub api_port: u16,
+    pub config_path: PathBuf,
+    pub log_path: PathBuf,
+    child: Option<Child>,
+}
+
+impl LocalRouter {
+    /// Writes `dir/<name>.toml` (`top`: extra top-level keys; `read_only`:
+    /// extra keys of its table) and starts the router; waits until its API
+    /// answers.
+    pub fn start(
+        dir: &Path,
+        baton: &Path,
+        name: &str,
+        cluster: (&str, &str),
+        top: &str,
+        read_only: &str,
+    ) -> anyhow::Result<LocalRouter> {
+        let (scope, etcd) = cluster;
+        let (rw_port, ro_port, api_port) = (free_port(), free_port(), free_port());
+        let config_path = dir.join(format!("{name}.toml"));
+        std::fs::write(
+            &config_path,
+            format!(
+                "scope = \"{scope}\"\n{top}\n[etcd]\nendpoints = [\"{etcd}\"]\n\
+                 [api]\nlisten = \"127.0.0.1:{api_port}\"\n\
+                 [read_write]\nlisten = \"127.0.0.1:{rw_port}\"\n\
+                 [read_only]\nlisten = \"127.0.0.1:{ro_port}\"\n{read_only}\n"
+            ),
+        )?;
+        let log_path = dir.join(format!("{name}.log"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)?;
+        let child = Command::new(baton)
+            .arg("router")
+            .arg("-c")
+            .arg(&config_path)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {} router", baton.display()))?;
+        let mut r = LocalRouter {
+            rw_port,
+            ro_port,
+            api_port,
+            config_path,
+            log_path,
+            child: Some(child),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if http_get_status(&r.api_url("/routes")).is_ok() {
+                return Ok(r);
+            }
+            if let Some(status) = r.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                bail!(
+                    "the router exited ({status}): {}",
+                    std::fs::read_to_string(&r.log_path).unwrap_or_default()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!("the router's API did not answer within 10 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn api_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.api_port)
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// SIGTERM, then SIGKILL after 5 s.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for LocalRouter {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl LocalCluster {
+    /// A router for this cluster, its files in the cluster's directory.
+    pub fn start_router(
+        &self,
+        name: &str,
+        top: &str,
+        read_only: &str,
+    ) -> anyhow::Result<LocalRouter> {
+        LocalRouter::start(
+            &self.dir,
+            &self.baton,
+            name,
+            (&self.scope, &self.etcd.endpoint),
+            top,
+            read_only,
+        )
+    }
+}

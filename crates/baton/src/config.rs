@@ -150,19 +150,65 @@ impl fmt::Display for ConfigError {
 
 /// Reads typed fields out of a TOML table, remembering every problem instead
 /// of stopping at the first, and reporting keys nobody asked for as unknown.
-struct Reader {
-    problems: Vec<Problem>,
+pub(crate) struct Reader {
+    pub(crate) problems: Vec<Problem>,
 }
 
 impl Reader {
-    fn problem(&mut self, key: impl Into<String>, reason: impl Into<String>) {
+    /// Which cluster a file is about: `scope`, `namespace` and
+    /// `[etcd] endpoints`, shared by agents' and routers' files.
+    pub(crate) fn cluster(
+        &mut self,
+        root: &mut toml::Table,
+    ) -> (Option<String>, String, Option<Vec<String>>) {
+        let scope: Option<String> = self.req(root, "", "scope");
+        self.identifier("scope", &scope);
+        let namespace: String = self
+            .opt(root, "", "namespace")
+            .unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
+        if !namespace.starts_with('/') || namespace.ends_with('/') && namespace.len() > 1 {
+            self.problem(
+                "namespace",
+                format!("{namespace:?} must start with '/' and not end with '/'"),
+            );
+        }
+        let mut etcd = self.table(root, "", "etcd");
+        let endpoints: Option<Vec<String>> = self.req(&mut etcd, "etcd", "endpoints");
+        if let Some(eps) = &endpoints {
+            if eps.is_empty() {
+                self.problem("etcd.endpoints", "needs at least one endpoint");
+            }
+            for ep in eps {
+                if !(ep.starts_with("http://") || ep.starts_with("https://")) {
+                    self.problem(
+                        "etcd.endpoints",
+                        format!("{ep:?} must be a URL like http://127.0.0.1:2379"),
+                    );
+                }
+            }
+        }
+        self.unknown(etcd, "etcd");
+        (scope, namespace, endpoints)
+    }
+
+    fn identifier(&mut self, key: &str, v: &Option<String>) {
+        if let Some(v) = v {
+            if !is_identifier(v) {
+                self.problem(
+                    key,
+                    format!("{v:?} must be 1-63 characters of letters, digits, '_', '-' or '.'"),
+                );
+            }
+        }
+    }
+    pub(crate) fn problem(&mut self, key: impl Into<String>, reason: impl Into<String>) {
         self.problems.push(Problem {
             key: key.into(),
             reason: reason.into(),
         });
     }
 
-    fn opt<T: DeserializeOwned>(
+    pub(crate) fn opt<T: DeserializeOwned>(
         &mut self,
         table: &mut toml::Table,
         prefix: &str,
@@ -178,7 +224,7 @@ impl Reader {
         }
     }
 
-    fn req<T: DeserializeOwned>(
+    pub(crate) fn req<T: DeserializeOwned>(
         &mut self,
         table: &mut toml::Table,
         prefix: &str,
@@ -191,7 +237,12 @@ impl Reader {
         self.opt(table, prefix, key)
     }
 
-    fn table(&mut self, table: &mut toml::Table, prefix: &str, key: &str) -> toml::Table {
+    pub(crate) fn table(
+        &mut self,
+        table: &mut toml::Table,
+        prefix: &str,
+        key: &str,
+    ) -> toml::Table {
         match table.remove(key) {
             None => toml::Table::new(),
             Some(toml::Value::Table(t)) => t,
@@ -205,13 +256,18 @@ impl Reader {
         }
     }
 
-    fn unknown(&mut self, table: toml::Table, prefix: &str) {
+    pub(crate) fn unknown(&mut self, table: toml::Table, prefix: &str) {
         for key in table.keys() {
             self.problem(join(prefix, key), "unknown key");
         }
     }
 
-    fn addr(&mut self, table: &mut toml::Table, prefix: &str, key: &str) -> Option<SocketAddr> {
+    pub(crate) fn addr(
+        &mut self,
+        table: &mut toml::Table,
+        prefix: &str,
+        key: &str,
+    ) -> Option<SocketAddr> {
         let s: String = self.opt(table, prefix, key)?;
         match s.parse() {
             Ok(a) => Some(a),
@@ -225,7 +281,12 @@ impl Reader {
         }
     }
 
-    fn seconds(&mut self, table: &mut toml::Table, prefix: &str, key: &str) -> Option<Duration> {
+    pub(crate) fn seconds(
+        &mut self,
+        table: &mut toml::Table,
+        prefix: &str,
+        key: &str,
+    ) -> Option<Duration> {
         let v: f64 = self.opt(table, prefix, key)?;
         if v.is_finite() && v > 0.0 && v <= baton_core::config::MAX_SECONDS {
             Some(Duration::from_secs_f64(v))
@@ -262,6 +323,39 @@ impl Reader {
     }
 }
 
+/// Prefix of every etcd key of cluster `scope`, with a trailing slash.
+pub fn prefix(namespace: &str, scope: &str) -> String {
+    format!("{}/{scope}/", namespace.trim_end_matches('/'))
+}
+
+/// The file's TOML, or a problem naming the line of the syntax error.
+pub(crate) fn parse_toml(text: &str, file: &Path) -> Result<toml::Table, ConfigError> {
+    text.parse().map_err(|e: toml::de::Error| {
+        let line = e
+            .span()
+            .map(|s| format!("line {}: ", text[..s.start].lines().count().max(1)))
+            .unwrap_or_default();
+        ConfigError {
+            file: file.to_path_buf(),
+            problems: vec![Problem {
+                key: String::new(),
+                reason: format!("{line}TOML syntax: {}", e.message()),
+            }],
+        }
+    })
+}
+
+/// Reads a config file, or says which file could not be read.
+pub(crate) fn read_file(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.to_path_buf(),
+        problems: vec![Problem {
+            key: String::new(),
+            reason: format!("cannot read file: {e}"),
+        }],
+    })
+}
+
 fn join(prefix: &str, key: &str) -> String {
     if prefix.is_empty() {
         key.to_string()
@@ -270,7 +364,7 @@ fn join(prefix: &str, key: &str) -> String {
     }
 }
 
-fn is_identifier(s: &str) -> bool {
+pub(crate) fn is_identifier(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
         && s.chars()
@@ -279,13 +373,7 @@ fn is_identifier(s: &str) -> bool {
 
 impl NodeConfig {
     pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            file: path.to_path_buf(),
-            problems: vec![Problem {
-                key: String::new(),
-                reason: format!("cannot read file: {e}"),
-            }],
-        })?;
+        let text = read_file(path)?;
         Self::parse(&text, path, default_bin_dir)
     }
 
@@ -300,62 +388,12 @@ impl NodeConfig {
             file: file.to_path_buf(),
             problems,
         };
-        let mut root: toml::Table = match text.parse() {
-            Ok(t) => t,
-            Err(e) => {
-                let e: toml::de::Error = e;
-                let line = e
-                    .span()
-                    .map(|s| format!("line {}: ", text[..s.start].lines().count().max(1)))
-                    .unwrap_or_default();
-                return Err(fail(vec![Problem {
-                    key: String::new(),
-                    reason: format!("{line}TOML syntax: {}", e.message()),
-                }]));
-            }
-        };
+        let mut root = parse_toml(text, file)?;
         let mut r = Reader { problems: vec![] };
 
-        let scope: Option<String> = r.req(&mut root, "", "scope");
+        let (scope, namespace, endpoints) = r.cluster(&mut root);
         let name: Option<String> = r.req(&mut root, "", "name");
-        for (key, v) in [("scope", &scope), ("name", &name)] {
-            if let Some(v) = v {
-                if !is_identifier(v) {
-                    r.problem(
-                        key,
-                        format!(
-                            "{v:?} must be 1-63 characters of letters, digits, '_', '-' or '.'"
-                        ),
-                    );
-                }
-            }
-        }
-        let namespace: String = r
-            .opt(&mut root, "", "namespace")
-            .unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
-        if !namespace.starts_with('/') || namespace.ends_with('/') && namespace.len() > 1 {
-            r.problem(
-                "namespace",
-                format!("{namespace:?} must start with '/' and not end with '/'"),
-            );
-        }
-
-        let mut etcd = r.table(&mut root, "", "etcd");
-        let endpoints: Option<Vec<String>> = r.req(&mut etcd, "etcd", "endpoints");
-        if let Some(eps) = &endpoints {
-            if eps.is_empty() {
-                r.problem("etcd.endpoints", "needs at least one endpoint");
-            }
-            for ep in eps {
-                if !(ep.starts_with("http://") || ep.starts_with("https://")) {
-                    r.problem(
-                        "etcd.endpoints",
-                        format!("{ep:?} must be a URL like http://127.0.0.1:2379"),
-                    );
-                }
-            }
-        }
-        r.unknown(etcd, "etcd");
+        r.identifier("name", &name);
 
         let mut api = r.table(&mut root, "", "api");
         let api_listen = r.addr(&mut api, "api", "listen");
@@ -582,8 +620,7 @@ impl NodeConfig {
 
     /// Prefix of every etcd key of this cluster, with a trailing slash.
     pub fn prefix(&self) -> String {
-        let ns = self.namespace.trim_end_matches('/');
-        format!("{ns}/{}/", self.scope)
+        prefix(&self.namespace, &self.scope)
     }
 }
 
@@ -747,8 +784,8 @@ retry_timeout = 1
         assert_eq!(
             keys,
             [
-                "name",
                 "etcd.endpoints",
+                "name",
                 "api.listen",
                 "postgresql.data_dir",
                 "postgresql.listen",

@@ -203,6 +203,89 @@ impl Dcs {
     }
 }
 
+impl Dcs {
+    /// Keeps a copy of the whole prefix current by watch, not by polling:
+    /// one read, then every change from the revision after it. Calls
+    /// `on_view` with the view after the read and after each batch of
+    /// changes; returns only on an error (etcd unreachable, the watch
+    /// cancelled or compacted), after which the caller starts over.
+    pub async fn mirror(&self, mut on_view: impl FnMut(ClusterView)) -> DcsError {
+        match self.mirror_once(&mut on_view).await {
+            Ok(()) => DcsError::Etcd(etcd_client::Error::WatchError("watch ended".into())),
+            Err(e) => e,
+        }
+    }
+
+    async fn mirror_once(&self, on_view: &mut impl FnMut(ClusterView)) -> Result<(), DcsError> {
+        type Keys = std::collections::BTreeMap<Vec<u8>, (Vec<u8>, i64, i64)>;
+        let view = |keys: &Keys, revision: i64| {
+            ClusterView::from_kvs(
+                &self.prefix,
+                keys.iter()
+                    .map(|(k, (v, lease, rev))| (k.as_slice(), v.as_slice(), *lease, *rev)),
+                revision,
+            )
+        };
+        let mut kv = self.client.kv_client();
+        let prefix = self.prefix.clone();
+        let resp = bounded(self.timeout, async {
+            Ok(kv
+                .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
+                .await?)
+        })
+        .await?;
+        let mut revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+        let mut keys: Keys = resp
+            .kvs()
+            .iter()
+            .map(|kv| {
+                (
+                    kv.key().to_vec(),
+                    (kv.value().to_vec(), kv.lease(), kv.mod_revision()),
+                )
+            })
+            .collect();
+        on_view(view(&keys, revision));
+        let mut w = self.client.watch_client();
+        let opts = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(revision + 1);
+        let mut stream = bounded(self.timeout, async {
+            Ok(w.watch(prefix.as_str(), Some(opts)).await?)
+        })
+        .await?;
+        while let Some(resp) = stream.message().await? {
+            if resp.canceled() {
+                return Err(DcsError::Etcd(etcd_client::Error::WatchError(format!(
+                    "watch cancelled: {} (compacted at {})",
+                    resp.cancel_reason(),
+                    resp.compact_revision()
+                ))));
+            }
+            if resp.events().is_empty() {
+                continue;
+            }
+            for e in resp.events() {
+                let Some(kv) = e.kv() else { continue };
+                match e.event_type() {
+                    etcd_client::EventType::Put => {
+                        keys.insert(
+                            kv.key().to_vec(),
+                            (kv.value().to_vec(), kv.lease(), kv.mod_revision()),
+                        );
+                    }
+                    etcd_client::EventType::Delete => {
+                        keys.remove(kv.key());
+                    }
+                }
+                revision = revision.max(kv.mod_revision());
+            }
+            on_view(view(&keys, revision));
+        }
+        Ok(())
+    }
+}
+
 /// The agent's store (`agent::Store`) is etcd, through these requests.
 impl Store for Dcs {
     async fn load(&self) -> Result<ClusterView, DcsError> {

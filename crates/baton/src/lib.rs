@@ -4,6 +4,7 @@
 //! Module map: `config` (the node file), `dcs` (the etcd client, Patroni's
 //! layout), `pg` (control of the local instance), `agent` (the loop that
 //! observes, calls `baton_core::ha::decide` and acts), `api` (REST),
+//! `router` (`baton router`: clients to the primary or a replica),
 //! `tls` (the HTTP client for peers and operators, the TLS listener).
 
 pub mod agent;
@@ -11,4 +12,5 @@ pub mod api;
 pub mod config;
 pub mod dcs;
 pub mod pg;
+pub mod router;
 pub mod tls;

@@ -30,6 +30,13 @@ enum Cmd {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// Route clients to the primary (read-write) and to fresh replicas
+    /// (read-only), holding them through switchovers and failovers.
+    Router {
+        /// Router configuration file (TOML).
+        #[arg(short, long)]
+        config: PathBuf,
+    },
     /// Show the cluster: overall state and one row per member.
     List {
         #[command(flatten)]
@@ -159,6 +166,7 @@ fn main() -> ExitCode {
     let result = rt.block_on(async {
         match cli.command {
             Cmd::Agent { config } => run::agent(config).await,
+            Cmd::Router { config } => run::router(config).await,
             Cmd::List { target, json } => ctl::show::list(target, json).await,
             Cmd::History { target, json } => ctl::show::history(target, json).await,
             Cmd::Reinit {

@@ -98,3 +98,24 @@ pub async fn agent(path: PathBuf) -> anyhow::Result<ExitCode> {
         ExitCode::SUCCESS
     })
 }
+
+/// `baton router`: until SIGTERM or SIGINT.
+pub async fn router(path: PathBuf) -> anyhow::Result<ExitCode> {
+    let cfg = baton::router::RouterConfig::load(&path)?;
+    init_logging();
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let shutdown = CancellationToken::new();
+    let router = tokio::spawn(baton::router::run(cfg, shutdown.clone()));
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received: the router stops"),
+        _ = int.recv() => tracing::info!("SIGINT received: the router stops"),
+        r = router => {
+            r.context("the router task")??;
+            return Ok(ExitCode::FAILURE);
+        }
+    }
+    shutdown.cancel();
+    Ok(ExitCode::SUCCESS)
+}

@@ -11,6 +11,9 @@ use super::{JobKind, PgStatus};
 /// Fills `role`, `state`, `timeline` and the WAL positions of `m`. `i_lead`:
 /// this member holds the leader key (it stays `primary` while postgres is
 /// down and restarting in place).
+/// The state of a leader handing over; the router drains it (`route`).
+pub const SWITCHING_OVER: &str = "switching over";
+
 pub fn fill_member(
     m: &mut Member,
     pg: &PgStatus,
@@ -33,7 +36,7 @@ pub fn fill_member(
         (Some(JobKind::Promote), _) => "promoting",
         (Some(JobKind::Rewind), _) => "rewinding",
         (Some(JobKind::Rebuild), _) => "creating replica",
-        (Some(JobKind::Switchover), _) => "switching over",
+        (Some(JobKind::Switchover), _) => SWITCHING_OVER,
         (Some(JobKind::Restart), _) => "restarting",
         (_, PgStatus::Running(_)) => "running",
         (Some(JobKind::Start), _) | (_, PgStatus::Unresponsive) => "starting",

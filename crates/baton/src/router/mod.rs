@@ -1,0 +1,565 @@
+//! `baton router`: clients connect to one address and reach the primary
+//! (read-write listener) or a fresh replica (read-only listener), across
+//! switchovers and failovers, with no agent on the router's host.
+//!
+//! - It follows etcd by watch (`Dcs::mirror`) and derives its backends
+//!   with `baton_core::route::routes`, a pure function of the view.
+//! - A client arriving while there is no backend (a switchover's pause, a
+//!   failover) is held, not refused, up to `hold_timeout`; so is one whose
+//!   backend answers that it is shutting down or still starting (the
+//!   member key can be a tick behind postgres), or, on the writer route,
+//!   that it is a hot standby. The router reads the server's greeting up
+//!   to ReadyForQuery for that, when the server asks no password; past
+//!   the greeting it splices bytes unread (`copy_bidirectional`).
+//! - A writer connection whose backend stops being the primary is closed
+//!   at once: its client sees one broken connection, never a session on a
+//!   demoted server. The one exception is a leader handing over in a
+//!   switchover: it takes no new clients, but its sessions run on until
+//!   its clean stop ends them (it still holds the key, and the handover
+//!   loses nothing), so a client that just connected is not cut off for
+//!   nothing tens of milliseconds early.
+//! - A client is handed a server's greeting only if that server is still
+//!   the route's backend once it greeted; otherwise the router tries again
+//!   and the client never sees the session.
+//! - TLS is passed through: the client's SSLRequest goes to the server and
+//!   the TLS session is between them (the router then cannot read the
+//!   greeting, so a refusal inside TLS reaches the client).
+//!
+//! Several routers may run side by side: they keep no state but etcd's.
+
+pub mod config;
+mod metrics;
+mod wire;
+
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use baton_core::route::{routes, Backend, ReadPolicy, Routes};
+
+pub use config::RouterConfig;
+use metrics::RouteMetrics;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    ReadWrite,
+    ReadOnly,
+}
+
+impl Kind {
+    fn label(self) -> &'static str {
+        match self {
+            Kind::ReadWrite => "read_write",
+            Kind::ReadOnly => "read_only",
+        }
+    }
+}
+
+/// What every connection task shares.
+struct Shared {
+    cfg: RouterConfig,
+    routes: watch::Receiver<Routes>,
+    rw: RouteMetrics,
+    ro: RouteMetrics,
+    /// Round-robin position over the read pool.
+    next_reader: AtomicUsize,
+}
+
+impl Shared {
+    fn metrics(&self, kind: Kind) -> &RouteMetrics {
+        match kind {
+            Kind::ReadWrite => &self.rw,
+            Kind::ReadOnly => &self.ro,
+        }
+    }
+
+    fn limit(&self, kind: Kind) -> usize {
+        match kind {
+            Kind::ReadWrite => self.cfg.read_write.max_connections,
+            Kind::ReadOnly => self
+                .cfg
+                .read_only
+                .as_ref()
+                .map_or(0, |r| r.listener.max_connections),
+        }
+    }
+
+    fn pick(&self, kind: Kind, routes: &Routes) -> Option<Backend> {
+        match kind {
+            Kind::ReadWrite => routes.primary.clone(),
+            Kind::ReadOnly if routes.readers.is_empty() => None,
+            Kind::ReadOnly => {
+                let i = self.next_reader.fetch_add(1, Relaxed) % routes.readers.len();
+                Some(routes.readers[i].clone())
+            }
+        }
+    }
+}
+
+/// Runs until `shutdown`; binding a listener or reaching etcd's client
+/// set-up fails at once, naming the key of the address.
+pub async fn run(cfg: RouterConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let bind = |addr, key: &'static str| async move {
+        TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr} ({key})"))
+    };
+    let rw = bind(cfg.read_write.listen, "read_write.listen").await?;
+    let ro = match &cfg.read_only {
+        Some(r) => Some(bind(r.listener.listen, "read_only.listen").await?),
+        None => None,
+    };
+    let api = match cfg.api_listen {
+        Some(a) => Some(bind(a, "api.listen").await?),
+        None => None,
+    };
+    let dcs = crate::dcs::Dcs::connect(&cfg.etcd_endpoints, cfg.prefix(), cfg.connect_timeout)
+        .await
+        .context("connecting to etcd (etcd.endpoints)")?;
+    let policy = cfg.read_only.as_ref().map_or(
+        ReadPolicy {
+            max_lag: 0,
+            fallback_to_primary: true,
+        },
+        |r| ReadPolicy {
+            max_lag: r.max_lag,
+            fallback_to_primary: r.fallback_to_primary,
+        },
+    );
+    let (tx, rx) = watch::channel(Routes::default());
+    tokio::spawn(follow(dcs, policy, tx));
+    tracing::info!(
+        scope = %cfg.scope,
+        read_write = %cfg.read_write.listen,
+        read_only = ?cfg.read_only.as_ref().map(|r| r.listener.listen),
+        "baton router starting"
+    );
+    let shared = Arc::new(Shared {
+        cfg,
+        routes: rx,
+        rw: RouteMetrics::default(),
+        ro: RouteMetrics::default(),
+        next_reader: AtomicUsize::new(0),
+    });
+    if let Some(l) = api {
+        tokio::spawn(serve_api(l, shared.clone(), shutdown.clone()));
+    }
+    let mut tasks = vec![tokio::spawn(accept(rw, Kind::ReadWrite, shared.clone()))];
+    if let Some(l) = ro {
+        tasks.push(tokio::spawn(accept(l, Kind::ReadOnly, shared.clone())));
+    }
+    shutdown.cancelled().await;
+    for t in tasks {
+        t.abort();
+    }
+    Ok(())
+}
+
+/// Keeps `tx` at the routes etcd implies, restarting the mirror after an
+/// error. While etcd is out of reach the last routes stay: a primary cut
+/// off from etcd fences itself at its lease deadline, so clients sent to
+/// it meanwhile reach no writable server after that deadline either.
+async fn follow(dcs: crate::dcs::Dcs, policy: ReadPolicy, tx: watch::Sender<Routes>) {
+    loop {
+        let e = dcs
+            .mirror(|view| {
+                let new = routes(&view, policy);
+                tx.send_if_modified(|old| {
+                    if *old == new {
+                        return false;
+                    }
+                    tracing::info!(
+                        primary = ?new.primary.as_ref().map(|b| &b.name),
+                        readers = ?new.readers.iter().map(|b| &b.name).collect::<Vec<_>>(),
+                        excluded = ?new.excluded,
+                        "routes changed"
+                    );
+                    *old = new;
+                    true
+                });
+            })
+            .await;
+        tracing::warn!("following etcd: {e}; keeping the last routes, retrying in 1 s");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+async fn accept(listener: TcpListener, kind: Kind, shared: Arc<Shared>) {
+    loop {
+        match listener.accept().await {
+            Ok((client, peer)) => {
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = serve(client, kind, &shared).await {
+                        tracing::debug!(%peer, route = kind.label(), "connection ended: {e}");
+                    }
+                });
+            }
+            Err(e) => {
+                // Out of file descriptors, mostly: back off instead of spinning.
+                tracing::warn!(route = kind.label(), "accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Low latency both ways (the protocol is request/response: Nagle would
+/// hold each small message for an ACK) and keepalives, so a peer that
+/// vanished without a FIN does not pin a connection forever.
+fn tune(s: &TcpStream) {
+    let _ = s.set_nodelay(true);
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(30))
+        .with_interval(Duration::from_secs(10));
+    let _ = socket2::SockRef::from(s).set_tcp_keepalive(&ka);
+}
+
+/// Decrements a gauge when the connection's phase ends, however it ends.
+struct Gauge<'a>(&'a std::sync::atomic::AtomicU64);
+
+impl<'a> Gauge<'a> {
+    fn up(g: &'a std::sync::atomic::AtomicU64) -> Gauge<'a> {
+        g.fetch_add(1, Relaxed);
+        Gauge(g)
+    }
+}
+
+impl Drop for Gauge<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+}
+
+/// What the client asked first, still to be sent to a backend.
+enum Hello {
+    /// An SSLRequest not yet answered.
+    Ssl(Vec<u8>),
+    /// A startup packet (the client chose plaintext).
+    Plain(Vec<u8>),
+}
+
+/// The outcome of one try at a backend.
+enum Attempt {
+    /// Connected and greeted: hand the client what the server said (the
+    /// SSL answer or the greeting), then splice.
+    Ready(TcpStream, Vec<u8>),
+    /// This backend cannot take the client now; wait and try again.
+    Retry(String),
+}
+
+async fn serve(mut client: TcpStream, kind: Kind, shared: &Shared) -> anyhow::Result<()> {
+    let m = shared.metrics(kind);
+    m.accepted.fetch_add(1, Relaxed);
+    tune(&client);
+    let hold = shared.cfg.hold_timeout;
+    let (mut code, mut packet) = tokio::time::timeout(hold, wire::read_startup(&mut client))
+        .await
+        .context("no startup packet")??;
+    if code == wire::GSSENC_REQUEST {
+        // GSS encryption is not passed through; libpq then tries SSL or
+        // plaintext on the same connection.
+        client.write_all(b"N").await?;
+        (code, packet) = tokio::time::timeout(hold, wire::read_startup(&mut client))
+            .await
+            .context("no startup packet")??;
+    }
+    if code == wire::CANCEL_REQUEST {
+        return cancel(kind, shared, &packet).await;
+    }
+    let open = m.active.load(Relaxed) + m.held.load(Relaxed);
+    if open >= shared.limit(kind) as u64 {
+        m.refused.fetch_add(1, Relaxed);
+        let msg = format!(
+            "baton router: {} connections open on the {} route (max_connections)",
+            open,
+            kind.label()
+        );
+        return refuse(client, hello(code, packet), "53300", &msg).await;
+    }
+    let mut hello = hello(code, packet);
+    let held = Gauge::up(&m.held);
+    let started = Instant::now();
+    let deadline = tokio::time::Instant::now() + hold;
+    let mut rx = shared.routes.clone();
+    let mut last_problem;
+    let (upstream, backend) = loop {
+        let backend = {
+            let routes = rx.borrow_and_update();
+            shared.pick(kind, &routes)
+        };
+        if let Some(b) = backend {
+            match attempt(&mut client, &b, kind, &mut hello, shared).await? {
+                // The routes may have moved while the server greeted: the
+                // client has seen nothing yet, so try again rather than
+                // hand it a session the next line would close.
+                Attempt::Ready(up, to_client) if still_routed(kind, &rx, &b) => {
+                    client.write_all(&to_client).await?;
+                    break (up, b);
+                }
+                Attempt::Ready(..) => last_problem = format!("{}: no longer the primary", b.name),
+                Attempt::Retry(why) => {
+                    last_problem = format!("{}: {why}", b.name);
+                    tokio::select! {
+                        _ = rx.changed() => {}
+                        _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                        _ = tokio::time::sleep_until(deadline) => {}
+                    }
+                }
+            }
+        } else {
+            last_problem = match kind {
+                Kind::ReadWrite => "no primary".into(),
+                Kind::ReadOnly => "no replica within the lag limit".into(),
+            };
+            tokio::select! {
+                _ = rx.changed() => {}
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            drop(held);
+            m.refused.fetch_add(1, Relaxed);
+            m.observe_hold(started.elapsed());
+            let msg = format!(
+                "baton router: no backend for the {} route within hold_timeout ({} s): {last_problem}",
+                kind.label(),
+                hold.as_secs_f64()
+            );
+            tracing::warn!("{msg}");
+            return refuse(client, hello, "57P03", &msg).await;
+        }
+    };
+    drop(held);
+    m.observe_hold(started.elapsed());
+    let _active = Gauge::up(&m.active);
+    splice(client, upstream, kind, backend, rx, m).await
+}
+
+/// A writer's backend is still the primary (readers keep theirs).
+fn still_routed(kind: Kind, rx: &watch::Receiver<Routes>, b: &Backend) -> bool {
+    kind == Kind::ReadOnly || rx.borrow().primary.as_ref() == Some(b)
+}
+
+fn hello(code: u32, packet: Vec<u8>) -> Hello {
+    if code == wire::SSL_REQUEST {
+        Hello::Ssl(packet)
+    } else {
+        Hello::Plain(packet)
+    }
+}
+
+/// One try: connect, settle SSL, send the startup packet and read the
+/// server's greeting. Errors are the client's side failing (it went away);
+/// the backend's failures are `Retry`.
+async fn attempt(
+    client: &mut TcpStream,
+    b: &Backend,
+    kind: Kind,
+    hello: &mut Hello,
+    shared: &Shared,
+) -> anyhow::Result<Attempt> {
+    let limit = shared.cfg.connect_timeout;
+    let mut up =
+        match tokio::time::timeout(limit, TcpStream::connect((b.host.as_str(), b.port))).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Ok(Attempt::Retry(format!("connect: {e}"))),
+            Err(_) => return Ok(Attempt::Retry("connect timed out".into())),
+        };
+    tune(&up);
+    if let Hello::Ssl(req) = hello {
+        let mut answer = [0u8; 1];
+        let asked = async {
+            up.write_all(req).await?;
+            up.read_exact(&mut answer).await
+        };
+        match tokio::time::timeout(limit, asked).await {
+            Ok(Ok(_)) if answer[0] == b'S' => return Ok(Attempt::Ready(up, b"S".to_vec())),
+            Ok(Ok(_)) if answer[0] == b'N' => {
+                client.write_all(b"N").await?;
+                let (_, startup) =
+                    tokio::time::timeout(shared.cfg.hold_timeout, wire::read_startup(client))
+                        .await
+                        .context("no startup packet after SSL was declined")??;
+                *hello = Hello::Plain(startup);
+            }
+            Ok(Ok(_)) => return Ok(Attempt::Retry(format!("SSL answer {:?}", answer[0]))),
+            Ok(Err(e)) => return Ok(Attempt::Retry(format!("SSL request: {e}"))),
+            Err(_) => return Ok(Attempt::Retry("no answer to the SSL request".into())),
+        }
+    }
+    let Hello::Plain(startup) = hello else {
+        unreachable!("an SSL request was answered or returned above")
+    };
+    match tokio::time::timeout(limit, greet(&mut up, startup, kind)).await {
+        Ok(Ok(Ok(greeting))) => Ok(Attempt::Ready(up, greeting)),
+        Ok(Ok(Err(why))) => Ok(Attempt::Retry(why)),
+        Ok(Err(e)) => Ok(Attempt::Retry(format!("greeting: {e}"))),
+        Err(_) => Ok(Attempt::Retry("no greeting in time".into())),
+    }
+}
+
+/// Sends the startup packet and reads what the server says before the
+/// client has to speak: `Err` when the server cannot take the client now.
+async fn greet(
+    up: &mut TcpStream,
+    startup: &[u8],
+    kind: Kind,
+) -> std::io::Result<Result<Vec<u8>, String>> {
+    up.write_all(startup).await?;
+    let first = wire::read_message(up).await?;
+    if wire::retryable(&first) {
+        let state = wire::sqlstate(&first).unwrap_or_default();
+        return Ok(Err(format!(
+            "server refused with SQLSTATE {}",
+            String::from_utf8_lossy(state)
+        )));
+    }
+    if kind == Kind::ReadOnly || !wire::is_auth_ok(&first) {
+        return Ok(Ok(first));
+    }
+    // No password asked: read on to ReadyForQuery, so a standby is caught
+    // before the client sees anything.
+    let mut greeting = first;
+    loop {
+        let msg = wire::read_message(up).await?;
+        if wire::says_hot_standby(&msg) {
+            return Ok(Err("server is a hot standby".into()));
+        }
+        if wire::retryable(&msg) {
+            return Ok(Err("server refused after authentication".into()));
+        }
+        greeting.extend_from_slice(&msg);
+        if matches!(msg[0], b'Z' | b'E') || greeting.len() > wire::MAX_GREETING {
+            return Ok(Ok(greeting));
+        }
+    }
+}
+
+async fn refuse(
+    mut client: TcpStream,
+    hello: Hello,
+    sqlstate: &str,
+    msg: &str,
+) -> anyhow::Result<()> {
+    if let Hello::Ssl(_) = hello {
+        // The client waits for an SSL answer; decline, take its startup
+        // packet, then answer that with the error.
+        client.write_all(b"N").await?;
+        let _ = tokio::time::timeout(Duration::from_secs(1), wire::read_startup(&mut client)).await;
+    }
+    client.write_all(&wire::fatal(sqlstate, msg)).await?;
+    client.shutdown().await?;
+    Ok(())
+}
+
+/// A CancelRequest goes wherever the session may be: the primary, or on
+/// the reader route every reader (a key that matches no backend is
+/// ignored by postgres).
+async fn cancel(kind: Kind, shared: &Shared, packet: &[u8]) -> anyhow::Result<()> {
+    let targets: Vec<Backend> = {
+        let r = shared.routes.borrow();
+        match kind {
+            Kind::ReadWrite => r.primary.iter().cloned().collect(),
+            Kind::ReadOnly => r.readers.clone(),
+        }
+    };
+    for b in targets {
+        let send = async {
+            let mut s = TcpStream::connect((b.host.as_str(), b.port)).await?;
+            s.write_all(packet).await?;
+            s.shutdown().await
+        };
+        let _ = tokio::time::timeout(shared.cfg.connect_timeout, send).await;
+    }
+    Ok(())
+}
+
+async fn splice(
+    mut client: TcpStream,
+    mut up: TcpStream,
+    kind: Kind,
+    backend: Backend,
+    mut rx: watch::Receiver<Routes>,
+    m: &RouteMetrics,
+) -> anyhow::Result<()> {
+    let demoted = async {
+        if kind == Kind::ReadOnly {
+            return std::future::pending().await;
+        }
+        loop {
+            {
+                let r = rx.borrow_and_update();
+                if r.primary.as_ref() != Some(&backend) && r.draining.as_ref() != Some(&backend) {
+                    return;
+                }
+            }
+            if rx.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    };
+    tokio::select! {
+        r = tokio::io::copy_bidirectional(&mut client, &mut up) => {
+            if let Ok((to_server, to_client)) = r {
+                m.bytes_to_server.fetch_add(to_server, Relaxed);
+                m.bytes_to_client.fetch_add(to_client, Relaxed);
+            }
+            r?;
+        }
+        _ = demoted => {
+            m.closed_on_demotion.fetch_add(1, Relaxed);
+            tracing::info!(backend = %backend.name, "closing a writer connection: its backend is no longer the primary");
+        }
+    }
+    Ok(())
+}
+
+async fn serve_api(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
+    use axum::http::StatusCode;
+    use axum::routing::get;
+    let metrics = {
+        let s = shared.clone();
+        move || async move {
+            let known = s.routes.borrow().primary.is_some();
+            metrics::render(
+                &s.cfg.scope,
+                &[
+                    (Kind::ReadWrite.label(), &s.rw),
+                    (Kind::ReadOnly.label(), &s.ro),
+                ],
+                known,
+            )
+        }
+    };
+    let routes = {
+        let s = shared.clone();
+        move || async move { axum::Json(s.routes.borrow().clone()) }
+    };
+    let health = {
+        let s = shared.clone();
+        move || async move {
+            if s.routes.borrow().primary.is_some() {
+                (StatusCode::OK, "primary known\n")
+            } else {
+                (StatusCode::SERVICE_UNAVAILABLE, "no primary known\n")
+            }
+        }
+    };
+    let app = axum::Router::new()
+        .route("/metrics", get(metrics))
+        .route("/routes", get(routes))
+        .route("/health", get(health));
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+    {
+        tracing::error!("router API: {e}");
+    }
+}

@@ -1,0 +1,477 @@
+//! Issue 12 acceptance: `baton router` sends writers to the primary and
+//! readers to fresh replicas, holds clients through switchovers and
+//! failovers instead of refusing them, and closes writer connections whose
+//! backend stops being the primary.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use baton_local::local::{ClusterOptions, LocalEtcd, LocalPostgres, LocalRouter};
+use common::*;
+
+/// One client through the router: connect (waiting as long as the router
+/// holds), run `sql`, and say how long the connect took.
+async fn through(port: u16, sql: &str) -> Result<(Vec<tokio_postgres::Row>, Duration), String> {
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host("127.0.0.1")
+        .port(port)
+        .user("postgres")
+        .dbname("postgres")
+        .connect_timeout(Duration::from_secs(40));
+    let t = Instant::now();
+    let (client, conn) = cfg
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(|e| pg_error(&e))?;
+    let waited = t.elapsed();
+    tokio::spawn(conn);
+    let rows = client.query(sql, &[]).await.map_err(|e| pg_error(&e))?;
+    Ok((rows, waited))
+}
+
+async fn connect(port: u16) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::Config::new()
+        .host("127.0.0.1")
+        .port(port)
+        .user("postgres")
+        .dbname("postgres")
+        .connect_timeout(Duration::from_secs(10))
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connecting through the router: {}", pg_error(&e)));
+    tokio::spawn(conn);
+    client
+}
+
+/// A counter from the router's `/metrics` (route label included in `name`).
+async fn router_metric(r: &LocalRouter, series: &str) -> f64 {
+    let text = http_text(&r.api_url("/metrics")).await;
+    text.lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in router metrics:\n{text}"))
+}
+
+/// Writes the keys an agent would, for a member no agent runs.
+async fn put_member(etcd: &str, name: &str, port: u16, role: &str) {
+    let mut c = etcd_client::Client::connect([etcd], None).await.unwrap();
+    let member = serde_json::json!({
+        "conn_url": format!("postgres://127.0.0.1:{port}/postgres"),
+        "api_url": "http://127.0.0.1:1/patroni",
+        "state": "running",
+        "role": role,
+        "xlog_location": 1000,
+    });
+    c.put(
+        format!("/service/rt/members/{name}"),
+        member.to_string(),
+        None,
+    )
+    .await
+    .unwrap();
+}
+
+async fn put_leader(etcd: &str, name: &str) {
+    let mut c = etcd_client::Client::connect([etcd], None).await.unwrap();
+    c.put("/service/rt/leader", name, None).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// The slot serialises test binaries' clusters, across awaits on purpose;
+// each test has a runtime of its own, so no task here waits for it.
+#[allow(clippy::await_holding_lock)]
+async fn router_holds_clients_until_a_primary_and_closes_writers_on_demotion() {
+    let _slot = one_cluster_at_a_time();
+    let dir = TestDir::new("router-hold");
+    let mut etcd = LocalEtcd::planned(&dir.path);
+    etcd.start().unwrap();
+    let pg = LocalPostgres::start(&dir.path, "pg1").await.unwrap();
+    let router = LocalRouter::start(
+        &dir.path,
+        &baton_bin(),
+        "router",
+        ("rt", &etcd.endpoint),
+        "hold_timeout = 20",
+        "",
+    )
+    .unwrap();
+
+    // No leader yet: a client is held, not refused.
+    let held = tokio::spawn(through(router.rw_port, "SELECT inet_server_port()"));
+    let held_series = "baton_router_connections_held{scope=\"rt\",route=\"read_write\"}";
+    wait_for("the client held", Duration::from_secs(10), || async {
+        match router_metric(&router, held_series).await {
+            1.0 => Ok(()),
+            n => Err(format!("{n} held")),
+        }
+    })
+    .await;
+    put_member(&etcd.endpoint, "pg1", pg.port, "primary").await;
+    put_leader(&etcd.endpoint, "pg1").await;
+    let (rows, waited) = tokio::time::timeout(Duration::from_secs(10), held)
+        .await
+        .expect("the held client connects once a primary is known")
+        .unwrap()
+        .unwrap();
+    assert_eq!(rows[0].get::<_, i32>(0), pg.port as i32);
+    assert!(waited > Duration::from_millis(1), "{waited:?}");
+    assert_eq!(router_metric(&router, held_series).await, 0.0);
+
+    // An open writer session is closed when its backend stops being the
+    // primary, though postgres itself keeps running.
+    let client = connect(router.rw_port).await;
+    client.simple_query("SELECT 1").await.unwrap();
+    put_member(&etcd.endpoint, "pg1", pg.port, "replica").await;
+    wait_for(
+        "the writer session closed",
+        Duration::from_secs(5),
+        || async {
+            match client.simple_query("SELECT 1").await {
+                Err(e) => Ok(e),
+                Ok(_) => Err("the session still answers".to_string()),
+            }
+        },
+    )
+    .await;
+    assert!(pg.postmaster_pid().is_some(), "postgres kept running");
+    assert_eq!(
+        router_metric(
+            &router,
+            "baton_router_connections_closed_on_demotion_total{scope=\"rt\",route=\"read_write\"}"
+        )
+        .await,
+        1.0
+    );
+
+    // With no primary for longer than hold_timeout, the client is told why.
+    put_leader(&etcd.endpoint, "nobody").await;
+    drop(router);
+    let router = LocalRouter::start(
+        &dir.path,
+        &baton_bin(),
+        "router-short",
+        ("rt", &etcd.endpoint),
+        "hold_timeout = 1",
+        "",
+    )
+    .unwrap();
+    let err = through(router.rw_port, "SELECT 1").await.unwrap_err();
+    assert!(
+        err.contains("57P03") && err.contains("within hold_timeout") && err.contains("no primary"),
+        "{err}"
+    );
+    assert_eq!(
+        router_metric(
+            &router,
+            "baton_router_connections_refused_total{scope=\"rt\",route=\"read_write\"}"
+        )
+        .await,
+        1.0
+    );
+    drop(pg);
+    etcd.stop();
+}
+
+/// A client through the router that reconnects after every failure, as an
+/// application would, recording every acknowledged id and every failed
+/// connect with its error.
+struct RouterWriter {
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<(Vec<i64>, Vec<String>)>,
+}
+
+impl RouterWriter {
+    fn start(port: u16, table: &'static str) -> RouterWriter {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let s = stop.clone();
+        let task = tokio::spawn(async move {
+            let (mut acked, mut refused) = (vec![], vec![]);
+            let mut client: Option<tokio_postgres::Client> = None;
+            let mut id = 0i64;
+            let sql = format!("INSERT INTO {table} (id) VALUES ($1)");
+            let deadline = Instant::now() + Duration::from_secs(600);
+            while !s.is_cancelled() && Instant::now() < deadline {
+                if client.as_ref().is_none_or(|c| c.is_closed()) {
+                    let mut cfg = tokio_postgres::Config::new();
+                    cfg.host("127.0.0.1")
+                        .port(port)
+                        .user("postgres")
+                        .dbname("postgres")
+                        .connect_timeout(Duration::from_secs(40));
+                    match cfg.connect(tokio_postgres::NoTls).await {
+                        Ok((c, conn)) => {
+                            tokio::spawn(conn);
+                            client = Some(c);
+                        }
+                        Err(e) => {
+                            refused.push(pg_error(&e));
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                            continue;
+                        }
+                    }
+                }
+                id += 1;
+                let c = client.as_ref().expect("connected above");
+                match tokio::time::timeout(Duration::from_secs(5), c.execute(&sql, &[&id])).await {
+                    Ok(Ok(_)) => acked.push(id),
+                    _ => client = None,
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            (acked, refused)
+        });
+        RouterWriter { stop, task }
+    }
+
+    async fn finish(self) -> (Vec<i64>, Vec<String>) {
+        self.stop.cancel();
+        self.task.await.unwrap()
+    }
+}
+
+/// New connections every 10 ms, each running one query: how many were
+/// refused and the longest connect.
+struct Connector {
+    stop: tokio_util::sync::CancellationToken,
+    ok: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<(Vec<String>, Duration)>,
+}
+
+impl Connector {
+    fn start(port: u16) -> Connector {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let ok = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (s, n) = (stop.clone(), ok.clone());
+        let task = tokio::spawn(async move {
+            let (mut refused, mut longest) = (vec![], Duration::ZERO);
+            let deadline = Instant::now() + Duration::from_secs(600);
+            while !s.is_cancelled() && Instant::now() < deadline {
+                match through(port, "SELECT 1").await {
+                    Ok((_, waited)) => {
+                        n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        longest = longest.max(waited);
+                    }
+                    Err(e) => refused.push(e),
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            (refused, longest)
+        });
+        Connector { stop, ok, task }
+    }
+
+    fn connects(&self) -> usize {
+        self.ok.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Waits until `more` connects beyond `from` have succeeded.
+    async fn wait_connects(&self, from: usize, more: usize) {
+        wait_for(
+            "connects through the router",
+            Duration::from_secs(20),
+            || async {
+                let n = self.connects();
+                if n >= from + more {
+                    Ok(())
+                } else {
+                    Err(format!("{n} connects"))
+                }
+            },
+        )
+        .await;
+    }
+
+    async fn finish(self) -> (usize, Vec<String>, Duration) {
+        self.stop.cancel();
+        let n = self.connects();
+        let (refused, longest) = self.task.await.unwrap();
+        (n, refused, longest)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_through_the_router_survive_switchover_and_failover() {
+    // Synchronous mode: the failover below must lose no acknowledged write
+    // either, so every acknowledged id can be asked of the final leader.
+    let opts = ClusterOptions {
+        extra_toml: "synchronous_mode = true\n".into(),
+        ..ClusterOptions::default()
+    };
+    let mut t = TestCluster::led_by_node1("router-writes", opts, &[]).await;
+    let router = t.c.start_router("router", "", "").unwrap();
+    t.sql(0, "CREATE TABLE rw (id bigint PRIMARY KEY)")
+        .await
+        .unwrap();
+    let writer = RouterWriter::start(router.rw_port, "rw");
+    wait_for(
+        "writes through the router",
+        Duration::from_secs(10),
+        || async {
+            let n = t.sql(0, "SELECT count(*) FROM rw").await?[0].get::<_, i64>(0);
+            if n > 20 {
+                Ok(())
+            } else {
+                Err(format!("{n} rows"))
+            }
+        },
+    )
+    .await;
+
+    // Switchover: no connection attempt refused, through the whole pause.
+    let connector = Connector::start(router.rw_port);
+    connector.wait_connects(0, 5).await;
+    let (ok, out, err) = ctl(&t, &["switchover", "--candidate", "node2", "--force"]);
+    assert!(ok, "switchover failed: {out} {err}");
+    let at = t.sql(1, "SELECT count(*) FROM rw").await.unwrap()[0].get::<_, i64>(0);
+    wait_for("writes on node2", Duration::from_secs(20), || async {
+        let n = t.sql(1, "SELECT count(*) FROM rw").await?[0].get::<_, i64>(0);
+        if n > at + 20 {
+            Ok(())
+        } else {
+            Err(format!("{n} rows on node2"))
+        }
+    })
+    .await;
+    connector.wait_connects(connector.connects(), 10).await;
+    let (connects, refused, longest) = connector.finish().await;
+    assert_eq!(
+        refused,
+        Vec::<String>::new(),
+        "connects refused during the switchover"
+    );
+    eprintln!("switchover: {connects} connects, longest wait {longest:?}");
+
+    // Failover: the leader's host dies; writers come back on the next one.
+    let before = t.sql(1, "SELECT count(*) FROM rw").await.unwrap()[0].get::<_, i64>(0);
+    kill_node(&mut t, 1);
+    let new = wait_new_leader(&t, "node2", Duration::from_secs(30)).await;
+    let i = t.c.nodes.iter().position(|n| n.name == new).unwrap();
+    wait_for(
+        "writes on the new leader",
+        Duration::from_secs(30),
+        || async {
+            let n = t.sql(i, "SELECT count(*) FROM rw").await?[0].get::<_, i64>(0);
+            if n > before + 20 {
+                Ok(())
+            } else {
+                Err(format!("{n} rows, {before} before the failover"))
+            }
+        },
+    )
+    .await;
+    let (acked, _failed_connects) = writer.finish().await;
+    let present: std::collections::HashSet<i64> = t
+        .sql(i, "SELECT id FROM rw")
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let lost: Vec<i64> = acked
+        .iter()
+        .filter(|id| !present.contains(id))
+        .copied()
+        .collect();
+    assert!(acked.len() > 40, "{} acknowledged", acked.len());
+    assert_eq!(
+        lost,
+        Vec::<i64>::new(),
+        "acknowledged writes missing on {new}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_are_spread_over_fresh_replicas_only() {
+    let t = TestCluster::led_by_node1("router-readers", ClusterOptions::default(), &[]).await;
+    let router =
+        t.c.start_router("router", "", "max_lag = 65536\nfallback_to_primary = false")
+            .unwrap();
+    let port_of = |i: usize| t.c.nodes[i].pg_port as i32;
+    let readers = |n: usize| {
+        let port = router.ro_port;
+        async move {
+            let mut seen = std::collections::BTreeMap::new();
+            for _ in 0..n {
+                let (rows, _) = through(port, "SELECT inet_server_port()").await?;
+                *seen.entry(rows[0].get::<_, i32>(0)).or_insert(0) += 1;
+            }
+            Ok::<_, String>(seen)
+        }
+    };
+    wait_for(
+        "both replicas in the read pool",
+        Duration::from_secs(10),
+        || async {
+            let seen = readers(6).await?;
+            if seen.get(&port_of(1)) == Some(&3) && seen.get(&port_of(2)) == Some(&3) {
+                Ok(())
+            } else {
+                Err(format!("{seen:?}"))
+            }
+        },
+    )
+    .await;
+
+    // node3 lags past the limit: its WAL receiver frozen, 1 MB written.
+    let sql =
+        "CREATE TABLE lag AS SELECT g, repeat('x', 100) AS pad FROM generate_series(1, 10000) g";
+    let receiver = make_lag(&t, 2, sql, 1 << 20).await;
+    wait_for(
+        "node3 out of the read pool",
+        Duration::from_secs(10),
+        || async {
+            let seen = readers(4).await?;
+            if seen.keys().eq([&port_of(1)]) {
+                Ok(())
+            } else {
+                Err(format!("{seen:?}"))
+            }
+        },
+    )
+    .await;
+    nix::sys::signal::kill(receiver, nix::sys::signal::Signal::SIGCONT).unwrap();
+    wait_for(
+        "node3 back in the read pool",
+        Duration::from_secs(20),
+        || async {
+            let seen = readers(4).await?;
+            if seen.len() == 2 {
+                Ok(())
+            } else {
+                Err(format!("{seen:?}"))
+            }
+        },
+    )
+    .await;
+
+    // node2's postgres dies: it stops streaming and leaves the pool until
+    // its agent has it streaming again.
+    t.c.kill_postgres(1);
+    wait_for(
+        "node2 out of the read pool",
+        Duration::from_secs(10),
+        || async {
+            let routes = http_json(&router.api_url("/routes")).await?;
+            let readers = routes["readers"].as_array().cloned().unwrap_or_default();
+            if readers.len() == 1 && readers[0]["name"] == "node3" {
+                Ok(())
+            } else {
+                Err(format!("{routes}"))
+            }
+        },
+    )
+    .await;
+    let seen = readers(3).await.unwrap();
+    assert!(seen.keys().eq([&port_of(2)]), "{seen:?}");
+    assert!(
+        !seen.contains_key(&port_of(0)),
+        "a reader went to the primary"
+    );
+    t.wait_state(
+        baton_core::status::ClusterState::Normal,
+        Duration::from_secs(60),
+    )
+    .await;
+}
