@@ -16,6 +16,10 @@ BATON_PACKAGES="postgresql-15 postgresql-client-15 etcd-server protobuf-compiler
 #   iproute2, nftables                   the chaos tests: hosts in network namespaces,
 #                                        packets dropped by nftables rules
 CHAOS_PACKAGES="iproute2 nftables"
+# scripts/test and bench/router (ensure_router_packages):
+#   haproxy                              the documented HAProxy config is tested and
+#                                        benchmarked against the built-in router
+ROUTER_PACKAGES="haproxy"
 
 as_root() {
     if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
@@ -91,6 +95,11 @@ ensure_chaos_packages() {
     install_missing $CHAOS_PACKAGES
     require iproute2 "ip (network namespaces)" ip -V
     require nftables "nft" nft --version
+}
+
+ensure_router_packages() {
+    install_missing $ROUTER_PACKAGES
+    require haproxy "haproxy" haproxy -v
 }
 
 # cargo-deb builds the .deb from Cargo.toml's [package.metadata.deb]. Pinned,

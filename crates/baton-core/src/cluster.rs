@@ -44,8 +44,33 @@ pub struct Member {
     /// Baton: the stable code of that reason (`Reason::code()`), for tools.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub baton_reason_code: Option<String>,
+    /// Baton: the leader's routing endpoints (`[routing]`) and whether
+    /// each holds this primary yet.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub baton_routing: BTreeMap<String, EndpointStatus>,
     #[serde(flatten)]
     pub other: serde_json::Map<String, serde_json::Value>,
+}
+
+/// One routing endpoint as the leader last left it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointStatus {
+    /// `ok`: holds the current primary; `pending`: not yet, see `error`.
+    pub state: String,
+    /// `host:port` the endpoint was (or is being) told.
+    pub primary: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// When it last succeeded, or when it first failed for this primary.
+    pub since: String,
+    /// Tries for this primary so far.
+    pub attempts: u64,
+}
+
+impl EndpointStatus {
+    pub fn is_ok(&self) -> bool {
+        self.state == "ok"
+    }
 }
 
 fn is_default_tags(t: &Tags) -> bool {

@@ -10,6 +10,11 @@
 //! - sync-cost: pgbench's TPS on the leader of one cluster, asynchronous
 //!   and then in each synchronous mode: what waiting for a standby costs.
 //!
+//! - router: pgbench (select-only and TPC-B-like, 1/8/32 clients) against
+//!   the primary directly, through `baton router` and through HAProxy with
+//!   the documented config, interleaved; then a client connecting every
+//!   10 ms through the router during 5 switchovers.
+//!
 //! `--sync on|quorum` runs failover and switchover in that synchronous mode.
 
 use std::path::{Path, PathBuf};
@@ -312,6 +317,191 @@ async fn sync_cost(baton: &Path, runs: usize) -> anyhow::Result<Vec<(String, f64
     result
 }
 
+/// One pgbench run: TPS and the 99th percentile of transaction latency
+/// (ms), from its per-transaction log.
+fn pgbench_p99(
+    bin_dir: &Path,
+    port: u16,
+    clients: u32,
+    select_only: bool,
+    seconds: u32,
+    log_dir: &Path,
+) -> anyhow::Result<(f64, f64)> {
+    let _ = std::fs::remove_dir_all(log_dir);
+    std::fs::create_dir_all(log_dir)?;
+    let prefix = log_dir.join("tx");
+    let mut cmd = std::process::Command::new(bin_dir.join("pgbench"));
+    cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
+        .args([
+            "-c",
+            &clients.to_string(),
+            "-j",
+            &clients.min(2).to_string(),
+        ])
+        .args(["-T", &seconds.to_string(), "-l"])
+        .arg(format!("--log-prefix={}", prefix.display()));
+    if select_only {
+        cmd.arg("-S");
+    }
+    let out = cmd.arg("postgres").output().context("running pgbench")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "pgbench on port {port} failed: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let tps = text
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("tps = ")?
+                .split_whitespace()
+                .next()?
+                .parse::<f64>()
+                .ok()
+        })
+        .with_context(|| format!("no tps in pgbench output: {text}"))?;
+    let mut lat = vec![];
+    for f in std::fs::read_dir(log_dir)? {
+        let body = std::fs::read_to_string(f?.path())?;
+        lat.extend(
+            body.lines()
+                .filter_map(|l| l.split_whitespace().nth(2)?.parse::<u64>().ok()),
+        );
+    }
+    if lat.is_empty() {
+        bail!("pgbench wrote no transaction log in {}", log_dir.display());
+    }
+    lat.sort_unstable();
+    let p99 = lat[(lat.len() * 99 / 100).min(lat.len() - 1)] as f64 / 1000.0;
+    Ok((tps, p99))
+}
+
+struct RouterFigures {
+    /// (target, clients, select_only) → medians of (TPS, p99 ms)
+    runs: std::collections::BTreeMap<(&'static str, u32, bool), (f64, f64)>,
+    refused: usize,
+    max_wait: Duration,
+}
+
+async fn router_bench(baton: &Path, rounds: usize) -> anyhow::Result<RouterFigures> {
+    let (dir, c) = bench_cluster(baton, "router", None)?;
+    let result = async {
+        c.wait_normal(Duration::from_secs(120)).await?;
+        let router = c.start_router("router", "", "")?;
+        let template = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/haproxy.cfg");
+        let haproxy = baton_local::local::LocalHaproxy::start(&c, &template)?;
+        let v = c.view().await?;
+        let leader = v.leader_member().context("no leader")?;
+        let (_, direct) = leader.pg_address().context("leader conn_url")?;
+        let bin_dir = baton::config::default_bin_dir().map_err(anyhow::Error::msg)?;
+        let init = std::process::Command::new(bin_dir.join("pgbench"))
+            .args(["-i", "-s", "4", "-q", "-h", "127.0.0.1", "-p", &direct.to_string()])
+            .args(["-U", "postgres", "postgres"])
+            .output()?;
+        if !init.status.success() {
+            bail!("pgbench -i: {}", String::from_utf8_lossy(&init.stderr));
+        }
+        // HAProxy marks the leader up within a check interval.
+        poll_until("HAProxy routing to the leader", Duration::from_secs(10), || async {
+            pgbench_p99(&bin_dir, haproxy.rw_port, 1, true, 1, &dir.join("warm")).ok()
+        })
+        .await?;
+        let targets = [
+            ("direct", direct),
+            ("router", router.rw_port),
+            ("haproxy", haproxy.rw_port),
+        ];
+        let mut samples: std::collections::BTreeMap<_, Vec<(f64, f64)>> = Default::default();
+        for round in 0..rounds {
+            for clients in [1u32, 8, 32] {
+                for select_only in [true, false] {
+                    // Interleaved, and the order rotates each round, so no
+                    // target always runs on a warmer cache.
+                    for k in 0..targets.len() {
+                        let (name, port) = targets[(k + round) % targets.len()];
+                        let r = pgbench_p99(&bin_dir, port, clients, select_only, 5, &dir.join("log"))?;
+                        println!(
+                            "round {} {name:>7} clients {clients:>2} {}: tps {:.0} p99 {:.3} ms",
+                            round + 1,
+                            if select_only { "select-only" } else { "tpcb-like  " },
+                            r.0,
+                            r.1
+                        );
+                        samples.entry((name, clients, select_only)).or_default().push(r);
+                    }
+                }
+            }
+        }
+        let runs = samples
+            .into_iter()
+            .map(|(k, v)| {
+                let tps = median(v.iter().map(|r| r.0).collect());
+                let p99 = median(v.iter().map(|r| r.1).collect());
+                (k, (tps, p99))
+            })
+            .collect();
+
+        // A client connecting every 10 ms through the router, during 5
+        // switchovers: refused connects and the longest wait.
+        let stop = CancellationToken::new();
+        let connector = {
+            let (stop, port) = (stop.clone(), router.rw_port);
+            tokio::spawn(async move {
+                let (mut refused, mut longest, mut ok) = (0usize, Duration::ZERO, 0usize);
+                let deadline = Instant::now() + Duration::from_secs(900);
+                while !stop.is_cancelled() && Instant::now() < deadline {
+                    let mut cfg = tokio_postgres::Config::new();
+                    cfg.host("127.0.0.1")
+                        .port(port)
+                        .user("postgres")
+                        .dbname("postgres")
+                        .connect_timeout(Duration::from_secs(40));
+                    let t = Instant::now();
+                    match cfg.connect(tokio_postgres::NoTls).await {
+                        Ok((client, conn)) => {
+                            longest = longest.max(t.elapsed());
+                            tokio::spawn(conn);
+                            match client.simple_query("SELECT 1").await {
+                                Ok(_) => ok += 1,
+                                Err(e) => {
+                                    refused += 1;
+                                    eprintln!("query after connect failed: {e}");
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            refused += 1;
+                            eprintln!("connect refused: {e}");
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                (refused, longest, ok)
+            })
+        };
+        for n in 1..=5 {
+            let (old, _) = c.switchover_via_api().await?;
+            let new = c.wait_new_leader(&old, Duration::from_secs(30)).await?;
+            c.wait_normal(Duration::from_secs(60)).await?;
+            println!("switchover {n}: {old} -> {new}");
+        }
+        stop.cancel();
+        let (refused, max_wait, ok) = connector.await?;
+        println!("connects during the switchovers: {ok} ok, {refused} refused, longest wait {max_wait:?}");
+        drop(haproxy);
+        drop(router);
+        Ok(RouterFigures {
+            runs,
+            refused,
+            max_wait,
+        })
+    }
+    .await;
+    teardown(&dir, c, &result);
+    result
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
@@ -333,7 +523,7 @@ async fn main() -> anyhow::Result<()> {
     let mode = args
         .first()
         .cloned()
-        .context("usage: bench failover|switchover|sync-cost [RUNS] [--sync on|quorum]")?;
+        .context("usage: bench failover|switchover|sync-cost|router [RUNS] [--sync on|quorum]")?;
     let runs: usize = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(5);
     let label = sync.map(|m| format!("sync={m} ")).unwrap_or_default();
     let baton =
@@ -378,7 +568,40 @@ async fn main() -> anyhow::Result<()> {
                 off.0, on.0, quorum.0, off.1, on.1, quorum.1
             );
         }
-        other => bail!("unknown benchmark {other:?}: failover, switchover or sync-cost"),
+        "router" => {
+            let f = router_bench(&baton, runs).await?;
+            let get = |t: &'static str, c: u32, s: bool| {
+                f.runs.get(&(t, c, s)).copied().unwrap_or_default()
+            };
+            for clients in [1, 8, 32] {
+                for select_only in [true, false] {
+                    let (d, r, h) = (
+                        get("direct", clients, select_only),
+                        get("router", clients, select_only),
+                        get("haproxy", clients, select_only),
+                    );
+                    println!(
+                        "median {} {clients:>2} clients: direct {:.0} tps, router {:.0} ({:.2}x direct, {:.2}x haproxy), haproxy {:.0} ({:.2}x direct); p99 ms direct {:.3} router {:.3} haproxy {:.3}",
+                        if select_only { "select-only" } else { "tpcb-like  " },
+                        d.0, r.0, r.0 / d.0, r.0 / h.0, h.0, h.0 / d.0, d.1, r.1, h.1
+                    );
+                }
+            }
+            let (d1, r1) = (get("direct", 1, true), get("router", 1, true));
+            let (r8, h8) = (get("router", 8, true), get("haproxy", 8, true));
+            let (r32, h32) = (get("router", 32, true), get("haproxy", 32, true));
+            println!(
+                "RESULT router_vs_direct_tps={:.2} router_vs_haproxy_tps={:.2} router_vs_haproxy_tps_32={:.2} router_p99_ms={:.3} direct_p99_ms={:.3} switchover_refused={} switchover_max_wait_s={:.3}",
+                r1.0 / d1.0,
+                r8.0 / h8.0,
+                r32.0 / h32.0,
+                r1.1,
+                d1.1,
+                f.refused,
+                f.max_wait.as_secs_f64()
+            );
+        }
+        other => bail!("unknown benchmark {other:?}: failover, switchover, sync-cost or router"),
     }
     Ok(())
 }

@@ -36,10 +36,20 @@ pub async fn run(
     println!("Starting a local cluster in {}", dir.display());
     let mut cluster = LocalCluster::create(&dir, baton, &ClusterOptions::default())?;
     cluster.start_all()?;
+    let router = cluster.start_router("router", "", "")?;
     println!("etcd endpoint : {}", cluster.etcd.endpoint);
     println!("scope         : {}", cluster.scope);
     println!(
-        "read-write DSN: {}",
+        "read-write DSN: postgresql://postgres@127.0.0.1:{}/postgres   (baton router, log {})",
+        router.rw_port,
+        router.log_path.display()
+    );
+    println!(
+        "read-only DSN : postgresql://postgres@127.0.0.1:{}/postgres   (replicas within 1 MB)",
+        router.ro_port
+    );
+    println!(
+        "without router: {}",
         cluster.dsn("target_session_attrs=read-write")
     );
     println!(
@@ -59,11 +69,12 @@ pub async fn run(
 
     let outcome = match scenario {
         Some(Scenario::Failover) => failover(&mut cluster).await,
-        Some(Scenario::Switchover) => switchover(&cluster).await,
+        Some(Scenario::Switchover) => switchover(&cluster, router.rw_port).await,
         None => watch(&cluster, duration).await,
     };
     let final_state = cluster.status().await.ok().map(|s| s.state);
     println!("Stopping the cluster...");
+    drop(router);
     tokio::task::block_in_place(|| cluster.shutdown());
     drop(cluster);
     if keep || outcome.is_err() {
@@ -167,17 +178,17 @@ async fn failover(c: &mut LocalCluster) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn switchover(c: &LocalCluster) -> anyhow::Result<()> {
+async fn switchover(c: &LocalCluster, router_port: u16) -> anyhow::Result<()> {
     use crate::workload;
     let started = Instant::now();
     println!("== 1. Waiting for a Normal cluster");
     c.wait_normal(Duration::from_secs(120)).await?;
     show(c, started).await;
-    let cfg = workload::read_write_config(&c.pg_hosts(), "postgres");
+    let cfg = workload::read_write_config(&[("127.0.0.1".to_string(), router_port)], "postgres");
     workload::create_table(&cfg, "demo_writes")
         .await
         .map_err(anyhow::Error::msg)?;
-    println!("== 2. Writing one row every 10 ms through the read-write DSN");
+    println!("== 2. Writing one row every 10 ms through the router's read-write port");
     let stop = tokio_util::sync::CancellationToken::new();
     let writer = tokio::spawn(workload::run_writes(
         cfg.clone(),

@@ -746,3 +746,93 @@ impl LocalCluster {
         )
     }
 }
+
+/// HAProxy (Debian's `haproxy`) run from `examples/haproxy.cfg` with that
+/// file's example addresses replaced by a local cluster's: the tests and
+/// `bench/router` check the documented configuration itself.
+pub struct LocalHaproxy {
+    pub rw_port: u16,
+    pub ro_port: u16,
+    pub config_path: PathBuf,
+    child: Option<Child>,
+}
+
+impl LocalHaproxy {
+    pub fn start(c: &LocalCluster, template: &Path) -> anyhow::Result<LocalHaproxy> {
+        let mut text = std::fs::read_to_string(template)
+            .with_context(|| format!("reading {}", template.display()))?;
+        let (rw_port, ro_port, stats_port) = (free_port(), free_port(), free_port());
+        let mut swaps = vec![
+            ("127.0.0.1:5000".to_string(), format!("127.0.0.1:{rw_port}")),
+            ("127.0.0.1:5001".to_string(), format!("127.0.0.1:{ro_port}")),
+            (
+                "127.0.0.1:7000".to_string(),
+                format!("127.0.0.1:{stats_port}"),
+            ),
+        ];
+        for (i, n) in c.nodes.iter().enumerate() {
+            swaps.push((
+                format!("127.0.0.1:{}", 5432 + i),
+                format!("127.0.0.1:{}", n.pg_port),
+            ));
+            swaps.push((
+                format!("check port {}", 8008 + i),
+                format!("check port {}", n.api_port),
+            ));
+        }
+        for (from, to) in &swaps {
+            if !text.contains(from.as_str()) {
+                bail!(
+                    "{} has no {from:?} to point at the cluster",
+                    template.display()
+                );
+            }
+            text = text.replace(from.as_str(), to);
+        }
+        let config_path = c.dir.join("haproxy.cfg");
+        std::fs::write(&config_path, text)?;
+        let log = std::fs::File::create(c.dir.join("haproxy.log"))?;
+        let child = Command::new("haproxy")
+            .arg("-db")
+            .arg("-f")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting haproxy (Debian package haproxy; scripts/test installs it)")?;
+        let mut h = LocalHaproxy {
+            rw_port,
+            ro_port,
+            config_path,
+            child: Some(child),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while http_get_status(&format!("http://127.0.0.1:{stats_port}/")).is_err() {
+            if let Some(status) = h.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                bail!(
+                    "haproxy exited ({status}): {}",
+                    std::fs::read_to_string(c.dir.join("haproxy.log")).unwrap_or_default()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!("haproxy did not listen within 10 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(h)
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for LocalHaproxy {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

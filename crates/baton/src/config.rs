@@ -34,6 +34,8 @@ pub struct NodeConfig {
     /// Dynamic configuration written to etcd when this node bootstraps the cluster.
     pub bootstrap: DynamicConfig,
     pub tags: Tags,
+    /// `[postgresql.callbacks]` and `[routing]`.
+    pub hooks: crate::hooks::HooksConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -498,6 +500,7 @@ impl NodeConfig {
         let rebuild_on_rewind_failure = r
             .opt(&mut pg, p, "rebuild_on_rewind_failure")
             .unwrap_or(true);
+        let hooks = crate::hooks::config::read(&mut r, &mut pg, &mut root);
         let mut auth = r.table(&mut pg, p, "authentication");
         let superuser = r.credentials(&mut auth, "superuser", "postgres");
         let replication = r.credentials(&mut auth, "replication", "replicator");
@@ -615,6 +618,7 @@ impl NodeConfig {
             },
             bootstrap,
             tags,
+            hooks,
         })
     }
 
@@ -825,8 +829,13 @@ retry_timeout = 1
             let path = entry.unwrap().path();
             if path.extension().is_some_and(|e| e == "toml") {
                 let text = std::fs::read_to_string(&path).unwrap();
-                NodeConfig::parse(&text, &path, || Ok(PathBuf::from("/usr/bin")))
-                    .unwrap_or_else(|e| panic!("{e}"));
+                if path.file_name().is_some_and(|n| n == "router.toml") {
+                    crate::router::RouterConfig::parse(&text, &path)
+                        .unwrap_or_else(|e| panic!("{e}"));
+                } else {
+                    NodeConfig::parse(&text, &path, || Ok(PathBuf::from("/usr/bin")))
+                        .unwrap_or_else(|e| panic!("{e}"));
+                }
                 seen += 1;
             }
         }

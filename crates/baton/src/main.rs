@@ -44,6 +44,9 @@ enum Cmd {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Also show the leader's routing endpoints and whether each holds it.
+        #[arg(short, long)]
+        verbose: bool,
     },
     /// Print the timeline history: one row per promotion.
     History {
@@ -167,7 +170,11 @@ fn main() -> ExitCode {
         match cli.command {
             Cmd::Agent { config } => run::agent(config).await,
             Cmd::Router { config } => run::router(config).await,
-            Cmd::List { target, json } => ctl::show::list(target, json).await,
+            Cmd::List {
+                target,
+                json,
+                verbose,
+            } => ctl::show::list(target, json, verbose).await,
             Cmd::History { target, json } => ctl::show::history(target, json).await,
             Cmd::Reinit {
                 target,

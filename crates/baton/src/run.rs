@@ -31,7 +31,14 @@ pub async fn agent(path: PathBuf) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("binding the REST API to {} (api.listen)", cfg.api.listen))?;
     tracing::info!(scope = %cfg.scope, name = %cfg.name, api = %cfg.api.listen, "baton agent starting");
+    let hooks = (
+        cfg.hooks.clone(),
+        cfg.scope.clone(),
+        cfg.name.clone(),
+        cfg.postgresql.connect_address,
+    );
     let agent = Agent::new(cfg).await?.with_config_path(path.clone());
+    baton::hooks::spawn(hooks.0, hooks.1, hooks.2, hooks.3, &agent.handle());
     let shutdown = CancellationToken::new();
     let api = match &tls {
         Some(acceptor) => {

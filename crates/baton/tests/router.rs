@@ -475,3 +475,76 @@ async fn readers_are_spread_over_fresh_replicas_only() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn haproxy_routes_writes_to_the_new_leader_after_a_switchover() {
+    let t = TestCluster::led_by_node1("haproxy", ClusterOptions::default(), &[]).await;
+    let template =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/haproxy.cfg");
+    let haproxy = baton_local::local::LocalHaproxy::start(&t.c, &template).unwrap();
+    let port = |i: usize| t.c.nodes[i].pg_port as i32;
+    let writes_land_on = |want: i32| {
+        let rw = haproxy.rw_port;
+        async move {
+            let mut cfg = tokio_postgres::Config::new();
+            cfg.host("127.0.0.1")
+                .port(rw)
+                .user("postgres")
+                .dbname("postgres")
+                .connect_timeout(Duration::from_secs(2));
+            let (client, conn) =
+                tokio::time::timeout(Duration::from_secs(3), cfg.connect(tokio_postgres::NoTls))
+                    .await
+                    .map_err(|_| "connect timed out".to_string())?
+                    .map_err(|e| pg_error(&e))?;
+            tokio::spawn(conn);
+            let row = client
+                .query_one(
+                    "INSERT INTO ha (at) VALUES (now()) RETURNING inet_server_port()",
+                    &[],
+                )
+                .await
+                .map_err(|e| pg_error(&e))?;
+            match row.get::<_, i32>(0) {
+                p if p == want => Ok(()),
+                p => Err(format!("the write landed on port {p}")),
+            }
+        }
+    };
+    t.sql(0, "CREATE TABLE ha (at timestamptz)").await.unwrap();
+    wait_for(
+        "HAProxy sending writes to node1",
+        Duration::from_secs(10),
+        || writes_land_on(port(0)),
+    )
+    .await;
+    let (ok, out, err) = ctl(&t, &["switchover", "--candidate", "node2", "--force"]);
+    assert!(ok, "{out}{err}");
+    wait_for(
+        "HAProxy sending writes to node2",
+        Duration::from_secs(10),
+        || writes_land_on(port(1)),
+    )
+    .await;
+    // Readers go to replicas only: node1 (now one) and node3.
+    wait_for(
+        "HAProxy reading from replicas",
+        Duration::from_secs(10),
+        || async {
+            let (rows, _) = through(
+                haproxy.ro_port,
+                "SELECT inet_server_port(), pg_is_in_recovery()",
+            )
+            .await?;
+            if rows[0].get::<_, bool>(1) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "read on the primary, port {}",
+                    rows[0].get::<_, i32>(0)
+                ))
+            }
+        },
+    )
+    .await;
+}

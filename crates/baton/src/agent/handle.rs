@@ -63,6 +63,7 @@ pub struct AgentHandle<S = Dcs> {
     /// Credentials the control endpoints require (`api.authentication`).
     pub auth: Option<Credentials>,
     failsafe: Arc<FailsafeShared>,
+    routing: crate::hooks::RoutingStatus,
 }
 
 /// The loop's side of the handle.
@@ -80,6 +81,7 @@ pub(super) fn channel<S>(
     dcs: S,
     auth: Option<Credentials>,
     failsafe: Arc<FailsafeShared>,
+    routing: crate::hooks::RoutingStatus,
 ) -> (AgentHandle<S>, Inbox) {
     let (req_tx, req_rx) = mpsc::channel(QUEUE);
     let (snap_tx, snap_rx) = watch::channel(initial);
@@ -92,6 +94,7 @@ pub(super) fn channel<S>(
             dcs,
             auth,
             failsafe,
+            routing,
         },
         Inbox {
             requests: req_rx,
@@ -105,6 +108,16 @@ impl<S> AgentHandle<S> {
     /// The snapshot of the loop's last completed tick.
     pub fn snapshot(&self) -> Snapshot {
         self.snapshot.borrow().clone()
+    }
+
+    /// Every snapshot from now on (the hooks follow the member's role).
+    pub fn subscribe(&self) -> watch::Receiver<Snapshot> {
+        self.snapshot.clone()
+    }
+
+    /// The routing endpoints' status, written by the routing task.
+    pub fn routing(&self) -> crate::hooks::RoutingStatus {
+        self.routing.clone()
     }
 
     pub fn counters(&self) -> &Counters {

@@ -187,6 +187,7 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
     pub fn assemble(cfg: NodeConfig, dcs: S, inst: P, peers: H) -> Agent<S, P, H> {
         let config = cfg.bootstrap.clone();
         let failsafe = Arc::new(failsafe::FailsafeShared::default());
+        let routing = crate::hooks::RoutingStatus::default();
         let (handle, inbox) = handle::channel(
             Snapshot {
                 scope: cfg.scope.clone(),
@@ -208,6 +209,7 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
             dcs.clone(),
             cfg.api.auth.clone(),
             failsafe.clone(),
+            routing,
         );
         Agent {
             cfg,

@@ -188,6 +188,14 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
             tags: self.cfg.tags.clone(),
             baton_reason: Some(reason.to_string()),
             baton_reason_code: Some(reason.code().to_string()),
+            // A copy under a short lock: the routing task never holds it
+            // across I/O, so the loop never waits on an endpoint.
+            baton_routing: self
+                .handle
+                .routing()
+                .lock()
+                .expect("routing status lock")
+                .clone(),
             ..Member::default()
         };
         publish::fill_member(&mut m, pg, data_dir, job, needs_repair, i_lead);

@@ -132,6 +132,9 @@ pub fn status_json(s: &Snapshot) -> Value {
     if !s.member.tags.eq(&Default::default()) {
         v["tags"] = serde_json::to_value(&s.member.tags).unwrap_or_default();
     }
+    if !s.member.baton_routing.is_empty() {
+        v["baton"]["routing"] = serde_json::to_value(&s.member.baton_routing).unwrap_or_default();
+    }
     if let PgStatus::Running(r) = &s.pg {
         v["server_version"] = json!(r.server_version);
         v["timeline"] = json!(r.timeline);

@@ -128,6 +128,22 @@ pub(super) async fn metrics(State(state): State<AgentHandle>) -> Response {
         "Value is 1 while a long job (bootstrap, clone, start, ...) runs.",
         s.pending_job.is_some() as u8 as f64,
     );
+    if !s.member.baton_routing.is_empty() {
+        writeln!(
+            out,
+            "# HELP baton_routing_endpoint_ok 1 if the routing endpoint holds this primary, 0 while pending.\n\
+             # TYPE baton_routing_endpoint_ok gauge"
+        )
+        .expect("string write");
+        for (name, e) in &s.member.baton_routing {
+            writeln!(
+                out,
+                "baton_routing_endpoint_ok{{{labels},endpoint=\"{name}\"}} {}",
+                e.is_ok() as u8
+            )
+            .expect("string write");
+        }
+    }
     (
         StatusCode::OK,
         [("content-type", "text/plain; version=0.0.4")],

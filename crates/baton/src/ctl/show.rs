@@ -6,13 +6,38 @@ use baton_core::status::ClusterStatus;
 
 use super::Target;
 
-pub async fn list(target: Target, json: bool) -> anyhow::Result<ExitCode> {
+pub async fn list(target: Target, json: bool, verbose: bool) -> anyhow::Result<ExitCode> {
     let (scope, view) = target.view().await?;
     let status = ClusterStatus::from_view(&scope, &view, view.max_lag());
+    let routing = view
+        .leader_member()
+        .map(|m| m.baton_routing.clone())
+        .unwrap_or_default();
     if json {
-        println!("{}", serde_json::to_string_pretty(&status)?);
-    } else {
-        print!("{}", status.render());
+        let mut v = serde_json::to_value(&status)?;
+        if verbose {
+            v["routing"] = serde_json::to_value(&routing)?;
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    print!("{}", status.render());
+    if verbose && !routing.is_empty() {
+        println!(
+            "Routing endpoints (leader {}):",
+            view.leader_name().unwrap_or("?")
+        );
+        for (name, e) in &routing {
+            let tries = if e.attempts == 1 { "try" } else { "tries" };
+            print!(
+                "  {name:<16} {:<8} {:<22} since {} ({} {tries})",
+                e.state, e.primary, e.since, e.attempts
+            );
+            match &e.error {
+                Some(err) => println!(": {err}"),
+                None => println!(),
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -21,6 +21,13 @@ pub struct RouterConfig {
     pub connect_timeout: Duration,
     pub read_write: Listener,
     pub read_only: Option<ReadOnly>,
+    /// How long a session that just moved data polls before it sleeps
+    /// (`router::pump`); zero: never.
+    pub busy_poll: Duration,
+    /// Busy polling only while a route has at most this many sessions.
+    pub busy_poll_max_sessions: u64,
+    /// Threads serving connections, each with its own listening sockets.
+    pub workers: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -56,6 +63,19 @@ impl RouterConfig {
         let connect_timeout = r
             .seconds(&mut root, "", "connect_timeout")
             .unwrap_or(Duration::from_secs(2));
+        let busy_poll_us: u64 = r.opt(&mut root, "", "busy_poll_us").unwrap_or(200);
+        if busy_poll_us > 100_000 {
+            r.problem(
+                "busy_poll_us",
+                format!("{busy_poll_us} µs is a tenth of a second or more of spinning per message; use at most 100000 (0 turns it off)"),
+            );
+        }
+        let busy_poll_max_sessions = r.opt(&mut root, "", "busy_poll_max_sessions").unwrap_or(2);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let workers: usize = r.opt(&mut root, "", "workers").unwrap_or(cores);
+        if workers == 0 || workers > 256 {
+            r.problem("workers", format!("{workers}: must be 1 to 256"));
+        }
         let mut api = r.table(&mut root, "", "api");
         let api_listen = r.addr(&mut api, "api", "listen");
         r.unknown(api, "api");
@@ -113,6 +133,9 @@ impl RouterConfig {
             connect_timeout,
             read_write: read_write.expect("checked"),
             read_only,
+            busy_poll: Duration::from_micros(busy_poll_us),
+            busy_poll_max_sessions,
+            workers,
         })
     }
 
@@ -163,6 +186,8 @@ listen = "127.0.0.1:5000"
         assert_eq!(c.read_write.max_connections, 1000);
         assert_eq!(c.read_only, None);
         assert_eq!(c.api_listen, None);
+        assert_eq!(c.busy_poll, Duration::from_micros(200));
+        assert_eq!(c.busy_poll_max_sessions, 2);
         let c = parse(&format!(
             "{MINIMAL}[read_only]\nlisten = \"127.0.0.1:5001\"\nmax_lag = 100\n"
         ))

@@ -29,6 +29,7 @@
 
 pub mod config;
 mod metrics;
+mod pump;
 mod wire;
 
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
@@ -105,18 +106,23 @@ impl Shared {
 /// Runs until `shutdown`; binding a listener or reaching etcd's client
 /// set-up fails at once, naming the key of the address.
 pub async fn run(cfg: RouterConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let bind = |addr, key: &'static str| async move {
-        TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding {addr} ({key})"))
+    let workers = cfg.workers;
+    let bind_all = |addr, key: &'static str| {
+        (0..workers)
+            .map(|_| reuse_port_listener(addr).with_context(|| format!("binding {addr} ({key})")))
+            .collect::<anyhow::Result<Vec<_>>>()
     };
-    let rw = bind(cfg.read_write.listen, "read_write.listen").await?;
+    let rw = bind_all(cfg.read_write.listen, "read_write.listen")?;
     let ro = match &cfg.read_only {
-        Some(r) => Some(bind(r.listener.listen, "read_only.listen").await?),
-        None => None,
+        Some(r) => bind_all(r.listener.listen, "read_only.listen")?,
+        None => vec![],
     };
     let api = match cfg.api_listen {
-        Some(a) => Some(bind(a, "api.listen").await?),
+        Some(a) => Some(
+            TcpListener::bind(a)
+                .await
+                .with_context(|| format!("binding {a} (api.listen)"))?,
+        ),
         None => None,
     };
     let dcs = crate::dcs::Dcs::connect(&cfg.etcd_endpoints, cfg.prefix(), cfg.connect_timeout)
@@ -150,15 +156,67 @@ pub async fn run(cfg: RouterConfig, shutdown: CancellationToken) -> anyhow::Resu
     if let Some(l) = api {
         tokio::spawn(serve_api(l, shared.clone(), shutdown.clone()));
     }
-    let mut tasks = vec![tokio::spawn(accept(rw, Kind::ReadWrite, shared.clone()))];
-    if let Some(l) = ro {
-        tasks.push(tokio::spawn(accept(l, Kind::ReadOnly, shared.clone())));
+    // One thread per worker, each with a runtime of its own and its own
+    // listening sockets (SO_REUSEPORT: the kernel spreads new connections):
+    // a connection lives on one thread, and no wake-up crosses threads.
+    let mut per_worker: Vec<Vec<(std::net::TcpListener, Kind)>> =
+        (0..workers).map(|_| vec![]).collect();
+    for (i, l) in rw.into_iter().enumerate() {
+        per_worker[i].push((l, Kind::ReadWrite));
+    }
+    for (i, l) in ro.into_iter().enumerate() {
+        per_worker[i].push((l, Kind::ReadOnly));
+    }
+    for (i, listeners) in per_worker.into_iter().enumerate() {
+        let shared = shared.clone();
+        std::thread::Builder::new()
+            .name(format!("router-{i}"))
+            .spawn(move || worker(listeners, shared))
+            .context("starting a router worker thread")?;
     }
     shutdown.cancelled().await;
-    for t in tasks {
-        t.abort();
-    }
     Ok(())
+}
+
+fn reuse_port_listener(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let s = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    Ok(s.into())
+}
+
+/// A worker thread: accepts on its listeners and serves their connections
+/// until the process ends.
+fn worker(listeners: Vec<(std::net::TcpListener, Kind)>, shared: Arc<Shared>) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("router worker: starting its runtime: {e}");
+            return;
+        }
+    };
+    rt.block_on(async move {
+        let mut tasks = tokio::task::JoinSet::new();
+        for (l, kind) in listeners {
+            match TcpListener::from_std(l) {
+                Ok(l) => {
+                    tasks.spawn(accept(l, kind, shared.clone()));
+                }
+                Err(e) => tracing::error!(route = kind.label(), "router worker: {e}"),
+            }
+        }
+        while tasks.join_next().await.is_some() {}
+    });
 }
 
 /// Keeps `tx` at the routes etcd implies, restarting the mirror after an
@@ -339,7 +397,11 @@ async fn serve(mut client: TcpStream, kind: Kind, shared: &Shared) -> anyhow::Re
     drop(held);
     m.observe_hold(started.elapsed());
     let _active = Gauge::up(&m.active);
-    splice(client, upstream, kind, backend, rx, m).await
+    let spin = pump::Spin {
+        spin: shared.cfg.busy_poll,
+        max_sessions: shared.cfg.busy_poll_max_sessions,
+    };
+    splice(client, upstream, kind, backend, rx, m, spin).await
 }
 
 /// A writer's backend is still the primary (readers keep theirs).
@@ -482,12 +544,13 @@ async fn cancel(kind: Kind, shared: &Shared, packet: &[u8]) -> anyhow::Result<()
 }
 
 async fn splice(
-    mut client: TcpStream,
-    mut up: TcpStream,
+    client: TcpStream,
+    up: TcpStream,
     kind: Kind,
     backend: Backend,
     mut rx: watch::Receiver<Routes>,
     m: &RouteMetrics,
+    spin: pump::Spin,
 ) -> anyhow::Result<()> {
     let demoted = async {
         if kind == Kind::ReadOnly {
@@ -506,13 +569,7 @@ async fn splice(
         }
     };
     tokio::select! {
-        r = tokio::io::copy_bidirectional(&mut client, &mut up) => {
-            if let Ok((to_server, to_client)) = r {
-                m.bytes_to_server.fetch_add(to_server, Relaxed);
-                m.bytes_to_client.fetch_add(to_client, Relaxed);
-            }
-            r?;
-        }
+        r = pump::pump(&client, &up, &m.bytes_to_server, &m.bytes_to_client, spin, &m.active) => r?,
         _ = demoted => {
             m.closed_on_demotion.fetch_add(1, Relaxed);
             tracing::info!(backend = %backend.name, "closing a writer connection: its backend is no longer the primary");

@@ -1,0 +1,158 @@
+//! The node file's hooks: `[postgresql.callbacks]` (Patroni's place and
+//! names) and `[routing]`, the statements a new leader runs on every
+//! endpoint that must learn where the primary is.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::config::Reader;
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HooksConfig {
+    pub callbacks: Callbacks,
+    pub routing: Option<Routing>,
+}
+
+/// Commands run through `sh -c` with the action, role and scope appended
+/// as arguments (Patroni's `on_start`, `on_stop`, `on_role_change`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Callbacks {
+    pub on_start: Option<String>,
+    pub on_stop: Option<String>,
+    pub on_role_change: Option<String>,
+    /// A callback still running after this is killed, with its children.
+    pub timeout: Duration,
+}
+
+impl Default for Callbacks {
+    fn default() -> Self {
+        Callbacks {
+            on_start: None,
+            on_stop: None,
+            on_role_change: None,
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `[routing]`: after this member becomes the leader, `statements` (with
+/// `{host}`, `{port}`, `{name}`, `{scope}` replaced by the new primary's)
+/// run on each endpoint until they succeed, and again whenever the
+/// endpoint has restarted since.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Routing {
+    pub statements: String,
+    /// Name → libpq connection string (key=value or URL).
+    pub endpoints: BTreeMap<String, String>,
+    /// Between tries at an endpoint that failed.
+    pub retry_interval: Duration,
+    /// Between checks that an updated endpoint has not restarted.
+    pub check_interval: Duration,
+    /// One try: connect, run, read back.
+    pub timeout: Duration,
+}
+
+const PLACEHOLDERS: [&str; 4] = ["{host}", "{port}", "{name}", "{scope}"];
+
+/// Reads `postgresql.callbacks` out of `pg` and `routing` out of `root`.
+pub(crate) fn read(r: &mut Reader, pg: &mut toml::Table, root: &mut toml::Table) -> HooksConfig {
+    let p = "postgresql.callbacks";
+    let mut cb = r.table(pg, "postgresql", "callbacks");
+    let mut command = |r: &mut Reader, key: &str| {
+        let c: Option<String> = r.opt(&mut cb, p, key);
+        if c.as_deref().is_some_and(|c| c.trim().is_empty()) {
+            r.problem(format!("{p}.{key}"), "is empty; leave it out instead");
+        }
+        c
+    };
+    let on_start = command(r, "on_start");
+    let on_stop = command(r, "on_stop");
+    let on_role_change = command(r, "on_role_change");
+    let timeout = r
+        .seconds(&mut cb, p, "timeout")
+        .unwrap_or(Callbacks::default().timeout);
+    r.unknown(cb, p);
+    let callbacks = Callbacks {
+        on_start,
+        on_stop,
+        on_role_change,
+        timeout,
+    };
+    let routing = root.contains_key("routing").then(|| {
+        let mut t = r.table(root, "", "routing");
+        let routing = read_routing(r, &mut t);
+        r.unknown(t, "routing");
+        routing
+    });
+    HooksConfig {
+        callbacks,
+        routing: routing.flatten(),
+    }
+}
+
+fn read_routing(r: &mut Reader, t: &mut toml::Table) -> Option<Routing> {
+    let p = "routing";
+    let statements: Option<String> = r.req(t, p, "statements");
+    if let Some(s) = &statements {
+        if s.trim().is_empty() {
+            r.problem("routing.statements", "is empty");
+        }
+        let mut rest = s.as_str();
+        while let Some(i) = rest.find('{') {
+            let tail = &rest[i..];
+            match PLACEHOLDERS.iter().find(|ph| tail.starts_with(**ph)) {
+                Some(ph) => rest = &tail[ph.len()..],
+                None => {
+                    let word: String = tail.chars().take_while(|c| *c != '}').collect();
+                    r.problem(
+                        "routing.statements",
+                        format!(
+                            "unknown placeholder {word}}}; known: {}",
+                            PLACEHOLDERS.join(", ")
+                        ),
+                    );
+                    break;
+                }
+            }
+        }
+    }
+    let endpoints: Option<BTreeMap<String, String>> = r.req(t, p, "endpoints");
+    if let Some(eps) = &endpoints {
+        if eps.is_empty() {
+            r.problem("routing.endpoints", "needs at least one endpoint");
+        }
+        for (name, dsn) in eps {
+            if let Err(e) = dsn.parse::<tokio_postgres::Config>() {
+                r.problem(
+                    format!("routing.endpoints.{name}"),
+                    format!("not a libpq connection string: {e}"),
+                );
+            }
+        }
+    }
+    let retry_interval = r
+        .seconds(t, p, "retry_interval")
+        .unwrap_or(Duration::from_secs(2));
+    let check_interval = r
+        .seconds(t, p, "check_interval")
+        .unwrap_or(Duration::from_secs(10));
+    let timeout = r
+        .seconds(t, p, "timeout")
+        .unwrap_or(Duration::from_secs(10));
+    Some(Routing {
+        statements: statements?,
+        endpoints: endpoints?,
+        retry_interval,
+        check_interval,
+        timeout,
+    })
+}
+
+/// `statements` with the new primary's address in.
+pub fn render(statements: &str, host: &str, port: u16, name: &str, scope: &str) -> String {
+    statements
+        .replace("{host}", host)
+        .replace("{port}", &port.to_string())
+        .replace("{name}", name)
+        .replace("{scope}", scope)
+}

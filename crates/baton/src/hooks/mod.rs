@@ -1,0 +1,366 @@
+//! What runs beside the HA loop when this member's role changes: the
+//! callbacks (Patroni's `on_start`, `on_stop`, `on_role_change`) and the
+//! routing statements a new leader runs on every endpoint that must learn
+//! where the primary is (an OpenTenBase coordinator's `ALTER NODE`, a
+//! pooler's reload).
+//!
+//! Both follow the agent's snapshot through its handle and never hold up
+//! the loop: a hook that hangs is killed at its timeout, an endpoint that
+//! is down is retried on its own schedule, and fencing never waits for
+//! either.
+
+pub mod config;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use baton_core::cluster::EndpointStatus;
+use baton_core::ha::PgStatus;
+
+use crate::agent::{AgentHandle, Snapshot};
+pub use config::HooksConfig;
+
+/// Shared by the routing task (writer), the HA loop (the member key) and
+/// the REST API (`/patroni`, `/metrics`).
+pub type RoutingStatus = Arc<Mutex<BTreeMap<String, EndpointStatus>>>;
+
+/// What the callbacks see of the member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Stopped,
+    Primary,
+    Replica,
+}
+
+impl Role {
+    fn of(s: &Snapshot) -> Option<Role> {
+        match &s.pg {
+            PgStatus::Running(r) if r.in_recovery => Some(Role::Replica),
+            PgStatus::Running(_) => Some(Role::Primary),
+            PgStatus::Stopped => Some(Role::Stopped),
+            // Starting, or hung: no transition until it is known.
+            PgStatus::Unresponsive => None,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Role::Stopped => "stopped",
+            Role::Primary => "primary",
+            Role::Replica => "replica",
+        }
+    }
+}
+
+/// The callback for a change from `from` to `to`, with Patroni's action
+/// names; `ran_as` is the role postgres last ran in. A restart in another
+/// role (a demoted primary back as a replica) is a role change, as in
+/// Patroni, not a start.
+fn transition(from: Role, to: Role, ran_as: Option<Role>) -> Option<(&'static str, Role)> {
+    match (from, to) {
+        (a, b) if a == b => None,
+        (Role::Stopped, r) if ran_as.is_some_and(|was| was != r) => Some(("on_role_change", r)),
+        (Role::Stopped, r) => Some(("on_start", r)),
+        (r, Role::Stopped) => Some(("on_stop", r)),
+        (_, r) => Some(("on_role_change", r)),
+    }
+}
+
+/// Starts the hook tasks for an agent; they end when the agent does.
+pub fn spawn(
+    hooks: HooksConfig,
+    scope: String,
+    name: String,
+    pg_address: std::net::SocketAddr,
+    handle: &AgentHandle,
+) {
+    let snapshots = handle.subscribe();
+    if hooks.callbacks != config::Callbacks::default() {
+        tokio::spawn(callbacks(hooks.callbacks, scope.clone(), snapshots.clone()));
+    }
+    if let Some(routing) = hooks.routing {
+        let me = Target {
+            host: pg_address.ip().to_string(),
+            port: pg_address.port(),
+            name,
+            scope,
+        };
+        tokio::spawn(routing_task(routing, me, snapshots, handle.routing()));
+    }
+}
+
+async fn callbacks(cfg: config::Callbacks, scope: String, mut rx: watch::Receiver<Snapshot>) {
+    // The role the agent found at start is the baseline: a restarted agent
+    // whose postgres kept running does not announce a start.
+    let mut last: Option<Role> = None;
+    let mut ran_as: Option<Role> = None;
+    loop {
+        let role = Role::of(&rx.borrow_and_update());
+        if let Some(role) = role {
+            if let Some((action, r)) = last.and_then(|l| transition(l, role, ran_as)) {
+                let cmd = match action {
+                    "on_start" => &cfg.on_start,
+                    "on_stop" => &cfg.on_stop,
+                    _ => &cfg.on_role_change,
+                };
+                if let Some(cmd) = cmd {
+                    // One at a time, in order; a later change waits for the
+                    // earlier hook, bounded by its timeout.
+                    run_callback(cmd, action, r.name(), &scope, cfg.timeout).await;
+                }
+            }
+            last = Some(role);
+            if role != Role::Stopped {
+                ran_as = Some(role);
+            }
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// `sh -c '<cmd> "$@"' baton ACTION ROLE SCOPE`, in a process group of its
+/// own so that a timeout kills what it started too.
+async fn run_callback(cmd: &str, action: &str, role: &str, scope: &str, timeout: Duration) {
+    let mut child = match tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("{cmd} \"$@\""))
+        .args(["baton", action, role, scope])
+        .process_group(0)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(action, "callback {cmd:?} did not start: {e}");
+            return;
+        }
+    };
+    tracing::info!(action, role, "callback {cmd:?} started");
+    match tokio::time::timeout(timeout, child.wait()).await {
+        Ok(Ok(status)) if status.success() => tracing::info!(action, "callback {cmd:?} done"),
+        Ok(Ok(status)) => tracing::warn!(action, "callback {cmd:?} failed: {status}"),
+        Ok(Err(e)) => tracing::warn!(action, "callback {cmd:?}: {e}"),
+        Err(_) => {
+            if let Some(pid) = child.id() {
+                let group = nix::unistd::Pid::from_raw(-(pid as i32));
+                let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
+            }
+            let _ = child.kill().await;
+            tracing::error!(
+                action,
+                "callback {cmd:?} still running after {timeout:?}: killed with its process group"
+            );
+        }
+    }
+}
+
+/// The primary every endpoint must point at: this member, once it leads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Target {
+    host: String,
+    port: u16,
+    name: String,
+    scope: String,
+}
+
+impl Target {
+    fn address(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
+/// What the routing task remembers of an endpoint it updated.
+#[derive(Debug, Clone)]
+struct Applied {
+    /// `pg_postmaster_start_time()` when it was updated: a different one
+    /// later means it restarted, and is updated again.
+    started: String,
+    checked: tokio::time::Instant,
+}
+
+async fn routing_task(
+    cfg: config::Routing,
+    me: Target,
+    mut rx: watch::Receiver<Snapshot>,
+    status: RoutingStatus,
+) {
+    let statements = config::render(&cfg.statements, &me.host, me.port, &me.name, &me.scope);
+    let mut applied: BTreeMap<String, Applied> = BTreeMap::new();
+    let mut retry_at: BTreeMap<String, tokio::time::Instant> = BTreeMap::new();
+    loop {
+        let leading = {
+            let s = rx.borrow_and_update();
+            s.is_leader && matches!(&s.pg, PgStatus::Running(r) if !r.in_recovery)
+        };
+        if !leading {
+            // Another member's promotion updates them now; what we did is
+            // history, and a later promotion of ours starts over.
+            applied.clear();
+            retry_at.clear();
+            status.lock().expect("routing status lock").clear();
+        } else {
+            let now = tokio::time::Instant::now();
+            for (name, dsn) in &cfg.endpoints {
+                if retry_at.get(name).is_some_and(|t| *t > now) {
+                    continue;
+                }
+                let due = match applied.get(name) {
+                    None => true,
+                    Some(a) => now.duration_since(a.checked) >= cfg.check_interval,
+                };
+                if !due {
+                    continue;
+                }
+                let outcome = reconcile(dsn, &statements, applied.get(name), cfg.timeout).await;
+                let mut st = status.lock().expect("routing status lock");
+                let entry = st.entry(name.clone()).or_insert_with(|| EndpointStatus {
+                    state: "pending".into(),
+                    primary: me.address(),
+                    error: None,
+                    since: now_rfc3339(),
+                    attempts: 0,
+                });
+                match outcome {
+                    Ok((started, ran)) => {
+                        if ran {
+                            entry.attempts += 1;
+                            tracing::info!(endpoint = %name, "routing statements applied: {} is the primary", me.address());
+                            entry.since = now_rfc3339();
+                        }
+                        entry.state = "ok".into();
+                        entry.error = None;
+                        applied.insert(
+                            name.clone(),
+                            Applied {
+                                started,
+                                checked: tokio::time::Instant::now(),
+                            },
+                        );
+                        retry_at.remove(name);
+                    }
+                    Err(e) => {
+                        entry.attempts += 1;
+                        if entry.is_ok() {
+                            entry.since = now_rfc3339();
+                        }
+                        if entry.error.as_deref() != Some(e.as_str()) {
+                            tracing::warn!(endpoint = %name, "routing statements not applied yet: {e}; retrying every {:?}", cfg.retry_interval);
+                        }
+                        entry.state = "pending".into();
+                        entry.error = Some(e);
+                        applied.remove(name);
+                        retry_at.insert(
+                            name.clone(),
+                            tokio::time::Instant::now() + cfg.retry_interval,
+                        );
+                    }
+                }
+            }
+        }
+        let next = retry_at
+            .values()
+            .copied()
+            .chain(applied.values().map(|a| a.checked + cfg.check_interval))
+            .min();
+        tokio::select! {
+            r = rx.changed() => if r.is_err() { return },
+            _ = async {
+                match next {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            } => {}
+        }
+    }
+}
+
+/// One endpoint: runs the statements unless it was updated since its
+/// postmaster last started; returns that start time and whether it ran.
+async fn reconcile(
+    dsn: &str,
+    statements: &str,
+    applied: Option<&Applied>,
+    timeout: Duration,
+) -> Result<(String, bool), String> {
+    let cfg: tokio_postgres::Config = dsn.parse().map_err(|e| format!("{e}"))?;
+    let work = async {
+        let (client, conn) = cfg
+            .connect(tokio_postgres::NoTls)
+            .await
+            .map_err(|e| crate::pg::describe(&e))?;
+        tokio::spawn(conn);
+        let before: String = client
+            .query_one("SELECT pg_postmaster_start_time()::text", &[])
+            .await
+            .map(|r| r.get(0))
+            .map_err(|e| crate::pg::describe(&e))?;
+        if applied.is_some_and(|a| a.started == before) {
+            return Ok((before, false));
+        }
+        client
+            .batch_execute(statements)
+            .await
+            .map_err(|e| crate::pg::describe(&e))?;
+        Ok((before, true))
+    };
+    tokio::time::timeout(timeout, work)
+        .await
+        .map_err(|_| format!("no answer within {timeout:?}"))?
+}
+
+fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transitions_have_patronis_action_names() {
+        use Role::*;
+        assert_eq!(
+            transition(Stopped, Replica, None),
+            Some(("on_start", Replica))
+        );
+        assert_eq!(
+            transition(Stopped, Replica, Some(Replica)),
+            Some(("on_start", Replica))
+        );
+        assert_eq!(
+            transition(Primary, Stopped, None),
+            Some(("on_stop", Primary))
+        );
+        // A demoted primary restarted as a replica changed role.
+        assert_eq!(
+            transition(Stopped, Replica, Some(Primary)),
+            Some(("on_role_change", Replica))
+        );
+        assert_eq!(
+            transition(Replica, Primary, Some(Replica)),
+            Some(("on_role_change", Primary))
+        );
+        assert_eq!(transition(Replica, Replica, Some(Replica)), None);
+    }
+
+    #[test]
+    fn statements_get_the_new_primary() {
+        let s = config::render(
+            "ALTER NODE dn01 WITH (host='{host}', port={port}); -- {name}@{scope}",
+            "10.0.0.2",
+            5433,
+            "node2",
+            "demo",
+        );
+        assert_eq!(
+            s,
+            "ALTER NODE dn01 WITH (host='10.0.0.2', port=5433); -- node2@demo"
+        );
+    }
+}
