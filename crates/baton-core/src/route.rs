@@ -42,6 +42,10 @@ pub struct Routes {
     /// clients, but its sessions are left to it, since it still holds the
     /// key and its clean stop, which ends them, loses nothing.
     pub draining: Option<Backend>,
+    /// The leader while it promotes (its member key still says replica):
+    /// postgres may accept writes a tick before the key says so, which a
+    /// router that can read the server's greeting checks for itself.
+    pub promoting: Option<Backend>,
     /// The read-only pool, possibly the primary alone (fallback).
     pub readers: Vec<Backend>,
     /// Why each excluded member is out of the read pool, for logs and
@@ -76,6 +80,14 @@ pub fn routes(view: &ClusterView, policy: ReadPolicy) -> Routes {
     let draining = leader.and_then(|l| {
         let m = view.members.get(l)?;
         if m.role == "primary" && m.state == SWITCHING_OVER {
+            backend(l, m)
+        } else {
+            None
+        }
+    });
+    let promoting = leader.and_then(|l| {
+        let m = view.members.get(l)?;
+        if m.role == "replica" && matches!(m.state.as_str(), "running" | "promoting") {
             backend(l, m)
         } else {
             None
@@ -125,6 +137,7 @@ pub fn routes(view: &ClusterView, policy: ReadPolicy) -> Routes {
     Routes {
         primary,
         draining,
+        promoting,
         readers,
         excluded,
     }
@@ -187,7 +200,8 @@ mod tests {
                 ("b", member("replica", 2, 5000, false)),
             ],
         );
-        assert_eq!(routes(&v, POLICY).primary, None);
+        let r = routes(&v, POLICY);
+        assert_eq!((r.primary, r.promoting.map(|b| b.port)), (None, Some(2)));
 
         // The leader hands over: no new writers, its sessions drain.
         let mut handing = member("primary", 1, 5000, false);

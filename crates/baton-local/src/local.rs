@@ -569,15 +569,16 @@ pub struct LocalPostgres {
 }
 
 impl LocalPostgres {
-    /// initdb and start in `dir/name`, as the postgres OS user when root.
-    pub async fn start(dir: &Path, name: &str) -> anyhow::Result<LocalPostgres> {
+    /// initdb and start in `dir/name`, as the postgres OS user when root;
+    /// `parameters`: extra lines of `[postgresql.parameters]`.
+    pub async fn start(dir: &Path, name: &str, parameters: &str) -> anyhow::Result<LocalPostgres> {
         let port = free_port();
         let data_dir = dir.join(name);
         let toml = format!(
             "scope = \"standalone\"\nname = \"{name}\"\n[etcd]\nendpoints = [\"http://127.0.0.1:1\"]\n\
              [api]\nlisten = \"127.0.0.1:1\"\n[postgresql]\ndata_dir = \"{}\"\n\
              listen = \"127.0.0.1:{port}\"\n[postgresql.parameters]\nshared_buffers = \"16MB\"\n\
-             max_connections = 20\n",
+             max_connections = 20\n{parameters}\n",
             data_dir.display()
         );
         let path = dir.join(format!("{name}.toml"));

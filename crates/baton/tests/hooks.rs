@@ -14,7 +14,7 @@ use common::*;
 /// table playing the node catalog (`pgxc_node`), where the routing
 /// statements record the datanode's host and port.
 async fn coordinator(dir: &std::path::Path, name: &str) -> LocalPostgres {
-    let pg = LocalPostgres::start(dir, name).await.unwrap();
+    let pg = LocalPostgres::start(dir, name, "").await.unwrap();
     for sql in [
         "CREATE TABLE pgxc_node (node_name text PRIMARY KEY, node_host text, node_port int)",
         "INSERT INTO pgxc_node VALUES ('dn01', 'nowhere', 0)",

@@ -56,11 +56,15 @@ async fn router_metric(r: &LocalRouter, series: &str) -> f64 {
 
 /// Writes the keys an agent would, for a member no agent runs.
 async fn put_member(etcd: &str, name: &str, port: u16, role: &str) {
+    put_member_in(etcd, name, port, role, "running").await
+}
+
+async fn put_member_in(etcd: &str, name: &str, port: u16, role: &str, state: &str) {
     let mut c = etcd_client::Client::connect([etcd], None).await.unwrap();
     let member = serde_json::json!({
         "conn_url": format!("postgres://127.0.0.1:{port}/postgres"),
         "api_url": "http://127.0.0.1:1/patroni",
-        "state": "running",
+        "state": state,
         "role": role,
         "xlog_location": 1000,
     });
@@ -87,14 +91,54 @@ async fn router_holds_clients_until_a_primary_and_closes_writers_on_demotion() {
     let dir = TestDir::new("router-hold");
     let mut etcd = LocalEtcd::planned(&dir.path);
     etcd.start().unwrap();
-    let pg = LocalPostgres::start(&dir.path, "pg1").await.unwrap();
+    // TLS on, to check it is passed through: a self-signed certificate the
+    // postgres OS user owns.
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(&dir.path)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    let postgres = nix::unistd::User::from_name("postgres").unwrap().unwrap();
+    for f in ["server.key", "server.crt"] {
+        let p = dir.path.join(f);
+        nix::unistd::chown(&p, Some(postgres.uid), Some(postgres.gid)).unwrap();
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    }
+    let ssl = format!(
+        "ssl = \"on\"\nssl_cert_file = \"{}\"\nssl_key_file = \"{}\"",
+        dir.path.join("server.crt").display(),
+        dir.path.join("server.key").display()
+    );
+    let pg = LocalPostgres::start(&dir.path, "pg1", &ssl).await.unwrap();
     let router = LocalRouter::start(
         &dir.path,
         &baton_bin(),
         "router",
         ("rt", &etcd.endpoint),
         "hold_timeout = 20",
-        "",
+        "max_connections = 1",
     )
     .unwrap();
 
@@ -119,11 +163,66 @@ async fn router_holds_clients_until_a_primary_and_closes_writers_on_demotion() {
     assert!(waited > Duration::from_millis(1), "{waited:?}");
     assert_eq!(router_metric(&router, held_series).await, 0.0);
 
+    // A leader still promoting by its member key, whose postgres already
+    // takes writes (it says so in its greeting): writers get it at once.
+    put_member_in(&etcd.endpoint, "pg1", pg.port, "replica", "promoting").await;
+    wait_for(
+        "writers sent to the promoting leader",
+        Duration::from_secs(5),
+        || async {
+            let routes = http_json(&router.api_url("/routes")).await?;
+            if routes["primary"].is_null() && routes["promoting"]["name"] == "pg1" {
+                Ok(())
+            } else {
+                Err(format!("{routes}"))
+            }
+        },
+    )
+    .await;
+    let (rows, _) = through(router.rw_port, "SELECT pg_is_in_recovery()")
+        .await
+        .unwrap();
+    assert!(!rows[0].get::<_, bool>(0));
+    put_member(&etcd.endpoint, "pg1", pg.port, "primary").await;
+
+    // TLS is passed through: the session is encrypted end to end.
+    let psql = baton::config::default_bin_dir().unwrap().join("psql");
+    let out = std::process::Command::new(&psql)
+        .arg(format!(
+            "host=127.0.0.1 port={} user=postgres dbname=postgres sslmode=require",
+            router.rw_port
+        ))
+        .args([
+            "-Atc",
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "t",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The read-only route takes one session at a time here
+    // (max_connections = 1; readers fall back to the primary): a second
+    // client is refused at once, with SQLSTATE 53300.
+    let reader = connect(router.ro_port).await;
+    reader.simple_query("SELECT 1").await.unwrap();
+    let err = through(router.ro_port, "SELECT 1").await.unwrap_err();
+    assert!(
+        err.contains("53300") && err.contains("max_connections"),
+        "{err}"
+    );
+    drop(reader);
+
     // An open writer session is closed when its backend stops being the
-    // primary, though postgres itself keeps running.
+    // primary (here the key moves to a member that is not up yet), though
+    // postgres itself keeps running.
     let client = connect(router.rw_port).await;
     client.simple_query("SELECT 1").await.unwrap();
-    put_member(&etcd.endpoint, "pg1", pg.port, "replica").await;
+    put_leader(&etcd.endpoint, "pg2").await;
     wait_for(
         "the writer session closed",
         Duration::from_secs(5),

@@ -21,6 +21,10 @@
 //! - A client is handed a server's greeting only if that server is still
 //!   the route's backend once it greeted; otherwise the router tries again
 //!   and the client never sees the session.
+//! - A leader still promoting (its member key a tick behind postgres) is
+//!   tried too, and given the client only if its greeting says it is
+//!   writable (`in_hot_standby = off`): the leader key names it and
+//!   postgres says it takes writes, which is all the member key would say.
 //! - TLS is passed through: the client's SSLRequest goes to the server and
 //!   the TLS session is between them (the router then cannot read the
 //!   greeting, so a refusal inside TLS reaches the client).
@@ -91,13 +95,19 @@ impl Shared {
         }
     }
 
-    fn pick(&self, kind: Kind, routes: &Routes) -> Option<Backend> {
+    /// The backend to try, and whether the server must prove itself
+    /// writable in its greeting (a leader still promoting, by its key).
+    fn pick(&self, kind: Kind, routes: &Routes) -> Option<(Backend, bool)> {
         match kind {
-            Kind::ReadWrite => routes.primary.clone(),
+            Kind::ReadWrite => match (&routes.primary, &routes.promoting) {
+                (Some(b), _) => Some((b.clone(), false)),
+                (None, Some(b)) => Some((b.clone(), true)),
+                (None, None) => None,
+            },
             Kind::ReadOnly if routes.readers.is_empty() => None,
             Kind::ReadOnly => {
                 let i = self.next_reader.fetch_add(1, Relaxed) % routes.readers.len();
-                Some(routes.readers[i].clone())
+                Some((routes.readers[i].clone(), false))
             }
         }
     }
@@ -352,8 +362,8 @@ async fn serve(mut client: TcpStream, kind: Kind, shared: &Shared) -> anyhow::Re
             let routes = rx.borrow_and_update();
             shared.pick(kind, &routes)
         };
-        if let Some(b) = backend {
-            match attempt(&mut client, &b, kind, &mut hello, shared).await? {
+        if let Some((b, verify)) = backend {
+            match attempt(&mut client, &b, kind, verify, &mut hello, shared).await? {
                 // The routes may have moved while the server greeted: the
                 // client has seen nothing yet, so try again rather than
                 // hand it a session the next line would close.
@@ -406,7 +416,8 @@ async fn serve(mut client: TcpStream, kind: Kind, shared: &Shared) -> anyhow::Re
 
 /// A writer's backend is still the primary (readers keep theirs).
 fn still_routed(kind: Kind, rx: &watch::Receiver<Routes>, b: &Backend) -> bool {
-    kind == Kind::ReadOnly || rx.borrow().primary.as_ref() == Some(b)
+    let r = rx.borrow();
+    kind == Kind::ReadOnly || r.primary.as_ref() == Some(b) || r.promoting.as_ref() == Some(b)
 }
 
 fn hello(code: u32, packet: Vec<u8>) -> Hello {
@@ -424,6 +435,7 @@ async fn attempt(
     client: &mut TcpStream,
     b: &Backend,
     kind: Kind,
+    verify: bool,
     hello: &mut Hello,
     shared: &Shared,
 ) -> anyhow::Result<Attempt> {
@@ -442,6 +454,11 @@ async fn attempt(
             up.read_exact(&mut answer).await
         };
         match tokio::time::timeout(limit, asked).await {
+            // Inside TLS the greeting cannot be read: a promoting server
+            // gets TLS clients once its member key says it is primary.
+            Ok(Ok(_)) if answer[0] == b'S' && verify => {
+                return Ok(Attempt::Retry("still promoting (TLS client)".into()))
+            }
             Ok(Ok(_)) if answer[0] == b'S' => return Ok(Attempt::Ready(up, b"S".to_vec())),
             Ok(Ok(_)) if answer[0] == b'N' => {
                 client.write_all(b"N").await?;
@@ -459,7 +476,7 @@ async fn attempt(
     let Hello::Plain(startup) = hello else {
         unreachable!("an SSL request was answered or returned above")
     };
-    match tokio::time::timeout(limit, greet(&mut up, startup, kind)).await {
+    match tokio::time::timeout(limit, greet(&mut up, startup, kind, verify)).await {
         Ok(Ok(Ok(greeting))) => Ok(Attempt::Ready(up, greeting)),
         Ok(Ok(Err(why))) => Ok(Attempt::Retry(why)),
         Ok(Err(e)) => Ok(Attempt::Retry(format!("greeting: {e}"))),
@@ -469,10 +486,13 @@ async fn attempt(
 
 /// Sends the startup packet and reads what the server says before the
 /// client has to speak: `Err` when the server cannot take the client now.
+/// With `verify`, the greeting must show the server writable
+/// (`in_hot_standby = off`), or the client is not handed to it.
 async fn greet(
     up: &mut TcpStream,
     startup: &[u8],
     kind: Kind,
+    verify: bool,
 ) -> std::io::Result<Result<Vec<u8>, String>> {
     up.write_all(startup).await?;
     let first = wire::read_message(up).await?;
@@ -483,22 +503,30 @@ async fn greet(
             String::from_utf8_lossy(state)
         )));
     }
+    if verify && !wire::is_auth_ok(&first) {
+        return Ok(Err("still promoting (the server asks for a password before it says whether it is writable)".into()));
+    }
     if kind == Kind::ReadOnly || !wire::is_auth_ok(&first) {
         return Ok(Ok(first));
     }
     // No password asked: read on to ReadyForQuery, so a standby is caught
     // before the client sees anything.
     let mut greeting = first;
+    let mut writable = false;
     loop {
         let msg = wire::read_message(up).await?;
         if wire::says_hot_standby(&msg) {
             return Ok(Err("server is a hot standby".into()));
         }
+        writable |= wire::says_writable(&msg);
         if wire::retryable(&msg) {
             return Ok(Err("server refused after authentication".into()));
         }
         greeting.extend_from_slice(&msg);
         if matches!(msg[0], b'Z' | b'E') || greeting.len() > wire::MAX_GREETING {
+            if verify && !writable {
+                return Ok(Err("still promoting (not yet writable)".into()));
+            }
             return Ok(Ok(greeting));
         }
     }
@@ -559,7 +587,10 @@ async fn splice(
         loop {
             {
                 let r = rx.borrow_and_update();
-                if r.primary.as_ref() != Some(&backend) && r.draining.as_ref() != Some(&backend) {
+                let ours = [&r.primary, &r.draining, &r.promoting]
+                    .iter()
+                    .any(|b| b.as_ref() == Some(&backend));
+                if !ours {
                     return;
                 }
             }

@@ -85,14 +85,30 @@ pub fn is_auth_ok(msg: &[u8]) -> bool {
     msg.len() == 9 && msg[0] == b'R' && msg[5..9] == [0, 0, 0, 0]
 }
 
-/// A ParameterStatus `in_hot_standby = on` (reported by postgres 14 and
-/// later): the server is a standby.
-pub fn says_hot_standby(msg: &[u8]) -> bool {
-    if msg.first() != Some(&b'S') {
-        return false;
+/// A ParameterStatus `in_hot_standby` (reported by postgres 14 and
+/// later): `Some(true)` for a standby, `Some(false)` for a writable server.
+fn hot_standby(msg: &[u8]) -> Option<bool> {
+    if msg.first() != Some(&b'S') || msg.len() < 5 {
+        return None;
     }
     let mut parts = msg[5..].split(|&b| b == 0);
-    parts.next() == Some(b"in_hot_standby") && parts.next() == Some(b"on")
+    if parts.next() != Some(b"in_hot_standby") {
+        return None;
+    }
+    match parts.next() {
+        Some(b"on") => Some(true),
+        Some(b"off") => Some(false),
+        _ => None,
+    }
+}
+
+pub fn says_hot_standby(msg: &[u8]) -> bool {
+    hot_standby(msg) == Some(true)
+}
+
+/// The server takes writes (`in_hot_standby = off`).
+pub fn says_writable(msg: &[u8]) -> bool {
+    hot_standby(msg) == Some(false)
 }
 
 /// A FATAL ErrorResponse for a client the router cannot serve.
@@ -138,6 +154,8 @@ mod tests {
         let standby = b"S\0\0\0\x16in_hot_standby\0on\0";
         assert!(says_hot_standby(standby));
         assert!(!says_hot_standby(b"S\0\0\0\x17in_hot_standby\0off\0"));
+        assert!(says_writable(b"S\0\0\0\x17in_hot_standby\0off\0"));
+        assert!(!says_writable(standby));
     }
 
     #[tokio::test]
