@@ -87,7 +87,10 @@ pub fn routes(view: &ClusterView, policy: ReadPolicy) -> Routes {
     });
     let promoting = leader.and_then(|l| {
         let m = view.members.get(l)?;
-        if m.role == "replica" && matches!(m.state.as_str(), "running" | "promoting") {
+        // "promoting" with either role: postgres leaves recovery before
+        // the promote job (pg_ctl promote -w) ends and the key says
+        // "running".
+        if m.state == "promoting" || m.role == "replica" && m.state == "running" {
             backend(l, m)
         } else {
             None
@@ -200,6 +203,13 @@ mod tests {
                 ("b", member("replica", 2, 5000, false)),
             ],
         );
+        let r = routes(&v, POLICY);
+        assert_eq!((r.primary, r.promoting.map(|b| b.port)), (None, Some(2)));
+
+        // Out of recovery, the promote job not yet done: still promoting.
+        let mut done = member("primary", 2, 5000, false);
+        done.state = "promoting".into();
+        let v = view(Some("b"), &[("b", done)]);
         let r = routes(&v, POLICY);
         assert_eq!((r.primary, r.promoting.map(|b| b.port)), (None, Some(2)));
 

@@ -451,15 +451,17 @@ async fn router_bench(baton: &Path, rounds: usize) -> anyhow::Result<RouterFigur
                 let (mut refused, mut longest, mut ok) = (0usize, Duration::ZERO, 0usize);
                 let deadline = Instant::now() + Duration::from_secs(900);
                 while !stop.is_cancelled() && Instant::now() < deadline {
-                    let mut cfg = tokio_postgres::Config::new();
-                    cfg.host("127.0.0.1")
-                        .port(port)
-                        .user("postgres")
-                        .dbname("postgres")
-                        .connect_timeout(Duration::from_secs(40));
+                    let cfg = workload::loopback(port, Duration::from_secs(40));
                     let t = Instant::now();
                     match cfg.connect(tokio_postgres::NoTls).await {
                         Ok((client, conn)) => {
+                            if t.elapsed() > Duration::from_millis(100) {
+                                println!(
+                                    "  a connect waited {:.0} ms ({})",
+                                    t.elapsed().as_secs_f64() * 1000.0,
+                                    chrono::Utc::now().format("%H:%M:%S%.3f")
+                                );
+                            }
                             longest = longest.max(t.elapsed());
                             tokio::spawn(conn);
                             match client.simple_query("SELECT 1").await {
@@ -484,7 +486,10 @@ async fn router_bench(baton: &Path, rounds: usize) -> anyhow::Result<RouterFigur
             let (old, _) = c.switchover_via_api().await?;
             let new = c.wait_new_leader(&old, Duration::from_secs(30)).await?;
             c.wait_normal(Duration::from_secs(60)).await?;
-            println!("switchover {n}: {old} -> {new}");
+            println!(
+                "switchover {n}: {old} -> {new} (done {})",
+                chrono::Utc::now().format("%H:%M:%S%.3f")
+            );
         }
         stop.cancel();
         let (refused, max_wait, ok) = connector.await?;

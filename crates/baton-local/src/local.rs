@@ -177,16 +177,21 @@ impl LocalEtcd {
     }
 
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        end(&mut self.child);
     }
 }
 
 impl Drop for LocalEtcd {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// SIGKILL to a child we started, and reap it.
+fn end(child: &mut Option<Child>) {
+    if let Some(mut c) = child.take() {
+        let _ = c.kill();
+        let _ = c.wait();
     }
 }
 
@@ -825,10 +830,7 @@ impl LocalHaproxy {
     }
 
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        end(&mut self.child);
     }
 }
 

@@ -37,6 +37,18 @@ impl WriteLog {
     }
 }
 
+/// A client config for one postgres (or router) on 127.0.0.1, as the
+/// `postgres` superuser.
+pub fn loopback(port: u16, connect_timeout: Duration) -> tokio_postgres::Config {
+    let mut c = tokio_postgres::Config::new();
+    c.host("127.0.0.1")
+        .port(port)
+        .user("postgres")
+        .dbname("postgres")
+        .connect_timeout(connect_timeout);
+    c
+}
+
 /// A client config for all `hosts` that only settles on a read-write one.
 pub fn read_write_config(hosts: &[(String, u16)], user: &str) -> tokio_postgres::Config {
     let mut c = tokio_postgres::Config::new();

@@ -216,6 +216,18 @@ impl Dcs {
         }
     }
 
+    /// Every key under the prefix, in one request.
+    async fn get_all(&self) -> Result<etcd_client::GetResponse, DcsError> {
+        let mut kv = self.client.kv_client();
+        let prefix = self.prefix.clone();
+        bounded(self.timeout, async {
+            Ok(kv
+                .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
+                .await?)
+        })
+        .await
+    }
+
     async fn mirror_once(&self, on_view: &mut impl FnMut(ClusterView)) -> Result<(), DcsError> {
         type Keys = std::collections::BTreeMap<Vec<u8>, (Vec<u8>, i64, i64)>;
         let view = |keys: &Keys, revision: i64| {
@@ -226,14 +238,7 @@ impl Dcs {
                 revision,
             )
         };
-        let mut kv = self.client.kv_client();
-        let prefix = self.prefix.clone();
-        let resp = bounded(self.timeout, async {
-            Ok(kv
-                .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
-                .await?)
-        })
-        .await?;
+        let resp = self.get_all().await?;
         let mut revision = resp.header().map(|h| h.revision()).unwrap_or(0);
         let mut keys: Keys = resp
             .kvs()
@@ -250,6 +255,7 @@ impl Dcs {
         let opts = WatchOptions::new()
             .with_prefix()
             .with_start_revision(revision + 1);
+        let prefix = self.prefix.clone();
         let mut stream = bounded(self.timeout, async {
             Ok(w.watch(prefix.as_str(), Some(opts)).await?)
         })
@@ -289,14 +295,7 @@ impl Dcs {
 /// The agent's store (`agent::Store`) is etcd, through these requests.
 impl Store for Dcs {
     async fn load(&self) -> Result<ClusterView, DcsError> {
-        let mut kv = self.client.kv_client();
-        let prefix = self.prefix.clone();
-        let resp = bounded(self.timeout, async {
-            Ok(kv
-                .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
-                .await?)
-        })
-        .await?;
+        let resp = self.get_all().await?;
         let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
         Ok(ClusterView::from_kvs(
             &self.prefix,

@@ -480,18 +480,7 @@ async fn reinit_rebuilds_a_replica_and_control_needs_auth() {
 
 /// A CA and a server certificate for 127.0.0.1, made with the openssl CLI.
 fn make_certs(dir: &std::path::Path) -> (String, String, String) {
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("openssl");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    let run = |args: &[&str]| openssl(dir, args);
     run(&[
         "req",
         "-x509",

@@ -13,12 +13,7 @@ use common::*;
 /// One client through the router: connect (waiting as long as the router
 /// holds), run `sql`, and say how long the connect took.
 async fn through(port: u16, sql: &str) -> Result<(Vec<tokio_postgres::Row>, Duration), String> {
-    let mut cfg = tokio_postgres::Config::new();
-    cfg.host("127.0.0.1")
-        .port(port)
-        .user("postgres")
-        .dbname("postgres")
-        .connect_timeout(Duration::from_secs(40));
+    let cfg = baton_local::workload::loopback(port, Duration::from_secs(40));
     let t = Instant::now();
     let (client, conn) = cfg
         .connect(tokio_postgres::NoTls)
@@ -31,12 +26,7 @@ async fn through(port: u16, sql: &str) -> Result<(Vec<tokio_postgres::Row>, Dura
 }
 
 async fn connect(port: u16) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::Config::new()
-        .host("127.0.0.1")
-        .port(port)
-        .user("postgres")
-        .dbname("postgres")
-        .connect_timeout(Duration::from_secs(10))
+    let (client, conn) = baton_local::workload::loopback(port, Duration::from_secs(10))
         .connect(tokio_postgres::NoTls)
         .await
         .unwrap_or_else(|e| panic!("connecting through the router: {}", pg_error(&e)));
@@ -93,33 +83,24 @@ async fn router_holds_clients_until_a_primary_and_closes_writers_on_demotion() {
     etcd.start().unwrap();
     // TLS on, to check it is passed through: a self-signed certificate the
     // postgres OS user owns.
-    let openssl = |args: &[&str]| {
-        let out = std::process::Command::new("openssl")
-            .args(args)
-            .current_dir(&dir.path)
-            .output()
-            .expect("openssl");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.crt",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=127.0.0.1",
-    ]);
+    openssl(
+        &dir.path,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+    );
     let postgres = nix::unistd::User::from_name("postgres").unwrap().unwrap();
     for f in ["server.key", "server.crt"] {
         let p = dir.path.join(f);
@@ -293,12 +274,7 @@ impl RouterWriter {
             let deadline = Instant::now() + Duration::from_secs(600);
             while !s.is_cancelled() && Instant::now() < deadline {
                 if client.as_ref().is_none_or(|c| c.is_closed()) {
-                    let mut cfg = tokio_postgres::Config::new();
-                    cfg.host("127.0.0.1")
-                        .port(port)
-                        .user("postgres")
-                        .dbname("postgres")
-                        .connect_timeout(Duration::from_secs(40));
+                    let cfg = baton_local::workload::loopback(port, Duration::from_secs(40));
                     match cfg.connect(tokio_postgres::NoTls).await {
                         Ok((c, conn)) => {
                             tokio::spawn(conn);
@@ -585,12 +561,7 @@ async fn haproxy_routes_writes_to_the_new_leader_after_a_switchover() {
     let writes_land_on = |want: i32| {
         let rw = haproxy.rw_port;
         async move {
-            let mut cfg = tokio_postgres::Config::new();
-            cfg.host("127.0.0.1")
-                .port(rw)
-                .user("postgres")
-                .dbname("postgres")
-                .connect_timeout(Duration::from_secs(2));
+            let cfg = baton_local::workload::loopback(rw, Duration::from_secs(2));
             let (client, conn) =
                 tokio::time::timeout(Duration::from_secs(3), cfg.connect(tokio_postgres::NoTls))
                     .await

@@ -141,12 +141,7 @@ impl Drop for TestCluster {
 }
 
 pub async fn sql_port(port: u16, query: &str) -> Result<Vec<tokio_postgres::Row>, String> {
-    let mut cfg = tokio_postgres::Config::new();
-    cfg.host("127.0.0.1")
-        .port(port)
-        .user("postgres")
-        .dbname("postgres")
-        .connect_timeout(Duration::from_secs(2));
+    let cfg = baton_local::workload::loopback(port, Duration::from_secs(2));
     let (client, conn) =
         tokio::time::timeout(Duration::from_secs(3), cfg.connect(tokio_postgres::NoTls))
             .await
@@ -157,6 +152,20 @@ pub async fn sql_port(port: u16, query: &str) -> Result<Vec<tokio_postgres::Row>
         .await
         .map_err(|_| "query timed out".to_string())?
         .map_err(|e| pg_error(&e))
+}
+
+/// Runs the openssl CLI in `dir` (certificates for TLS tests).
+pub fn openssl(dir: &Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Polls `f` until it returns Ok, at most `limit`; panics with the last error.
