@@ -157,12 +157,9 @@ pub(crate) struct Reader {
 }
 
 impl Reader {
-    /// Which cluster a file is about: `scope`, `namespace` and
-    /// `[etcd] endpoints`, shared by agents' and routers' files.
-    pub(crate) fn cluster(
-        &mut self,
-        root: &mut toml::Table,
-    ) -> (Option<String>, String, Option<Vec<String>>) {
+    /// Which cluster a file is about: `scope` and `namespace`, shared by
+    /// agents' and routers' files.
+    pub(crate) fn scope(&mut self, root: &mut toml::Table) -> (Option<String>, String) {
         let scope: Option<String> = self.req(root, "", "scope");
         self.identifier("scope", &scope);
         let namespace: String = self
@@ -174,6 +171,11 @@ impl Reader {
                 format!("{namespace:?} must start with '/' and not end with '/'"),
             );
         }
+        (scope, namespace)
+    }
+
+    /// `[etcd] endpoints`.
+    pub(crate) fn etcd(&mut self, root: &mut toml::Table) -> Option<Vec<String>> {
         let mut etcd = self.table(root, "", "etcd");
         let endpoints: Option<Vec<String>> = self.req(&mut etcd, "etcd", "endpoints");
         if let Some(eps) = &endpoints {
@@ -190,7 +192,7 @@ impl Reader {
             }
         }
         self.unknown(etcd, "etcd");
-        (scope, namespace, endpoints)
+        endpoints
     }
 
     fn identifier(&mut self, key: &str, v: &Option<String>) {
@@ -393,9 +395,10 @@ impl NodeConfig {
         let mut root = parse_toml(text, file)?;
         let mut r = Reader { problems: vec![] };
 
-        let (scope, namespace, endpoints) = r.cluster(&mut root);
+        let (scope, namespace) = r.scope(&mut root);
         let name: Option<String> = r.req(&mut root, "", "name");
         r.identifier("name", &name);
+        let endpoints = r.etcd(&mut root);
 
         let mut api = r.table(&mut root, "", "api");
         let api_listen = r.addr(&mut api, "api", "listen");
@@ -788,8 +791,8 @@ retry_timeout = 1
         assert_eq!(
             keys,
             [
-                "etcd.endpoints",
                 "name",
+                "etcd.endpoints",
                 "api.listen",
                 "postgresql.data_dir",
                 "postgresql.listen",

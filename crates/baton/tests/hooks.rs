@@ -235,7 +235,40 @@ async fn callbacks_get_patronis_arguments_and_a_hanging_one_is_killed() {
     assert!(text.contains("on_stop primary demo"), "{text}");
     assert!(text.contains("on_role_change replica demo"), "{text}");
     // And the cluster still switches over after it.
+    std::fs::remove_file(dir.join("hung.pids")).unwrap();
     let (ok, out, err) = ctl(&t, &["switchover", "--candidate", "node1", "--force"]);
     assert!(ok, "{out}{err}");
     wait_new_leader(&t, "node2", Duration::from_secs(30)).await;
+    // node1's hook hangs now: stopping its agent stops the hook too.
+    let pids = wait_for("node1's hook started", Duration::from_secs(20), || async {
+        let text = std::fs::read_to_string(dir.join("hung.pids")).map_err(|e| e.to_string())?;
+        let p: Vec<i32> = text
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect();
+        if p.len() == 2 {
+            Ok(p)
+        } else {
+            Err(text)
+        }
+    })
+    .await;
+    t.c.stop_agent(0, Duration::from_secs(30)).unwrap();
+    // Gone, or dead and not yet reaped (a zombie).
+    let alive = |p: &i32| {
+        std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|s| !s.contains(") Z "))
+    };
+    wait_for(
+        "the hook gone with its agent",
+        Duration::from_secs(5),
+        || async {
+            let left: Vec<&i32> = pids.iter().filter(|p| alive(p)).collect();
+            if left.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("still running: {left:?}"))
+            }
+        },
+    )
+    .await;
 }

@@ -142,20 +142,38 @@ async fn run_callback(cmd: &str, action: &str, role: &str, scope: &str, timeout:
         }
     };
     tracing::info!(action, role, "callback {cmd:?} started");
+    let mut group = Group(child.id());
     match tokio::time::timeout(timeout, child.wait()).await {
-        Ok(Ok(status)) if status.success() => tracing::info!(action, "callback {cmd:?} done"),
-        Ok(Ok(status)) => tracing::warn!(action, "callback {cmd:?} failed: {status}"),
-        Ok(Err(e)) => tracing::warn!(action, "callback {cmd:?}: {e}"),
-        Err(_) => {
-            if let Some(pid) = child.id() {
-                let group = nix::unistd::Pid::from_raw(-(pid as i32));
-                let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
+        Ok(r) => {
+            // Ended by itself: what it left running in the background
+            // (a daemon it meant to start) is its business.
+            group.0 = None;
+            match r {
+                Ok(status) if status.success() => tracing::info!(action, "callback {cmd:?} done"),
+                Ok(status) => tracing::warn!(action, "callback {cmd:?} failed: {status}"),
+                Err(e) => tracing::warn!(action, "callback {cmd:?}: {e}"),
             }
+        }
+        Err(_) => {
+            drop(group);
             let _ = child.kill().await;
             tracing::error!(
                 action,
                 "callback {cmd:?} still running after {timeout:?}: killed with its process group"
             );
+        }
+    }
+}
+
+/// Kills a callback's process group when dropped: at its timeout, and when
+/// the agent stops with one still running (its task is dropped then).
+struct Group(Option<u32>);
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.take() {
+            let group = nix::unistd::Pid::from_raw(-(pid as i32));
+            let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
         }
     }
 }

@@ -56,7 +56,8 @@ impl RouterConfig {
     pub fn parse(text: &str, file: &Path) -> Result<RouterConfig, ConfigError> {
         let mut root = parse_toml(text, file)?;
         let mut r = Reader { problems: vec![] };
-        let (scope, namespace, endpoints) = r.cluster(&mut root);
+        let (scope, namespace) = r.scope(&mut root);
+        let endpoints = r.etcd(&mut root);
         let hold_timeout = r
             .seconds(&mut root, "", "hold_timeout")
             .unwrap_or(Duration::from_secs(30));
