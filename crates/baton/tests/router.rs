@@ -394,20 +394,39 @@ async fn writes_through_the_router_survive_switchover_and_failover() {
     )
     .await;
 
-    // Switchover: no connection attempt refused, through the whole pause.
-    let connector = Connector::start(router.rw_port);
-    connector.wait_connects(0, 5).await;
-    let (ok, out, err) = ctl(&t, &["switchover", "--candidate", "node2", "--force"]);
-    assert!(ok, "switchover failed: {out} {err}");
-    let at = t.sql(1, "SELECT count(*) FROM rw").await.unwrap()[0].get::<_, i64>(0);
-    wait_for("writes on node2", Duration::from_secs(20), || async {
-        let n = t.sql(1, "SELECT count(*) FROM rw").await?[0].get::<_, i64>(0);
-        if n > at + 20 {
-            Ok(())
-        } else {
-            Err(format!("{n} rows on node2"))
+    // Switchover to the synchronous standby (the only candidate synchronous
+    // mode allows): no connection attempt refused, through the whole pause.
+    let sync = wait_for("a synchronous standby", Duration::from_secs(20), || async {
+        let v = t.c.view().await.map_err(|e| format!("{e:#}"))?;
+        match v
+            .sync
+            .as_ref()
+            .filter(|k| k.leader_is("node1"))
+            .map(|k| k.voters())
+        {
+            Some(v) if v.len() == 1 => Ok(v[0].clone()),
+            other => Err(format!("{other:?}")),
         }
     })
+    .await;
+    let c = t.c.nodes.iter().position(|n| n.name == sync).unwrap();
+    let connector = Connector::start(router.rw_port);
+    connector.wait_connects(0, 5).await;
+    let (ok, out, err) = ctl(&t, &["switchover", "--candidate", &sync, "--force"]);
+    assert!(ok, "switchover failed: {out} {err}");
+    let at = t.sql(c, "SELECT count(*) FROM rw").await.unwrap()[0].get::<_, i64>(0);
+    wait_for(
+        "writes on the candidate",
+        Duration::from_secs(20),
+        || async {
+            let n = t.sql(c, "SELECT count(*) FROM rw").await?[0].get::<_, i64>(0);
+            if n > at + 20 {
+                Ok(())
+            } else {
+                Err(format!("{n} rows on {sync}"))
+            }
+        },
+    )
     .await;
     connector.wait_connects(connector.connects(), 10).await;
     let (connects, refused, longest) = connector.finish().await;
@@ -419,9 +438,9 @@ async fn writes_through_the_router_survive_switchover_and_failover() {
     eprintln!("switchover: {connects} connects, longest wait {longest:?}");
 
     // Failover: the leader's host dies; writers come back on the next one.
-    let before = t.sql(1, "SELECT count(*) FROM rw").await.unwrap()[0].get::<_, i64>(0);
-    kill_node(&mut t, 1);
-    let new = wait_new_leader(&t, "node2", Duration::from_secs(30)).await;
+    let before = t.sql(c, "SELECT count(*) FROM rw").await.unwrap()[0].get::<_, i64>(0);
+    kill_node(&mut t, c);
+    let new = wait_new_leader(&t, &sync, Duration::from_secs(30)).await;
     let i = t.c.nodes.iter().position(|n| n.name == new).unwrap();
     wait_for(
         "writes on the new leader",
