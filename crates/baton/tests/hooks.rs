@@ -135,6 +135,23 @@ async fn routing_statements_bring_every_endpoint_to_the_new_primary() {
     );
 }
 
+/// The PIDs the hanging hook wrote (its shell and its child), once it has.
+async fn hung_pids(dir: &std::path::Path, what: &str) -> Vec<i32> {
+    wait_for(what, Duration::from_secs(20), || async {
+        let text = std::fs::read_to_string(dir.join("hung.pids")).map_err(|e| e.to_string())?;
+        let p: Vec<i32> = text
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect();
+        if p.len() == 2 {
+            Ok(p)
+        } else {
+            Err(text)
+        }
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn callbacks_get_patronis_arguments_and_a_hanging_one_is_killed() {
     let mut t = TestCluster::new("callbacks", ClusterOptions::default());
@@ -179,23 +196,7 @@ async fn callbacks_get_patronis_arguments_and_a_hanging_one_is_killed() {
 
     let (ok, out, err) = ctl(&t, &["switchover", "--candidate", "node2", "--force"]);
     assert!(ok, "{out}{err}");
-    let pids = wait_for(
-        "the hanging hook started",
-        Duration::from_secs(20),
-        || async {
-            let text = std::fs::read_to_string(dir.join("hung.pids")).map_err(|e| e.to_string())?;
-            let p: Vec<i32> = text
-                .split_whitespace()
-                .filter_map(|p| p.parse().ok())
-                .collect();
-            if p.len() == 2 {
-                Ok(p)
-            } else {
-                Err(text)
-            }
-        },
-    )
-    .await;
+    let pids = hung_pids(&dir, "the hanging hook started").await;
     // While it hangs, node2's loop keeps ticking and the cluster settles.
     t.wait_state(
         baton_core::status::ClusterState::Normal,
@@ -240,19 +241,7 @@ async fn callbacks_get_patronis_arguments_and_a_hanging_one_is_killed() {
     assert!(ok, "{out}{err}");
     wait_new_leader(&t, "node2", Duration::from_secs(30)).await;
     // node1's hook hangs now: stopping its agent stops the hook too.
-    let pids = wait_for("node1's hook started", Duration::from_secs(20), || async {
-        let text = std::fs::read_to_string(dir.join("hung.pids")).map_err(|e| e.to_string())?;
-        let p: Vec<i32> = text
-            .split_whitespace()
-            .filter_map(|p| p.parse().ok())
-            .collect();
-        if p.len() == 2 {
-            Ok(p)
-        } else {
-            Err(text)
-        }
-    })
-    .await;
+    let pids = hung_pids(&dir, "node1's hook started").await;
     t.c.stop_agent(0, Duration::from_secs(30)).unwrap();
     // Gone, or dead and not yet reaped (a zombie).
     let alive = |p: &i32| {
