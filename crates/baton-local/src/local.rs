@@ -187,6 +187,28 @@ impl Drop for LocalEtcd {
     }
 }
 
+/// `baton <command> -c <config>`, its output appended to `log`, with the
+/// caller's RUST_LOG (default `info`).
+fn spawn_baton(baton: &Path, command: &str, config: &Path, log: &Path) -> anyhow::Result<Child> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
+    Command::new(baton)
+        .arg(command)
+        .arg("-c")
+        .arg(config)
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting {} {command}", baton.display()))
+}
+
 /// SIGKILL to a child we started, and reap it.
 fn end(child: &mut Option<Child>) {
     if let Some(mut c) = child.take() {
@@ -348,23 +370,7 @@ retry_timeout = 1
         if node.child.is_some() {
             bail!("{} is already running", node.name);
         }
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&node.log_path)?;
-        let child = Command::new(&self.baton)
-            .arg("agent")
-            .arg("-c")
-            .arg(&node.config_path)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {}", self.baton.display()))?;
+        let child = spawn_baton(&self.baton, "agent", &node.config_path, &node.log_path)?;
         node.child = Some(child);
         Ok(())
     }
@@ -663,23 +669,7 @@ impl LocalRouter {
             ),
         )?;
         let log_path = dir.join(format!("{name}.log"));
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)?;
-        let child = Command::new(baton)
-            .arg("router")
-            .arg("-c")
-            .arg(&config_path)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {} router", baton.display()))?;
+        let child = spawn_baton(baton, "router", &config_path, &log_path)?;
         let mut r = LocalRouter {
             rw_port,
             ro_port,
