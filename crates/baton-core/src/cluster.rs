@@ -48,6 +48,9 @@ pub struct Member {
     /// each holds this primary yet.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub baton_routing: BTreeMap<String, EndpointStatus>,
+    /// Baton: a Greenplum coordinator's segments (leader only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub baton_segments: Vec<crate::instance::Segment>,
     #[serde(flatten)]
     pub other: serde_json::Map<String, serde_json::Value>,
 }

@@ -120,6 +120,25 @@ pub struct Running {
     /// Switch points of the timelines before `timeline` (filled by the agent
     /// from the history file, cached per timeline).
     pub history: Vec<(u32, Lsn)>,
+    /// Greenplum coordinator (primary): the segments its catalog lists.
+    pub segments: Vec<Segment>,
+}
+
+/// One Greenplum segment instance, as `gp_segment_configuration` shows it:
+/// Greenplum's own mirroring (FTS) manages these; Baton only reports them.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Segment {
+    pub dbid: i32,
+    pub content: i32,
+    /// `p` primary, `m` mirror (now); `preferred_role` is what it was set up as.
+    pub role: String,
+    pub preferred_role: String,
+    /// `s` in sync with its pair, `n` not in sync.
+    pub mode: String,
+    /// `u` up, `d` down.
+    pub status: String,
+    pub hostname: String,
+    pub port: i32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]

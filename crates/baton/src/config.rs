@@ -75,6 +75,8 @@ pub struct PgConfig {
     /// Address other members use to reach this postgres (replication, clients).
     pub connect_address: SocketAddr,
     pub bin_dir: PathBuf,
+    /// Which system this is (`postgresql.flavor`): the commands Baton runs.
+    pub flavor: crate::pg::Flavor,
     /// OS user that owns the data directory and runs postgres when the agent is root.
     pub os_user: String,
     pub socket_dir: PathBuf,
@@ -470,6 +472,13 @@ impl NodeConfig {
         }
         let pg_connect = r.addr(&mut pg, p, "connect_address");
         let bin_dir_cfg: Option<PathBuf> = r.opt(&mut pg, p, "bin_dir");
+        let flavor = match r.opt::<String>(&mut pg, p, "flavor") {
+            None => crate::pg::Flavor::default(),
+            Some(f) => crate::pg::Flavor::parse(&f).unwrap_or_else(|e| {
+                r.problem("postgresql.flavor", e);
+                crate::pg::Flavor::default()
+            }),
+        };
         let os_user: String = r
             .opt(&mut pg, p, "os_user")
             .unwrap_or_else(|| "postgres".into());
@@ -605,6 +614,7 @@ impl NodeConfig {
                 listen: pg_listen,
                 connect_address: pg_connect.unwrap_or(pg_listen),
                 bin_dir: bin_dir.expect("checked"),
+                flavor,
                 os_user,
                 socket_dir,
                 log_file,
@@ -750,6 +760,30 @@ listen = "127.0.0.1:5432"
         let ok = format!("{MINIMAL}\n[fence]\nbinary = \"/opt/fence\"\n");
         let c = parse(&ok).unwrap();
         assert_eq!(c.postgresql.fence.binary, Some(PathBuf::from("/opt/fence")));
+    }
+
+    #[test]
+    fn the_flavor_is_named_and_an_unsupported_one_refused() {
+        assert_eq!(
+            parse(MINIMAL).unwrap().postgresql.flavor,
+            crate::pg::Flavor::Postgresql
+        );
+        let with = |f: &str| {
+            MINIMAL.replace(
+                "listen = \"127.0.0.1:5432\"",
+                &format!("listen = \"127.0.0.1:5432\"\nflavor = \"{f}\""),
+            )
+        };
+        let c = parse(&with("greenplum")).unwrap();
+        assert_eq!(c.postgresql.flavor, crate::pg::Flavor::Greenplum);
+        for (f, says) in [
+            ("opengauss", "not supported by this version"),
+            ("db2", "unknown flavor"),
+        ] {
+            let e = parse(&with(f)).unwrap_err();
+            assert_eq!(e.problems[0].key, "postgresql.flavor", "{e}");
+            assert!(e.problems[0].reason.contains(says), "{e}");
+        }
     }
 
     #[test]

@@ -18,7 +18,10 @@ pub(super) fn decide_empty(o: &Observation, cluster: &ClusterView) -> Decision {
         return decision(vec![Action::AdoptInitdb], Reason::AdoptingInitdb);
     }
     match (cluster.initialize.as_deref(), cluster.leader_name()) {
-        (None, None) => decision(vec![Action::Bootstrap], Reason::Bootstrapping),
+        (None, None) if o.bootstrap_allowed => {
+            decision(vec![Action::Bootstrap], Reason::Bootstrapping)
+        }
+        (None, None) => decision(vec![], Reason::BootstrapNotAllowed),
         // A leader but no `initialize`: etcd lost its data under a running
         // cluster. The leader publishes the key again; bootstrapping now
         // would start a second cluster beside it.

@@ -130,6 +130,9 @@ pub struct Observation {
     pub reinit_requested: bool,
     /// Whether a failed rewind may be followed by a rebuild.
     pub rebuild_allowed: bool,
+    /// Whether this member may initdb a new cluster (not for a flavor whose
+    /// clusters are made by the system's own tool).
+    pub bootstrap_allowed: bool,
     /// An operator asked for postgres to be restarted.
     pub restart_requested: bool,
     /// How long this running replica has not been streaming (`None` when it

@@ -235,6 +235,10 @@ pub enum Reason {
     AdoptingInitdb,
     BootstrapFailed(String),
     WaitingForBootstrap,
+    /// An empty data directory in a cluster nobody initialized yet, and
+    /// this member may not run initdb (a flavor whose clusters are created
+    /// by the system's own tool, e.g. Greenplum's gpinitsystem).
+    BootstrapNotAllowed,
     WaitingForInitialize {
         leader: String,
     },
@@ -376,6 +380,11 @@ impl fmt::Display for Reason {
             Reason::WaitingForBootstrap => {
                 write!(f, "another member is bootstrapping the cluster; waiting")
             }
+            Reason::BootstrapNotAllowed => write!(
+                f,
+                "empty data directory, and this flavor never runs initdb (its own tool creates \
+                 the cluster): waiting for a member with a data directory to lead, to clone it"
+            ),
             Reason::WaitingForLeaderToClone => write!(f, "no leader to clone from; waiting"),
             Reason::AdoptingInitdb => write!(
                 f,
@@ -540,6 +549,7 @@ impl Reason {
             Reason::Bootstrapping => "bootstrapping",
             Reason::BootstrapFailed(_) => "bootstrap_failed",
             Reason::WaitingForBootstrap => "waiting_for_bootstrap",
+            Reason::BootstrapNotAllowed => "bootstrap_not_allowed",
             Reason::WaitingForInitialize { .. } => "waiting_for_initialize",
             Reason::WaitingForLeaderToClone => "waiting_for_leader_to_clone",
             Reason::AdoptingInitdb => "adopting_initdb",

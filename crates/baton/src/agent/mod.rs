@@ -443,6 +443,7 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
             peers,
             reinit_requested: self.reinit_requested,
             rebuild_allowed: self.cfg.postgresql.rebuild_on_rewind_failure,
+            bootstrap_allowed: self.cfg.postgresql.flavor.runs_initdb(),
             restart_requested: self.restart_requested,
             staged_initdb,
             not_streaming_for: self

@@ -196,6 +196,10 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
                 .lock()
                 .expect("routing status lock")
                 .clone(),
+            baton_segments: match pg {
+                PgStatus::Running(r) if i_lead => r.segments.clone(),
+                _ => vec![],
+            },
             ..Member::default()
         };
         publish::fill_member(&mut m, pg, data_dir, job, needs_repair, i_lead);

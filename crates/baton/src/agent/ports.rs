@@ -310,7 +310,15 @@ impl Postgres for LocalPg {
     }
     async fn status(&self, timeout: Duration) -> Result<Running, PgError> {
         let c = self.connection(timeout).await?;
-        match tokio::time::timeout(timeout, pg::query_running(&c)).await {
+        let flavor = self.inst.cfg.flavor;
+        let query = async {
+            let mut r = pg::query_running(&c).await?;
+            if !r.in_recovery {
+                r.segments = pg::query_segments(flavor, &c).await?;
+            }
+            Ok(r)
+        };
+        match tokio::time::timeout(timeout, query).await {
             Ok(r) => r,
             Err(_) => Err(PgError::Timeout {
                 what: "status query".into(),
@@ -380,7 +388,22 @@ impl Postgres for LocalPg {
     }
     async fn promote(&self, from: u32, to: u32) -> Result<(), PgError> {
         self.inst.skip_timelines(from, to)?;
-        self.inst.promote().await
+        self.inst.promote().await?;
+        // A data directory Baton adopted rather than initdb'd (an existing
+        // server, a Greenplum coordinator from gpinitsystem) may lack the
+        // replication role its standbys clone and stream with. The
+        // promotion stands either way; a failure here shows in their clone.
+        let ensure = async {
+            let client = self.inst.connect(Duration::from_secs(2)).await?;
+            pg::create_replication_role(&client, &self.inst.cfg).await
+        };
+        if let Err(e) = ensure.await {
+            tracing::warn!(
+                "could not make sure the replication role {:?} exists: {e}",
+                self.inst.cfg.replication.username
+            );
+        }
+        Ok(())
     }
     async fn basebackup_from(&self, host: &str, port: u16) -> Result<(), PgError> {
         self.inst.basebackup_from(host, port).await

@@ -13,15 +13,25 @@ pub async fn list(target: Target, json: bool, verbose: bool) -> anyhow::Result<E
         .leader_member()
         .map(|m| m.baton_routing.clone())
         .unwrap_or_default();
+    let segments = view
+        .leader_member()
+        .map(|m| m.baton_segments.clone())
+        .unwrap_or_default();
     if json {
         let mut v = serde_json::to_value(&status)?;
         if verbose {
             v["routing"] = serde_json::to_value(&routing)?;
         }
+        if !segments.is_empty() {
+            v["segments"] = serde_json::to_value(&segments)?;
+        }
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(ExitCode::SUCCESS);
     }
     print!("{}", status.render());
+    if !segments.is_empty() {
+        print!("{}", render_segments(&segments));
+    }
     if verbose && !routing.is_empty() {
         println!(
             "Routing endpoints (leader {}):",
@@ -40,6 +50,43 @@ pub async fn list(target: Target, json: bool, verbose: bool) -> anyhow::Result<E
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A Greenplum coordinator's segments, the way `gpstate -m`/`-s` words
+/// them: Greenplum's FTS manages them; this only shows what its catalog says.
+fn render_segments(segments: &[baton_core::instance::Segment]) -> String {
+    use std::fmt::Write as _;
+    let word = |code: &str, table: &[(&str, &'static str)]| {
+        table
+            .iter()
+            .find(|(c, _)| *c == code)
+            .map(|(_, w)| w.to_string())
+            .unwrap_or_else(|| code.to_string())
+    };
+    let roles = [("p", "Primary"), ("m", "Mirror")];
+    let mut out =
+        String::from("Segments (gp_segment_configuration; Greenplum's FTS manages them):\n");
+    writeln!(
+        out,
+        "  {:>7}  {:>4}  {:<22}  {:<8}  {:<9}  {:<6}  mode",
+        "content", "dbid", "host:port", "role", "preferred", "status"
+    )
+    .expect("string write");
+    for s in segments {
+        writeln!(
+            out,
+            "  {:>7}  {:>4}  {:<22}  {:<8}  {:<9}  {:<6}  {}",
+            s.content,
+            s.dbid,
+            format!("{}:{}", s.hostname, s.port),
+            word(&s.role, &roles),
+            word(&s.preferred_role, &roles),
+            word(&s.status, &[("u", "Up"), ("d", "Down")]),
+            word(&s.mode, &[("s", "Synced"), ("n", "Not in sync")]),
+        )
+        .expect("string write");
+    }
+    out
 }
 
 pub async fn history(target: Target, json: bool) -> anyhow::Result<ExitCode> {

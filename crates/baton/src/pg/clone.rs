@@ -30,13 +30,15 @@ impl Instance {
         port: u16,
         target: &Path,
     ) -> Result<(), PgError> {
+        let flavor_args = self.basebackup_args(host, port).await?;
         self.prepare_dir(target)?;
         let mut cmd = self.command("pg_basebackup");
         cmd.arg("-D")
             .arg(target)
             .arg("-d")
             .arg(self.replication_conninfo(host, port))
-            .args(["-X", "stream", "-c", "fast", "--progress", "--verbose"]);
+            .args(["-X", "stream", "-c", "fast", "--progress", "--verbose"])
+            .args(flavor_args);
         if let Some(pw) = &self.cfg.replication.password {
             cmd.env("PGPASSWORD", pw);
         }
@@ -231,8 +233,9 @@ impl Instance {
         cmd.arg("-D")
             .arg(&self.cfg.data_dir)
             .arg(format!(
-                "--source-server={}",
-                self.superuser_conninfo(host, port)
+                "--source-server={}{}",
+                self.superuser_conninfo(host, port),
+                self.rewind_source_options()
             ))
             .arg("--progress");
         if let Some(pw) = &self.cfg.superuser.password {

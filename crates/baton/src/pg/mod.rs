@@ -18,7 +18,8 @@
 //!
 //! Files: `datadir.rs` (inspect, move aside), `process.rs` (initdb, start,
 //! stop, promote), `clone.rs` (pg_basebackup, pg_rewind, peers), `query.rs`
-//! (the status query, slots), `conf.rs` (the files Baton owns).
+//! (the status query, slots), `conf.rs` (the files Baton owns), `flavor.rs`
+//! (what differs for the PostgreSQL-derived systems).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -34,12 +35,14 @@ mod clone;
 mod conf;
 mod datadir;
 mod fence;
+mod flavor;
 mod process;
 mod query;
 
 pub use baton_fence::postmaster_pid as read_postmaster_pid;
 pub use conf::{render_pg_hba, render_postgresql_conf};
 pub use fence::{FenceLink, FenceOrder};
+pub use flavor::{query_segments, Flavor};
 pub use query::{
     create_replication_role, create_slot, drop_inactive_slot, query_running, set_sync_standbys,
     timeline_history,

@@ -46,6 +46,7 @@ impl Instance {
 
     /// initdb into `dir`.
     async fn initdb(&self, dir: &std::path::Path) -> Result<(), PgError> {
+        self.check_initdb_allowed()?;
         self.prepare_dir(dir)?;
         let mut cmd = self.command("initdb");
         cmd.arg("-D")
@@ -107,6 +108,9 @@ impl Instance {
             self.prepare_dir(&self.cfg.socket_dir)?;
         }
         self.prepare_log_file()?;
+        if let RunAs::Replica { host, port, .. } = run_as {
+            self.prepare_standby_start(host, *port).await?;
+        }
         self.write_config(run_as)?;
         let mut cmd = self.pg_ctl("start");
         cmd.arg("-l").arg(&self.cfg.log_file);

@@ -69,6 +69,7 @@ pub async fn query_running(client: &tokio_postgres::Client) -> Result<Running, P
         slots: BTreeMap::new(),
         replication: vec![],
         history: vec![],
+        segments: vec![],
         synchronous_standby_names: row.get(5),
     };
     type PgLsn = tokio_postgres::types::PgLsn;

@@ -132,6 +132,7 @@ fn running(w: &World, i: usize) -> Running {
         replication,
         history: wal.history.iter().map(|(t, l)| (*t, Lsn(*l))).collect(),
         synchronous_standby_names: n.pg.sync_standbys.clone(),
+        segments: vec![],
     }
 }
 

@@ -12,6 +12,18 @@ fn uninitialized_cluster_with_empty_dir_bootstraps() {
 }
 
 #[test]
+fn a_member_that_may_not_initdb_waits_for_one_with_data() {
+    let mut c = cluster(None);
+    c.initialize = None;
+    let mut o = obs("n1", Some(c), DataDir::Empty, PgStatus::Stopped);
+    o.bootstrap_allowed = false;
+    let d = decide(&o);
+    assert_eq!(d.actions, vec![], "no claim on initialize, no leader key");
+    assert_eq!(d.reason, Reason::BootstrapNotAllowed);
+    assert_eq!(d.reason.code(), "bootstrap_not_allowed");
+}
+
+#[test]
 fn bootstrap_in_progress_elsewhere_waits() {
     let mut c = cluster(None);
     c.initialize = Some(String::new());

@@ -77,6 +77,7 @@ fn obs(me: &str, cluster: Option<ClusterView>, data_dir: DataDir, pg: PgStatus) 
         peers: vec![],
         reinit_requested: false,
         rebuild_allowed: true,
+        bootstrap_allowed: true,
         restart_requested: false,
         not_streaming_for: None,
         staged_initdb: None,

@@ -1,0 +1,269 @@
+//! Which PostgreSQL-derived system the instance is, and what differs for
+//! it. A flavor changes the commands Baton runs and what it reads, never
+//! the HA loop (DESIGN.md): every difference lives behind [`Instance`]'s
+//! methods, which the agent calls the same way for all of them.
+//!
+//! Greenplum (a coordinator and its standby coordinator; the segments keep
+//! Greenplum's own mirroring and FTS, Baton only reports them):
+//! - the catalog (`gp_segment_configuration`) must list a standby
+//!   coordinator before it streams: Baton registers this member with
+//!   `gp_add_master_standby(host, address, datadir, port)` on the
+//!   coordinator, in utility mode, before a clone (whose
+//!   `pg_basebackup --target-gp-dbid` needs the dbid) and before every
+//!   start as a standby (a rewound or switched-over old coordinator lost
+//!   its row when the standby was promoted), and writes the dbid into the
+//!   data directory's `internal.auto.conf`;
+//! - `pg_rewind` of a coordinator connects with `options='-c gp_role=utility'`:
+//!   without it, it was seen copying a segment's files;
+//! - a plain `pg_ctl promote` of the standby updates the catalog itself
+//!   (what `gpactivatestandby` relies on), so promotion is PostgreSQL's;
+//! - Baton never initdb's a coordinator: `gpinitsystem` creates the
+//!   cluster, segments included, and Baton adopts its data directory;
+//! - the leader reads the segments from `gp_segment_configuration` for
+//!   `baton list`.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use baton_core::instance::Segment;
+
+use super::conf::write_owned;
+use super::{Instance, PgError};
+
+/// `postgresql.flavor` in the node file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Flavor {
+    #[default]
+    Postgresql,
+    Greenplum,
+}
+
+impl Flavor {
+    /// The node file's value; the error says what is accepted.
+    pub fn parse(s: &str) -> Result<Flavor, String> {
+        match s {
+            "postgresql" => Ok(Flavor::Postgresql),
+            "greenplum" => Ok(Flavor::Greenplum),
+            "opengauss" | "opentenbase" => Err(format!(
+                "{s:?} is not supported by this version of baton yet (docs/flavors.md says what is); \
+                 use \"postgresql\" or \"greenplum\""
+            )),
+            other => Err(format!(
+                "unknown flavor {other:?}: expected \"postgresql\" or \"greenplum\""
+            )),
+        }
+    }
+
+    /// Whether Baton may create a new cluster of this flavor with initdb.
+    pub fn runs_initdb(self) -> bool {
+        self == Flavor::Postgresql
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Flavor::Postgresql => "postgresql",
+            Flavor::Greenplum => "greenplum",
+        }
+    }
+}
+
+/// Greenplum's session option for a connection to one instance alone,
+/// without dispatching to the segments.
+const UTILITY: &str = "-c gp_role=utility";
+
+/// Where Greenplum keeps an instance's dbid (read at start; gpinitsystem
+/// and `pg_basebackup --target-gp-dbid` write it).
+const INTERNAL_CONF: &str = "internal.auto.conf";
+
+impl Instance {
+    /// Extra words for pg_rewind's `--source-server`.
+    pub(super) fn rewind_source_options(&self) -> &'static str {
+        match self.cfg.flavor {
+            Flavor::Postgresql => "",
+            Flavor::Greenplum => " options='-c gp_role=utility'",
+        }
+    }
+
+    /// Refuses what this flavor never lets Baton do to an empty directory.
+    pub(super) fn check_initdb_allowed(&self) -> Result<(), PgError> {
+        match self.cfg.flavor {
+            Flavor::Postgresql => Ok(()),
+            Flavor::Greenplum => Err(PgError::Refused(format!(
+                "postgresql.flavor = \"greenplum\": a coordinator is created by gpinitsystem \
+                 (with its segments), never by baton; point postgresql.data_dir at the \
+                 coordinator's data directory ({} is empty)",
+                self.cfg.data_dir.display()
+            ))),
+        }
+    }
+
+    /// Runs `sql` with the flavor's `psql` on `host:port` in utility mode;
+    /// the unaligned, tuples-only output.
+    async fn utility_sql(&self, host: &str, port: u16, sql: &str) -> Result<String, PgError> {
+        let mut cmd = self.command("psql");
+        cmd.args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
+            .arg("-h")
+            .arg(host)
+            .arg("-p")
+            .arg(port.to_string())
+            .arg("-U")
+            .arg(&self.cfg.superuser.username)
+            .args(["-d", "postgres", "-c", sql])
+            .env("PGOPTIONS", UTILITY)
+            .env("PGCONNECT_TIMEOUT", "5")
+            .stdout(Stdio::piped());
+        if let Some(pw) = &self.cfg.superuser.password {
+            cmd.env("PGPASSWORD", pw);
+        }
+        self.run("psql (utility mode)", cmd, Duration::from_secs(30))
+            .await
+    }
+
+    /// Makes the catalog of the coordinator at `host:port` list this
+    /// member as the standby coordinator; its dbid. Idempotent: a row that
+    /// already names this host, port and data directory is kept.
+    pub(super) async fn register_standby(&self, host: &str, port: u16) -> Result<i16, PgError> {
+        let me = self.cfg.connect_address;
+        let datadir = self.cfg.data_dir.display().to_string();
+        let rows = self
+            .utility_sql(
+                host,
+                port,
+                "SELECT dbid, hostname, address, port, datadir FROM gp_segment_configuration \
+                 WHERE content = -1 AND role = 'm'",
+            )
+            .await?;
+        if let Some(row) = rows.lines().find(|l| !l.trim().is_empty()) {
+            let f: Vec<&str> = row.split('|').collect();
+            let [dbid, hostname, address, p, dir] = f[..] else {
+                return Err(PgError::Command {
+                    what: "reading gp_segment_configuration".into(),
+                    detail: format!("unexpected row {row:?}"),
+                });
+            };
+            let ours = p == me.port().to_string()
+                && dir == datadir
+                && (address == me.ip().to_string() || hostname == me.ip().to_string());
+            if ours {
+                return dbid.parse().map_err(|_| PgError::Command {
+                    what: "reading gp_segment_configuration".into(),
+                    detail: format!("dbid {dbid:?} is not a number"),
+                });
+            }
+            return Err(PgError::Refused(format!(
+                "the coordinator's catalog already lists a standby coordinator (dbid {dbid}, \
+                 {address}:{p} {dir}); Greenplum has one standby coordinator: remove that one \
+                 (gpinitstandby -r) before this member can stream"
+            )));
+        }
+        let ip = me.ip().to_string();
+        let sql = format!(
+            "SELECT gp_add_master_standby({}, {}, {}, {})",
+            sql_literal(&ip),
+            sql_literal(&ip),
+            sql_literal(&datadir),
+            me.port()
+        );
+        let out = self.utility_sql(host, port, &sql).await?;
+        let dbid = out.trim().parse().map_err(|_| PgError::Command {
+            what: "gp_add_master_standby".into(),
+            detail: format!("returned {:?}, not a dbid", out.trim()),
+        })?;
+        tracing::info!(member = %self.name, dbid, "registered as the standby coordinator on {host}:{port}");
+        Ok(dbid)
+    }
+
+    /// The dbid recorded in the data directory, if any.
+    pub(super) fn local_dbid(&self) -> Option<i16> {
+        let text = std::fs::read_to_string(self.cfg.data_dir.join(INTERNAL_CONF)).ok()?;
+        text.lines().find_map(|l| {
+            let (k, v) = l.split_once('=')?;
+            (k.trim() == "gp_dbid").then(|| v.trim().trim_matches('\'').parse().ok())?
+        })
+    }
+
+    /// Before this member starts as a standby of `host:port`: Greenplum
+    /// needs it in the catalog, under the dbid its data directory carries.
+    pub(super) async fn prepare_standby_start(&self, host: &str, port: u16) -> Result<(), PgError> {
+        if self.cfg.flavor != Flavor::Greenplum {
+            return Ok(());
+        }
+        let dbid = self.register_standby(host, port).await?;
+        if self.local_dbid() != Some(dbid) {
+            write_owned(
+                &self.cfg.data_dir.join(INTERNAL_CONF),
+                &format!("gp_dbid = {dbid}\n"),
+                self.owner,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Arguments pg_basebackup needs for this flavor when cloning from
+    /// `host:port` (Greenplum: the dbid the catalog gave this member).
+    pub(super) async fn basebackup_args(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> Result<Vec<String>, PgError> {
+        match self.cfg.flavor {
+            Flavor::Postgresql => Ok(vec![]),
+            Flavor::Greenplum => {
+                let dbid = self.register_standby(host, port).await?;
+                Ok(vec!["--target-gp-dbid".into(), dbid.to_string()])
+            }
+        }
+    }
+}
+
+/// The segments as the coordinator's catalog shows them (Greenplum only;
+/// empty for other flavors).
+pub async fn query_segments(
+    flavor: Flavor,
+    client: &tokio_postgres::Client,
+) -> Result<Vec<Segment>, PgError> {
+    if flavor != Flavor::Greenplum {
+        return Ok(vec![]);
+    }
+    let rows = client
+        .query(
+            "SELECT dbid::int, content::int, role::text, preferred_role::text, mode::text, \
+                    status::text, hostname, port \
+               FROM gp_segment_configuration WHERE content >= 0 ORDER BY content, role DESC",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| Segment {
+            dbid: r.get(0),
+            content: r.get(1),
+            role: r.get(2),
+            preferred_role: r.get(3),
+            mode: r.get(4),
+            status: r.get(5),
+            hostname: r.get(6),
+            port: r.get(7),
+        })
+        .collect())
+}
+
+fn sql_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flavors_parse_with_a_clear_refusal() {
+        assert_eq!(Flavor::parse("postgresql"), Ok(Flavor::Postgresql));
+        assert_eq!(Flavor::parse("greenplum"), Ok(Flavor::Greenplum));
+        let e = Flavor::parse("opengauss").unwrap_err();
+        assert!(e.contains("not supported by this version"), "{e}");
+        let e = Flavor::parse("oracle").unwrap_err();
+        assert!(e.contains("unknown flavor \"oracle\""), "{e}");
+        assert_eq!(sql_literal("it's"), "'it''s'");
+    }
+}

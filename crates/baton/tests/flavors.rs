@@ -1,0 +1,299 @@
+//! Issue 13: the PostgreSQL-derived systems, each run by the same HA loop
+//! through its flavor's commands. No registry here has these systems, so
+//! these tests run against **stand-ins** over real PostgreSQL 15
+//! (tests/standins/*/README.md says what each imitates): they check Baton's
+//! sequencing, parsing and catalog changes, not the systems themselves.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use baton_local::local::{ClusterOptions, LocalPostgres};
+use common::*;
+
+/// The stand-in's bin directory: its wrappers, plus PostgreSQL's other
+/// tools linked beside them.
+fn standin_bin(dir: &Path, flavor: &str) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/standins")
+        .join(flavor);
+    let bin = dir.join(format!("{flavor}-bin"));
+    std::fs::create_dir_all(&bin).unwrap();
+    let real = baton::config::default_bin_dir().expect("PostgreSQL 15 bin dir");
+    for e in std::fs::read_dir(&real).unwrap() {
+        let e = e.unwrap();
+        let to = bin.join(e.file_name());
+        std::os::unix::fs::symlink(e.path(), &to).unwrap();
+    }
+    for e in std::fs::read_dir(&src).unwrap() {
+        let e = e.unwrap();
+        let to = bin.join(e.file_name());
+        let _ = std::fs::remove_file(&to);
+        std::fs::copy(e.path(), &to).unwrap();
+    }
+    std::fs::write(bin.join(".real-bin"), real.display().to_string()).unwrap();
+    // The wrappers run as the postgres OS user and log beside themselves.
+    std::fs::write(bin.join("standin.log"), "").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        bin.join("standin.log"),
+        std::fs::Permissions::from_mode(0o666),
+    )
+    .unwrap();
+    baton_local::local::open_dir(&bin).unwrap();
+    bin
+}
+
+fn set_flavor(t: &TestCluster, flavor: &str, bin: &Path) {
+    for n in &t.c.nodes {
+        let text = std::fs::read_to_string(&n.config_path).unwrap();
+        let anchor = "start_timeout = 30\n";
+        assert!(text.contains(anchor), "{}", n.config_path.display());
+        let text = text.replace(
+            anchor,
+            &format!(
+                "{anchor}flavor = \"{flavor}\"\nbin_dir = \"{}\"\n",
+                bin.display()
+            ),
+        );
+        std::fs::write(&n.config_path, text).unwrap();
+    }
+}
+
+/// The `gpinitsystem` stand-in: a coordinator data directory at `data_dir`
+/// (served on `port` once Baton starts it) whose catalog lists itself as
+/// dbid 1 and four segments.
+async fn gpinitsystem(dir: &Path, bin: &Path, data_dir: &Path, port: u16) {
+    let work = dir.join("gpinit");
+    std::fs::create_dir_all(&work).unwrap();
+    baton_local::local::open_dir(&work).unwrap();
+    let pg = LocalPostgres::start(&work, "coord", "").await.unwrap();
+    let out = std::process::Command::new(bin.join("psql"))
+        .args([
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+        ])
+        .args(["-d", "postgres", "-p", &pg.port.to_string()])
+        .arg("-v")
+        .arg(format!("port={port}"))
+        .arg("-v")
+        .arg(format!("datadir={}", data_dir.display()))
+        .arg("-f")
+        .arg(bin.join("catalog.sql"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "catalog.sql: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    pg.stop().await.unwrap();
+    std::fs::rename(&pg.data_dir, data_dir).unwrap();
+    let conf = data_dir.join("internal.auto.conf");
+    std::fs::write(&conf, "gp_dbid = 1\n").unwrap();
+    let meta = std::fs::metadata(data_dir).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    std::os::unix::fs::chown(&conf, Some(meta.uid()), Some(meta.gid())).unwrap();
+}
+
+/// `(dbid, role, port, datadir)` of the coordinator rows (content -1).
+async fn coordinators(port: u16) -> Result<Vec<(i16, String, i32, String)>, String> {
+    let rows = sql_port(
+        port,
+        "SELECT dbid, role::text, port, datadir FROM gp_segment_configuration \
+         WHERE content = -1 ORDER BY dbid",
+    )
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect())
+}
+
+fn gp_dbid(data_dir: &Path) -> String {
+    std::fs::read_to_string(data_dir.join("internal.auto.conf")).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn greenplum_standin_coordinator_failover_fences_and_rejoins_the_old_coordinator() {
+    let mut t = TestCluster::new(
+        "greenplum",
+        ClusterOptions {
+            nodes: 2,
+            ..ClusterOptions::default()
+        },
+    );
+    let bin = standin_bin(&t.dir.path, "greenplum");
+    set_flavor(&t, "greenplum", &bin);
+    let (p1, p2) = (t.c.nodes[0].pg_port, t.c.nodes[1].pg_port);
+    let (d1, d2) = (t.c.nodes[0].data_dir.clone(), t.c.nodes[1].data_dir.clone());
+    let d1s = d1.display().to_string();
+    let d2s = d2.display().to_string();
+
+    // Baton adopts the coordinator gpinitsystem made; the standby's empty
+    // directory (its agent started at the same time, and never running
+    // initdb) is cloned, after its registration in the catalog.
+    gpinitsystem(&t.dir.path, &bin, &d1, p1).await;
+    t.c.start_agent(1).unwrap();
+    t.c.start_agent(0).unwrap();
+    wait_for("node1 leads", Duration::from_secs(60), || async {
+        match t.leader_index().await {
+            Some(0) => Ok(()),
+            other => Err(format!("leader {other:?}")),
+        }
+    })
+    .await;
+    t.c.wait_normal(Duration::from_secs(90)).await.unwrap();
+    let rows = coordinators(p1).await.unwrap();
+    assert_eq!(
+        rows,
+        vec![
+            (1, "p".into(), p1 as i32, d1s.clone()),
+            (6, "m".into(), p2 as i32, d2s.clone())
+        ],
+        "the standby coordinator is registered under the next dbid"
+    );
+    assert_eq!(
+        gp_dbid(&d2),
+        "gp_dbid = 6\n",
+        "its data directory carries it"
+    );
+
+    // baton list shows the segments as Greenplum's catalog has them.
+    wait_for(
+        "baton list shows the segments",
+        Duration::from_secs(20),
+        || async {
+            let (ok, out, err) = ctl(&t, &["list"]);
+            let want = [
+                "Segments (gp_segment_configuration",
+                "sdw1:6000",
+                "Primary   Primary    Up      Synced",
+                "sdw2:6001",
+                "Mirror    Primary    Down    Not in sync",
+            ];
+            if ok && want.iter().all(|w| out.contains(w)) {
+                Ok(())
+            } else {
+                Err(format!("{out}{err}"))
+            }
+        },
+    )
+    .await;
+    let (ok, out, _) = ctl(&t, &["list", "--json"]);
+    assert!(ok);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["segments"].as_array().map(Vec::len), Some(4), "{out}");
+
+    for q in [
+        "CREATE TABLE t (id int)",
+        "INSERT INTO t SELECT generate_series(1, 100)",
+    ] {
+        t.sql(0, q).await.unwrap();
+    }
+    wait_for(
+        "the standby replays the table",
+        Duration::from_secs(20),
+        || async {
+            let r = t.sql(1, "SELECT count(*) FROM t").await?;
+            match r[0].get::<_, i64>(0) {
+                100 => Ok(()),
+                n => Err(format!("{n} rows")),
+            }
+        },
+    )
+    .await;
+
+    // The coordinator's host dies: agent and postgres gone at once.
+    t.c.kill_agent(0);
+    t.c.kill_postgres(0).expect("node1's postmaster");
+    wait_for("node2 leads", Duration::from_secs(60), || async {
+        match t.leader_index().await {
+            Some(1) => Ok(()),
+            other => Err(format!("leader {other:?}")),
+        }
+    })
+    .await;
+    wait_for("node2 accepts writes", Duration::from_secs(30), || async {
+        t.sql(1, "INSERT INTO t VALUES (101)").await.map(|_| ())
+    })
+    .await;
+    // (A real coordinator changes its catalog as part of the promotion;
+    // the stand-in's pg_ctl does it right after.)
+    let want = vec![(6, "p".to_string(), p2 as i32, d2s.clone())];
+    wait_for(
+        "the promotion makes node2 the coordinator in the catalog",
+        Duration::from_secs(10),
+        || async {
+            match coordinators(p2).await? {
+                rows if rows == want => Ok(()),
+                rows => Err(format!("{rows:?}")),
+            }
+        },
+    )
+    .await;
+
+    // The old coordinator comes back: it must never answer as a
+    // dispatcher (read-write) again; it is rewound and registered anew.
+    t.c.start_agent(0).unwrap();
+    let samples = std::sync::atomic::AtomicUsize::new(0);
+    wait_for(
+        "node1 streams from node2 again",
+        Duration::from_secs(90),
+        || {
+            let (t, samples) = (&t, &samples);
+            async move {
+                if let Ok(r) = t.sql(0, "SELECT pg_is_in_recovery()").await {
+                    samples.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    assert!(
+                        r[0].get::<_, bool>(0),
+                        "the old coordinator runs read-write beside the new one: split brain"
+                    );
+                }
+                let s = t.c.status().await.map_err(|e| e.to_string())?;
+                match s.members.iter().find(|m| m.name == "node1") {
+                    Some(m) if m.state == "streaming" => Ok(()),
+                    other => Err(format!("{other:?}")),
+                }
+            }
+        },
+    )
+    .await;
+    assert!(samples.into_inner() > 0, "node1 was never seen running");
+    let rows = coordinators(p2).await.unwrap();
+    assert_eq!(
+        rows,
+        vec![
+            (6, "p".into(), p2 as i32, d2s.clone()),
+            (7, "m".into(), p1 as i32, d1s.clone())
+        ],
+        "the old coordinator is the standby now, under a new dbid"
+    );
+    assert_eq!(gp_dbid(&d1), "gp_dbid = 7\n");
+    wait_for(
+        "node1 replays the write made after the failover",
+        Duration::from_secs(20),
+        || async {
+            let r = t.sql(0, "SELECT count(*) FROM t").await?;
+            match r[0].get::<_, i64>(0) {
+                101 => Ok(()),
+                n => Err(format!("{n} rows")),
+            }
+        },
+    )
+    .await;
+    let log = std::fs::read_to_string(bin.join("standin.log")).unwrap();
+    assert!(
+        log.contains("pg_rewind utility=yes"),
+        "the old coordinator was rewound in utility mode:\n{log}"
+    );
+    assert!(!log.contains("utility=no"), "{log}");
+    t.c.wait_normal(Duration::from_secs(60)).await.unwrap();
+}
