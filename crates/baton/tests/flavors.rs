@@ -122,7 +122,7 @@ fn gp_dbid(data_dir: &Path) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn greenplum_standin_coordinator_failover_fences_and_rejoins_the_old_coordinator() {
+async fn greenplum_standin_coordinator_failover_fencing_rejoin_and_switchover() {
     let mut t = TestCluster::new(
         "greenplum",
         ClusterOptions {
@@ -296,4 +296,31 @@ async fn greenplum_standin_coordinator_failover_fences_and_rejoins_the_old_coord
     );
     assert!(!log.contains("utility=no"), "{log}");
     t.c.wait_normal(Duration::from_secs(60)).await.unwrap();
+
+    // A planned switchover back: the old coordinator (node2) stops cleanly,
+    // node1 promotes, and node2 registers again as the standby before it
+    // streams, under the next dbid.
+    let (old, _) = t.c.switchover_via_api().await.unwrap();
+    assert_eq!(old, "node2");
+    t.c.wait_new_leader("node2", Duration::from_secs(30))
+        .await
+        .unwrap();
+    t.c.wait_normal(Duration::from_secs(60)).await.unwrap();
+    let want = vec![
+        (7, "p".to_string(), p1 as i32, d1s.clone()),
+        (8, "m".to_string(), p2 as i32, d2s.clone()),
+    ];
+    wait_for(
+        "the catalog after the switchover",
+        Duration::from_secs(10),
+        || async {
+            match coordinators(p1).await? {
+                rows if rows == want => Ok(()),
+                rows => Err(format!("{rows:?}")),
+            }
+        },
+    )
+    .await;
+    assert_eq!(gp_dbid(&d2), "gp_dbid = 8\n");
+    t.sql(0, "INSERT INTO t VALUES (102)").await.unwrap();
 }
