@@ -48,6 +48,10 @@ pub struct Member {
     /// each holds this primary yet.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub baton_routing: BTreeMap<String, EndpointStatus>,
+    /// Baton: this member's data directory (`baton list --gs-om` shows it
+    /// as openGauss's tools do).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baton_data_dir: Option<String>,
     /// Baton: a Greenplum coordinator's segments (leader only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub baton_segments: Vec<crate::instance::Segment>,

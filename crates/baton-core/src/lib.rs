@@ -11,10 +11,12 @@
 //! and running-server facts, and their parsers), `config` (dynamic config,
 //! tags), `ha` (the decide function, its observation, actions and reasons),
 //! `status` (Normal / Degraded / Unavailable for `baton list`), `route`
-//! (where `baton router` sends writers and readers).
+//! (where `baton router` sends writers and readers), `gauss` (openGauss's
+//! `gs_ctl query` and `gs_om` words).
 
 pub mod cluster;
 pub mod config;
+pub mod gauss;
 pub mod ha;
 pub mod instance;
 pub mod lsn;

@@ -47,6 +47,9 @@ enum Cmd {
         /// Also show the leader's routing endpoints and whether each holds it.
         #[arg(short, long)]
         verbose: bool,
+        /// Print the layout of openGauss's `gs_om -t status --detail`.
+        #[arg(long, conflicts_with = "json")]
+        gs_om: bool,
     },
     /// Print the timeline history: one row per promotion.
     History {
@@ -174,7 +177,8 @@ fn main() -> ExitCode {
                 target,
                 json,
                 verbose,
-            } => ctl::show::list(target, json, verbose).await,
+                gs_om,
+            } => ctl::show::list(target, json, verbose, gs_om).await,
             Cmd::History { target, json } => ctl::show::history(target, json).await,
             Cmd::Reinit {
                 target,

@@ -187,6 +187,16 @@ async fn greenplum_standin_coordinator_failover_fencing_rejoin_and_switchover() 
         },
     )
     .await;
+    // The same view in openGauss's gs_om layout, data directories included.
+    let (ok, out, err) = ctl(&t, &["list", "--gs-om"]);
+    assert!(ok, "{err}");
+    let row = format!(
+        "1  node1 127.0.0.1  6001 {d1s} P Primary Normal | 2  node2 127.0.0.1  6002 {d2s} S Standby Normal\n"
+    );
+    assert!(
+        out.contains("cluster_state   : Normal\n") && out.ends_with(&row),
+        "{out}"
+    );
     let (ok, out, _) = ctl(&t, &["list", "--json"]);
     assert!(ok);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();

@@ -6,9 +6,18 @@ use baton_core::status::ClusterStatus;
 
 use super::Target;
 
-pub async fn list(target: Target, json: bool, verbose: bool) -> anyhow::Result<ExitCode> {
+pub async fn list(
+    target: Target,
+    json: bool,
+    verbose: bool,
+    gs_om: bool,
+) -> anyhow::Result<ExitCode> {
     let (scope, view) = target.view().await?;
     let status = ClusterStatus::from_view(&scope, &view, view.max_lag());
+    if gs_om {
+        print!("{}", baton_core::gauss::render_gs_om(&status, &view));
+        return Ok(ExitCode::SUCCESS);
+    }
     let routing = view
         .leader_member()
         .map(|m| m.baton_routing.clone())
