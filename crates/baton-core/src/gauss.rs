@@ -271,66 +271,44 @@ No information
         };
         let runbook_rule = "--------------------------------------------------------------------------------------------------------------------------------------------------------------------";
         assert_eq!("-".repeat(164), runbook_rule);
-        let render = |v: ClusterView| {
+        // (second member's pg role, state, streaming) → cluster state and
+        // its state column, as runbook 001 shows them.
+        let cases = [
+            (("replica", "running", true), "Normal", "Standby Normal"),
+            (
+                ("primary", "running", false),
+                "Unavailable",
+                "Primary Normal",
+            ),
+            (
+                ("replica", "need repair", false),
+                "Degraded",
+                "Standby Need repair(WAL)",
+            ),
+        ];
+        for ((role, state, streaming), cluster, column) in cases {
+            let v = view(
+                vec![
+                    (
+                        "cen7-og1-02",
+                        member("primary", "running", false, "192.168.229.53"),
+                    ),
+                    (
+                        "cen7-og1-03",
+                        member(role, state, streaming, "192.168.229.54"),
+                    ),
+                ],
+                Some("cen7-og1-02"),
+            );
             let s = ClusterStatus::from_view("og", &v, 1 << 20);
-            render_gs_om(&s, &v)
-        };
-        let normal = view(
-            vec![
-                (
-                    "cen7-og1-02",
-                    member("primary", "running", false, "192.168.229.53"),
-                ),
-                (
-                    "cen7-og1-03",
-                    member("replica", "running", true, "192.168.229.54"),
-                ),
-            ],
-            Some("cen7-og1-02"),
-        );
-        assert_eq!(
-            render(normal),
-            head("Normal")
-                + "1  cen7-og1-02 192.168.229.53  6001 /opt/openGuass/data/dn P Primary Normal | \
-                   2  cen7-og1-03 192.168.229.54  6002 /opt/openGuass/data/dn S Standby Normal\n"
-        );
-        let dual = view(
-            vec![
-                (
-                    "cen7-og1-02",
-                    member("primary", "running", false, "192.168.229.53"),
-                ),
-                (
-                    "cen7-og1-03",
-                    member("primary", "running", false, "192.168.229.54"),
-                ),
-            ],
-            Some("cen7-og1-03"),
-        );
-        assert_eq!(
-            render(dual),
-            head("Unavailable")
-                + "1  cen7-og1-02 192.168.229.53  6001 /opt/openGuass/data/dn P Primary Normal | \
-                   2  cen7-og1-03 192.168.229.54  6002 /opt/openGuass/data/dn S Primary Normal\n"
-        );
-        let repair = view(
-            vec![
-                (
-                    "cen7-og1-02",
-                    member("primary", "running", false, "192.168.229.53"),
-                ),
-                (
-                    "cen7-og1-03",
-                    member("replica", "need repair", false, "192.168.229.54"),
-                ),
-            ],
-            Some("cen7-og1-02"),
-        );
-        assert_eq!(
-            render(repair),
-            head("Degraded")
-                + "1  cen7-og1-02 192.168.229.53  6001 /opt/openGuass/data/dn P Primary Normal | \
-                   2  cen7-og1-03 192.168.229.54  6002 /opt/openGuass/data/dn S Standby Need repair(WAL)\n"
-        );
+            assert_eq!(
+                render_gs_om(&s, &v),
+                head(cluster)
+                    + "1  cen7-og1-02 192.168.229.53  6001 /opt/openGuass/data/dn P Primary Normal | \
+                       2  cen7-og1-03 192.168.229.54  6002 /opt/openGuass/data/dn S "
+                    + column
+                    + "\n"
+            );
+        }
     }
 }

@@ -12,10 +12,11 @@
 //! tags), `ha` (the decide function, its observation, actions and reasons),
 //! `status` (Normal / Degraded / Unavailable for `baton list`), `route`
 //! (where `baton router` sends writers and readers), `gauss` (openGauss's
-//! `gs_ctl query` and `gs_om` words).
+//! `gs_ctl query` and `gs_om` words), `event` (a member's event log entry).
 
 pub mod cluster;
 pub mod config;
+pub mod event;
 pub mod gauss;
 pub mod ha;
 pub mod instance;

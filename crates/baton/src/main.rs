@@ -50,6 +50,21 @@ enum Cmd {
         /// Print the layout of openGauss's `gs_om -t status --detail`.
         #[arg(long, conflicts_with = "json")]
         gs_om: bool,
+        /// Redraw every SECS seconds (default 2) until interrupted.
+        #[arg(short = 'W', long, value_name = "SECS", num_args = 0..=1, default_missing_value = "2")]
+        watch: Option<f64>,
+    },
+    /// Every member's event log merged by time: decisions whose reason
+    /// changed, jobs started, finished and failed.
+    Events {
+        #[command(flatten)]
+        target: Target,
+        /// Print JSON (an array; one object per line with --follow).
+        #[arg(long)]
+        json: bool,
+        /// Keep printing new events until interrupted.
+        #[arg(short, long)]
+        follow: bool,
     },
     /// Print the timeline history: one row per promotion.
     History {
@@ -178,8 +193,14 @@ fn main() -> ExitCode {
                 json,
                 verbose,
                 gs_om,
-            } => ctl::show::list(target, json, verbose, gs_om).await,
+                watch,
+            } => ctl::show::list(target, json, verbose, gs_om, watch).await,
             Cmd::History { target, json } => ctl::show::history(target, json).await,
+            Cmd::Events {
+                target,
+                json,
+                follow,
+            } => ctl::show::events(target, json, follow).await,
             Cmd::Reinit {
                 target,
                 member,

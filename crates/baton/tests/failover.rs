@@ -79,6 +79,61 @@ async fn leader_killed_standby_promotes_and_old_leader_rejoins_by_rewind() {
         .await;
     let rows = t.sql(0, "SELECT count(*) FROM w").await.unwrap();
     assert!(rows[0].get::<_, i64>(0) > 0);
+
+    // `baton events` tells the story, member by member, in order.
+    let (ok, out, err) = ctl(&t, &["events", "--json"]);
+    assert!(ok, "{err}");
+    let events: Vec<baton_core::event::Event> = serde_json::from_str(&out).unwrap();
+    let of = |m: &str| -> Vec<(String, String)> {
+        events
+            .iter()
+            .filter(|e| e.member == m)
+            .map(|e| (e.kind.clone(), e.code.clone()))
+            .collect()
+    };
+    let in_order = |m: &str, want: &[(&str, &str)]| {
+        let got = of(m);
+        let mut rest = got.iter();
+        for w in want {
+            assert!(
+                rest.any(|(k, c)| (k.as_str(), c.as_str()) == *w),
+                "{m}: {w:?} missing or out of order in {got:?}"
+            );
+        }
+    };
+    in_order(
+        &new_leader,
+        &[
+            ("decision", "promoting"),
+            ("job_started", "promote"),
+            ("job_finished", "promote"),
+            ("decision", "leader"),
+        ],
+    );
+    // node1's agent was restarted: its log starts there.
+    in_order(
+        "node1",
+        &[
+            ("job_started", "rewind"),
+            ("job_finished", "rewind"),
+            ("decision", "streaming"),
+        ],
+    );
+    let other_codes: Vec<String> = of(other)
+        .into_iter()
+        .filter(|(k, _)| k == "decision")
+        .map(|(_, c)| c)
+        .collect();
+    let first = other_codes.iter().position(|c| c == "streaming");
+    let gap = first.and_then(|f| other_codes[f..].iter().position(|c| c != "streaming"));
+    assert!(
+        first.zip(gap).is_some_and(|(f, g)| other_codes[f + g..].contains(&"streaming".to_string())),
+        "{other}: streaming, then something else when the leader died, then streaming again: {other_codes:?}"
+    );
+    assert!(
+        events.windows(2).all(|w| w[0].at <= w[1].at),
+        "merged by time"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -104,7 +104,7 @@ async fn gpinitsystem(dir: &Path, bin: &Path, data_dir: &Path, port: u16) {
 }
 
 /// `(dbid, role, port, datadir)` of the coordinator rows (content -1).
-async fn coordinators(port: u16) -> Result<Vec<(i16, String, i32, String)>, String> {
+async fn coordinators(port: u16) -> Result<Vec<CoordinatorRow>, String> {
     let rows = sql_port(
         port,
         "SELECT dbid, role::text, port, datadir FROM gp_segment_configuration \
@@ -115,6 +115,46 @@ async fn coordinators(port: u16) -> Result<Vec<(i16, String, i32, String)>, Stri
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
         .collect())
+}
+
+type CoordinatorRow = (i16, String, i32, String);
+
+/// Waits until the catalog at `port` lists exactly `want` as coordinators
+/// (a real coordinator changes it as part of a promotion; the stand-in's
+/// pg_ctl right after).
+async fn wait_coordinators(port: u16, want: Vec<CoordinatorRow>, what: &str) {
+    wait_for(what, Duration::from_secs(10), || async {
+        match coordinators(port).await? {
+            rows if rows == want => Ok(()),
+            rows => Err(format!("{rows:?}")),
+        }
+    })
+    .await;
+}
+
+async fn wait_leader(t: &TestCluster, i: usize) {
+    wait_for(
+        &format!("node{} leads", i + 1),
+        Duration::from_secs(60),
+        || async {
+            match t.leader_index().await {
+                Some(l) if l == i => Ok(()),
+                other => Err(format!("leader {other:?}")),
+            }
+        },
+    )
+    .await;
+}
+
+async fn wait_rows(t: &TestCluster, i: usize, n: i64, what: &str) {
+    wait_for(what, Duration::from_secs(20), || async {
+        let r = t.sql(i, "SELECT count(*) FROM t").await?;
+        match r[0].get::<_, i64>(0) {
+            c if c == n => Ok(()),
+            c => Err(format!("{c} rows")),
+        }
+    })
+    .await;
 }
 
 fn gp_dbid(data_dir: &Path) -> String {
@@ -143,23 +183,17 @@ async fn greenplum_standin_coordinator_failover_fencing_rejoin_and_switchover() 
     gpinitsystem(&t.dir.path, &bin, &d1, p1).await;
     t.c.start_agent(1).unwrap();
     t.c.start_agent(0).unwrap();
-    wait_for("node1 leads", Duration::from_secs(60), || async {
-        match t.leader_index().await {
-            Some(0) => Ok(()),
-            other => Err(format!("leader {other:?}")),
-        }
-    })
-    .await;
+    wait_leader(&t, 0).await;
     t.c.wait_normal(Duration::from_secs(90)).await.unwrap();
-    let rows = coordinators(p1).await.unwrap();
-    assert_eq!(
-        rows,
+    wait_coordinators(
+        p1,
         vec![
             (1, "p".into(), p1 as i32, d1s.clone()),
-            (6, "m".into(), p2 as i32, d2s.clone())
+            (6, "m".into(), p2 as i32, d2s.clone()),
         ],
-        "the standby coordinator is registered under the next dbid"
-    );
+        "the standby coordinator registered under the next dbid",
+    )
+    .await;
     assert_eq!(
         gp_dbid(&d2),
         "gp_dbid = 6\n",
@@ -208,45 +242,20 @@ async fn greenplum_standin_coordinator_failover_fencing_rejoin_and_switchover() 
     ] {
         t.sql(0, q).await.unwrap();
     }
-    wait_for(
-        "the standby replays the table",
-        Duration::from_secs(20),
-        || async {
-            let r = t.sql(1, "SELECT count(*) FROM t").await?;
-            match r[0].get::<_, i64>(0) {
-                100 => Ok(()),
-                n => Err(format!("{n} rows")),
-            }
-        },
-    )
-    .await;
+    wait_rows(&t, 1, 100, "the standby replays the table").await;
 
     // The coordinator's host dies: agent and postgres gone at once.
     t.c.kill_agent(0);
     t.c.kill_postgres(0).expect("node1's postmaster");
-    wait_for("node2 leads", Duration::from_secs(60), || async {
-        match t.leader_index().await {
-            Some(1) => Ok(()),
-            other => Err(format!("leader {other:?}")),
-        }
-    })
-    .await;
+    wait_leader(&t, 1).await;
     wait_for("node2 accepts writes", Duration::from_secs(30), || async {
         t.sql(1, "INSERT INTO t VALUES (101)").await.map(|_| ())
     })
     .await;
-    // (A real coordinator changes its catalog as part of the promotion;
-    // the stand-in's pg_ctl does it right after.)
-    let want = vec![(6, "p".to_string(), p2 as i32, d2s.clone())];
-    wait_for(
+    wait_coordinators(
+        p2,
+        vec![(6, "p".to_string(), p2 as i32, d2s.clone())],
         "the promotion makes node2 the coordinator in the catalog",
-        Duration::from_secs(10),
-        || async {
-            match coordinators(p2).await? {
-                rows if rows == want => Ok(()),
-                rows => Err(format!("{rows:?}")),
-            }
-        },
     )
     .await;
 
@@ -277,26 +286,21 @@ async fn greenplum_standin_coordinator_failover_fencing_rejoin_and_switchover() 
     )
     .await;
     assert!(samples.into_inner() > 0, "node1 was never seen running");
-    let rows = coordinators(p2).await.unwrap();
-    assert_eq!(
-        rows,
+    wait_coordinators(
+        p2,
         vec![
             (6, "p".into(), p2 as i32, d2s.clone()),
-            (7, "m".into(), p1 as i32, d1s.clone())
+            (7, "m".into(), p1 as i32, d1s.clone()),
         ],
-        "the old coordinator is the standby now, under a new dbid"
-    );
+        "the old coordinator the standby now, under a new dbid",
+    )
+    .await;
     assert_eq!(gp_dbid(&d1), "gp_dbid = 7\n");
-    wait_for(
+    wait_rows(
+        &t,
+        0,
+        101,
         "node1 replays the write made after the failover",
-        Duration::from_secs(20),
-        || async {
-            let r = t.sql(0, "SELECT count(*) FROM t").await?;
-            match r[0].get::<_, i64>(0) {
-                101 => Ok(()),
-                n => Err(format!("{n} rows")),
-            }
-        },
     )
     .await;
     let log = std::fs::read_to_string(bin.join("standin.log")).unwrap();
@@ -316,19 +320,13 @@ async fn greenplum_standin_coordinator_failover_fencing_rejoin_and_switchover() 
         .await
         .unwrap();
     t.c.wait_normal(Duration::from_secs(60)).await.unwrap();
-    let want = vec![
-        (7, "p".to_string(), p1 as i32, d1s.clone()),
-        (8, "m".to_string(), p2 as i32, d2s.clone()),
-    ];
-    wait_for(
+    wait_coordinators(
+        p1,
+        vec![
+            (7, "p".to_string(), p1 as i32, d1s.clone()),
+            (8, "m".to_string(), p2 as i32, d2s.clone()),
+        ],
         "the catalog after the switchover",
-        Duration::from_secs(10),
-        || async {
-            match coordinators(p1).await? {
-                rows if rows == want => Ok(()),
-                rows => Err(format!("{rows:?}")),
-            }
-        },
     )
     .await;
     assert_eq!(gp_dbid(&d2), "gp_dbid = 8\n");

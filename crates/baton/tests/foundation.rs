@@ -117,6 +117,40 @@ async fn three_nodes_bootstrap_replicate_report_and_heal() {
     assert_eq!(json["members"].as_array().unwrap().len(), 3);
     assert_eq!(json["leader"], leader_name.as_str());
 
+    // `--watch` redraws until stopped; off a terminal each frame gets a
+    // time line and no colour codes (nor with NO_COLOR on one).
+    let mut watch = std::process::Command::new(baton_bin())
+        .args(["list", "--etcd", &ep, "--scope", "demo", "--watch", "0.2"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = watch.stdout.take().unwrap();
+    let frames = tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let (mut all, mut buf) = (String::new(), [0u8; 4096]);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while all.matches("state: Normal").count() < 3 && std::time::Instant::now() < deadline {
+            match stdout.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => all.push_str(&String::from_utf8_lossy(&buf[..n])),
+            }
+        }
+        all
+    });
+    let frames = tokio::time::timeout(Duration::from_secs(25), frames).await;
+    let _ = watch.kill();
+    let _ = watch.wait();
+    let frames = frames.expect("list --watch kept printing").unwrap();
+    assert!(frames.matches("state: Normal").count() >= 3, "{frames}");
+    assert!(
+        frames.matches("\n--- ").count() + usize::from(frames.starts_with("--- ")) >= 3,
+        "{frames}"
+    );
+    assert!(
+        !frames.contains('\x1b'),
+        "no colour off a terminal: {frames:?}"
+    );
+
     rest_status_codes(&t, leader, replicas[0]).await;
 
     // Kill a standby's postgres: Degraded, then the agent restarts it: Normal.

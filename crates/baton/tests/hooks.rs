@@ -98,6 +98,40 @@ async fn routing_statements_bring_every_endpoint_to_the_new_primary() {
         ),
         "{metrics}"
     );
+    // Issue 14: every metric the Grafana dashboard in docs/ queries is one
+    // a live agent exports (this cluster has routing endpoints, so all of
+    // them; the leader, so every leader-side series).
+    let dashboard = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/grafana/baton.json"),
+    )
+    .unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&dashboard).unwrap();
+    let mut used = std::collections::BTreeSet::new();
+    for p in dashboard["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().unwrap() {
+            let expr = t["expr"].as_str().unwrap();
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if word.starts_with("baton_") || word.starts_with("patroni_") {
+                    used.insert(word.to_string());
+                }
+            }
+        }
+    }
+    assert!(used.len() >= 15, "{used:?}");
+    let exported: std::collections::BTreeSet<&str> = metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .collect();
+    let missing: Vec<&String> = used
+        .iter()
+        .filter(|m| !exported.contains(m.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "the dashboard queries {missing:?}, which no agent exports:\n{metrics}"
+    );
+
     let patroni = http_json(&t.c.nodes[0].api_url("/patroni")).await.unwrap();
     assert_eq!(
         patroni["baton"]["routing"]["cn1"]["state"], "ok",

@@ -54,6 +54,22 @@ impl fmt::Display for JobKind {
     }
 }
 
+impl JobKind {
+    /// Stable snake_case name, for the event log and tools.
+    pub fn code(self) -> &'static str {
+        match self {
+            JobKind::Bootstrap => "bootstrap",
+            JobKind::Clone => "clone",
+            JobKind::Start => "start",
+            JobKind::Promote => "promote",
+            JobKind::Rewind => "rewind",
+            JobKind::Rebuild => "rebuild",
+            JobKind::Switchover => "switchover",
+            JobKind::Restart => "restart",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JobStatus {
     Idle,

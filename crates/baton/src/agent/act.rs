@@ -50,6 +50,11 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
         for action in &d.actions {
             if let Err(e) = self.act_one(action, obs).await {
                 tracing::warn!(?action, "action failed: {e}");
+                self.handle.events().push(
+                    "action_failed",
+                    &action_code(action),
+                    format!("{action:?}: {e}"),
+                );
                 if matches!(action, Action::ClaimSync { .. } | Action::WriteSync(_)) {
                     // What follows relies on the key as written: a
                     // promotion on another leader's promise, or a rule
@@ -504,6 +509,22 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
     }
 }
 
+/// The action's variant name in snake_case (`CreateSlots` →
+/// `create_slots`), the event log's code for a failed action.
+fn action_code(a: &Action) -> String {
+    let mut out = String::new();
+    for c in format!("{a:?}")
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric())
+    {
+        if c.is_ascii_uppercase() && !out.is_empty() {
+            out.push('_');
+        }
+        out.push(c.to_ascii_lowercase());
+    }
+    out
+}
+
 /// Publishes a fresh cluster's system identifier: `false` only when etcd
 /// definitely holds another one. An error says nothing (the write may have
 /// landed and its answer got lost), so it is retried, for at most
@@ -522,5 +543,19 @@ async fn publish_initialize(dcs: &impl Store, id: &str) -> Result<bool, String> 
                 tokio::time::sleep(std::time::Duration::from_secs(1)).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_actions_are_coded_by_their_variant() {
+        assert_eq!(
+            action_code(&Action::CreateSlots(vec!["n2".into()])),
+            "create_slots"
+        );
+        assert_eq!(action_code(&Action::Stop), "stop");
     }
 }

@@ -36,9 +36,19 @@ pub enum Request {
 pub struct Counters {
     pub rewinds: AtomicU64,
     pub rebuilds: AtomicU64,
+    /// Promotions and switchover handovers that completed here.
+    pub promotions: AtomicU64,
+    pub switchovers: AtomicU64,
+    /// The last successful lease renewal's round trip, and the last tick's
+    /// duration, in microseconds.
+    pub lease_renew_micros: AtomicU64,
+    pub loop_micros: AtomicU64,
 }
 
 impl Counters {
+    pub fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
     pub fn rewinds(&self) -> u64 {
         self.rewinds.load(Ordering::Relaxed)
     }
@@ -64,6 +74,7 @@ pub struct AgentHandle<S = Dcs> {
     pub auth: Option<Credentials>,
     failsafe: Arc<FailsafeShared>,
     routing: crate::hooks::RoutingStatus,
+    events: Arc<super::events::EventLog>,
 }
 
 /// The loop's side of the handle.
@@ -82,6 +93,7 @@ pub(super) fn channel<S>(
     auth: Option<Credentials>,
     failsafe: Arc<FailsafeShared>,
     routing: crate::hooks::RoutingStatus,
+    events: Arc<super::events::EventLog>,
 ) -> (AgentHandle<S>, Inbox) {
     let (req_tx, req_rx) = mpsc::channel(QUEUE);
     let (snap_tx, snap_rx) = watch::channel(initial);
@@ -95,6 +107,7 @@ pub(super) fn channel<S>(
             auth,
             failsafe,
             routing,
+            events,
         },
         Inbox {
             requests: req_rx,
@@ -118,6 +131,11 @@ impl<S> AgentHandle<S> {
     /// The routing endpoints' status, written by the routing task.
     pub fn routing(&self) -> crate::hooks::RoutingStatus {
         self.routing.clone()
+    }
+
+    /// This member's event log (`GET /events`).
+    pub fn events(&self) -> &super::events::EventLog {
+        &self.events
     }
 
     pub fn counters(&self) -> &Counters {

@@ -57,13 +57,36 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
                 Ok(r) => r,
                 Err(e) => Err(JobError::from(format!("job panicked or was aborted: {e}"))),
             };
+            let took = since(job.started).as_secs_f64();
             match &result {
-                Ok(()) => tracing::info!(
-                    "{} finished in {:.1} s",
-                    job.kind,
-                    since(job.started).as_secs_f64()
-                ),
-                Err(e) => tracing::error!("{} failed: {e}", job.kind),
+                Ok(()) => {
+                    tracing::info!("{} finished in {took:.1} s", job.kind);
+                    let c = &self.inbox.counters;
+                    match job.kind {
+                        JobKind::Promote => {
+                            c.promotions
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        JobKind::Switchover => {
+                            c.switchovers
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        _ => {}
+                    }
+                    self.handle.events().push(
+                        "job_finished",
+                        job.kind.code(),
+                        format!("{} finished in {took:.1} s", job.kind),
+                    );
+                }
+                Err(e) => {
+                    tracing::error!("{} failed: {e}", job.kind);
+                    self.handle.events().push(
+                        "job_failed",
+                        job.kind.code(),
+                        format!("{} failed after {took:.1} s: {e}", job.kind),
+                    );
+                }
             }
             if result.is_err() && job.kind == JobKind::Bootstrap {
                 self.undo_bootstrap_claim().await;
@@ -106,6 +129,9 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
             }
         }
         tracing::info!("starting job: {kind}");
+        self.handle
+            .events()
+            .push("job_started", kind.code(), format!("starting {kind}"));
         let wake = self.wake.clone();
         let handle = tokio::spawn(
             async move {

@@ -20,6 +20,10 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
             let sent = now();
             match self.dcs.keep_alive(lease).await {
                 Ok(()) => {
+                    self.inbox.counters.lease_renew_micros.store(
+                        super::since(sent).as_micros() as u64,
+                        std::sync::atomic::Ordering::Relaxed,
+                    );
                     self.renewed(lease, sent);
                     return;
                 }

@@ -19,6 +19,7 @@
 //! run on virtual time.
 
 mod act;
+pub mod events;
 mod failsafe;
 mod fence;
 mod handle;
@@ -210,6 +211,7 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
             cfg.api.auth.clone(),
             failsafe.clone(),
             routing,
+            Arc::new(events::EventLog::new(cfg.name.clone())),
         );
         Agent {
             cfg,
@@ -280,7 +282,12 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
         let result = loop {
             let started = now();
             self.tick().await;
-            let wait = self.config.loop_wait().saturating_sub(since(started));
+            let took = since(started);
+            self.inbox.counters.loop_micros.store(
+                took.as_micros() as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            let wait = self.config.loop_wait().saturating_sub(took);
             let wake = self.wake.clone();
             tokio::select! {
                 // Shutdown first: a stopping agent must not start new work.
@@ -498,6 +505,9 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
                 actions = ?d.actions,
                 "{reason}"
             );
+            self.handle
+                .events()
+                .push("decision", d.reason.code(), &reason);
             self.last_reason = reason.clone();
         }
         self.act(&d, &obs).await;

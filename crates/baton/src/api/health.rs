@@ -242,6 +242,30 @@ pub(super) async fn history(State(state): State<AgentHandle>, method: Method) ->
     reply(&method, true, h)
 }
 
+/// `GET /events[?after=N]`: this member's event log, oldest first; a bad
+/// `after` is a 400 with the reason, not an empty list.
+pub(super) async fn events(
+    State(state): State<AgentHandle>,
+    method: Method,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let after = match q.get("after").map(|v| v.parse::<u64>()) {
+        None => 0,
+        Some(Ok(n)) => n,
+        Some(Err(_)) => return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": "after: expected the seq of an event (a non-negative integer)"})),
+        )
+            .into_response(),
+    };
+    let events = state.events().after(after);
+    reply(
+        &method,
+        true,
+        json!({ "member": snapshot(&state).name, "events": events }),
+    )
+}
+
 pub(super) async fn config(State(state): State<AgentHandle>, method: Method) -> Response {
     let s = snapshot(&state);
     match s.cluster.as_ref().and_then(|c| c.config.as_ref()) {

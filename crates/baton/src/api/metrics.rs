@@ -123,6 +123,48 @@ pub(super) async fn metrics(State(state): State<AgentHandle>) -> Response {
         "Rebuilds (data moved aside, cloned again) since the agent started.",
         state.counters().rebuilds() as f64,
     );
+    let c = state.counters();
+    let get = crate::agent::Counters::get;
+    gauge(
+        "baton_promotions_total",
+        "Promotions of this member (failovers and switchovers onto it) since the agent started.",
+        get(&c.promotions) as f64,
+    );
+    gauge(
+        "baton_switchovers_total",
+        "Switchovers this member handed over as leader since the agent started.",
+        get(&c.switchovers) as f64,
+    );
+    gauge(
+        "baton_lease_renew_seconds",
+        "Round trip of the last successful lease renewal.",
+        get(&c.lease_renew_micros) as f64 / 1e6,
+    );
+    gauge(
+        "baton_loop_duration_seconds",
+        "How long the HA loop's last tick took.",
+        get(&c.loop_micros) as f64 / 1e6,
+    );
+    // As `baton list` computes them: the cluster's state (one series per
+    // state, 1 for the current one) and this member's lag behind the leader.
+    let cluster_state = s
+        .cluster
+        .as_ref()
+        .map(|view| baton_core::status::ClusterStatus::from_view(&s.scope, view, view.max_lag()));
+    if let Some(st) = &cluster_state {
+        if let Some(lag) = st
+            .members
+            .iter()
+            .find(|m| m.name == s.name)
+            .and_then(|m| m.lag)
+        {
+            gauge(
+                "baton_replication_lag_bytes",
+                "Bytes this member is behind the leader's last published WAL position.",
+                lag as f64,
+            );
+        }
+    }
     gauge(
         "baton_job_running",
         "Value is 1 while a long job (bootstrap, clone, start, ...) runs.",
@@ -140,6 +182,22 @@ pub(super) async fn metrics(State(state): State<AgentHandle>) -> Response {
                 out,
                 "baton_routing_endpoint_ok{{{labels},endpoint=\"{name}\"}} {}",
                 e.is_ok() as u8
+            )
+            .expect("string write");
+        }
+    }
+    if let Some(st) = &cluster_state {
+        writeln!(
+            out,
+            "# HELP baton_cluster_state 1 for the cluster's state as baton list shows it, 0 for the others.\n\
+             # TYPE baton_cluster_state gauge"
+        )
+        .expect("string write");
+        for name in ["Normal", "Degraded", "Unavailable"] {
+            writeln!(
+                out,
+                "baton_cluster_state{{{labels},state=\"{name}\"}} {}",
+                (st.state.to_string() == name) as u8
             )
             .expect("string write");
         }

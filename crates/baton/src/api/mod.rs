@@ -25,7 +25,7 @@ use control::{
     cancel_switchover, failover, failsafe, patch_config, put_config, reinitialize, reload, restart,
     switchover,
 };
-use health::{check, cluster, config, history, Check};
+use health::{check, cluster, config, events, history, Check};
 use metrics::metrics;
 
 use crate::agent::{AgentGone, AgentHandle};
@@ -72,6 +72,7 @@ where
     let app = app
         .route("/cluster", on(any, cluster))
         .route("/history", on(any, history))
+        .route("/events", on(any, events))
         .route(
             "/config",
             on(any, config).patch(patch_config).put(put_config),

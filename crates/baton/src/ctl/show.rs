@@ -1,4 +1,4 @@
-//! `baton list` and `baton history`.
+//! `baton list`, `baton events` and `baton history`.
 
 use std::process::ExitCode;
 
@@ -6,17 +6,20 @@ use baton_core::status::ClusterStatus;
 
 use super::Target;
 
-pub async fn list(
-    target: Target,
+/// What `baton list` prints once.
+async fn render_list(
+    target: &Target,
     json: bool,
     verbose: bool,
     gs_om: bool,
-) -> anyhow::Result<ExitCode> {
+    colour: bool,
+) -> anyhow::Result<String> {
+    use std::fmt::Write as _;
+    let mut out = String::new();
     let (scope, view) = target.view().await?;
     let status = ClusterStatus::from_view(&scope, &view, view.max_lag());
     if gs_om {
-        print!("{}", baton_core::gauss::render_gs_om(&status, &view));
-        return Ok(ExitCode::SUCCESS);
+        return Ok(baton_core::gauss::render_gs_om(&status, &view));
     }
     let routing = view
         .leader_member()
@@ -34,31 +37,102 @@ pub async fn list(
         if !segments.is_empty() {
             v["segments"] = serde_json::to_value(&segments)?;
         }
-        println!("{}", serde_json::to_string_pretty(&v)?);
-        return Ok(ExitCode::SUCCESS);
+        return Ok(serde_json::to_string_pretty(&v)? + "\n");
     }
-    print!("{}", status.render());
+    out.push_str(&paint(status.render(), status.state, colour));
     if !segments.is_empty() {
-        print!("{}", render_segments(&segments));
+        out.push_str(&render_segments(&segments));
     }
     if verbose && !routing.is_empty() {
-        println!(
+        writeln!(
+            out,
             "Routing endpoints (leader {}):",
             view.leader_name().unwrap_or("?")
-        );
+        )?;
         for (name, e) in &routing {
             let tries = if e.attempts == 1 { "try" } else { "tries" };
-            print!(
+            write!(
+                out,
                 "  {name:<16} {:<8} {:<22} since {} ({} {tries})",
                 e.state, e.primary, e.since, e.attempts
-            );
+            )?;
             match &e.error {
-                Some(err) => println!(": {err}"),
-                None => println!(),
+                Some(err) => writeln!(out, ": {err}")?,
+                None => writeln!(out)?,
             }
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(out)
+}
+
+/// `baton list [--watch SECS]`: once, or redrawn in place every `SECS`
+/// (like `patronictl list -W`) until interrupted; an error while
+/// watching is shown and the next refresh tried. Colour only on a
+/// terminal, and never with `NO_COLOR` set.
+pub async fn list(
+    target: Target,
+    json: bool,
+    verbose: bool,
+    gs_om: bool,
+    watch: Option<f64>,
+) -> anyhow::Result<ExitCode> {
+    use std::io::{IsTerminal, Write};
+    let tty = std::io::stdout().is_terminal();
+    let colour = tty && !json && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let Some(every) = watch else {
+        print!(
+            "{}",
+            render_list(&target, json, verbose, gs_om, colour).await?
+        );
+        return Ok(ExitCode::SUCCESS);
+    };
+    let every = std::time::Duration::from_secs_f64(every.clamp(0.2, 3600.0));
+    loop {
+        let text = render_list(&target, json, verbose, gs_om, colour)
+            .await
+            .unwrap_or_else(|e| format!("error: {e:#}\n"));
+        if tty {
+            // Home and clear: the table redraws in place.
+            print!("\x1b[H\x1b[2J");
+        } else {
+            println!(
+                "--- {}",
+                chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            );
+        }
+        print!("{text}");
+        std::io::stdout().flush()?;
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// Colours the cluster state in the first line, and the problem lines.
+fn paint(text: String, state: baton_core::status::ClusterState, colour: bool) -> String {
+    use baton_core::status::ClusterState;
+    if !colour {
+        return text;
+    }
+    let code = match state {
+        ClusterState::Normal => "32",
+        ClusterState::Degraded => "33",
+        ClusterState::Unavailable => "31",
+    };
+    let mut lines = text.lines();
+    let mut out = String::new();
+    if let Some(first) = lines.next() {
+        let word = format!("state: {state}");
+        out.push_str(&first.replacen(&word, &format!("state: \x1b[1;{code}m{state}\x1b[0m"), 1));
+        out.push('\n');
+    }
+    for l in lines {
+        if l.starts_with("  ! ") {
+            out.push_str(&format!("\x1b[{code}m{l}\x1b[0m\n"));
+        } else {
+            out.push_str(l);
+            out.push('\n');
+        }
+    }
+    out
 }
 
 /// A Greenplum coordinator's segments, the way `gpstate -m`/`-s` words
@@ -96,6 +170,65 @@ fn render_segments(segments: &[baton_core::instance::Segment]) -> String {
         .expect("string write");
     }
     out
+}
+
+/// `baton events`: every member's event log (`GET /events`), merged by
+/// time. A member that does not answer is named on stderr, the others
+/// still shown. `--follow` asks each member for what came after the last
+/// entry seen, once a second, until interrupted.
+pub async fn events(target: Target, json: bool, follow: bool) -> anyhow::Result<ExitCode> {
+    let http = target.http(std::time::Duration::from_secs(3))?;
+    let mut seen: std::collections::BTreeMap<String, u64> = Default::default();
+    let mut first = true;
+    loop {
+        let (_, view) = target.view().await?;
+        let mut batch: Vec<baton_core::event::Event> = vec![];
+        for (name, m) in &view.members {
+            let base = m.api_url.trim_end_matches("/patroni");
+            let after = seen.get(name).copied().unwrap_or(0);
+            let got = async {
+                let r = http
+                    .get(format!("{base}/events?after={after}"))
+                    .send()
+                    .await?
+                    .error_for_status()?;
+                r.json::<serde_json::Value>().await
+            }
+            .await;
+            match got {
+                Ok(v) => {
+                    let list: Vec<baton_core::event::Event> =
+                        serde_json::from_value(v["events"].clone()).unwrap_or_default();
+                    if let Some(last) = list.last() {
+                        seen.insert(name.clone(), last.seq);
+                    }
+                    batch.extend(list);
+                }
+                Err(e) if first => eprintln!("{name}: no events ({base}: {e})"),
+                Err(_) => {}
+            }
+        }
+        batch.sort_by(|a, b| (&a.at, &a.member, a.seq).cmp(&(&b.at, &b.member, b.seq)));
+        if json && !follow {
+            println!("{}", serde_json::to_string_pretty(&batch)?);
+        } else {
+            for e in &batch {
+                if json {
+                    println!("{}", serde_json::to_string(e)?);
+                } else {
+                    println!(
+                        "{}  {:<10} {:<13} {:<28} {}",
+                        e.at, e.member, e.kind, e.code, e.detail
+                    );
+                }
+            }
+        }
+        if !follow {
+            return Ok(ExitCode::SUCCESS);
+        }
+        first = false;
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
 }
 
 pub async fn history(target: Target, json: bool) -> anyhow::Result<ExitCode> {
