@@ -52,6 +52,9 @@ pub struct Member {
     /// as openGauss's tools do).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub baton_data_dir: Option<String>,
+    /// Baton: a clone or rebuild under way, how far it got.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baton_progress: Option<crate::instance::Progress>,
     /// Baton: a Greenplum coordinator's segments (leader only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub baton_segments: Vec<crate::instance::Segment>,

@@ -152,6 +152,34 @@ pub struct ReplicationRow {
     pub sync_state: String,
 }
 
+/// A long copy under way (clone, rebuild), as `baton list` and the member
+/// key show it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Progress {
+    /// `clone` or `rebuild`.
+    pub job: String,
+    pub done_bytes: u64,
+    pub total_bytes: u64,
+    pub percent: u8,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_bytes_per_s: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eta_s: Option<u64>,
+}
+
+/// pg_basebackup's `--progress` line (`  4567/123456 kB (3%), 0/1
+/// tablespace ...`): kB done, kB in all, percent.
+pub fn parse_basebackup_progress(line: &str) -> Option<(u64, u64, u8)> {
+    let (counts, rest) = line.split_once(" kB (")?;
+    let (done, total) = counts.trim().rsplit(' ').next()?.split_once('/')?;
+    let pct = rest.split_once("%)")?.0;
+    Some((
+        done.parse().ok()?,
+        total.parse().ok()?,
+        pct.trim().parse().ok()?,
+    ))
+}
+
 /// Physical slot name for a member: Patroni's rule (lower case, `[a-z0-9_]`).
 pub fn slot_name(member: &str) -> String {
     member
@@ -205,6 +233,22 @@ mod tests {
                 ),
                 (2, Lsn(0x500_0000), "x".to_string())
             ]
+        );
+    }
+
+    #[test]
+    fn basebackup_progress_lines_parse() {
+        assert_eq!(
+            parse_basebackup_progress("  4567/123456 kB (3%), 0/1 tablespace (...a/base/1/1259)"),
+            Some((4567, 123456, 3))
+        );
+        assert_eq!(
+            parse_basebackup_progress("123456/123456 kB (100%), 1/1 tablespace"),
+            Some((123456, 123456, 100))
+        );
+        assert_eq!(
+            parse_basebackup_progress("pg_basebackup: write-ahead log end point: 0/2000100"),
+            None
         );
     }
 

@@ -112,6 +112,13 @@ impl ClusterStatus {
                 s => s,
             }
             .to_string();
+            // A copy under way shows how far it got: `cloning 43%`. A
+            // rebuild copies beside a postgres that still runs.
+            let state = match &m.baton_progress {
+                Some(p) if p.job == "rebuild" => format!("rebuilding {}%", p.percent),
+                Some(p) => format!("cloning {}%", p.percent),
+                None => state,
+            };
             let lag = if is_leader {
                 Some(0)
             } else {

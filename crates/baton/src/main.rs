@@ -82,6 +82,9 @@ enum Cmd {
         /// Do not ask for confirmation.
         #[arg(long)]
         force: bool,
+        /// Show the copy's progress until the member streams again.
+        #[arg(long)]
+        wait: bool,
     },
     /// Planned switchover: zero data loss, a short write pause.
     Switchover {
@@ -205,7 +208,8 @@ fn main() -> ExitCode {
                 target,
                 member,
                 force,
-            } => ctl::ops::reinit(target, member, force).await,
+                wait,
+            } => ctl::ops::reinit(target, member, force, wait).await,
             Cmd::Switchover {
                 target,
                 leader,

@@ -506,12 +506,45 @@ async fn reinit_rebuilds_a_replica_and_control_needs_auth() {
         "the leader must refuse to reinitialize"
     );
 
-    let out = ctl_at(&t.c.etcd.endpoint, &["reinit", "node2", "--force"]);
+    // A few hundred MB, so the copy takes long enough to report progress.
+    let cfg = workload::loopback(t.c.nodes[0].pg_port, Duration::from_secs(10));
+    let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    tokio::time::timeout(
+        Duration::from_secs(180),
+        client.batch_execute(
+            "CREATE TABLE big AS SELECT g, repeat(md5(g::text), 32) AS pad \
+               FROM generate_series(1, 300000) g",
+        ),
+    )
+    .await
+    .expect("loading 300 MB within 3 minutes")
+    .unwrap();
+    drop(client);
+
+    // `baton reinit --wait` follows the copy (off a terminal: one line per
+    // change) until the member streams again.
+    let out = ctl_at(
+        &t.c.etcd.endpoint,
+        &["reinit", "node2", "--force", "--wait"],
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
-        "{}",
+        "{text}{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let percents: Vec<u32> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("node2: rebuild "))
+        .filter_map(|l| l.split('%').next()?.parse().ok())
+        .collect();
+    assert!(
+        percents.iter().any(|p| *p < 100) && percents.windows(2).all(|w| w[0] <= w[1]),
+        "progress reported mid-copy and never going back: {text}"
+    );
+    assert_eq!(text.lines().last(), Some("node2: streaming"), "{text}");
+    eprintln!("reinit progress seen: {percents:?}");
     wait_for(
         "node2 moved aside and rebuilt",
         Duration::from_secs(60),

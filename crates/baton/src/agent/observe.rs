@@ -197,6 +197,7 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
                 .expect("routing status lock")
                 .clone(),
             baton_data_dir: Some(pgc.data_dir.display().to_string()),
+            baton_progress: self.inst.progress(),
             baton_segments: match pg {
                 PgStatus::Running(r) if i_lead => r.segments.clone(),
                 _ => vec![],

@@ -206,6 +206,10 @@ pub trait Postgres: Send + Sync + 'static {
     /// After a clean stop: the shutdown checkpoint's location; an error if
     /// the instance did not shut down cleanly.
     fn shutdown_checkpoint(&self) -> impl Future<Output = Result<Lsn, PgError>> + Send;
+    /// The clone or rebuild under way, how far it got (none by default).
+    fn progress(&self) -> Option<baton_core::instance::Progress> {
+        None
+    }
     /// How far another member has replayed.
     fn member_replay_lsn(
         &self,
@@ -438,6 +442,9 @@ impl Postgres for LocalPg {
             .ok_or_else(|| {
                 PgError::Refused("no shutdown checkpoint location in pg_controldata".into())
             })
+    }
+    fn progress(&self) -> Option<baton_core::instance::Progress> {
+        self.inst.progress()
     }
     async fn member_replay_lsn(
         &self,

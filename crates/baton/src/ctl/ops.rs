@@ -3,9 +3,16 @@
 
 use std::process::ExitCode;
 
+use anyhow::Context as _;
+
 use super::{confirm, control, Target};
 
-pub async fn reinit(target: Target, member: String, force: bool) -> anyhow::Result<ExitCode> {
+pub async fn reinit(
+    target: Target,
+    member: String,
+    force: bool,
+    wait: bool,
+) -> anyhow::Result<ExitCode> {
     let (_, view) = target.view().await?;
     if !force
         && !confirm(&format!(
@@ -16,7 +23,19 @@ pub async fn reinit(target: Target, member: String, force: bool) -> anyhow::Resu
         return Ok(ExitCode::FAILURE);
     }
     let body = serde_json::json!({"force": true});
-    control(
+    // Events after this one are the rebuild's (seq, not wall time: the
+    // member's clock need not agree with ours).
+    let http = target.http(std::time::Duration::from_secs(3))?;
+    let seen = match view.members.get(&member) {
+        Some(m) if wait => member_events(&http, &m.api_url, 0)
+            .await
+            .iter()
+            .map(|e| e.seq)
+            .max()
+            .unwrap_or(0),
+        _ => 0,
+    };
+    let code = control(
         &target,
         &view,
         &member,
@@ -24,7 +43,107 @@ pub async fn reinit(target: Target, member: String, force: bool) -> anyhow::Resu
         "/reinitialize",
         Some(body),
     )
-    .await
+    .await?;
+    if !wait || code != ExitCode::SUCCESS {
+        return Ok(code);
+    }
+    wait_rebuilt(&target, &http, &member, seen).await
+}
+
+/// A member's event log after `seq`; empty when it does not answer.
+async fn member_events(
+    http: &reqwest::Client,
+    api_url: &str,
+    seq: u64,
+) -> Vec<baton_core::event::Event> {
+    let base = api_url.trim_end_matches("/patroni");
+    let Ok(r) = http.get(format!("{base}/events?after={seq}")).send().await else {
+        return vec![];
+    };
+    let v: serde_json::Value = r.json().await.unwrap_or_default();
+    serde_json::from_value(v["events"].clone()).unwrap_or_default()
+}
+
+/// After `POST /reinitialize`: the copy's progress (a bar on a terminal, a
+/// line per change elsewhere) until the member's rebuild job ended (its
+/// event log says so, however fast it was) and it streams again; at most
+/// an hour.
+async fn wait_rebuilt(
+    target: &Target,
+    http: &reqwest::Client,
+    member: &str,
+    seen: u64,
+) -> anyhow::Result<ExitCode> {
+    use std::io::IsTerminal;
+    let tty = std::io::stderr().is_terminal();
+    let bar = indicatif::ProgressBar::new(100);
+    if tty {
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{msg:<28} [{wide_bar}] {pos:>3}%")
+                .expect("valid template"),
+        );
+    } else {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3600);
+    let (mut ended, mut last) = (false, String::new());
+    loop {
+        let (_, view) = target.view().await?;
+        let m = view
+            .members
+            .get(member)
+            .with_context(|| format!("{member} is no longer a member"))?;
+        let mut line = match &m.baton_progress {
+            Some(p) => {
+                bar.set_position(p.percent.into());
+                bar.set_message(format!(
+                    "{} {} / {} MB",
+                    p.job,
+                    p.done_bytes >> 20,
+                    p.total_bytes >> 20
+                ));
+                format!(
+                    "{} {}% ({} / {} MB{})",
+                    p.job,
+                    p.percent,
+                    p.done_bytes >> 20,
+                    p.total_bytes >> 20,
+                    p.eta_s.map(|s| format!(", {s} s left")).unwrap_or_default()
+                )
+            }
+            None => m.state.clone(),
+        };
+        if !ended {
+            let events = member_events(http, &m.api_url, seen).await;
+            if let Some(e) = events.iter().find(|e| {
+                e.code == "rebuild" && matches!(e.kind.as_str(), "job_finished" | "job_failed")
+            }) {
+                if e.kind == "job_failed" {
+                    bar.abandon();
+                    anyhow::bail!("{member}: {}", e.detail);
+                }
+                ended = true;
+            }
+        }
+        let streaming =
+            m.is_running_replica() && m.replication_state.as_deref() == Some("streaming");
+        if ended && streaming {
+            line = "streaming".into();
+        }
+        if !tty && line != last {
+            println!("{member}: {line}");
+        }
+        last = line;
+        if ended && streaming {
+            bar.finish_with_message(format!("{member} streams again"));
+            return Ok(ExitCode::SUCCESS);
+        }
+        if std::time::Instant::now() > deadline {
+            bar.abandon();
+            anyhow::bail!("{member} does not stream an hour after the rebuild was asked for");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }
 
 pub async fn switchover(

@@ -18,18 +18,32 @@ impl Instance {
     /// logging its progress. On failure the partial copy is removed, since
     /// the directory was empty before.
     pub async fn basebackup_from(&self, host: &str, port: u16) -> Result<(), PgError> {
-        self.basebackup_into(host, port, &self.cfg.data_dir).await?;
+        self.basebackup_into(host, port, &self.cfg.data_dir, "clone")
+            .await?;
         self.clear_rewind_marker()
     }
 
     /// pg_basebackup of `host:port` into `target` (empty or missing); on
-    /// failure the partial copy is removed from `target`.
+    /// failure the partial copy is removed from `target`. Its progress is
+    /// published under `job` while it runs (`Instance::progress`).
     pub(super) async fn basebackup_into(
         &self,
         host: &str,
         port: u16,
         target: &Path,
+        job: &str,
     ) -> Result<(), PgError> {
+        let progress = self.progress.clone();
+        *progress.lock().expect("progress lock") = Some(baton_core::instance::Progress {
+            job: job.to_string(),
+            ..Default::default()
+        });
+        let r = self.basebackup_run(host, port, target).await;
+        *progress.lock().expect("progress lock") = None;
+        r
+    }
+
+    async fn basebackup_run(&self, host: &str, port: u16, target: &Path) -> Result<(), PgError> {
         let flavor_args = self.basebackup_args(host, port).await?;
         self.prepare_dir(target)?;
         let mut cmd = self.command("pg_basebackup");
@@ -49,6 +63,8 @@ impl Instance {
         })?;
         let mut stderr = child.stderr.take().expect("piped");
         let name = self.name.clone();
+        let progress = self.progress.clone();
+        let started = std::time::Instant::now();
         let reader = tokio::spawn(async move {
             // pg_basebackup redraws progress with '\r'; log at most once a second.
             let mut buf = [0u8; 4096];
@@ -62,6 +78,21 @@ impl Instance {
                 for ch in String::from_utf8_lossy(&buf[..n]).chars() {
                     if ch == '\r' || ch == '\n' {
                         let l = line.trim();
+                        if let Some((done, total, pct)) =
+                            baton_core::instance::parse_basebackup_progress(l)
+                        {
+                            let secs = started.elapsed().as_secs_f64();
+                            let rate = (secs > 0.5).then(|| (done as f64 * 1024.0 / secs) as u64);
+                            if let Some(p) = progress.lock().expect("progress lock").as_mut() {
+                                p.done_bytes = done * 1024;
+                                p.total_bytes = total * 1024;
+                                p.percent = pct.min(100);
+                                p.rate_bytes_per_s = rate;
+                                p.eta_s = rate
+                                    .filter(|r| *r > 0)
+                                    .map(|r| total.saturating_sub(done) * 1024 / r);
+                            }
+                        }
                         if !l.is_empty() {
                             if ch == '\n' || last.elapsed() >= Duration::from_secs(1) {
                                 tracing::info!(member = %name, "pg_basebackup: {l}");
@@ -110,7 +141,7 @@ impl Instance {
         let new = PathBuf::from(new);
         // A leftover of an interrupted rebuild is our own partial copy.
         self.remove_leftover(&new)?;
-        if let Err(e) = self.basebackup_into(host, port, &new).await {
+        if let Err(e) = self.basebackup_into(host, port, &new, "rebuild").await {
             let _ = std::fs::remove_dir_all(&new);
             return Err(e);
         }

@@ -148,6 +148,8 @@ pub struct Instance {
     /// Application name used by this node when streaming (its member name).
     pub name: String,
     owner: Option<(u32, u32)>,
+    /// The clone or rebuild under way, as its pg_basebackup reports it.
+    progress: std::sync::Arc<std::sync::Mutex<Option<baton_core::instance::Progress>>>,
 }
 
 impl Instance {
@@ -173,7 +175,17 @@ impl Instance {
         } else {
             None
         };
-        Ok(Instance { cfg, name, owner })
+        Ok(Instance {
+            cfg,
+            name,
+            owner,
+            progress: Default::default(),
+        })
+    }
+
+    /// How far the clone or rebuild under way got, if one is.
+    pub fn progress(&self) -> Option<baton_core::instance::Progress> {
+        self.progress.lock().expect("progress lock").clone()
     }
 
     fn bin(&self, tool: &str) -> PathBuf {
