@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 
-use super::{confirm, control, Target};
+use super::{confirm, control, member_events, Target};
 
 pub async fn reinit(
     target: Target,
@@ -29,6 +29,7 @@ pub async fn reinit(
     let seen = match view.members.get(&member) {
         Some(m) if wait => member_events(&http, &m.api_url, 0)
             .await
+            .unwrap_or_default()
             .iter()
             .map(|e| e.seq)
             .max()
@@ -48,20 +49,6 @@ pub async fn reinit(
         return Ok(code);
     }
     wait_rebuilt(&target, &http, &member, seen).await
-}
-
-/// A member's event log after `seq`; empty when it does not answer.
-async fn member_events(
-    http: &reqwest::Client,
-    api_url: &str,
-    seq: u64,
-) -> Vec<baton_core::event::Event> {
-    let base = api_url.trim_end_matches("/patroni");
-    let Ok(r) = http.get(format!("{base}/events?after={seq}")).send().await else {
-        return vec![];
-    };
-    let v: serde_json::Value = r.json().await.unwrap_or_default();
-    serde_json::from_value(v["events"].clone()).unwrap_or_default()
 }
 
 /// After `POST /reinitialize`: the copy's progress (a bar on a terminal, a
@@ -114,7 +101,9 @@ async fn wait_rebuilt(
             None => m.state.clone(),
         };
         if !ended {
-            let events = member_events(http, &m.api_url, seen).await;
+            let events = member_events(http, &m.api_url, seen)
+                .await
+                .unwrap_or_default();
             if let Some(e) = events.iter().find(|e| {
                 e.code == "rebuild" && matches!(e.kind.as_str(), "job_finished" | "job_failed")
             }) {

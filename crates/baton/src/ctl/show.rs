@@ -184,27 +184,15 @@ pub async fn events(target: Target, json: bool, follow: bool) -> anyhow::Result<
         let (_, view) = target.view().await?;
         let mut batch: Vec<baton_core::event::Event> = vec![];
         for (name, m) in &view.members {
-            let base = m.api_url.trim_end_matches("/patroni");
             let after = seen.get(name).copied().unwrap_or(0);
-            let got = async {
-                let r = http
-                    .get(format!("{base}/events?after={after}"))
-                    .send()
-                    .await?
-                    .error_for_status()?;
-                r.json::<serde_json::Value>().await
-            }
-            .await;
-            match got {
-                Ok(v) => {
-                    let list: Vec<baton_core::event::Event> =
-                        serde_json::from_value(v["events"].clone()).unwrap_or_default();
+            match super::member_events(&http, &m.api_url, after).await {
+                Ok(list) => {
                     if let Some(last) = list.last() {
                         seen.insert(name.clone(), last.seq);
                     }
                     batch.extend(list);
                 }
-                Err(e) if first => eprintln!("{name}: no events ({base}: {e})"),
+                Err(e) if first => eprintln!("{name}: no events ({e:#})"),
                 Err(_) => {}
             }
         }

@@ -58,13 +58,6 @@ impl Flavor {
     pub fn runs_initdb(self) -> bool {
         self == Flavor::Postgresql
     }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Flavor::Postgresql => "postgresql",
-            Flavor::Greenplum => "greenplum",
-        }
-    }
 }
 
 /// Greenplum's session option for a connection to one instance alone,
