@@ -438,6 +438,21 @@ async fn writes_through_the_router_survive_switchover_and_failover() {
     eprintln!("switchover: {connects} connects, longest wait {longest:?}");
 
     // Failover: the leader's host dies; writers come back on the next one.
+    // Until the new leader's sync key names a standby, no other member may
+    // hold its acknowledged commits and synchronous mode rightly lets none
+    // take over; the host dies once one could.
+    wait_for(
+        "the new leader's synchronous standby in the sync key",
+        Duration::from_secs(20),
+        || async {
+            let v = t.c.view().await.map_err(|e| format!("{e:#}"))?;
+            match v.sync.as_ref().filter(|k| k.leader_is(&sync)) {
+                Some(k) if !k.voters().is_empty() => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
     let before = t.sql(c, "SELECT count(*) FROM rw").await.unwrap()[0].get::<_, i64>(0);
     kill_node(&mut t, c);
     let new = wait_new_leader(&t, &sync, Duration::from_secs(30)).await;
