@@ -20,6 +20,10 @@ CHAOS_PACKAGES="iproute2 nftables"
 #   haproxy                              the documented HAProxy config is tested and
 #                                        benchmarked against the built-in router
 ROUTER_PACKAGES="haproxy"
+# Only scripts/test (ensure_ui_packages):
+#   chromium, chromium-driver            tests/ui.rs drives the /ui dashboard in a real
+#                                        headless browser over WebDriver
+UI_PACKAGES="chromium chromium-driver"
 
 as_root() {
     if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
@@ -100,6 +104,12 @@ ensure_chaos_packages() {
 ensure_router_packages() {
     install_missing $ROUTER_PACKAGES
     require haproxy "haproxy" haproxy -v
+}
+
+ensure_ui_packages() {
+    install_missing $UI_PACKAGES
+    require chromium "chromium" chromium --headless=new --no-sandbox --version
+    require chromium-driver "chromedriver" chromedriver --version
 }
 
 # cargo-deb builds the .deb from Cargo.toml's [package.metadata.deb]. Pinned,

@@ -55,6 +55,10 @@ pub struct Member {
     /// Baton: a clone or rebuild under way, how far it got.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub baton_progress: Option<crate::instance::Progress>,
+    /// Baton: how long ago each standby replayed the then-latest commit, in
+    /// milliseconds, from `pg_stat_replication.replay_lag` (leader only).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub baton_replay_lag_ms: BTreeMap<String, u64>,
     /// Baton: a Greenplum coordinator's segments (leader only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub baton_segments: Vec<crate::instance::Segment>,

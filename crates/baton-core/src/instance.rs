@@ -150,6 +150,9 @@ pub struct ReplicationRow {
     pub flush_lsn: Option<Lsn>,
     pub replay_lsn: Option<Lsn>,
     pub sync_state: String,
+    /// `replay_lag` in milliseconds: how long ago the standby replayed what
+    /// was then the latest commit (NULL in postgres once it idles caught up).
+    pub replay_lag_ms: Option<u64>,
 }
 
 /// A long copy under way (clone, rebuild), as `baton list` and the member

@@ -46,6 +46,10 @@ pub struct MemberRow {
     pub replay_lsn: Option<String>,
     /// Bytes behind the leader's last known WAL position.
     pub lag: Option<u64>,
+    /// How far behind in time, from the leader's `pg_stat_replication`
+    /// (`replay_lag`); zero for a replica with no byte lag once postgres
+    /// stops measuring an idle standby.
+    pub lag_ms: Option<u64>,
     pub api_url: String,
     pub tags: Tags,
     pub reason: Option<String>,
@@ -161,6 +165,13 @@ impl ClusterStatus {
                 timeline: m.timeline,
                 receive_lsn: m.receive_lsn.map(|l| Lsn(l).to_string()),
                 replay_lsn: m.replay_lsn.map(|l| Lsn(l).to_string()),
+                lag_ms: if is_leader {
+                    None
+                } else {
+                    leader_member
+                        .and_then(|l| l.baton_replay_lag_ms.get(name).copied())
+                        .or(lag.filter(|l| *l == 0))
+                },
                 lag,
                 api_url: m.api_url.clone(),
                 tags: m.tags.clone(),

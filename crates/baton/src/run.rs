@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
@@ -31,6 +32,7 @@ pub async fn agent(path: PathBuf) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("binding the REST API to {} (api.listen)", cfg.api.listen))?;
     tracing::info!(scope = %cfg.scope, name = %cfg.name, api = %cfg.api.listen, "baton agent starting");
+    let cafile = cfg.api.cafile.clone();
     let hooks = (
         cfg.hooks.clone(),
         cfg.scope.clone(),
@@ -40,14 +42,16 @@ pub async fn agent(path: PathBuf) -> anyhow::Result<ExitCode> {
     let agent = Agent::new(cfg).await?.with_config_path(path.clone());
     baton::hooks::spawn(hooks.0, hooks.1, hooks.2, hooks.3, &agent.handle());
     let shutdown = CancellationToken::new();
+    let http = baton::tls::http_client(Duration::from_secs(5), cafile.as_deref())?;
     let api = match &tls {
         Some(acceptor) => {
             let l = baton::tls::TlsListener::new(listener, acceptor.clone())?;
-            tokio::spawn(baton::api::serve(l, agent.handle(), shutdown.clone()))
+            tokio::spawn(baton::api::serve(l, agent.handle(), http, shutdown.clone()))
         }
         None => tokio::spawn(baton::api::serve(
             listener,
             agent.handle(),
+            http,
             shutdown.clone(),
         )),
     };

@@ -198,6 +198,14 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
                 .clone(),
             baton_data_dir: Some(pgc.data_dir.display().to_string()),
             baton_progress: self.inst.progress(),
+            baton_replay_lag_ms: match pg {
+                PgStatus::Running(r) if i_lead => r
+                    .replication
+                    .iter()
+                    .filter_map(|row| Some((row.application_name.clone(), row.replay_lag_ms?)))
+                    .collect(),
+                _ => Default::default(),
+            },
             baton_segments: match pg {
                 PgStatus::Running(r) if i_lead => r.segments.clone(),
                 _ => vec![],

@@ -242,8 +242,9 @@ pub(super) async fn history(State(state): State<AgentHandle>, method: Method) ->
     reply(&method, true, h)
 }
 
-/// `GET /events[?after=N]`: this member's event log, oldest first; a bad
-/// `after` is a 400 with the reason, not an empty list.
+/// `GET /events[?after=N][&last=K]`: this member's event log, oldest first
+/// (with `last`, only the K latest); a bad number is a 400 with the reason,
+/// not an empty list.
 pub(super) async fn events(
     State(state): State<AgentHandle>,
     method: Method,
@@ -258,7 +259,23 @@ pub(super) async fn events(
         )
             .into_response(),
     };
-    let events = state.events().after(after);
+    let mut events = state.events().after(after);
+    match q.get("last").map(|v| v.parse::<usize>()) {
+        None => {}
+        Some(Ok(n)) => {
+            let drop = events.len().saturating_sub(n);
+            events.drain(..drop);
+        }
+        Some(Err(_)) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(
+                    json!({"error": "last: expected a number of events (a non-negative integer)"}),
+                ),
+            )
+                .into_response()
+        }
+    }
     reply(
         &method,
         true,

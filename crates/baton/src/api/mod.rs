@@ -15,9 +15,11 @@ use base64::Engine as _;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
+pub mod client;
 mod control;
 mod health;
 mod metrics;
+mod ui;
 
 pub use health::{parse_size, status_json};
 
@@ -52,10 +54,12 @@ const HEALTH_ROUTES: &[(&str, Check)] = &[
 ];
 
 /// Serves until `shutdown` fires. Takes a bound listener so callers (and
-/// tests) choose the port.
+/// tests) choose the port; `http` reaches the other members' APIs (the
+/// dashboard gathers their events and hands them per-member actions).
 pub async fn serve<L>(
     listener: L,
     state: AgentHandle,
+    http: reqwest::Client,
     shutdown: CancellationToken,
 ) -> std::io::Result<()>
 where
@@ -87,7 +91,8 @@ where
         .route("/metrics", on(any, metrics))
         .route("/reinitialize", axum::routing::post(reinitialize))
         .route("/failsafe", axum::routing::post(failsafe))
-        .with_state(state);
+        .with_state(state.clone())
+        .merge(ui::routes(state, http, shutdown.clone()));
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
@@ -96,7 +101,11 @@ where
 /// Refusals of control requests, each with Patroni's status code.
 #[derive(Debug)]
 enum ApiError {
-    Unauthorized,
+    /// `challenge`: ask for credentials (`WWW-Authenticate`), unless the
+    /// dashboard called (a browser would open its own login prompt).
+    Unauthorized {
+        challenge: bool,
+    },
     BadRequest(String),
     /// A precondition does not hold (unhealthy candidate, leader mismatch):
     /// a stable code (Patroni has none; tools branch on this) and the text.
@@ -120,12 +129,20 @@ fn ok(message: impl Into<String>) -> Response {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         match self {
-            ApiError::Unauthorized => (
-                StatusCode::UNAUTHORIZED,
-                [(header::WWW_AUTHENTICATE, "Basic realm=\"baton\"")],
-                Json(json!({"error": "authentication required"})),
-            )
-                .into_response(),
+            ApiError::Unauthorized { challenge } => {
+                let body =
+                    Json(json!({"error": "authentication required", "code": "unauthorized"}));
+                if challenge {
+                    (
+                        StatusCode::UNAUTHORIZED,
+                        [(header::WWW_AUTHENTICATE, "Basic realm=\"baton\"")],
+                        body,
+                    )
+                        .into_response()
+                } else {
+                    (StatusCode::UNAUTHORIZED, body).into_response()
+                }
+            }
             ApiError::BadRequest(e) => {
                 (StatusCode::BAD_REQUEST, Json(json!({"error": e}))).into_response()
             }
@@ -170,7 +187,9 @@ fn authorize(state: &AgentHandle, headers: &HeaderMap) -> Result<(), ApiError> {
     if given.as_deref() == Some(expected.as_str()) {
         Ok(())
     } else {
-        Err(ApiError::Unauthorized)
+        Err(ApiError::Unauthorized {
+            challenge: !headers.contains_key("x-requested-with"),
+        })
     }
 }
 

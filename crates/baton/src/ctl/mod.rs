@@ -108,26 +108,6 @@ pub fn confirm(question: &str) -> anyhow::Result<bool> {
 }
 
 /// Calls a control endpoint on `member`'s REST API and reports the answer.
-/// A member's event log after `seq` (`GET /events?after=`), oldest first.
-pub async fn member_events(
-    http: &reqwest::Client,
-    api_url: &str,
-    seq: u64,
-) -> anyhow::Result<Vec<baton_core::event::Event>> {
-    let base = api_url.trim_end_matches("/patroni");
-    let url = format!("{base}/events?after={seq}");
-    let v: serde_json::Value = http
-        .get(&url)
-        .send()
-        .await
-        .and_then(|r| r.error_for_status())
-        .with_context(|| url.clone())?
-        .json()
-        .await
-        .with_context(|| url.clone())?;
-    serde_json::from_value(v["events"].clone()).with_context(|| format!("{url}: events"))
-}
-
 pub async fn control(
     target: &Target,
     view: &ClusterView,

@@ -5,7 +5,9 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 
-use super::{confirm, control, member_events, Target};
+use baton::api::client::member_events;
+
+use super::{confirm, control, Target};
 
 pub async fn reinit(
     target: Target,
@@ -27,7 +29,7 @@ pub async fn reinit(
     // member's clock need not agree with ours).
     let http = target.http(std::time::Duration::from_secs(3))?;
     let seen = match view.members.get(&member) {
-        Some(m) if wait => member_events(&http, &m.api_url, 0)
+        Some(m) if wait => member_events(&http, &m.api_url, 0, None)
             .await
             .unwrap_or_default()
             .iter()
@@ -101,7 +103,7 @@ async fn wait_rebuilt(
             None => m.state.clone(),
         };
         if !ended {
-            let events = member_events(http, &m.api_url, seen)
+            let events = member_events(http, &m.api_url, seen, None)
                 .await
                 .unwrap_or_default();
             if let Some(e) = events.iter().find(|e| {

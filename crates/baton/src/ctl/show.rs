@@ -185,7 +185,7 @@ pub async fn events(target: Target, json: bool, follow: bool) -> anyhow::Result<
         let mut batch: Vec<baton_core::event::Event> = vec![];
         for (name, m) in &view.members {
             let after = seen.get(name).copied().unwrap_or(0);
-            match super::member_events(&http, &m.api_url, after).await {
+            match baton::api::client::member_events(&http, &m.api_url, after, None).await {
                 Ok(list) => {
                     if let Some(last) = list.last() {
                         seen.insert(name.clone(), last.seq);

@@ -122,7 +122,8 @@ pub async fn query_running(client: &tokio_postgres::Client) -> Result<Running, P
         r.timeline = u32::from_str_radix(&tli, 16).ok();
         for row in client
             .query(
-                "SELECT application_name, client_addr::text, state, sent_lsn, flush_lsn, replay_lsn, sync_state
+                "SELECT application_name, client_addr::text, state, sent_lsn, flush_lsn, replay_lsn, sync_state,
+                        (EXTRACT(epoch FROM replay_lag) * 1000)::float8
                    FROM pg_stat_replication ORDER BY application_name",
                 &[],
             )
@@ -136,6 +137,7 @@ pub async fn query_running(client: &tokio_postgres::Client) -> Result<Running, P
                 flush_lsn: row.get::<_, Option<PgLsn>>(4).map(lsn),
                 replay_lsn: row.get::<_, Option<PgLsn>>(5).map(lsn),
                 sync_state: row.get::<_, Option<String>>(6).unwrap_or_default(),
+                replay_lag_ms: row.get::<_, Option<f64>>(7).map(|ms| ms.max(0.0) as u64),
             });
         }
     }

@@ -111,6 +111,7 @@ fn running(w: &World, i: usize) -> Running {
                     flush_lsn: at,
                     replay_lsn: at,
                     sync_state: "async".into(),
+                    replay_lag_ms: None,
                 }
             })
             .collect()

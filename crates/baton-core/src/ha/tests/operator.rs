@@ -126,6 +126,7 @@ fn switchover_lag_is_measured_on_the_leader_not_from_stale_keys() {
             flush_lsn: Some(Lsn(100 + segment)),
             replay_lsn: Some(Lsn(100 + segment)),
             sync_state: "async".into(),
+            replay_lag_ms: None,
         });
     }
     let d = decide(&obs("n1", Some(c.clone()), valid(), leader.clone()));

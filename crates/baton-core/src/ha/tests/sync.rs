@@ -30,6 +30,7 @@ fn row(name: &str, flush: u64) -> ReplicationRow {
         flush_lsn: Some(Lsn(flush)),
         replay_lsn: Some(Lsn(flush)),
         sync_state: "async".into(),
+        replay_lag_ms: None,
     }
 }
 
