@@ -159,7 +159,7 @@ pub struct ReplicationRow {
 /// key show it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Progress {
-    /// `clone` or `rebuild`.
+    /// `clone`, `rebuild` or `rewind`.
     pub job: String,
     pub done_bytes: u64,
     pub total_bytes: u64,
@@ -170,9 +170,10 @@ pub struct Progress {
     pub eta_s: Option<u64>,
 }
 
-/// pg_basebackup's `--progress` line (`  4567/123456 kB (3%), 0/1
-/// tablespace ...`): kB done, kB in all, percent.
-pub fn parse_basebackup_progress(line: &str) -> Option<(u64, u64, u8)> {
+/// The `--progress` line of pg_basebackup (`  4567/123456 kB (3%), 0/1
+/// tablespace ...`) and of pg_rewind (`  4567/123456 kB (3%) copied`):
+/// kB done, kB in all, percent.
+pub fn parse_copy_progress(line: &str) -> Option<(u64, u64, u8)> {
     let (counts, rest) = line.split_once(" kB (")?;
     let (done, total) = counts.trim().rsplit(' ').next()?.split_once('/')?;
     let pct = rest.split_once("%)")?.0;
@@ -240,17 +241,21 @@ mod tests {
     }
 
     #[test]
-    fn basebackup_progress_lines_parse() {
+    fn copy_progress_lines_parse() {
         assert_eq!(
-            parse_basebackup_progress("  4567/123456 kB (3%), 0/1 tablespace (...a/base/1/1259)"),
+            parse_copy_progress("  120/2048 kB (5%) copied"),
+            Some((120, 2048, 5))
+        );
+        assert_eq!(
+            parse_copy_progress("  4567/123456 kB (3%), 0/1 tablespace (...a/base/1/1259)"),
             Some((4567, 123456, 3))
         );
         assert_eq!(
-            parse_basebackup_progress("123456/123456 kB (100%), 1/1 tablespace"),
+            parse_copy_progress("123456/123456 kB (100%), 1/1 tablespace"),
             Some((123456, 123456, 100))
         );
         assert_eq!(
-            parse_basebackup_progress("pg_basebackup: write-ahead log end point: 0/2000100"),
+            parse_copy_progress("pg_basebackup: write-ahead log end point: 0/2000100"),
             None
         );
     }

@@ -120,6 +120,7 @@ impl ClusterStatus {
             // rebuild copies beside a postgres that still runs.
             let state = match &m.baton_progress {
                 Some(p) if p.job == "rebuild" => format!("rebuilding {}%", p.percent),
+                Some(p) if p.job == "rewind" => format!("rewinding {}%", p.percent),
                 Some(p) => format!("cloning {}%", p.percent),
                 None => state,
             };

@@ -56,6 +56,7 @@ pub async fn run(
         "any tool      : baton list --etcd {} --scope {}",
         cluster.etcd.endpoint, cluster.scope
     );
+    println!("dashboard     : {}", cluster.nodes[0].api_url("/ui"));
     for n in &cluster.nodes {
         println!(
             "  {}: postgres 127.0.0.1:{}, REST http://127.0.0.1:{}/patroni, log {}",

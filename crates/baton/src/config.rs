@@ -92,6 +92,10 @@ pub struct PgConfig {
     /// After a failed pg_rewind, move the data directory aside and clone
     /// the leader instead of staying down in `need repair`.
     pub rebuild_on_rewind_failure: bool,
+    /// `postgresql.basebackup_max_rate`: pg_basebackup's `--max-rate` for
+    /// clones and rebuilds (e.g. `100M`), so rebuilding one member does not
+    /// take all of the leader's disk and network. `None`: unlimited.
+    pub basebackup_max_rate: Option<String>,
     /// The fence process beside this postgres (`[fence]`, DESIGN.md rule 8).
     pub fence: FenceConfig,
 }
@@ -487,6 +491,15 @@ impl NodeConfig {
         let start_timeout = r
             .seconds(&mut pg, p, "start_timeout")
             .unwrap_or(Duration::from_secs(60));
+        let basebackup_max_rate =
+            r.opt::<String>(&mut pg, p, "basebackup_max_rate")
+                .and_then(|v| match check_max_rate(&v) {
+                    Ok(()) => Some(v),
+                    Err(e) => {
+                        r.problem("postgresql.basebackup_max_rate", e);
+                        None
+                    }
+                });
         let raw_params: Option<toml::Table> = r.opt(&mut pg, p, "parameters");
         let mut parameters = BTreeMap::new();
         for (k, v) in raw_params.unwrap_or_default() {
@@ -624,6 +637,7 @@ impl NodeConfig {
                 pg_hba,
                 start_timeout,
                 rebuild_on_rewind_failure,
+                basebackup_max_rate,
                 fence: FenceConfig {
                     binary: fence_binary,
                     socket: fence_socket.expect("set whenever data_dir is"),
@@ -651,6 +665,29 @@ fn merge_defaults(mut t: toml::Table) -> toml::Table {
     t.entry("maximum_lag_on_failover")
         .or_insert(toml::Value::Integer(d.maximum_lag_on_failover as i64));
     t
+}
+
+/// pg_basebackup's `--max-rate` syntax and bounds (32 kB/s to 1 GB/s):
+/// a number of kB, or a number with `k` or `M`; refused here rather than by
+/// the first rebuild, long after the file was written.
+fn check_max_rate(v: &str) -> Result<(), String> {
+    let (num, unit_kb) = match v.strip_suffix('M') {
+        Some(n) => (n, 1024),
+        None => (v.strip_suffix('k').unwrap_or(v), 1),
+    };
+    let kb = num
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit_kb))
+        .ok_or_else(|| {
+            format!("{v:?} is not a rate like \"100M\", \"512k\" or \"65536\" (kB/s)")
+        })?;
+    if !(32..=1024 * 1024).contains(&kb) {
+        return Err(format!(
+            "{v:?} is outside what pg_basebackup takes: 32k to 1024M"
+        ));
+    }
+    Ok(())
 }
 
 /// `pg_config --bindir`, the default location of initdb, pg_ctl, pg_basebackup.
@@ -783,6 +820,32 @@ listen = "127.0.0.1:5432"
             let e = parse(&with(f)).unwrap_err();
             assert_eq!(e.problems[0].key, "postgresql.flavor", "{e}");
             assert!(e.problems[0].reason.contains(says), "{e}");
+        }
+    }
+
+    #[test]
+    fn the_basebackup_rate_limit_is_checked_like_pg_basebackup_would() {
+        let with = |v: &str| {
+            MINIMAL.replace(
+                "listen = \"127.0.0.1:5432\"",
+                &format!("listen = \"127.0.0.1:5432\"\nbasebackup_max_rate = \"{v}\""),
+            )
+        };
+        assert_eq!(parse(MINIMAL).unwrap().postgresql.basebackup_max_rate, None);
+        for ok in ["100M", "512k", "65536", "32k", "1024M"] {
+            let c = parse(&with(ok)).unwrap();
+            assert_eq!(c.postgresql.basebackup_max_rate.as_deref(), Some(ok));
+        }
+        for (bad, says) in [
+            ("fast", "is not a rate"),
+            ("10G", "is not a rate"),
+            ("16k", "outside"),
+            ("2048M", "outside"),
+            ("-5", "is not a rate"),
+        ] {
+            let e = parse(&with(bad)).unwrap_err();
+            assert_eq!(e.problems[0].key, "postgresql.basebackup_max_rate", "{e}");
+            assert!(e.problems[0].reason.contains(says), "{bad}: {e}");
         }
     }
 

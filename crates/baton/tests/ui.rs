@@ -311,4 +311,77 @@ async fn the_dashboard_shows_the_cluster_and_switches_over_with_credentials_only
         .await
         .expect("phone-sized window");
     b.shot("6-phone").await;
+    b.c()
+        .set_window_size(1280, 1100)
+        .await
+        .expect("desktop-sized window");
+
+    // The router serves the page too, its calls handed to the agents: the
+    // cluster as the agents see it, and an action (pause, then resume)
+    // that needs the same credentials.
+    let router = t.c.start_router("router", "", "").unwrap();
+    b.c()
+        .goto(&format!("http://127.0.0.1:{}/ui", router.api_port))
+        .await
+        .expect("opening the router's /ui");
+    wait_for(
+        "the router's page: Normal under node2, three members",
+        Duration::from_secs(20),
+        || async {
+            let state = b.text("#state").await?;
+            let (names, leader) = b.rows().await?;
+            if state == "Normal" && names.len() == 3 && leader.as_deref() == Some("node2") {
+                Ok(())
+            } else {
+                Err(format!(
+                    "state {state:?}, rows {names:?}, leader {leader:?}"
+                ))
+            }
+        },
+    )
+    .await;
+    b.type_into("#user", "admin").await;
+    b.type_into("#pass", "s3cret").await;
+    for (want, button) in [(true, "Pause"), (false, "Resume")] {
+        wait_for(
+            &format!("the {button} button"),
+            Duration::from_secs(10),
+            || async {
+                let t = b.text("#pause").await?;
+                if t == button {
+                    Ok(())
+                } else {
+                    Err(t)
+                }
+            },
+        )
+        .await;
+        b.click("#pause").await;
+        b.click("#confirm-yes").await;
+        wait_for(
+            &format!("paused = {want} in etcd and on the router's page"),
+            Duration::from_secs(10),
+            || async {
+                let v = t.c.view().await.map_err(|e| format!("{e:#}"))?;
+                let shown = b
+                    .c()
+                    .find(Locator::Css("#paused"))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .attr("hidden")
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .is_none();
+                if v.paused() == want && shown == want {
+                    Ok(())
+                } else {
+                    Err(format!("etcd paused {}, page shows {shown}", v.paused()))
+                }
+            },
+        )
+        .await;
+        if want {
+            b.shot("7-router-paused").await;
+        }
+    }
 }

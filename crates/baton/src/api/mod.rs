@@ -19,7 +19,7 @@ pub mod client;
 mod control;
 mod health;
 mod metrics;
-mod ui;
+pub(crate) mod ui;
 
 pub use health::{parse_size, status_json};
 

@@ -21,6 +21,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Serialize;
 use serde_json::{json, Value};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use baton_core::event::Event;
@@ -59,6 +60,15 @@ pub(super) fn routes(
     let lag = Arc::new(LagHistory::default());
     tokio::spawn(record_lag(agent.clone(), lag.clone(), shutdown));
     Router::new()
+        .route("/ui/state", get(state))
+        .route("/ui/members/{name}/{action}", post(forward))
+        .with_state(Ui { agent, http, lag })
+        .merge(assets())
+}
+
+/// The page itself: the same wherever it is served.
+fn assets() -> Router {
+    Router::new()
         .route(
             "/ui",
             get(|| async { page("text/html; charset=utf-8", INDEX) }),
@@ -75,9 +85,106 @@ pub(super) fn routes(
             "/ui/style.css",
             get(|| async { page("text/css; charset=utf-8", STYLE) }),
         )
-        .route("/ui/state", get(state))
-        .route("/ui/members/{name}/{action}", post(forward))
-        .with_state(Ui { agent, http, lag })
+}
+
+/// What the page calls, which a router hands to an agent.
+const PROXIED: &[&str] = &[
+    "/ui/state",
+    "/ui/members/",
+    "/switchover",
+    "/failover",
+    "/config",
+];
+
+/// The dashboard where there is no agent (`baton router`): the page from
+/// here, its calls handed to the members' APIs, the leader's first
+/// (`agents`: base URLs in that order). The next member is tried only when
+/// one cannot be reached at all, so no request is ever carried out twice.
+pub(crate) fn proxy(http: reqwest::Client, agents: watch::Receiver<Vec<String>>) -> Router {
+    let relay = move |req: axum::extract::Request| {
+        let (http, agents) = (http.clone(), agents.clone());
+        async move { relay(http, agents, req).await }
+    };
+    assets().fallback(relay)
+}
+
+async fn relay(
+    http: reqwest::Client,
+    agents: watch::Receiver<Vec<String>>,
+    req: axum::extract::Request,
+) -> Response {
+    let err = |code: StatusCode, e: String| (code, Json(json!({"error": e}))).into_response();
+    let path = req.uri().path().to_string();
+    if !PROXIED
+        .iter()
+        .any(|p| path == *p || (p.ends_with('/') && path.starts_with(p)))
+    {
+        return err(StatusCode::NOT_FOUND, format!("no such endpoint: {path}"));
+    }
+    let query = req
+        .uri()
+        .query()
+        .map(|q| format!("?{q}"))
+        .unwrap_or_default();
+    let method = reqwest::Method::from_bytes(req.method().as_str().as_bytes())
+        .unwrap_or(reqwest::Method::GET);
+    let headers = req.headers().clone();
+    let body = match axum::body::to_bytes(req.into_body(), 1 << 20).await {
+        Ok(b) => b,
+        Err(e) => return err(StatusCode::BAD_REQUEST, format!("reading the request: {e}")),
+    };
+    let bases = agents.borrow().clone();
+    if bases.is_empty() {
+        return err(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no member of the cluster is known yet (etcd not read)".into(),
+        );
+    }
+    let mut failures = vec![];
+    for base in bases {
+        let mut r = http
+            .request(method.clone(), format!("{base}{path}{query}"))
+            .timeout(Duration::from_secs(330))
+            .body(body.clone());
+        for h in [header::AUTHORIZATION, header::CONTENT_TYPE] {
+            if let Some(v) = headers.get(&h) {
+                r = r.header(h, v);
+            }
+        }
+        r = r.header("x-requested-with", "baton-ui");
+        match r.send().await {
+            Ok(resp) => {
+                let code =
+                    StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+                let text = resp.text().await.unwrap_or_default();
+                let v: Value = serde_json::from_str(&text).unwrap_or(json!({"message": text}));
+                return (code, Json(v)).into_response();
+            }
+            Err(e) if e.is_connect() => failures.push(format!("{base}: {e}")),
+            Err(e) => return err(StatusCode::BAD_GATEWAY, format!("{base}: {e}")),
+        }
+    }
+    err(
+        StatusCode::BAD_GATEWAY,
+        format!("no member's API could be reached: {}", failures.join("; ")),
+    )
+}
+
+/// Base URLs of the members' APIs, the leader's first.
+pub(crate) fn agent_bases(view: &baton_core::cluster::ClusterView) -> Vec<String> {
+    let leader = view.leader_name();
+    let mut v: Vec<(bool, String)> = view
+        .members
+        .iter()
+        .map(|(n, m)| {
+            (
+                Some(n.as_str()) != leader,
+                m.api_url.trim_end_matches("/patroni").to_string(),
+            )
+        })
+        .collect();
+    v.sort();
+    v.into_iter().map(|(_, b)| b).collect()
 }
 
 fn page(content_type: &'static str, body: &'static str) -> Response {

@@ -33,17 +33,6 @@ impl Instance {
         target: &Path,
         job: &str,
     ) -> Result<(), PgError> {
-        let progress = self.progress.clone();
-        *progress.lock().expect("progress lock") = Some(baton_core::instance::Progress {
-            job: job.to_string(),
-            ..Default::default()
-        });
-        let r = self.basebackup_run(host, port, target).await;
-        *progress.lock().expect("progress lock") = None;
-        r
-    }
-
-    async fn basebackup_run(&self, host: &str, port: u16, target: &Path) -> Result<(), PgError> {
         let flavor_args = self.basebackup_args(host, port).await?;
         self.prepare_dir(target)?;
         let mut cmd = self.command("pg_basebackup");
@@ -53,20 +42,75 @@ impl Instance {
             .arg(self.replication_conninfo(host, port))
             .args(["-X", "stream", "-c", "fast", "--progress", "--verbose"])
             .args(flavor_args);
+        if let Some(rate) = &self.cfg.basebackup_max_rate {
+            cmd.arg(format!("--max-rate={rate}"));
+        }
         if let Some(pw) = &self.cfg.replication.password {
             cmd.env("PGPASSWORD", pw);
         }
-        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+        let (status, _, log) = self
+            .run_with_progress("pg_basebackup", cmd, job, None)
+            .await?;
+        if !status.success() {
+            empty_dir(target);
+            let tail: Vec<&str> = log.lines().rev().take(3).collect();
+            return Err(PgError::Command {
+                what: "pg_basebackup".into(),
+                detail: format!(
+                    "{} ({status})",
+                    tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+                ),
+            });
+        }
+        super::conf::forget_leader_settings(target)
+    }
+
+    /// Runs a copy that reports `N/M kB (P%)` on stderr with `--progress`
+    /// (pg_basebackup, pg_rewind) and publishes it under `job` until it
+    /// ends. Returns its exit status, stdout, and its stderr lines (the
+    /// redrawn progress line only as it last stood). Killed after `limit`.
+    async fn run_with_progress(
+        &self,
+        what: &str,
+        mut cmd: tokio::process::Command,
+        job: &str,
+        limit: Option<Duration>,
+    ) -> Result<(std::process::ExitStatus, String, String), PgError> {
+        let progress = self.progress.clone();
+        *progress.lock().expect("progress lock") = Some(baton_core::instance::Progress {
+            job: job.to_string(),
+            ..Default::default()
+        });
+        let r = self.run_reporting(what, &mut cmd, limit).await;
+        *progress.lock().expect("progress lock") = None;
+        r
+    }
+
+    async fn run_reporting(
+        &self,
+        what: &str,
+        cmd: &mut tokio::process::Command,
+        limit: Option<Duration>,
+    ) -> Result<(std::process::ExitStatus, String, String), PgError> {
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
         let mut child = cmd.spawn().map_err(|e| PgError::Command {
-            what: "pg_basebackup".into(),
+            what: what.into(),
             detail: format!("cannot spawn: {e}"),
         })?;
         let mut stderr = child.stderr.take().expect("piped");
-        let name = self.name.clone();
+        let mut stdout = child.stdout.take().expect("piped");
+        let out_reader = tokio::spawn(async move {
+            let mut out = String::new();
+            let _ = stdout.read_to_string(&mut out).await;
+            out
+        });
+        let (name, tool) = (self.name.clone(), what.to_string());
         let progress = self.progress.clone();
         let started = std::time::Instant::now();
         let reader = tokio::spawn(async move {
-            // pg_basebackup redraws progress with '\r'; log at most once a second.
+            // Progress is redrawn with '\r'; log it at most once a second.
             let mut buf = [0u8; 4096];
             let mut line = String::new();
             let mut all = String::new();
@@ -79,7 +123,7 @@ impl Instance {
                     if ch == '\r' || ch == '\n' {
                         let l = line.trim();
                         if let Some((done, total, pct)) =
-                            baton_core::instance::parse_basebackup_progress(l)
+                            baton_core::instance::parse_copy_progress(l)
                         {
                             let secs = started.elapsed().as_secs_f64();
                             let rate = (secs > 0.5).then(|| (done as f64 * 1024.0 / secs) as u64);
@@ -95,7 +139,7 @@ impl Instance {
                         }
                         if !l.is_empty() {
                             if ch == '\n' || last.elapsed() >= Duration::from_secs(1) {
-                                tracing::info!(member = %name, "pg_basebackup: {l}");
+                                tracing::info!(member = %name, "{tool}: {l}");
                                 last = std::time::Instant::now();
                             }
                             if ch == '\n' {
@@ -111,23 +155,22 @@ impl Instance {
             }
             all
         });
-        let status = child
-            .wait()
-            .await
-            .map_err(|e| PgError::io("pg_basebackup", e))?;
+        let status = match limit {
+            None => child.wait().await.map_err(|e| PgError::io(what, e))?,
+            Some(limit) => match tokio::time::timeout(limit, child.wait()).await {
+                Ok(s) => s.map_err(|e| PgError::io(what, e))?,
+                Err(_) => {
+                    let _ = child.kill().await;
+                    return Err(PgError::Timeout {
+                        what: what.into(),
+                        after: limit,
+                    });
+                }
+            },
+        };
         let log = reader.await.unwrap_or_default();
-        if !status.success() {
-            empty_dir(target);
-            let tail: Vec<&str> = log.lines().rev().take(3).collect();
-            return Err(PgError::Command {
-                what: "pg_basebackup".into(),
-                detail: format!(
-                    "{} ({status})",
-                    tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
-                ),
-            });
-        }
-        super::conf::forget_leader_settings(target)
+        let out = out_reader.await.unwrap_or_default();
+        Ok((status, out, log))
     }
 
     /// Rebuilds this member from `host:port` without ever being left with
@@ -275,10 +318,21 @@ impl Instance {
         let marker = self.rewind_marker();
         std::fs::write(&marker, "pg_rewind started; a rebuild clears this\n")
             .map_err(|e| PgError::io(format!("writing {}", marker.display()), e))?;
-        match self
-            .run_all("pg_rewind", cmd, self.cfg.start_timeout.saturating_mul(10))
+        let limit = self.cfg.start_timeout.saturating_mul(10);
+        let ran = match self
+            .run_with_progress("pg_rewind", cmd, "rewind", Some(limit))
             .await
         {
+            Ok((status, out, err)) if status.success() => Ok((out, err)),
+            Ok((status, out, err)) => Err(PgError::Command {
+                what: "pg_rewind".into(),
+                detail: format!("{} {} ({status})", err.trim(), out.trim())
+                    .trim()
+                    .to_string(),
+            }),
+            Err(e) => Err(e),
+        };
+        match ran {
             Ok((out, err)) => {
                 self.clear_rewind_marker()?;
                 super::conf::forget_leader_settings(&self.cfg.data_dir)?;

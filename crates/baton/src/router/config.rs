@@ -13,8 +13,12 @@ pub struct RouterConfig {
     pub scope: String,
     pub namespace: String,
     pub etcd_endpoints: Vec<String>,
-    /// `/metrics`, `/routes` and `/health`; none when unset.
+    /// `/metrics`, `/routes`, `/health` and the dashboard (`/ui`); none
+    /// when unset.
     pub api_listen: Option<SocketAddr>,
+    /// `api.cafile`: the CA to trust for the agents' APIs over HTTPS (the
+    /// dashboard's calls go to them).
+    pub api_cafile: Option<std::path::PathBuf>,
     /// How long a client waits for a backend before it is refused.
     pub hold_timeout: Duration,
     /// One attempt to reach a backend, TCP connect to first answer.
@@ -79,6 +83,7 @@ impl RouterConfig {
         }
         let mut api = r.table(&mut root, "", "api");
         let api_listen = r.addr(&mut api, "api", "listen");
+        let api_cafile: Option<std::path::PathBuf> = r.opt(&mut api, "api", "cafile");
         r.unknown(api, "api");
         let mut rw = r.table(&mut root, "", "read_write");
         let read_write = listener(&mut r, &mut rw, "read_write");
@@ -130,6 +135,7 @@ impl RouterConfig {
             namespace,
             etcd_endpoints: endpoints.expect("checked"),
             api_listen,
+            api_cafile,
             hold_timeout,
             connect_timeout,
             read_write: read_write.expect("checked"),

@@ -70,6 +70,8 @@ impl Kind {
 struct Shared {
     cfg: RouterConfig,
     routes: watch::Receiver<Routes>,
+    /// The members' API base URLs, the leader's first (the dashboard).
+    agents: watch::Receiver<Vec<String>>,
     rw: RouteMetrics,
     ro: RouteMetrics,
     /// Round-robin position over the read pool.
@@ -128,11 +130,14 @@ pub async fn run(cfg: RouterConfig, shutdown: CancellationToken) -> anyhow::Resu
         None => vec![],
     };
     let api = match cfg.api_listen {
-        Some(a) => Some(
+        Some(a) => Some((
             TcpListener::bind(a)
                 .await
                 .with_context(|| format!("binding {a} (api.listen)"))?,
-        ),
+            // The dashboard's calls go to the agents' APIs.
+            crate::tls::http_client(Duration::from_secs(5), cfg.api_cafile.as_deref())
+                .context("the client for the agents' APIs (api.cafile)")?,
+        )),
         None => None,
     };
     let dcs = crate::dcs::Dcs::connect(&cfg.etcd_endpoints, cfg.prefix(), cfg.connect_timeout)
@@ -149,7 +154,8 @@ pub async fn run(cfg: RouterConfig, shutdown: CancellationToken) -> anyhow::Resu
         },
     );
     let (tx, rx) = watch::channel(Routes::default());
-    tokio::spawn(follow(dcs, policy, tx));
+    let (agents_tx, agents) = watch::channel(vec![]);
+    tokio::spawn(follow(dcs, policy, tx, agents_tx));
     tracing::info!(
         scope = %cfg.scope,
         read_write = %cfg.read_write.listen,
@@ -159,12 +165,13 @@ pub async fn run(cfg: RouterConfig, shutdown: CancellationToken) -> anyhow::Resu
     let shared = Arc::new(Shared {
         cfg,
         routes: rx,
+        agents,
         rw: RouteMetrics::default(),
         ro: RouteMetrics::default(),
         next_reader: AtomicUsize::new(0),
     });
-    if let Some(l) = api {
-        tokio::spawn(serve_api(l, shared.clone(), shutdown.clone()));
+    if let Some((l, http)) = api {
+        tokio::spawn(serve_api(l, http, shared.clone(), shutdown.clone()));
     }
     // One thread per worker, each with a runtime of its own and its own
     // listening sockets (SO_REUSEPORT: the kernel spreads new connections):
@@ -233,10 +240,23 @@ fn worker(listeners: Vec<(std::net::TcpListener, Kind)>, shared: Arc<Shared>) {
 /// error. While etcd is out of reach the last routes stay: a primary cut
 /// off from etcd fences itself at its lease deadline, so clients sent to
 /// it meanwhile reach no writable server after that deadline either.
-async fn follow(dcs: crate::dcs::Dcs, policy: ReadPolicy, tx: watch::Sender<Routes>) {
+async fn follow(
+    dcs: crate::dcs::Dcs,
+    policy: ReadPolicy,
+    tx: watch::Sender<Routes>,
+    agents: watch::Sender<Vec<String>>,
+) {
     loop {
         let e = dcs
             .mirror(|view| {
+                let bases = crate::api::ui::agent_bases(&view);
+                agents.send_if_modified(|old| {
+                    let changed = *old != bases;
+                    if changed {
+                        *old = bases;
+                    }
+                    changed
+                });
                 let new = routes(&view, policy);
                 tx.send_if_modified(|old| {
                     if *old == new {
@@ -609,7 +629,12 @@ async fn splice(
     Ok(())
 }
 
-async fn serve_api(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
+async fn serve_api(
+    listener: TcpListener,
+    http: reqwest::Client,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
     use axum::http::StatusCode;
     use axum::routing::get;
     let metrics = {
@@ -643,7 +668,8 @@ async fn serve_api(listener: TcpListener, shared: Arc<Shared>, shutdown: Cancell
     let app = axum::Router::new()
         .route("/metrics", get(metrics))
         .route("/routes", get(routes))
-        .route("/health", get(health));
+        .route("/health", get(health))
+        .merge(crate::api::ui::proxy(http, shared.agents.clone()));
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await

@@ -47,14 +47,14 @@ function showResult(ok, text) {
 
 // Calls a control endpoint; the answer (or the refusal, with its code) is
 // shown under the buttons.
-async function call(method, path, body) {
+async function call(method, path, body, done) {
   showResult(true, method + " " + path + " …");
   try {
     const resp = await fetch(path, { method, headers: headers(), body: body === undefined ? undefined : JSON.stringify(body) });
     let data = {};
     try { data = await resp.json(); } catch (_) { /* empty or not JSON */ }
     if (resp.ok) {
-      showResult(true, data.message || (resp.status + " " + resp.statusText));
+      showResult(true, data.message || done || (resp.status + " " + resp.statusText));
     } else {
       const why = data.error || data.message || resp.statusText;
       showResult(false, "refused (" + resp.status + (data.code ? ", " + data.code : "") + "): " + why);
@@ -99,7 +99,7 @@ $("failover").addEventListener("click", () => {
 $("pause").addEventListener("click", () => {
   const paused = !!(last && last.cluster && last.cluster.paused);
   confirmThen(paused ? "Resume automatic failover?" : "Pause: no automatic action until resumed?",
-    () => call("PATCH", "/config", { pause: !paused }));
+    () => call("PATCH", "/config", { pause: !paused }, paused ? "Resumed: automatic failover is on" : "Paused: no automatic action until resumed"));
 });
 
 $("cancel-switchover").addEventListener("click", () => {
@@ -246,7 +246,7 @@ function renderEvents(st) {
 
 function render(st) {
   last = st;
-  $("served-by").textContent = "served by " + st.member;
+  $("served-by").textContent = "as seen by " + st.member;
   $("credentials").hidden = !st.auth;
   const c = st.cluster;
   $("scope").textContent = c.scope;
