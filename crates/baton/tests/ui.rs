@@ -247,9 +247,35 @@ async fn the_dashboard_shows_the_cluster_and_switches_over_with_credentials_only
         v.failover
     );
 
-    // With credentials: done, the new leader and the switchover's events shown.
+    // With credentials, a refusal on the merits shows the API's reason and
+    // its code: no failover while the leader is healthy.
     b.type_into("#user", "admin").await;
     b.type_into("#pass", "s3cret").await;
+    b.c()
+        .find(Locator::Css("#candidate"))
+        .await
+        .expect("candidate select")
+        .select_by_value("node3")
+        .await
+        .expect("choosing node3");
+    b.click("#failover").await;
+    b.click("#confirm-yes").await;
+    let refusal = wait_for("the failover refusal", Duration::from_secs(10), || async {
+        let r = b.text("#result").await?;
+        if r.starts_with("refused (412") {
+            Ok(r)
+        } else {
+            Err(r)
+        }
+    })
+    .await;
+    assert!(
+        refusal.contains("leader_healthy") && refusal.contains("use switchover"),
+        "{refusal}"
+    );
+    b.shot("3b-failover-refused").await;
+
+    // With credentials: done, the new leader and the switchover's events shown.
     b.switchover_to("node2", "4-confirm-with-credentials").await;
     wait_for(
         "node2 leading on the page, with the switchover in the events",
