@@ -5,6 +5,10 @@
 //! - failover: the leader is killed with SIGKILL (agent and postgres), then
 //!   restarted; reports the longest write gap (RTO), acknowledged writes
 //!   lost, and the time until the old node streams again.
+//!   Then postgres alone is killed on the leader (postmaster SIGKILL), which
+//!   is restarted in place: the longest write gap (`pgcrash`, also alone).
+//! - footprint: each agent of an idle Normal cluster over 60 s
+//!   (`FOOTPRINT_SECONDS`): largest resident set and CPU use.
 //! - switchover: planned switchovers on one cluster; reports the longest
 //!   write gap around each and acknowledged writes lost.
 //! - sync-cost: pgbench's TPS on the leader of one cluster, asynchronous
@@ -110,6 +114,134 @@ async fn one_run(baton: &Path, n: usize, sync: Option<&str>) -> anyhow::Result<R
             log.acked.len()
         );
         Ok(RunResult { rto, lost, rejoin })
+    }
+    .await;
+    teardown(&dir, c, &result);
+    result
+}
+
+/// Postgres alone crashes on the leader (postmaster SIGKILL, the agent
+/// lives): the longest write gap until it runs again in place, and
+/// acknowledged writes lost.
+async fn pgcrash_run(baton: &Path, n: usize, sync: Option<&str>) -> anyhow::Result<SwitchResult> {
+    let (dir, c) = bench_cluster(baton, &format!("pgcrash-{n}"), sync)?;
+    let result = async {
+        c.wait_normal(Duration::from_secs(120)).await?;
+        let cfg = workload::read_write_config(&c.pg_hosts(), "postgres");
+        workload::create_table(&cfg, "bench")
+            .await
+            .map_err(anyhow::Error::msg)?;
+        let stop = CancellationToken::new();
+        let writer = tokio::spawn(workload::run_writes(
+            cfg.clone(),
+            "bench".into(),
+            Duration::from_millis(10),
+            stop.clone(),
+        ));
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let v = c.view().await?;
+        let leader = v.leader_name().context("no leader")?.to_string();
+        let li = c
+            .nodes
+            .iter()
+            .position(|x| x.name == leader)
+            .context("leader not ours")?;
+        let old = c
+            .kill_postgres(li)
+            .context("the leader has no postmaster")?;
+        poll_until(
+            "postgres running again on the leader",
+            Duration::from_secs(30),
+            || async {
+                c.nodes[li]
+                    .postmaster_pid()
+                    .filter(|p| *p != old)
+                    .map(|_| ())
+            },
+        )
+        .await?;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        stop.cancel();
+        let log = writer.await?;
+        let present = workload::present_ids(&cfg, "bench")
+            .await
+            .map_err(anyhow::Error::msg)?;
+        let (gap, _) = log.longest_gap();
+        let lost = log.lost(&present).len();
+        let now = c.view().await?.leader_name().map(str::to_string);
+        if now.as_deref() != Some(leader.as_str()) {
+            bail!("the crash moved the leader from {leader} to {now:?}: not restarted in place");
+        }
+        println!(
+            "pgcrash run {n}: gap {:.3} s, lost_acked {lost}",
+            gap.as_secs_f64()
+        );
+        Ok(SwitchResult { gap, lost })
+    }
+    .await;
+    teardown(&dir, c, &result);
+    result
+}
+
+/// Resident memory (kB) and CPU time (clock ticks) of a process, from /proc.
+fn proc_usage(pid: u32) -> anyhow::Result<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .context("no VmRSS")?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let rest = stat.rsplit_once(')').context("malformed stat")?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f.get(11).context("no utime")?.parse::<u64>()?
+        + f.get(12).context("no stime")?.parse::<u64>()?;
+    Ok((rss, ticks))
+}
+
+/// Each agent of an idle, Normal 3-node cluster over `window`: its largest
+/// resident set and its CPU use.
+async fn footprint_run(
+    baton: &Path,
+    n: usize,
+    window: Duration,
+) -> anyhow::Result<Vec<(u64, f64)>> {
+    let (dir, c) = bench_cluster(baton, &format!("footprint-{n}"), None)?;
+    let result = async {
+        c.wait_normal(Duration::from_secs(120)).await?;
+        // Past start-up: slots made, clones done, the first ticks' work.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let pids: Vec<u32> = c
+            .nodes
+            .iter()
+            .map(|x| x.agent_pid().context("agent not running"))
+            .collect::<anyhow::Result<_>>()?;
+        let hz = 100.0; // USER_HZ on Linux
+        let start: Vec<(u64, u64)> = pids
+            .iter()
+            .map(|p| proc_usage(*p))
+            .collect::<anyhow::Result<_>>()?;
+        let began = Instant::now();
+        let mut peak: Vec<u64> = start.iter().map(|s| s.0).collect();
+        while began.elapsed() < window {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            for (i, p) in pids.iter().enumerate() {
+                peak[i] = peak[i].max(proc_usage(*p)?.0);
+            }
+        }
+        let secs = began.elapsed().as_secs_f64();
+        let mut out = vec![];
+        for (i, p) in pids.iter().enumerate() {
+            let ticks = proc_usage(*p)?.1 - start[i].1;
+            let pct = ticks as f64 / hz / secs * 100.0;
+            println!(
+                "footprint run {n}: {} rss {} kB, cpu {pct:.3} %",
+                c.nodes[i].name, peak[i]
+            );
+            out.push((peak[i], pct));
+        }
+        Ok(out)
     }
     .await;
     teardown(&dir, c, &result);
@@ -528,7 +660,7 @@ async fn main() -> anyhow::Result<()> {
     let mode = args
         .first()
         .cloned()
-        .context("usage: bench failover|switchover|sync-cost|router [RUNS] [--sync on|quorum]")?;
+        .context("usage: bench failover|pgcrash|footprint|switchover|sync-cost|router [RUNS] [--sync on|quorum]")?;
     let runs: usize = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(5);
     let label = sync.map(|m| format!("sync={m} ")).unwrap_or_default();
     let baton =
@@ -542,11 +674,54 @@ async fn main() -> anyhow::Result<()> {
             let rto: Vec<f64> = results.iter().map(|r| r.rto.as_secs_f64()).collect();
             let rejoin: Vec<f64> = results.iter().map(|r| r.rejoin.as_secs_f64()).collect();
             let lost: usize = results.iter().map(|r| r.lost).sum();
+            let mut crashes = vec![];
+            for n in 1..=runs {
+                crashes.push(pgcrash_run(&baton, n, sync).await?);
+            }
+            let gaps: Vec<f64> = crashes.iter().map(|r| r.gap.as_secs_f64()).collect();
+            let lost = lost + crashes.iter().map(|r| r.lost).sum::<usize>();
             println!(
-                "RESULT {label}rto_median_s={:.2} rto_max_s={:.2} lost_acked={lost} rejoin_median_s={:.2}",
+                "RESULT {label}rto_median_s={:.2} rto_max_s={:.2} lost_acked={lost} rejoin_median_s={:.2} pgcrash_gap_median_s={:.3} pgcrash_gap_max_s={:.3}",
                 median(rto.clone()),
                 rto.iter().cloned().fold(0.0, f64::max),
-                median(rejoin)
+                median(rejoin),
+                median(gaps.clone()),
+                gaps.iter().cloned().fold(0.0, f64::max)
+            );
+        }
+        "pgcrash" => {
+            let mut crashes = vec![];
+            for n in 1..=runs {
+                crashes.push(pgcrash_run(&baton, n, sync).await?);
+            }
+            let gaps: Vec<f64> = crashes.iter().map(|r| r.gap.as_secs_f64()).collect();
+            let lost: usize = crashes.iter().map(|r| r.lost).sum();
+            println!(
+                "RESULT {label}pgcrash_gap_median_s={:.3} pgcrash_gap_max_s={:.3} lost_acked={lost}",
+                median(gaps.clone()),
+                gaps.iter().cloned().fold(0.0, f64::max)
+            );
+        }
+        "footprint" => {
+            let window = Duration::from_secs(
+                std::env::var("FOOTPRINT_SECONDS")
+                    .ok()
+                    .map(|s| s.parse())
+                    .transpose()?
+                    .unwrap_or(60),
+            );
+            let mut all = vec![];
+            for n in 1..=runs {
+                all.extend(footprint_run(&baton, n, window).await?);
+            }
+            let rss: Vec<f64> = all.iter().map(|a| a.0 as f64).collect();
+            let cpu: Vec<f64> = all.iter().map(|a| a.1).collect();
+            println!(
+                "RESULT agent_rss_kb={:.0} agent_rss_max_kb={:.0} agent_idle_cpu_pct={:.3} agent_idle_cpu_max_pct={:.3}",
+                median(rss.clone()),
+                rss.iter().cloned().fold(0.0, f64::max),
+                median(cpu.clone()),
+                cpu.iter().cloned().fold(0.0, f64::max)
             );
         }
         "switchover" => {

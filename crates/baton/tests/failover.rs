@@ -424,6 +424,26 @@ async fn leader_postgres_crash_is_restarted_in_place() {
         s.render()
     );
     assert!(t.c.view().await.unwrap().history.is_none());
+    // node1 bootstrapped, so its only start job is the one after the
+    // crash. The first start after the crash worked: the dead postmaster's lock
+    // files (its PID may linger as a zombie until init reaps it) were
+    // cleared, and no start failed and waited for a retry.
+    let v = http_json(&t.c.nodes[0].api_url("/events")).await.unwrap();
+    let events: Vec<baton_core::event::Event> =
+        serde_json::from_value(v["events"].clone()).unwrap();
+    let starts: Vec<(&str, &str)> = events
+        .iter()
+        .filter(|e| e.code == "start")
+        .map(|e| (e.kind.as_str(), e.code.as_str()))
+        .collect();
+    assert!(
+        !starts.iter().any(|(k, _)| *k == "job_failed"),
+        "a start failed after the crash: {events:#?}"
+    );
+    assert!(
+        starts.iter().any(|(k, _)| *k == "job_finished"),
+        "the restart in place after the crash: {starts:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -183,6 +183,18 @@ impl Agent {
     }
 }
 
+/// Wakes the loop the moment postgres exits (a crash, a kill, or a stop
+/// of ours), so a crashed primary is restarted in place at once instead of
+/// on the next tick.
+fn spawn_exit_watch<P: Postgres>(inst: Arc<P>, wake: Arc<Notify>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            inst.postmaster_exit().await;
+            wake.notify_one();
+        }
+    })
+}
+
 impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
     /// An agent over any store, instance and peers (the simulator's too).
     pub fn assemble(cfg: NodeConfig, dcs: S, inst: P, peers: H) -> Agent<S, P, H> {
@@ -272,6 +284,7 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
     async fn run_loop(mut self, shutdown: CancellationToken) -> Result<(), AgentError> {
         let mut watch = tokio::spawn(self.dcs.clone().watch_changes(self.wake.clone()));
         let mut fence = spawn_fence(self.inst.clone(), self.fence.subscribe(), self.wake.clone());
+        let mut exits = spawn_exit_watch(self.inst.clone(), self.wake.clone());
         let mut failsafe = failsafe::spawn_failsafe(
             self.peers.clone(),
             self.inst.clone(),
@@ -303,11 +316,13 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
                 // than a dead one.
                 r = &mut watch => break Err(AgentError::TaskEnded(format!("etcd watch task ({r:?})"))),
                 r = &mut fence => break Err(AgentError::TaskEnded(format!("fence timer ({r:?})"))),
+                r = &mut exits => break Err(AgentError::TaskEnded(format!("postmaster exit watch ({r:?})"))),
                 r = &mut failsafe => break Err(AgentError::TaskEnded(format!("failsafe task ({r:?})"))),
             }
         };
         watch.abort();
         fence.abort();
+        exits.abort();
         failsafe.abort();
         if let Err(e) = &result {
             tracing::error!("{e}; stopping the agent");

@@ -132,6 +132,9 @@ pub trait Store: Clone + Send + Sync + 'static {
 pub trait Postgres: Send + Sync + 'static {
     /// A postmaster runs for this data directory.
     fn postmaster_running(&self) -> bool;
+    /// Resolves when the postmaster that runs now (or the next one to
+    /// start) exits: the loop learns of a crash at once, not a tick later.
+    fn postmaster_exit(&self) -> impl Future<Output = ()> + Send;
     fn inspect(&self) -> impl Future<Output = DataDir> + Send;
     /// The status query, bounded by `timeout` (connect included).
     fn status(&self, timeout: Duration) -> impl Future<Output = Result<Running, PgError>> + Send;
@@ -308,6 +311,9 @@ impl LocalPg {
 impl Postgres for LocalPg {
     fn postmaster_running(&self) -> bool {
         self.inst.postmaster_pid().is_some()
+    }
+    async fn postmaster_exit(&self) {
+        self.inst.postmaster_exit().await
     }
     async fn inspect(&self) -> DataDir {
         self.inst.inspect().await

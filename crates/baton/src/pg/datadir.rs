@@ -138,6 +138,48 @@ impl Instance {
         baton_fence::postmaster_pid(&self.cfg.data_dir)
     }
 
+    /// Resolves when the postmaster running now exits, waiting for one to
+    /// start first. The postmaster is not our child (pg_ctl starts it
+    /// detached), so its exit is watched through a pidfd, which costs
+    /// nothing while it runs; without pidfd (Linux before 5.3), by polling.
+    pub async fn postmaster_exit(&self) {
+        const POLL: Duration = Duration::from_millis(100);
+        loop {
+            let Some(pid) = self.postmaster_pid() else {
+                tokio::time::sleep(POLL).await;
+                continue;
+            };
+            let fd = rustix::process::Pid::from_raw(pid).and_then(|p| {
+                rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok()
+            });
+            // The pid might have been reused between reading the file and
+            // opening the pidfd: only a pidfd opened while the file still
+            // names that live process is our postmaster's.
+            if self.postmaster_pid() != Some(pid) {
+                continue;
+            }
+            // SAFETY: the `OwnedFd` moves into the `AsyncFd`, which owns it
+            // from registration to deregistration: it stays open and is
+            // the same descriptor all along, which is all tokio requires.
+            let watched = fd.and_then(|fd| unsafe {
+                tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+                    .ok()
+            });
+            match watched {
+                Some(fd) => {
+                    // Readable once the process has exited.
+                    let _ = fd.readable().await;
+                }
+                None => {
+                    while baton_fence::postmaster_pid(&self.cfg.data_dir) == Some(pid) {
+                        tokio::time::sleep(POLL).await;
+                    }
+                }
+            }
+            return;
+        }
+    }
+
     /// Renames the data directory to `<data_dir>.baton-old-<unix time>` and
     /// leaves an empty one: a rebuild never deletes data (rule 7).
     pub fn move_aside(&self) -> Result<PathBuf, PgError> {

@@ -112,11 +112,69 @@ impl Instance {
             self.prepare_standby_start(host, *port).await?;
         }
         self.write_config(run_as)?;
+        self.clear_stale_lock().await?;
         let mut cmd = self.pg_ctl("start");
         cmd.arg("-l").arg(&self.cfg.log_file);
         self.run("pg_ctl start", cmd, self.pg_ctl_limit())
             .await
             .map_err(|e| self.with_log_tail(e))?;
+        Ok(())
+    }
+
+    /// A postmaster that died (a crash, kill -9) leaves `postmaster.pid`
+    /// and its socket's lock file behind, and postgres refuses to start
+    /// while the PID in them exists,
+    /// which a zombie does until its parent reaps it (not every init does at
+    /// once: here it took seconds). So they go once that PID is gone
+    /// or a zombie. Its orphaned backends, if any, still hold the old
+    /// shared memory segment, which postgres checks by itself (found by the
+    /// data directory, not through this file); they are waited for here,
+    /// bounded, rather than failing the start and waiting a retry.
+    async fn clear_stale_lock(&self) -> Result<(), PgError> {
+        let path = self.cfg.data_dir.join("postmaster.pid");
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            return Ok(());
+        };
+        let Some(pid) = text
+            .lines()
+            .next()
+            .and_then(|l| l.trim().parse::<i32>().ok())
+        else {
+            return Ok(());
+        };
+        if self.postmaster_pid().is_some() {
+            // Alive: pg_ctl says so itself.
+            return Ok(());
+        }
+        if let Some(shmid) = stale_lock_shmid(&text) {
+            let deadline = std::time::Instant::now() + ORPHANS_LIMIT;
+            while shm_attached(shmid) && std::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        // The socket's lock file names the same dead postmaster.
+        let socket_lock = self
+            .cfg
+            .socket_dir
+            .join(format!(".s.PGSQL.{}.lock", self.cfg.listen.port()));
+        for file in [&socket_lock, &path] {
+            let owner = std::fs::read_to_string(file)
+                .ok()
+                .and_then(|t| t.lines().next()?.trim().parse::<i32>().ok());
+            if owner != Some(pid) {
+                continue;
+            }
+            match std::fs::remove_file(file) {
+                Ok(()) => tracing::info!(
+                    member = %self.name,
+                    pid,
+                    "removed {} of a postmaster that is gone",
+                    file.display()
+                ),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(PgError::io(format!("removing stale {}", file.display()), e)),
+            }
+        }
         Ok(())
     }
 
@@ -274,5 +332,39 @@ impl Instance {
         self.write_config(run_as)?;
         client.execute("SELECT pg_reload_conf()", &[]).await?;
         Ok(())
+    }
+}
+
+/// How long a start waits for the backends a dead postmaster left behind
+/// to notice and exit (they do within milliseconds unless busy).
+const ORPHANS_LIMIT: Duration = Duration::from_secs(5);
+
+/// The System V shared memory id in `postmaster.pid` (line 7: key, id).
+fn stale_lock_shmid(text: &str) -> Option<u64> {
+    text.lines().nth(6)?.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Whether a process still attaches segment `shmid` (`/proc/sysvipc/shm`:
+/// key, shmid, perms, size, cpid, lpid, nattch, ...).
+fn shm_attached(shmid: u64) -> bool {
+    let Ok(table) = std::fs::read_to_string("/proc/sysvipc/shm") else {
+        return false;
+    };
+    table.lines().skip(1).any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.get(1).and_then(|v| v.parse::<u64>().ok()) == Some(shmid)
+            && f.get(6).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) > 0
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shared_memory_id_is_read_from_postmaster_pid() {
+        let pid_file = "30109\n/tmp/pgc/node3\n1764639476\n25611\n/tmp/pgc/node3.sock\n127.0.0.1\n  6383901         3\nready   \n";
+        assert_eq!(stale_lock_shmid(pid_file), Some(3));
+        assert_eq!(stale_lock_shmid("30109\n/tmp/x\n"), None);
     }
 }

@@ -138,6 +138,10 @@ fn running(w: &World, i: usize) -> Running {
 }
 
 impl Postgres for SimPg {
+    async fn postmaster_exit(&self) {
+        // The simulated loop is driven by its ticks alone.
+        std::future::pending().await
+    }
     fn postmaster_running(&self) -> bool {
         let w = self.world.lock();
         let pg = &w.nodes[self.node].pg;
