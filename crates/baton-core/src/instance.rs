@@ -106,6 +106,10 @@ pub struct Running {
     pub wal_lsn: Option<Lsn>,
     pub receive_lsn: Option<Lsn>,
     pub replay_lsn: Option<Lsn>,
+    /// Replica: the furthest position known to be on `timeline`, when the
+    /// instance said so itself (IDENTIFY_SYSTEM): received WAL may be on
+    /// another timeline than the one replay is on.
+    pub timeline_lsn: Option<Lsn>,
     /// Replica: whether the WAL receiver is streaming, and from where.
     pub receiver_streaming: bool,
     pub primary_conninfo: String,

@@ -395,6 +395,73 @@ async fn sigterm_to_leader_hands_over_without_waiting_for_the_lease() {
     wait_new_leader(&t, "node1", Duration::from_secs(15)).await;
 }
 
+/// A replica that streamed the new leader's timeline after a switchover
+/// still reports that timeline once the leader dies and its WAL receiver is
+/// gone (the last restartpoint, all SQL shows then, is on the old one), so
+/// nobody is stopped as "diverged" on the way to the next failover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_keeps_its_timeline_when_the_leader_dies() {
+    let mut t = TestCluster::led_by_node1("replaytl", ClusterOptions::default(), &[]).await;
+    let (ok, out, err) = ctl(&t, &["switchover", "--candidate", "node2", "--force"]);
+    assert!(ok, "switchover failed: {out} {err}");
+    let tl = wait_streaming_on_leader_timeline(&t, "node3", Duration::from_secs(30)).await;
+    wait_streaming_on_leader_timeline(&t, "node1", Duration::from_secs(30)).await;
+    // WAL on the new timeline past the fork, replayed by both replicas.
+    t.sql(1, "CREATE TABLE past_fork AS SELECT 1 AS x")
+        .await
+        .unwrap();
+    let lsn: String = t.sql(1, "SELECT pg_current_wal_lsn()::text").await.unwrap()[0].get(0);
+    for i in [0, 2] {
+        wait_for(
+            "replicas replayed past the fork",
+            Duration::from_secs(10),
+            || async {
+                let q = format!("SELECT pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn");
+                if t.sql(i, &q).await?[0].get::<_, bool>(0) {
+                    Ok(())
+                } else {
+                    Err(format!("node{} behind {lsn}", i + 1))
+                }
+            },
+        )
+        .await;
+    }
+    // node2 dies: its agent stalls (its lease runs out) and postgres is gone.
+    let stalled = Stopped::stop(t.c.nodes[1].agent_pid().unwrap());
+    t.c.kill_postgres(1);
+    let m = wait_for(
+        "node3 no longer streaming",
+        Duration::from_secs(10),
+        || async {
+            let v = t.c.view().await.map_err(|e| format!("{e:#}"))?;
+            match v.members.get("node3") {
+                Some(m) if m.replication_state.as_deref() != Some("streaming") => Ok(m.clone()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    assert_eq!(m.timeline, Some(tl), "node3 reports {m:?}");
+    drop(stalled);
+    kill_node(&mut t, 1);
+    let leader = wait_new_leader(&t, "node2", Duration::from_secs(30)).await;
+    let other = if leader == "node1" { 2 } else { 0 };
+    wait_streaming_on_leader_timeline(&t, &format!("node{}", other + 1), Duration::from_secs(30))
+        .await;
+    for i in [0, 2] {
+        let v = http_json(&t.c.nodes[i].api_url("/events")).await.unwrap();
+        let events: Vec<baton_core::event::Event> =
+            serde_json::from_value(v["events"].clone()).unwrap();
+        assert!(
+            !events
+                .iter()
+                .any(|e| e.code == "diverged" || e.code == "rewind"),
+            "node{} was taken for diverged: {events:#?}",
+            i + 1
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_postgres_crash_is_restarted_in_place() {
     let t = TestCluster::led_by_node1("pgcrash", ClusterOptions::default(), &[]).await;

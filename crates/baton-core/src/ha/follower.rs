@@ -190,9 +190,10 @@ pub fn lineage_agrees(my_tl: u32, mine: &[(u32, Lsn)], theirs: &[(u32, u64)]) ->
 /// on a timeline the leader never had, has a different past, or (after it
 /// has failed to stream for `grace`) went past the point where the
 /// leader's timeline forked from its own. The last test waits because a
-/// replica's timeline is only known for sure while it streams: right after
-/// it is re-pointed, its receive position may already be on the leader's
-/// new timeline while the timeline it reports is still the old one.
+/// replica's timeline is only known for sure while it streams or when the
+/// instance reported its replay timeline itself: right after it is
+/// re-pointed, its receive position may already be on the leader's new
+/// timeline while the timeline it reports is still the old one.
 pub(super) fn diverged(
     run: &Running,
     cluster: &ClusterView,
@@ -221,8 +222,8 @@ pub(super) fn diverged(
         return false;
     }
     let position = run
-        .receive_lsn
-        .max(run.replay_lsn)
+        .timeline_lsn
+        .or(run.receive_lsn.max(run.replay_lsn))
         .map(|l| l.0)
         .unwrap_or(0);
     // An older timeline the leader's history does not list was never on the

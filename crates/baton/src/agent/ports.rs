@@ -325,6 +325,18 @@ impl Postgres for LocalPg {
             let mut r = pg::query_running(&c).await?;
             if !r.in_recovery {
                 r.segments = pg::query_segments(flavor, &c).await?;
+            } else if !r.receiver_streaming {
+                // Without a WAL receiver the SQL timeline is a guess; the
+                // instance's own answer replaces it. If it cannot be had
+                // (custom pg_hba without `local replication`), the guess
+                // stands and divergence waits for a ttl without streaming.
+                match self.inst.replay_position(timeout).await {
+                    Ok((tl, lsn)) => {
+                        r.timeline = Some(tl);
+                        r.timeline_lsn = Some(lsn);
+                    }
+                    Err(e) => tracing::debug!("replay timeline unknown: {e}"),
+                }
             }
             Ok(r)
         };

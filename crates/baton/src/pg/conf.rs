@@ -102,6 +102,9 @@ pub fn render_pg_hba(cfg: &PgConfig) -> String {
     let repl = &cfg.replication.username;
     // With passwords configured, any address may connect with scram; without
     // them, only loopback is trusted, which suits one-host clusters only.
+    // `all` does not match replication connections: the agent asks its own
+    // standby for its replay timeline over one (IDENTIFY_SYSTEM).
+    s.push_str("local replication all trust\n");
     if cfg.superuser.password.is_some() && cfg.replication.password.is_some() {
         s.push_str("local all all trust\n");
         writeln!(s, "host replication {repl} all scram-sha-256").expect("w");

@@ -8,7 +8,7 @@ use std::time::Duration;
 use baton_core::instance::{parse_history, ReplicationRow, Running};
 use baton_core::lsn::Lsn;
 
-use super::{Instance, PgError};
+use super::{conf, Instance, PgError};
 use crate::config::PgConfig;
 
 impl Instance {
@@ -24,6 +24,43 @@ impl Instance {
             c.password(pw);
         }
         c
+    }
+
+    /// The timeline recovery replays on and the furthest position known on
+    /// it, from IDENTIFY_SYSTEM over a replication connection to this
+    /// instance (what a cascading standby tells its own standbys). SQL
+    /// shows the replay timeline only through the WAL receiver; once that
+    /// is gone (the leader died) the last restartpoint's timeline can be
+    /// minutes old, and a replica already on the new leader's timeline
+    /// would look as if its WAL went past the fork. Needs `local
+    /// replication` in pg_hba.conf (Baton's default has it).
+    pub async fn replay_position(&self, timeout: Duration) -> Result<(u32, Lsn), PgError> {
+        let conninfo = format!(
+            "host={} port={} user={} dbname=postgres replication=true \
+             application_name=baton connect_timeout=2",
+            conf::quote_conninfo(&self.cfg.socket_dir.to_string_lossy()),
+            self.cfg.listen.port(),
+            conf::quote_conninfo(&self.cfg.superuser.username),
+        );
+        let mut cmd = self.command("psql");
+        cmd.args([
+            "-X",
+            "-A",
+            "-t",
+            "-q",
+            "-d",
+            &conninfo,
+            "-c",
+            "IDENTIFY_SYSTEM",
+        ]);
+        if let Some(pw) = &self.cfg.superuser.password {
+            cmd.env("PGPASSWORD", pw);
+        }
+        let out = self.run("IDENTIFY_SYSTEM", cmd, timeout).await?;
+        parse_identify_system(&out).ok_or_else(|| PgError::Command {
+            what: "IDENTIFY_SYSTEM".into(),
+            detail: format!("unexpected output {:?}", out.trim()),
+        })
     }
 
     pub async fn connect(&self, timeout: Duration) -> Result<tokio_postgres::Client, PgError> {
@@ -62,6 +99,7 @@ pub async fn query_running(client: &tokio_postgres::Client) -> Result<Running, P
         wal_lsn: None,
         receive_lsn: None,
         replay_lsn: None,
+        timeline_lsn: None,
         receiver_streaming: false,
         primary_conninfo: row.get(3),
         primary_slot_name: row.get(4),
@@ -249,4 +287,30 @@ pub async fn drop_inactive_slot(
         )
         .await?;
     Ok(n > 0)
+}
+
+/// `systemid|timeline|xlogpos|dbname`, as `psql -A -t` prints
+/// IDENTIFY_SYSTEM's one row.
+fn parse_identify_system(out: &str) -> Option<(u32, Lsn)> {
+    let line = out.lines().find(|l| !l.trim().is_empty())?;
+    let mut fields = line.trim().split('|');
+    let _system_id = fields.next()?;
+    let timeline = fields.next()?.parse().ok()?;
+    let lsn = fields.next()?.parse().ok()?;
+    Some((timeline, lsn))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identify_system_output_gives_the_timeline_and_position() {
+        assert_eq!(
+            parse_identify_system("7441234567890123456|2|0/40296B0|\n"),
+            Some((2, "0/40296B0".parse().unwrap()))
+        );
+        assert_eq!(parse_identify_system(""), None);
+        assert_eq!(parse_identify_system("7441234567890123456|x|0/1|"), None);
+    }
 }

@@ -125,6 +125,7 @@ fn running(w: &World, i: usize) -> Running {
         wal_lsn: primary.then_some(Lsn(wal.lsn)),
         receive_lsn: (!primary).then_some(Lsn(wal.lsn)),
         replay_lsn: (!primary).then_some(Lsn(wal.lsn)),
+        timeline_lsn: (!primary).then_some(Lsn(wal.lsn)),
         receiver_streaming: w.streaming_from(i).is_some(),
         primary_conninfo: conninfo,
         primary_slot_name: slot,

@@ -103,6 +103,29 @@ fn replica_past_the_fork_point_stops_to_rewind() {
     assert_eq!(decide(&o).actions, vec![]);
 }
 
+/// Replay still on timeline 1 short of the fork while the WAL received is
+/// already the leader's timeline 2: the instance's own replay position
+/// (IDENTIFY_SYSTEM) is what counts, not the receive position.
+#[test]
+fn a_replica_replaying_short_of_the_fork_is_not_diverged_by_what_it_received() {
+    let mut c = cluster(Some(("n1", 1)));
+    c.members.get_mut("n1").unwrap().timeline = Some(2);
+    c.history = Some(serde_json::json!([[1, 1000, "x", null, "n1"]]));
+    let mut pg = replica_at(1, 1200);
+    if let PgStatus::Running(r) = &mut pg {
+        r.replay_lsn = Some(Lsn(950));
+        r.timeline_lsn = Some(Lsn(950));
+    }
+    let mut o = obs("n2", Some(c), dir_on(1), pg);
+    o.not_streaming_for = Some(Duration::from_secs(4));
+    assert_eq!(decide(&o).actions, vec![]);
+    // Replayed past the fork on timeline 1: that WAL is not the leader's.
+    if let PgStatus::Running(r) = &mut o.pg {
+        r.timeline_lsn = Some(Lsn(1100));
+    }
+    assert_eq!(decide(&o).actions, vec![Action::Stop]);
+}
+
 /// A promotion onto a reserved timeline skips numbers: a replica left on
 /// timeline 2 when the leader went 1 -> 3 is on no timeline of the leader's
 /// line, whatever its position, and rewinds once it has failed to stream.
