@@ -184,29 +184,36 @@ async fn pgcrash_run(baton: &Path, n: usize, sync: Option<&str>) -> anyhow::Resu
 }
 
 /// Resident memory (kB) and CPU time (clock ticks) of a process, from /proc.
-fn proc_usage(pid: u32) -> anyhow::Result<(u64, u64)> {
+/// Resident set (kB), its private part (RssAnon, kB: what one more agent
+/// costs; the rest is the binary's and libc's pages, shared by every
+/// process that maps them), and CPU ticks so far.
+fn proc_usage(pid: u32) -> anyhow::Result<(u64, u64, u64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let rss = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .context("no VmRSS")?;
+    let field = |name: &str| -> anyhow::Result<u64> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .with_context(|| format!("no {name} in /proc/{pid}/status"))
+    };
+    let rss = field("VmRSS:")?;
+    let anon = field("RssAnon:")?;
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // Fields after the command name (which may hold spaces) in parentheses.
     let rest = stat.rsplit_once(')').context("malformed stat")?.1;
     let f: Vec<&str> = rest.split_whitespace().collect();
     let ticks = f.get(11).context("no utime")?.parse::<u64>()?
         + f.get(12).context("no stime")?.parse::<u64>()?;
-    Ok((rss, ticks))
+    Ok((rss, anon, ticks))
 }
 
 /// Each agent of an idle, Normal 3-node cluster over `window`: its largest
-/// resident set and its CPU use.
+/// resident set (all, private) and its CPU use.
 async fn footprint_run(
     baton: &Path,
     n: usize,
     window: Duration,
-) -> anyhow::Result<Vec<(u64, f64)>> {
+) -> anyhow::Result<Vec<(u64, u64, f64)>> {
     let (dir, c) = bench_cluster(baton, &format!("footprint-{n}"), None)?;
     let result = async {
         c.wait_normal(Duration::from_secs(120)).await?;
@@ -218,28 +225,29 @@ async fn footprint_run(
             .map(|x| x.agent_pid().context("agent not running"))
             .collect::<anyhow::Result<_>>()?;
         let hz = 100.0; // USER_HZ on Linux
-        let start: Vec<(u64, u64)> = pids
+        let start: Vec<(u64, u64, u64)> = pids
             .iter()
             .map(|p| proc_usage(*p))
             .collect::<anyhow::Result<_>>()?;
         let began = Instant::now();
-        let mut peak: Vec<u64> = start.iter().map(|s| s.0).collect();
+        let mut peak: Vec<(u64, u64)> = start.iter().map(|s| (s.0, s.1)).collect();
         while began.elapsed() < window {
             tokio::time::sleep(Duration::from_secs(1)).await;
             for (i, p) in pids.iter().enumerate() {
-                peak[i] = peak[i].max(proc_usage(*p)?.0);
+                let u = proc_usage(*p)?;
+                peak[i] = (peak[i].0.max(u.0), peak[i].1.max(u.1));
             }
         }
         let secs = began.elapsed().as_secs_f64();
         let mut out = vec![];
         for (i, p) in pids.iter().enumerate() {
-            let ticks = proc_usage(*p)?.1 - start[i].1;
+            let ticks = proc_usage(*p)?.2 - start[i].2;
             let pct = ticks as f64 / hz / secs * 100.0;
             println!(
-                "footprint run {n}: {} rss {} kB, cpu {pct:.3} %",
-                c.nodes[i].name, peak[i]
+                "footprint run {n}: {} rss {} kB (private {} kB), cpu {pct:.3} %",
+                c.nodes[i].name, peak[i].0, peak[i].1
             );
-            out.push((peak[i], pct));
+            out.push((peak[i].0, peak[i].1, pct));
         }
         Ok(out)
     }
@@ -715,11 +723,13 @@ async fn main() -> anyhow::Result<()> {
                 all.extend(footprint_run(&baton, n, window).await?);
             }
             let rss: Vec<f64> = all.iter().map(|a| a.0 as f64).collect();
-            let cpu: Vec<f64> = all.iter().map(|a| a.1).collect();
+            let anon: Vec<f64> = all.iter().map(|a| a.1 as f64).collect();
+            let cpu: Vec<f64> = all.iter().map(|a| a.2).collect();
             println!(
-                "RESULT agent_rss_kb={:.0} agent_rss_max_kb={:.0} agent_idle_cpu_pct={:.3} agent_idle_cpu_max_pct={:.3}",
+                "RESULT agent_rss_kb={:.0} agent_rss_max_kb={:.0} agent_private_kb={:.0} agent_idle_cpu_pct={:.3} agent_idle_cpu_max_pct={:.3}",
                 median(rss.clone()),
                 rss.iter().cloned().fold(0.0, f64::max),
+                median(anon),
                 median(cpu.clone()),
                 cpu.iter().cloned().fold(0.0, f64::max)
             );

@@ -180,7 +180,17 @@ enum ConfigCmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Runtime::new() {
+    // The agent's work is a tick a second plus a few small requests: one
+    // thread serves it with no cross-thread wake-ups (the idle CPU and the
+    // memory of worker threads were most of its footprint). The router
+    // splices bytes for many clients and gets a worker per core.
+    let rt = match &cli.command {
+        Cmd::Agent { .. } => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        _ => tokio::runtime::Runtime::new(),
+    };
+    let rt = match rt {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: starting the async runtime: {e}");

@@ -556,7 +556,24 @@ async fn readers_are_spread_over_fresh_replicas_only() {
     .await;
 
     // node2's postgres dies: it stops streaming and leaves the pool until
-    // its agent has it streaming again.
+    // its agent has it streaming again. Its agent restarts it within a
+    // fraction of a second, too fast to watch it leave; in maintenance
+    // mode it stays down until resumed.
+    let (ok, _, err) = ctl(&t, &["pause"]);
+    assert!(ok, "{err}");
+    wait_for(
+        "node2's agent in pause",
+        Duration::from_secs(10),
+        || async {
+            let m = metric(&t, 1, "patroni_is_paused").await;
+            if m == 1.0 {
+                Ok(())
+            } else {
+                Err(format!("patroni_is_paused {m}"))
+            }
+        },
+    )
+    .await;
     t.c.kill_postgres(1);
     wait_for(
         "node2 out of the read pool",
@@ -578,6 +595,21 @@ async fn readers_are_spread_over_fresh_replicas_only() {
         !seen.contains_key(&port_of(0)),
         "a reader went to the primary"
     );
+    let (ok, _, err) = ctl(&t, &["resume"]);
+    assert!(ok, "{err}");
+    wait_for(
+        "node2 back in the read pool",
+        Duration::from_secs(30),
+        || async {
+            let seen = readers(4).await?;
+            if seen.contains_key(&port_of(1)) {
+                Ok(())
+            } else {
+                Err(format!("{seen:?}"))
+            }
+        },
+    )
+    .await;
     t.wait_state(
         baton_core::status::ClusterState::Normal,
         Duration::from_secs(60),

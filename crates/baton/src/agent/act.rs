@@ -500,6 +500,11 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
                 let Some(lease) = self.lease else {
                     return Ok(());
                 };
+                // Unchanged since etcd last showed it: no write (an idle
+                // leader would otherwise cost etcd a disk write a tick).
+                if obs.cluster.as_ref().and_then(|c| c.status.as_ref()) == Some(&status) {
+                    return Ok(());
+                }
                 if !self.dcs.put_status(&me, lease, &status).await? {
                     tracing::warn!("status not written: the leader key is no longer ours");
                 }

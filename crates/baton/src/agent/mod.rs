@@ -549,7 +549,15 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
             .and_then(|c| c.leader_name())
             .is_some_and(|l| l == self.cfg.name);
         let member = self.member_json(&pg, &data_dir, pending_job, needs_repair, i_lead, &d.reason);
-        if let (Some(lease), Some(_)) = (self.lease, &cluster) {
+        // etcd already holds this very key on this lease: writing it again
+        // would cost etcd a disk write and every agent a watch event, each
+        // tick, for nothing (the lease, not the write, keeps it alive).
+        let unchanged = cluster.as_ref().is_some_and(|c| {
+            c.members.get(&self.cfg.name) == Some(&member)
+                && self.lease.is_some()
+                && c.member_leases.get(&self.cfg.name) == self.lease.as_ref()
+        });
+        if let (Some(lease), Some(_), false) = (self.lease, &cluster, unchanged) {
             match self.dcs.put_member(&self.cfg.name, &member, lease).await {
                 Ok(()) => {}
                 // The next tick's renewal replaces the lease and publishes
