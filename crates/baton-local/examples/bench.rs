@@ -9,6 +9,9 @@
 //!   is restarted in place: the longest write gap (`pgcrash`, also alone).
 //! - footprint: each agent of an idle Normal cluster over 60 s
 //!   (`FOOTPRINT_SECONDS`): largest resident set and CPU use.
+//! - rejoin: a `DB_GB` (5) database, `CHANGED_PCT` (1) of it rewritten on
+//!   the new leader after a failover: the old leader's rejoin by pg_rewind
+//!   (and how much it copied) against rebuilding the same member.
 //! - switchover: planned switchovers on one cluster; reports the longest
 //!   write gap around each and acknowledged writes lost.
 //! - sync-cost: pgbench's TPS on the leader of one cluster, asynchronous
@@ -383,6 +386,184 @@ async fn set_sync_mode(c: &LocalCluster, mode: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn sql_at(port: u16, q: &str) -> anyhow::Result<Vec<tokio_postgres::Row>> {
+    let cfg = workload::loopback(port, Duration::from_secs(5));
+    let (client, conn) = cfg.connect(tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    Ok(client.query(q, &[]).await?)
+}
+
+/// Figures of one rejoin round.
+struct RejoinRound {
+    rewind: Duration,
+    rebuild: Duration,
+    copied_mb: f64,
+}
+
+/// pg_rewind's "need to copy N MB (total source directory size is M MB)"
+/// lines, as the agent logs them, in order: `(N, M)`.
+fn rewind_copies(log: &str) -> Vec<(f64, f64)> {
+    log.lines()
+        .filter_map(|l| {
+            let rest = l.split("need to copy ").nth(1)?;
+            let n = rest.split_whitespace().next()?.parse().ok()?;
+            let m = rest
+                .split("size is ")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()?;
+            Some((n, m))
+        })
+        .collect()
+}
+
+/// One cluster with a `db_gb` database (pgbench's tables); each round kills
+/// the leader, rewrites `changed_pct` of pgbench_accounts on the new leader
+/// (a contiguous key range: those pages and the ones their new versions
+/// go to, no others; the old leader checkpoints just before it is killed),
+/// starts the old leader's agent and times its rejoin
+/// by pg_rewind until it streams on the new timeline, then rebuilds the
+/// same member (`baton reinit`) and times that until it streams again.
+async fn rejoin_bench(
+    baton: &Path,
+    runs: usize,
+    db_gb: f64,
+    changed_pct: f64,
+) -> anyhow::Result<(f64, Vec<RejoinRound>)> {
+    let (dir, mut c) = bench_cluster(baton, "rejoin", None)?;
+    let result = async {
+        c.wait_normal(Duration::from_secs(120)).await?;
+        let bin_dir = baton::config::default_bin_dir().map_err(anyhow::Error::msg)?;
+        let v = c.view().await?;
+        let leader = v.leader_name().context("no leader")?.to_string();
+        let li = c.nodes.iter().position(|x| x.name == leader).context("leader not ours")?;
+        // pgbench scale 1 is about 15 MB with its indexes.
+        let scale = ((db_gb * 1024.0 / 15.0).round() as u64).max(1);
+        println!("loading pgbench scale {scale} (~{db_gb} GB) into {leader} ...");
+        let loaded = Instant::now();
+        let out = tokio::process::Command::new(bin_dir.join("pgbench"))
+            .args(["-h", "127.0.0.1", "-p", &c.nodes[li].pg_port.to_string(), "-U", "postgres"])
+            .args(["-i", "-q", "-s", &scale.to_string(), "postgres"])
+            .output()
+            .await
+            .context("running pgbench -i")?;
+        if !out.status.success() {
+            bail!("pgbench -i failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let bytes: i64 = sql_at(c.nodes[li].pg_port, "SELECT pg_database_size('postgres')").await?[0].get(0);
+        let gb = bytes as f64 / (1u64 << 30) as f64;
+        println!("loaded {gb:.2} GB in {:.0} s; waiting for the replicas", loaded.elapsed().as_secs_f64());
+        let target: String = sql_at(c.nodes[li].pg_port, "SELECT pg_current_wal_lsn()::text").await?[0].get(0);
+        for (i, n) in c.nodes.iter().enumerate() {
+            if i == li {
+                continue;
+            }
+            let port = n.pg_port;
+            let target = target.clone();
+            poll_until(&format!("{} replayed the load", n.name), Duration::from_secs(1800), || {
+                let target = target.clone();
+                async move {
+                    let q = format!("SELECT pg_last_wal_replay_lsn() >= '{target}'::pg_lsn");
+                    let rows = sql_at(port, &q).await.ok()?;
+                    rows[0].get::<_, bool>(0).then_some(())
+                }
+            })
+            .await?;
+        }
+        let accounts = scale * 100_000;
+        let changed = ((accounts as f64) * changed_pct / 100.0) as u64;
+        let mut rounds = vec![];
+        for n in 1..=runs {
+            let v = c.view().await?;
+            let leader = v.leader_name().context("no leader")?.to_string();
+            let li = c.nodes.iter().position(|x| x.name == leader).context("leader not ours")?;
+            // pg_rewind copies every block the old leader's WAL touched
+            // since its last checkpoint before the fork: right after the
+            // load that is the whole database. A checkpoint first is the
+            // steady state (one runs every checkpoint_timeout) and leaves
+            // the rewind with what changed after the failover.
+            sql_at(c.nodes[li].pg_port, "CHECKPOINT").await?;
+            c.kill_agent(li);
+            c.kill_postgres(li);
+            let new = c.wait_new_leader(&leader, Duration::from_secs(60)).await?;
+            let ni = c.nodes.iter().position(|x| x.name == new).context("leader not ours")?;
+            let port = c.nodes[ni].pg_port;
+            poll_until("the new leader writable", Duration::from_secs(60), || async move {
+                let rows = sql_at(port, "SELECT NOT pg_is_in_recovery()").await.ok()?;
+                rows[0].get::<_, bool>(0).then_some(())
+            })
+            .await?;
+            // A different range each round, so each rewind has its own change.
+            let from = (n as u64 - 1) * changed % accounts;
+            sql_at(
+                port,
+                &format!(
+                    "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid > {from} AND aid <= {}",
+                    from + changed
+                ),
+            )
+            .await?;
+            let copies_before = rewind_copies(&std::fs::read_to_string(&c.nodes[li].log_path)?).len();
+            let started = Instant::now();
+            c.start_agent(li)?;
+            let streaming = |name: String| {
+                let c = &c;
+                async move {
+                    let v = c.view().await.ok()?;
+                    let tl = v.leader_member()?.timeline;
+                    let m = v.members.get(&name)?;
+                    (m.replication_state.as_deref() == Some("streaming") && m.timeline == tl)
+                        .then_some(())
+                }
+            };
+            poll_until("the old leader streaming after its rewind", Duration::from_secs(1800), || {
+                streaming(leader.clone())
+            })
+            .await?;
+            let rewind = started.elapsed();
+            let copies = rewind_copies(&std::fs::read_to_string(&c.nodes[li].log_path)?);
+            let Some((copied_mb, total_mb)) = copies.get(copies_before).copied() else {
+                bail!("{leader} rejoined without pg_rewind (no \"need to copy\" in its log)");
+            };
+            let started = Instant::now();
+            let out = tokio::process::Command::new(baton)
+                .args(["reinit", "--etcd", &c.etcd.endpoint, "--scope", &c.scope, &leader, "--force", "--wait"])
+                .output()
+                .await
+                .context("running baton reinit")?;
+            if !out.status.success() {
+                bail!("baton reinit failed: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            poll_until("the rebuilt member streaming", Duration::from_secs(1800), || {
+                streaming(leader.clone())
+            })
+            .await?;
+            let rebuild = started.elapsed();
+            // The rebuild moved the old data directory aside: a bench
+            // has no use for a copy of every round.
+            let data = &c.nodes[li].data_dir;
+            let prefix = format!("{}.baton-old-", data.file_name().unwrap_or_default().to_string_lossy());
+            for e in std::fs::read_dir(data.parent().context("data dir has a parent")?)?.flatten() {
+                if e.file_name().to_string_lossy().starts_with(&prefix) {
+                    std::fs::remove_dir_all(e.path())?;
+                }
+            }
+            println!(
+                "run {n}: {leader} rewind {:.2} s (copied {copied_mb:.0} of {total_mb:.0} MB), rebuild {:.2} s",
+                rewind.as_secs_f64(),
+                rebuild.as_secs_f64()
+            );
+            rounds.push(RejoinRound { rewind, rebuild, copied_mb });
+        }
+        Ok((gb, rounds))
+    }
+    .await;
+    teardown(&dir, c, &result);
+    result
+}
+
 /// TPS asynchronous, then with `synchronous_mode` on and quorum, on one
 /// cluster (the mode switched live, as an operator would).
 async fn sync_cost(baton: &Path, runs: usize) -> anyhow::Result<Vec<(String, f64, f64)>> {
@@ -668,7 +849,7 @@ async fn main() -> anyhow::Result<()> {
     let mode = args
         .first()
         .cloned()
-        .context("usage: bench failover|pgcrash|footprint|switchover|sync-cost|router [RUNS] [--sync on|quorum]")?;
+        .context("usage: bench failover|pgcrash|footprint|rejoin|switchover|sync-cost|router [RUNS] [--sync on|quorum]")?;
     let runs: usize = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(5);
     let label = sync.map(|m| format!("sync={m} ")).unwrap_or_default();
     let baton =
@@ -708,6 +889,27 @@ async fn main() -> anyhow::Result<()> {
                 "RESULT {label}pgcrash_gap_median_s={:.3} pgcrash_gap_max_s={:.3} lost_acked={lost}",
                 median(gaps.clone()),
                 gaps.iter().cloned().fold(0.0, f64::max)
+            );
+        }
+        "rejoin" => {
+            let env_f64 = |k: &str, d: f64| -> anyhow::Result<f64> {
+                std::env::var(k)
+                    .ok()
+                    .map(|s| s.parse().with_context(|| format!("{k}={s}: not a number")))
+                    .transpose()
+                    .map(|v| v.unwrap_or(d))
+            };
+            let db_gb = env_f64("DB_GB", 5.0)?;
+            let pct = env_f64("CHANGED_PCT", 1.0)?;
+            let (gb, rounds) = rejoin_bench(&baton, runs, db_gb, pct).await?;
+            let rewind: Vec<f64> = rounds.iter().map(|r| r.rewind.as_secs_f64()).collect();
+            let rebuild: Vec<f64> = rounds.iter().map(|r| r.rebuild.as_secs_f64()).collect();
+            let copied: Vec<f64> = rounds.iter().map(|r| r.copied_mb).collect();
+            let (rw, rb) = (median(rewind), median(rebuild));
+            println!(
+                "RESULT db_gb={gb:.1} changed_pct={pct} rewind_s={rw:.2} rebuild_s={rb:.2} rewind_copied_mb={:.0} rebuild_over_rewind={:.1}",
+                median(copied),
+                rb / rw
             );
         }
         "footprint" => {

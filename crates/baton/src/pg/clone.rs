@@ -337,7 +337,13 @@ impl Instance {
                 self.clear_rewind_marker()?;
                 super::conf::forget_leader_settings(&self.cfg.data_dir)?;
                 let all = format!("{err}\n{out}");
-                tracing::info!(member = %self.name, "pg_rewind: {}", all.trim().lines().last().unwrap_or("done"));
+                // How much it copied is what tells a rewind from a rebuild.
+                let copied = all
+                    .lines()
+                    .find(|l| l.contains("need to copy"))
+                    .map(|l| format!("{}; ", l.trim().trim_start_matches("pg_rewind: ")))
+                    .unwrap_or_default();
+                tracing::info!(member = %self.name, "pg_rewind: {copied}{}", all.trim().lines().last().unwrap_or("done"));
                 Ok(diverged_at(&all))
             }
             // pg_rewind prints "need to copy N MB" right before it starts
