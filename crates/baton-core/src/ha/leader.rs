@@ -16,10 +16,23 @@ pub(super) fn decide_running(o: &Observation, cluster: &ClusterView, run: &Runni
         .cloned()
         .collect();
     if run.in_recovery {
-        // Slots first, so the others can stream from us from the start.
+        // Slots first, so the others can stream from us from the start;
+        // also those the last leader retained (its own among them): a
+        // leader that died has no member key any more, yet it rejoins by
+        // streaming from the fork point. A slot made now, on a standby,
+        // reserves WAL from its last restartpoint, before that point; made
+        // after the promotion it would reserve from then on only, and a
+        // busy new leader recycles the segment the old one needs (seen in
+        // bench/rejoin: "requested WAL segment has already been removed").
+        let mut create = missing;
+        for slot in cluster.managed_slots(&o.me) {
+            if !run.slots.contains_key(&slot) && !create.iter().any(|m| slot_name(m) == slot) {
+                create.push(slot);
+            }
+        }
         let mut actions = vec![];
-        if !missing.is_empty() {
-            actions.push(Action::CreateSlots(missing));
+        if !create.is_empty() {
+            actions.push(Action::CreateSlots(create));
         }
         let from = run.timeline.unwrap_or(1);
         if !o.config.synchronous_mode.is_off() {

@@ -484,7 +484,7 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
                 }
                 // Baton's slots that still exist (or are about to): what a
                 // future leader must keep, and the only ones it may drop.
-                let retain: Vec<String> = obs
+                let mut retain: Vec<String> = obs
                     .cluster
                     .as_ref()
                     .map(|c| c.managed_slots(&me))
@@ -492,6 +492,11 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
                     .into_iter()
                     .filter(|s| slots.contains_key(s))
                     .collect();
+                // And one for this leader: whoever promotes next makes it
+                // before promoting, so that this member, should it die,
+                // finds its WAL from the fork point kept when it rejoins.
+                retain.push(slot_name(&me));
+                retain.sort();
                 let status = StatusKey {
                     optime: run.wal_lsn.map(|l| l.0),
                     slots: Some(slots),

@@ -2,6 +2,27 @@
 
 use super::*;
 
+/// The old leader died: its member key is gone with its lease, but the
+/// status key it left retains its slot, so the new leader makes that slot
+/// before promoting (a standby's slot reserves WAL from before the fork).
+#[test]
+fn a_promoting_member_first_makes_the_slot_the_dead_leader_retained() {
+    let mut c = cluster(Some(("n2", 7)));
+    c.members.remove("n1");
+    c.status = Some(StatusKey {
+        retain_slots: Some(vec!["n1".into(), "n2".into(), "n3".into()]),
+        ..StatusKey::default()
+    });
+    let o = obs("n2", Some(c), dir_on(1), replica_at(1, 1000));
+    assert_eq!(
+        decide(&o).actions,
+        vec![
+            Action::CreateSlots(vec!["n3".into(), "n1".into()]),
+            Action::Promote { from: 1, to: 2 }
+        ]
+    );
+}
+
 #[test]
 fn healthiest_replica_takes_the_key_then_promotes() {
     let c = with_optime(cluster(None), 1000);
