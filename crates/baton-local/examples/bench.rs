@@ -259,6 +259,36 @@ async fn footprint_run(
     result
 }
 
+fn max(v: &[f64]) -> f64 {
+    v.iter().cloned().fold(0.0, f64::max)
+}
+
+/// A number from the environment, or `default` when unset.
+fn env_or<T: std::str::FromStr>(key: &str, default: T) -> anyhow::Result<T>
+where
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    match std::env::var(key) {
+        Ok(s) => s
+            .parse()
+            .with_context(|| format!("{key}={s}: not a number")),
+        Err(_) => Ok(default),
+    }
+}
+
+/// `runs` postgres crashes on the leader, a fresh cluster each.
+async fn pgcrash_runs(
+    baton: &Path,
+    runs: usize,
+    sync: Option<&str>,
+) -> anyhow::Result<Vec<SwitchResult>> {
+    let mut crashes = vec![];
+    for n in 1..=runs {
+        crashes.push(pgcrash_run(baton, n, sync).await?);
+    }
+    Ok(crashes)
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let n = v.len();
@@ -863,44 +893,31 @@ async fn main() -> anyhow::Result<()> {
             let rto: Vec<f64> = results.iter().map(|r| r.rto.as_secs_f64()).collect();
             let rejoin: Vec<f64> = results.iter().map(|r| r.rejoin.as_secs_f64()).collect();
             let lost: usize = results.iter().map(|r| r.lost).sum();
-            let mut crashes = vec![];
-            for n in 1..=runs {
-                crashes.push(pgcrash_run(&baton, n, sync).await?);
-            }
+            let crashes = pgcrash_runs(&baton, runs, sync).await?;
             let gaps: Vec<f64> = crashes.iter().map(|r| r.gap.as_secs_f64()).collect();
             let lost = lost + crashes.iter().map(|r| r.lost).sum::<usize>();
             println!(
                 "RESULT {label}rto_median_s={:.2} rto_max_s={:.2} lost_acked={lost} rejoin_median_s={:.2} pgcrash_gap_median_s={:.3} pgcrash_gap_max_s={:.3}",
                 median(rto.clone()),
-                rto.iter().cloned().fold(0.0, f64::max),
+                max(&rto),
                 median(rejoin),
                 median(gaps.clone()),
-                gaps.iter().cloned().fold(0.0, f64::max)
+                max(&gaps)
             );
         }
         "pgcrash" => {
-            let mut crashes = vec![];
-            for n in 1..=runs {
-                crashes.push(pgcrash_run(&baton, n, sync).await?);
-            }
+            let crashes = pgcrash_runs(&baton, runs, sync).await?;
             let gaps: Vec<f64> = crashes.iter().map(|r| r.gap.as_secs_f64()).collect();
             let lost: usize = crashes.iter().map(|r| r.lost).sum();
             println!(
                 "RESULT {label}pgcrash_gap_median_s={:.3} pgcrash_gap_max_s={:.3} lost_acked={lost}",
                 median(gaps.clone()),
-                gaps.iter().cloned().fold(0.0, f64::max)
+                max(&gaps)
             );
         }
         "rejoin" => {
-            let env_f64 = |k: &str, d: f64| -> anyhow::Result<f64> {
-                std::env::var(k)
-                    .ok()
-                    .map(|s| s.parse().with_context(|| format!("{k}={s}: not a number")))
-                    .transpose()
-                    .map(|v| v.unwrap_or(d))
-            };
-            let db_gb = env_f64("DB_GB", 5.0)?;
-            let pct = env_f64("CHANGED_PCT", 1.0)?;
+            let db_gb = env_or("DB_GB", 5.0)?;
+            let pct = env_or("CHANGED_PCT", 1.0)?;
             let (gb, rounds) = rejoin_bench(&baton, runs, db_gb, pct).await?;
             let rewind: Vec<f64> = rounds.iter().map(|r| r.rewind.as_secs_f64()).collect();
             let rebuild: Vec<f64> = rounds.iter().map(|r| r.rebuild.as_secs_f64()).collect();
@@ -913,13 +930,7 @@ async fn main() -> anyhow::Result<()> {
             );
         }
         "footprint" => {
-            let window = Duration::from_secs(
-                std::env::var("FOOTPRINT_SECONDS")
-                    .ok()
-                    .map(|s| s.parse())
-                    .transpose()?
-                    .unwrap_or(60),
-            );
+            let window = Duration::from_secs(env_or("FOOTPRINT_SECONDS", 60)?);
             let mut all = vec![];
             for n in 1..=runs {
                 all.extend(footprint_run(&baton, n, window).await?);
@@ -930,10 +941,10 @@ async fn main() -> anyhow::Result<()> {
             println!(
                 "RESULT agent_rss_kb={:.0} agent_rss_max_kb={:.0} agent_private_kb={:.0} agent_idle_cpu_pct={:.3} agent_idle_cpu_max_pct={:.3}",
                 median(rss.clone()),
-                rss.iter().cloned().fold(0.0, f64::max),
+                max(&rss),
                 median(anon),
                 median(cpu.clone()),
-                cpu.iter().cloned().fold(0.0, f64::max)
+                max(&cpu)
             );
         }
         "switchover" => {
@@ -943,7 +954,7 @@ async fn main() -> anyhow::Result<()> {
             println!(
                 "RESULT {label}gap_median_s={:.3} gap_max_s={:.3} lost_acked={lost}",
                 median(gaps.clone()),
-                gaps.iter().cloned().fold(0.0, f64::max)
+                max(&gaps)
             );
         }
         "sync-cost" => {

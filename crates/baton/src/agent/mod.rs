@@ -554,7 +554,6 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
         // tick, for nothing (the lease, not the write, keeps it alive).
         let unchanged = cluster.as_ref().is_some_and(|c| {
             c.members.get(&self.cfg.name) == Some(&member)
-                && self.lease.is_some()
                 && c.member_leases.get(&self.cfg.name) == self.lease.as_ref()
         });
         if let (Some(lease), Some(_), false) = (self.lease, &cluster, unchanged) {

@@ -135,11 +135,7 @@ impl Instance {
         let Ok(text) = std::fs::read_to_string(&path) else {
             return Ok(());
         };
-        let Some(pid) = text
-            .lines()
-            .next()
-            .and_then(|l| l.trim().parse::<i32>().ok())
-        else {
+        let Some(pid) = lock_owner(&text) else {
             return Ok(());
         };
         if self.postmaster_pid().is_some() {
@@ -158,10 +154,8 @@ impl Instance {
             .socket_dir
             .join(format!(".s.PGSQL.{}.lock", self.cfg.listen.port()));
         for file in [&socket_lock, &path] {
-            let owner = std::fs::read_to_string(file)
-                .ok()
-                .and_then(|t| t.lines().next()?.trim().parse::<i32>().ok());
-            if owner != Some(pid) {
+            let owner = std::fs::read_to_string(file).ok();
+            if owner.as_deref().and_then(lock_owner) != Some(pid) {
                 continue;
             }
             match std::fs::remove_file(file) {
@@ -338,6 +332,12 @@ impl Instance {
 /// How long a start waits for the backends a dead postmaster left behind
 /// to notice and exit (they do within milliseconds unless busy).
 const ORPHANS_LIMIT: Duration = Duration::from_secs(5);
+
+/// The PID a lock file (`postmaster.pid`, `.s.PGSQL.<port>.lock`) names
+/// on its first line.
+fn lock_owner(text: &str) -> Option<i32> {
+    text.lines().next()?.trim().parse().ok()
+}
 
 /// The System V shared memory id in `postmaster.pid` (line 7: key, id).
 fn stale_lock_shmid(text: &str) -> Option<u64> {
