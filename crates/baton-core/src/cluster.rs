@@ -62,8 +62,22 @@ pub struct Member {
     /// Baton: a Greenplum coordinator's segments (leader only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub baton_segments: Vec<crate::instance::Segment>,
+    /// Baton: this member's probes found both the REST port and the
+    /// postgres port of the leader key's holder refusing connections
+    /// (the process-death fast path, `ha::dead_leader`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baton_leader_refused: Option<RefusedReport>,
     #[serde(flatten)]
     pub other: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Which leadership a member saw refusing on both ports: the holder of
+/// the leader key and the lease it was on. A report counts only for the
+/// very key it was made against, never for a later leadership.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefusedReport {
+    pub leader: String,
+    pub lease: LeaseId,
 }
 
 /// One routing endpoint as the leader last left it.

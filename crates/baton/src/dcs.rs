@@ -409,6 +409,29 @@ impl Store for Dcs {
         .await
     }
 
+    async fn remove_dead_leader(&self, name: &str, lease: LeaseId) -> Result<bool, DcsError> {
+        let key = self.key("leader");
+        let removed = self
+            .txn(
+                Txn::new()
+                    .when([
+                        Compare::value(key.as_str(), CompareOp::Equal, name),
+                        Compare::lease(key.as_str(), CompareOp::Equal, lease.0),
+                    ])
+                    .and_then([TxnOp::delete(key.as_str(), None)]),
+            )
+            .await?;
+        if removed {
+            // The dead agent's member key hangs on the same lease: it goes
+            // too, rather than show a running member for another ttl. Best
+            // effort: the key is what the election waits on.
+            if let Err(e) = self.revoke(lease).await {
+                tracing::debug!(lease = lease.0, "revoking the dead leader's lease: {e}");
+            }
+        }
+        Ok(removed)
+    }
+
     async fn put_member(
         &self,
         name: &str,
@@ -584,12 +607,21 @@ impl Store for Dcs {
                     Ok(mut stream) => {
                         while let Ok(Some(resp)) = stream.message().await {
                             let relevant = resp.events().iter().any(|e| {
-                                e.kv().and_then(|kv| kv.key_str().ok()).is_some_and(|k| {
-                                    matches!(
-                                        k.strip_prefix(prefix.as_str()),
-                                        Some("leader" | "failover" | "initialize" | "config")
-                                    )
-                                })
+                                let Some(kv) = e.kv() else { return false };
+                                match kv
+                                    .key_str()
+                                    .ok()
+                                    .and_then(|k| k.strip_prefix(prefix.as_str()))
+                                {
+                                    Some("leader" | "failover" | "initialize" | "config") => true,
+                                    // A member reporting that the leader's
+                                    // ports refuse: the others check now,
+                                    // not on their next tick.
+                                    Some(k) if k.starts_with("members/") => {
+                                        contains(kv.value(), b"\"baton_leader_refused\"")
+                                    }
+                                    _ => false,
+                                }
                             });
                             if relevant {
                                 wake.notify_one();
@@ -602,6 +634,10 @@ impl Store for Dcs {
             }
         }
     }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 async fn bounded<T>(

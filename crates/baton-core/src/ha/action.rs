@@ -16,6 +16,13 @@ pub enum Action {
     AdoptLeader,
     /// Delete the leader key if it is still ours.
     ReleaseLeader,
+    /// Delete the leader key if it still names `name` on `lease`, and
+    /// revoke that lease: its holder's agent and postgres are both gone
+    /// (`ha::dead_leader`).
+    RemoveDeadLeader {
+        name: String,
+        lease: crate::cluster::LeaseId,
+    },
     /// Clone the named member with pg_basebackup (job).
     Clone { from: String },
     /// Start postgres as primary (job).

@@ -23,7 +23,8 @@
 //!
 //! One concern per file: `observation.rs` (what a tick knows), `action.rs`
 //! (what it may do), `pause.rs` (maintenance mode over the result),
-//! `bootstrap.rs` (empty data directory), `leader.rs`, `follower.rs`
+//! `bootstrap.rs` (empty data directory), `dead_leader.rs` (the
+//! process-death fast path), `leader.rs`, `follower.rs`
 //! (replicas and lineage), `election.rs`, `switchover.rs`, `reason.rs`
 //! (typed reasons and their codes), `publish.rs` (the member key's role and
 //! state); the order in which the rules take precedence is
@@ -40,6 +41,7 @@
 
 mod action;
 mod bootstrap;
+mod dead_leader;
 mod election;
 pub mod fence;
 mod follower;
@@ -148,6 +150,14 @@ fn decide_rules(o: &Observation) -> Decision {
             );
         }
         return decision(vec![], Reason::JobRunning(kind));
+    }
+
+    // The process-death fast path (`dead_leader.rs`). Not for a primary
+    // without the key: rule 1 stops it first.
+    if !primary && !i_lead {
+        if let Some(d) = dead_leader::decide(o, cluster) {
+            return d;
+        }
     }
 
     let (system_id, standby_dir) = match &o.data_dir {

@@ -182,6 +182,10 @@ pub struct Observation {
     /// Replica in failsafe mode: how long ago a leader's `POST /failsafe`
     /// was last accepted here, and whose.
     pub failsafe_heard: Option<(Duration, String)>,
+    /// This tick's probes of the leader key's holder found its REST port
+    /// and its postgres port both refusing connections (TCP RST, never a
+    /// timeout), every time over a short window: the lease that key was on.
+    pub leader_refused: Option<LeaseId>,
     /// Wall-clock time, for scheduled switchovers.
     pub now_utc: chrono::DateTime<chrono::Utc>,
 }

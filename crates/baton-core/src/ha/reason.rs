@@ -298,6 +298,15 @@ pub enum Reason {
     LeaderNotReachable {
         leader: String,
     },
+    /// The process-death fast path: `reporters` of the `voters` members
+    /// other than the leader saw its REST and postgres ports both refuse
+    /// connections; the key is removed so that an election need not wait
+    /// for the lease (`ha::dead_leader`).
+    LeaderProcessesGone {
+        leader: String,
+        reporters: usize,
+        voters: usize,
+    },
     /// Not taking part in the election, and why.
     NotEligible(Ineligible),
     /// Taking part, but another member is healthier.
@@ -466,6 +475,16 @@ impl fmt::Display for Reason {
             Reason::LeaderNotReachable { leader } => {
                 write!(f, "leader {leader} has not published its address")
             }
+            Reason::LeaderProcessesGone {
+                leader,
+                reporters,
+                voters,
+            } => write!(
+                f,
+                "leader {leader}: its REST API and postgres both refuse connections \
+                 ({reporters} of {voters} other members see it): removing its key without \
+                 waiting for the lease"
+            ),
             Reason::NotEligible(why) => write!(f, "no leader; not a failover candidate: {why}"),
             Reason::Yielding { to, why } => write!(f, "no leader; yielding to {to}: {why}"),
             Reason::Candidate => {
@@ -580,6 +599,7 @@ impl Reason {
             Reason::Repointing { .. } => "repointing",
             Reason::NoLeader => "no_leader",
             Reason::LeaderNotReachable { .. } => "leader_not_reachable",
+            Reason::LeaderProcessesGone { .. } => "leader_processes_gone",
             Reason::NotEligible(why) => why.code(),
             Reason::Yielding { .. } => "yielding",
             Reason::Candidate => "candidate",

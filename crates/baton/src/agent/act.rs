@@ -248,6 +248,17 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
                     tracing::warn!("released the leader key");
                 }
             }
+            Action::RemoveDeadLeader { name, lease } => {
+                if self.dcs.remove_dead_leader(name, *lease).await? {
+                    tracing::warn!(
+                        leader = %name,
+                        lease = lease.0,
+                        "removed the leader key: its agent and postgres are gone"
+                    );
+                    // The election starts now, not on the next tick.
+                    self.wake.notify_one();
+                }
+            }
             Action::StartReadOnly => {
                 let inst = self.inst.clone();
                 self.spawn_job(JobKind::Start, async move {

@@ -158,6 +158,9 @@ pub struct Agent<S = Dcs, P = LocalPg, H = HttpPeers> {
     etcd_throttle: Throttle,
     /// Since when this running replica has not been streaming.
     not_streaming_since: Option<Instant>,
+    /// This tick's finding of the process-death probe (`probe_leader`),
+    /// published in the member key for the others to count.
+    leader_refused: Option<baton_core::cluster::RefusedReport>,
     /// Leader: since when each of Baton's slots has had no member key.
     slot_absent_since: std::collections::BTreeMap<String, Instant>,
     /// The node file, re-read on `POST /reload` and SIGHUP.
@@ -255,6 +258,7 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
             etcd_throttle: Throttle::default(),
             config_path: None,
             not_streaming_since: None,
+            leader_refused: None,
             slot_absent_since: Default::default(),
             history_cache: None,
             sync_seen: None,
@@ -443,6 +447,7 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
             }
             _ => vec![],
         };
+        self.leader_refused = self.probe_leader(cluster.as_ref(), &pg).await;
         let promotion_pending = self.inst.promotion_pending(&pg);
         let staged_initdb = match data_dir {
             DataDir::Empty => self.inst.staged_initdb().await,
@@ -481,6 +486,7 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
             sync_applied_at: self.sync_seen.as_ref().map(|(_, at)| *at),
             failsafe_confirmed: self.failsafe_confirmed(),
             failsafe_heard: self.failsafe_heard(),
+            leader_refused: self.leader_refused.as_ref().map(|r| r.lease),
             fence_down_for: self
                 .fence_down_since
                 .map(|t| now.saturating_duration_since(t)),

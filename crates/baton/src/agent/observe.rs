@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use baton_core::cluster::{ClusterView, Member};
+use baton_core::cluster::{ClusterView, Member, RefusedReport};
 use baton_core::ha::{publish, JobKind, Peer, PgStatus, Reason};
 use baton_core::instance::{slot_name, DataDir};
 
@@ -62,6 +62,34 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
             self.freshen_voters(cluster, &mut peers).await;
         }
         peers
+    }
+
+    /// The process-death fast path (`ha::dead_leader`): while this member
+    /// does not stream from the leader (a replica that does knows its
+    /// postgres is up), whether the leader key's holder refuses on both
+    /// its REST and its postgres port. Costs nothing while streaming.
+    pub(super) async fn probe_leader(
+        &self,
+        cluster: Option<&ClusterView>,
+        pg: &PgStatus,
+    ) -> Option<RefusedReport> {
+        let leader = cluster?.leader.as_ref()?;
+        if leader.name == self.cfg.name {
+            return None;
+        }
+        match pg {
+            PgStatus::Running(r) if !r.in_recovery || r.receiver_streaming => return None,
+            _ => {}
+        }
+        let m = cluster?.members.get(&leader.name)?;
+        let pg_at = m.pg_address()?;
+        self.peers
+            .refused(&m.api_url, pg_at)
+            .await
+            .then(|| RefusedReport {
+                leader: leader.name.clone(),
+                lease: leader.lease,
+            })
     }
 
     /// Synchronous mode: a voter's REST answer is its last tick's, and the
@@ -210,6 +238,7 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
                 PgStatus::Running(r) if i_lead => r.segments.clone(),
                 _ => vec![],
             },
+            baton_leader_refused: self.leader_refused.clone(),
             ..Member::default()
         };
         publish::fill_member(&mut m, pg, data_dir, job, needs_repair, i_lead);

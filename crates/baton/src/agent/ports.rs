@@ -56,6 +56,14 @@ pub trait Store: Clone + Send + Sync + 'static {
         lease: LeaseId,
     ) -> impl Future<Output = Result<bool, DcsError>> + Send;
     fn release_leader(&self, name: &str) -> impl Future<Output = Result<bool, DcsError>> + Send;
+    /// Deletes the leader key if it still names `name` on `lease` (the
+    /// process-death fast path: another member's agent and postgres are
+    /// gone); whether it did.
+    fn remove_dead_leader(
+        &self,
+        name: &str,
+        lease: LeaseId,
+    ) -> impl Future<Output = Result<bool, DcsError>> + Send;
     fn put_member(
         &self,
         name: &str,
@@ -246,6 +254,10 @@ pub trait Peers: Send + Sync + 'static {
     /// `POST /failsafe` from leader `me` to the member at `api_url`: `Ok`
     /// when it confirms following `me`, else why not.
     fn failsafe(&self, api_url: &str, me: &str) -> impl Future<Output = Result<(), String>> + Send;
+    /// Whether the member's REST port (from `api_url`) and its postgres
+    /// port `pg` both refuse connections (TCP RST), every time over a
+    /// short window. A timeout is never a refusal (`ha::dead_leader`).
+    fn refused(&self, api_url: &str, pg: (String, u16)) -> impl Future<Output = bool> + Send;
 }
 
 /// The local postgres through `pg_ctl` and a kept superuser connection.
@@ -501,6 +513,23 @@ pub struct HttpPeers {
     pub auth: Option<crate::config::Credentials>,
 }
 
+/// How many times, how far apart, a member's two ports must refuse before
+/// a probe says so (`Peers::refused`): a process that is restarting has
+/// its port back within this window, one that is gone does not.
+const REFUSAL_PROBES: u32 = 3;
+const REFUSAL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Whether a TCP connection to `host:port` is refused. A timeout, or any
+/// other error, is not a refusal: it may be a stalled process or a cut
+/// network, behind which a primary may still run.
+async fn refuses(host: &str, port: u16) -> bool {
+    let connect = tokio::net::TcpStream::connect((host, port));
+    match tokio::time::timeout(Duration::from_millis(500), connect).await {
+        Ok(Err(e)) => e.kind() == std::io::ErrorKind::ConnectionRefused,
+        _ => false,
+    }
+}
+
 impl Peers for HttpPeers {
     async fn status(&self, api_url: &str) -> Option<serde_json::Value> {
         self.client
@@ -511,6 +540,25 @@ impl Peers for HttpPeers {
             .json()
             .await
             .ok()
+    }
+
+    async fn refused(&self, api_url: &str, pg: (String, u16)) -> bool {
+        let Some((host, port)) = reqwest::Url::parse(api_url)
+            .ok()
+            .and_then(|u| Some((u.host_str()?.to_string(), u.port_or_known_default()?)))
+        else {
+            return false;
+        };
+        for round in 0..REFUSAL_PROBES {
+            if round > 0 {
+                tokio::time::sleep(REFUSAL_INTERVAL).await;
+            }
+            let (api, postgres) = tokio::join!(refuses(&host, port), refuses(&pg.0, pg.1));
+            if !(api && postgres) {
+                return false;
+            }
+        }
+        true
     }
 
     async fn failsafe(&self, api_url: &str, me: &str) -> Result<(), String> {

@@ -56,6 +56,10 @@ pub struct Faults {
     /// Not a fault: the fence processes take orders but never act, to show
     /// what rule 8 is for.
     pub fence_processes_off: bool,
+    /// Not a fault: the fast path's probe believes a refused REST port
+    /// alone (an agent gone, its postgres perhaps running on), to show why
+    /// `ha::dead_leader` asks for both ports.
+    pub probe_ignores_postgres: bool,
 }
 
 impl Faults {
@@ -72,6 +76,7 @@ impl Faults {
             slow_steps: true,
             stalls: true,
             fence_processes_off: false,
+            probe_ignores_postgres: false,
         }
     }
 }

@@ -253,6 +253,53 @@ fn without_the_fence_process_a_stalled_or_killed_agent_leaves_a_writable_primary
     eprintln!("without fence processes, seed {seed}: {}", f.what);
 }
 
+/// The process-death fast path is exercised, not only allowed: node kills
+/// (agent and postgres gone, network up) of the leader make the others
+/// remove its key in some of these seeds, and the main run's invariants
+/// (plus the removal's own check that no primary ran) hold over them.
+#[test]
+fn killed_leaders_keys_are_removed_by_the_fast_path() {
+    trace();
+    let before = store::FAST_PATH_REMOVALS.with(|c| c.get());
+    for seed in 1..=40 {
+        if let Err(f) = driver::run(seed, Faults::all(), PLAN) {
+            panic!(
+                "{}",
+                report("killed_leaders_keys_are_removed_by_the_fast_path", seed, &f)
+            );
+        }
+    }
+    let removed = store::FAST_PATH_REMOVALS.with(|c| c.get()) - before;
+    assert!(
+        removed > 0,
+        "40 seeds of node kills and not one leader key removed by the fast path"
+    );
+    eprintln!("RESULT fast_path_removals={removed} seeds=40");
+}
+
+/// The simulator's teeth for the fast path: a probe that takes a refused
+/// REST port alone for a dead leader (its agent killed, its postgres still
+/// running) removes the key of a live primary.
+#[test]
+fn a_fast_path_on_the_rest_port_alone_removes_a_live_primarys_key() {
+    trace();
+    let faults = Faults {
+        probe_ignores_postgres: true,
+        ..Faults::all()
+    };
+    let found = (1..=200).find_map(|seed| {
+        driver::run(seed, faults, PLAN)
+            .err()
+            .filter(|f| f.what.contains("whose postgres runs as primary"))
+            .map(|f| (seed, f))
+    });
+    let (seed, f) = found.expect(
+        "trusting the REST port alone never removed a live primary's key: \
+         the agent-kill fault no longer tests the fast path's rule",
+    );
+    eprintln!("REST port alone, seed {seed}: {}", f.what);
+}
+
 #[test]
 fn wal_prefix_rule_of_the_simulator() {
     use world::Wal;

@@ -31,7 +31,44 @@ impl SimPeers {
     }
 }
 
+impl SimPeers {
+    /// What a TCP connect to the target's REST and postgres ports gets:
+    /// `Some(true)` refused on both (nothing listens: no agent, no
+    /// postmaster), `Some(false)` an answer on one, `None` a timeout (the
+    /// network between them cut).
+    fn refusal(&self, api_url: &str) -> Option<bool> {
+        let host = api_url.split("://").nth(1)?.split(':').next()?.to_string();
+        let w = self.world.lock();
+        let t = w.index(&host)?;
+        let target = &w.nodes[t];
+        if w.nodes[self.node].isolated || target.isolated {
+            return None;
+        }
+        let no_postmaster = (target.pg.running.is_none() && target.pg.starting.is_none())
+            || w.faults.probe_ignores_postgres;
+        Some(!target.agent_alive && no_postmaster)
+    }
+}
+
 impl Peers for SimPeers {
+    async fn refused(&self, api_url: &str, _pg: (String, u16)) -> bool {
+        self.world.gate(self.node, self.epoch).await;
+        for round in 0..3 {
+            if round > 0 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            match self.refusal(api_url) {
+                Some(true) => tokio::time::sleep(Duration::from_millis(1)).await,
+                Some(false) => return false,
+                None => {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
     async fn failsafe(&self, api_url: &str, me: &str) -> Result<(), String> {
         self.world.gate(self.node, self.epoch).await;
         match self.reach(api_url) {

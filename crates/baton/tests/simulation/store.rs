@@ -14,7 +14,7 @@ use baton::dcs::DcsError;
 use baton_core::cluster::{ClusterView, LeaseId, Member, StatusKey, SyncKey};
 use baton_core::config::DynamicConfig;
 
-use crate::world::{Link, Shared, World};
+use crate::world::{Link, Mode, Shared, World};
 
 #[derive(Clone)]
 pub struct SimStore {
@@ -121,6 +121,12 @@ impl SimStore {
         w.etcd.put(rel, value, lease.map(|l| l.0).unwrap_or(0));
         Ok(true)
     }
+}
+
+thread_local! {
+    /// Leader keys the process-death fast path removed on this thread (a
+    /// seed runs on its caller's thread): the test that it is exercised.
+    pub static FAST_PATH_REMOVALS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 impl Store for SimStore {
@@ -235,6 +241,43 @@ impl Store for SimStore {
         })
         .await
     }
+    async fn remove_dead_leader(&self, name: &str, lease: LeaseId) -> Result<bool, DcsError> {
+        let name = name.to_string();
+        let removed = self
+            .call(move |w| {
+                if w.etcd
+                    .get("leader")
+                    .is_some_and(|kv| kv.value == name && kv.lease == lease.0)
+                {
+                    // The rule's premise, checked against the truth: no
+                    // postgres of that member runs, or starts, as primary.
+                    if let Some(i) = w.nodes.iter().position(|n| n.name == name) {
+                        let pg = &w.nodes[i].pg;
+                        let primary = pg.running == Some(Mode::Primary)
+                            || matches!(pg.starting, Some((_, Mode::Primary)));
+                        if primary {
+                            w.violation = Some(format!(
+                                "the process-death fast path removed the key of {name}, \
+                                 whose postgres runs as primary"
+                            ));
+                        }
+                    }
+                    FAST_PATH_REMOVALS.with(|c| c.set(c.get() + 1));
+                    w.etcd.delete("leader");
+                    w.event(format!(
+                        "the leader key of {name} removed: its processes are gone"
+                    ));
+                    w.notify_watchers();
+                    return Ok(true);
+                }
+                Ok(false)
+            })
+            .await?;
+        if removed {
+            let _ = self.revoke(lease).await;
+        }
+        Ok(removed)
+    }
     async fn put_member(
         &self,
         name: &str,
@@ -246,6 +289,11 @@ impl Store for SimStore {
         self.call(move |w| {
             Self::alive(w, lease).map_err(|_| DcsError::LeaseExpired(lease.0))?;
             w.etcd.put(&key, &json, lease.0);
+            // As the real watch: a report of the leader's ports refusing
+            // wakes the others.
+            if json.contains("\"baton_leader_refused\"") {
+                w.notify_watchers();
+            }
             Ok(())
         })
         .await

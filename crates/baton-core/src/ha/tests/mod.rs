@@ -2,6 +2,7 @@
 //! live here.
 
 mod bootstrap;
+mod dead_leader;
 mod election;
 mod failsafe;
 mod follower;
@@ -88,6 +89,7 @@ fn obs(me: &str, cluster: Option<ClusterView>, data_dir: DataDir, pg: PgStatus) 
         sync_applied_at: None,
         failsafe_confirmed: None,
         failsafe_heard: None,
+        leader_refused: None,
         now_utc: chrono::DateTime::parse_from_rfc3339("2026-11-23T12:00:00Z")
             .unwrap()
             .with_timezone(&chrono::Utc),
