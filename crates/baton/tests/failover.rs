@@ -134,6 +134,46 @@ async fn leader_killed_standby_promotes_and_old_leader_rejoins_by_rewind() {
         events.windows(2).all(|w| w[0].at <= w[1].at),
         "merged by time"
     );
+    // Its agent and postgres gone, its host up: the others saw both of its
+    // ports refuse and removed its key at once, not a lease later.
+    assert!(
+        events
+            .iter()
+            .any(|e| e.member != "node1" && e.code == "leader_processes_gone"),
+        "no member took the process-death fast path: {:?}",
+        events
+            .iter()
+            .filter(|e| e.kind == "decision")
+            .map(|e| (&e.member, &e.code))
+            .collect::<Vec<_>>()
+    );
+}
+
+/// A frozen leader (agent and postgres SIGSTOPped: the host, or its disk,
+/// stalls) still has its listening sockets: connections to it time out,
+/// they are not refused. The process-death fast path must not take it for
+/// dead; its key goes when its lease runs out, and not before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_leader_is_not_taken_for_dead_before_its_lease_runs_out() {
+    let t = TestCluster::led_by_node1("frozen", ClusterOptions::default(), &[]).await;
+    let agent = Stopped::stop(t.c.nodes[0].agent_pid().unwrap());
+    let postgres = Stopped::stop(t.c.nodes[0].postmaster_pid().unwrap() as u32);
+    let leader = wait_new_leader(&t, "node1", Duration::from_secs(60)).await;
+    for i in [1, 2] {
+        let v = http_json(&t.c.nodes[i].api_url("/events")).await.unwrap();
+        let events: Vec<baton_core::event::Event> =
+            serde_json::from_value(v["events"].clone()).unwrap();
+        assert!(
+            !events.iter().any(|e| e.code == "leader_processes_gone"),
+            "node{} took a frozen leader for dead: {events:#?}",
+            i + 1
+        );
+    }
+    // Thawed, the old leader is fenced (its lease is gone) and follows.
+    drop(postgres);
+    drop(agent);
+    wait_streaming_on_leader_timeline(&t, "node1", Duration::from_secs(60)).await;
+    assert_eq!(t.c.view().await.unwrap().leader_name(), Some(leader.as_str()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
