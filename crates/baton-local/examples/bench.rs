@@ -7,6 +7,9 @@
 //!   lost, and the time until the old node streams again.
 //!   Then postgres alone is killed on the leader (postmaster SIGKILL), which
 //!   is restarted in place: the longest write gap (`pgcrash`, also alone).
+//!   Then the leader's host dies silently (every process of the node
+//!   frozen): the longest write gap (`host_death_*`), which waits for the
+//!   lease, against the kill above (`process_death_*`), which need not.
 //! - footprint: each agent of an idle Normal cluster over 60 s
 //!   (`FOOTPRINT_SECONDS`): largest resident set and CPU use.
 //! - rejoin: a `DB_GB` (5) database, `CHANGED_PCT` (1) of it rewritten on
@@ -177,6 +180,127 @@ async fn pgcrash_run(baton: &Path, n: usize, sync: Option<&str>) -> anyhow::Resu
         }
         println!(
             "pgcrash run {n}: gap {:.3} s, lost_acked {lost}",
+            gap.as_secs_f64()
+        );
+        Ok(SwitchResult { gap, lost })
+    }
+    .await;
+    teardown(&dir, c, &result);
+    result
+}
+
+/// Every process of node `i`, as a dead host leaves them: its agent, its
+/// fence process (found by the data directory on its command line), the
+/// postmaster and all its children.
+fn node_processes(c: &LocalCluster, i: usize) -> Vec<nix::unistd::Pid> {
+    use nix::unistd::Pid;
+    let node = &c.nodes[i];
+    let mut pids = vec![];
+    if let Some(p) = node.agent_pid() {
+        pids.push(Pid::from_raw(p as i32));
+    }
+    let postmaster = node.postmaster_pid();
+    pids.extend(postmaster.map(Pid::from_raw));
+    let dir = node.data_dir.display().to_string();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        // The postmaster's children: its backends and auxiliary processes.
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        let ppid = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<i32>().ok());
+        if ppid.is_some() && ppid == postmaster {
+            pids.push(Pid::from_raw(pid));
+            continue;
+        }
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+        let fence = args.first().is_some_and(|a| a.ends_with(b"baton-fence"));
+        if fence && args.iter().any(|a| *a == dir.as_bytes()) {
+            pids.push(Pid::from_raw(pid));
+        }
+    }
+    pids
+}
+
+/// Silent host death: every process of the leader's node frozen at once
+/// (SIGSTOP), so that its ports neither answer nor refuse (the kernel still
+/// accepts connections for a stopped process, and they time out), as a
+/// host that lost power or its network looks to the others. Nothing takes
+/// the process-death fast path: the longest write gap waits for the lease.
+/// The frozen processes are then killed where they stand (SIGKILL), never
+/// thawed: a thawed old primary is the fence's business, not this bench's.
+async fn host_death_run(
+    baton: &Path,
+    n: usize,
+    sync: Option<&str>,
+) -> anyhow::Result<SwitchResult> {
+    use nix::sys::signal::{kill, Signal};
+    let (dir, mut c) = bench_cluster(baton, &format!("hostdeath-{n}"), sync)?;
+    let result = async {
+        c.wait_normal(Duration::from_secs(120)).await?;
+        let cfg = workload::read_write_config(&c.pg_hosts(), "postgres");
+        workload::create_table(&cfg, "bench")
+            .await
+            .map_err(anyhow::Error::msg)?;
+        let stop = CancellationToken::new();
+        let writer = tokio::spawn(workload::run_writes(
+            cfg.clone(),
+            "bench".into(),
+            Duration::from_millis(10),
+            stop.clone(),
+        ));
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let leader = c
+            .view()
+            .await?
+            .leader_name()
+            .context("no leader")?
+            .to_string();
+        let li = c
+            .nodes
+            .iter()
+            .position(|x| x.name == leader)
+            .context("leader not ours")?;
+        let frozen = node_processes(&c, li);
+        // Agent, fence, postmaster and at least its checkpointer.
+        if frozen.len() < 4 {
+            bail!("found only {frozen:?} of {leader}'s agent, fence and postgres");
+        }
+        for p in &frozen {
+            let _ = kill(*p, Signal::SIGSTOP);
+        }
+        // A backend the postmaster forked while the first ones were being
+        // stopped: the postmaster is frozen now, so a second pass is all.
+        let mut frozen = frozen;
+        for p in node_processes(&c, li) {
+            if !frozen.contains(&p) {
+                let _ = kill(p, Signal::SIGSTOP);
+                frozen.push(p);
+            }
+        }
+        let waited = poll_until("a new leader", Duration::from_secs(60), || async {
+            let v = c.view().await.ok()?;
+            v.leader_name().is_some_and(|l| l != leader).then_some(())
+        })
+        .await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        stop.cancel();
+        for p in &frozen {
+            let _ = kill(*p, Signal::SIGKILL);
+        }
+        c.kill_agent(li);
+        waited?;
+        let log = writer.await?;
+        let present = workload::present_ids(&cfg, "bench")
+            .await
+            .map_err(anyhow::Error::msg)?;
+        let (gap, _) = log.longest_gap();
+        let lost = log.lost(&present).len();
+        println!(
+            "host death run {n}: gap {:.3} s, lost_acked {lost}",
             gap.as_secs_f64()
         );
         Ok(SwitchResult { gap, lost })
@@ -879,7 +1003,7 @@ async fn main() -> anyhow::Result<()> {
     let mode = args
         .first()
         .cloned()
-        .context("usage: bench failover|pgcrash|footprint|rejoin|switchover|sync-cost|router [RUNS] [--sync on|quorum]")?;
+        .context("usage: bench failover|pgcrash|hostdeath|footprint|rejoin|switchover|sync-cost|router [RUNS] [--sync on|quorum]")?;
     let runs: usize = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(5);
     let label = sync.map(|m| format!("sync={m} ")).unwrap_or_default();
     let baton =
@@ -895,14 +1019,39 @@ async fn main() -> anyhow::Result<()> {
             let lost: usize = results.iter().map(|r| r.lost).sum();
             let crashes = pgcrash_runs(&baton, runs, sync).await?;
             let gaps: Vec<f64> = crashes.iter().map(|r| r.gap.as_secs_f64()).collect();
-            let lost = lost + crashes.iter().map(|r| r.lost).sum::<usize>();
+            let mut deaths = vec![];
+            for n in 1..=runs {
+                deaths.push(host_death_run(&baton, n, sync).await?);
+            }
+            let host: Vec<f64> = deaths.iter().map(|r| r.gap.as_secs_f64()).collect();
+            let lost = lost
+                + crashes.iter().map(|r| r.lost).sum::<usize>()
+                + deaths.iter().map(|r| r.lost).sum::<usize>();
+            // The kill of agent and postgres with the host up is the
+            // process death (`rto_*`, kept under its old name too).
             println!(
-                "RESULT {label}rto_median_s={:.2} rto_max_s={:.2} lost_acked={lost} rejoin_median_s={:.2} pgcrash_gap_median_s={:.3} pgcrash_gap_max_s={:.3}",
+                "RESULT {label}rto_median_s={:.2} rto_max_s={:.2} lost_acked={lost} rejoin_median_s={:.2} pgcrash_gap_median_s={:.3} pgcrash_gap_max_s={:.3} process_death_rto_median_s={:.2} host_death_rto_median_s={:.2} host_death_rto_max_s={:.2}",
                 median(rto.clone()),
                 max(&rto),
                 median(rejoin),
                 median(gaps.clone()),
-                max(&gaps)
+                max(&gaps),
+                median(rto.clone()),
+                median(host.clone()),
+                max(&host)
+            );
+        }
+        "hostdeath" => {
+            let mut deaths = vec![];
+            for n in 1..=runs {
+                deaths.push(host_death_run(&baton, n, sync).await?);
+            }
+            let host: Vec<f64> = deaths.iter().map(|r| r.gap.as_secs_f64()).collect();
+            let lost: usize = deaths.iter().map(|r| r.lost).sum();
+            println!(
+                "RESULT {label}host_death_rto_median_s={:.2} host_death_rto_max_s={:.2} lost_acked={lost}",
+                median(host.clone()),
+                max(&host)
             );
         }
         "pgcrash" => {

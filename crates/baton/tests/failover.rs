@@ -173,7 +173,10 @@ async fn a_frozen_leader_is_not_taken_for_dead_before_its_lease_runs_out() {
     drop(postgres);
     drop(agent);
     wait_streaming_on_leader_timeline(&t, "node1", Duration::from_secs(60)).await;
-    assert_eq!(t.c.view().await.unwrap().leader_name(), Some(leader.as_str()));
+    assert_eq!(
+        t.c.view().await.unwrap().leader_name(),
+        Some(leader.as_str())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

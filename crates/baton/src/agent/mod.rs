@@ -161,6 +161,9 @@ pub struct Agent<S = Dcs, P = LocalPg, H = HttpPeers> {
     /// This tick's finding of the process-death probe (`probe_leader`),
     /// published in the member key for the others to count.
     leader_refused: Option<baton_core::cluster::RefusedReport>,
+    /// The REST address of the leader when it is another member, for the
+    /// leader link (`spawn_leader_link`).
+    leader_api: tokio::sync::watch::Sender<Option<String>>,
     /// Leader: since when each of Baton's slots has had no member key.
     slot_absent_since: std::collections::BTreeMap<String, Instant>,
     /// The node file, re-read on `POST /reload` and SIGHUP.
@@ -194,6 +197,32 @@ fn spawn_exit_watch<P: Postgres>(inst: Arc<P>, wake: Arc<Notify>) -> tokio::task
         loop {
             inst.postmaster_exit().await;
             wake.notify_one();
+        }
+    })
+}
+
+/// Wakes the loop the moment the leader's agent process exits (the
+/// process-death fast path, `ha::dead_leader`): a connection to its REST
+/// port is held open, and the kernel closes it when the process dies. The
+/// tick then probes both ports; a closed connection alone decides nothing.
+fn spawn_leader_link<H: Peers>(
+    peers: Arc<H>,
+    mut leader: tokio::sync::watch::Receiver<Option<String>>,
+    wake: Arc<Notify>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let url = leader.borrow_and_update().clone();
+            let Some(url) = url else {
+                if leader.changed().await.is_err() {
+                    return;
+                }
+                continue;
+            };
+            tokio::select! {
+                _ = peers.closed(&url) => wake.notify_one(),
+                r = leader.changed() => if r.is_err() { return },
+            }
         }
     })
 }
@@ -259,6 +288,7 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
             config_path: None,
             not_streaming_since: None,
             leader_refused: None,
+            leader_api: tokio::sync::watch::channel(None).0,
             slot_absent_since: Default::default(),
             history_cache: None,
             sync_seen: None,
@@ -289,6 +319,11 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
         let mut watch = tokio::spawn(self.dcs.clone().watch_changes(self.wake.clone()));
         let mut fence = spawn_fence(self.inst.clone(), self.fence.subscribe(), self.wake.clone());
         let mut exits = spawn_exit_watch(self.inst.clone(), self.wake.clone());
+        let mut link = spawn_leader_link(
+            self.peers.clone(),
+            self.leader_api.subscribe(),
+            self.wake.clone(),
+        );
         let mut failsafe = failsafe::spawn_failsafe(
             self.peers.clone(),
             self.inst.clone(),
@@ -321,12 +356,14 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
                 r = &mut watch => break Err(AgentError::TaskEnded(format!("etcd watch task ({r:?})"))),
                 r = &mut fence => break Err(AgentError::TaskEnded(format!("fence timer ({r:?})"))),
                 r = &mut exits => break Err(AgentError::TaskEnded(format!("postmaster exit watch ({r:?})"))),
+                r = &mut link => break Err(AgentError::TaskEnded(format!("leader link ({r:?})"))),
                 r = &mut failsafe => break Err(AgentError::TaskEnded(format!("failsafe task ({r:?})"))),
             }
         };
         watch.abort();
         fence.abort();
         exits.abort();
+        link.abort();
         failsafe.abort();
         if let Err(e) = &result {
             tracing::error!("{e}; stopping the agent");
@@ -448,6 +485,15 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
             _ => vec![],
         };
         self.leader_refused = self.probe_leader(cluster.as_ref(), &pg).await;
+        let leader_api = cluster.as_ref().and_then(|c| {
+            let l = c.leader_name().filter(|l| *l != self.cfg.name)?;
+            Some(c.members.get(l)?.api_url.clone())
+        });
+        self.leader_api.send_if_modified(|v| {
+            let changed = *v != leader_api;
+            *v = leader_api;
+            changed
+        });
         let promotion_pending = self.inst.promotion_pending(&pg);
         let staged_initdb = match data_dir {
             DataDir::Empty => self.inst.staged_initdb().await,

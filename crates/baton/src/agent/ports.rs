@@ -258,6 +258,10 @@ pub trait Peers: Send + Sync + 'static {
     /// port `pg` both refuse connections (TCP RST), every time over a
     /// short window. A timeout is never a refusal (`ha::dead_leader`).
     fn refused(&self, api_url: &str, pg: (String, u16)) -> impl Future<Output = bool> + Send;
+    /// Holds a connection to the member's REST port open and resolves when
+    /// the member closes it: its process exited, and the kernel says so at
+    /// once. Resolves after a pause when no connection can be made.
+    fn closed(&self, api_url: &str) -> impl Future<Output = ()> + Send;
 }
 
 /// The local postgres through `pg_ctl` and a kept superuser connection.
@@ -517,7 +521,13 @@ pub struct HttpPeers {
 /// a probe says so (`Peers::refused`): a process that is restarting has
 /// its port back within this window, one that is gone does not.
 const REFUSAL_PROBES: u32 = 3;
-const REFUSAL_INTERVAL: Duration = Duration::from_millis(100);
+const REFUSAL_INTERVAL: Duration = Duration::from_millis(50);
+
+/// `host` and `port` of a member's `api_url`.
+fn host_port(api_url: &str) -> Option<(String, u16)> {
+    let u = reqwest::Url::parse(api_url).ok()?;
+    Some((u.host_str()?.to_string(), u.port_or_known_default()?))
+}
 
 /// Whether a TCP connection to `host:port` is refused. A timeout, or any
 /// other error, is not a refusal: it may be a stalled process or a cut
@@ -542,11 +552,23 @@ impl Peers for HttpPeers {
             .ok()
     }
 
+    async fn closed(&self, api_url: &str) {
+        use tokio::io::AsyncReadExt;
+        if let Some((host, port)) = host_port(api_url) {
+            let connect = tokio::net::TcpStream::connect((host.as_str(), port));
+            if let Ok(Ok(mut s)) = tokio::time::timeout(Duration::from_secs(1), connect).await {
+                // Nothing is ever sent: the read ends only when the other
+                // side closes (or resets) the connection.
+                let mut buf = [0u8; 16];
+                let _ = s.read(&mut buf).await;
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+
     async fn refused(&self, api_url: &str, pg: (String, u16)) -> bool {
-        let Some((host, port)) = reqwest::Url::parse(api_url)
-            .ok()
-            .and_then(|u| Some((u.host_str()?.to_string(), u.port_or_known_default()?)))
-        else {
+        let Some((host, port)) = host_port(api_url) else {
             return false;
         };
         for round in 0..REFUSAL_PROBES {

@@ -303,6 +303,11 @@ impl Instance {
     /// pg_rewind from `host:port`; where the histories diverged (and on
     /// which timeline), when it had anything to rewind.
     pub async fn rewind_from(&self, host: &str, port: u16) -> Result<Option<(Lsn, u32)>, PgError> {
+        // pg_rewind first runs the target's crash recovery in single-user
+        // mode, which refuses to start beside the lock file of a killed
+        // postmaster whose PID is not reaped yet (seen after a failover:
+        // a rewind failed for it, and the member was rebuilt instead).
+        self.clear_stale_lock().await?;
         let mut cmd = self.command("pg_rewind");
         cmd.arg("-D")
             .arg(&self.cfg.data_dir)

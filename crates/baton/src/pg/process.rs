@@ -130,7 +130,7 @@ impl Instance {
     /// shared memory segment, which postgres checks by itself (found by the
     /// data directory, not through this file); they are waited for here,
     /// bounded, rather than failing the start and waiting a retry.
-    async fn clear_stale_lock(&self) -> Result<(), PgError> {
+    pub(super) async fn clear_stale_lock(&self) -> Result<(), PgError> {
         let path = self.cfg.data_dir.join("postmaster.pid");
         let Ok(text) = std::fs::read_to_string(&path) else {
             return Ok(());

@@ -51,11 +51,16 @@ impl SimPeers {
 }
 
 impl Peers for SimPeers {
+    /// Not modelled: the loop learns of a dead leader on its next tick.
+    async fn closed(&self, _api_url: &str) {
+        std::future::pending::<()>().await
+    }
+
     async fn refused(&self, api_url: &str, _pg: (String, u16)) -> bool {
         self.world.gate(self.node, self.epoch).await;
         for round in 0..3 {
             if round > 0 {
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
             match self.refusal(api_url) {
                 Some(true) => tokio::time::sleep(Duration::from_millis(1)).await,
