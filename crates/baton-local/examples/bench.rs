@@ -218,7 +218,7 @@ fn node_processes(c: &LocalCluster, i: usize) -> Vec<nix::unistd::Pid> {
         let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
         let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
         let fence = args.first().is_some_and(|a| a.ends_with(b"baton-fence"));
-        if fence && args.iter().any(|a| *a == dir.as_bytes()) {
+        if fence && args.contains(&dir.as_bytes()) {
             pids.push(Pid::from_raw(pid));
         }
     }
