@@ -310,6 +310,86 @@ async fn host_death_run(
     result
 }
 
+/// The sum over every live agent of the cluster of a counter in `/metrics`.
+async fn cluster_counter(c: &LocalCluster, metric: &str) -> anyhow::Result<f64> {
+    let http = baton::tls::http_client(Duration::from_secs(5), None)?;
+    let mut sum = 0.0;
+    for n in &c.nodes {
+        if n.agent_pid().is_none() {
+            continue;
+        }
+        let text = http.get(n.api_url("/metrics")).send().await?.text().await?;
+        sum += text
+            .lines()
+            .filter(|l| l.starts_with(metric) && !l.starts_with('#'))
+            .find_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .with_context(|| format!("no {metric} in {}'s metrics", n.name))?;
+    }
+    Ok(sum)
+}
+
+/// A leader and `replicas` replicas (real postgres each): the leader's node
+/// killed (agent and postgres); the longest write gap, and how many REST
+/// status requests the members' elections made (the fan-out).
+async fn replicas_run(baton: &Path, n: usize, replicas: usize) -> anyhow::Result<(f64, f64)> {
+    let dir = std::env::temp_dir().join(format!("baton-bench-replicas-{n}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let opts = ClusterOptions {
+        scope: "bench".into(),
+        nodes: replicas + 1,
+        ..Default::default()
+    };
+    let mut c = LocalCluster::create(&dir, baton, &opts)?;
+    c.start_all()?;
+    let result = async {
+        c.wait_normal(Duration::from_secs(300)).await?;
+        let cfg = workload::read_write_config(&c.pg_hosts(), "postgres");
+        workload::create_table(&cfg, "bench")
+            .await
+            .map_err(anyhow::Error::msg)?;
+        let stop = CancellationToken::new();
+        let writer = tokio::spawn(workload::run_writes(
+            cfg.clone(),
+            "bench".into(),
+            Duration::from_millis(10),
+            stop.clone(),
+        ));
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let leader = c
+            .view()
+            .await?
+            .leader_name()
+            .context("no leader")?
+            .to_string();
+        let li = c
+            .nodes
+            .iter()
+            .position(|x| x.name == leader)
+            .context("leader not ours")?;
+        c.kill_agent(li);
+        c.kill_postgres(li);
+        let asks_before = cluster_counter(&c, "baton_election_peer_requests_total").await?;
+        poll_until("a new leader", Duration::from_secs(60), || async {
+            let v = c.view().await.ok()?;
+            v.leader_name().is_some_and(|l| l != leader).then_some(())
+        })
+        .await?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let asks = cluster_counter(&c, "baton_election_peer_requests_total").await? - asks_before;
+        stop.cancel();
+        let log = writer.await?;
+        let (gap, _) = log.longest_gap();
+        println!(
+            "replicas run {n}: {replicas} replicas, gap {:.3} s, {asks:.0} election requests",
+            gap.as_secs_f64()
+        );
+        Ok((gap.as_secs_f64(), asks))
+    }
+    .await;
+    teardown(&dir, c, &result);
+    result
+}
+
 /// Resident memory (kB) and CPU time (clock ticks) of a process, from /proc.
 /// Resident set (kB), its private part (RssAnon, kB: what one more agent
 /// costs; the rest is the binary's and libc's pages, shared by every
@@ -1003,7 +1083,7 @@ async fn main() -> anyhow::Result<()> {
     let mode = args
         .first()
         .cloned()
-        .context("usage: bench failover|pgcrash|hostdeath|footprint|rejoin|switchover|sync-cost|router [RUNS] [--sync on|quorum]")?;
+        .context("usage: bench failover|pgcrash|hostdeath|replicas|footprint|rejoin|switchover|sync-cost|router [RUNS] [--sync on|quorum]")?;
     let runs: usize = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(5);
     let label = sync.map(|m| format!("sync={m} ")).unwrap_or_default();
     let baton =
@@ -1039,6 +1119,22 @@ async fn main() -> anyhow::Result<()> {
                 median(rto.clone()),
                 median(host.clone()),
                 max(&host)
+            );
+        }
+        "replicas" => {
+            let replicas = env_or("REPLICAS", 10)? as usize;
+            let mut gaps = vec![];
+            let mut asks = vec![];
+            for n in 1..=runs {
+                let (g, a) = replicas_run(&baton, n, replicas).await?;
+                gaps.push(g);
+                asks.push(a);
+            }
+            println!(
+                "RESULT replicas={replicas} failover_s={:.2} failover_max_s={:.2} election_requests={:.0}",
+                median(gaps.clone()),
+                max(&gaps),
+                median(asks)
             );
         }
         "hostdeath" => {

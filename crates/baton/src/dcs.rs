@@ -91,6 +91,17 @@ impl Dcs {
         &self.prefix
     }
 
+    /// The same etcd connection under another cluster's prefix: many
+    /// agents in one process (`bench/scale`) share one channel, as many
+    /// processes would share the etcd cluster.
+    pub fn with_prefix(&self, prefix: String) -> Dcs {
+        Dcs {
+            client: self.client.clone(),
+            prefix,
+            timeout: self.timeout,
+        }
+    }
+
     fn key(&self, rel: &str) -> String {
         format!("{}{rel}", self.prefix)
     }

@@ -39,6 +39,9 @@ pub struct Counters {
     /// Promotions and switchover handovers that completed here.
     pub promotions: AtomicU64,
     pub switchovers: AtomicU64,
+    /// Other members' REST status asked for in elections (the election's
+    /// fan-out: each candidate asks every other member).
+    pub election_asks: AtomicU64,
     /// The last successful lease renewal's round trip, and the last tick's
     /// duration, in microseconds.
     pub lease_renew_micros: AtomicU64,
@@ -118,6 +121,21 @@ pub(super) fn channel<S>(
 }
 
 impl<S> AgentHandle<S> {
+    /// The same handle with its store swapped for `dcs` (the simulator's
+    /// peers hold every agent's handle alike, whatever store it runs on).
+    pub fn with_store<T>(&self, dcs: T) -> AgentHandle<T> {
+        AgentHandle {
+            requests: self.requests.clone(),
+            snapshot: self.snapshot.clone(),
+            counters: self.counters.clone(),
+            dcs,
+            auth: self.auth.clone(),
+            failsafe: self.failsafe.clone(),
+            routing: self.routing.clone(),
+            events: self.events.clone(),
+        }
+    }
+
     /// The snapshot of the loop's last completed tick.
     pub fn snapshot(&self) -> Snapshot {
         self.snapshot.borrow().clone()

@@ -48,6 +48,10 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
             if *name == self.cfg.name {
                 continue;
             }
+            self.inbox
+                .counters
+                .election_asks
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let peers = self.peers.clone();
             let name = name.clone();
             let url = m.api_url.clone();

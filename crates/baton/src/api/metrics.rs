@@ -136,6 +136,11 @@ pub(super) async fn metrics(State(state): State<AgentHandle>) -> Response {
         get(&c.switchovers) as f64,
     );
     gauge(
+        "baton_election_peer_requests_total",
+        "Other members' REST status asked for in elections since the agent started.",
+        get(&c.election_asks) as f64,
+    );
+    gauge(
         "baton_lease_renew_seconds",
         "Round trip of the last successful lease renewal.",
         get(&c.lease_renew_micros) as f64 / 1e6,

@@ -44,8 +44,13 @@ pub fn render_postgresql_conf(cfg: &PgConfig, name: &str, run_as: &RunAs) -> Str
     );
     let mut params: BTreeMap<&str, String> = BTreeMap::new();
     params.insert("wal_keep_size", "'128MB'".into());
-    params.insert("max_wal_senders", "10".into());
-    params.insert("max_replication_slots", "10".into());
+    // Each member streams through a slot of its own, and a clone or a
+    // rebuild takes a temporary slot and two senders more: at 10 each, a
+    // cluster of 11 members could never clone again (`bench replicas`:
+    // "all replication slots are in use"). 32 leaves room for about 30
+    // members; a sender costs a process only while it runs.
+    params.insert("max_wal_senders", "32".into());
+    params.insert("max_replication_slots", "32".into());
     params.insert("hot_standby_feedback", "on".into());
     // A replica re-pointed at a new leader retries its connection this often
     // (default 5 s, most of a failover's budget).

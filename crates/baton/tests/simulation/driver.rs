@@ -91,7 +91,7 @@ pub struct Plan {
     pub sync: SyncMode,
 }
 
-fn node_config(i: usize, sync: SyncMode) -> NodeConfig {
+pub(crate) fn node_config(i: usize, sync: SyncMode) -> NodeConfig {
     let host = host_of(i);
     let text = format!(
         r#"scope = "sim"
@@ -179,7 +179,7 @@ impl Agents {
 }
 
 /// Postgres dies: no shutdown checkpoint, a pending promotion is lost.
-fn crash_pg(w: &mut World, i: usize) {
+pub(crate) fn crash_pg(w: &mut World, i: usize) {
     let pg = &mut w.nodes[i].pg;
     pg.running = None;
     pg.starting = None;
@@ -189,7 +189,7 @@ fn crash_pg(w: &mut World, i: usize) {
 }
 
 /// What the driver does to the world each step, besides faults.
-fn physics(w: &mut World) {
+pub(crate) fn physics(w: &mut World) {
     let now = Instant::now();
     // The fence processes first: they act at their deadline whatever their
     // agents do, SIGQUIT as an immediate stop.
@@ -241,7 +241,7 @@ fn physics(w: &mut World) {
             }
         }
     }
-    if w.rng.chance(30) {
+    if w.writes && w.rng.chance(30) {
         for i in 0..w.nodes.len() {
             let add = 1 + w.rng.below(50);
             let pg = &mut w.nodes[i].pg;
@@ -464,6 +464,7 @@ pub fn run(seed: u64, faults: Faults, plan: Plan) -> Result<(), Failure> {
             faults,
             sync: plan.sync,
             acked: None,
+            writes: true,
         })));
         let mut agents = Agents {
             tasks: (0..NODES).map(|_| None).collect(),

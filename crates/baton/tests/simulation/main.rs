@@ -18,6 +18,7 @@ mod driver;
 mod instance;
 mod invariants;
 mod peers;
+mod scale;
 mod store;
 mod world;
 

@@ -246,6 +246,9 @@ pub struct World {
     /// In synchronous mode: the latest commit a primary acknowledged, as
     /// the WAL up to it (`invariants::acknowledged`).
     pub acked: Option<Wal>,
+    /// Primaries take writes (their WAL grows at random): every run but
+    /// `bench/scale`'s idle fleet.
+    pub writes: bool,
 }
 
 impl World {
@@ -404,6 +407,7 @@ pub mod testing {
             faults: Default::default(),
             sync: Default::default(),
             acked: None,
+            writes: true,
         }
     }
 }
