@@ -189,6 +189,51 @@ async fn pgcrash_run(baton: &Path, n: usize, sync: Option<&str>) -> anyhow::Resu
     result
 }
 
+/// The write workload on a Normal cluster, running for 3 s: the leader it
+/// found then, by name and index.
+struct Writes {
+    cfg: tokio_postgres::Config,
+    stop: CancellationToken,
+    writer: tokio::task::JoinHandle<workload::WriteLog>,
+    leader: String,
+    li: usize,
+}
+
+impl Writes {
+    async fn start(c: &LocalCluster) -> anyhow::Result<Writes> {
+        let cfg = workload::read_write_config(&c.pg_hosts(), "postgres");
+        workload::create_table(&cfg, "bench")
+            .await
+            .map_err(anyhow::Error::msg)?;
+        let stop = CancellationToken::new();
+        let writer = tokio::spawn(workload::run_writes(
+            cfg.clone(),
+            "bench".into(),
+            Duration::from_millis(10),
+            stop.clone(),
+        ));
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let leader = c
+            .view()
+            .await?
+            .leader_name()
+            .context("no leader")?
+            .to_string();
+        let li = c
+            .nodes
+            .iter()
+            .position(|x| x.name == leader)
+            .context("leader not ours")?;
+        Ok(Writes {
+            cfg,
+            stop,
+            writer,
+            leader,
+            li,
+        })
+    }
+}
+
 /// Every process of node `i`, as a dead host leaves them: its agent, its
 /// fence process (found by the data directory on its command line), the
 /// postmaster and all its children.
@@ -241,29 +286,13 @@ async fn host_death_run(
     let (dir, mut c) = bench_cluster(baton, &format!("hostdeath-{n}"), sync)?;
     let result = async {
         c.wait_normal(Duration::from_secs(120)).await?;
-        let cfg = workload::read_write_config(&c.pg_hosts(), "postgres");
-        workload::create_table(&cfg, "bench")
-            .await
-            .map_err(anyhow::Error::msg)?;
-        let stop = CancellationToken::new();
-        let writer = tokio::spawn(workload::run_writes(
-            cfg.clone(),
-            "bench".into(),
-            Duration::from_millis(10),
-            stop.clone(),
-        ));
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        let leader = c
-            .view()
-            .await?
-            .leader_name()
-            .context("no leader")?
-            .to_string();
-        let li = c
-            .nodes
-            .iter()
-            .position(|x| x.name == leader)
-            .context("leader not ours")?;
+        let Writes {
+            cfg,
+            stop,
+            writer,
+            leader,
+            li,
+        } = Writes::start(&c).await?;
         let frozen = node_processes(&c, li);
         // Agent, fence, postmaster and at least its checkpointer.
         if frozen.len() < 4 {
@@ -343,29 +372,13 @@ async fn replicas_run(baton: &Path, n: usize, replicas: usize) -> anyhow::Result
     c.start_all()?;
     let result = async {
         c.wait_normal(Duration::from_secs(300)).await?;
-        let cfg = workload::read_write_config(&c.pg_hosts(), "postgres");
-        workload::create_table(&cfg, "bench")
-            .await
-            .map_err(anyhow::Error::msg)?;
-        let stop = CancellationToken::new();
-        let writer = tokio::spawn(workload::run_writes(
-            cfg.clone(),
-            "bench".into(),
-            Duration::from_millis(10),
-            stop.clone(),
-        ));
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        let leader = c
-            .view()
-            .await?
-            .leader_name()
-            .context("no leader")?
-            .to_string();
-        let li = c
-            .nodes
-            .iter()
-            .position(|x| x.name == leader)
-            .context("leader not ours")?;
+        let Writes {
+            cfg: _,
+            stop,
+            writer,
+            leader,
+            li,
+        } = Writes::start(&c).await?;
         c.kill_agent(li);
         c.kill_postgres(li);
         let asks_before = cluster_counter(&c, "baton_election_peer_requests_total").await?;

@@ -21,7 +21,7 @@ use baton_core::ha::sync::SyncRule;
 use crate::instance::SimPg;
 use crate::peers::SimPeers;
 use crate::store::SimStore;
-use crate::world::{host_of, Etcd, Link, Mode, Node, Rng, Shared, Wal, World, PG_PORT};
+use crate::world::{host_of, Link, Mode, Shared, Wal, World, PG_PORT};
 
 pub const NODES: usize = 3;
 
@@ -453,19 +453,9 @@ pub fn run(seed: u64, faults: Faults, plan: Plan) -> Result<(), Failure> {
         .build()
         .expect("runtime");
     rt.block_on(async move {
-        let world = Shared(Arc::new(Mutex::new(World {
-            rng: Rng::new(seed),
-            last_id: 0,
-            etcd: Etcd::default(),
-            nodes: (0..NODES).map(Node::new).collect(),
-            start: Instant::now(),
-            log: vec![],
-            violation: None,
-            faults,
-            sync: plan.sync,
-            acked: None,
-            writes: true,
-        })));
+        let world = Shared(Arc::new(Mutex::new(World::new(
+            NODES, seed, faults, plan.sync,
+        ))));
         let mut agents = Agents {
             tasks: (0..NODES).map(|_| None).collect(),
             restarts: vec![],

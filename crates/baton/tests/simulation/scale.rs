@@ -21,7 +21,7 @@ use baton_core::config::SyncMode;
 use crate::driver::{crash_pg, node_config, physics, Faults, NODES};
 use crate::instance::SimPg;
 use crate::peers::SimPeers;
-use crate::world::{Etcd, Mode, Node, Rng, Shared, World};
+use crate::world::{Mode, Shared, World};
 
 fn env_num(key: &str, default: u64) -> u64 {
     match std::env::var(key) {
@@ -42,19 +42,9 @@ struct Cluster {
 
 impl Cluster {
     fn new(base: &Dcs, n: usize, writes: bool) -> Cluster {
-        let world = Shared(std::sync::Arc::new(std::sync::Mutex::new(World {
-            rng: Rng::new(n as u64 + 1),
-            last_id: 0,
-            etcd: Etcd::default(),
-            nodes: (0..NODES).map(Node::new).collect(),
-            start: Instant::now(),
-            log: vec![],
-            violation: None,
-            faults: Faults::default(),
-            sync: SyncMode::Off,
-            acked: None,
-            writes,
-        })));
+        let mut w = World::new(NODES, n as u64 + 1, Faults::default(), SyncMode::Off);
+        w.writes = writes;
+        let world = Shared(std::sync::Arc::new(std::sync::Mutex::new(w)));
         // WAL moves, promotions land, fences act: the driver's physics on
         // real time, every 100 ms.
         let w = world.clone();

@@ -252,6 +252,28 @@ pub struct World {
 }
 
 impl World {
+    /// `nodes` nodes with empty data directories, nothing running.
+    pub fn new(
+        nodes: usize,
+        seed: u64,
+        faults: crate::driver::Faults,
+        sync: baton_core::config::SyncMode,
+    ) -> World {
+        World {
+            rng: Rng::new(seed),
+            last_id: 0,
+            etcd: Etcd::default(),
+            nodes: (0..nodes).map(Node::new).collect(),
+            start: Instant::now(),
+            log: vec![],
+            violation: None,
+            faults,
+            sync,
+            acked: None,
+            writes: true,
+        }
+    }
+
     pub fn ms(&self) -> u128 {
         Instant::now().duration_since(self.start).as_millis()
     }
@@ -396,18 +418,6 @@ pub mod testing {
 
     /// A world of `n` nodes with nothing running, for the invariants' tests.
     pub fn world_of(n: usize) -> World {
-        World {
-            rng: Rng::new(1),
-            last_id: 0,
-            etcd: Etcd::default(),
-            nodes: (0..n).map(Node::new).collect(),
-            start: Instant::now(),
-            log: vec![],
-            violation: None,
-            faults: Default::default(),
-            sync: Default::default(),
-            acked: None,
-            writes: true,
-        }
+        World::new(n, 1, Default::default(), Default::default())
     }
 }
