@@ -133,25 +133,13 @@ async fn pgcrash_run(baton: &Path, n: usize, sync: Option<&str>) -> anyhow::Resu
     let (dir, c) = bench_cluster(baton, &format!("pgcrash-{n}"), sync)?;
     let result = async {
         c.wait_normal(Duration::from_secs(120)).await?;
-        let cfg = workload::read_write_config(&c.pg_hosts(), "postgres");
-        workload::create_table(&cfg, "bench")
-            .await
-            .map_err(anyhow::Error::msg)?;
-        let stop = CancellationToken::new();
-        let writer = tokio::spawn(workload::run_writes(
-            cfg.clone(),
-            "bench".into(),
-            Duration::from_millis(10),
-            stop.clone(),
-        ));
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        let v = c.view().await?;
-        let leader = v.leader_name().context("no leader")?.to_string();
-        let li = c
-            .nodes
-            .iter()
-            .position(|x| x.name == leader)
-            .context("leader not ours")?;
+        let Writes {
+            cfg,
+            stop,
+            writer,
+            leader,
+            li,
+        } = Writes::start(&c).await?;
         let old = c
             .kill_postgres(li)
             .context("the leader has no postmaster")?;
