@@ -9,11 +9,11 @@ use std::future::Future;
 use std::time::Duration;
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
-    WatchStream,
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, LeaseKeepAliveStream, LeaseKeeper,
+    PutOptions, Txn, TxnOp, WatchOptions,
 };
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
@@ -55,12 +55,28 @@ fn lease_error(e: etcd_client::Error, lease: LeaseId) -> DcsError {
     }
 }
 
-/// The etcd client for one cluster prefix.
+/// The etcd client for one cluster prefix. Clones share the connection,
+/// the keep-alive stream and the watch's copy of the cluster: they are one
+/// agent's (`with_prefix` makes another agent's).
 #[derive(Clone)]
 pub struct Dcs {
     client: Client,
     prefix: String,
     timeout: Duration,
+    /// The lease's keep-alive stream, opened once and kept: a stream per
+    /// renewal cost etcd and the agent an HTTP/2 stream's set-up and
+    /// tear-down every tick.
+    keeper: Arc<Mutex<Option<Keeper>>>,
+    /// The cluster as the watch (`watch_changes`) last delivered it;
+    /// `None` while the watch is not established.
+    mirror: Arc<Mutex<Option<ClusterView>>>,
+}
+
+/// An open keep-alive stream and the lease it renews.
+struct Keeper {
+    lease: LeaseId,
+    keeper: LeaseKeeper,
+    stream: LeaseKeepAliveStream,
 }
 
 impl Dcs {
@@ -84,6 +100,8 @@ impl Dcs {
             client,
             prefix,
             timeout,
+            keeper: Arc::default(),
+            mirror: Arc::default(),
         })
     }
 
@@ -99,6 +117,8 @@ impl Dcs {
             client: self.client.clone(),
             prefix,
             timeout: self.timeout,
+            keeper: Arc::default(),
+            mirror: Arc::default(),
         }
     }
 
@@ -201,17 +221,6 @@ impl Dcs {
         })
         .await
     }
-
-    /// A watch on the whole prefix; the agent uses it to wake its loop early.
-    pub async fn watch(&self) -> Result<WatchStream, DcsError> {
-        let mut w = self.client.watch_client();
-        let prefix = self.prefix.clone();
-        bounded(self.timeout, async {
-            Ok(w.watch(prefix, Some(WatchOptions::new().with_prefix()))
-                .await?)
-        })
-        .await
-    }
 }
 
 impl Dcs {
@@ -221,7 +230,7 @@ impl Dcs {
     /// changes; returns only on an error (etcd unreachable, the watch
     /// cancelled or compacted), after which the caller starts over.
     pub async fn mirror(&self, mut on_view: impl FnMut(ClusterView)) -> DcsError {
-        match self.mirror_once(&mut on_view).await {
+        match self.mirror_once(&mut |view, _| on_view(view)).await {
             Ok(()) => DcsError::Etcd(etcd_client::Error::WatchError("watch ended".into())),
             Err(e) => e,
         }
@@ -239,7 +248,12 @@ impl Dcs {
         .await
     }
 
-    async fn mirror_once(&self, on_view: &mut impl FnMut(ClusterView)) -> Result<(), DcsError> {
+    /// `on_view`'s flag: whether the change is one a member acts on at once
+    /// rather than on its next tick (`wakes`); the first view always is.
+    async fn mirror_once(
+        &self,
+        on_view: &mut impl FnMut(ClusterView, bool),
+    ) -> Result<(), DcsError> {
         type Keys = std::collections::BTreeMap<Vec<u8>, (Vec<u8>, i64, i64)>;
         let view = |keys: &Keys, revision: i64| {
             ClusterView::from_kvs(
@@ -261,7 +275,7 @@ impl Dcs {
                 )
             })
             .collect();
-        on_view(view(&keys, revision));
+        on_view(view(&keys, revision), true);
         let mut w = self.client.watch_client();
         let opts = WatchOptions::new()
             .with_prefix()
@@ -282,8 +296,10 @@ impl Dcs {
             if resp.events().is_empty() {
                 continue;
             }
+            let mut wake = false;
             for e in resp.events() {
                 let Some(kv) = e.kv() else { continue };
+                wake |= wakes(&self.prefix, kv);
                 match e.event_type() {
                     etcd_client::EventType::Put => {
                         keys.insert(
@@ -297,7 +313,7 @@ impl Dcs {
                 }
                 revision = revision.max(kv.mod_revision());
             }
-            on_view(view(&keys, revision));
+            on_view(view(&keys, revision), wake);
         }
         Ok(())
     }
@@ -325,19 +341,42 @@ impl Store for Dcs {
         .await
     }
 
-    /// One keep-alive round trip: the client sends one request on a new
-    /// stream and reads its answer, which must carry a TTL above zero.
+    /// One keep-alive round trip on the lease's open stream (opened if
+    /// there is none, or if the open one fails: etcd may have closed it
+    /// while idle), whose answer must carry a TTL above zero.
     /// `LeaseExpired` means the lease is gone for good and everything
     /// attached to it has vanished.
     async fn keep_alive(&self, lease: LeaseId) -> Result<(), DcsError> {
+        // Out of the slot for the round trip: a renewal that fails or times
+        // out drops its stream, since an answer still in flight on it would
+        // be read as the next renewal's.
+        let open = lock(&self.keeper).take().filter(|k| k.lease == lease);
         let mut c = self.client.lease_client();
-        bounded(self.timeout, async {
-            c.keep_alive(lease.0)
+        let keeper = bounded(self.timeout, async {
+            if let Some(k) = open {
+                match renew_on(k).await {
+                    Ok(k) => return Ok(k),
+                    Err(DcsError::LeaseExpired(id)) => return Err(DcsError::LeaseExpired(id)),
+                    Err(e) => tracing::debug!(lease = lease.0, "keep-alive stream: {e}; reopening"),
+                }
+            }
+            let (keeper, stream) = c
+                .keep_alive(lease.0)
                 .await
-                .map(|_| ())
-                .map_err(|e| lease_error(e, lease))
+                .map_err(|e| lease_error(e, lease))?;
+            Ok(Keeper {
+                lease,
+                keeper,
+                stream,
+            })
         })
-        .await
+        .await?;
+        *lock(&self.keeper) = Some(keeper);
+        Ok(())
+    }
+
+    fn mirrored(&self) -> Option<ClusterView> {
+        lock(&self.mirror).clone()
     }
 
     async fn revoke(&self, lease: LeaseId) -> Result<(), DcsError> {
@@ -612,39 +651,63 @@ impl Store for Dcs {
     fn watch_changes(self, wake: Arc<Notify>) -> impl Future<Output = ()> + Send + 'static {
         let dcs = self;
         async move {
-            let prefix = dcs.prefix().to_string();
             loop {
-                match dcs.watch().await {
-                    Ok(mut stream) => {
-                        while let Ok(Some(resp)) = stream.message().await {
-                            let relevant = resp.events().iter().any(|e| {
-                                let Some(kv) = e.kv() else { return false };
-                                match kv
-                                    .key_str()
-                                    .ok()
-                                    .and_then(|k| k.strip_prefix(prefix.as_str()))
-                                {
-                                    Some("leader" | "failover" | "initialize" | "config") => true,
-                                    // A member reporting that the leader's
-                                    // ports refuse: the others check now,
-                                    // not on their next tick.
-                                    Some(k) if k.starts_with("members/") => {
-                                        contains(kv.value(), b"\"baton_leader_refused\"")
-                                    }
-                                    _ => false,
-                                }
-                            });
-                            if relevant {
-                                wake.notify_one();
-                            }
+                let e = dcs
+                    .mirror_once(&mut |view, wakes| {
+                        *lock(&dcs.mirror) = Some(view);
+                        if wakes {
+                            wake.notify_one();
                         }
-                    }
-                    Err(e) => tracing::debug!("etcd watch failed: {e}"),
+                    })
+                    .await;
+                // From here until the watch is back, every tick reads etcd.
+                *lock(&dcs.mirror) = None;
+                if let Err(e) = e {
+                    tracing::debug!("etcd watch failed: {e}");
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
     }
+}
+
+/// Whether a change to `kv` is one members act on at once rather than on
+/// their next tick.
+fn wakes(prefix: &str, kv: &etcd_client::KeyValue) -> bool {
+    match kv.key_str().ok().and_then(|k| k.strip_prefix(prefix)) {
+        Some("leader" | "failover" | "initialize" | "config") => true,
+        // A member reporting that the leader's ports refuse: the others
+        // check now, not on their next tick.
+        Some(k) if k.starts_with("members/") => contains(kv.value(), b"\"baton_leader_refused\""),
+        _ => false,
+    }
+}
+
+/// One renewal on an open stream.
+async fn renew_on(mut k: Keeper) -> Result<Keeper, DcsError> {
+    let lease = k.lease;
+    k.keeper
+        .keep_alive()
+        .await
+        .map_err(|e| lease_error(e, lease))?;
+    match k
+        .stream
+        .message()
+        .await
+        .map_err(|e| lease_error(e, lease))?
+    {
+        Some(r) if r.ttl() > 0 => Ok(k),
+        Some(_) => Err(DcsError::LeaseExpired(lease.0)),
+        None => Err(DcsError::Etcd(etcd_client::Error::LeaseKeepAliveError(
+            "keep-alive stream closed by etcd".into(),
+        ))),
+    }
+}
+
+/// A poisoned lock only means a panic elsewhere mid-assignment of a whole
+/// value: the value is still one that was stored.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {

@@ -286,6 +286,38 @@ async fn rest_status_codes(t: &TestCluster, leader: usize, replica: usize) {
         "{metrics}"
     );
     assert!(metrics.contains("patroni_postgres_running{"), "{metrics}");
+    // A streaming replica decides on the etcd watch's copy of the cluster
+    // (`ha::steady`); the leader reads etcd every tick.
+    let counter = |text: &str, name: &str| -> Option<f64> {
+        text.lines()
+            .find(|l| l.starts_with(name))?
+            .rsplit(' ')
+            .next()?
+            .parse()
+            .ok()
+    };
+    wait_for(
+        "the replica to decide on the watch's copy",
+        Duration::from_secs(20),
+        || async {
+            let m = http_text(&r.api_url("/metrics")).await;
+            match counter(&m, "baton_dcs_watch_views_total") {
+                Some(n) if n >= 3.0 => Ok(()),
+                other => Err(format!("baton_dcs_watch_views_total = {other:?}")),
+            }
+        },
+    )
+    .await;
+    let m = http_text(&l.api_url("/metrics")).await;
+    assert_eq!(
+        counter(&m, "baton_dcs_watch_views_total"),
+        Some(0.0),
+        "the leader decided on the watch's copy: {m}"
+    );
+    assert!(
+        counter(&m, "baton_dcs_full_reads_total").is_some_and(|n| n > 0.0),
+        "{m}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

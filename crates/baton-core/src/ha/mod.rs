@@ -27,8 +27,9 @@
 //! process-death fast path), `leader.rs`, `follower.rs`
 //! (replicas and lineage), `election.rs`, `switchover.rs`, `reason.rs`
 //! (typed reasons and their codes), `publish.rs` (the member key's role and
-//! state); the order in which the rules take precedence is
-//! `decide_unpaused` below. Exact-action tests: `tests/`, by concern.
+//! state), `steady.rs` (when the watch's copy of etcd will do); the order
+//! in which the rules take precedence is `decide_unpaused` below.
+//! Exact-action tests: `tests/`, by concern.
 //!
 //! Member life cycle, as seen from one agent:
 //!
@@ -50,6 +51,7 @@ mod observation;
 mod pause;
 pub mod publish;
 mod reason;
+pub mod steady;
 mod switchover;
 pub mod sync;
 

@@ -42,6 +42,10 @@ pub struct Counters {
     /// Other members' REST status asked for in elections (the election's
     /// fan-out: each candidate asks every other member).
     pub election_asks: AtomicU64,
+    /// Ticks that read etcd in full, and ticks that decided on the watch's
+    /// copy (`ha::steady`).
+    pub views_read: AtomicU64,
+    pub views_from_watch: AtomicU64,
     /// The last successful lease renewal's round trip, and the last tick's
     /// duration, in microseconds.
     pub lease_renew_micros: AtomicU64,

@@ -158,6 +158,10 @@ pub struct Agent<S = Dcs, P = LocalPg, H = HttpPeers> {
     etcd_throttle: Throttle,
     /// Since when this running replica has not been streaming.
     not_streaming_since: Option<Instant>,
+    /// The leader the last tick found this member steadily following
+    /// (`ha::steady`), and when etcd was last read in full.
+    steady: Option<baton_core::cluster::LeaderKey>,
+    last_full_read: Option<Instant>,
     /// This tick's finding of the process-death probe (`probe_leader`),
     /// published in the member key for the others to count.
     leader_refused: Option<baton_core::cluster::RefusedReport>,
@@ -287,6 +291,8 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
             etcd_throttle: Throttle::default(),
             config_path: None,
             not_streaming_since: None,
+            steady: None,
+            last_full_read: None,
             leader_refused: None,
             leader_api: tokio::sync::watch::channel(None).0,
             slot_absent_since: Default::default(),
@@ -421,6 +427,42 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
         }
     }
 
+    /// The watch's copy of the cluster, when this tick may decide on it
+    /// (`ha::steady`): etcd answered this tick's renewal, etcd was read in
+    /// full less than `FULL_READ_EVERY` ago, and the last tick found this
+    /// member steadily following the leader the copy still names.
+    fn view_from_watch(&self, tick_started: Instant) -> Option<ClusterView> {
+        use baton_core::ha::steady::{mirror_suffices, FULL_READ_EVERY};
+        let renewed = self
+            .renewal
+            .is_some_and(|r| Some(r.lease) == self.lease && r.sent >= tick_started);
+        let recent = self
+            .last_full_read
+            .is_some_and(|t| tick_started.saturating_duration_since(t) < FULL_READ_EVERY);
+        if !(renewed && recent) {
+            return None;
+        }
+        let copy = self.dcs.mirrored()?;
+        if !mirror_suffices(self.steady.as_ref(), &copy) {
+            return None;
+        }
+        self.inbox
+            .counters
+            .views_from_watch
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Some(copy)
+    }
+
+    async fn read_etcd(&mut self, tick_started: Instant) -> Result<ClusterView, DcsError> {
+        let view = self.dcs.load().await?;
+        self.last_full_read = Some(tick_started);
+        self.inbox
+            .counters
+            .views_read
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(view)
+    }
+
     async fn tick(&mut self) {
         if !self.reload_waiters.is_empty() {
             let result = self.reload().await;
@@ -440,7 +482,11 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
         // Before reading etcd: a failed job's clean-up (a bootstrap's claim
         // given up) changes keys this tick's view must already show.
         let job = self.poll_job().await;
-        let cluster = match self.dcs.load().await {
+        let read = match self.view_from_watch(now) {
+            Some(v) => Ok(v),
+            None => self.read_etcd(now).await,
+        };
+        let cluster = match read {
             Ok(v) => Some(v),
             Err(e) => {
                 self.etcd_warning(format_args!(
@@ -539,6 +585,7 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
             now_utc: chrono::Utc::now(),
         };
         let mut d = decide(&obs);
+        self.steady = baton_core::ha::steady::steady_under(&obs, &d);
         // The fence is armed before anything that can make a primary, and
         // must have taken that order: rule 8 holds from the first write.
         let primary = obs.pg.running().is_some_and(|r| !r.in_recovery);

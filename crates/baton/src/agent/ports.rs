@@ -28,7 +28,13 @@ use crate::pg::{self, FenceLink, FenceOrder, Instance, PgError, RunAs, StopMode}
 /// The shared state the agent reads and writes (PATRONI-COMPAT.md layout).
 /// Every call is bounded: a store that never answers returns an error.
 pub trait Store: Clone + Send + Sync + 'static {
+    /// The whole cluster, read from the store (linearizable).
     fn load(&self) -> impl Future<Output = Result<ClusterView, DcsError>> + Send;
+    /// The cluster as `watch_changes` last delivered it, without a request:
+    /// it may lag behind the store, so the agent decides on it only in a
+    /// steady state it re-checks (`Agent::steady_view`). `None` while the
+    /// watch is not established.
+    fn mirrored(&self) -> Option<ClusterView>;
     fn grant_lease(&self, ttl: u64) -> impl Future<Output = Result<LeaseId, DcsError>> + Send;
     /// `Err(DcsError::LeaseExpired)` when the store no longer knows `lease`.
     fn keep_alive(&self, lease: LeaseId) -> impl Future<Output = Result<(), DcsError>> + Send;
@@ -130,8 +136,9 @@ pub trait Store: Clone + Send + Sync + 'static {
         members: Option<&std::collections::BTreeMap<String, String>>,
     ) -> impl Future<Output = Result<bool, DcsError>> + Send;
     fn set_timeout(&mut self, timeout: Duration);
-    /// Notifies `wake` whenever a key that changes decisions changes; runs
-    /// for as long as the agent does (a task of its own, hence `self`).
+    /// Keeps `mirrored` current and notifies `wake` whenever a key that
+    /// changes decisions changes; runs for as long as the agent does (a
+    /// task of its own, hence `self`).
     fn watch_changes(self, wake: Arc<Notify>) -> impl Future<Output = ()> + Send + 'static;
 }
 

@@ -141,6 +141,16 @@ pub(super) async fn metrics(State(state): State<AgentHandle>) -> Response {
         get(&c.election_asks) as f64,
     );
     gauge(
+        "baton_dcs_full_reads_total",
+        "Ticks that read the cluster from etcd since the agent started.",
+        get(&c.views_read) as f64,
+    );
+    gauge(
+        "baton_dcs_watch_views_total",
+        "Ticks that decided on the etcd watch's copy of the cluster (a steady replica) since the agent started.",
+        get(&c.views_from_watch) as f64,
+    );
+    gauge(
         "baton_lease_renew_seconds",
         "Round trip of the last successful lease renewal.",
         get(&c.lease_renew_micros) as f64 / 1e6,

@@ -53,6 +53,8 @@ pub struct Faults {
     /// An agent not scheduled for longer than ttl while its postgres runs.
     /// Rule 8 of DESIGN.md (the fence process) is what makes it safe.
     pub stalls: bool,
+    /// A node's etcd watch stops delivering while its requests still pass.
+    pub stale_watches: bool,
     /// Not a fault: the fence processes take orders but never act, to show
     /// what rule 8 is for.
     pub fence_processes_off: bool,
@@ -75,6 +77,7 @@ impl Faults {
             pg_hangs: true,
             slow_steps: true,
             stalls: true,
+            stale_watches: true,
             fence_processes_off: false,
             probe_ignores_postgres: false,
         }
@@ -175,6 +178,7 @@ impl Agents {
         n.agent_alive = false;
         n.handle = None;
         n.wake = None;
+        n.mirror = None;
     }
 }
 
@@ -362,7 +366,7 @@ fn fault(w: &mut World, agents: &mut Agents) {
     let i = w.rng.below(NODES as u64) as usize;
     let now = Instant::now();
     let name = w.nodes[i].name.clone();
-    match w.rng.below(9) {
+    match w.rng.below(10) {
         0 if f.node_kills && w.nodes[i].agent_alive => {
             agents.kill(w, i);
             crash_pg(w, i);
@@ -419,6 +423,18 @@ fn fault(w: &mut World, agents: &mut Agents) {
             w.nodes[i].stalled_until = Some(until);
             w.event(format!("STALL agent {name}"));
         }
+        8 if f.stale_watches => {
+            let stale = !w.nodes[i].watch_stale;
+            w.nodes[i].watch_stale = stale;
+            w.event(format!(
+                "etcd watch of {name} {}",
+                if stale {
+                    "goes STALE"
+                } else {
+                    "delivers again"
+                }
+            ));
+        }
         _ => {}
     }
     w.check();
@@ -432,7 +448,9 @@ fn heal(w: &mut World, agents: &mut Agents) {
         n.isolated = false;
         n.pg.hung = false;
         n.stalled_until = None;
+        n.watch_stale = false;
     }
+    w.deliver_watches();
     for (t, _) in agents.restarts.iter_mut() {
         *t = Instant::now();
     }
@@ -513,6 +531,12 @@ pub fn run(seed: u64, faults: Faults, plan: Plan) -> Result<(), Failure> {
         };
         for t in agents.tasks.iter_mut().flatten() {
             t.abort();
+        }
+        for n in &world.lock().nodes {
+            if let Some(h) = &n.handle {
+                let used = baton::agent::Counters::get(&h.counters().views_from_watch);
+                crate::store::COPIES_USED.with(|c| c.set(c.get() + used));
+            }
         }
         outcome
     })

@@ -278,6 +278,35 @@ fn killed_leaders_keys_are_removed_by_the_fast_path() {
     eprintln!("RESULT fast_path_removals={removed} seeds=40");
 }
 
+/// Steady replicas decide on the watch's copy of etcd (`ha::steady`), and
+/// stale copies are handed to them (the stale-watch fault, a node's etcd
+/// link down): the main run's invariants hold with both in play.
+#[test]
+fn steady_replicas_decide_on_the_watch_copy_stale_ones_included() {
+    trace();
+    let (offered, used) = (
+        store::STALE_COPIES_OFFERED.with(|c| c.get()),
+        store::COPIES_USED.with(|c| c.get()),
+    );
+    for seed in 1..=40 {
+        if let Err(f) = driver::run(seed, Faults::all(), PLAN) {
+            panic!(
+                "{}",
+                report(
+                    "steady_replicas_decide_on_the_watch_copy_stale_ones_included",
+                    seed,
+                    &f
+                )
+            );
+        }
+    }
+    let offered = store::STALE_COPIES_OFFERED.with(|c| c.get()) - offered;
+    let used = store::COPIES_USED.with(|c| c.get()) - used;
+    assert!(used > 0, "40 seeds and no tick decided on the watch's copy");
+    assert!(offered > 0, "40 seeds and no stale copy handed to an agent");
+    eprintln!("RESULT watch_copies_used={used} stale_copies_offered={offered} seeds=40");
+}
+
 /// The simulator's teeth for the fast path: a probe that takes a refused
 /// REST port alone for a dead leader (its agent killed, its postgres still
 /// running) removes the key of a live primary.

@@ -51,6 +51,7 @@ impl SimStore {
                     let mut w = self.world.lock();
                     w.expire();
                     let r = op(&mut w);
+                    w.deliver_watches();
                     w.check();
                     r
                 };
@@ -127,6 +128,10 @@ thread_local! {
     /// Leader keys the process-death fast path removed on this thread (a
     /// seed runs on its caller's thread): the test that it is exercised.
     pub static FAST_PATH_REMOVALS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    /// Watch copies handed to an agent that were behind etcd, and ticks
+    /// the agents still running at a seed's end decided on a copy.
+    pub static STALE_COPIES_OFFERED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    pub static COPIES_USED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 impl Store for SimStore {
@@ -431,11 +436,24 @@ impl Store for SimStore {
     fn set_timeout(&mut self, timeout: Duration) {
         self.timeout = timeout;
     }
+    fn mirrored(&self) -> Option<ClusterView> {
+        let w = self.world.lock();
+        let n = &w.nodes[self.node];
+        let copy = (n.epoch == self.epoch).then(|| n.mirror.clone()).flatten();
+        if copy.as_ref().is_some_and(|c| c.revision != w.etcd.revision) {
+            STALE_COPIES_OFFERED.with(|c| c.set(c.get() + 1));
+        }
+        copy
+    }
     async fn watch_changes(self, wake: Arc<Notify>) {
         {
             let mut w = self.world.lock();
             if w.nodes[self.node].epoch == self.epoch {
-                w.nodes[self.node].wake = Some(wake);
+                // The watch starts with a read, as the real one does.
+                let view = w.etcd.view();
+                let n = &mut w.nodes[self.node];
+                n.wake = Some(wake);
+                n.mirror = Some(view);
             }
         }
         std::future::pending::<()>().await

@@ -167,6 +167,12 @@ pub struct Node {
     pub handle: Option<AgentHandle<SimStore>>,
     /// The watch of the current agent, notified on leader/config changes.
     pub wake: Option<Arc<Notify>>,
+    /// The copy of etcd that watch keeps (`Store::mirrored`): behind while
+    /// the node's etcd link is not up, or while `watch_stale` holds (a
+    /// watch served by an etcd member cut off from its quorum, which
+    /// delivers nothing and reports nothing, while renewals still pass).
+    pub mirror: Option<ClusterView>,
+    pub watch_stale: bool,
 }
 
 /// What a running fence process enforces.
@@ -312,10 +318,24 @@ impl World {
         self.etcd.keys.retain(|_, kv| !dead.contains(&kv.lease));
         if self.etcd.keys.len() != before {
             self.etcd.revision += 1;
+            self.deliver_watches();
         }
         if leader_gone {
             self.event("leader key expired");
             self.notify_watchers();
+        }
+    }
+
+    /// Brings every live watch's copy up to date, except those behind a
+    /// link that is not up or a stale watch.
+    pub fn deliver_watches(&mut self) {
+        let revision = self.etcd.revision;
+        let mut view = None;
+        for n in &mut self.nodes {
+            let behind = n.mirror.as_ref().is_some_and(|m| m.revision != revision);
+            if n.wake.is_some() && n.store_link == Link::Up && !n.watch_stale && behind {
+                n.mirror = Some(view.get_or_insert_with(|| self.etcd.view()).clone());
+            }
         }
     }
 
@@ -408,6 +428,8 @@ impl Node {
             fence: None,
             handle: None,
             wake: None,
+            mirror: None,
+            watch_stale: false,
         }
     }
 }

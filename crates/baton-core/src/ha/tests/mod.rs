@@ -8,6 +8,7 @@ mod failsafe;
 mod follower;
 mod leader;
 mod operator;
+mod steady;
 mod sync;
 use std::collections::BTreeMap;
 
