@@ -109,7 +109,8 @@ impl Dcs {
         &self.prefix
     }
 
-    /// The same etcd connection under another cluster's prefix: many
+    /// The same etcd connection for another agent (under its cluster's
+    /// prefix), with a keep-alive stream and watch copy of its own: many
     /// agents in one process (`bench/scale`) share one channel, as many
     /// processes would share the etcd cluster.
     pub fn with_prefix(&self, prefix: String) -> Dcs {

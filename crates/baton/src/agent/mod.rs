@@ -439,7 +439,7 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
         let recent = self
             .last_full_read
             .is_some_and(|t| tick_started.saturating_duration_since(t) < FULL_READ_EVERY);
-        if !(renewed && recent) {
+        if !(renewed && recent && self.steady.is_some()) {
             return None;
         }
         let copy = self.dcs.mirrored()?;

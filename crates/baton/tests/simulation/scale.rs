@@ -94,7 +94,10 @@ impl Cluster {
             epoch,
             timeout,
         };
-        let agent = Agent::assemble(cfg, self.dcs.clone(), pg, peers);
+        // Its own handle on the shared connection: its own keep-alive
+        // stream and watch, as a separate process would have.
+        let dcs = self.dcs.with_prefix(self.dcs.prefix().to_string());
+        let agent = Agent::assemble(cfg, dcs, pg, peers);
         // The peers read the handle's snapshot only, never its store.
         let store = crate::store::SimStore {
             world: self.world.clone(),
@@ -186,7 +189,9 @@ async fn etcd_counters(
     endpoints: &[String],
 ) -> BTreeMap<&'static str, f64> {
     let wanted = [
-        ("grpc_server_handled_total", "requests"),
+        // Messages, not RPCs: a keep-alive on an open stream is one
+        // message and no finished RPC.
+        ("grpc_server_msg_received_total", "requests"),
         ("etcd_mvcc_put_total", "puts"),
         ("etcd_mvcc_txn_total", "txns"),
         ("etcd_disk_wal_fsync_duration_seconds_count", "fsyncs"),
