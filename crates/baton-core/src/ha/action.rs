@@ -16,6 +16,9 @@ pub enum Action {
     AdoptLeader,
     /// Delete the leader key if it is still ours.
     ReleaseLeader,
+    /// Give up a bootstrap that left nothing behind: the leader key if it
+    /// is still ours, and `initialize` if it still holds a claim.
+    AbandonBootstrap,
     /// Delete the leader key if it still names `name` on `lease`, and
     /// revoke that lease: its holder's agent and postgres are both gone
     /// (`ha::dead_leader`).

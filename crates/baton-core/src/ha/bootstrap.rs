@@ -6,6 +6,17 @@ use crate::instance::slot_name;
 use super::{decision, Action, Decision, JobKind, JobStatus, Observation, Reason};
 
 pub(super) fn decide_empty(o: &Observation, cluster: &ClusterView) -> Decision {
+    if o.staged_initdb.is_some() && cluster.initialize == o.staged_initdb {
+        return decision(vec![Action::AdoptInitdb], Reason::AdoptingInitdb);
+    }
+    // The leader key and nothing to lead, with no bootstrap running (a
+    // running job returned earlier): a bootstrap that ended without its
+    // data, whose clean-up did not reach etcd. Held, the key keeps every
+    // other member waiting for a leader to clone from for as long as our
+    // lease lives (seen at 1,000 clusters: `bench/scale`).
+    if cluster.leader_name() == Some(o.me.as_str()) {
+        return decision(vec![Action::AbandonBootstrap], Reason::LeaderWithoutData);
+    }
     // Our bootstrap failed while a claim still stands: say so and leave it
     // to whoever holds the claim. Once another member's cluster is
     // initialized, an empty data directory simply clones it.
@@ -13,9 +24,6 @@ pub(super) fn decide_empty(o: &Observation, cluster: &ClusterView) -> Decision {
         if cluster.initialize.as_deref() == Some("") {
             return decision(vec![], Reason::BootstrapFailed(e.clone()));
         }
-    }
-    if o.staged_initdb.is_some() && cluster.initialize == o.staged_initdb {
-        return decision(vec![Action::AdoptInitdb], Reason::AdoptingInitdb);
     }
     match (cluster.initialize.as_deref(), cluster.leader_name()) {
         (None, None) if o.bootstrap_allowed => {

@@ -243,6 +243,8 @@ pub enum Reason {
         leader: String,
     },
     WaitingForLeaderToClone,
+    /// The leader key is ours, the data directory empty, no bootstrap runs.
+    LeaderWithoutData,
     WaitingForSlot {
         leader: String,
     },
@@ -395,6 +397,12 @@ impl fmt::Display for Reason {
                  the cluster): waiting for a member with a data directory to lead, to clone it"
             ),
             Reason::WaitingForLeaderToClone => write!(f, "no leader to clone from; waiting"),
+            Reason::LeaderWithoutData => write!(
+                f,
+                "holding the leader key with an empty data directory and no bootstrap under way: \
+                 giving it (and a bootstrap claim) up, so that a member with data, or a new \
+                 bootstrap, can lead"
+            ),
             Reason::AdoptingInitdb => write!(
                 f,
                 "the cluster etcd names is the initdb staged here by an interrupted bootstrap: taking it into place"
@@ -571,6 +579,7 @@ impl Reason {
             Reason::BootstrapNotAllowed => "bootstrap_not_allowed",
             Reason::WaitingForInitialize { .. } => "waiting_for_initialize",
             Reason::WaitingForLeaderToClone => "waiting_for_leader_to_clone",
+            Reason::LeaderWithoutData => "leader_without_data",
             Reason::AdoptingInitdb => "adopting_initdb",
             Reason::WaitingForSlot { .. } => "waiting_for_slot",
             Reason::Cloning { .. } => "cloning",

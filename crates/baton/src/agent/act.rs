@@ -76,6 +76,11 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
                 let Some(lease) = self.lease else {
                     return Ok(());
                 };
+                // Claim nothing that no job would follow: a claim and a
+                // leader key held with no bootstrap running stop everyone.
+                if !self.may_spawn(JobKind::Bootstrap) {
+                    return Ok(());
+                }
                 if !self.dcs.take_initialize(lease).await? {
                     return Ok(());
                 }
@@ -246,6 +251,14 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
             Action::ReleaseLeader => {
                 if self.dcs.release_leader(&me).await? {
                     tracing::warn!("released the leader key");
+                }
+            }
+            Action::AbandonBootstrap => {
+                if self.dcs.release_leader(&me).await? {
+                    tracing::warn!("released the leader key: nothing here to lead");
+                }
+                if self.dcs.release_initialize().await? {
+                    tracing::warn!("gave up the bootstrap claim");
                 }
             }
             Action::RemoveDeadLeader { name, lease } => {

@@ -115,18 +115,21 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
         }
     }
 
+    /// Whether `spawn_job` would start a job of `kind` now: none runs, and
+    /// the last one of that kind did not fail less than the back-off ago.
+    pub(super) fn may_spawn(&self, kind: JobKind) -> bool {
+        let backing_off = matches!(&self.last_job,
+            Some((k, Err(_), at)) if *k == kind && since(*at) < JOB_RETRY_BACKOFF);
+        self.job.is_none() && !backing_off
+    }
+
     pub(super) fn spawn_job<F, E>(&mut self, kind: JobKind, fut: F)
     where
         F: std::future::Future<Output = Result<(), E>> + Send + 'static,
         E: Into<JobError>,
     {
-        if self.job.is_some() {
+        if !self.may_spawn(kind) {
             return;
-        }
-        if let Some((k, Err(_), at)) = &self.last_job {
-            if *k == kind && since(*at) < JOB_RETRY_BACKOFF {
-                return;
-            }
         }
         tracing::info!("starting job: {kind}");
         self.handle

@@ -162,3 +162,44 @@ fn staged_initdb_etcd_names_is_adopted() {
     o.staged_initdb = Some("7302".into());
     assert_ne!(decide(&o).actions, vec![Action::AdoptInitdb]);
 }
+
+/// A member that holds the leader key with an empty data directory and no
+/// bootstrap running (a bootstrap that ended without its data, its clean-up
+/// lost to an etcd timeout) gives the key and any claim up: held, it kept
+/// both other members waiting for slots forever (`bench/scale`, 1,000
+/// clusters).
+#[test]
+fn the_leader_key_with_nothing_to_lead_is_given_up() {
+    for (init, job) in [
+        (Some("7301"), JobStatus::Idle),
+        (
+            Some(""),
+            JobStatus::Failed(JobKind::Bootstrap, "timeout".into(), false),
+        ),
+        (None, JobStatus::Done(JobKind::Bootstrap)),
+    ] {
+        let mut c = cluster(Some(("n1", 7)));
+        c.initialize = init.map(str::to_string);
+        let mut o = obs("n1", Some(c), DataDir::Empty, PgStatus::Stopped);
+        o.job = job.clone();
+        let d = decide(&o);
+        assert_eq!(
+            d.actions,
+            vec![Action::AbandonBootstrap],
+            "{init:?} {job:?}"
+        );
+        assert_eq!(d.reason.code(), "leader_without_data");
+    }
+    // While the bootstrap runs, nothing is given up.
+    let mut c = cluster(Some(("n1", 7)));
+    c.initialize = Some(String::new());
+    let mut o = obs("n1", Some(c), DataDir::Empty, PgStatus::Stopped);
+    o.job = JobStatus::Running(JobKind::Bootstrap, Duration::from_secs(1));
+    assert_eq!(decide(&o).actions, vec![]);
+    // A staged initdb etcd names is taken into place instead.
+    let mut c = cluster(Some(("n1", 7)));
+    c.initialize = Some("7301".into());
+    let mut o = obs("n1", Some(c), DataDir::Empty, PgStatus::Stopped);
+    o.staged_initdb = Some("7301".into());
+    assert_eq!(decide(&o).actions, vec![Action::AdoptInitdb]);
+}
