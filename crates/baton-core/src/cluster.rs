@@ -215,6 +215,10 @@ pub struct LeaderKey {
 pub struct ClusterView {
     /// `None`: nobody has claimed bootstrap; `Some("")`: bootstrap in progress.
     pub initialize: Option<String>,
+    /// The lease a bootstrap claim hangs on (`None` once the claim is
+    /// permanent): the claimer knows the claim is its own even when the
+    /// answer to its request was lost.
+    pub initialize_lease: Option<LeaseId>,
     pub config: Option<DynamicConfig>,
     /// Why the stored config was ignored, if it was.
     pub config_error: Option<String>,
@@ -367,7 +371,10 @@ impl ClusterView {
             };
             let text = String::from_utf8_lossy(value);
             match rel {
-                "initialize" => view.initialize = Some(text.into_owned()),
+                "initialize" => {
+                    view.initialize = Some(text.into_owned());
+                    view.initialize_lease = (lease != 0).then_some(LeaseId(lease));
+                }
                 "leader" => {
                     view.leader = Some(LeaderKey {
                         name: text.into_owned(),

@@ -17,6 +17,20 @@ pub(super) fn decide_empty(o: &Observation, cluster: &ClusterView) -> Decision {
     if cluster.leader_name() == Some(o.me.as_str()) {
         return decision(vec![Action::AbandonBootstrap], Reason::LeaderWithoutData);
     }
+    // A bootstrap claim on our own lease with no bootstrap running: the
+    // claim (or the leader key after it) was taken by a request whose
+    // answer was lost, so no job followed. Held, it keeps every member,
+    // this one included, waiting for a bootstrap nobody runs (seen at
+    // 1,000 clusters).
+    if cluster.initialize.as_deref() == Some("")
+        && cluster.initialize_lease.is_some()
+        && cluster.initialize_lease == o.lease
+    {
+        return decision(
+            vec![Action::AbandonBootstrap],
+            Reason::OrphanedBootstrapClaim,
+        );
+    }
     // Our bootstrap failed while a claim still stands: say so and leave it
     // to whoever holds the claim. Once another member's cluster is
     // initialized, an empty data directory simply clones it.

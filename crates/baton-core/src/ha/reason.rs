@@ -245,6 +245,8 @@ pub enum Reason {
     WaitingForLeaderToClone,
     /// The leader key is ours, the data directory empty, no bootstrap runs.
     LeaderWithoutData,
+    /// A bootstrap claim on our lease, and no bootstrap running.
+    OrphanedBootstrapClaim,
     WaitingForSlot {
         leader: String,
     },
@@ -397,6 +399,11 @@ impl fmt::Display for Reason {
                  the cluster): waiting for a member with a data directory to lead, to clone it"
             ),
             Reason::WaitingForLeaderToClone => write!(f, "no leader to clone from; waiting"),
+            Reason::OrphanedBootstrapClaim => write!(
+                f,
+                "the bootstrap claim in etcd is ours but no bootstrap runs (an answer from etcd \
+                 was lost): giving it up, so that a bootstrap can start again"
+            ),
             Reason::LeaderWithoutData => write!(
                 f,
                 "holding the leader key with an empty data directory and no bootstrap under way: \
@@ -580,6 +587,7 @@ impl Reason {
             Reason::WaitingForInitialize { .. } => "waiting_for_initialize",
             Reason::WaitingForLeaderToClone => "waiting_for_leader_to_clone",
             Reason::LeaderWithoutData => "leader_without_data",
+            Reason::OrphanedBootstrapClaim => "orphaned_bootstrap_claim",
             Reason::AdoptingInitdb => "adopting_initdb",
             Reason::WaitingForSlot { .. } => "waiting_for_slot",
             Reason::Cloning { .. } => "cloning",

@@ -203,3 +203,38 @@ fn the_leader_key_with_nothing_to_lead_is_given_up() {
     o.staged_initdb = Some("7301".into());
     assert_eq!(decide(&o).actions, vec![Action::AdoptInitdb]);
 }
+
+/// A bootstrap claim on our own lease with no bootstrap running (the
+/// request that took it timed out after it landed, so no job followed) is
+/// given up; everyone, the claimer included, waited for it forever
+/// (`bench/scale`, 1,000 clusters). Another member's claim is waited for.
+#[test]
+fn our_own_orphaned_bootstrap_claim_is_given_up() {
+    let mut c = cluster(None);
+    c.initialize = Some(String::new());
+    c.initialize_lease = Some(LeaseId(7));
+    let o = obs("n1", Some(c.clone()), DataDir::Empty, PgStatus::Stopped);
+    assert_eq!(o.lease, Some(LeaseId(7)));
+    let d = decide(&o);
+    assert_eq!(d.actions, vec![Action::AbandonBootstrap]);
+    assert_eq!(d.reason.code(), "orphaned_bootstrap_claim");
+    // Someone else's claim: wait for their bootstrap.
+    c.initialize_lease = Some(LeaseId(8));
+    let d = decide(&obs(
+        "n1",
+        Some(c.clone()),
+        DataDir::Empty,
+        PgStatus::Stopped,
+    ));
+    assert_eq!(d.actions, vec![]);
+    assert_eq!(d.reason, Reason::WaitingForBootstrap);
+    // Our claim while our bootstrap runs (holding the key): nothing given up.
+    c.initialize_lease = Some(LeaseId(7));
+    c.leader = Some(LeaderKey {
+        name: "n1".into(),
+        lease: LeaseId(7),
+    });
+    let mut o = obs("n1", Some(c), DataDir::Empty, PgStatus::Stopped);
+    o.job = JobStatus::Running(JobKind::Bootstrap, Duration::from_secs(1));
+    assert_eq!(decide(&o).actions, vec![]);
+}
