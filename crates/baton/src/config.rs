@@ -28,6 +28,10 @@ pub struct NodeConfig {
     /// This member's name, unique in the cluster.
     pub name: String,
     pub namespace: String,
+    /// `group`: which HA group of a multi-group cluster this member
+    /// belongs to (Patroni's Citus layout, `<namespace>/<scope>/<group>/`);
+    /// `None` for a cluster of one group.
+    pub group: Option<u32>,
     pub etcd: EtcdConfig,
     pub api: ApiConfig,
     pub postgresql: PgConfig,
@@ -178,6 +182,24 @@ impl Reader {
             );
         }
         (scope, namespace)
+    }
+
+    /// `group`: a multi-group cluster's group number (Patroni's Citus
+    /// layout keeps each group's keys under `<scope>/<group>/`, and its
+    /// tools recognise a group by digits alone).
+    pub(crate) fn group(&mut self, root: &mut toml::Table) -> Option<u32> {
+        let group: Option<i64> = self.opt(root, "", "group");
+        match group {
+            Some(g) if (0..=MAX_GROUP).contains(&g) => Some(g as u32),
+            Some(g) => {
+                self.problem(
+                    "group",
+                    format!("{g} is out of range: a group is a number from 0 to {MAX_GROUP}"),
+                );
+                None
+            }
+            None => None,
+        }
     }
 
     /// `[etcd] endpoints`.
@@ -333,9 +355,16 @@ impl Reader {
     }
 }
 
-/// Prefix of every etcd key of cluster `scope`, with a trailing slash.
-pub fn prefix(namespace: &str, scope: &str) -> String {
-    format!("{}/{scope}/", namespace.trim_end_matches('/'))
+/// The largest `group` number accepted.
+pub const MAX_GROUP: i64 = 999_999;
+
+/// Prefix of every etcd key of cluster `scope` (of its `group`, in a
+/// multi-group cluster), with a trailing slash.
+pub fn prefix(namespace: &str, scope: &str, group: Option<u32>) -> String {
+    match group {
+        Some(g) => format!("{}/{scope}/{g}/", namespace.trim_end_matches('/')),
+        None => format!("{}/{scope}/", namespace.trim_end_matches('/')),
+    }
 }
 
 /// The file's TOML, or a problem naming the line of the syntax error.
@@ -402,6 +431,7 @@ impl NodeConfig {
         let mut r = Reader { problems: vec![] };
 
         let (scope, namespace) = r.scope(&mut root);
+        let group = r.group(&mut root);
         let name: Option<String> = r.req(&mut root, "", "name");
         r.identifier("name", &name);
         let endpoints = r.etcd(&mut root);
@@ -526,6 +556,12 @@ impl NodeConfig {
             .opt(&mut pg, p, "rebuild_on_rewind_failure")
             .unwrap_or(true);
         let hooks = crate::hooks::config::read(&mut r, &mut pg, &mut root);
+        if group.is_none() && hooks.routing.as_ref().is_some_and(|r| !r.groups.is_empty()) {
+            r.problem(
+                "routing.groups",
+                "names groups of a multi-group cluster, but this member has no `group`",
+            );
+        }
         let mut auth = r.table(&mut pg, p, "authentication");
         let superuser = r.credentials(&mut auth, "superuser", "postgres");
         let replication = r.credentials(&mut auth, "replication", "replicator");
@@ -612,6 +648,7 @@ impl NodeConfig {
             scope: scope.expect("checked"),
             name,
             namespace,
+            group,
             etcd: EtcdConfig {
                 endpoints: endpoints.expect("checked"),
             },
@@ -651,7 +688,7 @@ impl NodeConfig {
 
     /// Prefix of every etcd key of this cluster, with a trailing slash.
     pub fn prefix(&self) -> String {
-        prefix(&self.namespace, &self.scope)
+        prefix(&self.namespace, &self.scope, self.group)
     }
 }
 
@@ -749,6 +786,46 @@ listen = "127.0.0.1:8008"
 data_dir = "/var/lib/baton/node1"
 listen = "127.0.0.1:5432"
 "#;
+
+    #[test]
+    fn a_group_puts_the_keys_under_its_number_and_routing_may_name_groups() {
+        let c = parse(&MINIMAL.replace(
+            "name = \"node1\"",
+            "name = \"node1\"\ngroup = 2",
+        ))
+        .unwrap();
+        assert_eq!(c.group, Some(2));
+        assert_eq!(c.prefix(), "/service/demo/2/");
+
+        let routing = "\n[routing]\nstatements = [\"ALTER NODE dn01 WITH (HOST='{host}', PORT={port})\", \"SELECT pgxc_pool_reload()\"]\ngroups = [1, 0, 1]\n";
+        let c = parse(&(MINIMAL.replace("name = \"node1\"", "name = \"node1\"\ngroup = 1") + routing))
+            .unwrap();
+        let r = c.hooks.routing.unwrap();
+        assert_eq!(r.statements.len(), 2);
+        assert_eq!(r.groups, vec![0, 1]);
+        assert!(r.endpoints.is_empty());
+        assert_eq!(r.database, "postgres");
+
+        // Groups need the member to be in a group; a group is a number.
+        let e = parse(&(MINIMAL.to_string() + routing)).unwrap_err().to_string();
+        assert!(e.contains("routing.groups: names groups of a multi-group cluster"), "{e}");
+        let e = parse(&MINIMAL.replace("name = \"node1\"", "name = \"node1\"\ngroup = -1"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("group: -1 is out of range"), "{e}");
+        let e = parse(&(MINIMAL.to_string() + "\n[routing]\nstatements = \"SELECT 1\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("routing: needs at least one endpoint"), "{e}");
+        let e = parse(&(MINIMAL.to_string() + "\n[routing]\nstatements = [1]\nendpoints = { a = \"host=x\" }\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("routing.statements: 1 is not a string"), "{e}");
+        let e = parse(&(MINIMAL.to_string() + "\n[routing]\nstatements = [\"SELECT '{hots}'\"]\nendpoints = { a = \"host=x\" }\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown placeholder {hots}"), "{e}");
+    }
 
     #[test]
     fn minimal_config_gets_documented_defaults() {

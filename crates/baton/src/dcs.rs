@@ -5,6 +5,7 @@
 //! connection and never answers must not stall the HA loop, since a stalled
 //! leader loop is exactly what the lease deadline exists to catch.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
@@ -249,6 +250,37 @@ impl Dcs {
         .await
     }
 
+    /// Every group of a multi-group cluster, read at once from a `Dcs`
+    /// on the scope's prefix (`<namespace>/<scope>/`): the keys under
+    /// `<group>/`, where a group is digits alone (Patroni's Citus layout,
+    /// which patronictl reads the same way). Empty for a one-group cluster.
+    pub async fn load_groups(&self) -> Result<BTreeMap<u32, ClusterView>, DcsError> {
+        let resp = self.get_all().await?;
+        let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+        let mut groups: BTreeMap<u32, Vec<&etcd_client::KeyValue>> = BTreeMap::new();
+        for kv in resp.kvs() {
+            let Some(rel) = kv.key().strip_prefix(self.prefix.as_bytes()) else {
+                continue;
+            };
+            if let Some(g) = group_of(rel) {
+                groups.entry(g).or_default().push(kv);
+            }
+        }
+        Ok(groups
+            .into_iter()
+            .map(|(g, kvs)| {
+                let prefix = format!("{}{g}/", self.prefix);
+                let view = ClusterView::from_kvs(
+                    &prefix,
+                    kvs.iter()
+                        .map(|kv| (kv.key(), kv.value(), kv.lease(), kv.mod_revision())),
+                    revision,
+                );
+                (g, view)
+            })
+            .collect())
+    }
+
     /// `on_view`'s flag: whether the change is one a member acts on at once
     /// rather than on its next tick (`wakes`); the first view always is.
     async fn mirror_once(
@@ -318,6 +350,17 @@ impl Dcs {
         }
         Ok(())
     }
+}
+
+/// The group a key below a scope's prefix belongs to: its first segment,
+/// when that is digits alone and something follows it.
+fn group_of(rel: &[u8]) -> Option<u32> {
+    let slash = rel.iter().position(|b| *b == b'/')?;
+    let (digits, rest) = rel.split_at(slash);
+    if digits.is_empty() || rest.len() < 2 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
 /// The agent's store (`agent::Store`) is etcd, through these requests.
@@ -722,5 +765,22 @@ async fn bounded<T>(
     match tokio::time::timeout(timeout, fut).await {
         Ok(r) => r,
         Err(_) => Err(DcsError::Timeout(timeout)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::group_of;
+
+    #[test]
+    fn a_group_is_a_segment_of_digits_with_keys_below_it() {
+        assert_eq!(group_of(b"0/leader"), Some(0));
+        assert_eq!(group_of(b"12/members/dn1"), Some(12));
+        assert_eq!(group_of(b"leader"), None);
+        assert_eq!(group_of(b"members/1"), None);
+        assert_eq!(group_of(b"1/"), None);
+        assert_eq!(group_of(b"/leader"), None);
+        assert_eq!(group_of(b"1a/leader"), None);
+        assert_eq!(group_of(b"99999999999999/leader"), None);
     }
 }

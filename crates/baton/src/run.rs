@@ -33,14 +33,9 @@ pub async fn agent(path: PathBuf) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("binding the REST API to {} (api.listen)", cfg.api.listen))?;
     tracing::info!(scope = %cfg.scope, name = %cfg.name, api = %cfg.api.listen, "baton agent starting");
     let cafile = cfg.api.cafile.clone();
-    let hooks = (
-        cfg.hooks.clone(),
-        cfg.scope.clone(),
-        cfg.name.clone(),
-        cfg.postgresql.connect_address,
-    );
+    let hooks_cfg = cfg.clone();
     let agent = Agent::new(cfg).await?.with_config_path(path.clone());
-    baton::hooks::spawn(hooks.0, hooks.1, hooks.2, hooks.3, &agent.handle());
+    baton::hooks::spawn(&hooks_cfg, &agent.handle());
     let shutdown = CancellationToken::new();
     let http = baton::tls::http_client(Duration::from_secs(5), cafile.as_deref())?;
     let api = match &tls {

@@ -32,6 +32,10 @@ pub struct Target {
     /// etcd key prefix (the node files' `namespace`).
     #[arg(long, default_value = baton::config::DEFAULT_NAMESPACE)]
     namespace: String,
+    /// The group of a multi-group cluster (default: from --config; `baton
+    /// list` without one shows every group).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(0..=baton::config::MAX_GROUP))]
+    group: Option<u32>,
     /// REST API user for control commands (default: from --config).
     #[arg(long)]
     username: Option<String>,
@@ -82,11 +86,48 @@ impl Target {
         Ok((scope, view))
     }
 
+    /// The cluster's groups: the one named (`--group`, or the node file's
+    /// `group`), else every group of a multi-group cluster, else the
+    /// one-group cluster as `None`.
+    pub async fn views(&self) -> anyhow::Result<(String, Vec<(Option<u32>, ClusterView)>)> {
+        let (endpoints, scope, namespace, group) = self.cluster()?;
+        if group.is_some() {
+            let (scope, view) = self.view().await?;
+            return Ok((scope, vec![(group, view)]));
+        }
+        let prefix = baton::config::prefix(&namespace, &scope, None);
+        let dcs = Dcs::connect(&endpoints, prefix, Duration::from_secs(3))
+            .await
+            .with_context(|| format!("connecting to etcd at {}", endpoints.join(",")))?;
+        let groups = dcs.load_groups().await.with_context(|| {
+            format!(
+                "reading cluster {scope} from etcd at {}",
+                endpoints.join(",")
+            )
+        })?;
+        if groups.is_empty() {
+            let (scope, view) = self.view().await?;
+            return Ok((scope, vec![(None, view)]));
+        }
+        Ok((
+            scope,
+            groups.into_iter().map(|(g, v)| (Some(g), v)).collect(),
+        ))
+    }
+
+    /// etcd endpoints and the prefix of the cluster's (or group's) keys.
     pub fn resolve(&self) -> anyhow::Result<(Vec<String>, String, String)> {
+        let (endpoints, scope, namespace, group) = self.cluster()?;
+        let prefix = baton::config::prefix(&namespace, &scope, group);
+        Ok((endpoints, scope, prefix))
+    }
+
+    /// etcd endpoints, scope, namespace and group, from the flags or the
+    /// node file (`--group` wins over the file's).
+    fn cluster(&self) -> anyhow::Result<(Vec<String>, String, String, Option<u32>)> {
         if let Some(path) = &self.config {
             let c = NodeConfig::load(path)?;
-            let prefix = c.prefix();
-            return Ok((c.etcd.endpoints, c.scope, prefix));
+            return Ok((c.etcd.endpoints, c.scope, c.namespace, self.group.or(c.group)));
         }
         let scope = self
             .scope
@@ -95,8 +136,7 @@ impl Target {
         if self.etcd.is_empty() {
             anyhow::bail!("give --config FILE, or --etcd URL and --scope NAME");
         }
-        let prefix = format!("{}/{scope}/", self.namespace.trim_end_matches('/'));
-        Ok((self.etcd.clone(), scope, prefix))
+        Ok((self.etcd.clone(), scope, self.namespace.clone(), self.group))
     }
 }
 

@@ -6,7 +6,8 @@ use baton_core::status::ClusterStatus;
 
 use super::Target;
 
-/// What `baton list` prints once.
+/// What `baton list` prints once: the cluster, or each group of a
+/// multi-group cluster in turn.
 async fn render_list(
     target: &Target,
     json: bool,
@@ -14,12 +15,54 @@ async fn render_list(
     gs_om: bool,
     colour: bool,
 ) -> anyhow::Result<String> {
+    let (scope, views) = target.views().await?;
+    if let [(None, view)] = &views[..] {
+        return render_group(&scope, view, json, verbose, gs_om, colour);
+    }
+    if gs_om {
+        anyhow::bail!(
+            "{scope} has {} groups and gs_om's layout shows one: add --group N",
+            views.len()
+        );
+    }
+    if json {
+        let mut groups = serde_json::Map::new();
+        for (g, view) in &views {
+            let text = render_group(&scope, view, true, verbose, false, false)?;
+            let key = g.map(|g| g.to_string()).unwrap_or_default();
+            groups.insert(key, serde_json::from_str(&text)?);
+        }
+        let v = serde_json::json!({ "scope": scope, "groups": groups });
+        return Ok(serde_json::to_string_pretty(&v)? + "\n");
+    }
+    let mut out = String::new();
+    for (i, (g, view)) in views.iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        let name = match g {
+            Some(g) => format!("{scope} group {g}"),
+            None => scope.clone(),
+        };
+        out.push_str(&render_group(&name, view, false, verbose, false, colour)?);
+    }
+    Ok(out)
+}
+
+/// One group (or the whole of a one-group cluster).
+fn render_group(
+    scope: &str,
+    view: &baton_core::cluster::ClusterView,
+    json: bool,
+    verbose: bool,
+    gs_om: bool,
+    colour: bool,
+) -> anyhow::Result<String> {
     use std::fmt::Write as _;
     let mut out = String::new();
-    let (scope, view) = target.view().await?;
-    let status = ClusterStatus::from_view(&scope, &view, view.max_lag());
+    let status = ClusterStatus::from_view(scope, view, view.max_lag());
     if gs_om {
-        return Ok(baton_core::gauss::render_gs_om(&status, &view));
+        return Ok(baton_core::gauss::render_gs_om(&status, view));
     }
     let routing = view
         .leader_member()

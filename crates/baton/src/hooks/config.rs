@@ -41,9 +41,19 @@ impl Default for Callbacks {
 /// endpoint has restarted since.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Routing {
-    pub statements: String,
+    /// Each runs as a query of its own, in its own transaction: some
+    /// statements refuse to run in a transaction block (OpenTenBase's
+    /// `pgxc_pool_reload()`), and several statements in one query are one.
+    pub statements: Vec<String>,
     /// Name → libpq connection string (key=value or URL).
     pub endpoints: BTreeMap<String, String>,
+    /// In a multi-group cluster, the groups whose current leaders are
+    /// endpoints too (`group<N>:<member>`), found in etcd: after a
+    /// datanode group's failover every coordinator and datanode primary,
+    /// the new one included, must learn where it is (OpenTenBase).
+    pub groups: Vec<u32>,
+    /// The database the group leaders are reached in, as the superuser.
+    pub database: String,
     /// Between tries at an endpoint that failed.
     pub retry_interval: Duration,
     /// Between checks that an updated endpoint has not restarted.
@@ -92,10 +102,39 @@ pub(crate) fn read(r: &mut Reader, pg: &mut toml::Table, root: &mut toml::Table)
 
 fn read_routing(r: &mut Reader, t: &mut toml::Table) -> Option<Routing> {
     let p = "routing";
-    let statements: Option<String> = r.req(t, p, "statements");
-    if let Some(s) = &statements {
+    let statements: Option<Vec<String>> = match t.remove("statements") {
+        None => {
+            r.problem("routing.statements", "missing (required)");
+            None
+        }
+        Some(toml::Value::String(s)) => Some(vec![s]),
+        Some(toml::Value::Array(a)) => {
+            let mut list = vec![];
+            for v in a {
+                match v {
+                    toml::Value::String(s) => list.push(s),
+                    other => r.problem(
+                        "routing.statements",
+                        format!("{other} is not a string: give a statement or a list of them"),
+                    ),
+                }
+            }
+            if list.is_empty() {
+                r.problem("routing.statements", "is an empty list");
+            }
+            Some(list)
+        }
+        Some(other) => {
+            r.problem(
+                "routing.statements",
+                format!("{other} is not a string: give a statement or a list of them"),
+            );
+            None
+        }
+    };
+    for s in statements.iter().flatten() {
         if s.trim().is_empty() {
-            r.problem("routing.statements", "is empty");
+            r.problem("routing.statements", "has an empty statement");
         }
         let mut rest = s.as_str();
         while let Some(i) = rest.find('{') {
@@ -116,20 +155,38 @@ fn read_routing(r: &mut Reader, t: &mut toml::Table) -> Option<Routing> {
             }
         }
     }
-    let endpoints: Option<BTreeMap<String, String>> = r.req(t, p, "endpoints");
-    if let Some(eps) = &endpoints {
-        if eps.is_empty() {
-            r.problem("routing.endpoints", "needs at least one endpoint");
-        }
-        for (name, dsn) in eps {
-            if let Err(e) = dsn.parse::<tokio_postgres::Config>() {
-                r.problem(
-                    format!("routing.endpoints.{name}"),
-                    format!("not a libpq connection string: {e}"),
-                );
-            }
+    let endpoints: Option<BTreeMap<String, String>> = r.opt(t, p, "endpoints");
+    for (name, dsn) in endpoints.iter().flatten() {
+        if let Err(e) = dsn.parse::<tokio_postgres::Config>() {
+            r.problem(
+                format!("routing.endpoints.{name}"),
+                format!("not a libpq connection string: {e}"),
+            );
         }
     }
+    let groups: Option<Vec<i64>> = r.opt(t, p, "groups");
+    let mut group_numbers = vec![];
+    for g in groups.iter().flatten() {
+        match u32::try_from(*g) {
+            Ok(n) if i64::from(n) <= crate::config::MAX_GROUP => group_numbers.push(n),
+            _ => r.problem(
+                "routing.groups",
+                format!(
+                    "{g} is not a group: groups are numbers from 0 to {}",
+                    crate::config::MAX_GROUP
+                ),
+            ),
+        }
+    }
+    group_numbers.sort_unstable();
+    group_numbers.dedup();
+    if endpoints.as_ref().is_none_or(|e| e.is_empty()) && groups.as_ref().is_none_or(|g| g.is_empty()) {
+        r.problem(
+            "routing",
+            "needs at least one endpoint (routing.endpoints) or group (routing.groups)",
+        );
+    }
+    let database: String = r.opt(t, p, "database").unwrap_or_else(|| "postgres".into());
     let retry_interval = r
         .seconds(t, p, "retry_interval")
         .unwrap_or(Duration::from_secs(2));
@@ -141,7 +198,9 @@ fn read_routing(r: &mut Reader, t: &mut toml::Table) -> Option<Routing> {
         .unwrap_or(Duration::from_secs(10));
     Some(Routing {
         statements: statements?,
-        endpoints: endpoints?,
+        endpoints: endpoints.unwrap_or_default(),
+        groups: group_numbers,
+        database,
         retry_interval,
         check_interval,
         timeout,

@@ -70,25 +70,93 @@ fn transition(from: Role, to: Role, ran_as: Option<Role>) -> Option<(&'static st
 }
 
 /// Starts the hook tasks for an agent; they end when the agent does.
-pub fn spawn(
-    hooks: HooksConfig,
-    scope: String,
-    name: String,
-    pg_address: std::net::SocketAddr,
-    handle: &AgentHandle,
-) {
+pub fn spawn(cfg: &crate::config::NodeConfig, handle: &AgentHandle) {
+    let hooks = cfg.hooks.clone();
     let snapshots = handle.subscribe();
     if hooks.callbacks != config::Callbacks::default() {
-        tokio::spawn(callbacks(hooks.callbacks, scope.clone(), snapshots.clone()));
+        tokio::spawn(callbacks(
+            hooks.callbacks,
+            cfg.scope.clone(),
+            snapshots.clone(),
+        ));
     }
     if let Some(routing) = hooks.routing {
+        let pg_address = cfg.postgresql.connect_address;
         let me = Target {
             host: pg_address.ip().to_string(),
             port: pg_address.port(),
-            name,
-            scope,
+            name: cfg.name.clone(),
+            scope: cfg.scope.clone(),
         };
-        tokio::spawn(routing_task(routing, me, snapshots, handle.routing()));
+        let groups = (!routing.groups.is_empty()).then(|| GroupLeaders {
+            etcd: cfg.etcd.endpoints.clone(),
+            prefix: crate::config::prefix(&cfg.namespace, &cfg.scope, None),
+            superuser: cfg.postgresql.superuser.clone(),
+        });
+        tokio::spawn(routing_task(
+            routing,
+            me,
+            groups,
+            snapshots,
+            handle.routing(),
+        ));
+    }
+}
+
+/// Where the routing task finds the leaders of the groups it updates.
+struct GroupLeaders {
+    etcd: Vec<String>,
+    /// The scope's prefix, above every group.
+    prefix: String,
+    /// Group leaders are reached as the superuser (the same on every
+    /// group, as Patroni's Citus support requires too).
+    superuser: crate::config::Credentials,
+}
+
+impl GroupLeaders {
+    /// `group<N>:<member>` → how to reach it, for each group in `wanted`
+    /// that has a leader now.
+    async fn endpoints(
+        &self,
+        dcs: &mut Option<crate::dcs::Dcs>,
+        wanted: &[u32],
+        database: &str,
+        timeout: Duration,
+    ) -> Result<BTreeMap<String, tokio_postgres::Config>, String> {
+        if dcs.is_none() {
+            *dcs = Some(
+                crate::dcs::Dcs::connect(&self.etcd, self.prefix.clone(), timeout)
+                    .await
+                    .map_err(|e| format!("etcd: {e}"))?,
+            );
+        }
+        let groups = dcs
+            .as_ref()
+            .expect("connected above")
+            .load_groups()
+            .await
+            .map_err(|e| format!("etcd: {e}"))?;
+        let mut out = BTreeMap::new();
+        for g in wanted {
+            let Some(view) = groups.get(g) else { continue };
+            let (Some(name), Some(m)) = (view.leader_name(), view.leader_member()) else {
+                continue;
+            };
+            let Some((host, port)) = m.pg_address() else {
+                continue;
+            };
+            let mut c = tokio_postgres::Config::new();
+            c.host(&host)
+                .port(port)
+                .user(&self.superuser.username)
+                .dbname(database)
+                .application_name("baton routing");
+            if let Some(pw) = &self.superuser.password {
+                c.password(pw);
+            }
+            out.insert(format!("group{g}:{name}"), c);
+        }
+        Ok(out)
     }
 }
 
@@ -205,10 +273,24 @@ struct Applied {
 async fn routing_task(
     cfg: config::Routing,
     me: Target,
+    groups: Option<GroupLeaders>,
     mut rx: watch::Receiver<Snapshot>,
     status: RoutingStatus,
 ) {
-    let statements = config::render(&cfg.statements, &me.host, me.port, &me.name, &me.scope);
+    let statements: Vec<String> = cfg
+        .statements
+        .iter()
+        .map(|s| config::render(s, &me.host, me.port, &me.name, &me.scope))
+        .collect();
+    let fixed: BTreeMap<String, tokio_postgres::Config> = cfg
+        .endpoints
+        .iter()
+        .filter_map(|(name, dsn)| Some((name.clone(), dsn.parse().ok()?)))
+        .collect();
+    let mut dcs = None;
+    // The group leaders as last read, and when to read them again.
+    let mut leaders: BTreeMap<String, tokio_postgres::Config> = BTreeMap::new();
+    let mut read_leaders_at = tokio::time::Instant::now();
     let mut applied: BTreeMap<String, Applied> = BTreeMap::new();
     let mut retry_at: BTreeMap<String, tokio::time::Instant> = BTreeMap::new();
     loop {
@@ -221,10 +303,43 @@ async fn routing_task(
             // history, and a later promotion of ours starts over.
             applied.clear();
             retry_at.clear();
+            leaders.clear();
+            read_leaders_at = tokio::time::Instant::now();
             status.lock().expect("routing status lock").clear();
         } else {
             let now = tokio::time::Instant::now();
-            for (name, dsn) in &cfg.endpoints {
+            if let Some(g) = groups.as_ref().filter(|_| now >= read_leaders_at) {
+                // Read again at the retry pace while the leaders are not
+                // known, at the check pace once they are: a new leader of
+                // another group is a new endpoint, updated when seen.
+                match g
+                    .endpoints(&mut dcs, &cfg.groups, &cfg.database, cfg.timeout)
+                    .await
+                {
+                    Ok(found) => {
+                        let all = found.len() == cfg.groups.len();
+                        leaders = found;
+                        read_leaders_at = now
+                            + if all {
+                                cfg.check_interval
+                            } else {
+                                cfg.retry_interval
+                            };
+                    }
+                    Err(e) => {
+                        tracing::warn!("routing: cannot read the group leaders: {e}");
+                        read_leaders_at = now + cfg.retry_interval;
+                    }
+                }
+                let current = |name: &String| fixed.contains_key(name) || leaders.contains_key(name);
+                applied.retain(|name, _| current(name));
+                retry_at.retain(|name, _| current(name));
+                status
+                    .lock()
+                    .expect("routing status lock")
+                    .retain(|name, _| current(name));
+            }
+            for (name, endpoint) in fixed.iter().chain(&leaders) {
                 if retry_at.get(name).is_some_and(|t| *t > now) {
                     continue;
                 }
@@ -235,7 +350,7 @@ async fn routing_task(
                 if !due {
                     continue;
                 }
-                let outcome = reconcile(dsn, &statements, applied.get(name), cfg.timeout).await;
+                let outcome = reconcile(endpoint, &statements, applied.get(name), cfg.timeout).await;
                 let mut st = status.lock().expect("routing status lock");
                 let entry = st.entry(name.clone()).or_insert_with(|| EndpointStatus {
                     state: "pending".into(),
@@ -285,6 +400,7 @@ async fn routing_task(
             .values()
             .copied()
             .chain(applied.values().map(|a| a.checked + cfg.check_interval))
+            .chain((leading && groups.is_some()).then_some(read_leaders_at))
             .min();
         tokio::select! {
             r = rx.changed() => if r.is_err() { return },
@@ -298,17 +414,17 @@ async fn routing_task(
     }
 }
 
-/// One endpoint: runs the statements unless it was updated since its
-/// postmaster last started; returns that start time and whether it ran.
+/// One endpoint: runs the statements, each a query of its own, unless it
+/// was updated since its postmaster last started; returns that start time
+/// and whether it ran.
 async fn reconcile(
-    dsn: &str,
-    statements: &str,
+    endpoint: &tokio_postgres::Config,
+    statements: &[String],
     applied: Option<&Applied>,
     timeout: Duration,
 ) -> Result<(String, bool), String> {
-    let cfg: tokio_postgres::Config = dsn.parse().map_err(|e| format!("{e}"))?;
     let work = async {
-        let (client, conn) = cfg
+        let (client, conn) = endpoint
             .connect(tokio_postgres::NoTls)
             .await
             .map_err(|e| crate::pg::describe(&e))?;
@@ -321,10 +437,12 @@ async fn reconcile(
         if applied.is_some_and(|a| a.started == before) {
             return Ok((before, false));
         }
-        client
-            .batch_execute(statements)
-            .await
-            .map_err(|e| crate::pg::describe(&e))?;
+        for s in statements {
+            client
+                .batch_execute(s)
+                .await
+                .map_err(|e| crate::pg::describe(&e))?;
+        }
         Ok((before, true))
     };
     tokio::time::timeout(timeout, work)

@@ -12,6 +12,9 @@ use crate::config::{parse_toml, read_file, ConfigError, Reader};
 pub struct RouterConfig {
     pub scope: String,
     pub namespace: String,
+    /// The group of a multi-group cluster whose primary and replicas this
+    /// router serves.
+    pub group: Option<u32>,
     pub etcd_endpoints: Vec<String>,
     /// `/metrics`, `/routes`, `/health` and the dashboard (`/ui`); none
     /// when unset.
@@ -61,6 +64,7 @@ impl RouterConfig {
         let mut root = parse_toml(text, file)?;
         let mut r = Reader { problems: vec![] };
         let (scope, namespace) = r.scope(&mut root);
+        let group = r.group(&mut root);
         let endpoints = r.etcd(&mut root);
         let hold_timeout = r
             .seconds(&mut root, "", "hold_timeout")
@@ -133,6 +137,7 @@ impl RouterConfig {
         Ok(RouterConfig {
             scope: scope.expect("checked"),
             namespace,
+            group,
             etcd_endpoints: endpoints.expect("checked"),
             api_listen,
             api_cafile,
@@ -147,7 +152,7 @@ impl RouterConfig {
     }
 
     pub fn prefix(&self) -> String {
-        crate::config::prefix(&self.namespace, &self.scope)
+        crate::config::prefix(&self.namespace, &self.scope, self.group)
     }
 }
 
