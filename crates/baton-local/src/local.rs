@@ -267,6 +267,7 @@ impl LocalNode {
 pub struct LocalCluster {
     pub dir: PathBuf,
     pub scope: String,
+    pub group: Option<u32>,
     pub etcd: LocalEtcd,
     pub nodes: Vec<LocalNode>,
     baton: PathBuf,
@@ -282,6 +283,14 @@ pub struct ClusterOptions {
     pub start_etcd: bool,
     /// Extra TOML inside every node's `[api]` table (e.g. TLS files).
     pub api_toml: String,
+    /// The group of a multi-group cluster these nodes form (`group` in
+    /// their files).
+    pub group: Option<u32>,
+    /// Join an etcd someone else runs (another group's) instead of
+    /// starting one.
+    pub etcd_endpoint: Option<String>,
+    /// Node names are this followed by 1, 2, ...
+    pub node_prefix: String,
 }
 
 impl Default for ClusterOptions {
@@ -293,6 +302,9 @@ impl Default for ClusterOptions {
             ttl: 4,
             start_etcd: true,
             api_toml: String::new(),
+            group: None,
+            etcd_endpoint: None,
+            node_prefix: "node".into(),
         }
     }
 }
@@ -302,12 +314,14 @@ impl LocalCluster {
     pub fn create(dir: &Path, baton: &Path, opts: &ClusterOptions) -> anyhow::Result<LocalCluster> {
         open_dir(dir)?;
         let mut etcd = LocalEtcd::planned(dir);
-        if opts.start_etcd {
+        if let Some(endpoint) = &opts.etcd_endpoint {
+            etcd.endpoint = endpoint.clone();
+        } else if opts.start_etcd {
             etcd.start()?;
         }
         let mut nodes = vec![];
         for i in 1..=opts.nodes {
-            let name = format!("node{i}");
+            let name = format!("{}{i}", opts.node_prefix);
             let pg_port = free_port();
             let api_port = free_port();
             let data_dir = dir.join(&name);
@@ -315,6 +329,7 @@ impl LocalCluster {
             let toml = format!(
                 r#"scope = "{scope}"
 name = "{name}"
+{group}
 
 [etcd]
 endpoints = ["{etcd}"]
@@ -344,6 +359,10 @@ retry_timeout = 1
                 ttl = opts.ttl,
                 extra = opts.extra_toml,
                 api_extra = opts.api_toml,
+                group = opts
+                    .group
+                    .map(|g| format!("group = {g}"))
+                    .unwrap_or_default(),
             );
             std::fs::write(&config_path, toml)?;
             nodes.push(LocalNode {
@@ -359,6 +378,7 @@ retry_timeout = 1
         Ok(LocalCluster {
             dir: dir.to_path_buf(),
             scope: opts.scope.clone(),
+            group: opts.group,
             etcd,
             nodes,
             baton: baton.to_path_buf(),
@@ -487,7 +507,7 @@ retry_timeout = 1
     pub async fn view(&self) -> anyhow::Result<ClusterView> {
         let dcs = baton::dcs::Dcs::connect(
             std::slice::from_ref(&self.etcd.endpoint),
-            format!("/service/{}/", self.scope),
+            baton::config::prefix("/service", &self.scope, self.group),
             Duration::from_secs(2),
         )
         .await?;

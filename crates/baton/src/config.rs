@@ -789,17 +789,14 @@ listen = "127.0.0.1:5432"
 
     #[test]
     fn a_group_puts_the_keys_under_its_number_and_routing_may_name_groups() {
-        let c = parse(&MINIMAL.replace(
-            "name = \"node1\"",
-            "name = \"node1\"\ngroup = 2",
-        ))
-        .unwrap();
+        let c = parse(&MINIMAL.replace("name = \"node1\"", "name = \"node1\"\ngroup = 2")).unwrap();
         assert_eq!(c.group, Some(2));
         assert_eq!(c.prefix(), "/service/demo/2/");
 
         let routing = "\n[routing]\nstatements = [\"ALTER NODE dn01 WITH (HOST='{host}', PORT={port})\", \"SELECT pgxc_pool_reload()\"]\ngroups = [1, 0, 1]\n";
-        let c = parse(&(MINIMAL.replace("name = \"node1\"", "name = \"node1\"\ngroup = 1") + routing))
-            .unwrap();
+        let c =
+            parse(&(MINIMAL.replace("name = \"node1\"", "name = \"node1\"\ngroup = 1") + routing))
+                .unwrap();
         let r = c.hooks.routing.unwrap();
         assert_eq!(r.statements.len(), 2);
         assert_eq!(r.groups, vec![0, 1]);
@@ -807,8 +804,13 @@ listen = "127.0.0.1:5432"
         assert_eq!(r.database, "postgres");
 
         // Groups need the member to be in a group; a group is a number.
-        let e = parse(&(MINIMAL.to_string() + routing)).unwrap_err().to_string();
-        assert!(e.contains("routing.groups: names groups of a multi-group cluster"), "{e}");
+        let e = parse(&(MINIMAL.to_string() + routing))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("routing.groups: names groups of a multi-group cluster"),
+            "{e}"
+        );
         let e = parse(&MINIMAL.replace("name = \"node1\"", "name = \"node1\"\ngroup = -1"))
             .unwrap_err()
             .to_string();
@@ -817,9 +819,12 @@ listen = "127.0.0.1:5432"
             .unwrap_err()
             .to_string();
         assert!(e.contains("routing: needs at least one endpoint"), "{e}");
-        let e = parse(&(MINIMAL.to_string() + "\n[routing]\nstatements = [1]\nendpoints = { a = \"host=x\" }\n"))
-            .unwrap_err()
-            .to_string();
+        let e = parse(
+            &(MINIMAL.to_string()
+                + "\n[routing]\nstatements = [1]\nendpoints = { a = \"host=x\" }\n"),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("routing.statements: 1 is not a string"), "{e}");
         let e = parse(&(MINIMAL.to_string() + "\n[routing]\nstatements = [\"SELECT '{hots}'\"]\nendpoints = { a = \"host=x\" }\n"))
             .unwrap_err()

@@ -127,7 +127,12 @@ impl Target {
     fn cluster(&self) -> anyhow::Result<(Vec<String>, String, String, Option<u32>)> {
         if let Some(path) = &self.config {
             let c = NodeConfig::load(path)?;
-            return Ok((c.etcd.endpoints, c.scope, c.namespace, self.group.or(c.group)));
+            return Ok((
+                c.etcd.endpoints,
+                c.scope,
+                c.namespace,
+                self.group.or(c.group),
+            ));
         }
         let scope = self
             .scope

@@ -180,7 +180,9 @@ fn read_routing(r: &mut Reader, t: &mut toml::Table) -> Option<Routing> {
     }
     group_numbers.sort_unstable();
     group_numbers.dedup();
-    if endpoints.as_ref().is_none_or(|e| e.is_empty()) && groups.as_ref().is_none_or(|g| g.is_empty()) {
+    if endpoints.as_ref().is_none_or(|e| e.is_empty())
+        && groups.as_ref().is_none_or(|g| g.is_empty())
+    {
         r.problem(
             "routing",
             "needs at least one endpoint (routing.endpoints) or group (routing.groups)",

@@ -331,7 +331,8 @@ async fn routing_task(
                         read_leaders_at = now + cfg.retry_interval;
                     }
                 }
-                let current = |name: &String| fixed.contains_key(name) || leaders.contains_key(name);
+                let current =
+                    |name: &String| fixed.contains_key(name) || leaders.contains_key(name);
                 applied.retain(|name, _| current(name));
                 retry_at.retain(|name, _| current(name));
                 status
@@ -350,7 +351,8 @@ async fn routing_task(
                 if !due {
                     continue;
                 }
-                let outcome = reconcile(endpoint, &statements, applied.get(name), cfg.timeout).await;
+                let outcome =
+                    reconcile(endpoint, &statements, applied.get(name), cfg.timeout).await;
                 let mut st = status.lock().expect("routing status lock");
                 let entry = st.entry(name.clone()).or_insert_with(|| EndpointStatus {
                     state: "pending".into(),

@@ -1,0 +1,270 @@
+//! Issue 13: a cluster of several groups, each its own HA unit under one
+//! scope (Patroni's Citus layout, `<namespace>/<scope>/<group>/`), shaped
+//! like OpenTenBase: a coordinator group and a datanode group. After either
+//! group's promotion its new leader runs the routing statements on the
+//! leader of every group, itself included, as runbook 000 does by hand on
+//! every coordinator and datanode.
+//!
+//! **Stand-in, not OpenTenBase**: both groups run PostgreSQL 15. The node
+//! catalog is a table (`pgxc_node`) on each group's primary, `ALTER NODE`
+//! is an UPDATE of it, and `pgxc_pool_reload()` is a function that records
+//! its calls and, like the real one, refuses to run in a transaction block
+//! (here: in a transaction that already wrote, which is what sending the
+//! statements as one query would make it).
+
+mod common;
+
+use std::time::Duration;
+
+use baton_core::status::ClusterState;
+use baton_local::local::{ClusterOptions, LocalCluster};
+use common::*;
+
+const SCOPE: &str = "otb";
+
+/// The catalog stand-in, created on a group's primary (its standby gets
+/// it by replication, as a real catalog would).
+const CATALOG: &[&str] = &[
+    "CREATE TABLE pgxc_node (node_name text PRIMARY KEY, node_host text, node_port int)",
+    "INSERT INTO pgxc_node VALUES ('cn01', 'nowhere', 0), ('dn01', 'nowhere', 0)",
+    "CREATE TABLE pool_reloads (at timestamptz DEFAULT clock_timestamp())",
+    "CREATE FUNCTION pgxc_pool_reload() RETURNS boolean LANGUAGE plpgsql AS $$
+     BEGIN
+       IF txid_current_if_assigned() IS NOT NULL THEN
+         RAISE EXCEPTION 'pgxc_pool_reload cannot run inside a transaction block';
+       END IF;
+       INSERT INTO pool_reloads DEFAULT VALUES;
+       RETURN true;
+     END $$",
+];
+
+/// `[routing]` of a member of the group whose catalog name is `node`.
+fn routing(node: &str) -> String {
+    format!(
+        "[routing]\n\
+         statements = [\"UPDATE pgxc_node SET node_host = '{{host}}', node_port = {{port}} WHERE node_name = '{node}'\", \"SELECT pgxc_pool_reload()\"]\n\
+         groups = [0, 1]\n\
+         retry_interval = 0.5\n\
+         check_interval = 2\n"
+    )
+}
+
+fn group(dir: &std::path::Path, g: u32, prefix: &str, etcd: Option<String>) -> LocalCluster {
+    let opts = ClusterOptions {
+        scope: SCOPE.into(),
+        nodes: 2,
+        group: Some(g),
+        etcd_endpoint: etcd,
+        node_prefix: prefix.into(),
+        ..Default::default()
+    };
+    let sub = dir.join(format!("group{g}"));
+    let c = LocalCluster::create(&sub, &baton_bin(), &opts).expect("creating a group");
+    let node = if g == 0 { "cn01" } else { "dn01" };
+    for i in 0..2 {
+        c.append_config(i, &routing(node)).unwrap();
+    }
+    c
+}
+
+/// Starts the first node, then the second, and waits for Normal.
+async fn start(c: &mut LocalCluster) {
+    let first = c.nodes[0].name.clone();
+    c.start_agent(0).unwrap();
+    wait_for(
+        &format!("{first} leading"),
+        Duration::from_secs(60),
+        || async {
+            let s = c.status().await.map_err(|e| format!("{e:#}"))?;
+            if s.leader.as_deref() == Some(first.as_str())
+                && s.members.iter().any(|m| m.state == "running")
+            {
+                Ok(())
+            } else {
+                Err(s.render())
+            }
+        },
+    )
+    .await;
+    c.start_agent(1).unwrap();
+    c.wait_normal(Duration::from_secs(90))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+}
+
+/// The leader's port of a group, from etcd.
+async fn leader_port(c: &LocalCluster) -> u16 {
+    let v = c.view().await.unwrap();
+    v.leader_member().and_then(|m| m.pg_address()).unwrap().1
+}
+
+/// Where `node` points in the catalog on the postgres at `port`, and how
+/// many pool reloads it has seen.
+async fn catalog(port: u16, node: &str) -> Result<(String, i32, i64), String> {
+    let rows = sql_port(
+        port,
+        &format!(
+            "SELECT node_host, node_port, (SELECT count(*) FROM pool_reloads) \
+             FROM pgxc_node WHERE node_name = '{node}'"
+        ),
+    )
+    .await?;
+    let r = rows.first().ok_or("no row")?;
+    Ok((r.get(0), r.get(1), r.get(2)))
+}
+
+/// Waits until the catalog on `port` points `node` at `want`, reloaded at
+/// least `reloads` times.
+async fn wait_catalog(port: u16, node: &str, want: u16, reloads: i64, what: &str) -> i64 {
+    wait_for(what, Duration::from_secs(30), || async {
+        match catalog(port, node).await? {
+            (h, p, n) if h == "127.0.0.1" && p == want as i32 && n >= reloads => Ok(n),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_groups_failover_reroutes_every_groups_leader_opentenbase_standin() {
+    let _slot = one_cluster_at_a_time();
+    let dir = TestDir::new("groups");
+    let mut cn = group(&dir.path, 0, "cn", None);
+    let mut dn = group(&dir.path, 1, "dn", Some(cn.etcd.endpoint.clone()));
+    start(&mut cn).await;
+    start(&mut dn).await;
+
+    // Each group is its own HA unit under the scope: `baton list` without
+    // a group shows both.
+    let etcd = cn.etcd.endpoint.clone();
+    let list = |args: &[&str]| {
+        let mut all = vec![args[0], "--etcd", &etcd, "--scope", SCOPE];
+        all.extend_from_slice(&args[1..]);
+        let out = run_baton(&all);
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
+    };
+    let out = list(&["list"]);
+    assert!(
+        out.contains("Cluster: otb group 0 (")
+            && out.contains("Cluster: otb group 1 (")
+            && out.contains("cn1")
+            && out.contains("dn2")
+            && out.matches("state: Normal").count() == 2,
+        "{out}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&list(&["list", "--json"])).unwrap();
+    assert_eq!(json["groups"]["1"]["leader"], "dn1", "{json}");
+    let one = list(&["list", "--group", "1"]);
+    assert!(one.contains("dn1") && !one.contains("cn1"), "{one}");
+
+    // The catalogs do not exist yet: each leader's routing is pending,
+    // and says why, until they are created.
+    let (cn_port, dn_port) = (leader_port(&cn).await, leader_port(&dn).await);
+    wait_for(
+        "routing pending on the missing catalog",
+        Duration::from_secs(20),
+        || async {
+            let out = list(&["list", "--verbose", "--group", "1"]);
+            if out.contains("group0:cn1") && out.contains("pending") && out.contains("pgxc_node") {
+                Ok(())
+            } else {
+                Err(out)
+            }
+        },
+    )
+    .await;
+    for port in [cn_port, dn_port] {
+        for sql in CATALOG {
+            sql_port(port, sql).await.unwrap();
+        }
+    }
+    // Every group's leader, itself included, learns where each primary is.
+    for (port, name) in [(cn_port, "coordinator"), (dn_port, "datanode")] {
+        wait_catalog(port, "cn01", cn_port, 1, &format!("{name}: cn01 at cn1")).await;
+        wait_catalog(port, "dn01", dn_port, 1, &format!("{name}: dn01 at dn1")).await;
+    }
+    let reloads_cn = catalog(cn_port, "dn01").await.unwrap().2;
+
+    // The datanode group's primary dies: its standby is promoted, and its
+    // routing reaches the coordinator group's leader and itself.
+    dn.kill_agent(0);
+    dn.kill_postgres(0);
+    let new = dn
+        .wait_new_leader("dn1", Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(new, "dn2");
+    let dn2 = dn.nodes[1].pg_port;
+    wait_catalog(
+        cn_port,
+        "dn01",
+        dn2,
+        reloads_cn + 1,
+        "coordinator: dn01 at dn2",
+    )
+    .await;
+    wait_catalog(
+        dn2,
+        "dn01",
+        dn2,
+        1,
+        "the promoted datanode itself: dn01 at dn2",
+    )
+    .await;
+    // Its status says so (the member key catches up on the next tick).
+    wait_for(
+        "dn2's routing ok on both group leaders",
+        Duration::from_secs(10),
+        || async {
+            let out = list(&["list", "--verbose", "--group", "1"]);
+            let lines: Vec<&str> = out
+                .lines()
+                .filter(|l| l.trim_start().starts_with("group"))
+                .collect();
+            if lines.len() == 2 && lines.iter().all(|l| l.contains(" ok ")) {
+                Ok(())
+            } else {
+                Err(out)
+            }
+        },
+    )
+    .await;
+
+    // The coordinator group fails over too: its new leader updates the
+    // datanode group's new leader (and itself), under its new address.
+    cn.kill_agent(0);
+    cn.kill_postgres(0);
+    let new = cn
+        .wait_new_leader("cn1", Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(new, "cn2");
+    let cn2 = cn.nodes[1].pg_port;
+    wait_catalog(dn2, "cn01", cn2, 1, "datanode: cn01 at cn2").await;
+    wait_catalog(cn2, "cn01", cn2, 1, "the promoted coordinator: cn01 at cn2").await;
+    // The datanode group's leader re-checks the coordinator group's new
+    // leader too: a new leader is a new endpoint.
+    wait_for(
+        "dn2's routing reaching cn2",
+        Duration::from_secs(20),
+        || async {
+            let out = list(&["list", "--verbose", "--group", "1"]);
+            if out
+                .lines()
+                .any(|l| l.contains("group0:cn2") && l.contains(" ok "))
+            {
+                Ok(())
+            } else {
+                Err(out)
+            }
+        },
+    )
+    .await;
+    let s = dn.status().await.unwrap();
+    assert_eq!(s.leader.as_deref(), Some("dn2"));
+    assert_ne!(s.state, ClusterState::Unavailable, "{}", s.render());
+
+    // The datanode group's agents first: the etcd they use is cn's.
+    dn.shutdown();
+    cn.shutdown();
+}
