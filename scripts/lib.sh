@@ -24,6 +24,11 @@ ROUTER_PACKAGES="haproxy"
 #   chromium, chromium-driver            tests/ui.rs drives the /ui dashboard in a real
 #                                        headless browser over WebDriver
 UI_PACKAGES="chromium chromium-driver"
+# Only scripts/test (ensure_patroni):
+#   python3, python3-venv                a virtualenv for Patroni's own patronictl (from
+#                                        PyPI), which tests/groups.rs points at a
+#                                        multi-group cluster
+PATRONI_PACKAGES="python3 python3-venv"
 
 as_root() {
     if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
@@ -122,4 +127,22 @@ ensure_cargo_deb() {
     echo "Installing cargo-deb $CARGO_DEB_VERSION (crates.io)"
     cargo install --locked --quiet cargo-deb --version "$CARGO_DEB_VERSION"
     require_or "cargo install --locked cargo-deb --version $CARGO_DEB_VERSION" "cargo deb" cargo deb --version
+}
+
+# patronictl, pinned, in target/patroni-venv: the outside contract
+# (PATRONI-COMPAT.md) is checked with Patroni's own tool.
+PATRONI_VERSION=4.1.5
+PSYCOPG2_VERSION=2.9.13
+ensure_patroni() {
+    install_missing $PATRONI_PACKAGES
+    venv=target/patroni-venv
+    if "$venv/bin/patronictl" version 2>/dev/null | grep -q " $PATRONI_VERSION\$"; then
+        return 0
+    fi
+    echo "Installing patronictl $PATRONI_VERSION (PyPI) into $venv"
+    rm -rf "$venv"
+    /usr/bin/python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check \
+        "patroni[etcd3]==$PATRONI_VERSION" "psycopg2-binary==$PSYCOPG2_VERSION"
+    require_or "pip install patroni[etcd3]==$PATRONI_VERSION" "patronictl" "$venv/bin/patronictl" version
 }

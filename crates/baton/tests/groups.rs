@@ -127,7 +127,8 @@ async fn wait_catalog(port: u16, node: &str, want: u16, reloads: i64, what: &str
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_groups_failover_reroutes_every_groups_leader_opentenbase_standin() {
-    let _slot = one_cluster_at_a_time();
+    // The only test of this binary, and binaries run one after another:
+    // no other cluster runs beside these two groups.
     let dir = TestDir::new("groups");
     let mut cn = group(&dir.path, 0, "cn", None);
     let mut dn = group(&dir.path, 1, "dn", Some(cn.etcd.endpoint.clone()));
@@ -156,6 +157,23 @@ async fn a_groups_failover_reroutes_every_groups_leader_opentenbase_standin() {
     assert_eq!(json["groups"]["1"]["leader"], "dn1", "{json}");
     let one = list(&["list", "--group", "1"]);
     assert!(one.contains("dn1") && !one.contains("cn1"), "{one}");
+
+    // patronictl reads the same layout (Patroni's Citus groups).
+    let out = patronictl_list(&dir.path, &etcd);
+    for (group, member, role) in [
+        ("0", "cn1", "Leader"),
+        ("0", "cn2", "Replica"),
+        ("1", "dn1", "Leader"),
+        ("1", "dn2", "Replica"),
+    ] {
+        assert!(
+            out.lines().any(|l| {
+                let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+                cells.len() > 4 && cells[1] == group && cells[2] == member && cells[4] == role
+            }),
+            "patronictl list shows no {member} ({role}) in group {group}:\n{out}"
+        );
+    }
 
     // The catalogs do not exist yet: each leader's routing is pending,
     // and says why, until they are created.
@@ -267,4 +285,42 @@ async fn a_groups_failover_reroutes_every_groups_leader_opentenbase_standin() {
     // The datanode group's agents first: the etcd they use is cn's.
     dn.shutdown();
     cn.shutdown();
+}
+
+/// patronictl from the virtualenv scripts/test makes (`ensure_patroni`),
+/// or `$PATRONICTL`.
+fn patronictl_list(dir: &std::path::Path, etcd: &str) -> String {
+    let bin = std::env::var_os("PATRONICTL")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../target/patroni-venv/bin/patronictl")
+        });
+    assert!(
+        bin.exists(),
+        "{} is missing: scripts/test installs patronictl (scripts/lib.sh, ensure_patroni), or set PATRONICTL",
+        bin.display()
+    );
+    let cfg = dir.join("patronictl.yaml");
+    let hosts = etcd.trim_start_matches("http://");
+    std::fs::write(
+        &cfg,
+        format!(
+            "scope: {SCOPE}\nnamespace: /service/\ncitus:\n  group: 0\n  database: postgres\netcd3:\n  hosts: {hosts}\n"
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(&bin)
+        .arg("-c")
+        .arg(&cfg)
+        .arg("list")
+        .output()
+        .expect("running patronictl");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "patronictl list failed: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
 }
