@@ -191,6 +191,16 @@ listen = "127.0.0.1:5000"
 "#;
 
     #[test]
+    fn a_router_serves_one_group_of_a_multi_group_cluster() {
+        let c = parse(&MINIMAL.replace("scope = \"demo\"", "scope = \"demo\"\ngroup = 3")).unwrap();
+        assert_eq!(c.prefix(), "/service/demo/3/");
+        let e = parse(&MINIMAL.replace("scope = \"demo\"", "scope = \"demo\"\ngroup = \"dn\""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("group:"), "{e}");
+    }
+
+    #[test]
     fn minimal_file_gets_defaults() {
         let c = parse(MINIMAL).unwrap();
         assert_eq!(c.prefix(), "/service/demo/");
