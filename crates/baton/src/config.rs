@@ -506,13 +506,16 @@ impl NodeConfig {
         }
         let pg_connect = r.addr(&mut pg, p, "connect_address");
         let bin_dir_cfg: Option<PathBuf> = r.opt(&mut pg, p, "bin_dir");
-        let flavor = match r.opt::<String>(&mut pg, p, "flavor") {
-            None => crate::pg::Flavor::default(),
-            Some(f) => crate::pg::Flavor::parse(&f).unwrap_or_else(|e| {
-                r.problem("postgresql.flavor", e);
-                crate::pg::Flavor::default()
-            }),
-        };
+        let flavor_name: Option<String> = r.opt(&mut pg, p, "flavor");
+        let node_type: Option<String> = r.opt(&mut pg, p, "node_type");
+        let flavor = crate::pg::Flavor::parse(
+            flavor_name.as_deref().unwrap_or("postgresql"),
+            node_type.as_deref(),
+        )
+        .unwrap_or_else(|(key, e)| {
+            r.problem(format!("postgresql.{key}"), e);
+            crate::pg::Flavor::default()
+        });
         let os_user: String = r
             .opt(&mut pg, p, "os_user")
             .unwrap_or_else(|| "postgres".into());
@@ -895,6 +898,13 @@ listen = "127.0.0.1:5432"
         };
         let c = parse(&with("greenplum")).unwrap();
         assert_eq!(c.postgresql.flavor, crate::pg::Flavor::Greenplum);
+        let c = parse(&with("opentenbase\"\nnode_type = \"coordinator")).unwrap();
+        assert_eq!(
+            c.postgresql.flavor,
+            crate::pg::Flavor::OpenTenBase(crate::pg::NodeType::Coordinator)
+        );
+        let e = parse(&with("opentenbase")).unwrap_err();
+        assert_eq!(e.problems[0].key, "postgresql.node_type", "{e}");
         for (f, says) in [
             ("opengauss", "not supported by this version"),
             ("db2", "unknown flavor"),

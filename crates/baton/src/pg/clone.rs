@@ -308,6 +308,7 @@ impl Instance {
         // postmaster whose PID is not reaped yet (seen after a failover:
         // a rewind failed for it, and the member was rebuilt instead).
         self.clear_stale_lock().await?;
+        self.prepare_rewind_target().await?;
         let mut cmd = self.command("pg_rewind");
         cmd.arg("-D")
             .arg(&self.cfg.data_dir)

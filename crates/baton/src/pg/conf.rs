@@ -42,8 +42,14 @@ pub fn render_postgresql_conf(cfg: &PgConfig, name: &str, run_as: &RunAs) -> Str
         "# Written by baton before every start; edits here are overwritten.\n\
          # Set parameters in the node config ([postgresql.parameters]).\n",
     );
+    let pg10 = cfg.flavor.recovery_conf();
     let mut params: BTreeMap<&str, String> = BTreeMap::new();
-    params.insert("wal_keep_size", "'128MB'".into());
+    if pg10 {
+        // PostgreSQL 10 counts kept WAL in 16 MB segments: the same 128 MB.
+        params.insert("wal_keep_segments", "8".into());
+    } else {
+        params.insert("wal_keep_size", "'128MB'".into());
+    }
     // Each member streams through a slot of its own, and a clone or a
     // rebuild takes a temporary slot and two senders more: at 10 each, a
     // cluster of 11 members could never clone again (`bench replicas`:
@@ -71,24 +77,50 @@ pub fn render_postgresql_conf(cfg: &PgConfig, name: &str, run_as: &RunAs) -> Str
     params.insert("hot_standby", "on".into());
     params.insert("wal_log_hints", "on".into());
     params.insert("cluster_name", quote_setting(name));
-    match run_as {
-        RunAs::Primary | RunAs::ReadOnly => {
-            params.insert("primary_conninfo", "''".into());
-            params.insert("primary_slot_name", "''".into());
-            params.insert("recovery_target_timeline", "'latest'".into());
+    // PostgreSQL 10 reads these from recovery.conf and refuses them here.
+    if !pg10 {
+        for (k, v) in recovery_settings(cfg, name, run_as) {
+            params.insert(k, v);
         }
+    }
+    for (k, v) in params {
+        writeln!(s, "{k} = {v}").expect("string write");
+    }
+    s
+}
+
+/// Where a standby streams from, as settings (postgresql.conf from
+/// PostgreSQL 12 on, recovery.conf before).
+fn recovery_settings(cfg: &PgConfig, name: &str, run_as: &RunAs) -> Vec<(&'static str, String)> {
+    match run_as {
+        RunAs::Primary | RunAs::ReadOnly => vec![
+            ("primary_conninfo", "''".into()),
+            ("primary_slot_name", "''".into()),
+            ("recovery_target_timeline", "'latest'".into()),
+        ],
         RunAs::Replica { host, port, slot } => {
             let mut ci = replication_conninfo(cfg, name, host, *port);
             if let Some(pw) = &cfg.replication.password {
                 write!(ci, " password={}", quote_conninfo(pw)).expect("string write");
             }
-            params.insert("primary_conninfo", quote_setting(&ci));
-            params.insert("primary_slot_name", quote_setting(slot));
-            params.insert("recovery_target_timeline", "'latest'".into());
+            vec![
+                ("primary_conninfo", quote_setting(&ci)),
+                ("primary_slot_name", quote_setting(slot)),
+                ("recovery_target_timeline", "'latest'".into()),
+            ]
         }
     }
-    for (k, v) in params {
-        writeln!(s, "{k} = {v}").expect("string write");
+}
+
+/// PostgreSQL 10's `recovery.conf` for a standby (a replica, or a
+/// read-only start that follows no one).
+pub fn render_recovery_conf(cfg: &PgConfig, name: &str, run_as: &RunAs) -> String {
+    let mut s = String::from("# Written by baton before every start as a standby.\n");
+    s.push_str("standby_mode = 'on'\n");
+    for (k, v) in recovery_settings(cfg, name, run_as) {
+        if v != "''" {
+            writeln!(s, "{k} = {v}").expect("string write");
+        }
     }
     s
 }
@@ -199,5 +231,58 @@ mod tests {
         assert_eq!(quote_conninfo("a b"), "'a b'");
         assert_eq!(quote_conninfo("it's"), "'it\\'s'");
         assert_eq!(quote_conninfo(""), "''");
+    }
+
+    fn pg_config(flavor: &str) -> PgConfig {
+        let text = format!(
+            "scope = \"demo\"\nname = \"dn1\"\n[etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\n\
+             [api]\nlisten = \"127.0.0.1:8008\"\n[postgresql]\ndata_dir = \"/d/dn1\"\n\
+             listen = \"127.0.0.1:5432\"\n{flavor}\n"
+        );
+        crate::config::NodeConfig::parse(&text, Path::new("/etc/baton/dn1.toml"), || {
+            Ok("/usr/lib/postgresql/15/bin".into())
+        })
+        .unwrap()
+        .postgresql
+    }
+
+    #[test]
+    fn postgresql_10_standbys_are_configured_in_recovery_conf() {
+        let replica = RunAs::Replica {
+            host: "10.0.0.1".into(),
+            port: 5432,
+            slot: "dn1".into(),
+        };
+        let pg15 = pg_config("");
+        let conf = render_postgresql_conf(&pg15, "dn1", &replica);
+        assert!(
+            conf.contains("primary_conninfo = 'host=10.0.0.1 port=5432"),
+            "{conf}"
+        );
+        assert!(conf.contains("wal_keep_size = '128MB'"), "{conf}");
+
+        let otb = pg_config("flavor = \"opentenbase\"\nnode_type = \"datanode\"");
+        let conf = render_postgresql_conf(&otb, "dn1", &replica);
+        assert!(!conf.contains("primary_conninfo"), "{conf}");
+        assert!(!conf.contains("recovery_target_timeline"), "{conf}");
+        assert!(!conf.contains("wal_keep_size"), "{conf}");
+        assert!(conf.contains("wal_keep_segments = 8"), "{conf}");
+        let rec = render_recovery_conf(&otb, "dn1", &replica);
+        assert!(rec.contains("standby_mode = 'on'\n"), "{rec}");
+        assert!(
+            rec.contains(
+                "primary_conninfo = 'host=10.0.0.1 port=5432 user=replicator application_name=dn1"
+            ),
+            "{rec}"
+        );
+        assert!(rec.contains("primary_slot_name = 'dn1'\n"), "{rec}");
+        assert!(
+            rec.contains("recovery_target_timeline = 'latest'\n"),
+            "{rec}"
+        );
+        // Read-only: a standby that follows no one.
+        let rec = render_recovery_conf(&otb, "dn1", &RunAs::ReadOnly);
+        assert!(rec.contains("standby_mode = 'on'\n"), "{rec}");
+        assert!(!rec.contains("primary_conninfo"), "{rec}");
     }
 }

@@ -73,7 +73,7 @@ impl Instance {
                         .unwrap_or_default();
                     DataDir::Valid {
                         system_id: id.clone(),
-                        standby: dir.join("standby.signal").exists(),
+                        standby: dir.join(self.cfg.flavor.standby_file()).exists(),
                         timeline,
                         history,
                         clean_shutdown: cd.get("Database cluster state").map(String::as_str)

@@ -21,6 +21,22 @@
 //!   cluster, segments included, and Baton adopts its data directory;
 //! - the leader reads the segments from `gp_segment_configuration` for
 //!   `baton list`.
+//!
+//! OpenTenBase (a coordinator or a datanode of one group, PostgreSQL 10
+//! underneath; docs/flavors.md):
+//! - its `pg_ctl start` refuses to run without `-Z coordinator` or `-Z
+//!   datanode` (which it hands to the postmaster as `--coordinator` /
+//!   `--datanode`); stop and promote take none;
+//! - a standby is configured in `recovery.conf` (`standby_mode = 'on'`,
+//!   `primary_conninfo`, `primary_slot_name`, `recovery_target_timeline`),
+//!   and those names are not settings of postgresql.conf, where PostgreSQL
+//!   10 refuses them; WAL kept for standbys is `wal_keep_segments`;
+//! - PostgreSQL 10's `pg_rewind` refuses a target that was not shut down
+//!   cleanly (it runs no crash recovery itself), so Baton first lets the
+//!   old primary recover read-only and stops it ("shut down in recovery");
+//! - Baton never initdb's a node: the cluster's tools create it (with its
+//!   node name, GTM and pooler settings), and Baton adopts the data
+//!   directory; routing after a promotion is `[routing]` (docs/routing.md).
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -36,27 +52,99 @@ pub enum Flavor {
     #[default]
     Postgresql,
     Greenplum,
+    /// An OpenTenBase coordinator or datanode (`postgresql.node_type`).
+    OpenTenBase(NodeType),
 }
 
-impl Flavor {
-    /// The node file's value; the error says what is accepted.
-    pub fn parse(s: &str) -> Result<Flavor, String> {
-        match s {
-            "postgresql" => Ok(Flavor::Postgresql),
-            "greenplum" => Ok(Flavor::Greenplum),
-            "opengauss" | "opentenbase" => Err(format!(
-                "{s:?} is not supported by this version of baton yet (docs/flavors.md says what is); \
-                 use \"postgresql\" or \"greenplum\""
-            )),
-            other => Err(format!(
-                "unknown flavor {other:?}: expected \"postgresql\" or \"greenplum\""
-            )),
+/// What an OpenTenBase node is: its `pg_ctl -Z` word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeType {
+    Coordinator,
+    Datanode,
+}
+
+impl NodeType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeType::Coordinator => "coordinator",
+            NodeType::Datanode => "datanode",
         }
+    }
+}
+
+const FLAVORS: &str = "\"postgresql\", \"greenplum\" or \"opentenbase\"";
+
+impl Flavor {
+    /// The node file's `flavor` and `node_type`; the error names the key
+    /// and says what is accepted.
+    pub fn parse(s: &str, node_type: Option<&str>) -> Result<Flavor, (&'static str, String)> {
+        let node_type = match node_type {
+            None => None,
+            Some("coordinator") => Some(NodeType::Coordinator),
+            Some("datanode") => Some(NodeType::Datanode),
+            Some(other) => {
+                return Err((
+                    "node_type",
+                    format!("{other:?}: expected \"coordinator\" or \"datanode\""),
+                ))
+            }
+        };
+        let flavor =
+            match s {
+                "postgresql" => Flavor::Postgresql,
+                "greenplum" => Flavor::Greenplum,
+                "opentenbase" => match node_type {
+                    Some(t) => return Ok(Flavor::OpenTenBase(t)),
+                    None => return Err((
+                        "node_type",
+                        "missing: flavor \"opentenbase\" needs \"coordinator\" or \"datanode\" \
+                         (its pg_ctl start -Z)"
+                            .into(),
+                    )),
+                },
+                "opengauss" => {
+                    return Err((
+                        "flavor",
+                        format!(
+                        "{s:?} is not supported by this version of baton yet (docs/flavors.md says \
+                         what is); use {FLAVORS}"
+                    ),
+                    ))
+                }
+                other => {
+                    return Err((
+                        "flavor",
+                        format!("unknown flavor {other:?}: expected {FLAVORS}"),
+                    ))
+                }
+            };
+        if node_type.is_some() {
+            return Err((
+                "node_type",
+                format!("is for flavor \"opentenbase\" only, not {s:?}"),
+            ));
+        }
+        Ok(flavor)
     }
 
     /// Whether Baton may create a new cluster of this flavor with initdb.
     pub fn runs_initdb(self) -> bool {
         self == Flavor::Postgresql
+    }
+
+    /// PostgreSQL 10 underneath: `recovery.conf`, `wal_keep_segments`, a
+    /// pg_rewind that needs a cleanly stopped target.
+    pub fn recovery_conf(self) -> bool {
+        matches!(self, Flavor::OpenTenBase(_))
+    }
+
+    /// The file whose presence makes postgres start as a standby.
+    pub fn standby_file(self) -> &'static str {
+        if self.recovery_conf() {
+            "recovery.conf"
+        } else {
+            "standby.signal"
+        }
     }
 }
 
@@ -72,7 +160,7 @@ impl Instance {
     /// Extra words for pg_rewind's `--source-server`.
     pub(super) fn rewind_source_options(&self) -> &'static str {
         match self.cfg.flavor {
-            Flavor::Postgresql => "",
+            Flavor::Postgresql | Flavor::OpenTenBase(_) => "",
             Flavor::Greenplum => " options='-c gp_role=utility'",
         }
     }
@@ -87,7 +175,43 @@ impl Instance {
                  coordinator's data directory ({} is empty)",
                 self.cfg.data_dir.display()
             ))),
+            Flavor::OpenTenBase(t) => Err(PgError::Refused(format!(
+                "postgresql.flavor = \"opentenbase\": a {} is created by the cluster's own tools \
+                 (with its node name, GTM and pooler settings), never by baton; point \
+                 postgresql.data_dir at its data directory ({} is empty)",
+                t.as_str(),
+                self.cfg.data_dir.display()
+            ))),
         }
+    }
+
+    /// Arguments `pg_ctl start` needs for this flavor.
+    pub(super) fn start_args(&self) -> Vec<&'static str> {
+        match self.cfg.flavor {
+            Flavor::OpenTenBase(t) => vec!["-Z", t.as_str()],
+            Flavor::Postgresql | Flavor::Greenplum => vec![],
+        }
+    }
+
+    /// Before pg_rewind: PostgreSQL 10's refuses a target that was not shut
+    /// down cleanly, so a crashed old primary first recovers, read-only and
+    /// following no one, and is stopped again ("shut down in recovery").
+    /// PostgreSQL 13+ does this itself.
+    pub(super) async fn prepare_rewind_target(&self) -> Result<(), PgError> {
+        if !self.cfg.flavor.recovery_conf() {
+            return Ok(());
+        }
+        let cd = self.controldata().await?;
+        let state = cd
+            .get("Database cluster state")
+            .map(String::as_str)
+            .unwrap_or("");
+        if matches!(state, "shut down" | "shut down in recovery") {
+            return Ok(());
+        }
+        tracing::info!(member = %self.name, "data directory {state:?}: recovering it read-only before pg_rewind (PostgreSQL 10's needs a clean shutdown)");
+        self.start(&super::RunAs::ReadOnly).await?;
+        self.stop(super::StopMode::Fast).await
     }
 
     /// Runs `sql` with the flavor's `psql` on `host:port` in utility mode;
@@ -200,7 +324,7 @@ impl Instance {
         port: u16,
     ) -> Result<Vec<String>, PgError> {
         match self.cfg.flavor {
-            Flavor::Postgresql => Ok(vec![]),
+            Flavor::Postgresql | Flavor::OpenTenBase(_) => Ok(vec![]),
             Flavor::Greenplum => {
                 let dbid = self.register_standby(host, port).await?;
                 Ok(vec!["--target-gp-dbid".into(), dbid.to_string()])
@@ -251,11 +375,24 @@ mod tests {
 
     #[test]
     fn flavors_parse_with_a_clear_refusal() {
-        assert_eq!(Flavor::parse("postgresql"), Ok(Flavor::Postgresql));
-        assert_eq!(Flavor::parse("greenplum"), Ok(Flavor::Greenplum));
-        let e = Flavor::parse("opengauss").unwrap_err();
+        assert_eq!(Flavor::parse("postgresql", None), Ok(Flavor::Postgresql));
+        assert_eq!(Flavor::parse("greenplum", None), Ok(Flavor::Greenplum));
+        assert_eq!(
+            Flavor::parse("opentenbase", Some("datanode")),
+            Ok(Flavor::OpenTenBase(NodeType::Datanode))
+        );
+        let (key, e) = Flavor::parse("opentenbase", None).unwrap_err();
+        assert_eq!(key, "node_type");
+        assert!(e.contains("needs \"coordinator\" or \"datanode\""), "{e}");
+        let (key, e) = Flavor::parse("opentenbase", Some("gtm")).unwrap_err();
+        assert_eq!(key, "node_type");
+        assert!(e.contains("\"gtm\""), "{e}");
+        let (key, _) = Flavor::parse("postgresql", Some("datanode")).unwrap_err();
+        assert_eq!(key, "node_type");
+        let (key, e) = Flavor::parse("opengauss", None).unwrap_err();
+        assert_eq!(key, "flavor");
         assert!(e.contains("not supported by this version"), "{e}");
-        let e = Flavor::parse("oracle").unwrap_err();
+        let (_, e) = Flavor::parse("oracle", None).unwrap_err();
         assert!(e.contains("unknown flavor \"oracle\""), "{e}");
         assert_eq!(sql_literal("it's"), "'it''s'");
     }

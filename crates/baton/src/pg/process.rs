@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::conf::{render_pg_hba, render_postgresql_conf, write_owned};
+use super::conf::{render_pg_hba, render_postgresql_conf, render_recovery_conf, write_owned};
 use super::{Instance, PgError, RunAs, StopMode};
 
 impl Instance {
@@ -87,15 +87,24 @@ impl Instance {
             &render_pg_hba(&self.cfg),
             self.owner,
         )?;
-        let signal = dir.join("standby.signal");
-        match run_as {
-            RunAs::Primary => {
-                if signal.exists() {
-                    std::fs::remove_file(&signal)
-                        .map_err(|e| PgError::io("removing standby.signal", e))?;
-                }
+        // Only this flavor's standby file may be there: the other kind,
+        // copied in by a clone or a rewind, would mean nothing to postgres
+        // but mislead `inspect`.
+        let standby = self.cfg.flavor.standby_file();
+        for file in ["standby.signal", "recovery.conf"] {
+            let path = dir.join(file);
+            let wanted = file == standby && !matches!(run_as, RunAs::Primary);
+            if wanted {
+                let text = if self.cfg.flavor.recovery_conf() {
+                    render_recovery_conf(&self.cfg, &self.name, run_as)
+                } else {
+                    String::new()
+                };
+                write_owned(&path, &text, self.owner)?;
+            } else if path.exists() {
+                std::fs::remove_file(&path)
+                    .map_err(|e| PgError::io(format!("removing {file}"), e))?;
             }
-            RunAs::Replica { .. } | RunAs::ReadOnly => write_owned(&signal, "", self.owner)?,
         }
         Ok(())
     }
@@ -114,7 +123,9 @@ impl Instance {
         self.write_config(run_as)?;
         self.clear_stale_lock().await?;
         let mut cmd = self.pg_ctl("start");
-        cmd.arg("-l").arg(&self.cfg.log_file);
+        cmd.args(self.start_args())
+            .arg("-l")
+            .arg(&self.cfg.log_file);
         self.run("pg_ctl start", cmd, self.pg_ctl_limit())
             .await
             .map_err(|e| self.with_log_tail(e))?;
