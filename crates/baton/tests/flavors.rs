@@ -6,60 +6,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use baton_local::local::{ClusterOptions, LocalPostgres};
 use common::*;
-
-/// The stand-in's bin directory: its wrappers, plus PostgreSQL's other
-/// tools linked beside them.
-fn standin_bin(dir: &Path, flavor: &str) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/standins")
-        .join(flavor);
-    let bin = dir.join(format!("{flavor}-bin"));
-    std::fs::create_dir_all(&bin).unwrap();
-    let real = baton::config::default_bin_dir().expect("PostgreSQL 15 bin dir");
-    for e in std::fs::read_dir(&real).unwrap() {
-        let e = e.unwrap();
-        let to = bin.join(e.file_name());
-        std::os::unix::fs::symlink(e.path(), &to).unwrap();
-    }
-    for e in std::fs::read_dir(&src).unwrap() {
-        let e = e.unwrap();
-        let to = bin.join(e.file_name());
-        let _ = std::fs::remove_file(&to);
-        std::fs::copy(e.path(), &to).unwrap();
-    }
-    std::fs::write(bin.join(".real-bin"), real.display().to_string()).unwrap();
-    // The wrappers run as the postgres OS user and log beside themselves.
-    std::fs::write(bin.join("standin.log"), "").unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(
-        bin.join("standin.log"),
-        std::fs::Permissions::from_mode(0o666),
-    )
-    .unwrap();
-    baton_local::local::open_dir(&bin).unwrap();
-    bin
-}
-
-fn set_flavor(t: &TestCluster, flavor: &str, bin: &Path) {
-    for n in &t.c.nodes {
-        let text = std::fs::read_to_string(&n.config_path).unwrap();
-        let anchor = "start_timeout = 30\n";
-        assert!(text.contains(anchor), "{}", n.config_path.display());
-        let text = text.replace(
-            anchor,
-            &format!(
-                "{anchor}flavor = \"{flavor}\"\nbin_dir = \"{}\"\n",
-                bin.display()
-            ),
-        );
-        std::fs::write(&n.config_path, text).unwrap();
-    }
-}
 
 /// The `gpinitsystem` stand-in: a coordinator data directory at `data_dir`
 /// (served on `port` once Baton starts it) whose catalog lists itself as
@@ -171,7 +122,7 @@ async fn greenplum_standin_coordinator_failover_fencing_rejoin_and_switchover() 
         },
     );
     let bin = standin_bin(&t.dir.path, "greenplum");
-    set_flavor(&t, "greenplum", &bin);
+    set_flavor(&t.c.nodes, "flavor = \"greenplum\"", &bin);
     let (p1, p2) = (t.c.nodes[0].pg_port, t.c.nodes[1].pg_port);
     let (d1, d2) = (t.c.nodes[0].data_dir.clone(), t.c.nodes[1].data_dir.clone());
     let d1s = d1.display().to_string();

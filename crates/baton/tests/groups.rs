@@ -125,10 +125,29 @@ async fn wait_catalog(port: u16, node: &str, want: u16, reloads: i64, what: &str
     .await
 }
 
+/// One test's clusters at a time (2 cores): held for the whole test, in a
+/// struct so that no lock guard is held bare across an await.
+struct Serial(#[allow(dead_code)] std::sync::MutexGuard<'static, ()>);
+
+/// The cluster's own tools stand-in: `node`'s data directory, created
+/// before Baton runs, with the node catalog stand-in in it.
+async fn created_by_the_cluster_tools(dir: &std::path::Path, node: &baton_local::local::LocalNode) {
+    let work = dir.join(format!("init-{}", node.name));
+    std::fs::create_dir_all(&work).unwrap();
+    baton_local::local::open_dir(&work).unwrap();
+    let pg = baton_local::local::LocalPostgres::start(&work, &node.name, "")
+        .await
+        .unwrap();
+    for sql in CATALOG {
+        sql_port(pg.port, sql).await.unwrap();
+    }
+    pg.stop().await.unwrap();
+    std::fs::rename(&pg.data_dir, &node.data_dir).unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_groups_failover_reroutes_every_groups_leader_opentenbase_standin() {
-    // The only test of this binary, and binaries run one after another:
-    // no other cluster runs beside these two groups.
+    let _serial = Serial(one_cluster_at_a_time());
     let dir = TestDir::new("groups");
     let mut cn = group(&dir.path, 0, "cn", None);
     let mut dn = group(&dir.path, 1, "dn", Some(cn.etcd.endpoint.clone()));
@@ -323,4 +342,103 @@ fn patronictl_list(dir: &std::path::Path, etcd: &str) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     text
+}
+
+/// OpenTenBase's own commands (stand-in: tests/standins/opentenbase):
+/// coordinators and datanodes started with `pg_ctl -Z`, standbys from
+/// PostgreSQL 10's recovery.conf, a datanode failover routed to every
+/// group, and the killed old primary rejoining by PostgreSQL 10's
+/// pg_rewind, which needs it recovered and cleanly stopped first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opentenbase_nodes_fail_over_and_rejoin_by_rewind_standin() {
+    let _serial = Serial(one_cluster_at_a_time());
+    let dir = TestDir::new("opentenbase");
+    let bin = standin_bin(&dir.path, "opentenbase");
+    let mut cn = group(&dir.path, 0, "cn", None);
+    let mut dn = group(&dir.path, 1, "dn", Some(cn.etcd.endpoint.clone()));
+    set_flavor(
+        &cn.nodes,
+        "flavor = \"opentenbase\"\nnode_type = \"coordinator\"",
+        &bin,
+    );
+    set_flavor(
+        &dn.nodes,
+        "flavor = \"opentenbase\"\nnode_type = \"datanode\"",
+        &bin,
+    );
+    for c in [&cn, &dn] {
+        created_by_the_cluster_tools(&dir.path, &c.nodes[0]).await;
+    }
+    start(&mut cn).await;
+    start(&mut dn).await;
+    let standin_log = || std::fs::read_to_string(bin.join("standin.log")).unwrap();
+    let log = standin_log();
+    assert!(
+        log.contains("pg_ctl start -Z coordinator") && log.contains("pg_ctl start -Z datanode"),
+        "{log}"
+    );
+    assert!(!log.contains("refused"), "{log}");
+    let dn_port = leader_port(&dn).await;
+    let recovery = std::fs::read_to_string(dn.nodes[1].data_dir.join("recovery.conf")).unwrap();
+    assert!(
+        recovery.contains("standby_mode = 'on'")
+            && recovery.contains(&format!("port={dn_port} "))
+            && recovery.contains("primary_slot_name = 'dn2'"),
+        "{recovery}"
+    );
+    let cn_port = leader_port(&cn).await;
+    for port in [cn_port, dn_port] {
+        wait_catalog(port, "dn01", dn_port, 1, "dn01 at dn1").await;
+        wait_catalog(port, "cn01", cn_port, 1, "cn01 at cn1").await;
+    }
+    let reloads = catalog(cn_port, "dn01").await.unwrap().2;
+
+    // The datanode primary dies: its standby is promoted (PostgreSQL 10
+    // keeps recovery.done), every group's leader is re-routed.
+    dn.kill_agent(0);
+    dn.kill_postgres(0);
+    let new = dn
+        .wait_new_leader("dn1", Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(new, "dn2");
+    let dn2 = dn.nodes[1].pg_port;
+    assert!(dn.nodes[1].data_dir.join("recovery.done").exists());
+    wait_catalog(
+        cn_port,
+        "dn01",
+        dn2,
+        reloads + 1,
+        "coordinator: dn01 at dn2",
+    )
+    .await;
+    wait_catalog(dn2, "dn01", dn2, 1, "the promoted datanode: dn01 at dn2").await;
+
+    // The old primary comes back: crashed, so it recovers read-only and
+    // stops cleanly before pg_rewind, then streams from dn2.
+    dn.start_agent(0).unwrap();
+    dn.wait_normal(Duration::from_secs(90))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let log = standin_log();
+    assert!(
+        log.contains("pg_rewind target state: shut down in recovery")
+            && log.contains("pg_rewind exit 0"),
+        "{log}"
+    );
+    let parent = dn.nodes[0].data_dir.parent().unwrap();
+    let moved_aside: Vec<_> = std::fs::read_dir(parent)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains("baton-old"))
+        .collect();
+    assert!(
+        moved_aside.is_empty(),
+        "dn1 was rebuilt, not rewound: {moved_aside:?}"
+    );
+    let recovery = std::fs::read_to_string(dn.nodes[0].data_dir.join("recovery.conf")).unwrap();
+    assert!(recovery.contains(&format!("port={dn2} ")), "{recovery}");
+
+    dn.shutdown();
+    cn.shutdown();
 }

@@ -657,3 +657,51 @@ impl Drop for Stopped {
         let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGCONT);
     }
 }
+
+/// The stand-in's bin directory: its wrappers, plus PostgreSQL's other
+/// tools linked beside them.
+pub fn standin_bin(dir: &Path, flavor: &str) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/standins")
+        .join(flavor);
+    let bin = dir.join(format!("{flavor}-bin"));
+    std::fs::create_dir_all(&bin).unwrap();
+    let real = baton::config::default_bin_dir().expect("PostgreSQL 15 bin dir");
+    for e in std::fs::read_dir(&real).unwrap() {
+        let e = e.unwrap();
+        let to = bin.join(e.file_name());
+        std::os::unix::fs::symlink(e.path(), &to).unwrap();
+    }
+    for e in std::fs::read_dir(&src).unwrap() {
+        let e = e.unwrap();
+        let to = bin.join(e.file_name());
+        let _ = std::fs::remove_file(&to);
+        std::fs::copy(e.path(), &to).unwrap();
+    }
+    std::fs::write(bin.join(".real-bin"), real.display().to_string()).unwrap();
+    // The wrappers run as the postgres OS user and log beside themselves.
+    std::fs::write(bin.join("standin.log"), "").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        bin.join("standin.log"),
+        std::fs::Permissions::from_mode(0o666),
+    )
+    .unwrap();
+    baton_local::local::open_dir(&bin).unwrap();
+    bin
+}
+
+/// Puts `flavor` (its `[postgresql]` lines) and the stand-in's bin
+/// directory into each node's file.
+pub fn set_flavor(nodes: &[baton_local::local::LocalNode], flavor: &str, bin: &Path) {
+    for n in nodes {
+        let text = std::fs::read_to_string(&n.config_path).unwrap();
+        let anchor = "start_timeout = 30\n";
+        assert!(text.contains(anchor), "{}", n.config_path.display());
+        let text = text.replace(
+            anchor,
+            &format!("{anchor}{flavor}\nbin_dir = \"{}\"\n", bin.display()),
+        );
+        std::fs::write(&n.config_path, text).unwrap();
+    }
+}
