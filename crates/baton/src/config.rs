@@ -559,6 +559,18 @@ impl NodeConfig {
             .opt(&mut pg, p, "rebuild_on_rewind_failure")
             .unwrap_or(true);
         let hooks = crate::hooks::config::read(&mut r, &mut pg, &mut root);
+        if !parameters.contains_key("forward_port")
+            && hooks
+                .routing
+                .iter()
+                .flat_map(|r| &r.statements)
+                .any(|s| s.contains("{forward_port}"))
+        {
+            r.problem(
+                "routing.statements",
+                "use {forward_port}, but postgresql.parameters has no forward_port",
+            );
+        }
         if group.is_none() && hooks.routing.as_ref().is_some_and(|r| !r.groups.is_empty()) {
             r.problem(
                 "routing.groups",
@@ -833,6 +845,17 @@ listen = "127.0.0.1:5432"
             .unwrap_err()
             .to_string();
         assert!(e.contains("unknown placeholder {hots}"), "{e}");
+        let forward = "\n[routing]\nstatements = \"ALTER NODE dn01 WITH (FORWARD={forward_port})\"\nendpoints = { a = \"host=x\" }\n";
+        let e = parse(&(MINIMAL.to_string() + forward))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("postgresql.parameters has no forward_port"),
+            "{e}"
+        );
+        let with_port =
+            MINIMAL.to_string() + "[postgresql.parameters]\nforward_port = \"6001\"\n" + forward;
+        parse(&with_port).unwrap();
     }
 
     #[test]

@@ -25,8 +25,9 @@ const SCOPE: &str = "otb";
 /// The catalog stand-in, created on a group's primary (its standby gets
 /// it by replication, as a real catalog would).
 const CATALOG: &[&str] = &[
-    "CREATE TABLE pgxc_node (node_name text PRIMARY KEY, node_host text, node_port int)",
-    "INSERT INTO pgxc_node VALUES ('cn01', 'nowhere', 0), ('dn01', 'nowhere', 0)",
+    "CREATE TABLE pgxc_node (node_name text PRIMARY KEY, node_host text, node_port int, \
+     node_forward_port int)",
+    "INSERT INTO pgxc_node VALUES ('cn01', 'nowhere', 0, 0), ('dn01', 'nowhere', 0, 0)",
     "CREATE TABLE pool_reloads (at timestamptz DEFAULT clock_timestamp())",
     "CREATE FUNCTION pgxc_pool_reload() RETURNS boolean LANGUAGE plpgsql AS $$
      BEGIN
@@ -39,17 +40,29 @@ const CATALOG: &[&str] = &[
 ];
 
 /// `[routing]` of a member of the group whose catalog name is `node`.
-fn routing(node: &str) -> String {
+/// (`ALTER NODE node WITH (HOST=..., PORT=...[, FORWARD=...])`).
+fn routing(node: &str, forward: bool) -> String {
+    let forward = if forward {
+        ", node_forward_port = {forward_port}"
+    } else {
+        ""
+    };
     format!(
         "[routing]\n\
-         statements = [\"UPDATE pgxc_node SET node_host = '{{host}}', node_port = {{port}} WHERE node_name = '{node}'\", \"SELECT pgxc_pool_reload()\"]\n\
+         statements = [\"UPDATE pgxc_node SET node_host = '{{host}}', node_port = {{port}}{forward} WHERE node_name = '{node}'\", \"SELECT pgxc_pool_reload()\"]\n\
          groups = [0, 1]\n\
          retry_interval = 0.5\n\
          check_interval = 2\n"
     )
 }
 
-fn group(dir: &std::path::Path, g: u32, prefix: &str, etcd: Option<String>) -> LocalCluster {
+fn group(
+    dir: &std::path::Path,
+    g: u32,
+    prefix: &str,
+    etcd: Option<String>,
+    forward: bool,
+) -> LocalCluster {
     let opts = ClusterOptions {
         scope: SCOPE.into(),
         nodes: 2,
@@ -61,8 +74,17 @@ fn group(dir: &std::path::Path, g: u32, prefix: &str, etcd: Option<String>) -> L
     let sub = dir.join(format!("group{g}"));
     let c = LocalCluster::create(&sub, &baton_bin(), &opts).expect("creating a group");
     let node = if g == 0 { "cn01" } else { "dn01" };
-    for i in 0..2 {
-        c.append_config(i, &routing(node)).unwrap();
+    for (i, n) in c.nodes.iter().enumerate() {
+        if forward {
+            // OpenTenBase's datanode forward port, a setting of its own.
+            let path = &n.config_path;
+            let text = std::fs::read_to_string(path).unwrap();
+            let anchor = "shared_buffers = \"32MB\"\n";
+            assert!(text.contains(anchor), "{}", path.display());
+            let port = format!("forward_port = \"{}\"\n", n.pg_port + 1000);
+            std::fs::write(path, text.replace(anchor, &(anchor.to_string() + &port))).unwrap();
+        }
+        c.append_config(i, &routing(node, forward)).unwrap();
     }
     c
 }
@@ -149,8 +171,8 @@ async fn created_by_the_cluster_tools(dir: &std::path::Path, node: &baton_local:
 async fn a_groups_failover_reroutes_every_groups_leader_opentenbase_standin() {
     let _serial = Serial(one_cluster_at_a_time());
     let dir = TestDir::new("groups");
-    let mut cn = group(&dir.path, 0, "cn", None);
-    let mut dn = group(&dir.path, 1, "dn", Some(cn.etcd.endpoint.clone()));
+    let mut cn = group(&dir.path, 0, "cn", None, false);
+    let mut dn = group(&dir.path, 1, "dn", Some(cn.etcd.endpoint.clone()), false);
     start(&mut cn).await;
     start(&mut dn).await;
 
@@ -354,8 +376,8 @@ async fn opentenbase_nodes_fail_over_and_rejoin_by_rewind_standin() {
     let _serial = Serial(one_cluster_at_a_time());
     let dir = TestDir::new("opentenbase");
     let bin = standin_bin(&dir.path, "opentenbase");
-    let mut cn = group(&dir.path, 0, "cn", None);
-    let mut dn = group(&dir.path, 1, "dn", Some(cn.etcd.endpoint.clone()));
+    let mut cn = group(&dir.path, 0, "cn", None, false);
+    let mut dn = group(&dir.path, 1, "dn", Some(cn.etcd.endpoint.clone()), true);
     set_flavor(
         &cn.nodes,
         "flavor = \"opentenbase\"\nnode_type = \"coordinator\"",
@@ -413,6 +435,18 @@ async fn opentenbase_nodes_fail_over_and_rejoin_by_rewind_standin() {
     )
     .await;
     wait_catalog(dn2, "dn01", dn2, 1, "the promoted datanode: dn01 at dn2").await;
+    let forward: i32 = sql_port(
+        cn_port,
+        "SELECT node_forward_port FROM pgxc_node WHERE node_name = 'dn01'",
+    )
+    .await
+    .unwrap()[0]
+        .get(0);
+    assert_eq!(
+        forward,
+        i32::from(dn2) + 1000,
+        "FORWARD follows the new datanode"
+    );
 
     // The old primary comes back: crashed, so it recovers read-only and
     // stops cleanly before pg_rewind, then streams from dn2.
@@ -438,6 +472,19 @@ async fn opentenbase_nodes_fail_over_and_rejoin_by_rewind_standin() {
     );
     let recovery = std::fs::read_to_string(dn.nodes[0].data_dir.join("recovery.conf")).unwrap();
     assert!(recovery.contains(&format!("port={dn2} ")), "{recovery}");
+
+    // The coordinator primary dies too: the datanode group's leader and
+    // the promoted coordinator itself learn where it is.
+    cn.kill_agent(0);
+    cn.kill_postgres(0);
+    let new = cn
+        .wait_new_leader("cn1", Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(new, "cn2");
+    let cn2 = cn.nodes[1].pg_port;
+    wait_catalog(dn2, "cn01", cn2, 1, "datanode: cn01 at cn2").await;
+    wait_catalog(cn2, "cn01", cn2, 1, "the promoted coordinator: cn01 at cn2").await;
 
     dn.shutdown();
     cn.shutdown();

@@ -62,7 +62,10 @@ pub struct Routing {
     pub timeout: Duration,
 }
 
-const PLACEHOLDERS: [&str; 4] = ["{host}", "{port}", "{name}", "{scope}"];
+/// What a statement may name of the new primary; `{forward_port}` is its
+/// `postgresql.parameters.forward_port` (OpenTenBase's `ALTER NODE ...
+/// FORWARD=`), which must then be set.
+pub const PLACEHOLDERS: [&str; 5] = ["{host}", "{port}", "{name}", "{scope}", "{forward_port}"];
 
 /// Reads `postgresql.callbacks` out of `pg` and `routing` out of `root`.
 pub(crate) fn read(r: &mut Reader, pg: &mut toml::Table, root: &mut toml::Table) -> HooksConfig {
@@ -209,11 +212,9 @@ fn read_routing(r: &mut Reader, t: &mut toml::Table) -> Option<Routing> {
     })
 }
 
-/// `statements` with the new primary's address in.
-pub fn render(statements: &str, host: &str, port: u16, name: &str, scope: &str) -> String {
-    statements
-        .replace("{host}", host)
-        .replace("{port}", &port.to_string())
-        .replace("{name}", name)
-        .replace("{scope}", scope)
+/// `statement` with each placeholder replaced by its value.
+pub fn render(statement: &str, values: &[(&str, &str)]) -> String {
+    values
+        .iter()
+        .fold(statement.to_string(), |s, (k, v)| s.replace(k, v))
 }

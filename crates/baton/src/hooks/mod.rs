@@ -87,6 +87,7 @@ pub fn spawn(cfg: &crate::config::NodeConfig, handle: &AgentHandle) {
             port: pg_address.port(),
             name: cfg.name.clone(),
             scope: cfg.scope.clone(),
+            forward_port: cfg.postgresql.parameters.get("forward_port").cloned(),
         };
         let groups = (!routing.groups.is_empty()).then(|| GroupLeaders {
             etcd: cfg.etcd.endpoints.clone(),
@@ -253,11 +254,32 @@ struct Target {
     port: u16,
     name: String,
     scope: String,
+    /// OpenTenBase's `forward_port` (`postgresql.parameters`), which
+    /// `ALTER NODE ... FORWARD=` must follow: a coordinator left with the
+    /// old one hangs on every query routed there, with no error.
+    forward_port: Option<String>,
 }
 
 impl Target {
     fn address(&self) -> String {
         format!("{}:{}", self.host, self.port)
+    }
+
+    /// `statement` with this primary's placeholders filled in.
+    fn render(&self, statement: &str) -> String {
+        config::render(
+            statement,
+            &[
+                ("{host}", &self.host),
+                ("{port}", &self.port.to_string()),
+                ("{name}", &self.name),
+                ("{scope}", &self.scope),
+                (
+                    "{forward_port}",
+                    self.forward_port.as_deref().unwrap_or("{forward_port}"),
+                ),
+            ],
+        )
     }
 }
 
@@ -277,11 +299,7 @@ async fn routing_task(
     mut rx: watch::Receiver<Snapshot>,
     status: RoutingStatus,
 ) {
-    let statements: Vec<String> = cfg
-        .statements
-        .iter()
-        .map(|s| config::render(s, &me.host, me.port, &me.name, &me.scope))
-        .collect();
+    let statements: Vec<String> = cfg.statements.iter().map(|s| me.render(s)).collect();
     let fixed: BTreeMap<String, tokio_postgres::Config> = cfg
         .endpoints
         .iter()
@@ -489,16 +507,16 @@ mod tests {
 
     #[test]
     fn statements_get_the_new_primary() {
-        let s = config::render(
-            "ALTER NODE dn01 WITH (host='{host}', port={port}); -- {name}@{scope}",
-            "10.0.0.2",
-            5433,
-            "node2",
-            "demo",
-        );
+        let me = Target {
+            host: "10.0.0.2".into(),
+            port: 5433,
+            name: "node2".into(),
+            scope: "demo".into(),
+            forward_port: Some("6433".into()),
+        };
         assert_eq!(
-            s,
-            "ALTER NODE dn01 WITH (host='10.0.0.2', port=5433); -- node2@demo"
+            me.render("ALTER NODE dn01 WITH (host='{host}', port={port}, forward={forward_port}); -- {name}@{scope}"),
+            "ALTER NODE dn01 WITH (host='10.0.0.2', port=5433, forward=6433); -- node2@demo"
         );
     }
 }
