@@ -33,7 +33,8 @@ pub struct RouterConfig {
     pub busy_poll: Duration,
     /// Busy polling only while a route has at most this many sessions.
     pub busy_poll_max_sessions: u64,
-    /// Threads serving connections, each with its own listening sockets.
+    /// Threads serving connections, each with a runtime of its own; a new
+    /// connection goes to the one serving the fewest.
     pub workers: usize,
 }
 
