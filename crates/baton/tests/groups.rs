@@ -489,3 +489,46 @@ async fn opentenbase_nodes_fail_over_and_rejoin_by_rewind_standin() {
     dn.shutdown();
     cn.shutdown();
 }
+
+/// What an OpenTenBase node answers while its GTM is out of reach (SQLSTATE
+/// 08006 from the server itself, on an open session) is told apart from a
+/// node that is down or a query that merely failed: the agent then reports
+/// `gtm_unreachable` and changes nothing (unit tests of `decide`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gtm_error_is_told_from_a_node_that_is_down() {
+    let _serial = Serial(one_cluster_at_a_time());
+    let dir = TestDir::new("gtm-error");
+    let pg = baton_local::local::LocalPostgres::start(&dir.path, "dn", "")
+        .await
+        .unwrap();
+    let connect = || async {
+        let (client, conn) = tokio_postgres::connect(
+            &format!(
+                "host=127.0.0.1 port={} user=postgres dbname=postgres",
+                pg.port
+            ),
+            tokio_postgres::NoTls,
+        )
+        .await?;
+        tokio::spawn(conn);
+        Ok::<_, tokio_postgres::Error>(client)
+    };
+    let client = connect().await.unwrap();
+    let gtm = client
+        .batch_execute(
+            "DO $$ BEGIN RAISE EXCEPTION 'GTM error, could not obtain global timestamp' \
+             USING ERRCODE = '08006'; END $$",
+        )
+        .await
+        .unwrap_err();
+    assert!(baton::pg::PgError::Db(gtm).is_gtm_unreachable());
+    let other = client.batch_execute("SELECT nonsense").await.unwrap_err();
+    assert!(!baton::pg::PgError::Db(other).is_gtm_unreachable());
+    pg.stop().await.unwrap();
+    let down = connect().await.unwrap_err();
+    let down = baton::pg::PgError::Db(down);
+    assert!(
+        !down.is_gtm_unreachable() && down.is_unreachable(),
+        "{down}"
+    );
+}

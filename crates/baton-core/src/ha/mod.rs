@@ -217,7 +217,12 @@ fn decide_rules(o: &Observation) -> Decision {
 
     let Some(run) = running else {
         if matches!(o.pg, PgStatus::Unresponsive) {
-            return decision(vec![], Reason::PostgresUnresponsive);
+            let reason = if o.gtm_unreachable {
+                Reason::GtmUnreachable
+            } else {
+                Reason::PostgresUnresponsive
+            };
+            return decision(vec![], reason);
         }
         // A half-copied data directory never starts, in any role: it would
         // replay a history that is neither its own nor the leader's.

@@ -186,6 +186,10 @@ pub struct Observation {
     /// and its postgres port both refusing connections (TCP RST, never a
     /// timeout), every time over a short window: the lease that key was on.
     pub leader_refused: Option<LeaseId>,
+    /// The postmaster answered, but with "its GTM cannot be reached"
+    /// (OpenTenBase: every query needs a global timestamp): the node is up
+    /// and nothing about it should change, whatever else looks wrong.
+    pub gtm_unreachable: bool,
     /// Wall-clock time, for scheduled switchovers.
     pub now_utc: chrono::DateTime<chrono::Utc>,
 }

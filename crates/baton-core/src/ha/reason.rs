@@ -258,6 +258,8 @@ pub enum Reason {
     StartFailed(String),
     StartingReadOnly,
     PostgresUnresponsive,
+    /// OpenTenBase: postgres answers, but no query runs without its GTM.
+    GtmUnreachable,
     AcquiringLeader,
     AdoptingLeader,
     Promoting,
@@ -429,6 +431,10 @@ impl fmt::Display for Reason {
                 write!(f, "no leader: starting read-only to take part in the election")
             }
             Reason::PostgresUnresponsive => write!(f, "postgres is not answering queries"),
+            Reason::GtmUnreachable => write!(
+                f,
+                "postgres is up but cannot reach its GTM: every query fails (GTM error); waiting for the GTM"
+            ),
             Reason::AcquiringLeader => write!(f, "no leader and I run as primary: taking the leader key"),
             Reason::AdoptingLeader => write!(f, "re-attaching my leader key to my new lease"),
             Reason::Promoting => write!(f, "I hold the leader key: promoting"),
@@ -596,6 +602,7 @@ impl Reason {
             Reason::StartFailed(_) => "start_failed",
             Reason::StartingReadOnly => "starting_read_only",
             Reason::PostgresUnresponsive => "postgres_unresponsive",
+            Reason::GtmUnreachable => "gtm_unreachable",
             Reason::AcquiringLeader => "acquiring_leader",
             Reason::AdoptingLeader => "adopting_leader",
             Reason::Promoting => "promoting",

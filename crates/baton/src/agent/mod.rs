@@ -173,6 +173,8 @@ pub struct Agent<S = Dcs, P = LocalPg, H = HttpPeers> {
     /// The node file, re-read on `POST /reload` and SIGHUP.
     config_path: Option<std::path::PathBuf>,
     history_cache: Option<(u32, Vec<(u32, baton_core::lsn::Lsn)>)>,
+    /// The last status query failed with the GTM error (OpenTenBase).
+    gtm_unreachable: bool,
     /// The `synchronous_standby_names` this primary enforces and its WAL
     /// position when the agent first saw it so (`ha::sync::confirmed`).
     sync_seen: Option<(String, baton_core::lsn::Lsn)>,
@@ -297,6 +299,7 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
             leader_api: tokio::sync::watch::channel(None).0,
             slot_absent_since: Default::default(),
             history_cache: None,
+            gtm_unreachable: false,
             sync_seen: None,
         }
     }
@@ -579,6 +582,7 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
             failsafe_confirmed: self.failsafe_confirmed(),
             failsafe_heard: self.failsafe_heard(),
             leader_refused: self.leader_refused.as_ref().map(|r| r.lease),
+            gtm_unreachable: self.gtm_unreachable,
             fence_down_for: self
                 .fence_down_since
                 .map(|t| now.saturating_duration_since(t)),

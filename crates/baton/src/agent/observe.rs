@@ -11,6 +11,7 @@ use super::{Agent, Peers, Postgres, Store};
 
 impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
     pub(super) async fn observe_postgres(&mut self) -> (PgStatus, DataDir) {
+        self.gtm_unreachable = false;
         if !self.inst.postmaster_running() {
             self.inst.disconnect();
             // A rewind or rebuild while stopped can bring back the same
@@ -33,6 +34,8 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
             }
             Err(e) => {
                 tracing::debug!("status query failed: {e}");
+                self.gtm_unreachable =
+                    self.cfg.postgresql.flavor.has_gtm() && e.is_gtm_unreachable();
                 self.inst.disconnect();
                 (PgStatus::Unresponsive, self.inst.inspect().await)
             }

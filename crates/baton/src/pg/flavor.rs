@@ -138,6 +138,11 @@ impl Flavor {
         matches!(self, Flavor::OpenTenBase(_))
     }
 
+    /// Every query needs a GTM's global timestamp (OpenTenBase).
+    pub fn has_gtm(self) -> bool {
+        matches!(self, Flavor::OpenTenBase(_))
+    }
+
     /// The file whose presence makes postgres start as a standby.
     pub fn standby_file(self) -> &'static str {
         if self.recovery_conf() {

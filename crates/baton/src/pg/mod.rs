@@ -92,6 +92,16 @@ impl PgError {
         }
     }
 
+    /// The server itself answered SQLSTATE 08006 on an open session: what
+    /// an OpenTenBase node says to every query while its GTM is out of
+    /// reach ("GTM error, could not obtain global timestamp"). The node is
+    /// up; a connection that failed carries no server answer at all.
+    pub fn is_gtm_unreachable(&self) -> bool {
+        matches!(self, PgError::Db(e) if e
+            .as_db_error()
+            .is_some_and(|d| *d.code() == tokio_postgres::error::SqlState::CONNECTION_FAILURE))
+    }
+
     /// The server could not be reached at all: refused, reset or timed-out
     /// connections, and the SQLSTATEs of a server that is not accepting
     /// connections (class 08; 57P01-57P03: shutting down, crashed, starting).

@@ -369,3 +369,38 @@ fn a_pending_promotion_without_the_key_is_stopped() {
     o.promotion_pending = true;
     assert_eq!(decide(&o).actions, vec![Action::Stop]);
 }
+
+/// OpenTenBase: a node whose GTM is out of reach fails every query, leader
+/// and replicas alike. Nothing changes for it (the leader keeps its key,
+/// nobody takes it), the reason says why, and the lease fence still holds.
+#[test]
+fn a_node_without_its_gtm_waits_and_says_so() {
+    let mut o = obs(
+        "n1",
+        Some(cluster(Some(("n1", 7)))),
+        valid(),
+        PgStatus::Unresponsive,
+    );
+    o.gtm_unreachable = true;
+    let d = decide(&o);
+    assert_eq!(d.actions, vec![]);
+    assert_eq!(d.reason, Reason::GtmUnreachable);
+    assert_eq!(d.reason.code(), "gtm_unreachable");
+    o.gtm_unreachable = false;
+    assert_eq!(decide(&o).reason, Reason::PostgresUnresponsive);
+
+    let mut o = obs(
+        "n2",
+        Some(cluster(Some(("n1", 7)))),
+        dir_on(1),
+        PgStatus::Unresponsive,
+    );
+    o.gtm_unreachable = true;
+    assert_eq!(decide(&o).actions, vec![]);
+
+    // Rule 2 first: a leader cut off from etcd is fenced all the same.
+    let mut o = obs("n1", None, valid(), PgStatus::Unresponsive);
+    o.gtm_unreachable = true;
+    o.last_renewal_sent = Some(o.now - Duration::from_secs(3));
+    assert_eq!(decide(&o).actions, vec![Action::Stop]);
+}

@@ -91,6 +91,7 @@ fn obs(me: &str, cluster: Option<ClusterView>, data_dir: DataDir, pg: PgStatus) 
         failsafe_confirmed: None,
         failsafe_heard: None,
         leader_refused: None,
+        gtm_unreachable: false,
         now_utc: chrono::DateTime::parse_from_rfc3339("2026-11-23T12:00:00Z")
             .unwrap()
             .with_timezone(&chrono::Utc),
