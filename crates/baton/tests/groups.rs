@@ -114,6 +114,20 @@ async fn start(c: &mut LocalCluster) {
         .unwrap_or_else(|e| panic!("{e:#}"));
 }
 
+/// Kills a group's first node (its leader), agent and postgres together;
+/// the port of the second, once it leads.
+async fn fail_over(c: &mut LocalCluster) -> u16 {
+    let (old, new) = (c.nodes[0].name.clone(), c.nodes[1].name.clone());
+    c.kill_agent(0);
+    c.kill_postgres(0);
+    let leader = c
+        .wait_new_leader(&old, Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(leader, new);
+    c.nodes[1].pg_port
+}
+
 /// The leader's port of a group, from etcd.
 async fn leader_port(c: &LocalCluster) -> u16 {
     let v = c.view().await.unwrap();
@@ -246,14 +260,7 @@ async fn a_groups_failover_reroutes_every_groups_leader_opentenbase_standin() {
 
     // The datanode group's primary dies: its standby is promoted, and its
     // routing reaches the coordinator group's leader and itself.
-    dn.kill_agent(0);
-    dn.kill_postgres(0);
-    let new = dn
-        .wait_new_leader("dn1", Duration::from_secs(30))
-        .await
-        .unwrap_or_else(|e| panic!("{e:#}"));
-    assert_eq!(new, "dn2");
-    let dn2 = dn.nodes[1].pg_port;
+    let dn2 = fail_over(&mut dn).await;
     wait_catalog(
         cn_port,
         "dn01",
@@ -291,14 +298,7 @@ async fn a_groups_failover_reroutes_every_groups_leader_opentenbase_standin() {
 
     // The coordinator group fails over too: its new leader updates the
     // datanode group's new leader (and itself), under its new address.
-    cn.kill_agent(0);
-    cn.kill_postgres(0);
-    let new = cn
-        .wait_new_leader("cn1", Duration::from_secs(30))
-        .await
-        .unwrap_or_else(|e| panic!("{e:#}"));
-    assert_eq!(new, "cn2");
-    let cn2 = cn.nodes[1].pg_port;
+    let cn2 = fail_over(&mut cn).await;
     wait_catalog(dn2, "cn01", cn2, 1, "datanode: cn01 at cn2").await;
     wait_catalog(cn2, "cn01", cn2, 1, "the promoted coordinator: cn01 at cn2").await;
     // The datanode group's leader re-checks the coordinator group's new
@@ -417,14 +417,7 @@ async fn opentenbase_nodes_fail_over_and_rejoin_by_rewind_standin() {
 
     // The datanode primary dies: its standby is promoted (PostgreSQL 10
     // keeps recovery.done), every group's leader is re-routed.
-    dn.kill_agent(0);
-    dn.kill_postgres(0);
-    let new = dn
-        .wait_new_leader("dn1", Duration::from_secs(30))
-        .await
-        .unwrap_or_else(|e| panic!("{e:#}"));
-    assert_eq!(new, "dn2");
-    let dn2 = dn.nodes[1].pg_port;
+    let dn2 = fail_over(&mut dn).await;
     assert!(dn.nodes[1].data_dir.join("recovery.done").exists());
     wait_catalog(
         cn_port,
@@ -475,14 +468,7 @@ async fn opentenbase_nodes_fail_over_and_rejoin_by_rewind_standin() {
 
     // The coordinator primary dies too: the datanode group's leader and
     // the promoted coordinator itself learn where it is.
-    cn.kill_agent(0);
-    cn.kill_postgres(0);
-    let new = cn
-        .wait_new_leader("cn1", Duration::from_secs(30))
-        .await
-        .unwrap_or_else(|e| panic!("{e:#}"));
-    assert_eq!(new, "cn2");
-    let cn2 = cn.nodes[1].pg_port;
+    let cn2 = fail_over(&mut cn).await;
     wait_catalog(dn2, "cn01", cn2, 1, "datanode: cn01 at cn2").await;
     wait_catalog(cn2, "cn01", cn2, 1, "the promoted coordinator: cn01 at cn2").await;
 

@@ -74,15 +74,13 @@ impl Target {
 
     pub async fn view(&self) -> anyhow::Result<(String, ClusterView)> {
         let (endpoints, scope, prefix) = self.resolve()?;
-        let dcs = Dcs::connect(&endpoints, prefix, Duration::from_secs(3))
-            .await
-            .with_context(|| format!("connecting to etcd at {}", endpoints.join(",")))?;
-        let view = dcs.load().await.with_context(|| {
-            format!(
-                "reading cluster {scope} from etcd at {}",
-                endpoints.join(",")
-            )
-        })?;
+        let view = read(
+            &endpoints,
+            &scope,
+            prefix,
+            |dcs| async move { dcs.load().await },
+        )
+        .await?;
         Ok((scope, view))
     }
 
@@ -96,15 +94,10 @@ impl Target {
             return Ok((scope, vec![(group, view)]));
         }
         let prefix = baton::config::prefix(&namespace, &scope, None);
-        let dcs = Dcs::connect(&endpoints, prefix, Duration::from_secs(3))
-            .await
-            .with_context(|| format!("connecting to etcd at {}", endpoints.join(",")))?;
-        let groups = dcs.load_groups().await.with_context(|| {
-            format!(
-                "reading cluster {scope} from etcd at {}",
-                endpoints.join(",")
-            )
-        })?;
+        let groups = read(&endpoints, &scope, prefix, |dcs| async move {
+            dcs.load_groups().await
+        })
+        .await?;
         if groups.is_empty() {
             let (scope, view) = self.view().await?;
             return Ok((scope, vec![(None, view)]));
@@ -143,6 +136,28 @@ impl Target {
         }
         Ok((self.etcd.clone(), scope, self.namespace.clone(), self.group))
     }
+}
+
+/// One read of `prefix` in etcd, its errors saying where and what.
+async fn read<T, F, Fut>(
+    endpoints: &[String],
+    scope: &str,
+    prefix: String,
+    f: F,
+) -> anyhow::Result<T>
+where
+    F: FnOnce(Dcs) -> Fut,
+    Fut: std::future::Future<Output = Result<T, baton::dcs::DcsError>>,
+{
+    let dcs = Dcs::connect(endpoints, prefix, Duration::from_secs(3))
+        .await
+        .with_context(|| format!("connecting to etcd at {}", endpoints.join(",")))?;
+    f(dcs).await.with_context(|| {
+        format!(
+            "reading cluster {scope} from etcd at {}",
+            endpoints.join(",")
+        )
+    })
 }
 
 pub fn confirm(question: &str) -> anyhow::Result<bool> {
