@@ -466,10 +466,25 @@ async fn opentenbase_nodes_fail_over_and_rejoin_by_rewind_standin() {
     let recovery = std::fs::read_to_string(dn.nodes[0].data_dir.join("recovery.conf")).unwrap();
     assert!(recovery.contains(&format!("port={dn2} ")), "{recovery}");
 
-    // The coordinator primary dies too: the datanode group's leader and
-    // the promoted coordinator itself learn where it is.
+    // A switchover back: the old primary stops cleanly and follows from
+    // recovery.conf, the catalogs follow the new one.
+    let (old, _) = dn
+        .switchover_via_api()
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(old, "dn2");
+    let dn1 = dn.nodes[0].pg_port;
+    wait_catalog(cn_port, "dn01", dn1, 1, "coordinator: dn01 back at dn1").await;
+    dn.wait_normal(Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let recovery = std::fs::read_to_string(dn.nodes[1].data_dir.join("recovery.conf")).unwrap();
+    assert!(recovery.contains(&format!("port={dn1} ")), "{recovery}");
+
+    // The coordinator primary dies too: the datanode group's leader (dn1
+    // again) and the promoted coordinator itself learn where it is.
     let cn2 = fail_over(&mut cn).await;
-    wait_catalog(dn2, "cn01", cn2, 1, "datanode: cn01 at cn2").await;
+    wait_catalog(dn1, "cn01", cn2, 1, "datanode: cn01 at cn2").await;
     wait_catalog(cn2, "cn01", cn2, 1, "the promoted coordinator: cn01 at cn2").await;
 
     dn.shutdown();
