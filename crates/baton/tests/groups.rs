@@ -213,6 +213,33 @@ async fn a_groups_failover_reroutes_every_groups_leader_opentenbase_standin() {
     let one = list(&["list", "--group", "1"]);
     assert!(one.contains("dn1") && !one.contains("cn1"), "{one}");
 
+    // A router of the datanode group reaches that group's primary.
+    let router = baton_local::local::LocalRouter::start(
+        &dir.path,
+        &baton_bin(),
+        "router-dn",
+        (SCOPE, &etcd),
+        "group = 1",
+        "",
+    )
+    .unwrap();
+    let routed_to = |port: u16| async move {
+        let rows = sql_port(port, "SELECT inet_server_port()").await?;
+        Ok::<i32, String>(rows[0].get(0))
+    };
+    let dn1 = dn.nodes[0].pg_port;
+    wait_for(
+        "the group's router at dn1",
+        Duration::from_secs(10),
+        || async {
+            match routed_to(router.rw_port).await? {
+                p if p == i32::from(dn1) => Ok(()),
+                p => Err(format!("routed to {p}")),
+            }
+        },
+    )
+    .await;
+
     // patronictl reads the same layout (Patroni's Citus groups).
     let out = patronictl_list(&dir.path, &etcd);
     for (group, member, role) in [
@@ -261,6 +288,17 @@ async fn a_groups_failover_reroutes_every_groups_leader_opentenbase_standin() {
     // The datanode group's primary dies: its standby is promoted, and its
     // routing reaches the coordinator group's leader and itself.
     let dn2 = fail_over(&mut dn).await;
+    wait_for(
+        "the group's router at dn2",
+        Duration::from_secs(20),
+        || async {
+            match routed_to(router.rw_port).await? {
+                p if p == i32::from(dn2) => Ok(()),
+                p => Err(format!("routed to {p}")),
+            }
+        },
+    )
+    .await;
     wait_catalog(
         cn_port,
         "dn01",
