@@ -212,6 +212,12 @@ async fn a_groups_failover_reroutes_every_groups_leader_opentenbase_standin() {
     assert_eq!(json["groups"]["1"]["leader"], "dn1", "{json}");
     let one = list(&["list", "--group", "1"]);
     assert!(one.contains("dn1") && !one.contains("cn1"), "{one}");
+    // A command about one group says which there are when none is named.
+    let out = list(&["history"]);
+    assert!(
+        out.contains("otb is a multi-group cluster (groups 0, 1): name one with --group N"),
+        "{out}"
+    );
 
     // A router of the datanode group reaches that group's primary.
     let router = baton_local::local::LocalRouter::start(

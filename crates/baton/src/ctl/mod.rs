@@ -72,15 +72,29 @@ impl Target {
         Ok(baton::tls::http_client(timeout, cafile.as_deref())?)
     }
 
+    /// The cluster, or the group named (`--group`, the node file's
+    /// `group`). A multi-group cluster without a group named is refused
+    /// with the groups it has: its top level holds no members.
     pub async fn view(&self) -> anyhow::Result<(String, ClusterView)> {
-        let (endpoints, scope, prefix) = self.resolve()?;
-        let view = read(
-            &endpoints,
-            &scope,
-            prefix,
-            |dcs| async move { dcs.load().await },
-        )
+        let (endpoints, scope, namespace, group) = self.cluster()?;
+        let prefix = baton::config::prefix(&namespace, &scope, group);
+        let view = read(&endpoints, &scope, prefix.clone(), |dcs| async move {
+            dcs.load().await
+        })
         .await?;
+        if group.is_none() && view.members.is_empty() && view.initialize.is_none() {
+            let groups = read(&endpoints, &scope, prefix, |dcs| async move {
+                dcs.load_groups().await
+            })
+            .await?;
+            if !groups.is_empty() {
+                let names: Vec<String> = groups.keys().map(u32::to_string).collect();
+                anyhow::bail!(
+                    "{scope} is a multi-group cluster (groups {}): name one with --group N",
+                    names.join(", ")
+                );
+            }
+        }
         Ok((scope, view))
     }
 
