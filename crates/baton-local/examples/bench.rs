@@ -944,7 +944,10 @@ async fn router_bench(baton: &Path, rounds: usize) -> anyhow::Result<RouterFigur
     let (dir, c) = bench_cluster(baton, "router", None)?;
     let result = async {
         c.wait_normal(Duration::from_secs(120)).await?;
-        let router = c.start_router("router", "", "")?;
+        // BENCH_ROUTER_TOML: extra top-level keys of the router's file
+        // (e.g. `busy_poll_us = 0`), to compare its settings here.
+        let top = std::env::var("BENCH_ROUTER_TOML").unwrap_or_default();
+        let router = c.start_router("router", &top, "")?;
         let template = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/haproxy.cfg");
         let haproxy = baton_local::local::LocalHaproxy::start(&c, &template)?;
         let v = c.view().await?;

@@ -309,6 +309,7 @@ async fn routing_task(
     // The group leaders as last read, and when to read them again.
     let mut leaders: BTreeMap<String, tokio_postgres::Config> = BTreeMap::new();
     let mut read_leaders_at = tokio::time::Instant::now();
+    let mut leaders_error: Option<String> = None;
     let mut applied: BTreeMap<String, Applied> = BTreeMap::new();
     let mut retry_at: BTreeMap<String, tokio::time::Instant> = BTreeMap::new();
     loop {
@@ -336,6 +337,9 @@ async fn routing_task(
                 {
                     Ok(found) => {
                         let all = found.len() == cfg.groups.len();
+                        if leaders_error.take().is_some() {
+                            tracing::info!("routing: group leaders readable again");
+                        }
                         leaders = found;
                         read_leaders_at = now
                             + if all {
@@ -345,7 +349,14 @@ async fn routing_task(
                             };
                     }
                     Err(e) => {
-                        tracing::warn!("routing: cannot read the group leaders: {e}");
+                        // Once per outage, not every retry.
+                        if leaders_error.as_deref() != Some(e.as_str()) {
+                            tracing::warn!(
+                                "routing: cannot read the group leaders: {e}; retrying every {:?}",
+                                cfg.retry_interval
+                            );
+                        }
+                        leaders_error = Some(e);
                         read_leaders_at = now + cfg.retry_interval;
                     }
                 }
