@@ -210,6 +210,9 @@ fn listener(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpListener
         None,
     )?;
     s.set_reuse_address(true)?;
+    // A new router on this host can bind the same port while the old one
+    // still serves (a restart without refusing anyone).
+    s.set_reuse_port(true)?;
     s.set_nonblocking(true)?;
     s.bind(&addr.into())?;
     s.listen(1024)?;
