@@ -12,6 +12,35 @@ use nix::sys::signal::{kill, Signal};
 
 const AUTH: &str = "[api.authentication]\nusername = \"admin\"\npassword = \"s3cret\"\n";
 
+/// Waits until `member`'s published position is within the lag limit of
+/// the leader's real WAL position. A switchover's pre-checks compare the
+/// leader's own position with the candidate's member key, a tick old:
+/// right after the clones, whose WAL switches move the leader a segment
+/// each, the candidate can look 16 or 32 MiB behind for that tick (and
+/// the leader's published optime is as old, so comparing with it can look
+/// in step when it is not).
+async fn wait_published_near_leader(t: &TestCluster, member: &str) {
+    wait_for(
+        &format!("{member}'s published position near the leader's"),
+        Duration::from_secs(10),
+        || async {
+            let leader: String = t.sql(0, "SELECT pg_current_wal_lsn()::text").await?[0].get(0);
+            let leader: baton_core::lsn::Lsn =
+                leader.parse().map_err(|e| format!("{leader}: {e:?}"))?;
+            let v = t.c.view().await.map_err(|e| format!("{e:#}"))?;
+            let published = v
+                .members
+                .get(member)
+                .and_then(|m| m.receive_lsn.max(m.replay_lsn).or(m.xlog_location));
+            match published {
+                Some(p) if leader.0.saturating_sub(p) <= 1 << 20 => Ok(()),
+                other => Err(format!("leader at {leader}, {member} published {other:?}")),
+            }
+        },
+    )
+    .await;
+}
+
 async fn started(name: &str, per_node: &[(usize, &str)]) -> TestCluster {
     let opts = ClusterOptions {
         extra_toml: AUTH.into(),
@@ -125,6 +154,7 @@ async fn switchover_refusals_say_which_check_failed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scheduled_switchover_runs_at_its_time_or_is_cancelled() {
     let t = started("swsched", &[]).await;
+    wait_published_near_leader(&t, "node3").await;
     let far = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
     let (ok, out, err) = ctl(
         &t,
@@ -197,29 +227,7 @@ async fn candidate_killed_mid_switchover_aborts_and_the_old_leader_resumes() {
     // The pre-checks read the member keys, which are up to a tick old: wait
     // until node2's published position has caught up too (a base backup of
     // node3 can move the leader a whole WAL segment ahead meanwhile).
-    // Measured against the leader's real position, not its published
-    // optime: both keys a tick old once looked in step while the leader
-    // had moved two segments on (the clones' WAL switches), and the
-    // switchover's pre-check, which reads the leader itself, refused.
-    wait_for(
-        "node2's published position within the lag limit of the leader's",
-        Duration::from_secs(10),
-        || async {
-            let leader: String = t.sql(0, "SELECT pg_current_wal_lsn()::text").await?[0].get(0);
-            let leader: baton_core::lsn::Lsn =
-                leader.parse().map_err(|e| format!("{leader}: {e:?}"))?;
-            let v = t.c.view().await.map_err(|e| format!("{e:#}"))?;
-            let published = v
-                .members
-                .get("node2")
-                .and_then(|m| m.receive_lsn.max(m.replay_lsn).or(m.xlog_location));
-            match published {
-                Some(p) if leader.0.saturating_sub(p) <= 1 << 20 => Ok(()),
-                other => Err(format!("leader at {leader}, node2 published {other:?}")),
-            }
-        },
-    )
-    .await;
+    wait_published_near_leader(&t, "node2").await;
     // Pause node2's replay so the handover cannot finish before the kill;
     // it still passes the pre-checks (running, streaming, no lag yet).
     // (SIGSTOP of the startup process could freeze it holding a lock that
