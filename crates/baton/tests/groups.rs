@@ -128,6 +128,19 @@ async fn fail_over(c: &mut LocalCluster) -> u16 {
     c.nodes[1].pg_port
 }
 
+/// Waits until a connection through the router at `router` lands on the
+/// postgres at `want`.
+async fn wait_routed(router: u16, want: u16, what: &str, limit: Duration) {
+    wait_for(what, limit, || async {
+        let rows = sql_port(router, "SELECT inet_server_port()").await?;
+        match rows[0].get::<_, i32>(0) {
+            p if p == i32::from(want) => Ok(()),
+            p => Err(format!("routed to {p}")),
+        }
+    })
+    .await;
+}
+
 /// The leader's port of a group, from etcd.
 async fn leader_port(c: &LocalCluster) -> u16 {
     let v = c.view().await.unwrap();
@@ -229,20 +242,10 @@ async fn a_groups_failover_reroutes_every_groups_leader_opentenbase_standin() {
         "",
     )
     .unwrap();
-    let routed_to = |port: u16| async move {
-        let rows = sql_port(port, "SELECT inet_server_port()").await?;
-        Ok::<i32, String>(rows[0].get(0))
-    };
-    let dn1 = dn.nodes[0].pg_port;
-    wait_for(
+    wait_routed(
+        router.rw_port,
+        dn.nodes[0].pg_port,
         "the group's router at dn1",
-        Duration::from_secs(10),
-        || async {
-            match routed_to(router.rw_port).await? {
-                p if p == i32::from(dn1) => Ok(()),
-                p => Err(format!("routed to {p}")),
-            }
-        },
     )
     .await;
 
@@ -294,15 +297,11 @@ async fn a_groups_failover_reroutes_every_groups_leader_opentenbase_standin() {
     // The datanode group's primary dies: its standby is promoted, and its
     // routing reaches the coordinator group's leader and itself.
     let dn2 = fail_over(&mut dn).await;
-    wait_for(
+    wait_routed(
+        router.rw_port,
+        dn2,
         "the group's router at dn2",
         Duration::from_secs(20),
-        || async {
-            match routed_to(router.rw_port).await? {
-                p if p == i32::from(dn2) => Ok(()),
-                p => Err(format!("routed to {p}")),
-            }
-        },
     )
     .await;
     wait_catalog(
