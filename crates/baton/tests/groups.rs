@@ -246,6 +246,7 @@ async fn a_groups_failover_reroutes_every_groups_leader_opentenbase_standin() {
         router.rw_port,
         dn.nodes[0].pg_port,
         "the group's router at dn1",
+        Duration::from_secs(10),
     )
     .await;
 
