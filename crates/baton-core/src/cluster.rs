@@ -62,6 +62,9 @@ pub struct Member {
     /// Baton: a Greenplum coordinator's segments (leader only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub baton_segments: Vec<crate::instance::Segment>,
+    /// Baton: why the segments' mirroring could not be read (leader only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baton_mirroring_error: Option<String>,
     /// Baton: this member's probes found both the REST port and the
     /// postgres port of the leader key's holder refusing connections
     /// (the process-death fast path, `ha::dead_leader`).

@@ -126,6 +126,10 @@ pub struct Running {
     pub history: Vec<(u32, Lsn)>,
     /// Greenplum coordinator (primary): the segments its catalog lists.
     pub segments: Vec<Segment>,
+    /// Greenplum coordinator: why the segments' mirroring could not be
+    /// read (`gp_stat_replication` dispatches to every segment, and a
+    /// segment that does not answer must not stall the HA loop).
+    pub mirroring_error: Option<String>,
 }
 
 /// One Greenplum segment instance, as `gp_segment_configuration` shows it:
@@ -143,6 +147,30 @@ pub struct Segment {
     pub status: String,
     pub hostname: String,
     pub port: i32,
+    /// A primary's replication to its mirror (`gp_stat_replication`),
+    /// as last read; `None` for mirrors and before the first read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<SegmentMirror>,
+}
+
+/// One segment primary's WAL replication to its mirror, as
+/// `gp_stat_replication` shows it: no sender state and no positions while
+/// the mirror is not connected; `sync_error` says why (`walread`), `none`
+/// when there is none.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SegmentMirror {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_lsn: Option<Lsn>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flush_lsn: Option<Lsn>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay_lsn: Option<Lsn>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_state: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_error: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]

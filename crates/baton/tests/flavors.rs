@@ -172,6 +172,26 @@ async fn greenplum_standin_coordinator_failover_fencing_rejoin_and_switchover() 
         },
     )
     .await;
+    // And each segment primary's replication to its mirror, read from
+    // gp_stat_replication beside the HA loop.
+    let mirroring = [
+        "Segment mirroring (gp_stat_replication):",
+        "        0  streaming   0/C0001A8     0/C0001A8     0/C000170     sync    none",
+        "        1  -           -             -             -             -       walread",
+    ];
+    wait_for(
+        "baton list shows the segments' mirroring",
+        Duration::from_secs(30),
+        || async {
+            let (ok, out, err) = ctl(&t, &["list"]);
+            if ok && mirroring.iter().all(|w| out.contains(w)) {
+                Ok(())
+            } else {
+                Err(format!("{out}{err}"))
+            }
+        },
+    )
+    .await;
     // The same view in openGauss's gs_om layout, data directories included.
     let (ok, out, err) = ctl(&t, &["list", "--gs-om"]);
     assert!(ok, "{err}");
@@ -186,6 +206,33 @@ async fn greenplum_standin_coordinator_failover_fencing_rejoin_and_switchover() 
     assert!(ok);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["segments"].as_array().map(Vec::len), Some(4), "{out}");
+    assert_eq!(v["segments"][0]["mirror"]["sync_state"], "sync", "{out}");
+    assert_eq!(v["segments"][2]["mirror"]["sync_error"], "walread", "{out}");
+
+    // A segment that stops answering makes the dispatched read hang: it is
+    // cancelled and reported, and the HA loop never waits for it (the
+    // failover below runs while every read hangs, on both coordinators).
+    t.sql(
+        0,
+        "ALTER DATABASE postgres SET gp_standin.segment_delay = '600'",
+    )
+    .await
+    .unwrap();
+    wait_for(
+        "baton list says the mirroring read was cancelled",
+        Duration::from_secs(40),
+        || async {
+            let (ok, out, err) = ctl(&t, &["list"]);
+            let want = "Segment mirroring (gp_stat_replication): not read: postgres: \
+                        canceling statement due to statement timeout";
+            if ok && out.contains(want) && !out.contains("walread") {
+                Ok(())
+            } else {
+                Err(format!("{out}{err}"))
+            }
+        },
+    )
+    .await;
 
     for q in [
         "CREATE TABLE t (id int)",
@@ -282,4 +329,22 @@ async fn greenplum_standin_coordinator_failover_fencing_rejoin_and_switchover() 
     .await;
     assert_eq!(gp_dbid(&d2), "gp_dbid = 8\n");
     t.sql(0, "INSERT INTO t VALUES (102)").await.unwrap();
+
+    // The segment answers again: the next read shows the mirroring.
+    t.sql(0, "ALTER DATABASE postgres RESET gp_standin.segment_delay")
+        .await
+        .unwrap();
+    wait_for(
+        "baton list shows the mirroring again",
+        Duration::from_secs(30),
+        || async {
+            let (ok, out, err) = ctl(&t, &["list"]);
+            if ok && mirroring.iter().all(|w| out.contains(w)) && !out.contains("not read") {
+                Ok(())
+            } else {
+                Err(format!("{out}{err}"))
+            }
+        },
+    )
+    .await;
 }

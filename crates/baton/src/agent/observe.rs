@@ -245,6 +245,10 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
                 PgStatus::Running(r) if i_lead => r.segments.clone(),
                 _ => vec![],
             },
+            baton_mirroring_error: match pg {
+                PgStatus::Running(r) if i_lead => r.mirroring_error.clone(),
+                _ => None,
+            },
             baton_leader_refused: self.leader_refused.clone(),
             ..Member::default()
         };

@@ -276,6 +276,7 @@ pub struct LocalPg {
     inst: Instance,
     client: Mutex<Option<Arc<tokio_postgres::Client>>>,
     fence: FenceLink,
+    mirroring: pg::MirroringReader,
 }
 
 impl LocalPg {
@@ -284,6 +285,7 @@ impl LocalPg {
             fence: FenceLink::new(cfg.fence.clone(), cfg.data_dir.clone()),
             inst: Instance::new(cfg, name)?,
             client: Mutex::new(None),
+            mirroring: Default::default(),
         })
     }
 
@@ -348,6 +350,9 @@ impl Postgres for LocalPg {
             let mut r = pg::query_running(&c).await?;
             if !r.in_recovery {
                 r.segments = pg::query_segments(flavor, &c).await?;
+                if flavor == pg::Flavor::Greenplum {
+                    self.mirroring.apply(self.inst.local_conn_config(), &mut r);
+                }
             } else if !r.receiver_streaming {
                 // Without a WAL receiver the SQL timeline is a guess; the
                 // instance's own answer replaces it. If it cannot be had
@@ -513,6 +518,7 @@ impl Postgres for LocalPg {
             fence: FenceLink::new(cfg.fence.clone(), cfg.data_dir.clone()),
             inst: Instance::new(cfg, name)?,
             client: Mutex::new(self.kept()),
+            mirroring: self.mirroring.clone(),
         })
     }
 }

@@ -72,6 +72,9 @@ fn render_group(
         .leader_member()
         .map(|m| m.baton_segments.clone())
         .unwrap_or_default();
+    let mirroring_error = view
+        .leader_member()
+        .and_then(|m| m.baton_mirroring_error.clone());
     if json {
         let mut v = serde_json::to_value(&status)?;
         if verbose {
@@ -80,11 +83,15 @@ fn render_group(
         if !segments.is_empty() {
             v["segments"] = serde_json::to_value(&segments)?;
         }
+        if let Some(e) = &mirroring_error {
+            v["mirroring_error"] = e.as_str().into();
+        }
         return Ok(serde_json::to_string_pretty(&v)? + "\n");
     }
     out.push_str(&paint(status.render(), status.state, colour));
     if !segments.is_empty() {
         out.push_str(&render_segments(&segments));
+        out.push_str(&render_mirroring(&segments, mirroring_error.as_deref()));
     }
     if verbose && !routing.is_empty() {
         writeln!(
@@ -209,6 +216,46 @@ fn render_segments(segments: &[baton_core::instance::Segment]) -> String {
             word(&s.preferred_role, &roles),
             word(&s.status, &[("u", "Up"), ("d", "Down")]),
             word(&s.mode, &[("s", "Synced"), ("n", "Not in sync")]),
+        )
+        .expect("string write");
+    }
+    out
+}
+
+/// Each segment primary's replication to its mirror, as
+/// `gp_stat_replication` last showed it (read every 10 s, off the HA
+/// loop), or why it could not be read.
+fn render_mirroring(segments: &[baton_core::instance::Segment], error: Option<&str>) -> String {
+    use std::fmt::Write as _;
+    let title = "Segment mirroring (gp_stat_replication):";
+    if let Some(e) = error {
+        return format!("{title} not read: {e}\n");
+    }
+    let primaries: Vec<_> = segments.iter().filter(|s| s.mirror.is_some()).collect();
+    if primaries.is_empty() {
+        return String::new();
+    }
+    let mut out = format!("{title}\n");
+    writeln!(
+        out,
+        "  {:>7}  {:<10}  {:<12}  {:<12}  {:<12}  {:<6}  error",
+        "content", "sender", "sent", "flush", "replay", "sync"
+    )
+    .expect("string write");
+    let text = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    let lsn = |v: Option<baton_core::lsn::Lsn>| v.map_or_else(|| "-".into(), |l| l.to_string());
+    for s in primaries {
+        let m = s.mirror.as_ref().expect("filtered");
+        writeln!(
+            out,
+            "  {:>7}  {:<10}  {:<12}  {:<12}  {:<12}  {:<6}  {}",
+            s.content,
+            text(&m.state),
+            lsn(m.sent_lsn),
+            lsn(m.flush_lsn),
+            lsn(m.replay_lsn),
+            text(&m.sync_state),
+            text(&m.sync_error),
         )
         .expect("string write");
     }

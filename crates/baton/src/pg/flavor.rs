@@ -38,10 +38,13 @@
 //!   node name, GTM and pooler settings), and Baton adopts the data
 //!   directory; routing after a promotion is `[routing]` (docs/routing.md).
 
+use std::collections::BTreeMap;
 use std::process::Stdio;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use baton_core::instance::Segment;
+use baton_core::instance::{Running, Segment, SegmentMirror};
+use baton_core::lsn::Lsn;
 
 use super::conf::write_owned;
 use super::{Instance, PgError};
@@ -366,6 +369,113 @@ pub async fn query_segments(
             status: r.get(5),
             hostname: r.get(6),
             port: r.get(7),
+            mirror: None,
+        })
+        .collect())
+}
+
+/// How often a Greenplum coordinator's leader reads its segments'
+/// mirroring, and how long one read may take. `gp_stat_replication`
+/// dispatches to every segment: a segment host that does not answer holds
+/// the query until Greenplum's own connect timeout (minutes). So the read
+/// runs beside the HA tick, never in it, on a connection of its own, at
+/// most this often, cancelled by the server after `MIRRORING_TIMEOUT`.
+const MIRRORING_EVERY: Duration = Duration::from_secs(10);
+const MIRRORING_TIMEOUT: Duration = Duration::from_secs(5);
+
+type MirroringRead = Result<BTreeMap<i32, SegmentMirror>, String>;
+
+/// The last `gp_stat_replication` read, refreshed in the background.
+#[derive(Default, Clone)]
+pub struct MirroringReader {
+    state: Arc<Mutex<MirroringState>>,
+}
+
+#[derive(Default)]
+struct MirroringState {
+    started: Option<Instant>,
+    running: bool,
+    last: Option<MirroringRead>,
+}
+
+impl MirroringReader {
+    /// Puts the last read into `r` (each primary segment's `mirror`, or
+    /// `mirroring_error`), and starts the next one when it is due. Never
+    /// waits: the HA tick calls this.
+    pub fn apply(&self, local: tokio_postgres::Config, r: &mut Running) {
+        let mut st = self.state.lock().expect("mirroring lock");
+        let due = !st.running && st.started.is_none_or(|t| t.elapsed() >= MIRRORING_EVERY);
+        if due {
+            st.running = true;
+            st.started = Some(Instant::now());
+            let state = self.state.clone();
+            tokio::spawn(async move {
+                // The server cancels the query; this bound covers a
+                // connection that stops answering altogether.
+                let bound = MIRRORING_TIMEOUT + Duration::from_secs(2);
+                let read = tokio::time::timeout(bound, read_mirroring(local))
+                    .await
+                    .unwrap_or_else(|_| Err(format!("no answer in {} s", bound.as_secs())));
+                if let Err(e) = &read {
+                    tracing::warn!("reading the segments' mirroring (gp_stat_replication): {e}");
+                }
+                let mut st = state.lock().expect("mirroring lock");
+                st.running = false;
+                st.last = Some(read);
+            });
+        }
+        match &st.last {
+            None => {}
+            Some(Err(e)) => r.mirroring_error = Some(e.clone()),
+            Some(Ok(rows)) => {
+                for s in r.segments.iter_mut().filter(|s| s.role == "p") {
+                    s.mirror = rows.get(&s.content).cloned();
+                }
+            }
+        }
+    }
+}
+
+/// One read of the segments' replication to their mirrors, on a
+/// connection of its own whose statements the server cancels after
+/// `MIRRORING_TIMEOUT`.
+async fn read_mirroring(mut cfg: tokio_postgres::Config) -> MirroringRead {
+    cfg.options(format!(
+        "-c statement_timeout={}",
+        MIRRORING_TIMEOUT.as_millis()
+    ))
+    .application_name("baton mirroring");
+    let (client, conn) = cfg
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(|e| PgError::from(e).to_string())?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let rows = client
+        .query(
+            "SELECT gp_segment_id::int, state, sent_lsn::text, flush_lsn::text, \
+                    replay_lsn::text, sync_state, sync_error \
+               FROM gp_stat_replication WHERE gp_segment_id >= 0",
+            &[],
+        )
+        .await
+        .map_err(|e| PgError::from(e).to_string())?;
+    let lsn = |v: Option<String>| v.and_then(|t| t.parse::<Lsn>().ok());
+    Ok(rows
+        .iter()
+        .map(|r| {
+            (
+                r.get::<_, i32>(0),
+                SegmentMirror {
+                    state: r.get(1),
+                    sent_lsn: lsn(r.get(2)),
+                    flush_lsn: lsn(r.get(3)),
+                    replay_lsn: lsn(r.get(4)),
+                    sync_state: r.get(5),
+                    sync_error: r.get(6),
+                },
+            )
         })
         .collect())
 }

@@ -42,7 +42,7 @@ mod query;
 pub use baton_fence::postmaster_pid as read_postmaster_pid;
 pub use conf::{render_pg_hba, render_postgresql_conf};
 pub use fence::{FenceLink, FenceOrder};
-pub use flavor::{query_segments, Flavor, NodeType};
+pub use flavor::{query_segments, Flavor, MirroringReader, NodeType};
 pub use query::{
     create_replication_role, create_slot, drop_inactive_slot, query_running, set_sync_standbys,
     timeline_history,

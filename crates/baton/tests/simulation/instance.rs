@@ -135,6 +135,7 @@ fn running(w: &World, i: usize) -> Running {
         history: wal.history.iter().map(|(t, l)| (*t, Lsn(*l))).collect(),
         synchronous_standby_names: n.pg.sync_standbys.clone(),
         segments: vec![],
+        mirroring_error: None,
     }
 }
 

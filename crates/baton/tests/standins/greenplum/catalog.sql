@@ -30,3 +30,34 @@ BEGIN
     DELETE FROM gp_segment_configuration WHERE content = -1 AND role = 'm';
     RETURN true;
 END $$;
+-- gp_stat_replication as Greenplum 7 shows it: the coordinator's own
+-- walsenders (content -1: the standby coordinator), then one row per
+-- segment mirror, its primary's sender state and positions empty while the
+-- mirror is not connected, sync_error saying why. The segments' rows come
+-- from a table here; on a real cluster they are dispatched to every
+-- segment, so gp_standin.segment_delay (seconds) makes that dispatch slow,
+-- as a segment host that does not answer would.
+CREATE TABLE gp_standin_mirroring (
+    gp_segment_id int, state text, sent_lsn pg_lsn, write_lsn pg_lsn,
+    flush_lsn pg_lsn, replay_lsn pg_lsn, sync_state text, sync_error text);
+INSERT INTO gp_standin_mirroring VALUES
+    (0, 'streaming', '0/C0001A8', '0/C0001A8', '0/C0001A8', '0/C000170', 'sync', 'none'),
+    (1, NULL, NULL, NULL, NULL, NULL, NULL, 'walread');
+CREATE FUNCTION gp_standin_dispatch() RETURNS bool
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_sleep(coalesce(nullif(current_setting('gp_standin.segment_delay', true), ''), '0')::float8);
+    RETURN true;
+END $$;
+CREATE VIEW gp_stat_replication AS
+    SELECT -1 AS gp_segment_id, pid, usesysid, usename, application_name, client_addr,
+           client_hostname, client_port, backend_start, backend_xmin, state,
+           sent_lsn, write_lsn, flush_lsn, replay_lsn, write_lag, flush_lag, replay_lag,
+           sync_priority, sync_state, 'none'::text AS sync_error
+      FROM pg_stat_replication
+    UNION ALL
+    SELECT m.gp_segment_id, NULL::int, NULL::oid, NULL::name, 'gp_walreceiver'::text, NULL::inet,
+           NULL::text, NULL::int, NULL::timestamptz, NULL::xid, m.state,
+           m.sent_lsn, m.write_lsn, m.flush_lsn, m.replay_lsn, NULL::interval, NULL::interval,
+           NULL::interval, NULL::int, m.sync_state, m.sync_error
+      FROM gp_standin_mirroring m WHERE gp_standin_dispatch();
