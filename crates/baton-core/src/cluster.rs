@@ -141,6 +141,11 @@ pub struct StatusKey {
     pub slots: Option<BTreeMap<String, u64>>,
     #[serde(default)]
     pub retain_slots: Option<Vec<String>>,
+    /// Baton: the leader that wrote it. Outlives the leader key, so that
+    /// with no leader the member whose state is the newest is known (a
+    /// GTM group cannot elect among read-only members: `ha::election`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baton_leader: Option<String>,
 }
 
 /// `failover`: a requested switchover (`leader` set) or manual failover.

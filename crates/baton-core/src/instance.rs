@@ -49,6 +49,8 @@ pub enum Unusable {
     },
     /// Not empty, and not a PostgreSQL data directory.
     NotPostgres(PathBuf),
+    /// Not empty, and no GTM's working directory (no `gtm.conf`).
+    NotGtm(PathBuf),
     NoSystemIdentifier,
     Controldata(String),
 }
@@ -60,6 +62,7 @@ impl Unusable {
             Unusable::NotADirectory(_) => "data_dir_not_a_directory",
             Unusable::WrongOwner { .. } => "data_dir_wrong_owner",
             Unusable::NotPostgres(_) => "data_dir_not_postgres",
+            Unusable::NotGtm(_) => "data_dir_not_gtm",
             Unusable::NoSystemIdentifier => "data_dir_no_system_identifier",
             Unusable::Controldata(_) => "pg_controldata_failed",
         }
@@ -87,6 +90,12 @@ impl fmt::Display for Unusable {
                 f,
                 "{} is not empty and is not a PostgreSQL data directory (no PG_VERSION or \
                  global/pg_control); refusing to touch it",
+                p.display()
+            ),
+            Unusable::NotGtm(p) => write!(
+                f,
+                "{} is not empty and is not a GTM's working directory (no gtm.conf); refusing \
+                 to touch it",
                 p.display()
             ),
             Unusable::NoSystemIdentifier => write!(f, "pg_controldata shows no system identifier"),

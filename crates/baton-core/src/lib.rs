@@ -12,12 +12,13 @@
 //! tags), `ha` (the decide function, its observation, actions and reasons),
 //! `status` (Normal / Degraded / Unavailable for `baton list`), `route`
 //! (where `baton router` sends writers and readers), `gauss` (openGauss's
-//! `gs_ctl query` and `gs_om` words), `event` (a member's event log entry).
+//! `gs_ctl query` and `gs_om` words), `gtm` (OpenTenBase's `gtm_ctl status`), `event` (a member's event log entry).
 
 pub mod cluster;
 pub mod config;
 pub mod event;
 pub mod gauss;
+pub mod gtm;
 pub mod ha;
 pub mod instance;
 pub mod lsn;

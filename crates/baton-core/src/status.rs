@@ -380,6 +380,7 @@ mod tests {
                 optime: Some(1000),
                 slots: Some([("n2".to_string(), 0), ("n3".to_string(), 0)].into()),
                 retain_slots: None,
+                baton_leader: None,
             }),
             ..ClusterView::default()
         };

@@ -136,9 +136,17 @@ impl std::fmt::Display for Reply {
     }
 }
 
-/// The live postmaster of `data_dir`, from `postmaster.pid`.
+/// The files naming a data directory's server process on their first
+/// line: PostgreSQL's postmaster, or an OpenTenBase GTM (whose working
+/// directory has `gtm.pid` instead). A directory holds one or the other.
+pub const PID_FILES: [&str; 2] = ["postmaster.pid", "gtm.pid"];
+
+/// The live server process of `data_dir` (its postmaster, or its GTM),
+/// from its PID file.
 pub fn postmaster_pid(data_dir: &Path) -> Option<i32> {
-    let text = std::fs::read_to_string(data_dir.join("postmaster.pid")).ok()?;
+    let text = PID_FILES
+        .iter()
+        .find_map(|f| std::fs::read_to_string(data_dir.join(f)).ok())?;
     let pid: i32 = text.lines().next()?.trim().parse().ok()?;
     // Signal 0 probes existence; EPERM still means the process exists.
     match kill(Pid::from_raw(pid), None) {
@@ -274,5 +282,19 @@ mod tests {
             let behind = instant_to_boottime_ms(past);
             assert!(behind + 900 <= b + 100 && behind <= b, "{b} {behind}");
         }
+    }
+
+    #[test]
+    fn a_gtm_is_found_by_its_own_pid_file() {
+        let dir = std::env::temp_dir().join(format!("baton-fence-pid-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert_eq!(postmaster_pid(&dir), None);
+        let me = std::process::id() as i32;
+        // gtm.pid: PID, working directory, mode.
+        std::fs::write(dir.join("gtm.pid"), format!("{me}\n{}\n0\n", dir.display())).unwrap();
+        assert_eq!(postmaster_pid(&dir), Some(me));
+        std::fs::write(dir.join("gtm.pid"), "999999999\n").unwrap();
+        assert_eq!(postmaster_pid(&dir), None, "a PID that does not exist");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -577,3 +577,233 @@ async fn a_gtm_error_is_told_from_a_node_that_is_down() {
         "{down}"
     );
 }
+
+/// `initgtm` stand-in: a GTM working directory with its `gtm.conf`,
+/// owned by the postgres OS user, as OpenTenBase's tools leave it.
+fn initgtm(node: &baton_local::local::LocalNode) {
+    std::fs::create_dir_all(&node.data_dir).unwrap();
+    let conf = node.data_dir.join("gtm.conf");
+    std::fs::write(
+        &conf,
+        "# made by initgtm\nnodename = 'gtm'\nlisten_addresses = '*'\nport = 6666\n\
+         log_min_messages = WARNING\n",
+    )
+    .unwrap();
+    let pg = nix::unistd::User::from_name("postgres").unwrap().unwrap();
+    for p in [&node.data_dir, &conf] {
+        std::os::unix::fs::chown(p, Some(pg.uid.as_raw()), Some(pg.gid.as_raw())).unwrap();
+    }
+    std::fs::set_permissions(
+        &node.data_dir,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+}
+
+/// Where the GTM catalog (the stand-in for `ALTER GTM NODE gtm WITH
+/// (HOST=..., PORT=...)`) on the postgres at `port` points.
+async fn gtm_catalog(port: u16) -> Result<(String, i32), String> {
+    let rows = sql_port(
+        port,
+        "SELECT host, port FROM pgxc_gtm WHERE node_name = 'gtm'",
+    )
+    .await?;
+    let r = rows.first().ok_or("no row")?;
+    Ok((r.get(0), r.get(1)))
+}
+
+async fn wait_gtm_catalog(port: u16, want: u16, what: &str) {
+    wait_for(what, Duration::from_secs(30), || async {
+        match gtm_catalog(port).await? {
+            (h, p) if h == "127.0.0.1" && p == i32::from(want) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+}
+
+/// `gtm_ctl status` of the GTM at `port`, through the stand-in.
+fn gtm_role(bin: &std::path::Path, port: u16) -> String {
+    let out = std::process::Command::new("runuser")
+        .args(["-u", "postgres", "--"])
+        .arg(bin.join("gtm_ctl"))
+        .args(["status", "-Z", "gtm", "-P", &port.to_string()])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// The GTM group of an OpenTenBase-shaped cluster (group 0: an active GTM
+/// and its standby, run by `gtm_ctl`), beside a coordinator group and a
+/// datanode group whose catalogs name the GTM. The active dies: the
+/// standby is promoted with `gtm_ctl promote`, and every coordinator and
+/// datanode leader is told the new GTM (`ALTER GTM NODE`), the datanode,
+/// down at that moment, once it is back. The old active rejoins as a
+/// standby (it takes the active's state: nothing to rewind). Then both GTMs
+/// go down: with no read-only mode to elect from, only the last leader
+/// restarts the group.
+///
+/// **Stand-ins, not OpenTenBase**: the GTM is `tests/standins/opentenbase/
+/// gtm` (files, signals and `gtm_ctl` output of the real one, a line
+/// protocol of its own); the coordinator and datanode are PostgreSQL 15
+/// groups whose `pgxc_gtm` table plays the GTM's catalog entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opentenbase_gtm_group_fails_over_and_every_node_follows_standin() {
+    let _serial = Serial(one_cluster_at_a_time());
+    let dir = TestDir::new("otb-gtm");
+    let bin = standin_bin(&dir.path, "opentenbase");
+    let single = |g: u32, prefix: &str, etcd: Option<String>| {
+        let opts = ClusterOptions {
+            scope: SCOPE.into(),
+            nodes: if g == 0 { 2 } else { 1 },
+            group: Some(g),
+            etcd_endpoint: etcd,
+            node_prefix: prefix.into(),
+            ..Default::default()
+        };
+        LocalCluster::create(&dir.path.join(format!("group{g}")), &baton_bin(), &opts)
+            .expect("creating a group")
+    };
+    let mut gtm = single(0, "gtm", None);
+    let etcd = gtm.etcd.endpoint.clone();
+    let mut cn = single(1, "cn", Some(etcd.clone()));
+    let mut dn = single(2, "dn", Some(etcd.clone()));
+    set_flavor(
+        &gtm.nodes,
+        "flavor = \"opentenbase\"\nnode_type = \"gtm\"",
+        &bin,
+    );
+    for (i, n) in gtm.nodes.iter().enumerate() {
+        // gtm.conf settings of the node file: PostgreSQL's are no GTM's.
+        let text = std::fs::read_to_string(&n.config_path).unwrap();
+        let pg = "shared_buffers = \"32MB\"\nmax_connections = 40\n";
+        assert!(text.contains(pg), "{}", n.config_path.display());
+        std::fs::write(
+            &n.config_path,
+            text.replace(pg, &format!("nodename = \"gtm{}\"\n", i + 1)),
+        )
+        .unwrap();
+        gtm.append_config(
+            i,
+            "[routing]\n\
+             statements = \"UPDATE pgxc_gtm SET host = '{host}', port = {port} WHERE node_name = 'gtm'\"\n\
+             groups = [1, 2]\n\
+             retry_interval = 0.5\n\
+             check_interval = 2\n",
+        )
+        .unwrap();
+    }
+    initgtm(&gtm.nodes[0]);
+
+    // The coordinator and datanode first, each with its catalog entry for
+    // a GTM that does not exist yet.
+    for c in [&mut cn, &mut dn] {
+        c.start_agent(0).unwrap();
+        c.wait_normal(Duration::from_secs(60))
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        let port = c.nodes[0].pg_port;
+        for sql in [
+            "CREATE TABLE pgxc_gtm (node_name text PRIMARY KEY, host text, port int)",
+            "INSERT INTO pgxc_gtm VALUES ('gtm', 'nowhere', 0)",
+        ] {
+            sql_port(port, sql).await.unwrap();
+        }
+    }
+    let (cn_port, dn_port) = (cn.nodes[0].pg_port, dn.nodes[0].pg_port);
+    let (gtm1, gtm2) = (gtm.nodes[0].pg_port, gtm.nodes[1].pg_port);
+
+    // gtm1 adopts the directory initgtm made and runs as the active; gtm2's
+    // empty one becomes a standby that takes its state from gtm1.
+    gtm.start_agent(0).unwrap();
+    gtm.start_agent(1).unwrap();
+    gtm.wait_normal(Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(gtm.view().await.unwrap().leader_name(), Some("gtm1"));
+    assert!(gtm_role(&bin, gtm1).contains("current node [primary]"));
+    let standby = gtm_role(&bin, gtm2);
+    assert!(standby.contains("current node [standby]"), "{standby}");
+    let conf = std::fs::read_to_string(gtm.nodes[1].data_dir.join("gtm.conf")).unwrap();
+    assert!(
+        conf.contains("startup = STANDBY")
+            && conf.contains(&format!("active_port = {gtm1}"))
+            && conf.contains("nodename = 'gtm2'"),
+        "{conf}"
+    );
+    let conf = std::fs::read_to_string(gtm.nodes[0].data_dir.join("gtm.conf")).unwrap();
+    assert!(
+        conf.contains("# made by initgtm") && conf.contains("log_min_messages = WARNING"),
+        "the operator's lines are kept: {conf}"
+    );
+    for port in [cn_port, dn_port] {
+        wait_gtm_catalog(port, gtm1, "every node's catalog names gtm1").await;
+    }
+
+    // The datanode goes down; then the active GTM dies with its agent.
+    dn.kill_agent(0);
+    dn.kill_postgres(0).expect("dn1's postmaster");
+    gtm.kill_agent(0);
+    gtm.kill_postgres(0).expect("gtm1's process");
+    let leader = gtm
+        .wait_new_leader("gtm1", Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(leader, "gtm2");
+    assert!(gtm_role(&bin, gtm2).contains("current node [primary]"));
+    let log = std::fs::read_to_string(bin.join("standin.log")).unwrap();
+    assert!(log.contains("gtm_ctl promote -Z gtm -D"), "{log}");
+    wait_gtm_catalog(cn_port, gtm2, "the coordinator names gtm2").await;
+    // The datanode, back, is told too (reconciled, not fire-and-forget).
+    dn.start_agent(0).unwrap();
+    wait_gtm_catalog(dn_port, gtm2, "the datanode, back, names gtm2").await;
+
+    // The old active comes back as a standby of gtm2: no rewind, its
+    // state replaced by the active's.
+    gtm.start_agent(0).unwrap();
+    gtm.wait_normal(Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let standby = gtm_role(&bin, gtm1);
+    assert!(standby.contains("current node [standby]"), "{standby}");
+    assert!(gtm_role(&bin, gtm2).contains("host[gtm1]"));
+
+    // Both GTMs go down. gtm1 comes back first, but gtm2 led last: with no
+    // read-only mode to elect from, gtm1 waits for it.
+    gtm.kill_agent(0);
+    gtm.kill_agent(1);
+    gtm.kill_postgres(1).expect("gtm2's process");
+    gtm.kill_postgres(0).expect("gtm1's process");
+    gtm.start_agent(0).unwrap();
+    wait_for(
+        "gtm1 waiting for the last leader",
+        Duration::from_secs(30),
+        || async {
+            let v = gtm.view().await.map_err(|e| format!("{e:#}"))?;
+            match v
+                .members
+                .get("gtm1")
+                .and_then(|m| m.baton_reason_code.clone())
+            {
+                Some(code) if code == "waiting_for_last_leader" && v.leader.is_none() => Ok(()),
+                other => Err(format!("{other:?}, leader {:?}", v.leader_name())),
+            }
+        },
+    )
+    .await;
+    assert!(gtm_role(&bin, gtm1).is_empty() || !gtm_role(&bin, gtm1).contains("[primary]"));
+    gtm.start_agent(1).unwrap();
+    gtm.wait_normal(Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(gtm.view().await.unwrap().leader_name(), Some("gtm2"));
+    assert!(gtm_role(&bin, gtm2).contains("current node [primary]"));
+    // Its first start after the kill worked: the gtm.pid a killed GTM
+    // leaves (a zombie's, for a while) did not hold it up.
+    let log = std::fs::read_to_string(&gtm.nodes[1].log_path).unwrap();
+    assert!(!log.contains("start failed"), "{log}");
+
+    gtm.shutdown();
+    dn.shutdown();
+    cn.shutdown();
+}

@@ -131,6 +131,51 @@ pub(super) fn elect(o: &Observation, cluster: &ClusterView, run: &Running) -> De
     decision(vec![Action::AcquireLeader], Reason::Candidate)
 }
 
+/// No leader, and a stopped instance that cannot run without one (an
+/// OpenTenBase GTM: a standby connects to its active at start and takes
+/// its state; there is no read-only mode to take part in an election
+/// from). Whoever takes the key starts as the active with the state it
+/// has, so the key is only for the member whose state is known to be the
+/// newest: the last leader (the `status` key names it), or the one a
+/// manual failover names; and never while a peer runs, since a standby
+/// that followed the last leader to its end is elected by the running
+/// path. A first adoption (no `initialize` yet) has no last leader.
+pub(super) fn cold_start(o: &Observation, cluster: &ClusterView) -> Decision {
+    if let Some(to) = cluster.failover.as_ref().and_then(|f| f.member.as_deref()) {
+        if cluster.members.contains_key(to) {
+            let to = if to == o.me { "" } else { to };
+            let actions = if to.is_empty() {
+                vec![Action::AcquireLeader]
+            } else {
+                vec![]
+            };
+            return decision(actions, Reason::ManualFailover { to: to.to_string() });
+        }
+    }
+    if let Some(p) = o.peers.iter().find(|p| p.running && p.name != o.me) {
+        return decision(
+            vec![],
+            Reason::Yielding {
+                to: p.name.clone(),
+                why: YieldCause::PeerRunning,
+            },
+        );
+    }
+    if o.tags.nofailover {
+        return decision(vec![], Reason::NotEligible(Ineligible::TaggedNofailover));
+    }
+    let last = cluster.status.as_ref().and_then(|s| s.baton_leader.clone());
+    match last {
+        Some(l) if l == o.me => {
+            decision(vec![Action::AcquireLeader], Reason::ColdStartAsLastLeader)
+        }
+        None if cluster.initialize.is_none() => {
+            decision(vec![Action::AcquireLeader], Reason::AcquiringLeader)
+        }
+        last => decision(vec![], Reason::WaitingForLastLeader { last }),
+    }
+}
+
 /// Patroni's `failover_priority` tag: higher wins ties; default 1; 0 or
 /// less never leads.
 pub fn priority(tags: &Tags) -> i64 {

@@ -265,6 +265,7 @@ fn decide_rules(o: &Observation) -> Decision {
             None if cluster.initialize.as_deref() == Some("") && !standby_dir => {
                 decision(vec![Action::AcquireLeader], Reason::AcquiringLeader)
             }
+            None if o.standby_needs_upstream => election::cold_start(o, cluster),
             None => decision(
                 vec![Action::StartReadOnly],
                 failed(Reason::StartingReadOnly),

@@ -190,6 +190,11 @@ pub struct Observation {
     /// (OpenTenBase: every query needs a global timestamp): the node is up
     /// and nothing about it should change, whatever else looks wrong.
     pub gtm_unreachable: bool,
+    /// This instance cannot run without accepting writes unless it follows
+    /// a live leader (an OpenTenBase GTM: a standby connects to its active
+    /// at start, and there is no read-only mode). With no leader it cannot
+    /// start read-only to take part in an election (`election::cold_start`).
+    pub standby_needs_upstream: bool,
     /// Wall-clock time, for scheduled switchovers.
     pub now_utc: chrono::DateTime<chrono::Utc>,
 }

@@ -86,14 +86,24 @@ impl fmt::Display for Ineligible {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum YieldCause {
     PeerStillPrimary,
-    PeerHasMoreWal { theirs: u64, mine: u64 },
-    PeerHigherPriority { theirs: i64, mine: i64 },
+    /// It runs (as a standby of the last leader) and can be elected; a
+    /// member that cannot run without a leader never races it.
+    PeerRunning,
+    PeerHasMoreWal {
+        theirs: u64,
+        mine: u64,
+    },
+    PeerHigherPriority {
+        theirs: i64,
+        mine: i64,
+    },
 }
 
 impl YieldCause {
     pub fn code(&self) -> &'static str {
         match self {
             YieldCause::PeerStillPrimary => "peer_still_primary",
+            YieldCause::PeerRunning => "peer_running",
             YieldCause::PeerHasMoreWal { .. } => "peer_has_more_wal",
             YieldCause::PeerHigherPriority { .. } => "peer_higher_priority",
         }
@@ -104,6 +114,7 @@ impl fmt::Display for YieldCause {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             YieldCause::PeerStillPrimary => write!(f, "it still runs as primary"),
+            YieldCause::PeerRunning => write!(f, "it runs and can be elected"),
             YieldCause::PeerHasMoreWal { theirs, mine } => {
                 write!(f, "it has more WAL ({theirs} > {mine})")
             }
@@ -257,6 +268,14 @@ pub enum Reason {
     Starting,
     StartFailed(String),
     StartingReadOnly,
+    /// No leader, and an instance that cannot run without one (an
+    /// OpenTenBase GTM): the key is for the last leader, whose state is
+    /// the newest (the `status` key names it; `None`: not known).
+    WaitingForLastLeader {
+        last: Option<String>,
+    },
+    /// No leader: this member led last, so its state is the newest.
+    ColdStartAsLastLeader,
     PostgresUnresponsive,
     /// OpenTenBase: postgres answers, but no query runs without its GTM.
     GtmUnreachable,
@@ -401,6 +420,17 @@ impl fmt::Display for Reason {
                  the cluster): waiting for a member with a data directory to lead, to clone it"
             ),
             Reason::WaitingForLeaderToClone => write!(f, "no leader to clone from; waiting"),
+            Reason::WaitingForLastLeader { last } => write!(
+                f,
+                "no leader, and this instance cannot start without one to follow (a GTM \
+                 standby needs a live active): waiting for the last leader ({}) to take the key, \
+                 or for a manual failover naming a member (baton failover --candidate)",
+                last.as_deref().unwrap_or("not recorded")
+            ),
+            Reason::ColdStartAsLastLeader => write!(
+                f,
+                "no leader, and this member led last (its state is the newest): taking the key"
+            ),
             Reason::OrphanedBootstrapClaim => write!(
                 f,
                 "the bootstrap claim in etcd is ours but no bootstrap runs (an answer from etcd \
@@ -592,6 +622,8 @@ impl Reason {
             Reason::BootstrapNotAllowed => "bootstrap_not_allowed",
             Reason::WaitingForInitialize { .. } => "waiting_for_initialize",
             Reason::WaitingForLeaderToClone => "waiting_for_leader_to_clone",
+            Reason::WaitingForLastLeader { .. } => "waiting_for_last_leader",
+            Reason::ColdStartAsLastLeader => "cold_start_as_last_leader",
             Reason::LeaderWithoutData => "leader_without_data",
             Reason::OrphanedBootstrapClaim => "orphaned_bootstrap_claim",
             Reason::AdoptingInitdb => "adopting_initdb",

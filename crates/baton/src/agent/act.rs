@@ -525,6 +525,7 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
                     optime: run.wal_lsn.map(|l| l.0),
                     slots: Some(slots),
                     retain_slots: Some(retain),
+                    baton_leader: Some(me.clone()),
                 };
                 let Some(lease) = self.lease else {
                     return Ok(());

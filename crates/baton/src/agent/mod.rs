@@ -531,6 +531,13 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
             (Some(c), PgStatus::Running(r)) if c.leader.is_none() && r.in_recovery => {
                 self.observe_peers(c).await
             }
+            // A stopped instance that cannot start without a leader must
+            // know whether a peer runs and can be elected (`ha::election`).
+            (Some(c), PgStatus::Stopped)
+                if c.leader.is_none() && self.cfg.postgresql.flavor.is_gtm() =>
+            {
+                self.observe_peers(c).await
+            }
             _ => vec![],
         };
         self.leader_refused = self.probe_leader(cluster.as_ref(), &pg).await;
@@ -583,6 +590,7 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
             failsafe_heard: self.failsafe_heard(),
             leader_refused: self.leader_refused.as_ref().map(|r| r.lease),
             gtm_unreachable: self.gtm_unreachable,
+            standby_needs_upstream: self.cfg.postgresql.flavor.is_gtm(),
             fence_down_for: self
                 .fence_down_since
                 .map(|t| now.saturating_duration_since(t)),

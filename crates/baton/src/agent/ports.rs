@@ -277,6 +277,9 @@ pub struct LocalPg {
     client: Mutex<Option<Arc<tokio_postgres::Client>>>,
     fence: FenceLink,
     mirroring: pg::MirroringReader,
+    /// An OpenTenBase GTM (`pg/gtm.rs`): the slots the loop asked for, only
+    /// recorded (a GTM keeps xlog for its standbys itself).
+    gtm_slots: Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl LocalPg {
@@ -286,6 +289,7 @@ impl LocalPg {
             inst: Instance::new(cfg, name)?,
             client: Mutex::new(None),
             mirroring: Default::default(),
+            gtm_slots: Default::default(),
         })
     }
 
@@ -298,6 +302,10 @@ impl LocalPg {
         timeout: Duration,
         sql: &str,
     ) -> Result<Option<Lsn>, PgError> {
+        if self.is_gtm() {
+            let s = self.inst.gtm_status_of(host, port, timeout).await?;
+            return Ok(Some(s.xlog));
+        }
         let c = self.inst.connect_member(host, port, timeout).await?;
         let row = tokio::time::timeout(timeout, c.query_one(sql, &[]))
             .await
@@ -308,6 +316,17 @@ impl LocalPg {
         Ok(row
             .get::<_, Option<tokio_postgres::types::PgLsn>>(0)
             .map(|l| Lsn(u64::from(l))))
+    }
+
+    fn is_gtm(&self) -> bool {
+        self.inst.cfg.flavor.is_gtm()
+    }
+
+    /// What a GTM cannot do that the loop may ask of a PostgreSQL server.
+    fn not_for_gtm(what: &str) -> PgError {
+        PgError::Refused(format!(
+            "{what}: not for a GTM group (docs/flavors.md, \"OpenTenBase\")"
+        ))
     }
 
     fn kept(&self) -> Option<Arc<tokio_postgres::Client>> {
@@ -344,6 +363,11 @@ impl Postgres for LocalPg {
         self.inst.inspect().await
     }
     async fn status(&self, timeout: Duration) -> Result<Running, PgError> {
+        if self.is_gtm() {
+            let s = self.inst.gtm_status(timeout).await?;
+            let slots = self.gtm_slots.lock().expect("slots lock").clone();
+            return Ok(self.inst.gtm_running(&s, &slots));
+        }
         let c = self.connection(timeout).await?;
         let flavor = self.inst.cfg.flavor;
         let query = async {
@@ -380,18 +404,36 @@ impl Postgres for LocalPg {
         *self.client.lock().expect("client lock") = None;
     }
     async fn timeline_history(&self, tl: u32) -> Result<Vec<(u32, Lsn, String)>, PgError> {
+        if self.is_gtm() {
+            return Ok(vec![]);
+        }
         let c = self.connection(Self::CONNECT).await?;
         pg::timeline_history(&c, tl).await
     }
     async fn follow(&self, run_as: &RunAs) -> Result<(), PgError> {
+        if self.is_gtm() {
+            // A GTM standby follows the active named at its start.
+            self.inst.stop(StopMode::Fast).await?;
+            return self.inst.start(run_as).await;
+        }
         let c = self.connection(Self::CONNECT).await?;
         self.inst.follow(&c, run_as).await
     }
     async fn create_slot(&self, slot: &str) -> Result<(), PgError> {
+        if self.is_gtm() {
+            self.gtm_slots
+                .lock()
+                .expect("slots lock")
+                .insert(slot.to_string());
+            return Ok(());
+        }
         let c = self.connection(Self::CONNECT).await?;
         pg::create_slot(&c, slot).await
     }
     async fn drop_inactive_slot(&self, slot: &str) -> Result<bool, PgError> {
+        if self.is_gtm() {
+            return Ok(self.gtm_slots.lock().expect("slots lock").remove(slot));
+        }
         let c = self.connection(Self::CONNECT).await?;
         pg::drop_inactive_slot(&c, slot).await
     }
@@ -400,6 +442,9 @@ impl Postgres for LocalPg {
         value: Option<&str>,
         timeout: Duration,
     ) -> Result<(), PgError> {
+        if self.is_gtm() {
+            return Err(Self::not_for_gtm("synchronous_mode"));
+        }
         let c = self.connection(Self::CONNECT.min(timeout)).await?;
         pg::set_sync_standbys(&c, value, timeout).await
     }
@@ -439,6 +484,9 @@ impl Postgres for LocalPg {
     async fn promote(&self, from: u32, to: u32) -> Result<(), PgError> {
         self.inst.skip_timelines(from, to)?;
         self.inst.promote().await?;
+        if self.is_gtm() {
+            return Ok(());
+        }
         // A data directory Baton adopted rather than initdb'd (an existing
         // server, a Greenplum coordinator from gpinitsystem) may lack the
         // replication role its standbys clone and stream with. The
@@ -471,11 +519,21 @@ impl Postgres for LocalPg {
         self.inst.checkpoint_member(host, port).await
     }
     async fn checkpoint(&self, timeout: Duration) -> Result<(), PgError> {
+        if self.is_gtm() {
+            // The first step of a switchover: refused before anything stops.
+            return Err(Self::not_for_gtm(
+                "a planned switchover (fail over instead: the standby takes over with the \
+                 active's state)",
+            ));
+        }
         let local = self.inst.connect(timeout).await?;
         local.batch_execute("CHECKPOINT").await?;
         Ok(())
     }
     async fn shutdown_checkpoint(&self) -> Result<Lsn, PgError> {
+        if self.is_gtm() {
+            return Err(Self::not_for_gtm("a shutdown checkpoint"));
+        }
         let cd = self.inst.controldata().await?;
         let state = cd.get("Database cluster state").map(String::as_str);
         if state != Some("shut down") {
@@ -519,6 +577,7 @@ impl Postgres for LocalPg {
             inst: Instance::new(cfg, name)?,
             client: Mutex::new(self.kept()),
             mirroring: self.mirroring.clone(),
+            gtm_slots: Mutex::new(self.gtm_slots.lock().expect("slots lock").clone()),
         })
     }
 }

@@ -18,6 +18,9 @@ impl Instance {
     /// logging its progress. On failure the partial copy is removed, since
     /// the directory was empty before.
     pub async fn basebackup_from(&self, host: &str, port: u16) -> Result<(), PgError> {
+        if self.cfg.flavor.is_gtm() {
+            return self.gtm_clone(host, port);
+        }
         self.basebackup_into(host, port, &self.cfg.data_dir, "clone")
             .await?;
         self.clear_rewind_marker()
@@ -179,6 +182,15 @@ impl Instance {
     /// swapped in, and the old directory is moved aside, never deleted
     /// (`<data_dir>.baton-old-<unix time>`). Returns where it went.
     pub async fn rebuild_from(&self, host: &str, port: u16) -> Result<PathBuf, PgError> {
+        if self.cfg.flavor.is_gtm() {
+            // Nothing to copy: a new standby directory takes the active's
+            // state when it starts; the old one is kept aside (rule 7).
+            self.stop(StopMode::Fast).await?;
+            let aside = self.move_aside()?;
+            self.gtm_keep_conf(&aside)?;
+            self.gtm_clone(host, port)?;
+            return Ok(aside);
+        }
         let mut new = self.cfg.data_dir.clone().into_os_string();
         new.push(".baton-new");
         let new = PathBuf::from(new);
@@ -281,6 +293,9 @@ impl Instance {
     /// the last checkpoint's redo point to the first invalid record and
     /// names that position. `None` when it cannot tell.
     pub async fn end_of_wal(&self) -> Option<Lsn> {
+        if self.cfg.flavor.is_gtm() {
+            return None;
+        }
         let cd = self.controldata().await.ok()?;
         let redo = cd.get("Latest checkpoint's REDO location")?;
         let tli = cd.get("Latest checkpoint's TimeLineID")?;
@@ -303,6 +318,11 @@ impl Instance {
     /// pg_rewind from `host:port`; where the histories diverged (and on
     /// which timeline), when it had anything to rewind.
     pub async fn rewind_from(&self, host: &str, port: u16) -> Result<Option<(Lsn, u32)>, PgError> {
+        if self.cfg.flavor.is_gtm() {
+            return Err(PgError::Refused(
+                "a GTM is never rewound: started as a standby, it takes its active's state".into(),
+            ));
+        }
         // pg_rewind first runs the target's crash recovery in single-user
         // mode, which refuses to start beside the lock file of a killed
         // postmaster whose PID is not reaped yet (seen after a failover:

@@ -49,6 +49,9 @@ impl Instance {
         if entries.next().is_none() {
             return DataDir::Empty;
         }
+        if self.cfg.flavor.is_gtm() {
+            return self.gtm_inspect();
+        }
         if !dir.join("PG_VERSION").exists() || !dir.join("global/pg_control").exists() {
             return DataDir::Unusable(Unusable::NotPostgres(dir.clone()));
         }

@@ -59,11 +59,13 @@ pub enum Flavor {
     OpenTenBase(NodeType),
 }
 
-/// What an OpenTenBase node is: its `pg_ctl -Z` word.
+/// What an OpenTenBase node is: its `pg_ctl -Z` word, or its GTM (run
+/// by `gtm_ctl`, no PostgreSQL server: `pg/gtm.rs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NodeType {
     Coordinator,
     Datanode,
+    Gtm,
 }
 
 impl NodeType {
@@ -71,6 +73,7 @@ impl NodeType {
         match self {
             NodeType::Coordinator => "coordinator",
             NodeType::Datanode => "datanode",
+            NodeType::Gtm => "gtm",
         }
     }
 }
@@ -85,42 +88,44 @@ impl Flavor {
             None => None,
             Some("coordinator") => Some(NodeType::Coordinator),
             Some("datanode") => Some(NodeType::Datanode),
+            Some("gtm") => Some(NodeType::Gtm),
             Some(other) => {
                 return Err((
                     "node_type",
-                    format!("{other:?}: expected \"coordinator\" or \"datanode\""),
+                    format!("{other:?}: expected \"coordinator\", \"datanode\" or \"gtm\""),
                 ))
             }
         };
-        let flavor =
-            match s {
-                "postgresql" => Flavor::Postgresql,
-                "greenplum" => Flavor::Greenplum,
-                "opentenbase" => match node_type {
-                    Some(t) => return Ok(Flavor::OpenTenBase(t)),
-                    None => return Err((
-                        "node_type",
-                        "missing: flavor \"opentenbase\" needs \"coordinator\" or \"datanode\" \
-                         (its pg_ctl start -Z)"
-                            .into(),
-                    )),
-                },
-                "opengauss" => {
+        let flavor = match s {
+            "postgresql" => Flavor::Postgresql,
+            "greenplum" => Flavor::Greenplum,
+            "opentenbase" => match node_type {
+                Some(t) => return Ok(Flavor::OpenTenBase(t)),
+                None => {
                     return Err((
-                        "flavor",
-                        format!(
+                        "node_type",
+                        "missing: flavor \"opentenbase\" needs \"coordinator\", \"datanode\" \
+                         (its pg_ctl start -Z) or \"gtm\""
+                            .into(),
+                    ))
+                }
+            },
+            "opengauss" => {
+                return Err((
+                    "flavor",
+                    format!(
                         "{s:?} is not supported by this version of baton yet (docs/flavors.md says \
                          what is); use {FLAVORS}"
                     ),
-                    ))
-                }
-                other => {
-                    return Err((
-                        "flavor",
-                        format!("unknown flavor {other:?}: expected {FLAVORS}"),
-                    ))
-                }
-            };
+                ))
+            }
+            other => {
+                return Err((
+                    "flavor",
+                    format!("unknown flavor {other:?}: expected {FLAVORS}"),
+                ))
+            }
+        };
         if node_type.is_some() {
             return Err((
                 "node_type",
@@ -141,9 +146,18 @@ impl Flavor {
         matches!(self, Flavor::OpenTenBase(_))
     }
 
-    /// Every query needs a GTM's global timestamp (OpenTenBase).
+    /// Every query needs a GTM's global timestamp (an OpenTenBase
+    /// coordinator or datanode).
     pub fn has_gtm(self) -> bool {
-        matches!(self, Flavor::OpenTenBase(_))
+        matches!(
+            self,
+            Flavor::OpenTenBase(NodeType::Coordinator | NodeType::Datanode)
+        )
+    }
+
+    /// An OpenTenBase GTM: `gtm_ctl`, `gtm.conf`, no SQL (`pg/gtm.rs`).
+    pub fn is_gtm(self) -> bool {
+        self == Flavor::OpenTenBase(NodeType::Gtm)
     }
 
     /// The file whose presence makes postgres start as a standby.
@@ -498,10 +512,14 @@ mod tests {
         );
         let (key, e) = Flavor::parse("opentenbase", None).unwrap_err();
         assert_eq!(key, "node_type");
-        assert!(e.contains("needs \"coordinator\" or \"datanode\""), "{e}");
-        let (key, e) = Flavor::parse("opentenbase", Some("gtm")).unwrap_err();
+        assert!(e.contains("needs \"coordinator\", \"datanode\""), "{e}");
+        assert_eq!(
+            Flavor::parse("opentenbase", Some("gtm")),
+            Ok(Flavor::OpenTenBase(NodeType::Gtm))
+        );
+        let (key, e) = Flavor::parse("opentenbase", Some("gtm_proxy")).unwrap_err();
         assert_eq!(key, "node_type");
-        assert!(e.contains("\"gtm\""), "{e}");
+        assert!(e.contains("\"gtm_proxy\""), "{e}");
         let (key, _) = Flavor::parse("postgresql", Some("datanode")).unwrap_err();
         assert_eq!(key, "node_type");
         let (key, e) = Flavor::parse("opengauss", None).unwrap_err();

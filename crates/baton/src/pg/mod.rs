@@ -36,6 +36,7 @@ mod conf;
 mod datadir;
 mod fence;
 mod flavor;
+mod gtm;
 mod process;
 mod query;
 
@@ -43,6 +44,7 @@ pub use baton_fence::postmaster_pid as read_postmaster_pid;
 pub use conf::{render_pg_hba, render_postgresql_conf};
 pub use fence::{FenceLink, FenceOrder};
 pub use flavor::{query_segments, Flavor, MirroringReader, NodeType};
+pub use gtm::{render_gtm_conf, GTM_SYSTEM_ID};
 pub use query::{
     create_replication_role, create_slot, drop_inactive_slot, query_running, set_sync_standbys,
     timeline_history,

@@ -111,6 +111,9 @@ impl Instance {
 
     /// Starts postgres detached and waits until it accepts connections.
     pub async fn start(&self, run_as: &RunAs) -> Result<(), PgError> {
+        if self.cfg.flavor.is_gtm() {
+            return self.gtm_start(run_as).await;
+        }
         // A socket dir the operator chose keeps its permissions; one we
         // create is private to the OS user.
         if !self.cfg.socket_dir.exists() {
@@ -201,7 +204,7 @@ impl Instance {
     }
 
     /// How long a pg_ctl call may take in all: its own `-t` and some.
-    fn pg_ctl_limit(&self) -> Duration {
+    pub(super) fn pg_ctl_limit(&self) -> Duration {
         self.cfg
             .start_timeout
             .saturating_add(Duration::from_secs(5))
@@ -232,6 +235,9 @@ impl Instance {
         }
         if mode == StopMode::Immediate {
             return self.fence().await;
+        }
+        if self.cfg.flavor.is_gtm() {
+            return self.gtm_stop_fast().await;
         }
         let mut cmd = self.pg_ctl("stop");
         cmd.arg("-m").arg(mode.as_str());
@@ -272,6 +278,10 @@ impl Instance {
     /// only) makes it skip them. Those numbers were used, or reserved, by a
     /// promotion this member never saw.
     pub fn skip_timelines(&self, from: u32, to: u32) -> Result<(), PgError> {
+        if self.cfg.flavor.is_gtm() {
+            // A GTM has no timelines.
+            return Ok(());
+        }
         for tl in from.saturating_add(1)..to {
             let path = self.cfg.data_dir.join(format!("pg_wal/{tl:08X}.history"));
             if !path.exists() {
@@ -294,6 +304,9 @@ impl Instance {
     }
 
     pub async fn promote(&self) -> Result<(), PgError> {
+        if self.cfg.flavor.is_gtm() {
+            return self.gtm_promote().await;
+        }
         let marker = self.promote_marker();
         std::fs::write(&marker, "pg_ctl promote signalled\n")
             .map_err(|e| PgError::io(format!("writing {}", marker.display()), e))?;

@@ -53,6 +53,7 @@ fn empty_dir_clones_from_leader_once_slot_exists() {
         optime: Some(1),
         slots: Some([("n2".to_string(), 1)].into()),
         retain_slots: None,
+        baton_leader: None,
     });
     let d = decide(&obs("n2", Some(c), DataDir::Empty, PgStatus::Stopped));
     assert_eq!(d.actions, vec![Action::Clone { from: "n1".into() }]);
@@ -131,6 +132,7 @@ fn failed_bootstrap_clones_the_cluster_that_won() {
         optime: Some(100),
         slots: Some([("n1".to_string(), 0)].into()),
         retain_slots: None,
+        baton_leader: None,
     });
     let mut o = obs("n1", Some(c.clone()), DataDir::Empty, PgStatus::Stopped);
     o.job = JobStatus::Failed(JobKind::Bootstrap, "publishing failed".into(), false);

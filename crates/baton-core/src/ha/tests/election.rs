@@ -181,3 +181,103 @@ fn lag_counts_against_the_freshest_position_known() {
     o.peers[0].position = (1 << 20) + 100;
     assert_eq!(d_actions(&o), vec![Action::AcquireLeader]);
 }
+
+/// A stopped GTM (no read-only mode: a standby needs a live active) with
+/// no leader: the key is only for the member whose state is the newest.
+fn gtm_cold(me: &str, last: Option<&str>) -> Observation {
+    let mut c = cluster(None);
+    c.status = Some(StatusKey {
+        baton_leader: last.map(str::to_string),
+        ..StatusKey::default()
+    });
+    let mut o = obs(me, Some(c), dir_on(1), PgStatus::Stopped);
+    o.standby_needs_upstream = true;
+    o
+}
+
+#[test]
+fn a_gtm_group_with_no_leader_restarts_from_the_last_leader_only() {
+    // Never started read-only: there is no such thing for a GTM.
+    let d = decide(&gtm_cold("n1", Some("n1")));
+    assert_eq!(d.actions, vec![Action::AcquireLeader]);
+    assert_eq!(d.reason, Reason::ColdStartAsLastLeader);
+
+    let d = decide(&gtm_cold("n2", Some("n1")));
+    assert!(d.actions.is_empty(), "{:?}", d.actions);
+    assert_eq!(
+        d.reason,
+        Reason::WaitingForLastLeader {
+            last: Some("n1".into())
+        }
+    );
+    assert!(d.reason.to_string().contains("baton failover --candidate"));
+
+    // Not recorded, in a cluster that exists: nobody guesses.
+    let d = decide(&gtm_cold("n2", None));
+    assert!(d.actions.is_empty());
+    assert_eq!(d.reason.code(), "waiting_for_last_leader");
+
+    // A manual failover names who may take it.
+    let mut o = gtm_cold("n2", Some("n1"));
+    o.cluster.as_mut().unwrap().failover = Some(crate::cluster::FailoverKey {
+        member: Some("n2".into()),
+        ..Default::default()
+    });
+    assert_eq!(d_actions(&o), vec![Action::AcquireLeader]);
+    let mut o = gtm_cold("n1", Some("n1"));
+    o.cluster.as_mut().unwrap().failover = Some(crate::cluster::FailoverKey {
+        member: Some("n2".into()),
+        ..Default::default()
+    });
+    assert!(d_actions(&o).is_empty(), "only the member named");
+}
+
+#[test]
+fn a_stopped_gtm_never_races_a_running_standby() {
+    // The standby followed the last leader to its end: the running path
+    // elects it; the old leader, back and stopped, waits.
+    let mut o = gtm_cold("n1", Some("n1"));
+    o.peers = vec![peer("n2", 1, 500)];
+    let d = decide(&o);
+    assert!(d.actions.is_empty(), "{:?}", d.actions);
+    assert_eq!(
+        d.reason,
+        Reason::Yielding {
+            to: "n2".into(),
+            why: YieldCause::PeerRunning
+        }
+    );
+    // A peer that does not run does not hold it back.
+    o.peers[0].running = false;
+    assert_eq!(d_actions(&o), vec![Action::AcquireLeader]);
+}
+
+#[test]
+fn the_first_gtm_adoption_takes_the_key() {
+    // No `initialize` yet: no cluster, no last leader; whoever has a
+    // working directory adopts it (the other clones, being empty).
+    let mut o = gtm_cold("n1", None);
+    let c = o.cluster.as_mut().unwrap();
+    c.initialize = None;
+    c.status = None;
+    assert_eq!(d_actions(&o), vec![Action::AcquireLeader]);
+    // A PostgreSQL member in the same spot starts read-only instead.
+    o.standby_needs_upstream = false;
+    assert_eq!(d_actions(&o), vec![Action::StartReadOnly]);
+}
+
+#[test]
+fn the_leader_status_key_names_its_writer() {
+    // What the cold start relies on outlives the leader key (not leased)
+    // and stays Patroni-compatible (an extra field).
+    let json = serde_json::to_string(&StatusKey {
+        optime: Some(5),
+        baton_leader: Some("n1".into()),
+        ..StatusKey::default()
+    })
+    .unwrap();
+    assert!(json.contains("\"baton_leader\":\"n1\""), "{json}");
+    let back: StatusKey =
+        serde_json::from_str(r#"{"optime":5,"slots":{},"retain_slots":[]}"#).unwrap();
+    assert_eq!(back.baton_leader, None);
+}

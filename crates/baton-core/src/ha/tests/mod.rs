@@ -92,6 +92,7 @@ fn obs(me: &str, cluster: Option<ClusterView>, data_dir: DataDir, pg: PgStatus) 
         failsafe_heard: None,
         leader_refused: None,
         gtm_unreachable: false,
+        standby_needs_upstream: false,
         now_utc: chrono::DateTime::parse_from_rfc3339("2026-11-23T12:00:00Z")
             .unwrap()
             .with_timezone(&chrono::Utc),
@@ -151,6 +152,7 @@ fn with_optime(mut c: ClusterView, optime: u64) -> ClusterView {
         optime: Some(optime),
         slots: None,
         retain_slots: None,
+        baton_leader: None,
     });
     c
 }
