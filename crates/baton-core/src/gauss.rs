@@ -34,6 +34,23 @@ impl GsQuery {
     pub fn detail(&self) -> Option<&str> {
         self.ha.get("detail_information").map(String::as_str)
     }
+
+    /// openGauss's verdict that this standby's history cannot follow its
+    /// primary and a build is needed: `Need repair` for a WAL, timeline or
+    /// system identifier mismatch (its rebuild reasons). Not `Disconnected`
+    /// or `Connecting...`: the primary is only out of reach, which a build
+    /// would not mend.
+    pub fn needs_build(&self) -> Option<&str> {
+        if self.db_state() != Some("Need repair") {
+            return None;
+        }
+        self.detail().filter(|d| {
+            matches!(
+                *d,
+                "WAL segment removed" | "Timeline not matched" | "System id not matched"
+            )
+        })
+    }
 }
 
 /// Parses `gs_ctl query` output; lines it does not know (the tool's
@@ -226,6 +243,7 @@ No information
         assert_eq!(q.local_role(), Some("Standby"));
         assert_eq!(q.db_state(), Some("Need repair"));
         assert_eq!(q.detail(), Some("WAL segment removed"));
+        assert_eq!(q.needs_build(), Some("WAL segment removed"));
         assert!(q.senders.is_empty());
         assert_eq!(q.receivers.len(), 1);
         assert_eq!(q.receivers[0]["receiver_received_location"], "0/6000808");
@@ -234,6 +252,28 @@ No information
         let q = parse_gs_ctl_query(old);
         assert_eq!(q.local_role(), Some("Standby"));
         assert_eq!(q.db_state(), Some("Normal"));
+    }
+
+    #[test]
+    fn only_a_history_mismatch_needs_a_build() {
+        let q = |state: &str, detail: &str| {
+            parse_gs_ctl_query(&format!(
+                " HA state:\n\tlocal_role : Standby\n\tdb_state : {state}\n\tdetail_information : {detail}\n"
+            ))
+        };
+        for detail in [
+            "WAL segment removed",
+            "Timeline not matched",
+            "System id not matched",
+        ] {
+            assert_eq!(q("Need repair", detail).needs_build(), Some(detail));
+        }
+        // The primary is down or out of reach: a build would not mend it.
+        for detail in ["Disconnected", "Connecting..."] {
+            assert_eq!(q("Need repair", detail).needs_build(), None, "{detail}");
+        }
+        assert_eq!(q("Normal", "Normal").needs_build(), None);
+        assert_eq!(q("Building", "WAL segment removed").needs_build(), None);
     }
 
     fn member(role: &str, state: &str, streaming: bool, host: &str) -> Member {

@@ -135,6 +135,11 @@ pub struct Running {
     pub history: Vec<(u32, Lsn)>,
     /// Greenplum coordinator (primary): the segments its catalog lists.
     pub segments: Vec<Segment>,
+    /// The instance's own verdict that it cannot follow its upstream and
+    /// needs a build, with its reason (openGauss's `gs_ctl query`:
+    /// `db_state: Need repair`, `detail_information`). `None` for systems
+    /// whose lineage Baton checks itself (timelines).
+    pub needs_repair: Option<String>,
     /// Greenplum coordinator: why the segments' mirroring could not be
     /// read (`gp_stat_replication` dispatches to every segment, and a
     /// segment that does not answer must not stall the HA loop).

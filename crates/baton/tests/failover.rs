@@ -1041,3 +1041,96 @@ async fn wal_a_failover_discarded_is_measured_at_rewind_and_shown() {
     );
     eprintln!("{out}");
 }
+
+/// A replica that went past the leader's fork and was stopped at once (the
+/// HA loop's `Stop` is an immediate one) holds `standby.signal` and an
+/// unclean shutdown. pg_rewind recovers such a target in single-user mode
+/// first, which refuses standby mode ("standby mode is not supported by
+/// single-user servers"): the rewind must not leave the file there, or
+/// every diverged replica is rebuilt in full instead of rewound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_standby_is_rewound_not_rebuilt() {
+    let _serial = Serial(one_cluster_at_a_time());
+    let dir = TestDir::new("rewind-standby");
+    let src = baton_local::local::LocalPostgres::start(&dir.path, "src", "")
+        .await
+        .unwrap();
+    sql_port(src.port, "CREATE ROLE replicator WITH REPLICATION LOGIN")
+        .await
+        .unwrap();
+    // The target: a clone of src, promoted on its own (a second history).
+    let port = baton_local::local::free_port();
+    let toml = dir.path.join("tgt.toml");
+    std::fs::write(
+        &toml,
+        format!(
+            "scope = \"standalone\"\nname = \"tgt\"\n[etcd]\nendpoints = [\"http://127.0.0.1:1\"]\n\
+             [api]\nlisten = \"127.0.0.1:1\"\n[postgresql]\ndata_dir = \"{}\"\n\
+             listen = \"127.0.0.1:{port}\"\n[postgresql.parameters]\nshared_buffers = \"16MB\"\n",
+            dir.path.join("tgt").display()
+        ),
+    )
+    .unwrap();
+    let cfg = baton::config::NodeConfig::load(&toml).unwrap();
+    let tgt = baton::pg::Instance::new(cfg.postgresql, "tgt".into()).unwrap();
+    tgt.basebackup_from("127.0.0.1", src.port).await.unwrap();
+    tgt.start(&baton::pg::RunAs::Replica {
+        host: "127.0.0.1".into(),
+        port: src.port,
+        slot: String::new(),
+    })
+    .await
+    .unwrap();
+    tgt.promote().await.unwrap();
+    for (p, q) in [
+        (
+            port,
+            "CREATE TABLE forked AS SELECT generate_series(1, 1000) AS i",
+        ),
+        (
+            src.port,
+            "CREATE TABLE kept AS SELECT generate_series(1, 1000) AS i",
+        ),
+        (src.port, "CHECKPOINT"),
+    ] {
+        wait_for("a write", Duration::from_secs(10), || async {
+            sql_port(p, q).await.map(|_| ())
+        })
+        .await;
+    }
+    // Stopped as the HA loop stops a diverged replica: immediately, with
+    // the standby marker of its last start.
+    tgt.stop(baton::pg::StopMode::Immediate).await.unwrap();
+    std::fs::write(dir.path.join("tgt/standby.signal"), "").unwrap();
+    let meta = std::fs::metadata(dir.path.join("tgt")).unwrap();
+    std::os::unix::fs::chown(
+        dir.path.join("tgt/standby.signal"),
+        Some(std::os::unix::fs::MetadataExt::uid(&meta)),
+        None,
+    )
+    .unwrap();
+    tgt.rewind_from("127.0.0.1", src.port)
+        .await
+        .unwrap_or_else(|e| panic!("pg_rewind of a crashed standby: {e}"));
+    // It follows src again, with src's history.
+    tgt.start(&baton::pg::RunAs::Replica {
+        host: "127.0.0.1".into(),
+        port: src.port,
+        slot: String::new(),
+    })
+    .await
+    .unwrap();
+    wait_for(
+        "src's table on the rewound target",
+        Duration::from_secs(20),
+        || async {
+            let r = sql_port(port, "SELECT count(*) FROM kept").await?;
+            match r[0].get::<_, i64>(0) {
+                1000 => Ok(()),
+                n => Err(format!("{n} rows")),
+            }
+        },
+    )
+    .await;
+    tgt.stop(baton::pg::StopMode::Fast).await.unwrap();
+}

@@ -348,3 +348,254 @@ async fn greenplum_standin_coordinator_failover_fencing_rejoin_and_switchover() 
     )
     .await;
 }
+
+/// The `gs_initdb` stand-in: an openGauss instance's data directory at
+/// `data_dir`, with the 9.2-era SQL Baton reads (catalog.sql).
+async fn gs_initdb(dir: &Path, bin: &Path, data_dir: &Path) {
+    let work = dir.join("gs_initdb");
+    std::fs::create_dir_all(&work).unwrap();
+    baton_local::local::open_dir(&work).unwrap();
+    let pg = LocalPostgres::start(&work, "dn", "").await.unwrap();
+    let out = std::process::Command::new(bin.join("psql"))
+        .args([
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+        ])
+        .args(["-d", "postgres", "-p", &pg.port.to_string()])
+        .arg("-f")
+        .arg(bin.join("catalog.sql"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "catalog.sql: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    pg.stop().await.unwrap();
+    std::fs::rename(&pg.data_dir, data_dir).unwrap();
+}
+
+/// `baton list --gs-om` of the cluster: its cluster state and its rows.
+fn gs_om(t: &TestCluster) -> String {
+    let (ok, out, err) = ctl(t, &["list", "--gs-om"]);
+    assert!(ok, "{err}");
+    out
+}
+
+/// Runbook 001 with Baton doing each step: openGauss's own commands
+/// (`gs_ctl start -M`, `gs_ctl failover`, `gs_ctl build`, `gs_basebackup`)
+/// run in order, replication configured by `replconninfo`, and `baton list
+/// --gs-om` in `gs_om -t status --detail`'s layout. The primary dies with
+/// writes its standby never received: the standby is promoted, the old
+/// primary comes back as a standby, openGauss says it needs repair, and it
+/// is built incrementally and follows; then a switchover back.
+///
+/// **Stand-in, not openGauss**: PostgreSQL 15 behind `gs_ctl`,
+/// `gs_basebackup` and the 9.2-era SQL of tests/standins/opengauss.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opengauss_standin_failover_build_switchover_and_gs_om() {
+    let mut t = TestCluster::new(
+        "opengauss",
+        ClusterOptions {
+            nodes: 2,
+            // The standby is elected although it lacks the WAL the paused
+            // receiver never got (below).
+            extra_toml: "maximum_lag_on_failover = 1073741824\n".into(),
+            ..ClusterOptions::default()
+        },
+    );
+    let bin = standin_bin(&t.dir.path, "opengauss");
+    set_flavor(&t.c.nodes, "flavor = \"opengauss\"", &bin);
+    let (p1, p2) = (t.c.nodes[0].pg_port, t.c.nodes[1].pg_port);
+    let (d1, d2) = (t.c.nodes[0].data_dir.clone(), t.c.nodes[1].data_dir.clone());
+    gs_initdb(&t.dir.path, &bin, &d1).await;
+    t.c.start_agent(0).unwrap();
+    t.c.start_agent(1).unwrap();
+    wait_leader(&t, 0).await;
+    t.c.wait_normal(Duration::from_secs(90)).await.unwrap();
+    let log = || std::fs::read_to_string(bin.join("standin.log")).unwrap();
+    // node1 adopted: started as a standby (read-only, no upstream), then
+    // promoted under the key with gs_ctl failover; node2 cloned with
+    // gs_basebackup and started as a standby.
+    let l = log();
+    for want in [
+        format!("gs_ctl start -D {} -w -t 30 -M standby", d1.display()),
+        format!("gs_ctl failover -D {}", d1.display()),
+        format!("gs_basebackup -D {} -h 127.0.0.1 -p {p1}", d2.display()),
+        format!("gs_ctl start -D {} -w -t 30 -M standby", d2.display()),
+    ] {
+        assert!(l.contains(&want), "{want}:\n{l}");
+    }
+    // Each lists the other in replconninfo (HA port = data port + 1).
+    let conf = |d: &Path| std::fs::read_to_string(d.join("postgresql.conf")).unwrap();
+    assert!(
+        conf(&d1).contains(&format!(
+            "replconninfo1 = 'localhost=127.0.0.1 localport={} remotehost=127.0.0.1 remoteport={}'",
+            p1 + 1,
+            p2 + 1
+        )),
+        "{}",
+        conf(&d1)
+    );
+    assert!(
+        conf(&d2).contains(&format!("remoteport={}'", p1 + 1)),
+        "{}",
+        conf(&d2)
+    );
+    // gs_om's layout, as runbook 001 shows a healthy pair.
+    wait_for("gs_om shows Normal", Duration::from_secs(20), || async {
+        let out = gs_om(&t);
+        let row = format!(
+            "1  node1 127.0.0.1  6001 {} P Primary Normal | 2  node2 127.0.0.1  6002 {} S Standby Normal\n",
+            d1.display(),
+            d2.display()
+        );
+        if out.contains("cluster_state   : Normal\n") && out.ends_with(&row) {
+            Ok(())
+        } else {
+            Err(out)
+        }
+    })
+    .await;
+
+    for q in [
+        "CREATE TABLE t (id int)",
+        "INSERT INTO t SELECT generate_series(1, 100)",
+    ] {
+        t.sql(0, q).await.unwrap();
+    }
+    wait_rows(&t, 1, 100, "the standby replays the table").await;
+
+    // The standby stops receiving (its WAL receiver paused), the primary
+    // commits more than the sockets between them hold, and dies with it:
+    // some of those commits exist only there.
+    let receiver: i32 = t
+        .sql(1, "SELECT pid FROM pg_catalog.pg_stat_wal_receiver")
+        .await
+        .unwrap()[0]
+        .get(0);
+    let paused = Stopped::stop(receiver as u32);
+    t.sql(0, "INSERT INTO t SELECT generate_series(1000, 400000)")
+        .await
+        .unwrap();
+    t.c.kill_agent(0);
+    t.c.kill_postgres(0).expect("node1's postmaster");
+    drop(paused);
+    wait_leader(&t, 1).await;
+    wait_for("node2 accepts writes", Duration::from_secs(30), || async {
+        t.sql(1, "INSERT INTO t VALUES (-1)").await.map(|_| ())
+    })
+    .await;
+    assert!(
+        log().contains(&format!("gs_ctl failover -D {}", d2.display())),
+        "{}",
+        log()
+    );
+    // Runbook 001 after a failover with the old primary down (once its
+    // member key, which still says primary, has gone with its lease).
+    wait_for("gs_om shows Degraded", Duration::from_secs(20), || async {
+        let out = gs_om(&t);
+        if out.contains("cluster_state   : Degraded\n")
+            && out.contains("node2 127.0.0.1  6001")
+            && out.contains("Primary Normal")
+        {
+            Ok(())
+        } else {
+            Err(out)
+        }
+    })
+    .await;
+
+    // The old primary comes back: as a standby (never read-write without
+    // the key), openGauss finds its WAL diverged ("Need repair"), Baton
+    // builds it incrementally, and it follows node2.
+    t.c.start_agent(0).unwrap();
+    wait_for(
+        "node1 streams from node2 again",
+        Duration::from_secs(90),
+        || async {
+            if let Ok(r) = t.sql(0, "SELECT pg_is_in_recovery()").await {
+                assert!(r[0].get::<_, bool>(0), "node1 runs read-write: split brain");
+            }
+            let s = t.c.status().await.map_err(|e| e.to_string())?;
+            match s.members.iter().find(|m| m.name == "node1") {
+                Some(m) if m.state == "streaming" => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    let l = log();
+    assert!(
+        l.contains(&format!("gs_ctl build -D {}", d1.display()))
+            && l.contains("-b incremental")
+            && l.contains("build incremental from 127.0.0.1")
+            && l.contains(" exit 0"),
+        "{l}"
+    );
+    let moved_aside: Vec<_> = std::fs::read_dir(d1.parent().unwrap())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("node1.baton-old")
+        })
+        .collect();
+    assert!(
+        moved_aside.is_empty(),
+        "node1 was rebuilt, not built incrementally: {moved_aside:?}"
+    );
+    let agent = t.agent_log(0);
+    assert!(
+        agent.contains("instance_needs_repair") && agent.contains("WAL segment removed"),
+        "node1 was built because openGauss said so: {agent}"
+    );
+    // node1 now has node2's history: node2's write, and of its own
+    // commits after the pause only what node2 had received.
+    wait_for(
+        "node1 has node2's history",
+        Duration::from_secs(20),
+        || async {
+            let count = "SELECT count(*), count(*) FILTER (WHERE id = -1) FROM t";
+            let (a, b) = (t.sql(0, count).await?, t.sql(1, count).await?);
+            let row = |r: &[tokio_postgres::Row]| (r[0].get::<_, i64>(0), r[0].get::<_, i64>(1));
+            match (row(&a), row(&b)) {
+                (x, y) if x == y && x.1 == 1 => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    t.c.wait_normal(Duration::from_secs(60)).await.unwrap();
+
+    // A switchover back (Baton's: a clean stop, node1's replay verified,
+    // gs_ctl failover): the old primary follows without a build.
+    let (old, _) = t.c.switchover_via_api().await.unwrap();
+    assert_eq!(old, "node2");
+    t.c.wait_new_leader("node2", Duration::from_secs(30))
+        .await
+        .unwrap();
+    t.c.wait_normal(Duration::from_secs(60)).await.unwrap();
+    assert!(log().contains(&format!("gs_ctl failover -D {}", d1.display())));
+    t.sql(0, "INSERT INTO t VALUES (-2)").await.unwrap();
+    wait_for(
+        "gs_om shows Normal again",
+        Duration::from_secs(20),
+        || async {
+            let out = gs_om(&t);
+            if out.contains("cluster_state   : Normal\n") && out.contains("P Primary Normal | 2") {
+                Ok(())
+            } else {
+                Err(out)
+            }
+        },
+    )
+    .await;
+}

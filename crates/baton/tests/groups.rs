@@ -174,10 +174,6 @@ async fn wait_catalog(port: u16, node: &str, want: u16, reloads: i64, what: &str
     .await
 }
 
-/// One test's clusters at a time (2 cores): held for the whole test, in a
-/// struct so that no lock guard is held bare across an await.
-struct Serial(#[allow(dead_code)] std::sync::MutexGuard<'static, ()>);
-
 /// The cluster's own tools stand-in: `node`'s data directory, created
 /// before Baton runs, with the node catalog stand-in in it.
 async fn created_by_the_cluster_tools(

@@ -26,6 +26,17 @@ pub(super) fn decide_running(
             },
         );
     }
+    // The system's own lineage verdict, for those whose timelines Baton
+    // cannot read (openGauss): it cannot stream what it needs.
+    if let Some(detail) = &run.needs_repair {
+        return decision(
+            vec![Action::Stop],
+            Reason::InstanceNeedsRepair {
+                leader: l.to_string(),
+                detail: detail.clone(),
+            },
+        );
+    }
     let address = cluster.members.get(l).and_then(|m| m.pg_address());
     let points_at_leader = address
         .as_ref()
@@ -103,6 +114,17 @@ pub(super) fn decide_stopped(
             vec![]
         };
         return decision(actions, reason);
+    }
+    if let Some(detail) = &o.instance_needs_repair {
+        if !matches!(o.job, JobStatus::Done(JobKind::Rewind | JobKind::Rebuild)) {
+            return decision(
+                vec![Action::Rewind { from: from.clone() }],
+                Reason::Repairing {
+                    from,
+                    detail: detail.clone(),
+                },
+            );
+        }
     }
     let DataDir::Valid {
         timeline: Some(mine),

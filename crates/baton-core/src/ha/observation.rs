@@ -195,6 +195,10 @@ pub struct Observation {
     /// at start, and there is no read-only mode). With no leader it cannot
     /// start read-only to take part in an election (`election::cold_start`).
     pub standby_needs_upstream: bool,
+    /// The instance said it cannot follow its upstream and needs a build
+    /// (`Running::needs_repair`), and no rewind or rebuild has succeeded
+    /// since: held by the agent across the stop that follows.
+    pub instance_needs_repair: Option<String>,
     /// Wall-clock time, for scheduled switchovers.
     pub now_utc: chrono::DateTime<chrono::Utc>,
 }

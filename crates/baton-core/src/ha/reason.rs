@@ -349,6 +349,17 @@ pub enum Reason {
         timeline: u32,
         leader_timeline: u32,
     },
+    /// The instance itself says it cannot follow the leader and needs a
+    /// build (openGauss: `Need repair`, with its detail).
+    InstanceNeedsRepair {
+        leader: String,
+        detail: String,
+    },
+    /// Building from the leader what the instance said needs repair.
+    Repairing {
+        from: String,
+        detail: String,
+    },
     RewindFailed {
         error: String,
         rebuilding: bool,
@@ -545,6 +556,15 @@ impl fmt::Display for Reason {
                 f,
                 "my WAL went past the point where {leader}'s timeline forked: stopping to rewind"
             ),
+            Reason::InstanceNeedsRepair { leader, detail } => write!(
+                f,
+                "postgres says it cannot follow leader {leader} and needs repair ({detail}): \
+                 stopping it to build it from the leader"
+            ),
+            Reason::Repairing { from, detail } => write!(
+                f,
+                "building from {from} what postgres said needs repair ({detail})"
+            ),
             Reason::Rewinding {
                 from,
                 timeline,
@@ -661,6 +681,8 @@ impl Reason {
             Reason::Candidate => "candidate",
             Reason::Diverged { .. } => "diverged",
             Reason::Rewinding { .. } => "rewinding",
+            Reason::InstanceNeedsRepair { .. } => "instance_needs_repair",
+            Reason::Repairing { .. } => "repairing",
             Reason::RewindFailed {
                 rebuilding: true, ..
             } => "rewind_failed_rebuilding",

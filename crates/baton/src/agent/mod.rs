@@ -50,7 +50,7 @@ use crate::config::NodeConfig;
 use crate::dcs::{Dcs, DcsError};
 use crate::pg::{RunAs, StopMode};
 
-use baton_core::ha::{decide, JobKind, Observation, PgStatus};
+use baton_core::ha::{decide, JobKind, JobStatus, Observation, PgStatus};
 
 /// What the last tick saw and decided; read by the REST API.
 #[derive(Debug, Clone)]
@@ -158,6 +158,9 @@ pub struct Agent<S = Dcs, P = LocalPg, H = HttpPeers> {
     etcd_throttle: Throttle,
     /// Since when this running replica has not been streaming.
     not_streaming_since: Option<Instant>,
+    /// What the instance last said needs repair (`Running::needs_repair`),
+    /// kept across the stop until a rewind or rebuild succeeds.
+    needs_repair: Option<String>,
     /// The leader the last tick found this member steadily following
     /// (`ha::steady`), and when etcd was last read in full.
     steady: Option<baton_core::cluster::LeaderKey>,
@@ -293,6 +296,7 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
             etcd_throttle: Throttle::default(),
             config_path: None,
             not_streaming_since: None,
+            needs_repair: None,
             steady: None,
             last_full_read: None,
             leader_refused: None,
@@ -523,6 +527,14 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
             }
             _ => None,
         };
+        match (&pg, &job) {
+            (PgStatus::Running(r), _) if r.needs_repair.is_some() => {
+                self.needs_repair = r.needs_repair.clone();
+            }
+            (PgStatus::Running(r), _) if r.receiver_streaming => self.needs_repair = None,
+            (_, JobStatus::Done(JobKind::Rewind | JobKind::Rebuild)) => self.needs_repair = None,
+            _ => {}
+        }
         self.track_absent_slots(cluster.as_ref(), &pg, now);
         self.track_sync_rule(&pg);
         self.update_failsafe_order(cluster.as_ref(), &pg);
@@ -591,11 +603,27 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
             leader_refused: self.leader_refused.as_ref().map(|r| r.lease),
             gtm_unreachable: self.gtm_unreachable,
             standby_needs_upstream: self.cfg.postgresql.flavor.is_gtm(),
+            instance_needs_repair: self.needs_repair.clone(),
             fence_down_for: self
                 .fence_down_since
                 .map(|t| now.saturating_duration_since(t)),
             now_utc: chrono::Utc::now(),
         };
+        if let Some(c) = &obs.cluster {
+            let members = c
+                .members
+                .iter()
+                .filter_map(|(name, m)| {
+                    let (host, port) = m.pg_address()?;
+                    Some(crate::pg::Peer {
+                        name: name.clone(),
+                        host,
+                        port,
+                    })
+                })
+                .collect();
+            self.inst.set_members(members).await;
+        }
         let mut d = decide(&obs);
         self.steady = baton_core::ha::steady::steady_under(&obs, &d);
         // The fence is armed before anything that can make a primary, and

@@ -252,6 +252,13 @@ pub trait Postgres: Send + Sync + 'static {
     fn reconfigured(&self, cfg: PgConfig, name: String) -> Result<Self, PgError>
     where
         Self: Sized;
+    /// The cluster's members as the store shows them, every tick: a system
+    /// that lists its peers in its own configuration (openGauss's
+    /// `replconninfo`) rewrites it, and reloads a running primary, when
+    /// they change.
+    fn set_members(&self, _members: Vec<pg::Peer>) -> impl Future<Output = ()> + Send {
+        std::future::ready(())
+    }
 }
 
 /// The other members' REST status, for elections.
@@ -277,9 +284,13 @@ pub struct LocalPg {
     client: Mutex<Option<Arc<tokio_postgres::Client>>>,
     fence: FenceLink,
     mirroring: pg::MirroringReader,
-    /// An OpenTenBase GTM (`pg/gtm.rs`): the slots the loop asked for, only
-    /// recorded (a GTM keeps xlog for its standbys itself).
-    gtm_slots: Mutex<std::collections::BTreeSet<String>>,
+    /// An OpenTenBase GTM or openGauss: the slots the loop asked for, only
+    /// recorded (a GTM keeps xlog for its standbys itself; an openGauss
+    /// standby uses none, and an unused slot would keep WAL forever).
+    virtual_slots: Mutex<std::collections::BTreeSet<String>>,
+    /// openGauss: the system identifier, read once per postmaster from
+    /// pg_control (its SQL has no `pg_control_system()`).
+    system_id: Mutex<Option<(i32, String)>>,
 }
 
 impl LocalPg {
@@ -289,37 +300,116 @@ impl LocalPg {
             inst: Instance::new(cfg, name)?,
             client: Mutex::new(None),
             mirroring: Default::default(),
-            gtm_slots: Default::default(),
+            virtual_slots: Default::default(),
+            system_id: Default::default(),
         })
     }
 
-    /// One LSN `sql` reads on another member, connect and query each
-    /// bounded by `timeout`.
+    /// How much WAL another member holds, asked of it, connect and query
+    /// each bounded by `timeout`: replayed only, or the larger of received
+    /// and replayed (`received`).
     async fn member_lsn(
         &self,
         host: &str,
         port: u16,
         timeout: Duration,
-        sql: &str,
+        received: bool,
     ) -> Result<Option<Lsn>, PgError> {
         if self.is_gtm() {
             let s = self.inst.gtm_status_of(host, port, timeout).await?;
             return Ok(Some(s.xlog));
         }
+        // 9.2's names and text positions on openGauss.
+        let sql = match (self.is_opengauss(), received) {
+            (false, false) => "SELECT pg_last_wal_replay_lsn()::text",
+            (false, true) => {
+                "SELECT GREATEST(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::text"
+            }
+            (true, false) => "SELECT pg_last_xlog_replay_location()::text",
+            (true, true) => {
+                "SELECT pg_last_xlog_replay_location()::text \
+                 UNION ALL SELECT pg_last_xlog_receive_location()::text"
+            }
+        };
         let c = self.inst.connect_member(host, port, timeout).await?;
-        let row = tokio::time::timeout(timeout, c.query_one(sql, &[]))
+        let rows = tokio::time::timeout(timeout, c.query(sql, &[]))
             .await
             .map_err(|_| PgError::Timeout {
                 what: format!("{sql} on {host}:{port}"),
                 after: timeout,
             })??;
-        Ok(row
-            .get::<_, Option<tokio_postgres::types::PgLsn>>(0)
-            .map(|l| Lsn(u64::from(l))))
+        Ok(rows
+            .iter()
+            .filter_map(|r| r.get::<_, Option<String>>(0)?.parse::<Lsn>().ok())
+            .max())
     }
 
     fn is_gtm(&self) -> bool {
         self.inst.cfg.flavor.is_gtm()
+    }
+
+    fn is_opengauss(&self) -> bool {
+        self.inst.cfg.flavor == pg::Flavor::OpenGauss
+    }
+
+    /// Slots are only recorded (GTM, openGauss).
+    fn virtual_slots(&self) -> bool {
+        self.is_gtm() || self.is_opengauss()
+    }
+
+    /// The system identifier of the running postmaster's data directory.
+    async fn system_id(&self) -> Result<String, PgError> {
+        let pid = self.inst.postmaster_pid().unwrap_or(0);
+        if let Some((p, id)) = self.system_id.lock().expect("system id lock").clone() {
+            if p == pid {
+                return Ok(id);
+            }
+        }
+        let cd = self.inst.controldata().await?;
+        let id = cd
+            .get("Database system identifier")
+            .cloned()
+            .ok_or_else(|| PgError::Command {
+                what: "pg_controldata".into(),
+                detail: "no system identifier".into(),
+            })?;
+        *self.system_id.lock().expect("system id lock") = Some((pid, id.clone()));
+        Ok(id)
+    }
+
+    /// openGauss's status: its SQL, then, for a standby that does not
+    /// stream, its own verdict (`gs_ctl query`).
+    async fn opengauss_status(&self, timeout: Duration) -> Result<Running, PgError> {
+        let c = self.connection(timeout).await?;
+        let query = async {
+            let mut r = pg::query_running_opengauss(&c).await?;
+            r.system_id = self.system_id().await?;
+            r.slots = self
+                .virtual_slots
+                .lock()
+                .expect("slots lock")
+                .iter()
+                .map(|s| (s.clone(), None))
+                .collect();
+            if r.in_recovery {
+                r.primary_conninfo = self.inst.opengauss_following();
+                r.primary_slot_name = baton_core::instance::slot_name(&self.inst.name);
+                if !r.receiver_streaming {
+                    match self.inst.gs_query(timeout).await {
+                        Ok(q) => r.needs_repair = q.needs_build().map(str::to_string),
+                        Err(e) => tracing::debug!("gs_ctl query: {e}"),
+                    }
+                }
+            }
+            Ok(r)
+        };
+        match tokio::time::timeout(timeout, query).await {
+            Ok(r) => r,
+            Err(_) => Err(PgError::Timeout {
+                what: "status query".into(),
+                after: timeout,
+            }),
+        }
     }
 
     /// What a GTM cannot do that the loop may ask of a PostgreSQL server.
@@ -365,8 +455,11 @@ impl Postgres for LocalPg {
     async fn status(&self, timeout: Duration) -> Result<Running, PgError> {
         if self.is_gtm() {
             let s = self.inst.gtm_status(timeout).await?;
-            let slots = self.gtm_slots.lock().expect("slots lock").clone();
+            let slots = self.virtual_slots.lock().expect("slots lock").clone();
             return Ok(self.inst.gtm_running(&s, &slots));
+        }
+        if self.is_opengauss() {
+            return self.opengauss_status(timeout).await;
         }
         let c = self.connection(timeout).await?;
         let flavor = self.inst.cfg.flavor;
@@ -404,7 +497,7 @@ impl Postgres for LocalPg {
         *self.client.lock().expect("client lock") = None;
     }
     async fn timeline_history(&self, tl: u32) -> Result<Vec<(u32, Lsn, String)>, PgError> {
-        if self.is_gtm() {
+        if self.inst.cfg.flavor.no_timelines() {
             return Ok(vec![]);
         }
         let c = self.connection(Self::CONNECT).await?;
@@ -420,8 +513,8 @@ impl Postgres for LocalPg {
         self.inst.follow(&c, run_as).await
     }
     async fn create_slot(&self, slot: &str) -> Result<(), PgError> {
-        if self.is_gtm() {
-            self.gtm_slots
+        if self.virtual_slots() {
+            self.virtual_slots
                 .lock()
                 .expect("slots lock")
                 .insert(slot.to_string());
@@ -431,8 +524,8 @@ impl Postgres for LocalPg {
         pg::create_slot(&c, slot).await
     }
     async fn drop_inactive_slot(&self, slot: &str) -> Result<bool, PgError> {
-        if self.is_gtm() {
-            return Ok(self.gtm_slots.lock().expect("slots lock").remove(slot));
+        if self.virtual_slots() {
+            return Ok(self.virtual_slots.lock().expect("slots lock").remove(slot));
         }
         let c = self.connection(Self::CONNECT).await?;
         pg::drop_inactive_slot(&c, slot).await
@@ -444,6 +537,11 @@ impl Postgres for LocalPg {
     ) -> Result<(), PgError> {
         if self.is_gtm() {
             return Err(Self::not_for_gtm("synchronous_mode"));
+        }
+        if self.is_opengauss() {
+            return Err(PgError::Refused(
+                "synchronous_mode: not yet for openGauss (docs/flavors.md)".into(),
+            ));
         }
         let c = self.connection(Self::CONNECT.min(timeout)).await?;
         pg::set_sync_standbys(&c, value, timeout).await
@@ -486,6 +584,12 @@ impl Postgres for LocalPg {
         self.inst.promote().await?;
         if self.is_gtm() {
             return Ok(());
+        }
+        if self.is_opengauss() {
+            // A primary lists (and so lets in) every standby in
+            // replconninfo; the standby it was listed only its leader.
+            let c = self.inst.connect(Duration::from_secs(5)).await?;
+            self.inst.follow(&c, &RunAs::Primary).await?;
         }
         // A data directory Baton adopted rather than initdb'd (an existing
         // server, a Greenplum coordinator from gpinitsystem) may lack the
@@ -556,8 +660,7 @@ impl Postgres for LocalPg {
         port: u16,
         timeout: Duration,
     ) -> Result<Option<Lsn>, PgError> {
-        self.member_lsn(host, port, timeout, "SELECT pg_last_wal_replay_lsn()")
-            .await
+        self.member_lsn(host, port, timeout, false).await
     }
     async fn member_wal_position(
         &self,
@@ -565,11 +668,35 @@ impl Postgres for LocalPg {
         port: u16,
         timeout: Duration,
     ) -> Result<Option<Lsn>, PgError> {
-        let sql = "SELECT GREATEST(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())";
-        self.member_lsn(host, port, timeout, sql).await
+        self.member_lsn(host, port, timeout, true).await
     }
     async fn order_fence(&self, order: FenceOrder) -> Result<(), PgError> {
         self.fence.send(order).await.map(|_| ())
+    }
+    async fn set_members(&self, members: Vec<pg::Peer>) {
+        if !self.is_opengauss() || !self.inst.set_members(members) {
+            return;
+        }
+        // A standby lists its leader first and is re-pointed with it; a
+        // running primary must list (and so let in) every standby now.
+        let primary = self.inst.postmaster_pid().is_some()
+            && !self
+                .inst
+                .cfg
+                .data_dir
+                .join(self.inst.cfg.flavor.standby_file())
+                .exists();
+        if !primary {
+            return;
+        }
+        let reload = async {
+            let c = self.connection(Self::CONNECT).await?;
+            self.inst.follow(&c, &RunAs::Primary).await
+        };
+        match reload.await {
+            Ok(()) => tracing::info!("replconninfo rewritten for the members now in the cluster"),
+            Err(e) => tracing::warn!("could not rewrite replconninfo for the new members: {e}"),
+        }
     }
     fn reconfigured(&self, cfg: PgConfig, name: String) -> Result<LocalPg, PgError> {
         Ok(LocalPg {
@@ -577,7 +704,8 @@ impl Postgres for LocalPg {
             inst: Instance::new(cfg, name)?,
             client: Mutex::new(self.kept()),
             mirroring: self.mirroring.clone(),
-            gtm_slots: Mutex::new(self.gtm_slots.lock().expect("slots lock").clone()),
+            virtual_slots: Mutex::new(self.virtual_slots.lock().expect("slots lock").clone()),
+            system_id: Mutex::new(self.system_id.lock().expect("system id lock").clone()),
         })
     }
 }

@@ -38,27 +38,34 @@ impl Instance {
     ) -> Result<(), PgError> {
         let flavor_args = self.basebackup_args(host, port).await?;
         self.prepare_dir(target)?;
-        let mut cmd = self.command("pg_basebackup");
-        cmd.arg("-D")
-            .arg(target)
-            .arg("-d")
-            .arg(self.replication_conninfo(host, port))
-            .args(["-X", "stream", "-c", "fast", "--progress", "--verbose"])
-            .args(flavor_args);
+        let tool = if self.cfg.flavor == super::Flavor::OpenGauss {
+            "gs_basebackup"
+        } else {
+            "pg_basebackup"
+        };
+        let mut cmd = self.command(tool);
+        if self.cfg.flavor == super::Flavor::OpenGauss {
+            cmd.args(self.gs_basebackup_args(host, port, target));
+        } else {
+            cmd.arg("-D")
+                .arg(target)
+                .arg("-d")
+                .arg(self.replication_conninfo(host, port))
+                .args(["-X", "stream", "-c", "fast", "--progress", "--verbose"])
+                .args(flavor_args);
+        }
         if let Some(rate) = &self.cfg.basebackup_max_rate {
             cmd.arg(format!("--max-rate={rate}"));
         }
         if let Some(pw) = &self.cfg.replication.password {
             cmd.env("PGPASSWORD", pw);
         }
-        let (status, _, log) = self
-            .run_with_progress("pg_basebackup", cmd, job, None)
-            .await?;
+        let (status, _, log) = self.run_with_progress(tool, cmd, job, None).await?;
         if !status.success() {
             empty_dir(target);
             let tail: Vec<&str> = log.lines().rev().take(3).collect();
             return Err(PgError::Command {
-                what: "pg_basebackup".into(),
+                what: tool.into(),
                 detail: format!(
                     "{} ({status})",
                     tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
@@ -293,7 +300,7 @@ impl Instance {
     /// the last checkpoint's redo point to the first invalid record and
     /// names that position. `None` when it cannot tell.
     pub async fn end_of_wal(&self) -> Option<Lsn> {
-        if self.cfg.flavor.is_gtm() {
+        if self.cfg.flavor.no_timelines() {
             return None;
         }
         let cd = self.controldata().await.ok()?;
@@ -323,12 +330,27 @@ impl Instance {
                 "a GTM is never rewound: started as a standby, it takes its active's state".into(),
             ));
         }
+        if self.cfg.flavor == super::Flavor::OpenGauss {
+            self.clear_stale_lock().await?;
+            self.gs_build_incremental(host, port).await?;
+            return Ok(None);
+        }
         // pg_rewind first runs the target's crash recovery in single-user
         // mode, which refuses to start beside the lock file of a killed
         // postmaster whose PID is not reaped yet (seen after a failover:
         // a rewind failed for it, and the member was rebuilt instead).
         self.clear_stale_lock().await?;
         self.prepare_rewind_target().await?;
+        // pg_rewind recovers an unclean target in single-user mode first,
+        // which refuses standby mode ("standby mode is not supported by
+        // single-user servers"): a replica stopped at once after it
+        // diverged would always be rebuilt instead. The next start writes
+        // the file again for the role it starts in.
+        let signal = self.cfg.data_dir.join("standby.signal");
+        if !self.cfg.flavor.recovery_conf() && signal.exists() {
+            std::fs::remove_file(&signal)
+                .map_err(|e| PgError::io(format!("removing {}", signal.display()), e))?;
+        }
         let mut cmd = self.command("pg_rewind");
         cmd.arg("-D")
             .arg(&self.cfg.data_dir)

@@ -137,6 +137,12 @@ pub fn render_pg_hba(cfg: &PgConfig) -> String {
         return s;
     }
     let repl = &cfg.replication.username;
+    // openGauss names the SCRAM method `sha256`.
+    let scram = if cfg.flavor == super::Flavor::OpenGauss {
+        "sha256"
+    } else {
+        "scram-sha-256"
+    };
     // With passwords configured, any address may connect with scram; without
     // them, only loopback is trusted, which suits one-host clusters only.
     // `all` does not match replication connections: the agent asks its own
@@ -144,8 +150,8 @@ pub fn render_pg_hba(cfg: &PgConfig) -> String {
     s.push_str("local replication all trust\n");
     if cfg.superuser.password.is_some() && cfg.replication.password.is_some() {
         s.push_str("local all all trust\n");
-        writeln!(s, "host replication {repl} all scram-sha-256").expect("w");
-        s.push_str("host all all all scram-sha-256\n");
+        writeln!(s, "host replication {repl} all {scram}").expect("w");
+        writeln!(s, "host all all all {scram}").expect("w");
     } else {
         s.push_str("local all all trust\n");
         writeln!(s, "host replication {repl} 127.0.0.0/8 trust").expect("w");

@@ -58,9 +58,12 @@ impl Instance {
         match self.controldata().await {
             Ok(cd) => match cd.get("Database system identifier") {
                 Some(id) => {
+                    // A flavor without usable timelines reports none: its
+                    // lineage is the system's own to judge (`pg/gauss.rs`).
                     let timeline: Option<u32> = cd
                         .get("Latest checkpoint's TimeLineID")
-                        .and_then(|t| t.parse().ok());
+                        .and_then(|t| t.parse().ok())
+                        .filter(|_| !self.cfg.flavor.no_timelines());
                     let history = timeline
                         .filter(|t| *t > 1)
                         .and_then(|t| {

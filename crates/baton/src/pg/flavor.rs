@@ -57,6 +57,8 @@ pub enum Flavor {
     Greenplum,
     /// An OpenTenBase coordinator or datanode (`postgresql.node_type`).
     OpenTenBase(NodeType),
+    /// openGauss (`gs_ctl`, `replconninfo`, 9.2's SQL: `pg/gauss.rs`).
+    OpenGauss,
 }
 
 /// What an OpenTenBase node is: its `pg_ctl -Z` word, or its GTM (run
@@ -78,7 +80,7 @@ impl NodeType {
     }
 }
 
-const FLAVORS: &str = "\"postgresql\", \"greenplum\" or \"opentenbase\"";
+const FLAVORS: &str = "\"postgresql\", \"greenplum\", \"opentenbase\" or \"opengauss\"";
 
 impl Flavor {
     /// The node file's `flavor` and `node_type`; the error names the key
@@ -110,15 +112,7 @@ impl Flavor {
                     ))
                 }
             },
-            "opengauss" => {
-                return Err((
-                    "flavor",
-                    format!(
-                        "{s:?} is not supported by this version of baton yet (docs/flavors.md says \
-                         what is); use {FLAVORS}"
-                    ),
-                ))
-            }
+            "opengauss" => Flavor::OpenGauss,
             other => {
                 return Err((
                     "flavor",
@@ -160,7 +154,15 @@ impl Flavor {
         self == Flavor::OpenTenBase(NodeType::Gtm)
     }
 
-    /// The file whose presence makes postgres start as a standby.
+    /// Keeps no timelines Baton can follow; the instance itself says
+    /// when it needs a build (openGauss: `pg/gauss.rs`).
+    pub fn no_timelines(self) -> bool {
+        matches!(self, Flavor::OpenGauss) || self.is_gtm()
+    }
+
+    /// The file whose presence makes postgres start as a standby (for
+    /// openGauss, which takes the role from `gs_ctl start -M`, Baton's own
+    /// record of it).
     pub fn standby_file(self) -> &'static str {
         if self.recovery_conf() {
             "recovery.conf"
@@ -182,7 +184,7 @@ impl Instance {
     /// Extra words for pg_rewind's `--source-server`.
     pub(super) fn rewind_source_options(&self) -> &'static str {
         match self.cfg.flavor {
-            Flavor::Postgresql | Flavor::OpenTenBase(_) => "",
+            Flavor::Postgresql | Flavor::OpenTenBase(_) | Flavor::OpenGauss => "",
             Flavor::Greenplum => " options='-c gp_role=utility'",
         }
     }
@@ -195,6 +197,12 @@ impl Instance {
                 "postgresql.flavor = \"greenplum\": a coordinator is created by gpinitsystem \
                  (with its segments), never by baton; point postgresql.data_dir at the \
                  coordinator's data directory ({} is empty)",
+                self.cfg.data_dir.display()
+            ))),
+            Flavor::OpenGauss => Err(PgError::Refused(format!(
+                "postgresql.flavor = \"opengauss\": an instance is created by openGauss's own \
+                 tools (gs_install, gs_initdb), never by baton; point postgresql.data_dir at its \
+                 data directory ({} is empty)",
                 self.cfg.data_dir.display()
             ))),
             Flavor::OpenTenBase(t) => Err(PgError::Refused(format!(
@@ -211,7 +219,7 @@ impl Instance {
     pub(super) fn start_args(&self) -> Vec<&'static str> {
         match self.cfg.flavor {
             Flavor::OpenTenBase(t) => vec!["-Z", t.as_str()],
-            Flavor::Postgresql | Flavor::Greenplum => vec![],
+            Flavor::Postgresql | Flavor::Greenplum | Flavor::OpenGauss => vec![],
         }
     }
 
@@ -346,7 +354,7 @@ impl Instance {
         port: u16,
     ) -> Result<Vec<String>, PgError> {
         match self.cfg.flavor {
-            Flavor::Postgresql | Flavor::OpenTenBase(_) => Ok(vec![]),
+            Flavor::Postgresql | Flavor::OpenTenBase(_) | Flavor::OpenGauss => Ok(vec![]),
             Flavor::Greenplum => {
                 let dbid = self.register_standby(host, port).await?;
                 Ok(vec!["--target-gp-dbid".into(), dbid.to_string()])
@@ -522,9 +530,7 @@ mod tests {
         assert!(e.contains("\"gtm_proxy\""), "{e}");
         let (key, _) = Flavor::parse("postgresql", Some("datanode")).unwrap_err();
         assert_eq!(key, "node_type");
-        let (key, e) = Flavor::parse("opengauss", None).unwrap_err();
-        assert_eq!(key, "flavor");
-        assert!(e.contains("not supported by this version"), "{e}");
+        assert_eq!(Flavor::parse("opengauss", None), Ok(Flavor::OpenGauss));
         let (_, e) = Flavor::parse("oracle", None).unwrap_err();
         assert!(e.contains("unknown flavor \"oracle\""), "{e}");
         assert_eq!(sql_literal("it's"), "'it''s'");

@@ -36,6 +36,7 @@ mod conf;
 mod datadir;
 mod fence;
 mod flavor;
+mod gauss;
 mod gtm;
 mod process;
 mod query;
@@ -44,6 +45,7 @@ pub use baton_fence::postmaster_pid as read_postmaster_pid;
 pub use conf::{render_pg_hba, render_postgresql_conf};
 pub use fence::{FenceLink, FenceOrder};
 pub use flavor::{query_segments, Flavor, MirroringReader, NodeType};
+pub use gauss::{query_running_opengauss, render_opengauss_conf, Peer};
 pub use gtm::{render_gtm_conf, GTM_SYSTEM_ID};
 pub use query::{
     create_replication_role, create_slot, drop_inactive_slot, query_running, set_sync_standbys,
@@ -162,6 +164,9 @@ pub struct Instance {
     owner: Option<(u32, u32)>,
     /// The clone or rebuild under way, as its pg_basebackup reports it.
     progress: std::sync::Arc<std::sync::Mutex<Option<baton_core::instance::Progress>>>,
+    /// The cluster's other members, for systems that list them in their
+    /// configuration (openGauss's `replconninfo`).
+    members: std::sync::Mutex<Vec<Peer>>,
 }
 
 impl Instance {
@@ -192,6 +197,7 @@ impl Instance {
             name,
             owner,
             progress: Default::default(),
+            members: Default::default(),
         })
     }
 

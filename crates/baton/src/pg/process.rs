@@ -80,7 +80,11 @@ impl Instance {
     /// Writes Baton's configuration files for `run_as`.
     pub fn write_config(&self, run_as: &RunAs) -> Result<(), PgError> {
         let dir = &self.cfg.data_dir;
-        let conf = render_postgresql_conf(&self.cfg, &self.name, run_as);
+        let conf = if self.cfg.flavor == super::Flavor::OpenGauss {
+            self.opengauss_conf(run_as)
+        } else {
+            render_postgresql_conf(&self.cfg, &self.name, run_as)
+        };
         write_owned(&dir.join("postgresql.conf"), &conf, self.owner)?;
         write_owned(
             &dir.join("pg_hba.conf"),
@@ -125,6 +129,9 @@ impl Instance {
         }
         self.write_config(run_as)?;
         self.clear_stale_lock().await?;
+        if self.cfg.flavor == super::Flavor::OpenGauss {
+            return self.gs_start(run_as).await;
+        }
         let mut cmd = self.pg_ctl("start");
         cmd.args(self.start_args())
             .arg("-l")
@@ -239,6 +246,9 @@ impl Instance {
         if self.cfg.flavor.is_gtm() {
             return self.gtm_stop_fast().await;
         }
+        if self.cfg.flavor == super::Flavor::OpenGauss {
+            return self.gs_stop_fast().await;
+        }
         let mut cmd = self.pg_ctl("stop");
         cmd.arg("-m").arg(mode.as_str());
         match self.run("pg_ctl stop", cmd, self.pg_ctl_limit()).await {
@@ -278,8 +288,7 @@ impl Instance {
     /// only) makes it skip them. Those numbers were used, or reserved, by a
     /// promotion this member never saw.
     pub fn skip_timelines(&self, from: u32, to: u32) -> Result<(), PgError> {
-        if self.cfg.flavor.is_gtm() {
-            // A GTM has no timelines.
+        if self.cfg.flavor.no_timelines() {
             return Ok(());
         }
         for tl in from.saturating_add(1)..to {
@@ -310,11 +319,14 @@ impl Instance {
         let marker = self.promote_marker();
         std::fs::write(&marker, "pg_ctl promote signalled\n")
             .map_err(|e| PgError::io(format!("writing {}", marker.display()), e))?;
-        let cmd = self.pg_ctl("promote");
-        let r = self
-            .run("pg_ctl promote", cmd, self.pg_ctl_limit())
-            .await
-            .map(|_| ());
+        let r = if self.cfg.flavor == super::Flavor::OpenGauss {
+            self.gs_failover().await
+        } else {
+            let cmd = self.pg_ctl("promote");
+            self.run("pg_ctl promote", cmd, self.pg_ctl_limit())
+                .await
+                .map(|_| ())
+        };
         if r.is_ok() {
             let _ = std::fs::remove_file(&marker);
         }

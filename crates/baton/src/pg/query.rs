@@ -147,6 +147,7 @@ pub async fn query_running(client: &tokio_postgres::Client) -> Result<Running, P
         history: vec![],
         segments: vec![],
         mirroring_error: None,
+        needs_repair: None,
         synchronous_standby_names: row.get(5),
     };
     type PgLsn = tokio_postgres::types::PgLsn;

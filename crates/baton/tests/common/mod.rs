@@ -17,6 +17,10 @@ use baton_local::local::{ClusterOptions, LocalCluster};
 /// This machine has 2 cores: one cluster at a time per test binary.
 static CLUSTER_SLOT: Mutex<()> = Mutex::new(());
 
+/// One test's clusters at a time (2 cores), held for the whole test: in a
+/// struct so that no lock guard is held bare across an await.
+pub struct Serial(pub MutexGuard<'static, ()>);
+
 pub fn one_cluster_at_a_time() -> MutexGuard<'static, ()> {
     CLUSTER_SLOT.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -136,6 +136,7 @@ fn running(w: &World, i: usize) -> Running {
         synchronous_standby_names: n.pg.sync_standbys.clone(),
         segments: vec![],
         mirroring_error: None,
+        needs_repair: None,
     }
 }
 

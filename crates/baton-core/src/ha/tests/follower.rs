@@ -251,3 +251,60 @@ fn a_half_copied_data_directory_never_starts_and_is_rebuilt_from_the_leader() {
     assert_eq!(d.actions, vec![]);
     assert_eq!(d.reason.code(), "rewind_incomplete");
 }
+
+/// A system without timelines Baton can read (openGauss) judges lineage
+/// itself: a standby it says needs repair is stopped and built from the
+/// leader, and only then started again.
+#[test]
+fn a_replica_the_system_says_needs_repair_is_stopped_then_built() {
+    let c = cluster(Some(("n1", 1)));
+    let no_timeline = DataDir::Valid {
+        system_id: SYS.into(),
+        standby: true,
+        timeline: None,
+        history: vec![],
+        clean_shutdown: false,
+        checkpoint: None,
+    };
+    let mut pg = replica_at(1, 500);
+    if let PgStatus::Running(r) = &mut pg {
+        r.timeline = None;
+        r.receiver_streaming = false;
+        r.needs_repair = Some("WAL segment removed".into());
+    }
+    let d = decide(&obs("n2", Some(c.clone()), no_timeline.clone(), pg));
+    assert_eq!(d.actions, vec![Action::Stop]);
+    assert_eq!(d.reason.code(), "instance_needs_repair");
+    assert!(d.reason.to_string().contains("WAL segment removed"));
+
+    // Stopped, with what the agent kept of it: built, not started as is.
+    let mut o = obs("n2", Some(c), no_timeline, PgStatus::Stopped);
+    o.instance_needs_repair = Some("WAL segment removed".into());
+    let d = decide(&o);
+    assert_eq!(d.actions, vec![Action::Rewind { from: "n1".into() }]);
+    assert_eq!(d.reason.code(), "repairing");
+    // The build done: started as a standby of the leader.
+    o.job = JobStatus::Done(JobKind::Rewind);
+    assert_eq!(
+        decide(&o).actions,
+        vec![Action::StartReplica {
+            leader: "n1".into()
+        }]
+    );
+    // A failed build falls back to a rebuild, as a failed pg_rewind does.
+    o.job = JobStatus::Failed(JobKind::Rewind, "gs_ctl build failed".into(), false);
+    assert_eq!(
+        decide(&o).actions,
+        vec![Action::Rebuild { from: "n1".into() }]
+    );
+    // Without the verdict, a member with no timelines starts as a standby
+    // (the system refuses to stream what diverged, and says so).
+    o.job = JobStatus::Idle;
+    o.instance_needs_repair = None;
+    assert_eq!(
+        decide(&o).actions,
+        vec![Action::StartReplica {
+            leader: "n1".into()
+        }]
+    );
+}
