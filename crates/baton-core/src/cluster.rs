@@ -317,6 +317,19 @@ impl ClusterView {
         self.leader_name().and_then(|n| self.members.get(n))
     }
 
+    /// Another member whose key says it may still run as primary (role
+    /// primary, in any state but stopped: running, handing over,
+    /// restarting...): when `me` promotes holding the key, it was handed
+    /// over by a live primary (a switchover), since an elected key follows
+    /// the old leader's lease and its fencing. Member keys are a tick old,
+    /// which errs towards "still running".
+    pub fn other_running_primary(&self, me: &str) -> Option<&str> {
+        self.members
+            .iter()
+            .find(|(n, m)| n.as_str() != me && m.role == "primary" && m.state != "stopped")
+            .map(|(n, _)| n.as_str())
+    }
+
     /// The leader's last known WAL position: the larger of the `status`
     /// key's optime and the leader's own member key, since either may be a
     /// tick behind the other.
@@ -581,6 +594,32 @@ mod tests {
             h[0],
             serde_json::json!([1, 100, "no recovery target specified", null, null])
         );
+    }
+
+    #[test]
+    fn a_promotion_knows_whether_the_old_primary_still_runs() {
+        let mut v = ClusterView::default();
+        let m = |role: &str, state: &str| Member {
+            role: role.into(),
+            state: state.into(),
+            ..Member::default()
+        };
+        v.members.insert("n1".into(), m("primary", "running"));
+        v.members.insert("n2".into(), m("replica", "running"));
+        // Handed over by n1, still running: a switchover.
+        assert_eq!(v.other_running_primary("n2"), Some("n1"));
+        // Its handover job under way: still a primary that may write.
+        v.members
+            .insert("n1".into(), m("primary", "switching over"));
+        assert_eq!(v.other_running_primary("n2"), Some("n1"));
+        // n1 stopped (or its key gone with its lease): a failover.
+        v.members.insert("n1".into(), m("primary", "stopped"));
+        assert_eq!(v.other_running_primary("n2"), None);
+        v.members.remove("n1");
+        assert_eq!(v.other_running_primary("n2"), None);
+        // Its own key never counts.
+        v.members.insert("n2".into(), m("primary", "running"));
+        assert_eq!(v.other_running_primary("n2"), None);
     }
 
     #[test]

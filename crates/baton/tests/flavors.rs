@@ -575,15 +575,59 @@ async fn opengauss_standin_failover_build_switchover_and_gs_om() {
     .await;
     t.c.wait_normal(Duration::from_secs(60)).await.unwrap();
 
-    // A switchover back (Baton's: a clean stop, node1's replay verified,
-    // gs_ctl failover): the old primary follows without a build.
+    // A switchover back, openGauss's way (runbook 001): the key moves to
+    // node1 while node2 still runs, node1 runs `gs_ctl switchover`, which
+    // demotes node2 in place (no stop by Baton, no build) and promotes
+    // node1; writes go on at node1.
+    let before = log();
+    // Never two primaries: sampled new-then-old (the old one is demoted
+    // before the new one promotes, so a true overlap is all this finds).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut both = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let primary = |port| async move {
+                    matches!(sql_port(port, "SELECT pg_is_in_recovery()").await,
+                             Ok(r) if !r[0].get::<_, bool>(0))
+                };
+                if primary(p1).await && primary(p2).await {
+                    both += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            both
+        })
+    };
     let (old, _) = t.c.switchover_via_api().await.unwrap();
     assert_eq!(old, "node2");
     t.c.wait_new_leader("node2", Duration::from_secs(30))
         .await
         .unwrap();
     t.c.wait_normal(Duration::from_secs(60)).await.unwrap();
-    assert!(log().contains(&format!("gs_ctl failover -D {}", d1.display())));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(
+        sampler.await.unwrap(),
+        0,
+        "node1 and node2 both primary during the switchover"
+    );
+    let during = log()[before.len()..].to_string();
+    assert!(
+        during.contains(&format!("gs_ctl switchover -D {}", d1.display()))
+            && during.contains(&format!(
+                "switchover: {} demoted, {} promoted",
+                d2.display(),
+                d1.display()
+            )),
+        "{during}"
+    );
+    assert!(
+        !during.contains(&format!("gs_ctl stop -D {}", d2.display()))
+            && !during.contains("gs_ctl failover")
+            && !during.contains("gs_ctl build"),
+        "{during}"
+    );
     t.sql(0, "INSERT INTO t VALUES (-2)").await.unwrap();
     wait_for(
         "gs_om shows Normal again",

@@ -458,11 +458,22 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
                 }
                 let (from, to) = (*from, *to);
                 let inst = self.inst.clone();
+                let old_primary = cluster.other_running_primary(&me).map(str::to_string);
+                if let Some(p) = old_primary
+                    .as_ref()
+                    .filter(|_| self.inst.demoted_by_candidate())
+                {
+                    tracing::info!(
+                        "{p} still runs as primary: promoting by switching over with it"
+                    );
+                }
                 // postgres removes standby.signal itself when promoting (and
                 // fails if it is gone already); the next start rewrites the
                 // configuration for a primary anyway.
                 self.spawn_job(JobKind::Promote, async move {
-                    inst.promote(from, to).await.map_err(|e| e.to_string())
+                    inst.promote(from, to, old_primary.is_some())
+                        .await
+                        .map_err(|e| e.to_string())
                 });
             }
             Action::Stop => {

@@ -45,6 +45,9 @@ pub(super) async fn switchover(
 }
 
 async fn handover(inst: &impl Postgres, dcs: &impl Store, h: &Handover) -> Result<(), String> {
+    if inst.demoted_by_candidate() {
+        return handover_demoted_by_candidate(inst, dcs, h).await;
+    }
     let Handover {
         me,
         candidate,
@@ -106,4 +109,63 @@ async fn handover(inst: &impl Postgres, dcs: &impl Store, h: &Handover) -> Resul
         since(paused_at).as_millis()
     );
     Ok(())
+}
+
+/// The handover of a system whose candidate demotes the primary itself as
+/// it promotes (openGauss's `gs_ctl switchover`: the primary stops taking
+/// writes, sends the rest of its WAL, becomes a standby; zero loss is the
+/// system's own). The key moves first, onto the candidate's lease, while
+/// this primary still runs: the candidate, seeing the old primary's member
+/// key still running, promotes only that way, never by failover, so there
+/// is one writer at every moment. Then this job waits for its own instance
+/// to be demoted; if that does not happen in time, it stops it (it holds
+/// no key any more), and the candidate, seeing it stopped, fails over.
+async fn handover_demoted_by_candidate(
+    inst: &impl Postgres,
+    dcs: &impl Store,
+    h: &Handover,
+) -> Result<(), String> {
+    let Handover {
+        me,
+        candidate,
+        lease,
+        limit,
+        ..
+    } = h;
+    let err = |what: &str, e: &dyn std::fmt::Display| format!("{what}: {e}");
+    inst.checkpoint(*limit)
+        .await
+        .map_err(|e| err("CHECKPOINT", &e))?;
+    if !dcs
+        .transfer_leader(me, candidate, *lease)
+        .await
+        .map_err(|e| err("handing over the leader key", &e))?
+    {
+        return Err(format!(
+            "could not hand the leader key to {candidate} (its lease changed: did it die?)"
+        ));
+    }
+    let handed = now();
+    tracing::info!("leader key handed to {candidate}; it switches over, demoting this primary");
+    // The candidate's next tick promotes; the demotion restarts this
+    // instance as a standby of it. Bounded: a start's worth past a ttl.
+    let deadline = handed + *limit * 4;
+    loop {
+        if let Ok(true) = inst.in_recovery(Duration::from_secs(1)).await {
+            tracing::info!(
+                "demoted by {candidate}'s switchover {} ms after the handover",
+                since(handed).as_millis()
+            );
+            return Ok(());
+        }
+        if now() > deadline {
+            let _ = inst.stop(StopMode::Fast).await;
+            return Err(format!(
+                "{candidate} did not switch over within {:?}: this instance is stopped (the key is \
+                 {candidate}'s, which fails over instead)",
+                *limit * 4
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -192,7 +192,25 @@ pub trait Postgres: Send + Sync + 'static {
     fn start(&self, run_as: &RunAs) -> impl Future<Output = Result<(), PgError>> + Send;
     fn stop(&self, mode: StopMode) -> impl Future<Output = Result<(), PgError>> + Send;
     /// Promotes the replica on timeline `from` onto timeline `to`.
-    fn promote(&self, from: u32, to: u32) -> impl Future<Output = Result<(), PgError>> + Send;
+    /// `old_primary_running`: the key came from a primary that still runs
+    /// (a switchover), so a system whose promotion demotes it in the same
+    /// step (openGauss's `gs_ctl switchover`) must use that and nothing else.
+    fn promote(
+        &self,
+        from: u32,
+        to: u32,
+        old_primary_running: bool,
+    ) -> impl Future<Output = Result<(), PgError>> + Send;
+    /// The old primary stays up through a switchover and is demoted by the
+    /// candidate's promotion (openGauss), rather than stopped before the key
+    /// moves (`agent::handover`).
+    fn demoted_by_candidate(&self) -> bool {
+        false
+    }
+    /// Whether the instance runs in recovery now (a fresh query).
+    fn in_recovery(&self, timeout: Duration) -> impl Future<Output = Result<bool, PgError>> + Send {
+        async move { self.status(timeout).await.map(|r| r.in_recovery) }
+    }
     fn basebackup_from(
         &self,
         host: &str,
@@ -579,9 +597,17 @@ impl Postgres for LocalPg {
         self.disconnect();
         self.inst.stop(mode).await
     }
-    async fn promote(&self, from: u32, to: u32) -> Result<(), PgError> {
+    async fn promote(&self, from: u32, to: u32, old_primary_running: bool) -> Result<(), PgError> {
         self.inst.skip_timelines(from, to)?;
-        self.inst.promote().await?;
+        if self.is_opengauss() && old_primary_running {
+            // Zero loss by openGauss's own protocol: the primary demotes
+            // itself after sending all it has, then this standby promotes.
+            // Never a failover while the old primary may still write.
+            self.disconnect();
+            self.inst.gs_switchover().await?;
+        } else {
+            self.inst.promote().await?;
+        }
         if self.is_gtm() {
             return Ok(());
         }
@@ -697,6 +723,9 @@ impl Postgres for LocalPg {
             Ok(()) => tracing::info!("replconninfo rewritten for the members now in the cluster"),
             Err(e) => tracing::warn!("could not rewrite replconninfo for the new members: {e}"),
         }
+    }
+    fn demoted_by_candidate(&self) -> bool {
+        self.is_opengauss()
     }
     fn reconfigured(&self, cfg: PgConfig, name: String) -> Result<LocalPg, PgError> {
         Ok(LocalPg {

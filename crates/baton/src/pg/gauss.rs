@@ -27,9 +27,11 @@
 //!   creates no replication slots (an unused physical slot would keep WAL
 //!   forever), it records the names the HA loop asks for.
 //!
-//! Not yet: `gs_ctl switchover` (Baton's own zero-loss switchover runs:
-//! a clean stop, the candidate's replay verified, `gs_ctl failover`),
-//! synchronous mode.
+//! - a planned switchover is openGauss's own `gs_ctl switchover`, run by
+//!   the candidate once the key is handed to it while the old primary
+//!   still runs (`agent::handover`): the primary demotes itself in place.
+//!
+//! Not yet: synchronous mode.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -282,6 +284,18 @@ impl Instance {
         )
         .await
         .map(|_| ())
+    }
+
+    /// `gs_ctl switchover` on this standby: openGauss's planned, no-loss
+    /// role swap (runbook 001). The primary it streams from stops taking
+    /// writes, sends the rest of its WAL and becomes a standby; then this
+    /// one promotes.
+    pub async fn gs_switchover(&self) -> Result<(), PgError> {
+        let mut cmd = self.gs_ctl("switchover");
+        cmd.args(["-m", "fast"]);
+        self.run("gs_ctl switchover", cmd, self.pg_ctl_limit())
+            .await
+            .map(|_| ())
     }
 
     /// `gs_ctl query`: openGauss's own view of this instance's HA state.

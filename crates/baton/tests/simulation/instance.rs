@@ -374,7 +374,7 @@ impl Postgres for SimPg {
         .await
     }
 
-    async fn promote(&self, from: u32, to: u32) -> Result<(), PgError> {
+    async fn promote(&self, from: u32, to: u32, _old_primary_running: bool) -> Result<(), PgError> {
         let at = self
             .step(1, 5, 5, |w, i| {
                 let d = if w.faults.slow_steps && w.rng.chance(10) {
