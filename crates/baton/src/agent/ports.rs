@@ -433,7 +433,7 @@ impl LocalPg {
     /// What a GTM cannot do that the loop may ask of a PostgreSQL server.
     fn not_for_gtm(what: &str) -> PgError {
         PgError::Refused(format!(
-            "{what}: not for a GTM group (docs/flavors.md, \"OpenTenBase\")"
+            "{what}: not for a GTM group (docs/flavors/opentenbase.md)"
         ))
     }
 
@@ -558,7 +558,7 @@ impl Postgres for LocalPg {
         }
         if self.is_opengauss() {
             return Err(PgError::Refused(
-                "synchronous_mode: not yet for openGauss (docs/flavors.md)".into(),
+                "synchronous_mode: not yet for openGauss (docs/flavors/opengauss.md)".into(),
             ));
         }
         let c = self.connection(Self::CONNECT.min(timeout)).await?;
