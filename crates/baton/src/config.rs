@@ -859,6 +859,44 @@ listen = "127.0.0.1:5432"
     }
 
     #[test]
+    fn routing_may_verify_the_promotion() {
+        let base = "\n[routing]\nstatements = \"SELECT 1\"\nendpoints = { a = \"host=x\" }\n";
+        let r = parse(&(MINIMAL.to_string() + base))
+            .unwrap()
+            .hooks
+            .routing
+            .unwrap();
+        assert_eq!(
+            (r.verify, r.verify_timeout),
+            (None, Duration::from_secs(30))
+        );
+        let c = parse(
+            &(MINIMAL.to_string()
+                + base
+                + "verify = \"INSERT INTO baton_gtm_check SELECT now()\"\nverify_timeout = 5\n"),
+        )
+        .unwrap();
+        let r = c.hooks.routing.unwrap();
+        assert_eq!(
+            r.verify.as_deref(),
+            Some("INSERT INTO baton_gtm_check SELECT now()")
+        );
+        assert_eq!(r.verify_timeout, Duration::from_secs(5));
+        for (bad, says) in [
+            ("verify = \" \"\n", "routing.verify: is empty"),
+            (
+                "verify = \"SELECT 1\"\nverify_timeout = -1\n",
+                "routing.verify_timeout",
+            ),
+        ] {
+            let e = parse(&(MINIMAL.to_string() + base + bad))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn minimal_config_gets_documented_defaults() {
         let c = parse(MINIMAL).unwrap();
         assert_eq!(c.namespace, "/service");

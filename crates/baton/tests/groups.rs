@@ -605,6 +605,23 @@ const SHAPE_CATALOG: &[&str] = &[
      END $$",
     "CREATE TABLE pgxc_gtm (node_name text PRIMARY KEY, host text, port int)",
     "INSERT INTO pgxc_gtm VALUES ('gtm', 'nowhere', 0)",
+    // A write needs a global timestamp from the GTM the catalog names:
+    // asked over its (stand-in) protocol, failing as OpenTenBase does.
+    "CREATE TABLE gtm_writes (gts bigint)",
+    "CREATE FUNCTION gtm_timestamp() RETURNS bigint LANGUAGE plpgsql AS $$
+     DECLARE h text; p int; answer text;
+     BEGIN
+       SELECT host, port INTO h, p FROM pgxc_gtm WHERE node_name = 'gtm';
+       CREATE TEMP TABLE IF NOT EXISTS gtm_answer (l text);
+       TRUNCATE gtm_answer;
+       EXECUTE format('COPY gtm_answer FROM PROGRAM %L', format('bash -c %L',
+         format('exec 3<>/dev/tcp/%s/%s && echo gts >&3 && head -1 <&3', h, p)));
+       SELECT l INTO answer FROM gtm_answer LIMIT 1;
+       IF answer IS NULL OR answer NOT LIKE 'gts %' THEN
+         RAISE EXCEPTION 'GTM error, could not obtain global timestamp' USING ERRCODE = '08006';
+       END IF;
+       RETURN split_part(answer, ' ', 2)::bigint;
+     END $$",
 ];
 
 /// `initgtm` stand-in: a GTM working directory with its `gtm.conf`,
@@ -694,7 +711,9 @@ fn shaped_cluster(dir: &std::path::Path, bin: &std::path::Path) -> Vec<LocalClus
                     text.replace(pg, &format!("nodename = \"gtm{}\"\n", i + 1)),
                 )
                 .unwrap();
-                "statements = \"UPDATE pgxc_gtm SET host = '{host}', port = {port} WHERE node_name = 'gtm'\"\n".to_string()
+                "statements = \"UPDATE pgxc_gtm SET host = '{host}', port = {port} WHERE node_name = 'gtm'\"\n\
+                 verify = \"INSERT INTO gtm_writes SELECT gtm_timestamp()\"\n\
+                 verify_timeout = 3\n".to_string()
             } else {
                 format!(
                     "statements = [\"UPDATE pgxc_node SET node_host = '{{host}}', node_port = {{port}} WHERE node_name = '{name}'\", \"SELECT pgxc_pool_reload()\"]\n"
@@ -878,6 +897,65 @@ async fn opentenbase_shaped_cluster_routes_every_failover_to_every_node_standin(
     for port in shape_leaders(&groups).await {
         wait_gtm_catalog(port, gtm2, "every node names gtm2").await;
     }
+    // The promotion is verified by a write through a coordinator, which
+    // needs gtm2's timestamps (`[routing] verify`).
+    let cn01 = leader_port(&groups[1]).await;
+    let gtm_writes = || async move {
+        sql_port(cn01, "SELECT count(*) FROM gtm_writes")
+            .await
+            .map(|r| r[0].get::<_, i64>(0))
+    };
+    let seen = gtm_writes().await.unwrap();
+    wait_for(
+        "a write through cn01 with gtm2's timestamps",
+        Duration::from_secs(20),
+        || async {
+            match gtm_writes().await? {
+                n if n > seen => Ok(()),
+                n => Err(format!("{n} writes")),
+            }
+        },
+    )
+    .await;
+    // gtm2 stops giving timestamps (the stand-in's knob for the broken
+    // active once seen after an early promotion): the verification fails,
+    // and after verify_timeout the promotion counts as failed: gtm2 is
+    // stopped and started again as the active, which mends it here.
+    let knob = groups[0].nodes[1].data_dir.join("standin.broken");
+    std::fs::write(&knob, "").unwrap();
+    let gtm2_dir = groups[0].nodes[1].data_dir.display().to_string();
+    wait_for(
+        "gtm2 started again after its failed verification",
+        Duration::from_secs(30),
+        || async {
+            let agent = std::fs::read_to_string(&groups[0].nodes[1].log_path).unwrap();
+            let started = std::fs::read_to_string(bin.join("standin.log"))
+                .unwrap()
+                .contains(&format!("gtm_ctl start {gtm2_dir} as ACT"));
+            if agent.contains("promotion_not_verified") && started && !knob.exists() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "verification failure seen: {}, restarted: {started}",
+                    agent.contains("promotion_not_verified")
+                ))
+            }
+        },
+    )
+    .await;
+    let seen = gtm_writes().await.unwrap();
+    wait_for(
+        "writes through cn01 again",
+        Duration::from_secs(20),
+        || async {
+            match gtm_writes().await? {
+                n if n > seen => Ok(()),
+                n => Err(format!("{n} writes")),
+            }
+        },
+    )
+    .await;
+    assert_eq!(groups[0].view().await.unwrap().leader_name(), Some("gtm2"));
 
     // The old active comes back as a standby of gtm2: no rewind, its
     // state replaced by the active's.

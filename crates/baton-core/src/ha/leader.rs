@@ -46,6 +46,9 @@ pub(super) fn decide_running(o: &Observation, cluster: &ClusterView, run: &Runni
         });
         return decision(actions, Reason::Promoting);
     }
+    if let Some(e) = &o.promotion_failed {
+        return decision(vec![Action::Stop], Reason::PromotionNotVerified(e.clone()));
+    }
     let mut actions = vec![];
     // Completes our bootstrap, and restores the key if etcd lost its data:
     // without it an empty member would bootstrap a second cluster.

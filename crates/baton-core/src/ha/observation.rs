@@ -199,6 +199,11 @@ pub struct Observation {
     /// (`Running::needs_repair`), and no rewind or rebuild has succeeded
     /// since: held by the agent across the stop that follows.
     pub instance_needs_repair: Option<String>,
+    /// Leader: the routing's verification of this promotion (`[routing]
+    /// verify`, e.g. a write through an OpenTenBase coordinator, which needs
+    /// the new GTM's timestamps) has failed for longer than its timeout,
+    /// and why.
+    pub promotion_failed: Option<String>,
     /// Wall-clock time, for scheduled switchovers.
     pub now_utc: chrono::DateTime<chrono::Utc>,
 }

@@ -355,6 +355,9 @@ pub enum Reason {
         leader: String,
         detail: String,
     },
+    /// The promotion was not verified in time (`[routing] verify`): the
+    /// instance is stopped and started again as the primary.
+    PromotionNotVerified(String),
     /// Building from the leader what the instance said needs repair.
     Repairing {
         from: String,
@@ -561,6 +564,11 @@ impl fmt::Display for Reason {
                 "postgres says it cannot follow leader {leader} and needs repair ({detail}): \
                  stopping it to build it from the leader"
             ),
+            Reason::PromotionNotVerified(e) => write!(
+                f,
+                "this primary does not serve ({e}): a failed promotion, stopping it to start it \
+                 again"
+            ),
             Reason::Repairing { from, detail } => write!(
                 f,
                 "building from {from} what postgres said needs repair ({detail})"
@@ -683,6 +691,7 @@ impl Reason {
             Reason::Rewinding { .. } => "rewinding",
             Reason::InstanceNeedsRepair { .. } => "instance_needs_repair",
             Reason::Repairing { .. } => "repairing",
+            Reason::PromotionNotVerified(_) => "promotion_not_verified",
             Reason::RewindFailed {
                 rebuilding: true, ..
             } => "rewind_failed_rebuilding",

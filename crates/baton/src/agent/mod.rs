@@ -237,6 +237,21 @@ fn spawn_leader_link<H: Peers>(
 }
 
 impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
+    /// The routing's verification of this promotion has failed for longer
+    /// than `[routing] verify_timeout`: why (`Observation::promotion_failed`).
+    fn promotion_failed(&self) -> Option<String> {
+        let r = self.cfg.hooks.routing.as_ref()?;
+        r.verify.as_ref()?;
+        let routing = self.handle.routing();
+        let st = routing.lock().expect("routing status lock");
+        let e = st.get(crate::hooks::VERIFY).filter(|e| !e.is_ok())?;
+        let since = chrono::DateTime::parse_from_rfc3339(&e.since).ok()?;
+        let failing = (chrono::Utc::now() - since.with_timezone(&chrono::Utc))
+            .to_std()
+            .ok()?;
+        (failing >= r.verify_timeout).then(|| e.error.clone().unwrap_or_default())
+    }
+
     /// An agent over any store, instance and peers (the simulator's too).
     pub fn assemble(cfg: NodeConfig, dcs: S, inst: P, peers: H) -> Agent<S, P, H> {
         let config = cfg.bootstrap.clone();
@@ -604,6 +619,7 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
             gtm_unreachable: self.gtm_unreachable,
             standby_needs_upstream: self.cfg.postgresql.flavor.is_gtm(),
             instance_needs_repair: self.needs_repair.clone(),
+            promotion_failed: self.promotion_failed(),
             fence_down_for: self
                 .fence_down_since
                 .map(|t| now.saturating_duration_since(t)),

@@ -60,6 +60,13 @@ pub struct Routing {
     pub check_interval: Duration,
     /// One try: connect, run, read back.
     pub timeout: Duration,
+    /// A statement that proves the new primary serves (for a GTM: a write
+    /// through a coordinator, which needs a global timestamp), run on the
+    /// first endpoint (by name) that holds the new primary, at every check.
+    pub verify: Option<String>,
+    /// Failing for this long, the promotion counts as failed: the leader
+    /// stops its instance and starts it again (docs/routing.md).
+    pub verify_timeout: Duration,
 }
 
 /// What a statement may name of the new primary; `{forward_port}` is its
@@ -201,6 +208,13 @@ fn read_routing(r: &mut Reader, t: &mut toml::Table) -> Option<Routing> {
     let timeout = r
         .seconds(t, p, "timeout")
         .unwrap_or(Duration::from_secs(10));
+    let verify: Option<String> = r.opt(t, p, "verify");
+    if verify.as_deref().is_some_and(|v| v.trim().is_empty()) {
+        r.problem("routing.verify", "is empty; leave it out instead");
+    }
+    let verify_timeout = r
+        .seconds(t, p, "verify_timeout")
+        .unwrap_or(Duration::from_secs(30));
     Some(Routing {
         statements: statements?,
         endpoints: endpoints.unwrap_or_default(),
@@ -209,6 +223,8 @@ fn read_routing(r: &mut Reader, t: &mut toml::Table) -> Option<Routing> {
         retry_interval,
         check_interval,
         timeout,
+        verify,
+        verify_timeout,
     })
 }
 

@@ -300,6 +300,8 @@ async fn routing_task(
     status: RoutingStatus,
 ) {
     let statements: Vec<String> = cfg.statements.iter().map(|s| me.render(s)).collect();
+    let verify = cfg.verify.as_deref().map(|v| me.render(v));
+    let mut verify_at = tokio::time::Instant::now();
     let fixed: BTreeMap<String, tokio_postgres::Config> = cfg
         .endpoints
         .iter()
@@ -324,6 +326,7 @@ async fn routing_task(
             retry_at.clear();
             leaders.clear();
             read_leaders_at = tokio::time::Instant::now();
+            verify_at = tokio::time::Instant::now();
             status.lock().expect("routing status lock").clear();
         } else {
             let now = tokio::time::Instant::now();
@@ -367,7 +370,7 @@ async fn routing_task(
                 status
                     .lock()
                     .expect("routing status lock")
-                    .retain(|name, _| current(name));
+                    .retain(|name, _| current(name) || name == VERIFY);
             }
             for (name, endpoint) in fixed.iter().chain(&leaders) {
                 if retry_at.get(name).is_some_and(|t| *t > now) {
@@ -426,12 +429,31 @@ async fn routing_task(
                     }
                 }
             }
+            // Every endpoint holds the new primary: does it serve?
+            let all_ok = fixed
+                .keys()
+                .chain(leaders.keys())
+                .all(|n| applied.contains_key(n));
+            if let Some(v) = verify.as_deref().filter(|_| all_ok && now >= verify_at) {
+                if let Some((name, endpoint)) = fixed.iter().chain(&leaders).next() {
+                    let outcome = verify_on(endpoint, v, cfg.timeout).await;
+                    let ok = outcome.is_ok();
+                    record_verify(&status, &me.address(), name, outcome);
+                    verify_at = tokio::time::Instant::now()
+                        + if ok {
+                            cfg.check_interval
+                        } else {
+                            cfg.retry_interval
+                        };
+                }
+            }
         }
         let next = retry_at
             .values()
             .copied()
             .chain(applied.values().map(|a| a.checked + cfg.check_interval))
             .chain((leading && groups.is_some()).then_some(read_leaders_at))
+            .chain((leading && verify.is_some()).then_some(verify_at))
             .min();
         tokio::select! {
             r = rx.changed() => if r.is_err() { return },
@@ -475,6 +497,65 @@ async fn reconcile(
                 .map_err(|e| crate::pg::describe(&e))?;
         }
         Ok((before, true))
+    };
+    tokio::time::timeout(timeout, work)
+        .await
+        .map_err(|_| format!("no answer within {timeout:?}"))?
+}
+
+/// The routing status entry of the verification (`VERIFY`), shown beside
+/// the endpoints: `since` is when it last succeeded, or first failed.
+pub const VERIFY: &str = "verify";
+
+fn record_verify(status: &RoutingStatus, primary: &str, via: &str, outcome: Result<(), String>) {
+    let mut st = status.lock().expect("routing status lock");
+    let entry = st.entry(VERIFY.into()).or_insert_with(|| EndpointStatus {
+        state: "pending".into(),
+        primary: primary.to_string(),
+        error: None,
+        since: now_rfc3339(),
+        attempts: 0,
+    });
+    entry.attempts += 1;
+    match outcome {
+        Ok(()) => {
+            if !entry.is_ok() {
+                tracing::info!(via, "routing: the new primary verified");
+                entry.since = now_rfc3339();
+            }
+            entry.state = "ok".into();
+            entry.error = None;
+        }
+        Err(e) => {
+            if entry.is_ok() {
+                entry.since = now_rfc3339();
+            }
+            let e = format!("via {via}: {e}");
+            if entry.error.as_deref() != Some(e.as_str()) {
+                tracing::warn!("routing: verifying the new primary failed: {e}");
+            }
+            entry.state = "pending".into();
+            entry.error = Some(e);
+        }
+    }
+}
+
+/// Runs the verification statement on one endpoint, bounded.
+async fn verify_on(
+    endpoint: &tokio_postgres::Config,
+    statement: &str,
+    timeout: Duration,
+) -> Result<(), String> {
+    let work = async {
+        let (client, conn) = endpoint
+            .connect(tokio_postgres::NoTls)
+            .await
+            .map_err(|e| crate::pg::describe(&e))?;
+        tokio::spawn(conn);
+        client
+            .batch_execute(statement)
+            .await
+            .map_err(|e| crate::pg::describe(&e))
     };
     tokio::time::timeout(timeout, work)
         .await

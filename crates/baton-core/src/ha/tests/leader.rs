@@ -404,3 +404,29 @@ fn a_node_without_its_gtm_waits_and_says_so() {
     o.last_renewal_sent = Some(o.now - Duration::from_secs(3));
     assert_eq!(decide(&o).actions, vec![Action::Stop]);
 }
+
+/// A promotion the routing could not verify in time (a GTM that gives no
+/// timestamps, seen through a coordinator) is a failed one: the leader
+/// stops its instance, keeps the key, and starts it again as primary.
+#[test]
+fn an_unverified_promotion_is_stopped_and_started_again() {
+    let mut o = obs(
+        "n1",
+        Some(cluster(Some(("n1", 7)))),
+        valid(),
+        running(false),
+    );
+    o.promotion_failed =
+        Some("via group1:cn1: GTM error, could not obtain global timestamp".into());
+    let d = decide(&o);
+    assert_eq!(d.actions, vec![Action::Stop]);
+    assert_eq!(d.reason.code(), "promotion_not_verified");
+    assert!(d
+        .reason
+        .to_string()
+        .contains("could not obtain global timestamp"));
+    // Stopped, with the key: started again as the primary.
+    o.pg = PgStatus::Stopped;
+    o.promotion_failed = None;
+    assert_eq!(decide(&o).actions, vec![Action::StartPrimary]);
+}

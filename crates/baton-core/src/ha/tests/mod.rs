@@ -94,6 +94,7 @@ fn obs(me: &str, cluster: Option<ClusterView>, data_dir: DataDir, pg: PgStatus) 
         gtm_unreachable: false,
         standby_needs_upstream: false,
         instance_needs_repair: None,
+        promotion_failed: None,
         now_utc: chrono::DateTime::parse_from_rfc3339("2026-11-23T12:00:00Z")
             .unwrap()
             .with_timezone(&chrono::Utc),
