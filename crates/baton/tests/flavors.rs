@@ -20,30 +20,13 @@ async fn gpinitsystem(dir: &Path, bin: &Path, data_dir: &Path, port: u16) {
     std::fs::create_dir_all(&work).unwrap();
     baton_local::local::open_dir(&work).unwrap();
     let pg = LocalPostgres::start(&work, "coord", "").await.unwrap();
-    let out = std::process::Command::new(bin.join("psql"))
-        .args([
-            "-X",
-            "-q",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-        ])
-        .args(["-d", "postgres", "-p", &pg.port.to_string()])
-        .arg("-v")
-        .arg(format!("port={port}"))
-        .arg("-v")
-        .arg(format!("datadir={}", data_dir.display()))
-        .arg("-f")
-        .arg(bin.join("catalog.sql"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "catalog.sql: {}",
-        String::from_utf8_lossy(&out.stderr)
+    catalog_sql(
+        bin,
+        pg.port,
+        &[
+            format!("port={port}"),
+            format!("datadir={}", data_dir.display()),
+        ],
     );
     pg.stop().await.unwrap();
     std::fs::rename(&pg.data_dir, data_dir).unwrap();
@@ -52,6 +35,32 @@ async fn gpinitsystem(dir: &Path, bin: &Path, data_dir: &Path, port: u16) {
     let meta = std::fs::metadata(data_dir).unwrap();
     use std::os::unix::fs::MetadataExt;
     std::os::unix::fs::chown(&conf, Some(meta.uid()), Some(meta.gid())).unwrap();
+}
+
+/// Runs the stand-in's `catalog.sql` on the postgres at `port`, with psql
+/// variables (`name=value`).
+fn catalog_sql(bin: &Path, port: u16, vars: &[String]) {
+    let mut cmd = std::process::Command::new(bin.join("psql"));
+    cmd.args([
+        "-X",
+        "-q",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-h",
+        "127.0.0.1",
+        "-U",
+        "postgres",
+    ])
+    .args(["-d", "postgres", "-p", &port.to_string()]);
+    for v in vars {
+        cmd.arg("-v").arg(v);
+    }
+    let out = cmd.arg("-f").arg(bin.join("catalog.sql")).output().unwrap();
+    assert!(
+        out.status.success(),
+        "catalog.sql: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// `(dbid, role, port, datadir)` of the coordinator rows (content -1).
@@ -356,27 +365,7 @@ async fn gs_initdb(dir: &Path, bin: &Path, data_dir: &Path) {
     std::fs::create_dir_all(&work).unwrap();
     baton_local::local::open_dir(&work).unwrap();
     let pg = LocalPostgres::start(&work, "dn", "").await.unwrap();
-    let out = std::process::Command::new(bin.join("psql"))
-        .args([
-            "-X",
-            "-q",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-        ])
-        .args(["-d", "postgres", "-p", &pg.port.to_string()])
-        .arg("-f")
-        .arg(bin.join("catalog.sql"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "catalog.sql: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    catalog_sql(bin, pg.port, &[]);
     pg.stop().await.unwrap();
     std::fs::rename(&pg.data_dir, data_dir).unwrap();
 }

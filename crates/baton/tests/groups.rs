@@ -778,7 +778,10 @@ async fn reloads(groups: &[LocalCluster]) -> Vec<i64> {
 /// NODE` + `pgxc_pool_reload()` for it, the coordinator that is down at
 /// that moment once it is back; the same for a coordinator; then the
 /// active GTM dies: its standby is promoted with `gtm_ctl promote` and every
-/// node gets `ALTER GTM NODE`. The old active rejoins as a standby (it
+/// node gets `ALTER GTM NODE`; the promotion is verified by a write
+/// through a coordinator, and once the new GTM stops giving timestamps it
+/// counts as failed and the GTM is started again. The old active rejoins
+/// as a standby (it
 /// takes the active's state: nothing to rewind). Then both GTMs go down:
 /// with no read-only mode to elect from, only the last leader restarts the
 /// GTM group.

@@ -296,6 +296,21 @@ pub trait Peers: Send + Sync + 'static {
     fn closed(&self, api_url: &str) -> impl Future<Output = ()> + Send;
 }
 
+/// A status query bounded by `timeout` (connect included).
+async fn bounded_status(
+    timeout: Duration,
+    query: impl Future<Output = Result<Running, PgError>>,
+) -> Result<Running, PgError> {
+    tokio::time::timeout(timeout, query)
+        .await
+        .unwrap_or_else(|_| {
+            Err(PgError::Timeout {
+                what: "status query".into(),
+                after: timeout,
+            })
+        })
+}
+
 /// The local postgres through `pg_ctl` and a kept superuser connection.
 pub struct LocalPg {
     inst: Instance,
@@ -421,13 +436,7 @@ impl LocalPg {
             }
             Ok(r)
         };
-        match tokio::time::timeout(timeout, query).await {
-            Ok(r) => r,
-            Err(_) => Err(PgError::Timeout {
-                what: "status query".into(),
-                after: timeout,
-            }),
-        }
+        bounded_status(timeout, query).await
     }
 
     /// What a GTM cannot do that the loop may ask of a PostgreSQL server.
@@ -503,13 +512,7 @@ impl Postgres for LocalPg {
             }
             Ok(r)
         };
-        match tokio::time::timeout(timeout, query).await {
-            Ok(r) => r,
-            Err(_) => Err(PgError::Timeout {
-                what: "status query".into(),
-                after: timeout,
-            }),
-        }
+        bounded_status(timeout, query).await
     }
     fn disconnect(&self) {
         *self.client.lock().expect("client lock") = None;
