@@ -1074,13 +1074,12 @@ async fn a_crashed_standby_is_rewound_not_rebuilt() {
     let cfg = baton::config::NodeConfig::load(&toml).unwrap();
     let tgt = baton::pg::Instance::new(cfg.postgresql, "tgt".into()).unwrap();
     tgt.basebackup_from("127.0.0.1", src.port).await.unwrap();
-    tgt.start(&baton::pg::RunAs::Replica {
+    let follow_src = baton::pg::RunAs::Replica {
         host: "127.0.0.1".into(),
         port: src.port,
         slot: String::new(),
-    })
-    .await
-    .unwrap();
+    };
+    tgt.start(&follow_src).await.unwrap();
     tgt.promote().await.unwrap();
     for (p, q) in [
         (
@@ -1113,13 +1112,7 @@ async fn a_crashed_standby_is_rewound_not_rebuilt() {
         .await
         .unwrap_or_else(|e| panic!("pg_rewind of a crashed standby: {e}"));
     // It follows src again, with src's history.
-    tgt.start(&baton::pg::RunAs::Replica {
-        host: "127.0.0.1".into(),
-        port: src.port,
-        slot: String::new(),
-    })
-    .await
-    .unwrap();
+    tgt.start(&follow_src).await.unwrap();
     wait_for(
         "src's table on the rewound target",
         Duration::from_secs(20),

@@ -626,19 +626,7 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
             now_utc: chrono::Utc::now(),
         };
         if let Some(c) = &obs.cluster {
-            let members = c
-                .members
-                .iter()
-                .filter_map(|(name, m)| {
-                    let (host, port) = m.pg_address()?;
-                    Some(crate::pg::Peer {
-                        name: name.clone(),
-                        host,
-                        port,
-                    })
-                })
-                .collect();
-            self.inst.set_members(members).await;
+            self.inst.set_members(c).await;
         }
         let mut d = decide(&obs);
         self.steady = baton_core::ha::steady::steady_under(&obs, &d);

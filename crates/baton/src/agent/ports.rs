@@ -274,7 +274,7 @@ pub trait Postgres: Send + Sync + 'static {
     /// that lists its peers in its own configuration (openGauss's
     /// `replconninfo`) rewrites it, and reloads a running primary, when
     /// they change.
-    fn set_members(&self, _members: Vec<pg::Peer>) -> impl Future<Output = ()> + Send {
+    fn set_members(&self, _cluster: &ClusterView) -> impl Future<Output = ()> + Send {
         std::future::ready(())
     }
 }
@@ -702,8 +702,23 @@ impl Postgres for LocalPg {
     async fn order_fence(&self, order: FenceOrder) -> Result<(), PgError> {
         self.fence.send(order).await.map(|_| ())
     }
-    async fn set_members(&self, members: Vec<pg::Peer>) {
-        if !self.is_opengauss() || !self.inst.set_members(members) {
+    async fn set_members(&self, cluster: &ClusterView) {
+        if !self.is_opengauss() {
+            return;
+        }
+        let members = cluster
+            .members
+            .iter()
+            .filter_map(|(name, m)| {
+                let (host, port) = m.pg_address()?;
+                Some(pg::Peer {
+                    name: name.clone(),
+                    host,
+                    port,
+                })
+            })
+            .collect();
+        if !self.inst.set_members(members) {
             return;
         }
         // A standby lists its leader first and is re-pointed with it; a

@@ -386,13 +386,7 @@ async fn routing_task(
                 let outcome =
                     reconcile(endpoint, &statements, applied.get(name), cfg.timeout).await;
                 let mut st = status.lock().expect("routing status lock");
-                let entry = st.entry(name.clone()).or_insert_with(|| EndpointStatus {
-                    state: "pending".into(),
-                    primary: me.address(),
-                    error: None,
-                    since: now_rfc3339(),
-                    attempts: 0,
-                });
+                let entry = status_entry(&mut st, name, &me.address());
                 match outcome {
                     Ok((started, ran)) => {
                         if ran {
@@ -477,11 +471,7 @@ async fn reconcile(
     timeout: Duration,
 ) -> Result<(String, bool), String> {
     let work = async {
-        let (client, conn) = endpoint
-            .connect(tokio_postgres::NoTls)
-            .await
-            .map_err(|e| crate::pg::describe(&e))?;
-        tokio::spawn(conn);
+        let client = connect(endpoint).await?;
         let before: String = client
             .query_one("SELECT pg_postmaster_start_time()::text", &[])
             .await
@@ -503,19 +493,29 @@ async fn reconcile(
         .map_err(|_| format!("no answer within {timeout:?}"))?
 }
 
+/// `name`'s status entry, pending for `primary` until a first outcome.
+fn status_entry<'a>(
+    st: &'a mut BTreeMap<String, EndpointStatus>,
+    name: &str,
+    primary: &str,
+) -> &'a mut EndpointStatus {
+    st.entry(name.to_string())
+        .or_insert_with(|| EndpointStatus {
+            state: "pending".into(),
+            primary: primary.to_string(),
+            error: None,
+            since: now_rfc3339(),
+            attempts: 0,
+        })
+}
+
 /// The routing status entry of the verification (`VERIFY`), shown beside
 /// the endpoints: `since` is when it last succeeded, or first failed.
 pub const VERIFY: &str = "verify";
 
 fn record_verify(status: &RoutingStatus, primary: &str, via: &str, outcome: Result<(), String>) {
     let mut st = status.lock().expect("routing status lock");
-    let entry = st.entry(VERIFY.into()).or_insert_with(|| EndpointStatus {
-        state: "pending".into(),
-        primary: primary.to_string(),
-        error: None,
-        since: now_rfc3339(),
-        attempts: 0,
-    });
+    let entry = status_entry(&mut st, VERIFY, primary);
     entry.attempts += 1;
     match outcome {
         Ok(()) => {
@@ -540,6 +540,16 @@ fn record_verify(status: &RoutingStatus, primary: &str, via: &str, outcome: Resu
     }
 }
 
+/// A connection to an endpoint; the error in the server's words.
+async fn connect(endpoint: &tokio_postgres::Config) -> Result<tokio_postgres::Client, String> {
+    let (client, conn) = endpoint
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(|e| crate::pg::describe(&e))?;
+    tokio::spawn(conn);
+    Ok(client)
+}
+
 /// Runs the verification statement on one endpoint, bounded.
 async fn verify_on(
     endpoint: &tokio_postgres::Config,
@@ -547,12 +557,8 @@ async fn verify_on(
     timeout: Duration,
 ) -> Result<(), String> {
     let work = async {
-        let (client, conn) = endpoint
-            .connect(tokio_postgres::NoTls)
-            .await
-            .map_err(|e| crate::pg::describe(&e))?;
-        tokio::spawn(conn);
-        client
+        connect(endpoint)
+            .await?
             .batch_execute(statement)
             .await
             .map_err(|e| crate::pg::describe(&e))

@@ -241,14 +241,7 @@ impl Instance {
 
     /// `gs_ctl ACTION -D <dir> -w -t <start_timeout>`.
     fn gs_ctl(&self, action: &str) -> tokio::process::Command {
-        let mut cmd = self.command("gs_ctl");
-        cmd.arg(action).arg("-D").arg(&self.cfg.data_dir).args([
-            "-w",
-            "-t",
-            &self.cfg.start_timeout.as_secs().max(1).to_string(),
-        ]);
-        cmd.kill_on_drop(false);
-        cmd
+        self.control("gs_ctl", action, &[])
     }
 
     /// `gs_ctl start -M primary | standby`: the role is the start's.
@@ -263,16 +256,6 @@ impl Instance {
             .await
             .map_err(|e| self.with_log_tail(e))?;
         Ok(())
-    }
-
-    pub(super) async fn gs_stop_fast(&self) -> Result<(), PgError> {
-        let mut cmd = self.gs_ctl("stop");
-        cmd.args(["-m", "fast"]);
-        match self.run("gs_ctl stop", cmd, self.pg_ctl_limit()).await {
-            Ok(_) => Ok(()),
-            Err(_) if self.postmaster_pid().is_none() => Ok(()),
-            Err(e) => Err(e),
-        }
     }
 
     /// `gs_ctl failover`: openGauss's promotion of a standby.

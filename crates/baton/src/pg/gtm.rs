@@ -117,10 +117,6 @@ impl Instance {
         cmd
     }
 
-    fn wait_secs(&self) -> String {
-        self.cfg.start_timeout.as_secs().max(1).to_string()
-    }
-
     /// A non-empty working directory: a GTM's when it has `gtm.conf`.
     pub(super) fn gtm_inspect(&self) -> DataDir {
         let Ok(text) = std::fs::read_to_string(self.gtm_conf_path()) else {
@@ -156,10 +152,8 @@ impl Instance {
             &render_gtm_conf(&old, &self.cfg, run_as),
             self.owner,
         )?;
-        let mut cmd = self.gtm_ctl("start");
-        cmd.arg("-l")
-            .arg(&self.cfg.log_file)
-            .args(["-w", "-t", &self.wait_secs()]);
+        let mut cmd = self.control("gtm_ctl", "start", &["-Z", "gtm"]);
+        cmd.arg("-l").arg(&self.cfg.log_file);
         self.run("gtm_ctl start", cmd, self.pg_ctl_limit())
             .await
             .map_err(|e| self.with_log_tail(e))?;
@@ -185,16 +179,6 @@ impl Instance {
                 what: format!("removing stale {}", path.display()),
                 source: e,
             }),
-        }
-    }
-
-    pub(super) async fn gtm_stop_fast(&self) -> Result<(), PgError> {
-        let mut cmd = self.gtm_ctl("stop");
-        cmd.args(["-m", "fast", "-w", "-t", &self.wait_secs()]);
-        match self.run("gtm_ctl stop", cmd, self.pg_ctl_limit()).await {
-            Ok(_) => Ok(()),
-            Err(_) if self.postmaster_pid().is_none() => Ok(()),
-            Err(e) => Err(e),
         }
     }
 

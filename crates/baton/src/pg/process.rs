@@ -198,14 +198,27 @@ impl Instance {
     /// handle: pg_ctl start daemonizes the postmaster, and a half-done stop
     /// or promote is worse than a finished one.
     fn pg_ctl(&self, action: &str) -> tokio::process::Command {
-        let mut cmd = self.command("pg_ctl");
+        let mut cmd = self.control("pg_ctl", action, &[]);
+        cmd.arg("-s");
+        cmd
+    }
+
+    /// `TOOL ACTION [ARGS] -D <data_dir> -w -t <start_timeout>`: the shape
+    /// of pg_ctl and of the systems' own (`gs_ctl`, `gtm_ctl`).
+    pub(super) fn control(
+        &self,
+        tool: &str,
+        action: &str,
+        args: &[&str],
+    ) -> tokio::process::Command {
+        let mut cmd = self.command(tool);
         cmd.arg(action)
+            .args(args)
             .arg("-D")
             .arg(&self.cfg.data_dir)
             .arg("-w")
             .arg("-t")
-            .arg(self.cfg.start_timeout.as_secs().max(1).to_string())
-            .arg("-s");
+            .arg(self.cfg.start_timeout.as_secs().max(1).to_string());
         cmd.kill_on_drop(false);
         cmd
     }
@@ -243,15 +256,16 @@ impl Instance {
         if mode == StopMode::Immediate {
             return self.fence().await;
         }
-        if self.cfg.flavor.is_gtm() {
-            return self.gtm_stop_fast().await;
-        }
-        if self.cfg.flavor == super::Flavor::OpenGauss {
-            return self.gs_stop_fast().await;
-        }
-        let mut cmd = self.pg_ctl("stop");
+        let (what, mut cmd) = match self.cfg.flavor {
+            f if f.is_gtm() => (
+                "gtm_ctl stop",
+                self.control("gtm_ctl", "stop", &["-Z", "gtm"]),
+            ),
+            super::Flavor::OpenGauss => ("gs_ctl stop", self.control("gs_ctl", "stop", &[])),
+            _ => ("pg_ctl stop", self.pg_ctl("stop")),
+        };
         cmd.arg("-m").arg(mode.as_str());
-        match self.run("pg_ctl stop", cmd, self.pg_ctl_limit()).await {
+        match self.run(what, cmd, self.pg_ctl_limit()).await {
             Ok(_) => Ok(()),
             // Lost a race with the postmaster exiting on its own.
             Err(_) if self.postmaster_pid().is_none() => Ok(()),
