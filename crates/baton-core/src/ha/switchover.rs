@@ -9,10 +9,12 @@ use super::{Action, CandidateProblem, Observation, Reason};
 /// Why `candidate` cannot take over from the current leader now, if it
 /// cannot; the same checks guard the REST API and the leader's loop.
 ///
-/// `leader_live` is the leader's own instance as read this tick, when the
+/// `leader_live` is the leader's own instance as last read, when the
 /// caller is the leader: its WAL position and `pg_stat_replication` are read
 /// together, while member keys are written a tick apart, so after a WAL
-/// segment switch the keys alone show a caught-up replica a segment behind.
+/// segment switch the keys alone show a caught-up replica a segment behind;
+/// and the reading may be a tick older than a key that shows it caught up
+/// since (the REST API's check): each side counts its freshest evidence.
 pub fn candidate_problem(
     cluster: &ClusterView,
     candidate: &str,
@@ -59,18 +61,23 @@ pub fn candidate_problem(
             leader_timeline: ltl.unwrap_or(0),
         });
     }
-    let live_lag = leader_live.and_then(|r| {
+    // The freshest evidence on each side: the leader's own reading (its
+    // position and its `pg_stat_replication` row, read together) and the
+    // member keys, either of which may be the newer one (the reading is
+    // the leader's last tick, a key is written when it changes).
+    let live_at = leader_live.and_then(|r| {
         let row = r
             .replication
             .iter()
             .find(|row| row.application_name == candidate)?;
-        let at = row.flush_lsn.max(row.replay_lsn)?;
-        Some(r.wal_lsn?.0.saturating_sub(at.0))
+        row.flush_lsn.max(row.replay_lsn).map(|l| l.0)
     });
-    let key_lag = optime
-        .zip(m.xlog_location)
-        .map(|(o, p)| o.saturating_sub(p));
-    if let Some(lag) = live_lag.or(key_lag) {
+    let leader_at = leader_live.and_then(|r| r.wal_lsn).map(|l| l.0).max(optime);
+    let candidate_at = live_at.max(m.xlog_location);
+    if let Some(lag) = leader_at
+        .zip(candidate_at)
+        .map(|(l, c)| l.saturating_sub(c))
+    {
         if lag > max_lag {
             return Some(CandidateProblem::LagExceedsLimit {
                 name: candidate.to_string(),
