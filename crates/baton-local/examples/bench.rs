@@ -26,6 +26,7 @@
 //!   10 ms through the router during 5 switchovers.
 //!
 //! `--sync on|quorum` runs failover and switchover in that synchronous mode.
+//! `BENCH_KEEP=1` keeps a good run's directory (logs, data) as a failed one is.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -66,7 +67,8 @@ fn bench_cluster(
 fn teardown<T>(dir: &Path, mut c: LocalCluster, result: &anyhow::Result<T>) {
     tokio::task::block_in_place(|| c.shutdown());
     drop(c);
-    if result.is_ok() {
+    // BENCH_KEEP=1 keeps the logs and data of a good run too.
+    if result.is_ok() && std::env::var_os("BENCH_KEEP").is_none() {
         let _ = std::fs::remove_dir_all(dir);
     } else {
         eprintln!("kept {} for inspection", dir.display());
@@ -718,8 +720,26 @@ async fn rejoin_bench(
             // since its last checkpoint before the fork: right after the
             // load that is the whole database. A checkpoint first is the
             // steady state (one runs every checkpoint_timeout) and leaves
-            // the rewind with what changed after the failover.
+            // the rewind with what changed after the failover. The
+            // replicas' restartpoints run as often in a steady state; the
+            // new leader's slot for the old one reserves WAL from its last
+            // restartpoint, and pg_rewind copies all of that WAL.
             sql_at(c.nodes[li].pg_port, "CHECKPOINT").await?;
+            let checkpointed: String =
+                sql_at(c.nodes[li].pg_port, "SELECT pg_current_wal_lsn()::text").await?[0].get(0);
+            for (i, n) in c.nodes.iter().enumerate().filter(|(i, _)| *i != li) {
+                let port = n.pg_port;
+                let q = format!("SELECT pg_last_wal_replay_lsn() >= '{checkpointed}'::pg_lsn");
+                poll_until(&format!("{} replayed the checkpoint", n.name), Duration::from_secs(120), || {
+                    let q = q.clone();
+                    async move {
+                        let rows = sql_at(port, &q).await.ok()?;
+                        rows[0].get::<_, bool>(0).then_some(())
+                    }
+                })
+                .await?;
+                sql_at(c.nodes[i].pg_port, "CHECKPOINT").await?;
+            }
             c.kill_agent(li);
             c.kill_postgres(li);
             let new = c.wait_new_leader(&leader, Duration::from_secs(60)).await?;
