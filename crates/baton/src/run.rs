@@ -3,7 +3,6 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
@@ -11,13 +10,28 @@ use tokio_util::sync::CancellationToken;
 use baton::agent::Agent;
 use baton::config::NodeConfig;
 
+/// `RUST_LOG` as `target=level` pairs and a bare default level (`info`
+/// when unset). Not `EnvFilter`: its span and field directives need a
+/// regex engine, which would make up a tenth of every agent's resident
+/// code for a feature an agent's log does not need.
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+    use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::prelude::*;
+    let default = Targets::new().with_default(tracing::Level::INFO);
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(s) if !s.trim().is_empty() => s.parse::<Targets>().unwrap_or_else(|e| {
+            eprintln!("RUST_LOG={s:?}: {e} (expected e.g. \"info\" or \"info,baton=debug\"); logging at info");
+            default
+        }),
+        _ => default,
+    };
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_target(false)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+        )
+        .with(filter)
         .init();
 }
 
@@ -32,12 +46,11 @@ pub async fn agent(path: PathBuf) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("binding the REST API to {} (api.listen)", cfg.api.listen))?;
     tracing::info!(scope = %cfg.scope, name = %cfg.name, api = %cfg.api.listen, "baton agent starting");
-    let cafile = cfg.api.cafile.clone();
     let hooks_cfg = cfg.clone();
     let agent = Agent::new(cfg).await?.with_config_path(path.clone());
     baton::hooks::spawn(&hooks_cfg, &agent.handle());
     let shutdown = CancellationToken::new();
-    let http = baton::tls::http_client(Duration::from_secs(5), cafile.as_deref())?;
+    let http = agent.http_client();
     let api = match &tls {
         Some(acceptor) => {
             let l = baton::tls::TlsListener::new(listener, acceptor.clone())?;

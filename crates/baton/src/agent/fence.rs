@@ -130,8 +130,12 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
             } => FenceOrder::Arm { deadline },
             FenceState { deadline: None, .. } => FenceOrder::Keep,
         };
+        if self.fence_taken == Some(order) {
+            return;
+        }
         match self.inst.order_fence(order).await {
             Ok(()) => {
+                self.fence_taken = Some(order);
                 if let Some(t) = self.fence_down_since.take() {
                     tracing::info!(
                         "the fence process answers again after {:.1} s",
@@ -140,6 +144,8 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
                 }
             }
             Err(e) => {
+                // It may have taken it and lost the answer: resend anything.
+                self.fence_taken = None;
                 self.fence_down_since.get_or_insert_with(now);
                 if self.fence_warning.due() {
                     tracing::error!(

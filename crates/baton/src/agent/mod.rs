@@ -48,7 +48,7 @@ use baton_core::instance::DataDir;
 
 use crate::config::NodeConfig;
 use crate::dcs::{Dcs, DcsError};
-use crate::pg::{RunAs, StopMode};
+use crate::pg::{FenceOrder, RunAs, StopMode};
 
 use baton_core::ha::{decide, JobKind, JobStatus, Observation, PgStatus};
 
@@ -132,6 +132,10 @@ pub struct Agent<S = Dcs, P = LocalPg, H = HttpPeers> {
     key_lease: KeyLease,
     /// Since when the fence process has not taken an order.
     fence_down_since: Option<Instant>,
+    /// The order the fence process took during this tick: the same order
+    /// again in the same tick is not sent (one exchange a tick still
+    /// proves the fence alive).
+    fence_taken: Option<FenceOrder>,
     fence_warning: Throttle,
     job: Option<Job>,
     /// Outcome of the last job: shown to decide until the next job starts.
@@ -195,6 +199,13 @@ impl Agent {
             auth: cfg.api.auth.clone(),
         };
         Ok(Agent::assemble(cfg, dcs, inst, peers))
+    }
+
+    /// The client this agent reaches its peers with, for the REST API's
+    /// dashboard too: every client holds its own parsed copy of the
+    /// system's root certificates.
+    pub fn http_client(&self) -> reqwest::Client {
+        self.peers.client.clone()
     }
 }
 
@@ -292,6 +303,7 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
             prev_renewal: None,
             key_lease: KeyLease::Unknown,
             fence_down_since: None,
+            fence_taken: None,
             fence_warning: Throttle::default(),
             job: None,
             last_job: None,
@@ -434,7 +446,7 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
                 return;
             }
         }
-        if let Err(e) = self.inst.order_fence(crate::pg::FenceOrder::Exit).await {
+        if let Err(e) = self.inst.order_fence(FenceOrder::Exit).await {
             tracing::warn!("could not tell the fence process to exit: {e}");
         }
         match self.dcs.release_leader(&self.cfg.name).await {
@@ -497,6 +509,7 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
             }
         }
         let now = now();
+        self.fence_taken = None;
         self.renew_lease().await;
         // The deadline just moved: the fence process hears it before this
         // tick waits on anything else.

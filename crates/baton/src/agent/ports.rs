@@ -314,7 +314,7 @@ async fn bounded_status(
 /// The local postgres through `pg_ctl` and a kept superuser connection.
 pub struct LocalPg {
     inst: Instance,
-    client: Mutex<Option<Arc<tokio_postgres::Client>>>,
+    client: Mutex<Option<Arc<pg::PgClient>>>,
     fence: FenceLink,
     mirroring: pg::MirroringReader,
     /// An OpenTenBase GTM or openGauss: the slots the loop asked for, only
@@ -446,7 +446,7 @@ impl LocalPg {
         ))
     }
 
-    fn kept(&self) -> Option<Arc<tokio_postgres::Client>> {
+    fn kept(&self) -> Option<Arc<pg::PgClient>> {
         self.client
             .lock()
             .expect("client lock")
@@ -455,11 +455,11 @@ impl LocalPg {
     }
 
     /// The kept connection, made now if there is none.
-    async fn connection(&self, timeout: Duration) -> Result<Arc<tokio_postgres::Client>, PgError> {
+    async fn connection(&self, timeout: Duration) -> Result<Arc<pg::PgClient>, PgError> {
         if let Some(c) = self.kept() {
             return Ok(c);
         }
-        let c = Arc::new(self.inst.connect(timeout).await?);
+        let c = Arc::new(pg::PgClient::new(self.inst.connect(timeout).await?));
         *self.client.lock().expect("client lock") = Some(c.clone());
         Ok(c)
     }

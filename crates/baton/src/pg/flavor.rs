@@ -367,7 +367,7 @@ impl Instance {
 /// empty for other flavors).
 pub async fn query_segments(
     flavor: Flavor,
-    client: &tokio_postgres::Client,
+    client: &super::PgClient,
 ) -> Result<Vec<Segment>, PgError> {
     if flavor != Flavor::Greenplum {
         return Ok(vec![]);
@@ -377,7 +377,6 @@ pub async fn query_segments(
             "SELECT dbid::int, content::int, role::text, preferred_role::text, mode::text, \
                     status::text, hostname, port \
                FROM gp_segment_configuration WHERE content >= 0 ORDER BY content, role DESC",
-            &[],
         )
         .await?;
     Ok(rows

@@ -150,32 +150,28 @@ fn lsn(v: Option<String>) -> Option<Lsn> {
 
 /// The status query in openGauss's SQL, the same facts as
 /// [`super::query_running`], pipelined the same way.
-pub async fn query_running_opengauss(client: &tokio_postgres::Client) -> Result<Running, PgError> {
+pub async fn query_running_opengauss(client: &super::PgClient) -> Result<Running, PgError> {
     let (row, slots, replica, replication) = tokio::try_join!(
         client.query_one(
             "SELECT pg_is_in_recovery(),
                     current_setting('server_version_num')::int,
                     current_setting('synchronous_standby_names'),
                     CASE WHEN pg_is_in_recovery() THEN NULL
-                         ELSE pg_current_xlog_location()::text END",
-            &[],
+                         ELSE pg_current_xlog_location()::text END"
         ),
         client.query(
             "SELECT slot_name::text, restart_lsn::text FROM pg_replication_slots \
-             WHERE slot_type = 'physical'",
-            &[],
+             WHERE slot_type = 'physical'"
         ),
         client.query_one(
             "SELECT pg_last_xlog_receive_location()::text, pg_last_xlog_replay_location()::text,
                     (SELECT lower(state) FROM pg_stat_get_wal_receiver()
-                      WHERE receiver_pid IS NOT NULL LIMIT 1)",
-            &[],
+                      WHERE receiver_pid IS NOT NULL LIMIT 1)"
         ),
         client.query(
             "SELECT application_name, client_addr::text, state, sender_sent_location::text,
                     receiver_flush_location::text, receiver_replay_location::text, sync_state
-               FROM pg_stat_replication ORDER BY application_name",
-            &[],
+               FROM pg_stat_replication ORDER BY application_name"
         ),
     )?;
     let in_recovery: bool = row.get(0);

@@ -49,7 +49,7 @@ pub use gauss::{query_running_opengauss, render_opengauss_conf, Peer};
 pub use gtm::{render_gtm_conf, GTM_SYSTEM_ID};
 pub use query::{
     create_replication_role, create_slot, drop_inactive_slot, query_running, set_sync_standbys,
-    timeline_history,
+    timeline_history, PgClient,
 };
 
 /// What went wrong with the local instance or a peer's postgres. The

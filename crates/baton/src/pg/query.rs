@@ -78,13 +78,63 @@ impl Instance {
     }
 }
 
+/// A kept connection to the local instance with the statements it has
+/// prepared: the loop's queries are the same every tick, so each is parsed
+/// and planned once per connection, and a tick costs postgres and the
+/// agent one round trip (bind, execute) instead of two.
+pub struct PgClient {
+    client: tokio_postgres::Client,
+    prepared: std::sync::Mutex<std::collections::HashMap<&'static str, tokio_postgres::Statement>>,
+}
+
+impl PgClient {
+    pub fn new(client: tokio_postgres::Client) -> PgClient {
+        PgClient {
+            client,
+            prepared: Default::default(),
+        }
+    }
+
+    /// `sql`'s statement on this connection, prepared on first use.
+    pub async fn prepared(&self, sql: &'static str) -> Result<tokio_postgres::Statement, PgError> {
+        if let Some(s) = self.prepared.lock().expect("statements lock").get(sql) {
+            return Ok(s.clone());
+        }
+        let s = self.client.prepare(sql).await?;
+        self.prepared
+            .lock()
+            .expect("statements lock")
+            .insert(sql, s.clone());
+        Ok(s)
+    }
+
+    pub async fn query(&self, sql: &'static str) -> Result<Vec<tokio_postgres::Row>, PgError> {
+        Ok(self.client.query(&self.prepared(sql).await?, &[]).await?)
+    }
+
+    pub async fn query_one(&self, sql: &'static str) -> Result<tokio_postgres::Row, PgError> {
+        Ok(self
+            .client
+            .query_one(&self.prepared(sql).await?, &[])
+            .await?)
+    }
+}
+
+impl std::ops::Deref for PgClient {
+    type Target = tokio_postgres::Client;
+    fn deref(&self) -> &tokio_postgres::Client {
+        &self.client
+    }
+}
+
 /// The status queries against a running instance, sent together: a
-/// connection pipelines queries issued at once, so the five cost two round
-/// trips (prepare, execute) instead of ten, every tick. Each is valid on a
-/// primary and a replica alike (the primary-only functions are guarded by
-/// CASE); the first one's `pg_is_in_recovery()` says which answers count,
-/// and a promotion between them only makes later answers primary's too.
-pub async fn query_running(client: &tokio_postgres::Client) -> Result<Running, PgError> {
+/// connection pipelines queries issued at once, so the five cost one round
+/// trip instead of five, every tick (two on a connection's first tick,
+/// which prepares them). Each is valid on a primary and a replica alike
+/// (the primary-only functions are guarded by CASE); the first one's
+/// `pg_is_in_recovery()` says which answers count, and a promotion between
+/// them only makes later answers primary's too.
+pub async fn query_running(client: &PgClient) -> Result<Running, PgError> {
     let (row, slots, replica, primary, replication) = tokio::try_join!(
         client.query_one(
             "SELECT pg_is_in_recovery(),
@@ -92,14 +142,12 @@ pub async fn query_running(client: &tokio_postgres::Client) -> Result<Running, P
                     current_setting('server_version_num')::int,
                     current_setting('primary_conninfo'),
                     current_setting('primary_slot_name'),
-                    current_setting('synchronous_standby_names')",
-            &[],
+                    current_setting('synchronous_standby_names')"
         ),
         // Slots exist on replicas too: a member about to promote creates
         // the others' slots before it does.
         client.query(
-            "SELECT slot_name::text, restart_lsn FROM pg_replication_slots WHERE slot_type = 'physical'",
-            &[],
+            "SELECT slot_name::text, restart_lsn FROM pg_replication_slots WHERE slot_type = 'physical'"
         ),
         // The replay timeline is not exposed directly: the WAL receiver
         // knows it while streaming; otherwise the larger of the last
@@ -111,22 +159,19 @@ pub async fn query_running(client: &tokio_postgres::Client) -> Result<Running, P
                     (SELECT status FROM pg_stat_wal_receiver),
                     (SELECT received_tli FROM pg_stat_wal_receiver),
                     GREATEST((SELECT timeline_id FROM pg_control_checkpoint()),
-                             (SELECT min_recovery_end_timeline FROM pg_control_recovery()))",
-            &[],
+                             (SELECT min_recovery_end_timeline FROM pg_control_recovery()))"
         ),
         // pg_control_checkpoint() lags a promotion by seconds; the current
         // WAL file name carries the live timeline.
         client.query_one(
             "SELECT CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn() END,
                     CASE WHEN pg_is_in_recovery() THEN NULL
-                         ELSE substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) END",
-            &[],
+                         ELSE substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) END"
         ),
         client.query(
             "SELECT application_name, client_addr::text, state, sent_lsn, flush_lsn, replay_lsn, sync_state,
                     (EXTRACT(epoch FROM replay_lag) * 1000)::float8
-               FROM pg_stat_replication ORDER BY application_name",
-            &[],
+               FROM pg_stat_replication ORDER BY application_name"
         ),
     )?;
     let in_recovery: bool = row.get(0);

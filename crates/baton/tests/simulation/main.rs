@@ -52,7 +52,7 @@ impl tracing_subscriber::fmt::time::FormatTime for VirtualTime {
 fn trace() {
     if std::env::var_os("BATON_SIM_TRACE").is_some() {
         let _ = tracing_subscriber::fmt()
-            .with_env_filter("info")
+            .with_max_level(tracing::Level::INFO)
             .with_ansi(false)
             .with_timer(VirtualTime)
             .with_test_writer()
