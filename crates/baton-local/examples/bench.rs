@@ -692,23 +692,7 @@ async fn rejoin_bench(
         let bytes: i64 = sql_at(c.nodes[li].pg_port, "SELECT pg_database_size('postgres')").await?[0].get(0);
         let gb = bytes as f64 / (1u64 << 30) as f64;
         println!("loaded {gb:.2} GB in {:.0} s; waiting for the replicas", loaded.elapsed().as_secs_f64());
-        let target: String = sql_at(c.nodes[li].pg_port, "SELECT pg_current_wal_lsn()::text").await?[0].get(0);
-        for (i, n) in c.nodes.iter().enumerate() {
-            if i == li {
-                continue;
-            }
-            let port = n.pg_port;
-            let target = target.clone();
-            poll_until(&format!("{} replayed the load", n.name), Duration::from_secs(1800), || {
-                let target = target.clone();
-                async move {
-                    let q = format!("SELECT pg_last_wal_replay_lsn() >= '{target}'::pg_lsn");
-                    let rows = sql_at(port, &q).await.ok()?;
-                    rows[0].get::<_, bool>(0).then_some(())
-                }
-            })
-            .await?;
-        }
+        replicas_caught_up(&c, li, "the load", Duration::from_secs(1800)).await?;
         let accounts = scale * 100_000;
         let changed = ((accounts as f64) * changed_pct / 100.0) as u64;
         let mut rounds = vec![];
@@ -725,20 +709,9 @@ async fn rejoin_bench(
             // new leader's slot for the old one reserves WAL from its last
             // restartpoint, and pg_rewind copies all of that WAL.
             sql_at(c.nodes[li].pg_port, "CHECKPOINT").await?;
-            let checkpointed: String =
-                sql_at(c.nodes[li].pg_port, "SELECT pg_current_wal_lsn()::text").await?[0].get(0);
-            for (i, n) in c.nodes.iter().enumerate().filter(|(i, _)| *i != li) {
-                let port = n.pg_port;
-                let q = format!("SELECT pg_last_wal_replay_lsn() >= '{checkpointed}'::pg_lsn");
-                poll_until(&format!("{} replayed the checkpoint", n.name), Duration::from_secs(120), || {
-                    let q = q.clone();
-                    async move {
-                        let rows = sql_at(port, &q).await.ok()?;
-                        rows[0].get::<_, bool>(0).then_some(())
-                    }
-                })
-                .await?;
-                sql_at(c.nodes[i].pg_port, "CHECKPOINT").await?;
+            replicas_caught_up(&c, li, "the checkpoint", Duration::from_secs(120)).await?;
+            for (_, n) in c.nodes.iter().enumerate().filter(|(i, _)| *i != li) {
+                sql_at(n.pg_port, "CHECKPOINT").await?;
             }
             c.kill_agent(li);
             c.kill_postgres(li);
@@ -817,6 +790,38 @@ async fn rejoin_bench(
     .await;
     teardown(&dir, c, &result);
     result
+}
+
+/// Waits until every member but the leader `li` has replayed the leader's
+/// WAL as it stands now (`what` names it in the failure message).
+async fn replicas_caught_up(
+    c: &LocalCluster,
+    li: usize,
+    what: &str,
+    limit: Duration,
+) -> anyhow::Result<()> {
+    let target: String =
+        sql_at(c.nodes[li].pg_port, "SELECT pg_current_wal_lsn()::text").await?[0].get(0);
+    let q = format!("SELECT pg_last_wal_replay_lsn() >= '{target}'::pg_lsn");
+    for n in c
+        .nodes
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != li)
+        .map(|(_, n)| n)
+    {
+        let (port, q) = (n.pg_port, &q);
+        poll_until(
+            &format!("{} replayed {what}", n.name),
+            limit,
+            || async move {
+                let rows = sql_at(port, q).await.ok()?;
+                rows[0].get::<_, bool>(0).then_some(())
+            },
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// TPS asynchronous, then with `synchronous_mode` on and quorum, on one
