@@ -11,13 +11,13 @@ use serde_json::{json, Value};
 
 use baton_core::ha::PgStatus;
 
-use super::{authorize, json_body, ok, ApiError};
+use super::{authorize, json_body, ok, Api, ApiError};
 use crate::agent::{AgentHandle, Store as _};
 
 /// `POST /failsafe` (`{"name": leader, ...}`, Patroni's body): a leader
 /// running without etcd asks whether this member still follows it.
 pub(super) async fn failsafe(
-    State(state): State<AgentHandle>,
+    State(state): State<Api>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -37,7 +37,7 @@ pub(super) async fn failsafe(
 /// `POST /reinitialize` (`{"force": true}` optional): rebuild this replica
 /// from the leader; the old data directory is moved aside, not deleted.
 pub(super) async fn reinitialize(
-    State(state): State<AgentHandle>,
+    State(state): State<Api>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -107,7 +107,7 @@ pub(super) const OUTCOME_LIMIT: std::time::Duration = std::time::Duration::from_
 /// `POST /switchover` `{"leader", "candidate"?, "scheduled_at"?}`: 200 when
 /// done, 202 when scheduled, 400/412/503 with the reason.
 pub(super) async fn switchover(
-    State(state): State<AgentHandle>,
+    State(state): State<Api>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -268,7 +268,7 @@ pub(super) async fn wait_for_handover(
 
 /// `DELETE /switchover`: cancels a scheduled switchover.
 pub(super) async fn cancel_switchover(
-    State(state): State<AgentHandle>,
+    State(state): State<Api>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers)?;
@@ -296,7 +296,7 @@ pub(super) async fn cancel_switchover(
 /// `POST /failover` `{"candidate"}`: manual promotion when there is no
 /// healthy leader.
 pub(super) async fn failover(
-    State(state): State<AgentHandle>,
+    State(state): State<Api>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -357,7 +357,7 @@ pub(super) async fn failover(
 
 /// `POST /restart`: restart postgres in its current role, and wait for it.
 pub(super) async fn restart(
-    State(state): State<AgentHandle>,
+    State(state): State<Api>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers)?;
@@ -380,7 +380,7 @@ pub(super) async fn restart(
 /// `POST /reload`: re-read the node config file's reloadable settings
 /// (postgresql.parameters, pg_hba, tags), rewrite postgres' files, reload.
 pub(super) async fn reload(
-    State(state): State<AgentHandle>,
+    State(state): State<Api>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers)?;
@@ -423,7 +423,7 @@ pub(super) async fn store_config(
 
 /// `PATCH /config`: merge (a `null` deletes the key), validate, store.
 pub(super) async fn patch_config(
-    State(state): State<AgentHandle>,
+    State(state): State<Api>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -441,7 +441,7 @@ pub(super) async fn patch_config(
 
 /// `PUT /config`: replace, validate, store.
 pub(super) async fn put_config(
-    State(state): State<AgentHandle>,
+    State(state): State<Api>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {

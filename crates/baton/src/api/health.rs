@@ -14,6 +14,7 @@ use baton_core::config::SyncMode;
 use baton_core::ha::PgStatus;
 use baton_core::status::ClusterStatus;
 
+use super::Api;
 use crate::agent::{AgentHandle, Snapshot};
 
 #[derive(Debug, Clone, Copy)]
@@ -179,7 +180,7 @@ pub(super) fn reply(method: &Method, ok: bool, body: Value) -> Response {
 }
 
 pub(super) async fn check(
-    State(state): State<AgentHandle>,
+    State(state): State<Api>,
     method: Method,
     Query(q): Query<HashMap<String, String>>,
     which: Check,
@@ -216,7 +217,7 @@ fn holds(s: &Snapshot, q: &HashMap<String, String>, which: Check, now: Instant) 
     }
 }
 
-pub(super) async fn cluster(State(state): State<AgentHandle>, method: Method) -> Response {
+pub(super) async fn cluster(State(state): State<Api>, method: Method) -> Response {
     let s = snapshot(&state);
     let Some(view) = &s.cluster else {
         return reply(&method, false, json!({"error": "etcd not reachable"}));
@@ -232,7 +233,7 @@ pub(super) async fn cluster(State(state): State<AgentHandle>, method: Method) ->
     reply(&method, true, body)
 }
 
-pub(super) async fn history(State(state): State<AgentHandle>, method: Method) -> Response {
+pub(super) async fn history(State(state): State<Api>, method: Method) -> Response {
     let s = snapshot(&state);
     let h = s
         .cluster
@@ -246,7 +247,7 @@ pub(super) async fn history(State(state): State<AgentHandle>, method: Method) ->
 /// (with `last`, only the K latest); a bad number is a 400 with the reason,
 /// not an empty list.
 pub(super) async fn events(
-    State(state): State<AgentHandle>,
+    State(state): State<Api>,
     method: Method,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
@@ -283,7 +284,7 @@ pub(super) async fn events(
     )
 }
 
-pub(super) async fn config(State(state): State<AgentHandle>, method: Method) -> Response {
+pub(super) async fn config(State(state): State<Api>, method: Method) -> Response {
     let s = snapshot(&state);
     match s.cluster.as_ref().and_then(|c| c.config.as_ref()) {
         Some(c) => reply(&method, true, serde_json::to_value(c).unwrap_or_default()),

@@ -12,9 +12,9 @@ use baton_core::config::SyncMode;
 use baton_core::ha::PgStatus;
 
 use super::health::{is_running_primary, snapshot, sync_listed};
-use crate::agent::AgentHandle;
+use super::Api;
 
-pub(super) async fn metrics(State(state): State<AgentHandle>) -> Response {
+pub(super) async fn metrics(State(state): State<Api>) -> Response {
     let s = snapshot(&state);
     let labels = format!("scope=\"{}\",name=\"{}\"", s.scope, s.name);
     let mut out = String::new();

@@ -32,6 +32,11 @@ use metrics::metrics;
 
 use crate::agent::{AgentGone, AgentHandle};
 
+/// The handlers' state. Every route keeps a copy for each of its methods,
+/// so it is one pointer, not the handle with its etcd client (a clone of
+/// the handle per route and method was a quarter of an agent's heap).
+type Api = std::sync::Arc<AgentHandle>;
+
 /// Patroni's health endpoints and what each checks (`/master` is Patroni's
 /// old name for `/primary`, still used by older HAProxy configs).
 const HEALTH_ROUTES: &[(&str, Check)] = &[
@@ -91,9 +96,13 @@ where
         .route("/metrics", on(any, metrics))
         .route("/reinitialize", axum::routing::post(reinitialize))
         .route("/failsafe", axum::routing::post(failsafe))
-        .with_state(state.clone())
+        .with_state(Api::new(state.clone()))
         .merge(ui::routes(state, http, shutdown.clone()));
-    axum::serve(listener, app)
+    // A make-service clones the router per connection as one pointer;
+    // serving the router itself copies its whole route table into every
+    // connection (axum's `Service<IncomingStream>` for `Router`), which
+    // peers' pooled connections then keep for as long as they stay open.
+    axum::serve(listener, app.into_make_service())
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
 }

@@ -724,7 +724,7 @@ async fn serve_api(
         .route("/routes", get(routes))
         .route("/health", get(health))
         .merge(crate::api::ui::proxy(http, shared.agents.clone()));
-    if let Err(e) = axum::serve(listener, app)
+    if let Err(e) = axum::serve(listener, app.into_make_service())
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
     {
