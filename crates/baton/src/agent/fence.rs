@@ -66,6 +66,8 @@ pub(super) struct Renewal {
     pub sent: Instant,
     /// `sent` plus the lease's own TTL less the safety margin.
     pub deadline: Instant,
+    /// How long etcd took to answer it.
+    pub round_trip: std::time::Duration,
 }
 
 impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {

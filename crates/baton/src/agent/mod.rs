@@ -462,14 +462,17 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
     }
 
     /// The watch's copy of the cluster, when this tick may decide on it
-    /// (`ha::steady`): etcd answered this tick's renewal, etcd was read in
-    /// full less than `FULL_READ_EVERY` ago, and the last tick found this
-    /// member steadily following the leader the copy still names.
+    /// (`ha::steady`): etcd answered a renewal that is fresh
+    /// (`renewal_fresh`: this tick's, or one sent less than `ttl / 3` ago),
+    /// etcd was read in full less than `FULL_READ_EVERY` ago, and the last
+    /// tick found this member steadily following the leader the copy
+    /// still names.
     fn view_from_watch(&self, tick_started: Instant) -> Option<ClusterView> {
         use baton_core::ha::steady::{mirror_suffices, FULL_READ_EVERY};
-        let renewed = self
-            .renewal
-            .is_some_and(|r| Some(r.lease) == self.lease && r.sent >= tick_started);
+        let renewed = self.renewal_fresh(tick_started)
+            || self
+                .renewal
+                .is_some_and(|r| Some(r.lease) == self.lease && r.sent >= tick_started);
         let recent = self
             .last_full_read
             .is_some_and(|t| tick_started.saturating_duration_since(t) < FULL_READ_EVERY);
@@ -510,14 +513,27 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
         }
         let now = now();
         self.fence_taken = None;
-        self.renew_lease().await;
+        // A steady replica's lease holds nothing but its member key: while
+        // etcd answers quickly it is renewed every `ttl / 3`, not every
+        // tick, which spares etcd a third of an idle cluster's messages
+        // (docs/architecture.md, "Scale"). Any other tick renews.
+        let quiet = self.steady.is_some() && self.renewal_fresh(now);
+        if !quiet {
+            self.renew_lease().await;
+        }
         // The deadline just moved: the fence process hears it before this
         // tick waits on anything else.
         self.order_fence().await;
         // Before reading etcd: a failed job's clean-up (a bootstrap's claim
         // given up) changes keys this tick's view must already show.
         let job = self.poll_job().await;
-        let read = match self.view_from_watch(now) {
+        let copy = self.view_from_watch(now);
+        if quiet && copy.is_none() {
+            // No longer steady (the leader changed, say): this tick may
+            // elect or act, so on a lease renewed now, as every such tick.
+            self.renew_lease().await;
+        }
+        let read = match copy {
             Some(v) => Ok(v),
             None => self.read_etcd(now).await,
         };

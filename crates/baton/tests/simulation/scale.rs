@@ -196,6 +196,9 @@ async fn etcd_counters(
         ("etcd_mvcc_txn_total", "txns"),
         ("etcd_disk_wal_fsync_duration_seconds_count", "fsyncs"),
         ("process_cpu_seconds_total", "cpu"),
+        // Applied by every member: divided by their number below. No agent
+        // revokes a lease while its cluster runs, so these are expiries.
+        ("etcd_debugging_lease_revoked_total", "revoked"),
     ];
     let mut sums: BTreeMap<&'static str, f64> = BTreeMap::new();
     for e in endpoints {
@@ -267,6 +270,11 @@ fn scale() {
         eprintln!("alone: failovers {alone:?}");
 
         // Then the others, in batches, as a fleet is rolled out.
+        let members = endpoints.len() as f64;
+        let expired = |a: &BTreeMap<&str, f64>, b: &BTreeMap<&str, f64>| {
+            (b.get("revoked").unwrap_or(&0.0) - a.get("revoked").unwrap_or(&0.0)) / members
+        };
+        let rollout = etcd_counters(&http, &endpoints).await;
         let started = Instant::now();
         for n in 1..clusters {
             all.push(Cluster::new(&base, n, writes));
@@ -284,9 +292,9 @@ fn scale() {
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         };
+        let converge = started.elapsed().as_secs_f64();
         eprintln!(
-            "{normal} of {clusters} clusters Normal {:.1} s after the first of the others started",
-            started.elapsed().as_secs_f64()
+            "{normal} of {clusters} clusters Normal {converge:.1} s after the first of the others started"
         );
         for (n, c) in all.iter().enumerate().filter(|(_, c)| c.normal().is_none()).take(3) {
             let w = c.world.lock();
@@ -304,13 +312,16 @@ fn scale() {
 
         // Steady state: what the idle fleet costs etcd.
         let before = etcd_counters(&http, &endpoints).await;
+        // Leases that expired while the fleet came up: each is a member
+        // key gone and granted again, which is more load on etcd.
+        let expired_rollout = expired(&rollout, &before);
         let t0 = Instant::now();
         tokio::time::sleep(Duration::from_secs(window)).await;
         let after = etcd_counters(&http, &endpoints).await;
         let secs = t0.elapsed().as_secs_f64();
         let rate = |k: &str| (after.get(k).unwrap_or(&0.0) - before.get(k).unwrap_or(&0.0)) / secs;
+        let expired_steady = expired(&before, &after);
         // Every member applies every put: per member, the cluster's rate.
-        let members = endpoints.len() as f64;
         let (requests, puts, txns, fsyncs, cpu) = (
             rate("requests"),
             rate("puts") / members,
@@ -320,7 +331,8 @@ fn scale() {
         );
         eprintln!(
             "idle fleet over {secs:.0} s: {requests:.0} requests/s, {puts:.1} puts/s, \
-             {txns:.1} txns/s, {fsyncs:.1} fsyncs/s (all members), etcd CPU {cpu:.0} % of a core (all members)"
+             {txns:.1} txns/s, {fsyncs:.1} fsyncs/s (all members), etcd CPU {cpu:.0} % of a core (all members); \
+             leases expired: {expired_rollout:.0} during roll-out, {expired_steady:.0} while idle"
         );
 
         let mut loaded = vec![];
@@ -335,7 +347,8 @@ fn scale() {
         println!(
             "RESULT clusters={clusters} normal={normal} writes={writes} etcd_requests_per_s={requests:.0} etcd_puts_per_s={puts:.1} \
              etcd_txns_per_s={txns:.1} etcd_fsyncs_per_s={fsyncs:.1} etcd_cpu_pct={cpu:.0} \
-             failover_s_loaded={loaded:.2} failover_s_alone={alone:.2} loaded_over_alone={:.2}",
+             failover_s_loaded={loaded:.2} failover_s_alone={alone:.2} loaded_over_alone={:.2} \
+             converge_s={converge:.0} leases_expired_rollout={expired_rollout:.0} leases_expired_idle={expired_steady:.0}",
             loaded / alone
         );
     });
