@@ -81,10 +81,10 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
 
     /// Whether a steady replica may skip this tick's renewal: etcd answered
     /// a renewal of our lease sent less than `ttl / 3` before `at`, within
-    /// `ttl / 8`. Skipping at most every other tick (the defaults: renewed
-    /// every 2 s of a 4 s lease) leaves half the lease for the next
-    /// renewal to arrive; a slow etcd (overloaded, say) gets one every
-    /// tick, as the lease's slack is what a slow answer eats into.
+    /// `ttl / 8`. At the defaults it skips every other tick (renewed every
+    /// 2 s of a 4 s lease), which leaves about half the lease for the
+    /// next renewal to arrive; a slow etcd (overloaded, say) gets one
+    /// every tick, as the lease's slack is what a slow answer eats into.
     pub(super) fn renewal_fresh(&self, at: std::time::Instant) -> bool {
         let ttl = std::time::Duration::from_secs(self.lease_ttl);
         self.renewal.is_some_and(|r| {
