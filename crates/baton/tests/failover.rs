@@ -444,7 +444,31 @@ async fn sigterm_to_leader_hands_over_without_waiting_for_the_lease() {
 /// nobody is stopped as "diverged" on the way to the next failover.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replica_keeps_its_timeline_when_the_leader_dies() {
-    let mut t = TestCluster::led_by_node1("replaytl", ClusterOptions::default(), &[]).await;
+    let t = TestCluster::led_by_node1("replaytl", ClusterOptions::default(), &[]).await;
+    replica_keeps_its_timeline(t).await;
+}
+
+/// The same with an operator's pg_hba.conf that has no `local replication`
+/// line (the chaos test's): the replay timeline then comes over TCP as the
+/// replication user, whom every member must admit anyway. Without it the
+/// last restartpoint's timeline stood: a replica two timelines behind its
+/// own WAL was elected and promoted "from" that old timeline, and a member
+/// rewound against it was left needing WAL nobody had kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_keeps_its_timeline_without_local_replication_in_pg_hba() {
+    let mut t = TestCluster::new("replaytlhba", ClusterOptions::default());
+    for n in &t.c.nodes {
+        let text = std::fs::read_to_string(&n.config_path).unwrap();
+        let hba = "pg_hba = [\"local all all trust\", \"host all all 127.0.0.1/32 trust\", \
+                   \"host replication all 127.0.0.1/32 trust\"]";
+        let text = text.replacen("[postgresql]\n", &format!("[postgresql]\n{hba}\n"), 1);
+        std::fs::write(&n.config_path, text).unwrap();
+    }
+    t.start_led_by_node1().await;
+    replica_keeps_its_timeline(t).await;
+}
+
+async fn replica_keeps_its_timeline(mut t: TestCluster) {
     let (ok, out, err) = ctl(&t, &["switchover", "--candidate", "node2", "--force"]);
     assert!(ok, "switchover failed: {out} {err}");
     let tl = wait_streaming_on_leader_timeline(&t, "node3", Duration::from_secs(30)).await;

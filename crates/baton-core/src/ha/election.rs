@@ -108,7 +108,12 @@ pub(super) fn elect(o: &Observation, cluster: &ClusterView, run: &Running) -> De
         if them.cmp(&me) == Ordering::Greater {
             let why = if p.primary {
                 YieldCause::PeerStillPrimary
-            } else if (p.timeline, p.position) > (me.0, me.1) {
+            } else if p.timeline > me.0 {
+                YieldCause::PeerLaterTimeline {
+                    theirs: p.timeline,
+                    mine: me.0,
+                }
+            } else if p.position > position {
                 YieldCause::PeerHasMoreWal {
                     theirs: p.position,
                     mine: position,

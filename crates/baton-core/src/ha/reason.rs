@@ -89,6 +89,12 @@ pub enum YieldCause {
     /// It runs (as a standby of the last leader) and can be elected; a
     /// member that cannot run without a leader never races it.
     PeerRunning,
+    /// Its WAL is on a later timeline: positions on different timelines
+    /// do not compare.
+    PeerLaterTimeline {
+        theirs: u32,
+        mine: u32,
+    },
     PeerHasMoreWal {
         theirs: u64,
         mine: u64,
@@ -104,6 +110,7 @@ impl YieldCause {
         match self {
             YieldCause::PeerStillPrimary => "peer_still_primary",
             YieldCause::PeerRunning => "peer_running",
+            YieldCause::PeerLaterTimeline { .. } => "peer_later_timeline",
             YieldCause::PeerHasMoreWal { .. } => "peer_has_more_wal",
             YieldCause::PeerHigherPriority { .. } => "peer_higher_priority",
         }
@@ -115,6 +122,9 @@ impl fmt::Display for YieldCause {
         match self {
             YieldCause::PeerStillPrimary => write!(f, "it still runs as primary"),
             YieldCause::PeerRunning => write!(f, "it runs and can be elected"),
+            YieldCause::PeerLaterTimeline { theirs, mine } => {
+                write!(f, "it is on a later timeline ({theirs} > {mine})")
+            }
             YieldCause::PeerHasMoreWal { theirs, mine } => {
                 write!(f, "it has more WAL ({theirs} > {mine})")
             }
@@ -768,6 +778,14 @@ mod tests {
                 "yielding",
                 "no leader; yielding to n3: it has more WAL (9 > 5)"
             )
+        );
+        let y = Reason::Yielding {
+            to: "n2".into(),
+            why: YieldCause::PeerLaterTimeline { theirs: 4, mine: 3 },
+        };
+        assert_eq!(
+            y.to_string(),
+            "no leader; yielding to n2: it is on a later timeline (4 > 3)"
         );
         let u = Reason::DataDirUnusable(Unusable::NotADirectory("/d".into()));
         assert_eq!(u.code(), "data_dir_not_a_directory");

@@ -324,6 +324,9 @@ pub struct LocalPg {
     /// openGauss: the system identifier, read once per postmaster from
     /// pg_control (its SQL has no `pg_control_system()`).
     system_id: Mutex<Option<(i32, String)>>,
+    /// Set while the replay timeline cannot be had, so the operator is told
+    /// once, not every tick.
+    replay_unknown: std::sync::atomic::AtomicBool,
 }
 
 impl LocalPg {
@@ -335,6 +338,7 @@ impl LocalPg {
             mirroring: Default::default(),
             virtual_slots: Default::default(),
             system_id: Default::default(),
+            replay_unknown: Default::default(),
         })
     }
 
@@ -500,13 +504,20 @@ impl Postgres for LocalPg {
             } else if !r.receiver_streaming {
                 // Without a WAL receiver the SQL timeline is a guess; the
                 // instance's own answer replaces it. If it cannot be had
-                // (custom pg_hba without `local replication`), the guess
-                // stands and divergence waits for a ttl without streaming.
+                // (pg_hba.conf admits neither), the guess stands and
+                // divergence waits for a ttl without streaming.
+                use std::sync::atomic::Ordering::Relaxed;
                 match self.inst.replay_position(timeout).await {
                     Ok((tl, lsn)) => {
                         r.timeline = Some(tl);
                         r.timeline_lsn = Some(lsn);
+                        self.replay_unknown.store(false, Relaxed);
                     }
+                    Err(e) if !self.replay_unknown.swap(true, Relaxed) => tracing::warn!(
+                        "replay timeline unknown, reporting the last restartpoint's \
+                         (allow `local replication` for the superuser or the replication \
+                         user from this member's address in pg_hba.conf): {e}"
+                    ),
                     Err(e) => tracing::debug!("replay timeline unknown: {e}"),
                 }
             }
@@ -753,6 +764,7 @@ impl Postgres for LocalPg {
             mirroring: self.mirroring.clone(),
             virtual_slots: Mutex::new(self.virtual_slots.lock().expect("slots lock").clone()),
             system_id: Mutex::new(self.system_id.lock().expect("system id lock").clone()),
+            replay_unknown: Default::default(),
         })
     }
 }

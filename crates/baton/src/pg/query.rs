@@ -32,15 +32,56 @@ impl Instance {
     /// shows the replay timeline only through the WAL receiver; once that
     /// is gone (the leader died) the last restartpoint's timeline can be
     /// minutes old, and a replica already on the new leader's timeline
-    /// would look as if its WAL went past the fork. Needs `local
-    /// replication` in pg_hba.conf (Baton's default has it).
+    /// would look as if its WAL went past the fork, or stand in an election
+    /// with a timeline it left long ago.
+    ///
+    /// Asks over the socket as the superuser (`local replication` in
+    /// Baton's pg_hba.conf), then over TCP at the connect address as the
+    /// replication user: an operator's pg_hba.conf must admit that user
+    /// from the members anyway, or no one could stream from this one.
     pub async fn replay_position(&self, timeout: Duration) -> Result<(u32, Lsn), PgError> {
+        let cfg = &self.cfg;
+        let socket = (
+            format!(
+                "host={} port={} user={}",
+                conf::quote_conninfo(&cfg.socket_dir.to_string_lossy()),
+                cfg.listen.port(),
+                conf::quote_conninfo(&cfg.superuser.username),
+            ),
+            &cfg.superuser.password,
+        );
+        let tcp = (
+            format!(
+                "host={} port={} user={}",
+                conf::quote_conninfo(&cfg.connect_address.ip().to_string()),
+                cfg.connect_address.port(),
+                conf::quote_conninfo(&cfg.replication.username),
+            ),
+            &cfg.replication.password,
+        );
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut failures = vec![];
+        for (target, password) in [socket, tcp] {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.identify_system(&target, password, left).await {
+                Ok(p) => return Ok(p),
+                Err(e) => failures.push(format!("{target}: {e}")),
+            }
+        }
+        Err(PgError::Command {
+            what: "IDENTIFY_SYSTEM".into(),
+            detail: failures.join("; "),
+        })
+    }
+
+    async fn identify_system(
+        &self,
+        target: &str,
+        password: &Option<String>,
+        timeout: Duration,
+    ) -> Result<(u32, Lsn), PgError> {
         let conninfo = format!(
-            "host={} port={} user={} dbname=postgres replication=true \
-             application_name=baton connect_timeout=2",
-            conf::quote_conninfo(&self.cfg.socket_dir.to_string_lossy()),
-            self.cfg.listen.port(),
-            conf::quote_conninfo(&self.cfg.superuser.username),
+            "{target} dbname=postgres replication=true application_name=baton connect_timeout=2"
         );
         let mut cmd = self.command("psql");
         cmd.args([
@@ -53,7 +94,7 @@ impl Instance {
             "-c",
             "IDENTIFY_SYSTEM",
         ]);
-        if let Some(pw) = &self.cfg.superuser.password {
+        if let Some(pw) = password {
             cmd.env("PGPASSWORD", pw);
         }
         let out = self.run("IDENTIFY_SYSTEM", cmd, timeout).await?;
