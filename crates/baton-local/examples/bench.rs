@@ -300,11 +300,13 @@ async fn host_death_run(
                 frozen.push(p);
             }
         }
+        let froze = Instant::now();
         let waited = poll_until("a new leader", Duration::from_secs(60), || async {
             let v = c.view().await.ok()?;
             v.leader_name().is_some_and(|l| l != leader).then_some(())
         })
         .await;
+        let new_leader_seen = froze.elapsed();
         tokio::time::sleep(Duration::from_secs(2)).await;
         stop.cancel();
         for p in &frozen {
@@ -318,9 +320,19 @@ async fn host_death_run(
             .map_err(anyhow::Error::msg)?;
         let (gap, _) = log.longest_gap();
         let lost = log.lost(&present).len();
+        // Where the gap went: the new leader as etcd showed it (polled
+        // every 100 ms) against the client's first write after the freeze,
+        // which also pays for attempts stuck on the frozen host.
+        let first_write = log
+            .acked
+            .iter()
+            .find(|(_, at)| *at > froze)
+            .map(|(_, at)| (*at - froze).as_secs_f64());
         println!(
-            "host death run {n}: gap {:.3} s, lost_acked {lost}",
-            gap.as_secs_f64()
+            "host death run {n}: gap {:.3} s, lost_acked {lost}; new leader seen {:.2} s and first write {} after the freeze",
+            gap.as_secs_f64(),
+            new_leader_seen.as_secs_f64(),
+            first_write.map_or("none".into(), |s| format!("{s:.2} s")),
         );
         Ok(SwitchResult { gap, lost })
     }

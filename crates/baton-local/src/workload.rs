@@ -74,7 +74,8 @@ pub async fn create_table(cfg: &tokio_postgres::Config, table: &str) -> Result<(
         .map_err(|e| baton::pg::describe(&e))
 }
 
-/// Writes until `stop` fires. Each attempt is bounded by one second, so a
+/// Writes until `stop` fires. Each INSERT is bounded by one second and
+/// each host's connection start-up by the config's `connect_timeout`, so a
 /// primary that hangs is counted as an outage, not waited out.
 pub async fn run_writes(
     cfg: tokio_postgres::Config,
@@ -94,21 +95,11 @@ pub async fn run_writes(
             _ = tick.tick() => {}
         }
         if client.as_ref().is_none_or(|c| c.is_closed()) {
-            client = match tokio::time::timeout(
-                Duration::from_secs(1),
-                cfg.connect(tokio_postgres::NoTls),
-            )
-            .await
-            {
-                Ok(Ok((c, conn))) => {
-                    tokio::spawn(conn);
-                    Some(c)
-                }
-                _ => {
-                    log.failed_attempts += 1;
-                    continue;
-                }
-            };
+            client = connect_per_host(&cfg).await;
+            if client.is_none() {
+                log.failed_attempts += 1;
+                continue;
+            }
         }
         let id = next_id;
         next_id += 1;
@@ -122,6 +113,42 @@ pub async fn run_writes(
         }
     }
     log
+}
+
+/// Connects to the first of `cfg`'s hosts that suits it, as libpq does:
+/// `connect_timeout` bounds each host's whole start-up. tokio-postgres
+/// bounds only the socket's connect, and the kernel of a frozen host still
+/// completes that, so one attempt waited on it until an outer timeout and
+/// never reached the hosts after it (a write gap that measured the client).
+async fn connect_per_host(cfg: &tokio_postgres::Config) -> Option<tokio_postgres::Client> {
+    use tokio_postgres::config::Host;
+    let per_host = cfg
+        .get_connect_timeout()
+        .copied()
+        .unwrap_or(Duration::from_secs(1));
+    let ports = cfg.get_ports();
+    for (i, host) in cfg.get_hosts().iter().enumerate() {
+        let mut one = tokio_postgres::Config::new();
+        match host {
+            Host::Tcp(h) => one.host(h),
+            Host::Unix(p) => one.host_path(p),
+        };
+        one.port(ports.get(i).or(ports.first()).copied().unwrap_or(5432))
+            .user(cfg.get_user().unwrap_or("postgres"))
+            .dbname(cfg.get_dbname().unwrap_or("postgres"))
+            .connect_timeout(per_host)
+            .target_session_attrs(cfg.get_target_session_attrs());
+        if let Some(pw) = cfg.get_password() {
+            one.password(pw);
+        }
+        if let Ok(Ok((c, conn))) =
+            tokio::time::timeout(per_host, one.connect(tokio_postgres::NoTls)).await
+        {
+            tokio::spawn(conn);
+            return Some(c);
+        }
+    }
+    None
 }
 
 /// All ids present in `table`, read from the current read-write member.
