@@ -167,18 +167,12 @@ impl Agents {
         self.tasks[i] = Some(tokio::spawn(agent.run(CancellationToken::new())));
     }
 
-    /// SIGKILL of the agent: no clean shutdown; its calls in flight, and
-    /// those of its jobs, never return.
+    /// SIGKILL of the agent (`Node::agent_died`).
     fn kill(&mut self, w: &mut World, i: usize) {
         if let Some(t) = self.tasks[i].take() {
             t.abort();
         }
-        let n = &mut w.nodes[i];
-        n.epoch += 1;
-        n.agent_alive = false;
-        n.handle = None;
-        n.wake = None;
-        n.mirror = None;
+        w.nodes[i].agent_died();
     }
 }
 

@@ -51,8 +51,36 @@ impl SimPeers {
 }
 
 impl Peers for SimPeers {
-    /// Not modelled: the loop learns of a dead leader on its next tick.
-    async fn closed(&self, _api_url: &str) {
+    /// As `HttpPeers::closed`: a connection held to the target's REST
+    /// port ends when its agent dies, if the FIN gets through (neither side
+    /// cut off then); it stays open while the agent is stalled. A connect
+    /// that is refused (no agent) or times out (cut off) ends the call a
+    /// second later.
+    async fn closed(&self, api_url: &str) {
+        self.world.gate(self.node, self.epoch).await;
+        let held = (|| {
+            let host = api_url.split("://").nth(1)?.split(':').next()?.to_string();
+            let w = self.world.lock();
+            let t = w.index(&host)?;
+            let cut = w.nodes[self.node].isolated || w.nodes[t].isolated;
+            (!cut && w.nodes[t].agent_alive).then(|| (t, w.nodes[t].deaths.subscribe()))
+        })();
+        let Some((t, mut deaths)) = held else {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            return;
+        };
+        if deaths.changed().await.is_ok() {
+            let heard = {
+                let w = self.world.lock();
+                !w.nodes[self.node].isolated && !w.nodes[t].isolated
+            };
+            if heard {
+                self.world.gate(self.node, self.epoch).await;
+                return;
+            }
+        }
+        // The FIN was lost: nothing is ever sent on this connection, so it
+        // never learns; a new leader ends the wait (the caller's select).
         std::future::pending::<()>().await
     }
 

@@ -115,11 +115,8 @@ impl Cluster {
             t.abort();
         }
         let mut w = self.world.lock();
-        let n = &mut w.nodes[i];
-        n.epoch += 1;
-        n.agent_alive = false;
-        n.handle = None;
-        n.fence = None;
+        w.nodes[i].agent_died();
+        w.nodes[i].fence = None;
         crash_pg(&mut w, i);
     }
 

@@ -159,6 +159,9 @@ pub struct Node {
     /// The running agent incarnation; calls of an older one never return.
     pub epoch: u64,
     pub agent_alive: bool,
+    /// Counts the agent's deaths: the kernel then closes the connections
+    /// peers hold to its REST port (`Peers::closed`).
+    pub deaths: tokio::sync::watch::Sender<u64>,
     /// The agent is not scheduled until then (its next call waits).
     pub stalled_until: Option<Instant>,
     /// The `baton-fence` process beside postgres, if one runs: it survives
@@ -416,6 +419,17 @@ impl Shared {
 }
 
 impl Node {
+    /// SIGKILL of the agent: no clean shutdown; the calls of this
+    /// incarnation in flight, and those of its jobs, never return.
+    pub fn agent_died(&mut self) {
+        self.epoch += 1;
+        self.agent_alive = false;
+        self.handle = None;
+        self.wake = None;
+        self.mirror = None;
+        self.deaths.send_modify(|d| *d += 1);
+    }
+
     pub fn new(i: usize) -> Node {
         Node {
             name: format!("n{}", i + 1),
@@ -424,6 +438,7 @@ impl Node {
             isolated: false,
             epoch: 0,
             agent_alive: false,
+            deaths: tokio::sync::watch::Sender::new(0),
             stalled_until: None,
             fence: None,
             handle: None,
