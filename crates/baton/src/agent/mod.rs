@@ -175,6 +175,12 @@ pub struct Agent<S = Dcs, P = LocalPg, H = HttpPeers> {
     /// The REST address of the leader when it is another member, for the
     /// leader link (`spawn_leader_link`).
     leader_api: tokio::sync::watch::Sender<Option<String>>,
+    /// Set by the leader link when its connection ended (or could not be
+    /// made): the probe runs then even while the WAL receiver still
+    /// streams, which it does for a moment after the leader's postmaster
+    /// died (its walsender has not noticed yet). Cleared when the leader
+    /// answers a probe or changes.
+    leader_link_closed: Arc<std::sync::atomic::AtomicBool>,
     /// Leader: since when each of Baton's slots has had no member key.
     slot_absent_since: std::collections::BTreeMap<String, Instant>,
     /// The node file, re-read on `POST /reload` and SIGHUP.
@@ -228,6 +234,7 @@ fn spawn_exit_watch<P: Postgres>(inst: Arc<P>, wake: Arc<Notify>) -> tokio::task
 fn spawn_leader_link<H: Peers>(
     peers: Arc<H>,
     mut leader: tokio::sync::watch::Receiver<Option<String>>,
+    closed: Arc<std::sync::atomic::AtomicBool>,
     wake: Arc<Notify>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -240,7 +247,10 @@ fn spawn_leader_link<H: Peers>(
                 continue;
             };
             tokio::select! {
-                _ = peers.closed(&url) => wake.notify_one(),
+                _ = peers.closed(&url) => {
+                    closed.store(true, std::sync::atomic::Ordering::Relaxed);
+                    wake.notify_one();
+                }
                 r = leader.changed() => if r.is_err() { return },
             }
         }
@@ -328,6 +338,7 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
             last_full_read: None,
             leader_refused: None,
             leader_api: tokio::sync::watch::channel(None).0,
+            leader_link_closed: Default::default(),
             slot_absent_since: Default::default(),
             history_cache: None,
             gtm_unreachable: false,
@@ -362,6 +373,7 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
         let mut link = spawn_leader_link(
             self.peers.clone(),
             self.leader_api.subscribe(),
+            self.leader_link_closed.clone(),
             self.wake.clone(),
         );
         let mut failsafe = failsafe::spawn_failsafe(
@@ -601,8 +613,12 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
             let l = c.leader_name().filter(|l| *l != self.cfg.name)?;
             Some(c.members.get(l)?.api_url.clone())
         });
+        let link_closed = &self.leader_link_closed;
         self.leader_api.send_if_modified(|v| {
             let changed = *v != leader_api;
+            if changed {
+                link_closed.store(false, std::sync::atomic::Ordering::Relaxed);
+            }
             *v = leader_api;
             changed
         });

@@ -73,8 +73,9 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
 
     /// The process-death fast path (`ha::dead_leader`): while this member
     /// does not stream from the leader (a replica that does knows its
-    /// postgres is up), whether the leader key's holder refuses on both
-    /// its REST and its postgres port. Costs nothing while streaming.
+    /// postgres is up), or once the leader link has closed, whether the
+    /// leader key's holder refuses on both its REST and its postgres port.
+    /// Costs nothing while streaming from a leader whose agent lives.
     pub(super) async fn probe_leader(
         &self,
         cluster: Option<&ClusterView>,
@@ -84,19 +85,23 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
         if leader.name == self.cfg.name {
             return None;
         }
+        use std::sync::atomic::Ordering::Relaxed;
+        let link_closed = self.leader_link_closed.load(Relaxed);
         match pg {
-            PgStatus::Running(r) if !r.in_recovery || r.receiver_streaming => return None,
+            PgStatus::Running(r) if !r.in_recovery => return None,
+            PgStatus::Running(r) if r.receiver_streaming && !link_closed => return None,
             _ => {}
         }
         let m = cluster?.members.get(&leader.name)?;
         let pg_at = m.pg_address()?;
-        self.peers
-            .refused(&m.api_url, pg_at)
-            .await
-            .then(|| RefusedReport {
-                leader: leader.name.clone(),
-                lease: leader.lease,
-            })
+        let refused = self.peers.refused(&m.api_url, pg_at).await;
+        if !refused {
+            self.leader_link_closed.store(false, Relaxed);
+        }
+        refused.then(|| RefusedReport {
+            leader: leader.name.clone(),
+            lease: leader.lease,
+        })
     }
 
     /// Synchronous mode: a voter's REST answer is its last tick's, and the

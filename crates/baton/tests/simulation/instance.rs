@@ -54,7 +54,7 @@ impl SimPg {
             if w.faults.slow_steps && w.rng.chance(10) {
                 w.rng.ms(hi, slow)
             } else {
-                w.rng.ms(lo, hi)
+                w.step_ms(lo, hi)
             }
         };
         tokio::time::sleep(d).await;
@@ -303,7 +303,7 @@ impl Postgres for SimPg {
             let d = if w.faults.slow_steps && w.rng.chance(10) {
                 w.rng.ms(600, 5000)
             } else {
-                w.rng.ms(100, 600)
+                w.step_ms(100, 600)
             };
             let pg = &mut w.nodes[i].pg;
             if pg.data.is_none() {
@@ -380,7 +380,7 @@ impl Postgres for SimPg {
                 let d = if w.faults.slow_steps && w.rng.chance(10) {
                     w.rng.ms(500, 6000)
                 } else {
-                    w.rng.ms(50, 500)
+                    w.step_ms(50, 500)
                 };
                 let pg = &mut w.nodes[i].pg;
                 if !matches!(pg.running, Some(Mode::Replica(_))) {

@@ -240,6 +240,9 @@ impl Etcd {
 
 pub struct World {
     pub rng: Rng,
+    /// A benchmark's world: every postgres step takes its least time, so
+    /// runs differ only in what is measured (`step_ms`).
+    pub least_steps: bool,
     /// The last timeline id handed out (bootstrap, promotions).
     pub last_id: u64,
     pub etcd: Etcd,
@@ -261,6 +264,16 @@ pub struct World {
 }
 
 impl World {
+    /// How long a postgres step takes: `lo..=hi` ms, or `lo` with
+    /// `least_steps`.
+    pub fn step_ms(&mut self, lo: u64, hi: u64) -> Duration {
+        if self.least_steps {
+            Duration::from_millis(lo)
+        } else {
+            self.rng.ms(lo, hi)
+        }
+    }
+
     /// `nodes` nodes with empty data directories, nothing running.
     pub fn new(
         nodes: usize,
@@ -270,6 +283,7 @@ impl World {
     ) -> World {
         World {
             rng: Rng::new(seed),
+            least_steps: false,
             last_id: 0,
             etcd: Etcd::default(),
             nodes: (0..nodes).map(Node::new).collect(),
