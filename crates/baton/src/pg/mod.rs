@@ -167,6 +167,10 @@ pub struct Instance {
     /// The cluster's other members, for systems that list them in their
     /// configuration (openGauss's `replconninfo`).
     members: std::sync::Mutex<Vec<Peer>>,
+    /// Which of `replay_position`'s two ways in answered last: it is tried
+    /// first, so a pg_hba.conf without `local replication` costs one psql
+    /// per tick, not two.
+    replay_via_tcp: std::sync::atomic::AtomicBool,
 }
 
 impl Instance {
@@ -198,6 +202,7 @@ impl Instance {
             owner,
             progress: Default::default(),
             members: Default::default(),
+            replay_via_tcp: Default::default(),
         })
     }
 

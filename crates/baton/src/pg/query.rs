@@ -38,7 +38,8 @@ impl Instance {
     /// Asks over the socket as the superuser (`local replication` in
     /// Baton's pg_hba.conf), then over TCP at the connect address as the
     /// replication user: an operator's pg_hba.conf must admit that user
-    /// from the members anyway, or no one could stream from this one.
+    /// from the members anyway, or no one could stream from this one. The
+    /// way that answered last is tried first.
     pub async fn replay_position(&self, timeout: Duration) -> Result<(u32, Lsn), PgError> {
         let cfg = &self.cfg;
         let socket = (
@@ -59,12 +60,24 @@ impl Instance {
             ),
             &cfg.replication.password,
         );
+        use std::sync::atomic::Ordering::Relaxed;
+        let via_tcp = self.replay_via_tcp.load(Relaxed);
+        let ways = if via_tcp {
+            [tcp, socket]
+        } else {
+            [socket, tcp]
+        };
         let deadline = tokio::time::Instant::now() + timeout;
         let mut failures = vec![];
-        for (target, password) in [socket, tcp] {
+        for (i, (target, password)) in ways.into_iter().enumerate() {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             match self.identify_system(&target, password, left).await {
-                Ok(p) => return Ok(p),
+                Ok(p) => {
+                    // The second way answering means the other one is the
+                    // one that works now.
+                    self.replay_via_tcp.store(via_tcp != (i == 1), Relaxed);
+                    return Ok(p);
+                }
                 Err(e) => failures.push(format!("{target}: {e}")),
             }
         }
