@@ -42,7 +42,9 @@ impl Instance {
     /// way that answered last is tried first.
     pub async fn replay_position(&self, timeout: Duration) -> Result<(u32, Lsn), PgError> {
         let cfg = &self.cfg;
+        // (over TCP, target, password)
         let socket = (
+            false,
             format!(
                 "host={} port={} user={}",
                 conf::quote_conninfo(&cfg.socket_dir.to_string_lossy()),
@@ -52,6 +54,7 @@ impl Instance {
             &cfg.superuser.password,
         );
         let tcp = (
+            true,
             format!(
                 "host={} port={} user={}",
                 conf::quote_conninfo(&cfg.connect_address.ip().to_string()),
@@ -61,21 +64,18 @@ impl Instance {
             &cfg.replication.password,
         );
         use std::sync::atomic::Ordering::Relaxed;
-        let via_tcp = self.replay_via_tcp.load(Relaxed);
-        let ways = if via_tcp {
+        let ways = if self.replay_via_tcp.load(Relaxed) {
             [tcp, socket]
         } else {
             [socket, tcp]
         };
         let deadline = tokio::time::Instant::now() + timeout;
         let mut failures = vec![];
-        for (i, (target, password)) in ways.into_iter().enumerate() {
+        for (over_tcp, target, password) in ways {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             match self.identify_system(&target, password, left).await {
                 Ok(p) => {
-                    // The second way answering means the other one is the
-                    // one that works now.
-                    self.replay_via_tcp.store(via_tcp != (i == 1), Relaxed);
+                    self.replay_via_tcp.store(over_tcp, Relaxed);
                     return Ok(p);
                 }
                 Err(e) => failures.push(format!("{target}: {e}")),
