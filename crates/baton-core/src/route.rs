@@ -12,7 +12,6 @@
 use std::collections::BTreeMap;
 
 use crate::cluster::{ClusterView, Member};
-use crate::ha::publish::SWITCHING_OVER;
 
 /// One postgres the router may connect to.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
@@ -38,10 +37,14 @@ pub struct Routes {
     /// Accepts writes now; `None` while there is no such member (clients
     /// are held).
     pub primary: Option<Backend>,
-    /// The leader while it hands over in a switchover: it takes no new
-    /// clients, but its sessions are left to it, since it still holds the
-    /// key and its clean stop, which ends them, loses nothing.
-    pub draining: Option<Backend>,
+    /// The leader key's holder while its member key says primary, in any
+    /// state: no new clients unless it is also `primary`, but sessions
+    /// already there stay. It alone may take writes, so a state other than
+    /// "running" is no demotion: handing over in a switchover (its clean
+    /// stop ends them and loses nothing), or a status query that timed
+    /// out on a busy primary, which says "starting" for a tick; closing
+    /// every session then would break all clients of a primary under load.
+    pub leading: Option<Backend>,
     /// The leader while it promotes (its member key still says replica):
     /// postgres may accept writes a tick before the key says so, which a
     /// router that can read the server's greeting checks for itself.
@@ -77,9 +80,9 @@ pub fn routes(view: &ClusterView, policy: ReadPolicy) -> Routes {
             None
         }
     });
-    let draining = leader.and_then(|l| {
+    let leading = leader.and_then(|l| {
         let m = view.members.get(l)?;
-        if m.role == "primary" && m.state == SWITCHING_OVER {
+        if m.role == "primary" {
             backend(l, m)
         } else {
             None
@@ -139,7 +142,7 @@ pub fn routes(view: &ClusterView, policy: ReadPolicy) -> Routes {
     }
     Routes {
         primary,
-        draining,
+        leading,
         promoting,
         readers,
         excluded,
@@ -218,7 +221,17 @@ mod tests {
         handing.state = "switching over".into();
         let v = view(Some("a"), &[("a", handing)]);
         let r = routes(&v, POLICY);
-        assert_eq!((r.primary, r.draining.map(|b| b.port)), (None, Some(1)));
+        assert_eq!((r.primary, r.leading.map(|b| b.port)), (None, Some(1)));
+
+        // A status query on the leader failed ("starting" for a tick): new
+        // clients wait, its sessions stay; they go once another member
+        // holds the key.
+        let mut busy = member("primary", 1, 5000, false);
+        busy.state = "starting".into();
+        let r = routes(&view(Some("a"), &[("a", busy.clone())]), POLICY);
+        assert_eq!((r.primary, r.leading.map(|b| b.port)), (None, Some(1)));
+        let r = routes(&view(Some("b"), &[("a", busy)]), POLICY);
+        assert_eq!((r.primary, r.leading), (None, None));
 
         // No leader key: a member still saying primary is not routed to.
         let v = view(None, &[("a", member("primary", 1, 5000, false))]);

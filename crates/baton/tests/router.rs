@@ -198,11 +198,34 @@ async fn router_holds_clients_until_a_primary_and_closes_writers_on_demotion() {
     );
     drop(reader);
 
+    // The leader's agent could not query its postgres for a tick (busy,
+    // its status query timed out) and says "starting": it still holds the
+    // key, so its open sessions stay; new ones wait for "running".
+    let client = connect(router.rw_port).await;
+    client.simple_query("SELECT 1").await.unwrap();
+    put_member_in(&etcd.endpoint, "pg1", pg.port, "primary", "starting").await;
+    wait_for(
+        "the router seeing the leader as starting",
+        Duration::from_secs(5),
+        || async {
+            let routes = http_json(&router.api_url("/routes")).await?;
+            if routes["primary"].is_null() && routes["leading"]["name"] == "pg1" {
+                Ok(())
+            } else {
+                Err(format!("{routes}"))
+            }
+        },
+    )
+    .await;
+    client
+        .simple_query("SELECT 1")
+        .await
+        .expect("a session on the leader survives its agent's failed status query");
+    put_member(&etcd.endpoint, "pg1", pg.port, "primary").await;
+
     // An open writer session is closed when its backend stops being the
     // primary (here the key moves to a member that is not up yet), though
     // postgres itself keeps running.
-    let client = connect(router.rw_port).await;
-    client.simple_query("SELECT 1").await.unwrap();
     put_leader(&etcd.endpoint, "pg2").await;
     wait_for(
         "the writer session closed",

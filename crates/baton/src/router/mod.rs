@@ -11,13 +11,14 @@
 //!   that it is a hot standby. The router reads the server's greeting up
 //!   to ReadyForQuery for that, when the server asks no password; past
 //!   the greeting it splices bytes unread (`copy_bidirectional`).
-//! - A writer connection whose backend stops being the primary is closed
-//!   at once: its client sees one broken connection, never a session on a
-//!   demoted server. The one exception is a leader handing over in a
-//!   switchover: it takes no new clients, but its sessions run on until
-//!   its clean stop ends them (it still holds the key, and the handover
-//!   loses nothing), so a client that just connected is not cut off for
-//!   nothing tens of milliseconds early.
+//! - A writer connection whose backend stops being the primary (another
+//!   member or none holds the key, or its member key says replica) is
+//!   closed at once: its client sees one broken connection, never a
+//!   session on a demoted server. While the backend holds the key and says
+//!   primary in any state (`Routes::leading`) its sessions run on, though
+//!   new clients wait: a leader handing over in a switchover (its clean
+//!   stop ends them and loses nothing), or one whose agent missed a status
+//!   query under load.
 //! - A client is handed a server's greeting only if that server is still
 //!   the route's backend once it greeted; otherwise the router tries again
 //!   and the client never sees the session.
@@ -661,7 +662,7 @@ async fn splice(
         loop {
             {
                 let r = rx.borrow_and_update();
-                let ours = [&r.primary, &r.draining, &r.promoting]
+                let ours = [&r.leading, &r.promoting]
                     .iter()
                     .any(|b| b.as_ref() == Some(&backend));
                 if !ours {
