@@ -188,6 +188,10 @@ pub struct Agent<S = Dcs, P = LocalPg, H = HttpPeers> {
     history_cache: Option<(u32, Vec<(u32, baton_core::lsn::Lsn)>)>,
     /// The last status query failed with the GTM error (OpenTenBase).
     gtm_unreachable: bool,
+    /// The last status query was answered: the first failure after one is
+    /// logged with its cause (a busy or stalled server, a shutdown), while
+    /// those during start-up, tick after tick, stay at debug.
+    pg_answered: bool,
     /// The `synchronous_standby_names` this primary enforces and its WAL
     /// position when the agent first saw it so (`ha::sync::confirmed`).
     sync_seen: Option<(String, baton_core::lsn::Lsn)>,
@@ -342,6 +346,7 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
             slot_absent_since: Default::default(),
             history_cache: None,
             gtm_unreachable: false,
+            pg_answered: false,
             sync_seen: None,
         }
     }

@@ -13,6 +13,7 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
     pub(super) async fn observe_postgres(&mut self) -> (PgStatus, DataDir) {
         self.gtm_unreachable = false;
         if !self.inst.postmaster_running() {
+            self.pg_answered = false;
             self.inst.disconnect();
             // A rewind or rebuild while stopped can bring back the same
             // timeline number with another past: read it again next start.
@@ -21,6 +22,7 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
         }
         match self.inst.status(self.config.retry_timeout()).await {
             Ok(mut r) => {
+                self.pg_answered = true;
                 r.history = self.history_of(r.timeline).await;
                 let dir = DataDir::Valid {
                     system_id: r.system_id.clone(),
@@ -33,7 +35,11 @@ impl<S: Store, P: Postgres, H: Peers> Agent<S, P, H> {
                 (PgStatus::Running(Box::new(r)), dir)
             }
             Err(e) => {
-                tracing::debug!("status query failed: {e}");
+                if std::mem::take(&mut self.pg_answered) {
+                    tracing::info!("postgres stopped answering the status query: {e}");
+                } else {
+                    tracing::debug!("status query failed: {e}");
+                }
                 self.gtm_unreachable =
                     self.cfg.postgresql.flavor.has_gtm() && e.is_gtm_unreachable();
                 self.inst.disconnect();
