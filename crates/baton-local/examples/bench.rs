@@ -970,9 +970,34 @@ fn pgbench_p99(
     Ok((tps, p99))
 }
 
+/// A process's CPU time (clock ticks) and its threads' voluntary context
+/// switches (each a sleep and a wake-up) so far.
+fn proc_cpu_and_sleeps(pid: u32) -> anyhow::Result<(u64, u64)> {
+    let ticks = proc_usage(pid)?.2;
+    let mut sleeps = 0;
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let status = std::fs::read_to_string(t?.path().join("status"))?;
+        sleeps += status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .context("no voluntary_ctxt_switches in a thread's status")?;
+    }
+    Ok((ticks, sleeps))
+}
+
+/// One pgbench run, or the medians of several.
+#[derive(Debug, Clone, Copy, Default)]
+struct Sample {
+    tps: f64,
+    p99: f64,
+    /// The proxy's CPU time per transaction (zero for direct runs).
+    cpu_us: f64,
+}
+
 struct RouterFigures {
     /// (target, clients, select_only) → medians of (TPS, p99 ms)
-    runs: std::collections::BTreeMap<(&'static str, u32, bool), (f64, f64)>,
+    runs: std::collections::BTreeMap<(&'static str, u32, bool), Sample>,
     refused: usize,
     max_wait: Duration,
 }
@@ -985,6 +1010,13 @@ async fn router_bench(baton: &Path, rounds: usize) -> anyhow::Result<RouterFigur
         // (e.g. `busy_poll_us = 0`), to compare its settings here.
         let top = std::env::var("BENCH_ROUTER_TOML").unwrap_or_default();
         let router = c.start_router("router", &top, "")?;
+        // BENCH_ROUTER_B_TOML: a second router with other settings, run
+        // interleaved with the first, for a comparison free of the drift
+        // between runs.
+        let router_b = match std::env::var("BENCH_ROUTER_B_TOML") {
+            Ok(top) => Some(c.start_router("router-b", &top, "")?),
+            Err(_) => None,
+        };
         let template = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/haproxy.cfg");
         let haproxy = baton_local::local::LocalHaproxy::start(&c, &template)?;
         let v = c.view().await?;
@@ -1003,38 +1035,94 @@ async fn router_bench(baton: &Path, rounds: usize) -> anyhow::Result<RouterFigur
             pgbench_p99(&bin_dir, haproxy.rw_port, 1, true, 1, &dir.join("warm")).ok()
         })
         .await?;
-        let targets = [
-            ("direct", direct),
-            ("router", router.rw_port),
-            ("haproxy", haproxy.rw_port),
+        let mut targets = vec![
+            ("direct", direct, None),
+            ("router", router.rw_port, router.pid()),
+            ("haproxy", haproxy.rw_port, haproxy.pid()),
         ];
-        let mut samples: std::collections::BTreeMap<_, Vec<(f64, f64)>> = Default::default();
+        if let Some(b) = &router_b {
+            targets.push(("router-b", b.rw_port, b.pid()));
+        }
+        // BENCH_ROUTER_CLIENTS (e.g. `8,32`) and BENCH_ROUTER_SELECT_ONLY=1
+        // narrow the grid, for many quick rounds when comparing settings.
+        let client_counts: Vec<u32> = match std::env::var("BENCH_ROUTER_CLIENTS") {
+            Ok(v) => v
+                .split(',')
+                .map(|c| c.trim().parse().context("BENCH_ROUTER_CLIENTS: a list of client counts"))
+                .collect::<anyhow::Result<_>>()?,
+            Err(_) => vec![1, 8, 32],
+        };
+        let scripts: &[bool] = if std::env::var("BENCH_ROUTER_SELECT_ONLY").is_ok_and(|v| v == "1") {
+            &[true]
+        } else {
+            &[true, false]
+        };
+        let mut samples: std::collections::BTreeMap<_, Vec<Sample>> = Default::default();
         for round in 0..rounds {
-            for clients in [1u32, 8, 32] {
-                for select_only in [true, false] {
+            for &clients in &client_counts {
+                for &select_only in scripts {
                     // Interleaved, and the order rotates each round, so no
                     // target always runs on a warmer cache.
                     for k in 0..targets.len() {
-                        let (name, port) = targets[(k + round) % targets.len()];
-                        let r = pgbench_p99(&bin_dir, port, clients, select_only, 5, &dir.join("log"))?;
+                        let (name, port, pid) = targets[(k + round) % targets.len()];
+                        let before = pid.map(proc_cpu_and_sleeps).transpose()?;
+                        let (tps, p99) =
+                            pgbench_p99(&bin_dir, port, clients, select_only, 5, &dir.join("log"))?;
+                        // The proxy's own cost per transaction: CPU time and
+                        // how often its threads slept and were woken.
+                        let (mut cpu_us, mut cost) = (0.0, String::new());
+                        if let (Some(a), Some(b)) = (pid.map(proc_cpu_and_sleeps).transpose()?, before) {
+                            let tx = tps * 5.0;
+                            cpu_us = (a.0 - b.0) as f64 / 100.0 * 1e6 / tx; // USER_HZ
+                            cost = format!(
+                                "; proxy {cpu_us:.1} µs cpu, {:.2} wake-ups per transaction",
+                                (a.1 - b.1) as f64 / tx
+                            );
+                        }
                         println!(
-                            "round {} {name:>7} clients {clients:>2} {}: tps {:.0} p99 {:.3} ms",
+                            "round {} {name:>8} clients {clients:>2} {}: tps {tps:.0} p99 {p99:.3} ms{cost}",
                             round + 1,
                             if select_only { "select-only" } else { "tpcb-like  " },
-                            r.0,
-                            r.1
                         );
-                        samples.entry((name, clients, select_only)).or_default().push(r);
+                        samples
+                            .entry((name, clients, select_only))
+                            .or_default()
+                            .push(Sample { tps, p99, cpu_us });
                     }
+                    let s = |t| samples[&(t, clients, select_only)].last().map_or(0.0, |r| r.tps);
+                    println!(
+                        "round {} router/haproxy at {clients} clients: {:.2}",
+                        round + 1,
+                        s("router") / s("haproxy")
+                    );
+                }
+            }
+        }
+        // Ratios within a round cancel the drift between rounds.
+        for &clients in &client_counts {
+            for &select_only in scripts {
+                for (a, b) in [("router", "haproxy"), ("router-b", "haproxy"), ("router-b", "router")] {
+                    let (Some(r), Some(h)) = (samples.get(&(a, clients, select_only)), samples.get(&(b, clients, select_only))) else {
+                        continue;
+                    };
+                    let paired = median(r.iter().zip(h).map(|(r, h)| r.tps / h.tps).collect());
+                    println!(
+                        "paired {a}/{b} {} {clients:>2} clients: median {paired:.2} over {} rounds",
+                        if select_only { "select-only" } else { "tpcb-like" },
+                        r.len()
+                    );
                 }
             }
         }
         let runs = samples
             .into_iter()
             .map(|(k, v)| {
-                let tps = median(v.iter().map(|r| r.0).collect());
-                let p99 = median(v.iter().map(|r| r.1).collect());
-                (k, (tps, p99))
+                let m = Sample {
+                    tps: median(v.iter().map(|r| r.tps).collect()),
+                    p99: median(v.iter().map(|r| r.p99).collect()),
+                    cpu_us: median(v.iter().map(|r| r.cpu_us).collect()),
+                };
+                (k, m)
             })
             .collect();
 
@@ -1078,7 +1166,8 @@ async fn router_bench(baton: &Path, rounds: usize) -> anyhow::Result<RouterFigur
                 (refused, longest, ok)
             })
         };
-        for n in 1..=5 {
+        let switchovers: u32 = std::env::var("BENCH_ROUTER_SWITCHOVERS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
+        for n in 1..=switchovers {
             let (old, _) = c.switchover_via_api().await?;
             let new = c.wait_new_leader(&old, Duration::from_secs(30)).await?;
             c.wait_normal(Duration::from_secs(60)).await?;
@@ -1091,6 +1180,7 @@ async fn router_bench(baton: &Path, rounds: usize) -> anyhow::Result<RouterFigur
         let (refused, max_wait, ok) = connector.await?;
         println!("connects during the switchovers: {ok} ok, {refused} refused, longest wait {max_wait:?}");
         drop(haproxy);
+        drop(router_b);
         drop(router);
         Ok(RouterFigures {
             runs,
@@ -1262,32 +1352,32 @@ async fn main() -> anyhow::Result<()> {
             let get = |t: &'static str, c: u32, s: bool| {
                 f.runs.get(&(t, c, s)).copied().unwrap_or_default()
             };
-            for clients in [1, 8, 32] {
-                for select_only in [true, false] {
-                    let (d, r, h) = (
-                        get("direct", clients, select_only),
-                        get("router", clients, select_only),
-                        get("haproxy", clients, select_only),
-                    );
-                    println!(
-                        "median {} {clients:>2} clients: direct {:.0} tps, router {:.0} ({:.2}x direct, {:.2}x haproxy), haproxy {:.0} ({:.2}x direct); p99 ms direct {:.3} router {:.3} haproxy {:.3}",
-                        if select_only { "select-only" } else { "tpcb-like  " },
-                        d.0, r.0, r.0 / d.0, r.0 / h.0, h.0, h.0 / d.0, d.1, r.1, h.1
-                    );
-                }
+            for &(_, clients, select_only) in f.runs.keys().filter(|k| k.0 == "direct") {
+                let (d, r, h) = (
+                    get("direct", clients, select_only),
+                    get("router", clients, select_only),
+                    get("haproxy", clients, select_only),
+                );
+                println!(
+                    "median {} {clients:>2} clients: direct {:.0} tps, router {:.0} ({:.2}x direct, {:.2}x haproxy), haproxy {:.0} ({:.2}x direct); p99 ms direct {:.3} router {:.3} haproxy {:.3}; proxy µs cpu per transaction router {:.1} haproxy {:.1}",
+                    if select_only { "select-only" } else { "tpcb-like  " },
+                    d.tps, r.tps, r.tps / d.tps, r.tps / h.tps, h.tps, h.tps / d.tps, d.p99, r.p99, h.p99, r.cpu_us, h.cpu_us
+                );
             }
             let (d1, r1) = (get("direct", 1, true), get("router", 1, true));
             let (r8, h8) = (get("router", 8, true), get("haproxy", 8, true));
             let (r32, h32) = (get("router", 32, true), get("haproxy", 32, true));
             println!(
-                "RESULT router_vs_direct_tps={:.2} router_vs_haproxy_tps={:.2} router_vs_haproxy_tps_32={:.2} router_p99_ms={:.3} direct_p99_ms={:.3} switchover_refused={} switchover_max_wait_s={:.3}",
-                r1.0 / d1.0,
-                r8.0 / h8.0,
-                r32.0 / h32.0,
-                r1.1,
-                d1.1,
+                "RESULT router_vs_direct_tps={:.2} router_vs_haproxy_tps={:.2} router_vs_haproxy_tps_32={:.2} router_p99_ms={:.3} direct_p99_ms={:.3} switchover_refused={} switchover_max_wait_s={:.3} router_cpu_us_per_tx={:.1} haproxy_cpu_us_per_tx={:.1}",
+                r1.tps / d1.tps,
+                r8.tps / h8.tps,
+                r32.tps / h32.tps,
+                r1.p99,
+                d1.p99,
                 f.refused,
-                f.max_wait.as_secs_f64()
+                f.max_wait.as_secs_f64(),
+                r8.cpu_us,
+                h8.cpu_us
             );
         }
         other => bail!("unknown benchmark {other:?}: failover, switchover, sync-cost or router"),

@@ -839,6 +839,10 @@ impl LocalHaproxy {
         Ok(h)
     }
 
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     pub fn stop(&mut self) {
         end(&mut self.child);
     }
