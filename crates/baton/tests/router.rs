@@ -67,6 +67,23 @@ async fn put_member_in(etcd: &str, name: &str, port: u16, role: &str, state: &st
     .unwrap();
 }
 
+/// Until the router's `/routes` satisfies `check`, for up to 10 s.
+async fn wait_for_routes(
+    router: &LocalRouter,
+    what: &str,
+    check: impl Fn(&serde_json::Value) -> bool,
+) {
+    wait_for(what, Duration::from_secs(10), || async {
+        let routes = http_json(&router.api_url("/routes")).await?;
+        if check(&routes) {
+            Ok(())
+        } else {
+            Err(format!("{routes}"))
+        }
+    })
+    .await;
+}
+
 async fn put_leader(etcd: &str, name: &str) {
     let mut c = etcd_client::Client::connect([etcd], None).await.unwrap();
     c.put("/service/rt/leader", name, None).await.unwrap();
@@ -147,18 +164,9 @@ async fn router_holds_clients_until_a_primary_and_closes_writers_on_demotion() {
     // A leader still promoting by its member key, whose postgres already
     // takes writes (it says so in its greeting): writers get it at once.
     put_member_in(&etcd.endpoint, "pg1", pg.port, "replica", "promoting").await;
-    wait_for(
-        "writers sent to the promoting leader",
-        Duration::from_secs(5),
-        || async {
-            let routes = http_json(&router.api_url("/routes")).await?;
-            if routes["primary"].is_null() && routes["promoting"]["name"] == "pg1" {
-                Ok(())
-            } else {
-                Err(format!("{routes}"))
-            }
-        },
-    )
+    wait_for_routes(&router, "writers sent to the promoting leader", |r| {
+        r["primary"].is_null() && r["promoting"]["name"] == "pg1"
+    })
     .await;
     let (rows, _) = through(router.rw_port, "SELECT pg_is_in_recovery()")
         .await
@@ -204,18 +212,9 @@ async fn router_holds_clients_until_a_primary_and_closes_writers_on_demotion() {
     let client = connect(router.rw_port).await;
     client.simple_query("SELECT 1").await.unwrap();
     put_member_in(&etcd.endpoint, "pg1", pg.port, "primary", "starting").await;
-    wait_for(
-        "the router seeing the leader as starting",
-        Duration::from_secs(5),
-        || async {
-            let routes = http_json(&router.api_url("/routes")).await?;
-            if routes["primary"].is_null() && routes["leading"]["name"] == "pg1" {
-                Ok(())
-            } else {
-                Err(format!("{routes}"))
-            }
-        },
-    )
+    wait_for_routes(&router, "the router seeing the leader as starting", |r| {
+        r["primary"].is_null() && r["leading"]["name"] == "pg1"
+    })
     .await;
     client
         .simple_query("SELECT 1")
@@ -598,19 +597,10 @@ async fn readers_are_spread_over_fresh_replicas_only() {
     )
     .await;
     t.c.kill_postgres(1);
-    wait_for(
-        "node2 out of the read pool",
-        Duration::from_secs(10),
-        || async {
-            let routes = http_json(&router.api_url("/routes")).await?;
-            let readers = routes["readers"].as_array().cloned().unwrap_or_default();
-            if readers.len() == 1 && readers[0]["name"] == "node3" {
-                Ok(())
-            } else {
-                Err(format!("{routes}"))
-            }
-        },
-    )
+    wait_for_routes(&router, "node2 out of the read pool", |r| {
+        let readers = r["readers"].as_array().cloned().unwrap_or_default();
+        readers.len() == 1 && readers[0]["name"] == "node3"
+    })
     .await;
     let seen = readers(3).await.unwrap();
     assert!(seen.keys().eq([&port_of(2)]), "{seen:?}");
