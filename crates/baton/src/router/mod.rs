@@ -12,8 +12,8 @@
 //!   to ReadyForQuery for that, when the server asks no password; past
 //!   the greeting it splices bytes unread (`copy_bidirectional`).
 //! - A writer connection whose backend stops being the primary (another
-//!   member or none holds the key, or its member key says replica) is
-//!   closed at once: its client sees one broken connection, never a
+//!   member or none holds the key, or its member key says neither primary
+//!   nor promoting) is closed at once: its client sees one broken connection, never a
 //!   session on a demoted server. While the backend holds the key and says
 //!   primary in any state (`Routes::leading`) its sessions run on, though
 //!   new clients wait: a leader handing over in a switchover (its clean
