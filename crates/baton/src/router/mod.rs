@@ -13,12 +13,12 @@
 //!   the greeting it splices bytes unread (`copy_bidirectional`).
 //! - A writer connection whose backend stops being the primary (another
 //!   member or none holds the key, or its member key says neither primary
-//!   nor promoting) is closed at once: its client sees one broken connection, never a
-//!   session on a demoted server. While the backend holds the key and says
-//!   primary in any state (`Routes::leading`) its sessions run on, though
-//!   new clients wait: a leader handing over in a switchover (its clean
-//!   stop ends them and loses nothing), or one whose agent missed a status
-//!   query under load.
+//!   nor promoting) is closed at once: its client sees one broken
+//!   connection, never a session on a demoted server. While the backend
+//!   holds the key and says primary in any state (`Routes::leading`) its
+//!   sessions run on, though new clients wait: a leader handing over in a
+//!   switchover (its clean stop ends them and loses nothing), or one whose
+//!   agent missed a status query under load.
 //! - A client is handed a server's greeting only if that server is still
 //!   the route's backend once it greeted; otherwise the router tries again
 //!   and the client never sees the session.
