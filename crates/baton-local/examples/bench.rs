@@ -446,7 +446,6 @@ async fn footprint_run(
             .iter()
             .map(|x| x.agent_pid().context("agent not running"))
             .collect::<anyhow::Result<_>>()?;
-        let hz = 100.0; // USER_HZ on Linux
         let start: Vec<(u64, u64, u64)> = pids
             .iter()
             .map(|p| proc_usage(*p))
@@ -464,7 +463,7 @@ async fn footprint_run(
         let mut out = vec![];
         for (i, p) in pids.iter().enumerate() {
             let ticks = proc_usage(*p)?.2 - start[i].2;
-            let pct = ticks as f64 / hz / secs * 100.0;
+            let pct = ticks as f64 / USER_HZ / secs * 100.0;
             println!(
                 "footprint run {n}: {} rss {} kB (private {} kB), cpu {pct:.3} %",
                 c.nodes[i].name, peak[i].0, peak[i].1
@@ -970,6 +969,9 @@ fn pgbench_p99(
     Ok((tps, p99))
 }
 
+/// The clock ticks of /proc's CPU times, per second (USER_HZ on Linux).
+const USER_HZ: f64 = 100.0;
+
 /// A process's CPU time (clock ticks) and its threads' voluntary context
 /// switches (each a sleep and a wake-up) so far.
 fn proc_cpu_and_sleeps(pid: u32) -> anyhow::Result<(u64, u64)> {
@@ -996,7 +998,7 @@ struct Sample {
 }
 
 struct RouterFigures {
-    /// (target, clients, select_only) → medians of (TPS, p99 ms)
+    /// (target, clients, select_only) → the medians of its runs
     runs: std::collections::BTreeMap<(&'static str, u32, bool), Sample>,
     refused: usize,
     max_wait: Duration,
@@ -1057,6 +1059,12 @@ async fn router_bench(baton: &Path, rounds: usize) -> anyhow::Result<RouterFigur
         } else {
             &[true, false]
         };
+        let switchovers: u32 = match std::env::var("BENCH_ROUTER_SWITCHOVERS") {
+            Ok(v) => v.trim().parse().context("BENCH_ROUTER_SWITCHOVERS: a count")?,
+            Err(_) => 5,
+        };
+        // Each pgbench run's length.
+        const RUN_SECONDS: u32 = 5;
         let mut samples: std::collections::BTreeMap<_, Vec<Sample>> = Default::default();
         for round in 0..rounds {
             for &clients in &client_counts {
@@ -1066,14 +1074,20 @@ async fn router_bench(baton: &Path, rounds: usize) -> anyhow::Result<RouterFigur
                     for k in 0..targets.len() {
                         let (name, port, pid) = targets[(k + round) % targets.len()];
                         let before = pid.map(proc_cpu_and_sleeps).transpose()?;
-                        let (tps, p99) =
-                            pgbench_p99(&bin_dir, port, clients, select_only, 5, &dir.join("log"))?;
+                        let (tps, p99) = pgbench_p99(
+                            &bin_dir,
+                            port,
+                            clients,
+                            select_only,
+                            RUN_SECONDS,
+                            &dir.join("log"),
+                        )?;
                         // The proxy's own cost per transaction: CPU time and
                         // how often its threads slept and were woken.
                         let (mut cpu_us, mut cost) = (0.0, String::new());
                         if let (Some(a), Some(b)) = (pid.map(proc_cpu_and_sleeps).transpose()?, before) {
-                            let tx = tps * 5.0;
-                            cpu_us = (a.0 - b.0) as f64 / 100.0 * 1e6 / tx; // USER_HZ
+                            let tx = tps * f64::from(RUN_SECONDS);
+                            cpu_us = (a.0 - b.0) as f64 / USER_HZ * 1e6 / tx;
                             cost = format!(
                                 "; proxy {cpu_us:.1} µs cpu, {:.2} wake-ups per transaction",
                                 (a.1 - b.1) as f64 / tx
@@ -1089,12 +1103,6 @@ async fn router_bench(baton: &Path, rounds: usize) -> anyhow::Result<RouterFigur
                             .or_default()
                             .push(Sample { tps, p99, cpu_us });
                     }
-                    let s = |t| samples[&(t, clients, select_only)].last().map_or(0.0, |r| r.tps);
-                    println!(
-                        "round {} router/haproxy at {clients} clients: {:.2}",
-                        round + 1,
-                        s("router") / s("haproxy")
-                    );
                 }
             }
         }
@@ -1166,7 +1174,6 @@ async fn router_bench(baton: &Path, rounds: usize) -> anyhow::Result<RouterFigur
                 (refused, longest, ok)
             })
         };
-        let switchovers: u32 = std::env::var("BENCH_ROUTER_SWITCHOVERS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
         for n in 1..=switchovers {
             let (old, _) = c.switchover_via_api().await?;
             let new = c.wait_new_leader(&old, Duration::from_secs(30)).await?;
