@@ -132,6 +132,9 @@ pub fn gs_om_state(m: &Member) -> String {
         (_, "need repair") => "Standby Need repair(WAL)".into(),
         (_, "rewinding") | (_, "creating replica") => "Standby Building".into(),
         (_, "starting") | (_, "restarting") => "Standby Starting".into(),
+        // Its postgres did not answer this tick: openGauss's "Unknown".
+        ("primary", crate::ha::publish::NOT_RESPONDING) => "Primary Unknown".into(),
+        (_, crate::ha::publish::NOT_RESPONDING) => "Standby Unknown".into(),
         (_, "promoting") => "Standby Promoting".into(),
         (_, s) if s.starts_with("switching") => "Primary Demoting".into(),
         _ => "Down Unknown".into(),

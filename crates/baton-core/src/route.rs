@@ -3,15 +3,17 @@
 //! bytes.
 //!
 //! Writers go to the leader, and only once its own member key says it runs
-//! as a primary: during a switchover or failover the key names a candidate
-//! that is still promoting, and a client connected there would see a
-//! read-only server. Readers go to replicas that stream and replay within
+//! as a primary, or its server's greeting says writable: during a
+//! switchover or failover the key names a candidate that is still
+//! promoting, and a client connected there would see a read-only server.
+//! Readers go to replicas that stream and replay within
 //! the lag limit; a replica that stopped streaming serves older and older
 //! data, which is what a read-only pool must not hand out silently.
 
 use std::collections::BTreeMap;
 
 use crate::cluster::{ClusterView, Member};
+use crate::ha::publish::NOT_RESPONDING;
 
 /// One postgres the router may connect to.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
@@ -38,17 +40,21 @@ pub struct Routes {
     /// are held).
     pub primary: Option<Backend>,
     /// The leader key's holder while its member key says primary, in any
-    /// state: no new clients unless it is also `primary`, but sessions
-    /// already there stay. It alone may take writes, so a state other than
-    /// "running" is no demotion: handing over in a switchover (its clean
-    /// stop ends them and loses nothing), or a status query that timed
-    /// out on a busy primary, which says "starting" for a tick; closing
-    /// every session then would break all clients of a primary under load.
+    /// state: no new clients unless it is also `primary` or `unconfirmed`,
+    /// but sessions already there stay. It alone may take writes, so a
+    /// state other than "running" is no demotion: handing over in a
+    /// switchover (its clean stop ends them and loses nothing), or a
+    /// status query that timed out on a busy primary; closing every
+    /// session then would break all clients of a primary under load.
     pub leading: Option<Backend>,
-    /// The leader while it promotes (its member key still says replica):
-    /// postgres may accept writes a tick before the key says so, which a
-    /// router that can read the server's greeting checks for itself.
-    pub promoting: Option<Backend>,
+    /// The leader when its member key neither confirms nor rules out that
+    /// it takes writes: promoting (postgres leaves recovery a tick before
+    /// the key says so), or a primary whose status query did not answer
+    /// this tick (most often a busy server). The router reads the
+    /// server's greeting and hands it new clients only if it says
+    /// writable; a server that cannot take them answers with an error
+    /// the router retries on.
+    pub unconfirmed: Option<Backend>,
     /// The read-only pool, possibly the primary alone (fallback).
     pub readers: Vec<Backend>,
     /// Why each excluded member is out of the read pool, for logs and
@@ -88,12 +94,14 @@ pub fn routes(view: &ClusterView, policy: ReadPolicy) -> Routes {
             None
         }
     });
-    let promoting = leader.and_then(|l| {
+    let unconfirmed = leader.and_then(|l| {
         let m = view.members.get(l)?;
         // "promoting" with either role: postgres leaves recovery before
         // the promote job (pg_ctl promote -w) ends and the key says
         // "running".
-        if m.state == "promoting" || m.role == "replica" && m.state == "running" {
+        let promoting = m.state == "promoting" || m.role == "replica" && m.state == "running";
+        let not_responding = m.role == "primary" && m.state == NOT_RESPONDING;
+        if promoting || not_responding {
             backend(l, m)
         } else {
             None
@@ -143,7 +151,7 @@ pub fn routes(view: &ClusterView, policy: ReadPolicy) -> Routes {
     Routes {
         primary,
         leading,
-        promoting,
+        unconfirmed,
         readers,
         excluded,
     }
@@ -207,14 +215,14 @@ mod tests {
             ],
         );
         let r = routes(&v, POLICY);
-        assert_eq!((r.primary, r.promoting.map(|b| b.port)), (None, Some(2)));
+        assert_eq!((r.primary, r.unconfirmed.map(|b| b.port)), (None, Some(2)));
 
         // Out of recovery, the promote job not yet done: still promoting.
         let mut done = member("primary", 2, 5000, false);
         done.state = "promoting".into();
         let v = view(Some("b"), &[("b", done)]);
         let r = routes(&v, POLICY);
-        assert_eq!((r.primary, r.promoting.map(|b| b.port)), (None, Some(2)));
+        assert_eq!((r.primary, r.unconfirmed.map(|b| b.port)), (None, Some(2)));
 
         // The leader hands over: no new writers, its sessions drain.
         let mut handing = member("primary", 1, 5000, false);
@@ -223,15 +231,31 @@ mod tests {
         let r = routes(&v, POLICY);
         assert_eq!((r.primary, r.leading.map(|b| b.port)), (None, Some(1)));
 
-        // A status query on the leader failed ("starting" for a tick): new
-        // clients wait, its sessions stay; they go once another member
-        // holds the key.
+        // A status query on the leader failed: its sessions stay, and new
+        // clients go there once its greeting says writable; all of it
+        // ends once another member holds the key.
         let mut busy = member("primary", 1, 5000, false);
-        busy.state = "starting".into();
+        busy.state = NOT_RESPONDING.into();
         let r = routes(&view(Some("a"), &[("a", busy.clone())]), POLICY);
-        assert_eq!((r.primary, r.leading.map(|b| b.port)), (None, Some(1)));
+        assert_eq!(
+            (
+                r.primary,
+                r.leading.map(|b| b.port),
+                r.unconfirmed.map(|b| b.port)
+            ),
+            (None, Some(1), Some(1))
+        );
         let r = routes(&view(Some("b"), &[("a", busy)]), POLICY);
-        assert_eq!((r.primary, r.leading), (None, None));
+        assert_eq!((r.primary, r.leading, r.unconfirmed), (None, None, None));
+
+        // A leader starting its postgres: nobody takes writes yet.
+        let mut starting = member("primary", 1, 5000, false);
+        starting.state = "starting".into();
+        let r = routes(&view(Some("a"), &[("a", starting)]), POLICY);
+        assert_eq!(
+            (r.primary, r.leading.map(|b| b.port), r.unconfirmed),
+            (None, Some(1), None)
+        );
 
         // No leader key: a member still saying primary is not routed to.
         let v = view(None, &[("a", member("primary", 1, 5000, false))]);

@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use crate::cluster::ClusterView;
 use crate::config::{SyncMode, Tags};
+use crate::ha::publish::NOT_RESPONDING;
 use crate::lsn::Lsn;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -133,7 +134,13 @@ impl ClusterStatus {
                 }
             };
             if is_leader {
-                if !m.is_running_primary() {
+                if m.role == "primary" && m.state == NOT_RESPONDING {
+                    // It may well take writes (a busy server whose status
+                    // query timed out): writes are not known to be down.
+                    degraded.push(format!(
+                        "leader {name}'s postgres did not answer its status query"
+                    ));
+                } else if !m.is_running_primary() {
                     problems.push(format!(
                         "leader {name} is {} as {}, not running as primary",
                         m.state, m.role
@@ -440,6 +447,20 @@ mod tests {
         let s = ClusterStatus::from_view("demo", &v, 1 << 20);
         assert_eq!(s.members[1].role, "replica");
         assert_eq!(s.state, ClusterState::Degraded);
+    }
+
+    /// A leader's status query that timed out is no outage: the cluster
+    /// is Degraded, with the reason; a leader that is starting is one.
+    #[test]
+    fn a_leader_not_answering_degrades() {
+        let mut v = view();
+        v.members.get_mut("n1").unwrap().state = NOT_RESPONDING.into();
+        let s = ClusterStatus::from_view("demo", &v, 1 << 20);
+        assert_eq!(s.state, ClusterState::Degraded, "{:?}", s.problems);
+        assert!(s.problems[0].contains("did not answer"), "{:?}", s.problems);
+        v.members.get_mut("n1").unwrap().state = "starting".into();
+        let s = ClusterStatus::from_view("demo", &v, 1 << 20);
+        assert_eq!(s.state, ClusterState::Unavailable, "{:?}", s.problems);
     }
 
     #[test]

@@ -165,7 +165,7 @@ async fn router_holds_clients_until_a_primary_and_closes_writers_on_demotion() {
     // takes writes (it says so in its greeting): writers get it at once.
     put_member_in(&etcd.endpoint, "pg1", pg.port, "replica", "promoting").await;
     wait_for_routes(&router, "writers sent to the promoting leader", |r| {
-        r["primary"].is_null() && r["promoting"]["name"] == "pg1"
+        r["primary"].is_null() && r["unconfirmed"]["name"] == "pg1"
     })
     .await;
     let (rows, _) = through(router.rw_port, "SELECT pg_is_in_recovery()")
@@ -207,19 +207,41 @@ async fn router_holds_clients_until_a_primary_and_closes_writers_on_demotion() {
     drop(reader);
 
     // The leader's agent could not query its postgres for a tick (busy,
-    // its status query timed out) and says "starting": it still holds the
-    // key, so its open sessions stay; new ones wait for "running".
+    // its status query timed out) and says "not responding": it still
+    // holds the key, so its open sessions stay, and a new client gets it
+    // as soon as its greeting says writable.
     let client = connect(router.rw_port).await;
     client.simple_query("SELECT 1").await.unwrap();
-    put_member_in(&etcd.endpoint, "pg1", pg.port, "primary", "starting").await;
-    wait_for_routes(&router, "the router seeing the leader as starting", |r| {
-        r["primary"].is_null() && r["leading"]["name"] == "pg1"
-    })
+    put_member_in(&etcd.endpoint, "pg1", pg.port, "primary", "not responding").await;
+    wait_for_routes(
+        &router,
+        "the router seeing the leader not responding",
+        |r| {
+            r["primary"].is_null()
+                && r["leading"]["name"] == "pg1"
+                && r["unconfirmed"]["name"] == "pg1"
+        },
+    )
     .await;
     client
         .simple_query("SELECT 1")
         .await
         .expect("a session on the leader survives its agent's failed status query");
+    let (rows, _) = tokio::time::timeout(
+        Duration::from_secs(5),
+        through(router.rw_port, "SELECT pg_is_in_recovery()"),
+    )
+    .await
+    .expect("a new writer reaches a leader whose status query failed, without waiting")
+    .unwrap();
+    assert!(!rows[0].get::<_, bool>(0));
+    // Starting (a restart in place): sessions stay, new clients wait.
+    put_member_in(&etcd.endpoint, "pg1", pg.port, "primary", "starting").await;
+    wait_for_routes(&router, "the router seeing the leader starting", |r| {
+        r["primary"].is_null() && r["leading"]["name"] == "pg1" && r["unconfirmed"].is_null()
+    })
+    .await;
+    client.simple_query("SELECT 1").await.unwrap();
     put_member(&etcd.endpoint, "pg1", pg.port, "primary").await;
 
     // An open writer session is closed when its backend stops being the
@@ -696,4 +718,123 @@ async fn haproxy_routes_writes_to_the_new_leader_after_a_switchover() {
         },
     )
     .await;
+    // node2's agent's own postgres sessions stop answering, and so does
+    // its postmaster (SIGSTOP, of backends while idle, so they hold no
+    // lock): its status query times out, a new connection too, and the
+    // member says "not responding". It still holds the key and may take
+    // writes, so /primary stays 200 (as Patroni answers) and HAProxy
+    // keeps its sessions.
+    // A session on node2 (until HAProxy's checks mark node1 down, it may
+    // still send writers there).
+    let session = wait_for("a session on node2", Duration::from_secs(10), || async {
+        let c = connect(haproxy.rw_port).await;
+        let row = c
+            .query_one("SELECT inet_server_port()", &[])
+            .await
+            .map_err(|e| pg_error(&e))?;
+        match row.get::<_, i32>(0) {
+            p if p == port(1) => Ok(c),
+            p => Err(format!("on port {p}")),
+        }
+    })
+    .await;
+    let stopped = stop_agent_sessions(&t, 1).await;
+    let url = t.c.nodes[1].api_url("/primary");
+    let http = baton::tls::http_client(Duration::from_secs(3), None).unwrap();
+    let (code, body) = wait_for(
+        "node2's agent seeing its postgres not answer",
+        Duration::from_secs(15),
+        || async {
+            let r = http.get(&url).send().await.map_err(|e| e.to_string())?;
+            let code = r.status().as_u16();
+            let body: serde_json::Value = r.json().await.map_err(|e| e.to_string())?;
+            match body["state"].as_str() {
+                Some("running") => Err("still running".to_string()),
+                _ => Ok((code, body)),
+            }
+        },
+    )
+    .await;
+    drop(stopped);
+    assert_eq!(
+        (code, body["state"].as_str()),
+        (200, Some("not responding")),
+        "{body}"
+    );
+    assert_eq!(body["role"], "primary", "{body}");
+    wait_for("node2 answering again", Duration::from_secs(15), || async {
+        match http_json(&url).await?["state"].as_str() {
+            Some("running") => Ok(()),
+            s => Err(format!("{s:?}")),
+        }
+    })
+    .await;
+    session
+        .simple_query("SELECT 1")
+        .await
+        .expect("HAProxy kept the session on the leader whose status query timed out");
+}
+
+/// Backends stopped by `stop_agent_sessions`, continued when dropped (a
+/// failed assertion included), so none is left behind stopped.
+struct Stopped(Vec<nix::unistd::Pid>);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        for &p in &self.0 {
+            let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGCONT);
+        }
+    }
+}
+
+/// SIGSTOPs the idle backends of node `i`'s agent (application_name
+/// `baton`) and the postmaster, so its status queries hang, on its
+/// connection and on a new one. Only idle backends: one stopped inside a
+/// query could hold a lock the whole server waits on.
+async fn stop_agent_sessions(t: &TestCluster, i: usize) -> Stopped {
+    use nix::sys::signal::{kill, Signal};
+    wait_for(
+        "the agent's postgres sessions stopped while idle",
+        Duration::from_secs(10),
+        || async {
+            let rows = t
+                .sql(
+                    i,
+                    "SELECT pid FROM pg_stat_activity \
+                     WHERE application_name = 'baton' AND backend_type = 'client backend' \
+                     AND pid <> pg_backend_pid()",
+                )
+                .await?;
+            let pids: Vec<_> = rows
+                .iter()
+                .map(|r| nix::unistd::Pid::from_raw(r.get::<_, i32>(0)))
+                .collect();
+            if pids.is_empty() {
+                return Err("no agent session".to_string());
+            }
+            for &p in &pids {
+                kill(p, Signal::SIGSTOP).map_err(|e| e.to_string())?;
+            }
+            let mut pids = Stopped(pids);
+            let busy = t
+                .sql(
+                    i,
+                    &format!(
+                        "SELECT count(*) FROM pg_stat_activity WHERE state <> 'idle' AND pid IN ({})",
+                        pids.0.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(",")
+                    ),
+                )
+                .await?[0]
+                .get::<_, i64>(0);
+            if busy == 0 {
+                let postmaster = t.c.nodes[i].postmaster_pid().ok_or("no postmaster")?;
+                let postmaster = nix::unistd::Pid::from_raw(postmaster);
+                kill(postmaster, Signal::SIGSTOP).map_err(|e| e.to_string())?;
+                pids.0.push(postmaster);
+                return Ok(pids);
+            }
+            Err(format!("{busy} of them inside a query"))
+        },
+    )
+    .await
 }

@@ -14,6 +14,15 @@ use super::{JobKind, PgStatus};
 /// The state of a leader handing over; the router drains it (`route`).
 pub const SWITCHING_OVER: &str = "switching over";
 
+/// The state of a member whose postmaster runs but did not answer this
+/// tick's status query (Patroni's word for a postgres that does not
+/// respond). Most often a busy server whose query took longer than
+/// `retry_timeout`, sometimes one in crash recovery or hung: a primary
+/// stays "primary", since it may take writes the moment it answers, and
+/// load balancers keep sending writers there (it is the only member that
+/// may take them; `route`, the REST `/primary` check).
+pub const NOT_RESPONDING: &str = "not responding";
+
 pub fn fill_member(
     m: &mut Member,
     pg: &PgStatus,
@@ -26,6 +35,9 @@ pub fn fill_member(
         (PgStatus::Running(r), _) if !r.in_recovery => "primary",
         (PgStatus::Running(_), _) => "replica",
         (_, DataDir::Empty) => "uninitialized",
+        // A postmaster that does not answer is a standby if its data
+        // directory says so, whatever key this member holds.
+        (PgStatus::Unresponsive, DataDir::Valid { standby: true, .. }) => "replica",
         _ if i_lead => "primary",
         _ => "replica",
     }
@@ -39,7 +51,8 @@ pub fn fill_member(
         (Some(JobKind::Switchover), _) => SWITCHING_OVER,
         (Some(JobKind::Restart), _) => "restarting",
         (_, PgStatus::Running(_)) => "running",
-        (Some(JobKind::Start), _) | (_, PgStatus::Unresponsive) => "starting",
+        (Some(JobKind::Start), _) => "starting",
+        (_, PgStatus::Unresponsive) => NOT_RESPONDING,
         _ if needs_repair => "need repair",
         _ => "stopped",
     }
@@ -147,8 +160,31 @@ mod tests {
         );
         let m = fill(&PgStatus::Stopped, &valid(), None, false, false);
         assert_eq!(m.state, "stopped");
+        // A postmaster that does not answer: a primary's data directory
+        // keeps the leader "primary", a standby's says "replica".
+        let m = fill(&PgStatus::Unresponsive, &valid(), None, false, true);
+        assert_eq!(
+            (m.role.as_str(), m.state.as_str()),
+            ("primary", NOT_RESPONDING)
+        );
+        let standby = DataDir::Valid {
+            system_id: "1".into(),
+            standby: true,
+            timeline: Some(3),
+            history: vec![],
+            clean_shutdown: false,
+            checkpoint: None,
+        };
+        let m = fill(&PgStatus::Unresponsive, &standby, None, false, true);
+        assert_eq!(
+            (m.role.as_str(), m.state.as_str()),
+            ("replica", NOT_RESPONDING)
+        );
         let m = fill(&PgStatus::Unresponsive, &valid(), None, false, false);
-        assert_eq!(m.state, "starting");
+        assert_eq!(
+            (m.role.as_str(), m.state.as_str()),
+            ("replica", NOT_RESPONDING)
+        );
         let m = fill(
             &running(false, false),
             &valid(),

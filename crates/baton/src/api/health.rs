@@ -200,7 +200,14 @@ fn holds(s: &Snapshot, q: &HashMap<String, String>, which: Check, now: Instant) 
         .last_tick
         .is_some_and(|t| now.saturating_duration_since(t) < s.config.ttl());
     let holds_key = s.is_leader && s.lease_deadline.is_some_and(|d| now < d);
-    let leading = holds_key && is_running_primary(s);
+    // As Patroni answers: the key's holder is the primary while its
+    // postgres is one, also when this tick's status query did not answer
+    // (its member key says "primary", "not responding"). It alone may take
+    // writes; a load balancer that marked it down for a slow query would
+    // only cut its sessions, and the fence still stops it at the deadline.
+    let leading = holds_key
+        && (is_running_primary(s)
+            || matches!(s.pg, PgStatus::Unresponsive) && s.member.role == "primary");
     let max_lag = s.config.maximum_lag_on_failover;
     match which {
         Check::Primary => leading,
@@ -355,5 +362,26 @@ mod tests {
         assert!(!holds(&s, &q, Check::Health, later));
         assert!(!holds(&s, &q, Check::Liveness, later));
         assert!(holds(&s, &q, Check::Always, later));
+    }
+
+    /// A busy primary's status query timed out: load balancers keep it
+    /// (it holds the key and may take writes), health says postgres did
+    /// not answer. A standby's data directory, or no key, is no primary.
+    #[test]
+    fn a_leader_whose_status_query_timed_out_stays_primary() {
+        let t0 = Instant::now();
+        let mut s = leader_snapshot(t0);
+        s.pg = PgStatus::Unresponsive;
+        s.member.role = "primary".into();
+        let q = HashMap::new();
+        assert!(holds(&s, &q, Check::Primary, t0));
+        assert!(holds(&s, &q, Check::ReadOnly, t0));
+        assert!(!holds(&s, &q, Check::Health, t0));
+        assert!(!holds(&s, &q, Check::Primary, t0 + Duration::from_secs(3)));
+        s.member.role = "replica".into();
+        assert!(!holds(&s, &q, Check::Primary, t0));
+        s.member.role = "primary".into();
+        s.is_leader = false;
+        assert!(!holds(&s, &q, Check::Primary, t0));
     }
 }

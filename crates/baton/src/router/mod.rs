@@ -16,13 +16,14 @@
 //!   nor promoting) is closed at once: its client sees one broken
 //!   connection, never a session on a demoted server. While the backend
 //!   holds the key and says primary in any state (`Routes::leading`) its
-//!   sessions run on, though new clients wait: a leader handing over in a
-//!   switchover (its clean stop ends them and loses nothing), or one whose
-//!   agent missed a status query under load.
+//!   sessions run on: a leader handing over in a switchover (new clients
+//!   wait; its clean stop ends the sessions and loses nothing), or one
+//!   whose agent missed a status query under load.
 //! - A client is handed a server's greeting only if that server is still
 //!   the route's backend once it greeted; otherwise the router tries again
 //!   and the client never sees the session.
-//! - A leader still promoting (its member key a tick behind postgres) is
+//! - A leader still promoting (its member key a tick behind postgres), or
+//!   one whose status query did not answer (`Routes::unconfirmed`), is
 //!   tried too, and given the client only if its greeting says it is
 //!   writable (`in_hot_standby = off`): the leader key names it and
 //!   postgres says it takes writes, which is all the member key would say.
@@ -99,10 +100,10 @@ impl Shared {
     }
 
     /// The backend to try, and whether the server must prove itself
-    /// writable in its greeting (a leader still promoting, by its key).
+    /// writable in its greeting (its key does not confirm it).
     fn pick(&self, kind: Kind, routes: &Routes) -> Option<(Backend, bool)> {
         match kind {
-            Kind::ReadWrite => match (&routes.primary, &routes.promoting) {
+            Kind::ReadWrite => match (&routes.primary, &routes.unconfirmed) {
                 (Some(b), _) => Some((b.clone(), false)),
                 (None, Some(b)) => Some((b.clone(), true)),
                 (None, None) => None,
@@ -492,7 +493,7 @@ async fn serve(mut client: TcpStream, kind: Kind, shared: &Shared) -> anyhow::Re
 /// A writer's backend is still the primary (readers keep theirs).
 fn still_routed(kind: Kind, rx: &watch::Receiver<Routes>, b: &Backend) -> bool {
     let r = rx.borrow();
-    kind == Kind::ReadOnly || r.primary.as_ref() == Some(b) || r.promoting.as_ref() == Some(b)
+    kind == Kind::ReadOnly || r.primary.as_ref() == Some(b) || r.unconfirmed.as_ref() == Some(b)
 }
 
 fn hello(code: u32, packet: Vec<u8>) -> Hello {
@@ -529,10 +530,13 @@ async fn attempt(
             up.read_exact(&mut answer).await
         };
         match tokio::time::timeout(limit, asked).await {
-            // Inside TLS the greeting cannot be read: a promoting server
-            // gets TLS clients once its member key says it is primary.
+            // Inside TLS the greeting cannot be read: an unconfirmed
+            // server gets TLS clients once its member key says it runs as
+            // primary.
             Ok(Ok(_)) if answer[0] == b'S' && verify => {
-                return Ok(Attempt::Retry("still promoting (TLS client)".into()))
+                return Ok(Attempt::Retry(
+                    "not confirmed writable yet (TLS client)".into(),
+                ))
             }
             Ok(Ok(_)) if answer[0] == b'S' => return Ok(Attempt::Ready(up, b"S".to_vec())),
             Ok(Ok(_)) if answer[0] == b'N' => {
@@ -579,7 +583,7 @@ async fn greet(
         )));
     }
     if verify && !wire::is_auth_ok(&first) {
-        return Ok(Err("still promoting (the server asks for a password before it says whether it is writable)".into()));
+        return Ok(Err("not confirmed writable yet (the server asks for a password before it says whether it is writable)".into()));
     }
     if kind == Kind::ReadOnly || !wire::is_auth_ok(&first) {
         return Ok(Ok(first));
@@ -600,7 +604,9 @@ async fn greet(
         greeting.extend_from_slice(&msg);
         if matches!(msg[0], b'Z' | b'E') || greeting.len() > wire::MAX_GREETING {
             if verify && !writable {
-                return Ok(Err("still promoting (not yet writable)".into()));
+                return Ok(Err(
+                    "not confirmed writable yet (its greeting does not say writable)".into(),
+                ));
             }
             return Ok(Ok(greeting));
         }
@@ -662,7 +668,7 @@ async fn splice(
         loop {
             {
                 let r = rx.borrow_and_update();
-                let ours = [&r.leading, &r.promoting]
+                let ours = [&r.leading, &r.unconfirmed]
                     .iter()
                     .any(|b| b.as_ref() == Some(&backend));
                 if !ours {
