@@ -1000,6 +1000,11 @@ struct Sample {
 struct RouterFigures {
     /// (target, clients, select_only) → the medians of its runs
     runs: std::collections::BTreeMap<(&'static str, u32, bool), Sample>,
+    /// (a, b, clients, select_only) → the median over rounds of a's TPS
+    /// over b's in the same round: the drift between rounds (this machine's
+    /// speed varies by a third from minute to minute) cancels out, which
+    /// it does not in a ratio of medians.
+    paired: std::collections::BTreeMap<(&'static str, &'static str, u32, bool), f64>,
     refused: usize,
     max_wait: Duration,
 }
@@ -1107,18 +1112,25 @@ async fn router_bench(baton: &Path, rounds: usize) -> anyhow::Result<RouterFigur
             }
         }
         // Ratios within a round cancel the drift between rounds.
+        let mut paired = std::collections::BTreeMap::new();
         for &clients in &client_counts {
             for &select_only in scripts {
-                for (a, b) in [("router", "haproxy"), ("router-b", "haproxy"), ("router-b", "router")] {
+                for (a, b) in [
+                    ("router", "direct"),
+                    ("router", "haproxy"),
+                    ("router-b", "haproxy"),
+                    ("router-b", "router"),
+                ] {
                     let (Some(r), Some(h)) = (samples.get(&(a, clients, select_only)), samples.get(&(b, clients, select_only))) else {
                         continue;
                     };
-                    let paired = median(r.iter().zip(h).map(|(r, h)| r.tps / h.tps).collect());
+                    let ratio = median(r.iter().zip(h).map(|(r, h)| r.tps / h.tps).collect());
                     println!(
-                        "paired {a}/{b} {} {clients:>2} clients: median {paired:.2} over {} rounds",
+                        "paired {a}/{b} {} {clients:>2} clients: median {ratio:.2} over {} rounds",
                         if select_only { "select-only" } else { "tpcb-like" },
                         r.len()
                     );
+                    paired.insert((a, b, clients, select_only), ratio);
                 }
             }
         }
@@ -1191,6 +1203,7 @@ async fn router_bench(baton: &Path, rounds: usize) -> anyhow::Result<RouterFigur
         drop(router);
         Ok(RouterFigures {
             runs,
+            paired,
             refused,
             max_wait,
         })
@@ -1359,6 +1372,10 @@ async fn main() -> anyhow::Result<()> {
             let get = |t: &'static str, c: u32, s: bool| {
                 f.runs.get(&(t, c, s)).copied().unwrap_or_default()
             };
+            // NaN where a pair did not run (a narrowed grid).
+            let ratio = |a: &'static str, b: &'static str, c: u32, s: bool| {
+                f.paired.get(&(a, b, c, s)).copied().unwrap_or(f64::NAN)
+            };
             for &(_, clients, select_only) in f.runs.keys().filter(|k| k.0 == "direct") {
                 let (d, r, h) = (
                     get("direct", clients, select_only),
@@ -1366,19 +1383,27 @@ async fn main() -> anyhow::Result<()> {
                     get("haproxy", clients, select_only),
                 );
                 println!(
-                    "median {} {clients:>2} clients: direct {:.0} tps, router {:.0} ({:.2}x direct, {:.2}x haproxy), haproxy {:.0} ({:.2}x direct); p99 ms direct {:.3} router {:.3} haproxy {:.3}; proxy µs cpu per transaction router {:.1} haproxy {:.1}",
+                    "median {} {clients:>2} clients: direct {:.0} tps, router {:.0}, haproxy {:.0}; paired ratios router/direct {:.2}, router/haproxy {:.2}; p99 ms direct {:.3} router {:.3} haproxy {:.3}; proxy µs cpu per transaction router {:.1} haproxy {:.1}",
                     if select_only { "select-only" } else { "tpcb-like  " },
-                    d.tps, r.tps, r.tps / d.tps, r.tps / h.tps, h.tps, h.tps / d.tps, d.p99, r.p99, h.p99, r.cpu_us, h.cpu_us
+                    d.tps,
+                    r.tps,
+                    h.tps,
+                    ratio("router", "direct", clients, select_only),
+                    ratio("router", "haproxy", clients, select_only),
+                    d.p99,
+                    r.p99,
+                    h.p99,
+                    r.cpu_us,
+                    h.cpu_us
                 );
             }
             let (d1, r1) = (get("direct", 1, true), get("router", 1, true));
             let (r8, h8) = (get("router", 8, true), get("haproxy", 8, true));
-            let (r32, h32) = (get("router", 32, true), get("haproxy", 32, true));
             println!(
                 "RESULT router_vs_direct_tps={:.2} router_vs_haproxy_tps={:.2} router_vs_haproxy_tps_32={:.2} router_p99_ms={:.3} direct_p99_ms={:.3} switchover_refused={} switchover_max_wait_s={:.3} router_cpu_us_per_tx={:.1} haproxy_cpu_us_per_tx={:.1}",
-                r1.tps / d1.tps,
-                r8.tps / h8.tps,
-                r32.tps / h32.tps,
+                ratio("router", "direct", 1, true),
+                ratio("router", "haproxy", 8, true),
+                ratio("router", "haproxy", 32, true),
                 r1.p99,
                 d1.p99,
                 f.refused,
