@@ -433,6 +433,7 @@ async fn serve(mut client: TcpStream, kind: Kind, shared: &Shared) -> anyhow::Re
     let deadline = tokio::time::Instant::now() + hold;
     let mut rx = shared.routes.clone();
     let mut last_problem;
+    let mut pause = Duration::ZERO;
     let (upstream, backend) = loop {
         let backend = {
             let routes = rx.borrow_and_update();
@@ -450,9 +451,10 @@ async fn serve(mut client: TcpStream, kind: Kind, shared: &Shared) -> anyhow::Re
                 Attempt::Ready(..) => last_problem = format!("{}: no longer the primary", b.name),
                 Attempt::Retry(why) => {
                     last_problem = format!("{}: {why}", b.name);
+                    pause = retry_pause(started.elapsed(), pause);
                     tokio::select! {
                         _ = rx.changed() => {}
-                        _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                        _ = tokio::time::sleep(pause) => {}
                         _ = tokio::time::sleep_until(deadline) => {}
                     }
                 }
@@ -488,6 +490,23 @@ async fn serve(mut client: TcpStream, kind: Kind, shared: &Shared) -> anyhow::Re
         max_sessions: shared.cfg.busy_poll_max_sessions,
     };
     splice(client, upstream, kind, backend, rx, m, spin).await
+}
+
+/// How long a held client waits before trying a backend that could not
+/// take it, if the routes do not change first. Quick at first: a promoting
+/// leader takes writes within a fraction of a second of refusing them.
+/// Then doubling up to a second: a server in crash recovery refuses for
+/// minutes, and a thousand held clients retrying every 20 ms would fork
+/// fifty thousand postgres processes a second on it.
+fn retry_pause(held: Duration, last: Duration) -> Duration {
+    const QUICK: Duration = Duration::from_millis(20);
+    const QUICK_FOR: Duration = Duration::from_millis(500);
+    const MAX: Duration = Duration::from_secs(1);
+    if held < QUICK_FOR {
+        QUICK
+    } else {
+        (last * 2).clamp(QUICK, MAX)
+    }
 }
 
 /// A writer's backend is still the primary (readers keep theirs).
@@ -736,5 +755,34 @@ async fn serve_api(
         .await
     {
         tracing::error!("router API: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Quick retries through a promotion's half second, then backing off
+    /// to one a second, so held clients do not storm a recovering server.
+    #[test]
+    fn held_clients_retry_quickly_then_back_off() {
+        let ms = Duration::from_millis;
+        let mut pause = Duration::ZERO;
+        let mut held = Duration::ZERO;
+        let mut tries = 0;
+        while held < ms(500) {
+            pause = retry_pause(held, pause);
+            assert_eq!(pause, ms(20));
+            held += pause;
+            tries += 1;
+        }
+        assert_eq!(tries, 25);
+        let mut pauses = vec![];
+        for _ in 0..8 {
+            pause = retry_pause(held, pause);
+            held += pause;
+            pauses.push(pause.as_millis());
+        }
+        assert_eq!(pauses, [40, 80, 160, 320, 640, 1000, 1000, 1000]);
     }
 }
