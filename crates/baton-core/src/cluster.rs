@@ -114,6 +114,12 @@ impl Member {
         self.role == "primary" && self.state == "running"
     }
 
+    /// A primary whose postmaster runs but did not answer its agent's
+    /// last status query: it may take writes (`ha::publish::NOT_RESPONDING`).
+    pub fn is_unresponsive_primary(&self) -> bool {
+        self.role == "primary" && self.state == crate::ha::publish::NOT_RESPONDING
+    }
+
     /// Postgres runs in recovery.
     pub fn is_running_replica(&self) -> bool {
         self.role == "replica" && self.state == "running"

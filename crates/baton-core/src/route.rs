@@ -13,7 +13,6 @@
 use std::collections::BTreeMap;
 
 use crate::cluster::{ClusterView, Member};
-use crate::ha::publish::NOT_RESPONDING;
 
 /// One postgres the router may connect to.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
@@ -100,8 +99,7 @@ pub fn routes(view: &ClusterView, policy: ReadPolicy) -> Routes {
         // the promote job (pg_ctl promote -w) ends and the key says
         // "running".
         let promoting = m.state == "promoting" || m.role == "replica" && m.state == "running";
-        let not_responding = m.role == "primary" && m.state == NOT_RESPONDING;
-        if promoting || not_responding {
+        if promoting || m.is_unresponsive_primary() {
             backend(l, m)
         } else {
             None
@@ -161,6 +159,7 @@ pub fn routes(view: &ClusterView, policy: ReadPolicy) -> Routes {
 mod tests {
     use super::*;
     use crate::cluster::{LeaderKey, LeaseId};
+    use crate::ha::publish::NOT_RESPONDING;
 
     fn member(role: &str, port: u16, replay: u64, streaming: bool) -> Member {
         Member {

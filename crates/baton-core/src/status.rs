@@ -9,7 +9,6 @@ use serde::Serialize;
 
 use crate::cluster::ClusterView;
 use crate::config::{SyncMode, Tags};
-use crate::ha::publish::NOT_RESPONDING;
 use crate::lsn::Lsn;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -134,7 +133,7 @@ impl ClusterStatus {
                 }
             };
             if is_leader {
-                if m.role == "primary" && m.state == NOT_RESPONDING {
+                if m.is_unresponsive_primary() {
                     // It may well take writes (a busy server whose status
                     // query timed out): writes are not known to be down.
                     degraded.push(format!(
@@ -453,6 +452,7 @@ mod tests {
     /// is Degraded, with the reason; a leader that is starting is one.
     #[test]
     fn a_leader_not_answering_degrades() {
+        use crate::ha::publish::NOT_RESPONDING;
         let mut v = view();
         v.members.get_mut("n1").unwrap().state = NOT_RESPONDING.into();
         let s = ClusterStatus::from_view("demo", &v, 1 << 20);
