@@ -838,3 +838,141 @@ async fn stop_agent_sessions(t: &TestCluster, i: usize) -> Stopped {
     )
     .await
 }
+
+/// `kernel_splice = true`: past the handshake the kernel moves a session's
+/// bytes. Big answers and big queries arrive whole both ways, the server's
+/// last message before it closes a session reaches the client (the router
+/// waits for the kernel's queue before closing), the byte counters add
+/// the spliced bytes up at the end, and a writer is still closed when its
+/// backend stops being the primary. Runs as root, as the tests do
+/// (loading the program needs CAP_BPF and CAP_NET_ADMIN).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::await_holding_lock)]
+async fn kernel_spliced_sessions_carry_everything_and_end_cleanly() {
+    let _slot = one_cluster_at_a_time();
+    let dir = TestDir::new("router-splice");
+    let mut etcd = LocalEtcd::planned(&dir.path);
+    etcd.start().unwrap();
+    let pg = LocalPostgres::start(&dir.path, "pg1", "").await.unwrap();
+    let router = LocalRouter::start(
+        &dir.path,
+        &baton_bin(),
+        "router",
+        ("rt", &etcd.endpoint),
+        "kernel_splice = true",
+        "",
+    )
+    .unwrap();
+    put_member(&etcd.endpoint, "pg1", pg.port, "primary").await;
+    put_leader(&etcd.endpoint, "pg1").await;
+    let spliced = "baton_router_connections_spliced_total{scope=\"rt\",route=\"read_write\"}";
+    let to_client = "baton_router_bytes_to_client_total{scope=\"rt\",route=\"read_write\"}";
+    let to_server = "baton_router_bytes_to_server_total{scope=\"rt\",route=\"read_write\"}";
+
+    let (client, conn) = baton_local::workload::loopback(router.rw_port, Duration::from_secs(10))
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connecting through the router: {}", pg_error(&e)));
+    let conn = tokio::spawn(conn);
+    assert_eq!(
+        router_metric(&router, spliced).await,
+        1.0,
+        "the session was not handed to the kernel; router log:\n{}",
+        std::fs::read_to_string(dir.path.join("router.log")).unwrap_or_default()
+    );
+    // 20 MB to the client, 4 MB to the server, each checked whole.
+    let rows = client
+        .query(
+            "SELECT i, repeat(md5(i::text), 32) FROM generate_series(1, 20000) i",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 20000);
+    for (n, r) in rows.iter().enumerate() {
+        assert_eq!(r.get::<_, i32>(0), n as i32 + 1);
+        assert_eq!(r.get::<_, &str>(1).len(), 1024);
+    }
+    let big: String = (0..4 << 20)
+        .map(|i| (b'a' + (i % 26) as u8) as char)
+        .collect();
+    let row = client
+        .query_one("SELECT length($1::text), md5($1::text)", &[&big])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i32>(0), big.len() as i32);
+    let direct = connect_direct(pg.port).await;
+    let expected: String = direct
+        .query_one("SELECT md5($1::text)", &[&big])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(row.get::<_, String>(1), expected);
+
+    // The server ends the session: its FATAL message arrives before the
+    // end of the stream.
+    let pid: i32 = client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    direct
+        .execute("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(10), conn)
+        .await
+        .expect("the spliced session ends when its backend is terminated")
+        .unwrap();
+    let e = ended.expect_err("the session ends with the server's error");
+    assert_eq!(
+        e.code(),
+        Some(&tokio_postgres::error::SqlState::ADMIN_SHUTDOWN),
+        "not the server's FATAL message: {e}"
+    );
+    wait_for(
+        "the spliced bytes counted",
+        Duration::from_secs(10),
+        || async {
+            let (c, s) = (
+                router_metric(&router, to_client).await,
+                router_metric(&router, to_server).await,
+            );
+            if c > 20e6 && s > 4e6 {
+                Ok(())
+            } else {
+                Err(format!("{c} bytes to the client, {s} to the server"))
+            }
+        },
+    )
+    .await;
+
+    // A spliced writer is closed when its backend stops being the primary.
+    let client = connect(router.rw_port).await;
+    client.simple_query("SELECT 1").await.unwrap();
+    assert_eq!(router_metric(&router, spliced).await, 2.0);
+    put_leader(&etcd.endpoint, "elsewhere").await;
+    wait_for(
+        "the spliced writer closed",
+        Duration::from_secs(10),
+        || async {
+            match client.simple_query("SELECT 1").await {
+                Ok(_) => Err("still open".to_string()),
+                Err(_) => Ok(()),
+            }
+        },
+    )
+    .await;
+    let closed =
+        "baton_router_connections_closed_on_demotion_total{scope=\"rt\",route=\"read_write\"}";
+    assert_eq!(router_metric(&router, closed).await, 1.0);
+}
+
+async fn connect_direct(port: u16) -> tokio_postgres::Client {
+    let (client, conn) = baton_local::workload::loopback(port, Duration::from_secs(10))
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connecting to postgres: {}", pg_error(&e)));
+    tokio::spawn(conn);
+    client
+}

@@ -36,6 +36,9 @@ pub struct RouterConfig {
     /// Threads serving connections, each with a runtime of its own; a new
     /// connection goes to the one serving the fewest.
     pub workers: usize,
+    /// Hand each session's bytes to the kernel once its handshake is over
+    /// (`router::kernel`); needs CAP_BPF and CAP_NET_ADMIN.
+    pub kernel_splice: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -86,6 +89,7 @@ impl RouterConfig {
         if workers == 0 || workers > 256 {
             r.problem("workers", format!("{workers}: must be 1 to 256"));
         }
+        let kernel_splice = r.opt(&mut root, "", "kernel_splice").unwrap_or(false);
         let mut api = r.table(&mut root, "", "api");
         let api_listen = r.addr(&mut api, "api", "listen");
         let api_cafile: Option<std::path::PathBuf> = r.opt(&mut api, "api", "cafile");
@@ -149,6 +153,7 @@ impl RouterConfig {
             busy_poll: Duration::from_micros(busy_poll_us),
             busy_poll_max_sessions,
             workers,
+            kernel_splice,
         })
     }
 
@@ -211,6 +216,19 @@ listen = "127.0.0.1:5000"
         assert_eq!(c.api_listen, None);
         assert_eq!(c.busy_poll, Duration::from_micros(200));
         assert_eq!(c.busy_poll_max_sessions, 2);
+        assert!(!c.kernel_splice);
+        assert!(
+            parse(&MINIMAL.replace("scope = \"demo\"", "scope = \"demo\"\nkernel_splice = true"))
+                .unwrap()
+                .kernel_splice
+        );
+        let e = parse(&MINIMAL.replace(
+            "scope = \"demo\"",
+            "scope = \"demo\"\nkernel_splice = \"yes\"",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("kernel_splice"), "{e}");
         let c = parse(&format!(
             "{MINIMAL}[read_only]\nlisten = \"127.0.0.1:5001\"\nmax_lag = 100\n"
         ))

@@ -20,6 +20,8 @@ pub struct RouteMetrics {
     pub refused: AtomicU64,
     /// Closed by the router because their backend stopped being primary.
     pub closed_on_demotion: AtomicU64,
+    /// Handed to the kernel after their handshake (`kernel_splice`).
+    pub spliced: AtomicU64,
     pub bytes_to_server: AtomicU64,
     pub bytes_to_client: AtomicU64,
     hold_buckets: [AtomicU64; HOLD_BUCKETS.len()],
@@ -57,6 +59,10 @@ impl RouteMetrics {
         line(
             "baton_router_connections_closed_on_demotion_total",
             self.closed_on_demotion.load(Relaxed),
+        );
+        line(
+            "baton_router_connections_spliced_total",
+            self.spliced.load(Relaxed),
         );
         line(
             "baton_router_bytes_to_server_total",

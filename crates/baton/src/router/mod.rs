@@ -34,6 +34,7 @@
 //! Several routers may run side by side: they keep no state but etcd's.
 
 pub mod config;
+mod kernel;
 mod metrics;
 mod pump;
 mod wire;
@@ -78,6 +79,9 @@ struct Shared {
     ro: RouteMetrics,
     /// Round-robin position over the read pool.
     next_reader: AtomicUsize,
+    /// Set when `kernel_splice` is on and the kernel let us load the
+    /// program.
+    splicer: Option<kernel::Splicer>,
 }
 
 impl Shared {
@@ -85,6 +89,38 @@ impl Shared {
         match kind {
             Kind::ReadWrite => &self.rw,
             Kind::ReadOnly => &self.ro,
+        }
+    }
+
+    /// Pairs the session's sockets in the kernel if splicing is on and
+    /// `answer`, about to go to the client, ends the server's turn (so
+    /// nothing is in flight either way). What each socket had moved by
+    /// then, to know later when the kernel has passed everything on.
+    fn hand_to_kernel(
+        &self,
+        client: &TcpStream,
+        server: &TcpStream,
+        answer: &[u8],
+    ) -> Option<Spliced<'_>> {
+        let splicer = self.splicer.as_ref()?;
+        if !wire::ends_servers_turn(answer) {
+            return None;
+        }
+        let at_pairing = (kernel::counts(client), kernel::counts(server));
+        let (Ok(client_at), Ok(server_at)) = at_pairing else {
+            return None;
+        };
+        match splicer.pair(client, server) {
+            Ok(()) => Some(Spliced {
+                client_at,
+                server_at,
+                answer: answer.len() as u64,
+                watcher: &splicer.watcher,
+            }),
+            Err(e) => {
+                tracing::debug!("kernel splicing refused for a session: {e}");
+                None
+            }
         }
     }
 
@@ -161,6 +197,26 @@ pub async fn run(cfg: RouterConfig, shutdown: CancellationToken) -> anyhow::Resu
         read_only = ?cfg.read_only.as_ref().map(|r| r.listener.listen),
         "baton router starting"
     );
+    let splicer = match cfg.kernel_splice {
+        false => None,
+        true => {
+            let sessions = cfg.read_write.max_connections
+                + cfg
+                    .read_only
+                    .as_ref()
+                    .map_or(0, |r| r.listener.max_connections);
+            match kernel::Splicer::new(sessions) {
+                Ok(s) => {
+                    tracing::info!("kernel splicing on: sessions are handed to the kernel after their handshake");
+                    Some(s)
+                }
+                Err(e) => {
+                    tracing::warn!("kernel_splice: {e}; the router moves the bytes itself (it needs CAP_BPF and CAP_NET_ADMIN)");
+                    None
+                }
+            }
+        }
+    };
     let shared = Arc::new(Shared {
         cfg,
         routes: rx,
@@ -168,6 +224,7 @@ pub async fn run(cfg: RouterConfig, shutdown: CancellationToken) -> anyhow::Resu
         rw: RouteMetrics::default(),
         ro: RouteMetrics::default(),
         next_reader: AtomicUsize::new(0),
+        splicer,
     });
     if let Some((l, http)) = api {
         tokio::spawn(serve_api(l, http, shared.clone(), shutdown.clone()));
@@ -434,7 +491,7 @@ async fn serve(mut client: TcpStream, kind: Kind, shared: &Shared) -> anyhow::Re
     let mut rx = shared.routes.clone();
     let mut last_problem;
     let mut pause = Duration::ZERO;
-    let (upstream, backend) = loop {
+    let (upstream, backend, spliced) = loop {
         let backend = {
             let routes = rx.borrow_and_update();
             shared.pick(kind, &routes)
@@ -445,8 +502,9 @@ async fn serve(mut client: TcpStream, kind: Kind, shared: &Shared) -> anyhow::Re
                 // client has seen nothing yet, so try again rather than
                 // hand it a session the next line would close.
                 Attempt::Ready(up, to_client) if still_routed(kind, &rx, &b) => {
+                    let spliced = shared.hand_to_kernel(&client, &up, &to_client);
                     client.write_all(&to_client).await?;
-                    break (up, b);
+                    break (up, b, spliced);
                 }
                 Attempt::Ready(..) => last_problem = format!("{}: no longer the primary", b.name),
                 Attempt::Retry(why) => {
@@ -489,7 +547,7 @@ async fn serve(mut client: TcpStream, kind: Kind, shared: &Shared) -> anyhow::Re
         spin: shared.cfg.busy_poll,
         max_sessions: shared.cfg.busy_poll_max_sessions,
     };
-    splice(client, upstream, kind, backend, rx, m, spin).await
+    splice(client, upstream, kind, backend, rx, m, spin, spliced).await
 }
 
 /// How long a held client waits before trying a backend that could not
@@ -671,6 +729,59 @@ async fn cancel(kind: Kind, shared: &Shared, packet: &[u8]) -> anyhow::Result<()
     Ok(())
 }
 
+/// A session the kernel moves the bytes of: each socket's counts when it
+/// was paired, and the length of the server's answer the router passed on
+/// itself after that.
+struct Spliced<'a> {
+    client_at: kernel::Counts,
+    server_at: kernel::Counts,
+    answer: u64,
+    watcher: &'a kernel::Watcher,
+}
+
+impl Spliced<'_> {
+    /// Bytes received from the client and from the server since pairing,
+    /// and whether all of them have been written to the other side.
+    fn progress(
+        &self,
+        client: &std::net::TcpStream,
+        up: &std::net::TcpStream,
+    ) -> std::io::Result<(u64, u64, bool)> {
+        let (c, s) = (kernel::counts(client)?, kernel::counts(up)?);
+        let from_client = c.received - self.client_at.received;
+        let from_server = s.received - self.server_at.received;
+        let done = s.written - self.server_at.written >= from_client
+            && c.written - self.client_at.written >= from_server + self.answer;
+        Ok((from_client, from_server, done))
+    }
+
+    /// Once one side has ended its stream: the kernel may still hold bytes
+    /// for the other (they wait in a queue for a kernel worker), which
+    /// closing the socket would drop, e.g. the server's last error message
+    /// before it closed. Waits while they keep moving.
+    async fn drain(&self, client: &std::net::TcpStream, up: &std::net::TcpStream) {
+        const STALL: Duration = Duration::from_secs(2);
+        let mut last = None;
+        let mut moved_at = Instant::now();
+        loop {
+            let Ok((a, b, done)) = self.progress(client, up) else {
+                return;
+            };
+            if done {
+                return;
+            }
+            if last != Some((a, b)) {
+                (last, moved_at) = (Some((a, b)), Instant::now());
+            } else if moved_at.elapsed() > STALL {
+                tracing::debug!("closing a spliced session with bytes still queued in the kernel");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn splice(
     client: TcpStream,
     up: TcpStream,
@@ -679,6 +790,7 @@ async fn splice(
     mut rx: watch::Receiver<Routes>,
     m: &RouteMetrics,
     spin: pump::Spin,
+    spliced: Option<Spliced<'_>>,
 ) -> anyhow::Result<()> {
     let demoted = async {
         if kind == Kind::ReadOnly {
@@ -699,12 +811,38 @@ async fn splice(
             }
         }
     };
-    tokio::select! {
-        r = pump::pump(&client, &up, &m.bytes_to_server, &m.bytes_to_client, spin, &m.active) => r?,
+    let Some(spliced) = spliced else {
+        tokio::select! {
+            r = pump::pump(&client, &up, &m.bytes_to_server, &m.bytes_to_client, spin, &m.active) => r?,
+            _ = demoted => {
+                m.closed_on_demotion.fetch_add(1, Relaxed);
+                tracing::info!(backend = %backend.name, "closing a writer connection: its backend is no longer the primary");
+            }
+        }
+        return Ok(());
+    };
+    // The kernel moves the bytes. The sockets leave tokio's poller, which
+    // would wake this thread for each message the kernel moves, and are
+    // watched for the end of either stream only. Byte counts come from the
+    // sockets at the end, since the router no longer sees the bytes pass.
+    m.spliced.fetch_add(1, Relaxed);
+    let (client, up) = (client.into_std()?, up.into_std()?);
+    let (watch, ended) = spliced.watcher.watch(&client, &up)?;
+    let stream_ended = tokio::select! {
+        _ = ended => true,
         _ = demoted => {
             m.closed_on_demotion.fetch_add(1, Relaxed);
             tracing::info!(backend = %backend.name, "closing a writer connection: its backend is no longer the primary");
+            false
         }
+    };
+    if stream_ended {
+        spliced.drain(&client, &up).await;
+    }
+    drop(watch);
+    if let Ok((a, b, _)) = spliced.progress(&client, &up) {
+        m.bytes_to_server.fetch_add(a, Relaxed);
+        m.bytes_to_client.fetch_add(b, Relaxed);
     }
     Ok(())
 }

@@ -111,6 +111,37 @@ pub fn says_writable(msg: &[u8]) -> bool {
     hot_standby(msg) == Some(false)
 }
 
+/// What the router is about to hand the client ends the server's turn:
+/// the server will say nothing more until the client speaks, and a client
+/// following the protocol says nothing until it has read this. That is
+/// the moment a session can be handed to the kernel (`kernel::Splicer`)
+/// without anything in flight. True for the SSL answer `S` (the client's
+/// TLS hello comes next), for a greeting ending in ReadyForQuery, and for
+/// an authentication request (a password, a SASL step, GSS).
+pub fn ends_servers_turn(answer: &[u8]) -> bool {
+    if answer == b"S" {
+        return true;
+    }
+    let (mut at, mut last) = (0, None);
+    while at < answer.len() {
+        let Some(len) = answer.get(at + 1..at + 5) else {
+            return false;
+        };
+        let len = u32::from_be_bytes(len.try_into().expect("four bytes")) as usize;
+        if len < 4 || at + 1 + len > answer.len() {
+            return false;
+        }
+        last = Some(&answer[at..at + 1 + len]);
+        at += 1 + len;
+    }
+    match last {
+        Some(m) if m[0] == b'Z' => true,
+        // AuthenticationOk (0) and SASLFinal (12) are followed by more.
+        Some(m) if m[0] == b'R' && m.len() >= 9 => !matches!(m[5..9], [0, 0, 0, 0] | [0, 0, 0, 12]),
+        _ => false,
+    }
+}
+
 /// A FATAL ErrorResponse for a client the router cannot serve.
 pub fn fatal(sqlstate: &str, message: &str) -> Vec<u8> {
     let mut body = vec![];
@@ -156,6 +187,27 @@ mod tests {
         assert!(!says_hot_standby(b"S\0\0\0\x17in_hot_standby\0off\0"));
         assert!(says_writable(b"S\0\0\0\x17in_hot_standby\0off\0"));
         assert!(!says_writable(standby));
+    }
+
+    #[test]
+    fn the_end_of_the_servers_turn_is_recognised() {
+        let ok = b"R\0\0\0\x08\0\0\0\0";
+        let ready = b"Z\0\0\0\x05I";
+        let status = b"S\0\0\0\x17in_hot_standby\0off\0";
+        assert!(ends_servers_turn(b"S"));
+        assert!(!ends_servers_turn(b"N"));
+        assert!(ends_servers_turn(&[&ok[..], status, ready].concat()));
+        // More is coming after AuthenticationOk, or after a ParameterStatus.
+        assert!(!ends_servers_turn(ok));
+        assert!(!ends_servers_turn(&[&ok[..], status].concat()));
+        // A password or SASL request waits for the client.
+        assert!(ends_servers_turn(b"R\0\0\0\x0c\0\0\0\x05salt"));
+        assert!(ends_servers_turn(b"R\0\0\0\x17\0\0\0\x0aSCRAM-SHA-256\0\0"));
+        assert!(!ends_servers_turn(b"R\0\0\0\x08\0\0\0\x0c"));
+        // A cut or malformed message is not an end.
+        assert!(!ends_servers_turn(&ready[..4]));
+        assert!(!ends_servers_turn(b"Z\0\0\0\x01"));
+        assert!(!ends_servers_turn(&fatal("28P01", "no")));
     }
 
     #[tokio::test]
