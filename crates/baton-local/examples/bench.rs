@@ -1399,8 +1399,18 @@ async fn main() -> anyhow::Result<()> {
             }
             let (d1, r1) = (get("direct", 1, true), get("router", 1, true));
             let (r8, h8) = (get("router", 8, true), get("haproxy", 8, true));
+            // With a second router (BENCH_ROUTER_B_TOML), its ratios too.
+            let b = match f.runs.keys().any(|k| k.0 == "router-b") {
+                true => format!(
+                    " router_b_vs_haproxy_tps={:.2} router_b_vs_haproxy_tps_32={:.2} router_b_vs_router_tps={:.2}",
+                    ratio("router-b", "haproxy", 8, true),
+                    ratio("router-b", "haproxy", 32, true),
+                    ratio("router-b", "router", 8, true),
+                ),
+                false => String::new(),
+            };
             println!(
-                "RESULT router_vs_direct_tps={:.2} router_vs_haproxy_tps={:.2} router_vs_haproxy_tps_32={:.2} router_p99_ms={:.3} direct_p99_ms={:.3} switchover_refused={} switchover_max_wait_s={:.3} router_cpu_us_per_tx={:.1} haproxy_cpu_us_per_tx={:.1}",
+                "RESULT router_vs_direct_tps={:.2} router_vs_haproxy_tps={:.2} router_vs_haproxy_tps_32={:.2} router_p99_ms={:.3} direct_p99_ms={:.3} switchover_refused={} switchover_max_wait_s={:.3} router_cpu_us_per_tx={:.1} haproxy_cpu_us_per_tx={:.1}{b}",
                 ratio("router", "direct", 1, true),
                 ratio("router", "haproxy", 8, true),
                 ratio("router", "haproxy", 32, true),

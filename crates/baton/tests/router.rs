@@ -44,6 +44,62 @@ async fn router_metric(r: &LocalRouter, series: &str) -> f64 {
         .unwrap_or_else(|| panic!("no {series} in router metrics:\n{text}"))
 }
 
+/// `[postgresql.parameters]` lines turning TLS on with a self-signed
+/// certificate the postgres OS user owns, made in `dir`.
+fn tls_parameters(dir: &std::path::Path) -> String {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+    );
+    let postgres = nix::unistd::User::from_name("postgres").unwrap().unwrap();
+    for f in ["server.key", "server.crt"] {
+        let p = dir.join(f);
+        nix::unistd::chown(&p, Some(postgres.uid), Some(postgres.gid)).unwrap();
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    }
+    format!(
+        "ssl = \"on\"\nssl_cert_file = \"{}\"\nssl_key_file = \"{}\"",
+        dir.join("server.crt").display(),
+        dir.join("server.key").display()
+    )
+}
+
+/// psql with `sslmode=require` through `port` reaches a server that sees
+/// its session encrypted.
+fn assert_tls_end_to_end(port: u16) {
+    let psql = baton::config::default_bin_dir().unwrap().join("psql");
+    let out = std::process::Command::new(&psql)
+        .arg(format!(
+            "host=127.0.0.1 port={port} user=postgres dbname=postgres sslmode=require"
+        ))
+        .args([
+            "-Atc",
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "t",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Writes the keys an agent would, for a member no agent runs.
 async fn put_member(etcd: &str, name: &str, port: u16, role: &str) {
     put_member_in(etcd, name, port, role, "running").await
@@ -98,38 +154,10 @@ async fn router_holds_clients_until_a_primary_and_closes_writers_on_demotion() {
     let dir = TestDir::new("router-hold");
     let mut etcd = LocalEtcd::planned(&dir.path);
     etcd.start().unwrap();
-    // TLS on, to check it is passed through: a self-signed certificate the
-    // postgres OS user owns.
-    openssl(
-        &dir.path,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.crt",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=127.0.0.1",
-        ],
-    );
-    let postgres = nix::unistd::User::from_name("postgres").unwrap().unwrap();
-    for f in ["server.key", "server.crt"] {
-        let p = dir.path.join(f);
-        nix::unistd::chown(&p, Some(postgres.uid), Some(postgres.gid)).unwrap();
-        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    }
-    let ssl = format!(
-        "ssl = \"on\"\nssl_cert_file = \"{}\"\nssl_key_file = \"{}\"",
-        dir.path.join("server.crt").display(),
-        dir.path.join("server.key").display()
-    );
-    let pg = LocalPostgres::start(&dir.path, "pg1", &ssl).await.unwrap();
+    // TLS on, to check it is passed through.
+    let pg = LocalPostgres::start(&dir.path, "pg1", &tls_parameters(&dir.path))
+        .await
+        .unwrap();
     let router = LocalRouter::start(
         &dir.path,
         &baton_bin(),
@@ -175,24 +203,7 @@ async fn router_holds_clients_until_a_primary_and_closes_writers_on_demotion() {
     put_member(&etcd.endpoint, "pg1", pg.port, "primary").await;
 
     // TLS is passed through: the session is encrypted end to end.
-    let psql = baton::config::default_bin_dir().unwrap().join("psql");
-    let out = std::process::Command::new(&psql)
-        .arg(format!(
-            "host=127.0.0.1 port={} user=postgres dbname=postgres sslmode=require",
-            router.rw_port
-        ))
-        .args([
-            "-Atc",
-            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "t",
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_tls_end_to_end(router.rw_port);
 
     // The read-only route takes one session at a time here
     // (max_connections = 1; readers fall back to the primary): a second
@@ -844,7 +855,8 @@ async fn stop_agent_sessions(t: &TestCluster, i: usize) -> Stopped {
 /// last message before it closes a session reaches the client (the router
 /// waits for the kernel's queue before closing), the byte counters add
 /// the spliced bytes up at the end, and a writer is still closed when its
-/// backend stops being the primary. Runs as root, as the tests do
+/// backend stops being the primary; TLS sessions are spliced encrypted.
+/// Runs as root, as the tests do
 /// (loading the program needs CAP_BPF and CAP_NET_ADMIN).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[allow(clippy::await_holding_lock)]
@@ -853,7 +865,9 @@ async fn kernel_spliced_sessions_carry_everything_and_end_cleanly() {
     let dir = TestDir::new("router-splice");
     let mut etcd = LocalEtcd::planned(&dir.path);
     etcd.start().unwrap();
-    let pg = LocalPostgres::start(&dir.path, "pg1", "").await.unwrap();
+    let pg = LocalPostgres::start(&dir.path, "pg1", &tls_parameters(&dir.path))
+        .await
+        .unwrap();
     let router = LocalRouter::start(
         &dir.path,
         &baton_bin(),
@@ -947,10 +961,15 @@ async fn kernel_spliced_sessions_carry_everything_and_end_cleanly() {
     )
     .await;
 
+    // TLS: paired before the server's `S` reaches the client, so the
+    // handshake and the session go through the kernel.
+    assert_tls_end_to_end(router.rw_port);
+    assert_eq!(router_metric(&router, spliced).await, 2.0);
+
     // A spliced writer is closed when its backend stops being the primary.
     let client = connect(router.rw_port).await;
     client.simple_query("SELECT 1").await.unwrap();
-    assert_eq!(router_metric(&router, spliced).await, 2.0);
+    assert_eq!(router_metric(&router, spliced).await, 3.0);
     put_leader(&etcd.endpoint, "elsewhere").await;
     wait_for(
         "the spliced writer closed",

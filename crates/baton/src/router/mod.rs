@@ -10,7 +10,8 @@
 //!   member key can be a tick behind postgres), or, on the writer route,
 //!   that it is a hot standby. The router reads the server's greeting up
 //!   to ReadyForQuery for that, when the server asks no password; past
-//!   the greeting it splices bytes unread (`copy_bidirectional`).
+//!   the greeting it moves bytes unread (`pump`), or with `kernel_splice`
+//!   lets the kernel move them (`kernel`).
 //! - A writer connection whose backend stops being the primary (another
 //!   member or none holds the key, or its member key says neither primary
 //!   nor promoting) is closed at once: its client sees one broken
@@ -748,10 +749,10 @@ impl Spliced<'_> {
         up: &std::net::TcpStream,
     ) -> std::io::Result<(u64, u64, bool)> {
         let (c, s) = (kernel::counts(client)?, kernel::counts(up)?);
-        let from_client = c.received - self.client_at.received;
-        let from_server = s.received - self.server_at.received;
-        let done = s.written - self.server_at.written >= from_client
-            && c.written - self.client_at.written >= from_server + self.answer;
+        let from_client = c.received.saturating_sub(self.client_at.received);
+        let from_server = s.received.saturating_sub(self.server_at.received);
+        let done = s.written.saturating_sub(self.server_at.written) >= from_client
+            && c.written.saturating_sub(self.client_at.written) >= from_server + self.answer;
         Ok((from_client, from_server, done))
     }
 
