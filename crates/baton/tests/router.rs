@@ -44,6 +44,43 @@ async fn router_metric(r: &LocalRouter, series: &str) -> f64 {
         .unwrap_or_else(|| panic!("no {series} in router metrics:\n{text}"))
 }
 
+/// etcd, one postgres with TLS on (no member keys yet: the test writes
+/// them), and a router for scope `rt` with `top` and `read_only` keys.
+/// Fields drop in order: the router first, the directory last (bind them
+/// the other way round when taking the struct apart).
+struct OnePostgres {
+    router: LocalRouter,
+    pg: LocalPostgres,
+    etcd: LocalEtcd,
+    dir: TestDir,
+}
+
+impl OnePostgres {
+    async fn start(name: &str, top: &str, read_only: &str) -> OnePostgres {
+        let dir = TestDir::new(name);
+        let mut etcd = LocalEtcd::planned(&dir.path);
+        etcd.start().unwrap();
+        let pg = LocalPostgres::start(&dir.path, "pg1", &tls_parameters(&dir.path))
+            .await
+            .unwrap();
+        let router = LocalRouter::start(
+            &dir.path,
+            &baton_bin(),
+            "router",
+            ("rt", &etcd.endpoint),
+            top,
+            read_only,
+        )
+        .unwrap();
+        OnePostgres {
+            router,
+            pg,
+            etcd,
+            dir,
+        }
+    }
+}
+
 /// `[postgresql.parameters]` lines turning TLS on with a self-signed
 /// certificate the postgres OS user owns, made in `dir`.
 fn tls_parameters(dir: &std::path::Path) -> String {
@@ -151,22 +188,13 @@ async fn put_leader(etcd: &str, name: &str) {
 #[allow(clippy::await_holding_lock)]
 async fn router_holds_clients_until_a_primary_and_closes_writers_on_demotion() {
     let _slot = one_cluster_at_a_time();
-    let dir = TestDir::new("router-hold");
-    let mut etcd = LocalEtcd::planned(&dir.path);
-    etcd.start().unwrap();
-    // TLS on, to check it is passed through.
-    let pg = LocalPostgres::start(&dir.path, "pg1", &tls_parameters(&dir.path))
-        .await
-        .unwrap();
-    let router = LocalRouter::start(
-        &dir.path,
-        &baton_bin(),
-        "router",
-        ("rt", &etcd.endpoint),
-        "hold_timeout = 20",
-        "max_connections = 1",
-    )
-    .unwrap();
+    // Bound in this order, so they drop the other way round.
+    let OnePostgres {
+        dir,
+        mut etcd,
+        pg,
+        router,
+    } = OnePostgres::start("router-hold", "hold_timeout = 20", "max_connections = 1").await;
 
     // No leader yet: a client is held, not refused.
     let held = tokio::spawn(through(router.rw_port, "SELECT inet_server_port()"));
@@ -856,32 +884,34 @@ async fn stop_agent_sessions(t: &TestCluster, i: usize) -> Stopped {
 /// waits for the kernel's queue before closing), the byte counters add
 /// the spliced bytes up at the end, and a writer is still closed when its
 /// backend stops being the primary; TLS sessions are spliced encrypted.
-/// Runs as root, as the tests do
+/// While the route has at most `busy_poll_max_sessions` sessions, a new one
+/// stays with the router (busy-polled). Runs as root, as the tests do
 /// (loading the program needs CAP_BPF and CAP_NET_ADMIN).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[allow(clippy::await_holding_lock)]
 async fn kernel_spliced_sessions_carry_everything_and_end_cleanly() {
     let _slot = one_cluster_at_a_time();
-    let dir = TestDir::new("router-splice");
-    let mut etcd = LocalEtcd::planned(&dir.path);
-    etcd.start().unwrap();
-    let pg = LocalPostgres::start(&dir.path, "pg1", &tls_parameters(&dir.path))
-        .await
-        .unwrap();
-    let router = LocalRouter::start(
-        &dir.path,
-        &baton_bin(),
-        "router",
-        ("rt", &etcd.endpoint),
-        "kernel_splice = true",
+    let OnePostgres {
+        dir,
+        etcd,
+        pg,
+        router,
+    } = OnePostgres::start(
+        "router-splice",
+        "kernel_splice = true\nbusy_poll_max_sessions = 1",
         "",
     )
-    .unwrap();
+    .await;
     put_member(&etcd.endpoint, "pg1", pg.port, "primary").await;
     put_leader(&etcd.endpoint, "pg1").await;
     let spliced = "baton_router_connections_spliced_total{scope=\"rt\",route=\"read_write\"}";
     let to_client = "baton_router_bytes_to_client_total{scope=\"rt\",route=\"read_write\"}";
     let to_server = "baton_router_bytes_to_server_total{scope=\"rt\",route=\"read_write\"}";
+
+    // The first session is alone on the route: busy-polled, not spliced.
+    let lone = connect(router.rw_port).await;
+    lone.simple_query("SELECT 1").await.unwrap();
+    assert_eq!(router_metric(&router, spliced).await, 0.0);
 
     let (client, conn) = baton_local::workload::loopback(router.rw_port, Duration::from_secs(10))
         .connect(tokio_postgres::NoTls)
@@ -961,15 +991,30 @@ async fn kernel_spliced_sessions_carry_everything_and_end_cleanly() {
     )
     .await;
 
+    // A client that reads nothing while the server sends 16 MB and then
+    // ends the session: the kernel holds what the client has not taken
+    // yet when the router sees the server's end of stream, and all of it
+    // still arrives, the FATAL last.
+    let (rows, last) = slow_reader_of_a_closing_server(router.rw_port, &direct).await;
+    assert_eq!(router_metric(&router, spliced).await, 2.0);
+    // 16 rows of 1 MB, and pg_terminate_backend's own `t`.
+    assert_eq!(rows, 17, "rows before the end of the stream");
+    assert_eq!(
+        wire_sqlstate(&last).as_deref(),
+        Some("57P01"),
+        "the last message is not the server's FATAL: {:?}",
+        String::from_utf8_lossy(&last)
+    );
+
     // TLS: paired before the server's `S` reaches the client, so the
     // handshake and the session go through the kernel.
     assert_tls_end_to_end(router.rw_port);
-    assert_eq!(router_metric(&router, spliced).await, 2.0);
+    assert_eq!(router_metric(&router, spliced).await, 3.0);
 
     // A spliced writer is closed when its backend stops being the primary.
     let client = connect(router.rw_port).await;
     client.simple_query("SELECT 1").await.unwrap();
-    assert_eq!(router_metric(&router, spliced).await, 3.0);
+    assert_eq!(router_metric(&router, spliced).await, 4.0);
     put_leader(&etcd.endpoint, "elsewhere").await;
     wait_for(
         "the spliced writer closed",
@@ -984,7 +1029,106 @@ async fn kernel_spliced_sessions_carry_everything_and_end_cleanly() {
     .await;
     let closed =
         "baton_router_connections_closed_on_demotion_total{scope=\"rt\",route=\"read_write\"}";
-    assert_eq!(router_metric(&router, closed).await, 1.0);
+    // With the lone busy-polled session.
+    wait_for(
+        "both writers counted closed",
+        Duration::from_secs(10),
+        || async {
+            match router_metric(&router, closed).await {
+                2.0 => Ok(()),
+                n => Err(format!("{n} closed")),
+            }
+        },
+    )
+    .await;
+    assert!(lone.simple_query("SELECT 1").await.is_err());
+}
+
+/// Speaks the protocol by hand through `port`: starts a session, asks for
+/// 16 rows of 1 MB and then the session's own end, reads nothing until
+/// the server process is gone (`direct` checks), then reads to the end of
+/// the stream. The number of rows and the last message.
+async fn slow_reader_of_a_closing_server(
+    port: u16,
+    direct: &tokio_postgres::Client,
+) -> (usize, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    async fn message(s: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
+        let mut head = [0u8; 5];
+        s.read_exact(&mut head).await.ok()?;
+        let len = u32::from_be_bytes(head[1..5].try_into().unwrap()) as usize;
+        let mut msg = head.to_vec();
+        msg.resize(1 + len, 0);
+        s.read_exact(&mut msg[5..]).await.ok()?;
+        Some(msg)
+    }
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let body = b"\0\x03\0\0user\0postgres\0database\0postgres\0\0";
+    let mut startup = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+    startup.extend_from_slice(body);
+    s.write_all(&startup).await.unwrap();
+    let mut pid = None;
+    loop {
+        let m = message(&mut s).await.expect("the greeting");
+        match m[0] {
+            b'K' => pid = Some(i32::from_be_bytes(m[5..9].try_into().unwrap())),
+            b'Z' => break,
+            b'E' => panic!("refused: {:?}", String::from_utf8_lossy(&m)),
+            _ => {}
+        }
+    }
+    let pid = pid.expect("BackendKeyData in the greeting");
+    let sql = b"SELECT repeat('x', 1048576) FROM generate_series(1, 16); SELECT pg_terminate_backend(pg_backend_pid())\0";
+    let mut q = vec![b'Q'];
+    q.extend_from_slice(&((sql.len() + 4) as u32).to_be_bytes());
+    q.extend_from_slice(sql);
+    s.write_all(&q).await.unwrap();
+    wait_for(
+        "the server process gone",
+        Duration::from_secs(20),
+        || async {
+            let n: i64 = direct
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE pid = $1",
+                    &[&pid],
+                )
+                .await
+                .map_err(|e| pg_error(&e))?
+                .get(0);
+            if n == 0 {
+                Ok(())
+            } else {
+                Err(format!("backend {pid} still there"))
+            }
+        },
+    )
+    .await;
+    let (mut rows, mut last) = (0, vec![]);
+    let read_all = async {
+        while let Some(m) = message(&mut s).await {
+            if m[0] == b'D' {
+                rows += 1;
+            }
+            last = m;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), read_all)
+        .await
+        .expect("the stream ends");
+    (rows, last)
+}
+
+/// The SQLSTATE of an ErrorResponse.
+fn wire_sqlstate(msg: &[u8]) -> Option<String> {
+    if msg.first() != Some(&b'E') {
+        return None;
+    }
+    msg[5..]
+        .split(|&b| b == 0)
+        .find_map(|f| f.strip_prefix(b"C"))
+        .map(|c| String::from_utf8_lossy(c).into_owned())
 }
 
 async fn connect_direct(port: u16) -> tokio_postgres::Client {

@@ -93,18 +93,28 @@ impl Shared {
         }
     }
 
-    /// Pairs the session's sockets in the kernel if splicing is on and
-    /// `answer`, about to go to the client, ends the server's turn (so
-    /// nothing is in flight either way). What each socket had moved by
-    /// then, to know later when the kernel has passed everything on.
+    /// Pairs the session's sockets in the kernel if splicing is on, the
+    /// route is busy, and `answer`, about to go to the client, ends the
+    /// server's turn (so nothing is in flight either way). What each
+    /// socket had moved by then, to know later when the kernel has passed
+    /// everything on.
+    ///
+    /// While a route has at most `busy_poll_max_sessions` sessions, they
+    /// stay with the router, which busy-polls them: for a lone client a
+    /// thread that never sleeps answers sooner than the kernel's worker,
+    /// woken per message (1.2 × the direct rate against 0.8 at 1 client).
+    /// Past that the CPUs are busy anyway and splicing saves them work.
     fn hand_to_kernel(
         &self,
+        kind: Kind,
         client: &TcpStream,
         server: &TcpStream,
         answer: &[u8],
     ) -> Option<Spliced<'_>> {
         let splicer = self.splicer.as_ref()?;
-        if !wire::ends_servers_turn(answer) {
+        let busy_polled = !self.cfg.busy_poll.is_zero()
+            && self.metrics(kind).active.load(Relaxed) < self.cfg.busy_poll_max_sessions;
+        if busy_polled || !wire::ends_servers_turn(answer) {
             return None;
         }
         let at_pairing = (kernel::counts(client), kernel::counts(server));
@@ -503,7 +513,7 @@ async fn serve(mut client: TcpStream, kind: Kind, shared: &Shared) -> anyhow::Re
                 // client has seen nothing yet, so try again rather than
                 // hand it a session the next line would close.
                 Attempt::Ready(up, to_client) if still_routed(kind, &rx, &b) => {
-                    let spliced = shared.hand_to_kernel(&client, &up, &to_client);
+                    let spliced = shared.hand_to_kernel(kind, &client, &up, &to_client);
                     client.write_all(&to_client).await?;
                     break (up, b, spliced);
                 }
