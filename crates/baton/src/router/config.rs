@@ -36,9 +36,10 @@ pub struct RouterConfig {
     /// Threads serving connections, each with a runtime of its own; a new
     /// connection goes to the one serving the fewest.
     pub workers: usize,
-    /// Hand each session's bytes to the kernel once its handshake is over
-    /// (`router::kernel`); needs CAP_BPF and CAP_NET_ADMIN.
-    pub kernel_splice: bool,
+    /// Hand busy routes' sessions to the kernel once their handshake is
+    /// over (`router::kernel`); needs CAP_BPF and CAP_NET_ADMIN. Unset:
+    /// where the kernel allows it.
+    pub kernel_splice: Option<bool>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -89,7 +90,7 @@ impl RouterConfig {
         if workers == 0 || workers > 256 {
             r.problem("workers", format!("{workers}: must be 1 to 256"));
         }
-        let kernel_splice = r.opt(&mut root, "", "kernel_splice").unwrap_or(false);
+        let kernel_splice = r.opt(&mut root, "", "kernel_splice");
         let mut api = r.table(&mut root, "", "api");
         let api_listen = r.addr(&mut api, "api", "listen");
         let api_cafile: Option<std::path::PathBuf> = r.opt(&mut api, "api", "cafile");
@@ -216,11 +217,15 @@ listen = "127.0.0.1:5000"
         assert_eq!(c.api_listen, None);
         assert_eq!(c.busy_poll, Duration::from_micros(200));
         assert_eq!(c.busy_poll_max_sessions, 2);
-        assert!(!c.kernel_splice);
-        assert!(
-            parse(&MINIMAL.replace("scope = \"demo\"", "scope = \"demo\"\nkernel_splice = true"))
-                .unwrap()
-                .kernel_splice
+        assert_eq!(c.kernel_splice, None);
+        assert_eq!(
+            parse(&MINIMAL.replace(
+                "scope = \"demo\"",
+                "scope = \"demo\"\nkernel_splice = false"
+            ))
+            .unwrap()
+            .kernel_splice,
+            Some(false)
         );
         let e = parse(&MINIMAL.replace(
             "scope = \"demo\"",

@@ -80,7 +80,7 @@ struct Shared {
     ro: RouteMetrics,
     /// Round-robin position over the read pool.
     next_reader: AtomicUsize,
-    /// Set when `kernel_splice` is on and the kernel let us load the
+    /// Set unless `kernel_splice = false`, if the kernel let us load the
     /// program.
     splicer: Option<kernel::Splicer>,
 }
@@ -209,8 +209,8 @@ pub async fn run(cfg: RouterConfig, shutdown: CancellationToken) -> anyhow::Resu
         "baton router starting"
     );
     let splicer = match cfg.kernel_splice {
-        false => None,
-        true => {
+        Some(false) => None,
+        asked => {
             let sessions = cfg.read_write.max_connections
                 + cfg
                     .read_only
@@ -221,8 +221,12 @@ pub async fn run(cfg: RouterConfig, shutdown: CancellationToken) -> anyhow::Resu
                     tracing::info!("kernel splicing on: sessions are handed to the kernel after their handshake");
                     Some(s)
                 }
-                Err(e) => {
+                Err(e) if asked == Some(true) => {
                     tracing::warn!("kernel_splice: {e}; the router moves the bytes itself (it needs CAP_BPF and CAP_NET_ADMIN)");
+                    None
+                }
+                Err(e) => {
+                    tracing::info!("kernel splicing not available ({e}; it needs CAP_BPF and CAP_NET_ADMIN): the router moves the bytes itself");
                     None
                 }
             }
