@@ -29,7 +29,7 @@ async fn connect(port: u16) -> tokio_postgres::Client {
     let (client, conn) = baton_local::workload::loopback(port, Duration::from_secs(10))
         .connect(tokio_postgres::NoTls)
         .await
-        .unwrap_or_else(|e| panic!("connecting through the router: {}", pg_error(&e)));
+        .unwrap_or_else(|e| panic!("connecting to port {port}: {}", pg_error(&e)));
     tokio::spawn(conn);
     client
 }
@@ -945,7 +945,7 @@ async fn kernel_spliced_sessions_carry_everything_and_end_cleanly() {
         .await
         .unwrap();
     assert_eq!(row.get::<_, i32>(0), big.len() as i32);
-    let direct = connect_direct(pg.port).await;
+    let direct = connect(pg.port).await;
     let expected: String = direct
         .query_one("SELECT md5($1::text)", &[&big])
         .await
@@ -1129,13 +1129,4 @@ fn wire_sqlstate(msg: &[u8]) -> Option<String> {
         .split(|&b| b == 0)
         .find_map(|f| f.strip_prefix(b"C"))
         .map(|c| String::from_utf8_lossy(c).into_owned())
-}
-
-async fn connect_direct(port: u16) -> tokio_postgres::Client {
-    let (client, conn) = baton_local::workload::loopback(port, Duration::from_secs(10))
-        .connect(tokio_postgres::NoTls)
-        .await
-        .unwrap_or_else(|e| panic!("connecting to postgres: {}", pg_error(&e)));
-    tokio::spawn(conn);
-    client
 }
