@@ -826,13 +826,14 @@ async fn splice(
             }
         }
     };
+    let closed_on_demotion = || {
+        m.closed_on_demotion.fetch_add(1, Relaxed);
+        tracing::info!(backend = %backend.name, "closing a writer connection: its backend is no longer the primary");
+    };
     let Some(spliced) = spliced else {
         tokio::select! {
             r = pump::pump(&client, &up, &m.bytes_to_server, &m.bytes_to_client, spin, &m.active) => r?,
-            _ = demoted => {
-                m.closed_on_demotion.fetch_add(1, Relaxed);
-                tracing::info!(backend = %backend.name, "closing a writer connection: its backend is no longer the primary");
-            }
+            _ = demoted => closed_on_demotion(),
         }
         return Ok(());
     };
@@ -846,8 +847,7 @@ async fn splice(
     let stream_ended = tokio::select! {
         _ = ended => true,
         _ = demoted => {
-            m.closed_on_demotion.fetch_add(1, Relaxed);
-            tracing::info!(backend = %backend.name, "closing a writer connection: its backend is no longer the primary");
+            closed_on_demotion();
             false
         }
     };
