@@ -739,21 +739,7 @@ async fn reinit_rebuilds_a_replica_and_control_needs_auth() {
 /// A CA and a server certificate for 127.0.0.1, made with the openssl CLI.
 fn make_certs(dir: &std::path::Path) -> (String, String, String) {
     let run = |args: &[&str]| openssl(dir, args);
-    run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=baton test CA",
-    ]);
+    self_signed(dir, "ca.key", "ca.pem", "/CN=baton test CA");
     run(&[
         "req",
         "-newkey",

@@ -84,24 +84,7 @@ impl OnePostgres {
 /// `[postgresql.parameters]` lines turning TLS on with a self-signed
 /// certificate the postgres OS user owns, made in `dir`.
 fn tls_parameters(dir: &std::path::Path) -> String {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.crt",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=127.0.0.1",
-        ],
-    );
+    self_signed(dir, "server.key", "server.crt", "/CN=127.0.0.1");
     let postgres = nix::unistd::User::from_name("postgres").unwrap().unwrap();
     for f in ["server.key", "server.crt"] {
         let p = dir.join(f);

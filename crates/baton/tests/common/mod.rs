@@ -159,6 +159,17 @@ pub async fn sql_port(port: u16, query: &str) -> Result<Vec<tokio_postgres::Row>
 }
 
 /// Runs the openssl CLI in `dir` (certificates for TLS tests).
+/// A self-signed certificate and its key, in `dir`, valid two days.
+pub fn self_signed(dir: &Path, key: &str, cert: &str, subject: &str) {
+    openssl(
+        dir,
+        &[
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert, "-days",
+            "2", "-subj", subject,
+        ],
+    );
+}
+
 pub fn openssl(dir: &Path, args: &[&str]) {
     let out = std::process::Command::new("openssl")
         .args(args)
